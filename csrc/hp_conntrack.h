@@ -1,0 +1,94 @@
+/* The connection table: one entry per connection, indexed from both directions, with
+ * per-state LRU lists so expiry never scans the table. Capacity fixed at creation. */
+#ifndef HP_CONNTRACK_H
+#define HP_CONNTRACK_H
+
+#include "hp_flow.h"
+
+#define HP_CT_NONE 0xFFFFFFFFu
+#define HP_MAX_ENIS 1024
+
+/* Both addresses an ENI answers on; the reply tuple is derived from them, not stored. */
+typedef struct hp_eni_addr {
+    uint8_t addr[2][16];     /* [0] IPv4 (first 4 bytes), [1] IPv6 */
+    uint8_t has[2];          /* which of the two exist */
+} hp_eni_addr;
+
+/* 88 bytes. The original tuple is stored; the reply tuple is (dst, ENI address, dport, nat_port). */
+typedef struct hp_conn {
+    uint64_t last_seen_ms;
+    uint64_t bytes[2];           /* [HP_DIR_OUT], [HP_DIR_IN] */
+    uint8_t src[16];
+    uint8_t dst[16];
+    uint16_t sport, dport;
+    uint8_t family, proto;
+    uint16_t nat_port;
+    uint32_t packets[2];
+    uint32_t lru_prev, lru_next; /* on the list of its state; free-list link when unused */
+    uint32_t start_s;            /* now_ms / 1000 when created */
+    uint16_t eni;
+    uint8_t state;               /* enum hp_state; HP_S_NONE marks a free slot */
+    uint8_t flags;
+} hp_conn;
+
+typedef struct hp_ct_slot {
+    uint32_t hash;               /* low 32 bits of the key's hash: home bucket and tag */
+    uint32_t ref;                /* (id << 1 | dir) + 1; 0 = empty */
+} hp_ct_slot;
+
+typedef struct hp_ct {
+    hp_conn *conns;
+    hp_ct_slot *slots;
+    uint32_t capacity, count, mask;
+    uint32_t free_head;
+    uint32_t lru_head[HP_S_COUNT], lru_tail[HP_S_COUNT];
+    hp_hash_seed seed;
+    const hp_eni_addr *enis;     /* owned by the NAT; read for reply-tuple compares */
+    const hp_timeouts *timeouts;
+} hp_ct;
+
+int hp_ct_init(hp_ct *ct, uint32_t capacity, const hp_hash_seed *seed,
+               const hp_eni_addr *enis, const hp_timeouts *timeouts);
+void hp_ct_free(hp_ct *ct);
+
+/* Hash of a key as the table computes it; the batch path computes it once and prefetches. */
+static inline uint32_t hp_ct_hash(const hp_ct *ct, const hp_flow_key *key)
+{
+    return (uint32_t)hp_flow_hash(&ct->seed, key);
+}
+static inline void hp_ct_prefetch_slot(const hp_ct *ct, uint32_t hash)
+{
+    __builtin_prefetch(&ct->slots[hash & ct->mask]);
+}
+
+/* Returns the connection id or HP_CT_NONE; *dir tells which tuple matched. */
+uint32_t hp_ct_lookup_hashed(const hp_ct *ct, const hp_flow_key *key, uint32_t hash, int *dir);
+uint32_t hp_ct_lookup(const hp_ct *ct, const hp_flow_key *key, int *dir);
+
+/* Inserts a new connection; HP_CT_NONE when the table is full (it never evicts). */
+uint32_t hp_ct_insert(hp_ct *ct, const hp_flow_key *orig, uint16_t eni, uint16_t nat_port,
+                      uint8_t state, uint64_t now_ms);
+void hp_ct_delete(hp_ct *ct, uint32_t id);
+
+/* Marks activity: sets last_seen and moves the entry to the tail of its state's list. */
+void hp_ct_touch(hp_ct *ct, uint32_t id, uint8_t new_state, uint64_t now_ms);
+
+static inline int hp_ct_expired(const hp_ct *ct, const hp_conn *c, uint64_t now_ms)
+{
+    return now_ms >= c->last_seen_ms + ct->timeouts->ms[c->state];
+}
+
+/* The next expired connection (state lists in enum order, oldest first), or HP_CT_NONE. */
+uint32_t hp_ct_next_expired(const hp_ct *ct, uint64_t now_ms);
+
+/* Iteration: the first live id >= from, or HP_CT_NONE. */
+uint32_t hp_ct_next_live(const hp_ct *ct, uint32_t from);
+
+/* The reply tuple of a live connection. */
+void hp_ct_reply_key(const hp_ct *ct, const hp_conn *c, hp_flow_key *out);
+void hp_ct_orig_key(const hp_conn *c, hp_flow_key *out);
+
+/* Bytes the table holds per connection slot, both index entries included. */
+size_t hp_ct_memory(const hp_ct *ct);
+
+#endif

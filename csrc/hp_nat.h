@@ -1,0 +1,98 @@
+/* The NAT: the connection table, the ENIs with their port pools, the functions (sources) and
+ * the groups that map a function's (subnet, security groups) to its ENIs; and the batch call
+ * that translates frames. */
+#ifndef HP_NAT_H
+#define HP_NAT_H
+
+#include "hp_conntrack.h"
+#include "hp_packet.h"
+#include "hp_portalloc.h"
+
+#define HP_GROUP_MAX_ENIS 64
+
+typedef struct hp_nat_config {
+    uint32_t capacity;           /* connections */
+    uint16_t port_lo, port_hi;   /* per pool, default 536..65535 */
+    uint8_t per_connection;      /* 0: endpoint-independent mapping, 1: a port per connection */
+    uint8_t pad[3];
+    uint64_t quarantine_ms;
+    uint16_t mtu_inside, mtu_outside;
+    uint32_t journal_size;       /* expired connections kept for the caller to read */
+    uint64_t port_seed;          /* SplitMix64 seed for port choice */
+    hp_hash_seed hash_seed;      /* all zero: random */
+    hp_timeouts timeouts;
+} hp_nat_config;
+
+void hp_nat_config_default(hp_nat_config *cfg);
+
+typedef struct hp_result {
+    uint8_t verdict;             /* enum hp_verdict */
+    uint8_t reason;              /* enum hp_reason */
+    uint16_t port;               /* egress: 0 the inside port, e + 1 ENI e */
+    uint32_t conn;               /* connection id, HP_CT_NONE when none */
+} hp_result;
+
+enum hp_counter {
+    HP_C_FWD_OUT_PACKETS, HP_C_FWD_OUT_BYTES, HP_C_FWD_IN_PACKETS, HP_C_FWD_IN_BYTES,
+    HP_C_CONN_CREATED, HP_C_CONN_ESTABLISHED, HP_C_CONN_EXPIRED, HP_C_JOURNAL_OVERFLOW,
+    HP_C_COUNT
+};
+extern const char *const hp_counter_names[HP_C_COUNT];
+
+typedef struct hp_source {
+    uint8_t addr[16];
+    uint8_t family;
+    uint8_t allow_v6;
+    uint16_t group;
+} hp_source;
+
+typedef struct hp_group {
+    uint16_t n_enis;
+    uint16_t enis[HP_GROUP_MAX_ENIS];   /* oldest first; the last takes new connections */
+} hp_group;
+
+typedef struct hp_eni_pools {
+    hp_pool pool[2][2];          /* [family: 0 IPv4, 1 IPv6][proto: 0 TCP, 1 UDP] */
+} hp_eni_pools;
+
+typedef struct hp_nat {
+    hp_nat_config cfg;
+    hp_ct ct;
+    hp_eni_addr eni_addr[HP_MAX_ENIS];
+    hp_eni_pools *eni_pools[HP_MAX_ENIS];
+    uint32_t n_enis;
+    hp_source *sources;
+    uint32_t n_sources, cap_sources;
+    hp_group *groups;
+    uint32_t n_groups, cap_groups;
+    uint64_t rng;
+    uint64_t counters[HP_C_COUNT];
+    uint64_t drops[HP_R_COUNT];  /* drops and punts, by reason */
+    hp_conn *journal;            /* ring of connections that expired */
+    uint32_t j_head, j_count;
+} hp_nat;
+
+hp_nat *hp_nat_create(const hp_nat_config *cfg);
+void hp_nat_destroy(hp_nat *nat);
+
+/* Returns the new ENI's id, or -1. v4 is 4 bytes, v6 16 bytes; either may be NULL. */
+int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6);
+int hp_nat_add_group(hp_nat *nat);
+int hp_nat_group_add_eni(hp_nat *nat, int group, int eni);
+int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6);
+
+/* Translates n frames in place. dir: HP_DIR_OUT for frames from the inside port, HP_DIR_IN for
+ * frames from ENI in_eni. vnet: every frame starts with a virtio-net header. */
+void hp_nat_translate(hp_nat *nat, uint8_t *const *frames, const uint32_t *lens, uint32_t n,
+                      int dir, uint16_t in_eni, int vnet, uint64_t now_ms, hp_result *out);
+
+/* Removes up to max expired connections; copies journal records (lazily expired first, then
+ * these) into out, at most out_max. Returns the number of records written to out. */
+size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn *out, size_t out_max);
+
+/* Removes one connection (flush, or an ENI being deleted), releasing its port. */
+void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms);
+
+hp_pool *hp_nat_pool(hp_nat *nat, int eni, int family, int proto);
+
+#endif

@@ -1,0 +1,49 @@
+/* A pool of external ports for one (ENI, family, protocol): O(1) random allocation,
+ * quarantine before reuse, endpoint-independent mappings with reference counts. */
+#ifndef HP_PORTALLOC_H
+#define HP_PORTALLOC_H
+
+#include "hp_flow.h"
+
+typedef struct hp_port_owner {
+    uint8_t addr[16];            /* inside address that owns the mapping */
+    uint16_t port;               /* inside port */
+    uint16_t pad;
+    uint32_t refs;               /* live connections using this external port */
+} hp_port_owner;
+
+typedef struct hp_pool {
+    uint16_t lo, hi;
+    uint32_t size;               /* hi - lo + 1 */
+    uint16_t *free;              /* free ports; order matters (the model mirrors it) */
+    uint32_t nfree;
+    uint16_t *q_port;            /* quarantine FIFO */
+    uint64_t *q_until;
+    uint32_t q_head, q_count;
+    hp_port_owner *owner;        /* indexed by port - lo */
+    uint16_t *map;               /* (inside addr, port) -> external port; 0 = empty */
+    uint32_t map_mask;
+    const hp_hash_seed *seed;
+} hp_pool;
+
+int hp_pool_init(hp_pool *p, uint16_t lo, uint16_t hi, const hp_hash_seed *seed);
+void hp_pool_free(hp_pool *p);
+
+/* A free port at random (RFC 6056), or 0 when none is free. */
+uint16_t hp_pool_alloc(hp_pool *p, uint64_t *rng, uint64_t now_ms);
+/* Hands a port back, into quarantine when quarantine_ms > 0. */
+void hp_pool_release(hp_pool *p, uint16_t port, uint64_t now_ms, uint64_t quarantine_ms);
+
+/* Endpoint-independent mapping: the external port of (addr, port), or 0. */
+uint16_t hp_pool_map_find(const hp_pool *p, const uint8_t addr[16], uint16_t port);
+/* Records a fresh mapping with one reference. */
+void hp_pool_map_add(hp_pool *p, uint16_t ext, const uint8_t addr[16], uint16_t port);
+void hp_pool_ref(hp_pool *p, uint16_t ext);
+/* Drops a reference; the last one removes the mapping and releases the port. */
+void hp_pool_unref(hp_pool *p, uint16_t ext, int mapped, uint64_t now_ms, uint64_t quarantine_ms);
+
+uint32_t hp_pool_in_use(const hp_pool *p);       /* allocated, not free nor quarantined */
+uint32_t hp_pool_quarantined(const hp_pool *p);
+size_t hp_pool_memory(const hp_pool *p);
+
+#endif
