@@ -1,0 +1,71 @@
+"""A tracked connection as Python sees it, whichever implementation produced it."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, asdict
+
+from .vocab import F_ASSURED, F_REPLY_SEEN
+
+
+@dataclass(frozen=True)
+class Connection:
+    id: int
+    family: int            # 4 or 6
+    proto: int             # 6 or 17
+    src: str               # inside address (original source)
+    dst: str               # destination in the customer VPC
+    sport: int
+    dport: int
+    eni: int
+    nat_addr: str          # the ENI address the connection goes out from
+    nat_port: int
+    state: str
+    flags: int
+    packets_out: int
+    packets_in: int
+    bytes_out: int
+    bytes_in: int
+    start_s: int
+    last_seen_ms: int
+
+    @property
+    def assured(self) -> bool:
+        return bool(self.flags & F_ASSURED)
+
+    @property
+    def reply_seen(self) -> bool:
+        return bool(self.flags & F_REPLY_SEEN)
+
+    @property
+    def protocol(self) -> str:
+        return {6: "tcp", 17: "udp"}.get(self.proto, str(self.proto))
+
+    @property
+    def original(self) -> tuple:
+        return (self.src, self.sport, self.dst, self.dport)
+
+    @property
+    def reply(self) -> tuple:
+        return (self.dst, self.dport, self.nat_addr, self.nat_port)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["protocol"] = self.protocol
+        d["original"] = {"src": self.src, "sport": self.sport, "dst": self.dst, "dport": self.dport}
+        d["reply"] = {"src": self.dst, "sport": self.dport, "dst": self.nat_addr,
+                      "dport": self.nat_port}
+        d["assured"] = self.assured
+        return d
+
+
+def addr_bytes(addr: str) -> tuple[int, bytes]:
+    """(family, 16 bytes) as the flow key stores an address: IPv4 in the first 4 bytes."""
+    ip = ipaddress.ip_address(addr)
+    if ip.version == 4:
+        return 4, ip.packed + bytes(12)
+    return 6, ip.packed
+
+
+def addr_str(family: int, raw: bytes) -> str:
+    return str(ipaddress.ip_address(raw[:4] if family == 4 else raw[:16]))
