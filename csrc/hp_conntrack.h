@@ -61,9 +61,13 @@ static inline void hp_ct_prefetch_slot(const hp_ct *ct, uint32_t hash)
     __builtin_prefetch(&ct->slots[hash & ct->mask]);
 }
 
-/* Returns the connection id or HP_CT_NONE; *dir tells which tuple matched. */
-uint32_t hp_ct_lookup_hashed(const hp_ct *ct, const hp_flow_key *key, uint32_t hash, int *dir);
-uint32_t hp_ct_lookup(const hp_ct *ct, const hp_flow_key *key, int *dir);
+/* The connection whose tuple in direction dir (original: HP_DIR_OUT, reply: HP_DIR_IN) equals
+ * key, or HP_CT_NONE. */
+uint32_t hp_ct_lookup_hashed(const hp_ct *ct, const hp_flow_key *key, uint32_t hash, int dir);
+uint32_t hp_ct_lookup(const hp_ct *ct, const hp_flow_key *key, int dir);
+/* Many lookups: hashes the batch first and prefetches the index slots, then probes. */
+void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, int dir,
+                        uint32_t *ids);
 
 /* Inserts a new connection; HP_CT_NONE when the table is full (it never evicts). */
 uint32_t hp_ct_insert(hp_ct *ct, const hp_flow_key *orig, uint16_t eni, uint16_t nat_port,

@@ -86,8 +86,10 @@ int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, i
 void hp_nat_translate(hp_nat *nat, uint8_t *const *frames, const uint32_t *lens, uint32_t n,
                       int dir, uint16_t in_eni, int vnet, uint64_t now_ms, hp_result *out);
 
-/* Removes up to max expired connections; copies journal records (lazily expired first, then
- * these) into out, at most out_max. Returns the number of records written to out. */
+/* Copies the journal (connections found expired during lookups) into out, then removes up to
+ * max expired connections, copying each into out while there is room (out_max) and into the
+ * journal after that; with out NULL the records are discarded. Returns the number of records
+ * written to out. */
 size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn *out, size_t out_max);
 
 /* Removes one connection (flush, or an ENI being deleted), releasing its port. */

@@ -1,0 +1,258 @@
+/* The connection table. Entries live in one array allocated at creation; two open-addressing
+ * index entries per connection (original and reply tuple, linear probing, backward-shift
+ * deletion so there are no tombstones); one LRU list per state, so the oldest connection of
+ * each state is at the head of its list and expiry never scans. */
+#include "hp_conntrack.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+_Static_assert(sizeof(hp_conn) == 88, "connection entry layout");
+
+/* Keep the index at most 70% full: linear probing stays short, the 32-bit tags filter the rest. */
+static uint32_t index_size(uint32_t capacity)
+{
+    uint64_t want = ((uint64_t)capacity * 2 * 10 + 6) / 7;
+    uint64_t n = 16;
+    while (n < want)
+        n <<= 1;
+    return (uint32_t)n;
+}
+
+int hp_ct_init(hp_ct *ct, uint32_t capacity, const hp_hash_seed *seed,
+               const hp_eni_addr *enis, const hp_timeouts *timeouts)
+{
+    memset(ct, 0, sizeof *ct);
+    if (capacity == 0 || capacity > (1u << 30))
+        return -1;
+    uint32_t nslots = index_size(capacity);
+    ct->conns = calloc(capacity, sizeof *ct->conns);
+    ct->slots = calloc(nslots, sizeof *ct->slots);
+    if (!ct->conns || !ct->slots) {
+        hp_ct_free(ct);
+        return -1;
+    }
+    ct->capacity = capacity;
+    ct->mask = nslots - 1;
+    ct->seed = *seed;
+    ct->enis = enis;
+    ct->timeouts = timeouts;
+    for (uint32_t i = 0; i < capacity; i++)
+        ct->conns[i].lru_next = i + 1 < capacity ? i + 1 : HP_CT_NONE;
+    ct->free_head = 0;
+    for (int s = 0; s < HP_S_COUNT; s++)
+        ct->lru_head[s] = ct->lru_tail[s] = HP_CT_NONE;
+    return 0;
+}
+
+void hp_ct_free(hp_ct *ct)
+{
+    free(ct->conns);
+    free(ct->slots);
+    ct->conns = NULL;
+    ct->slots = NULL;
+}
+
+void hp_ct_orig_key(const hp_conn *c, hp_flow_key *out)
+{
+    memcpy(out->src, c->src, 16);
+    memcpy(out->dst, c->dst, 16);
+    out->sport = c->sport;
+    out->dport = c->dport;
+    out->family = c->family;
+    out->proto = c->proto;
+    out->pad = 0;
+}
+
+void hp_ct_reply_key(const hp_ct *ct, const hp_conn *c, hp_flow_key *out)
+{
+    memcpy(out->src, c->dst, 16);
+    memcpy(out->dst, ct->enis[c->eni].addr[c->family == 6], 16);
+    out->sport = c->dport;
+    out->dport = c->nat_port;
+    out->family = c->family;
+    out->proto = c->proto;
+    out->pad = 0;
+}
+
+static int matches(const hp_ct *ct, const hp_conn *c, int dir, const hp_flow_key *k)
+{
+    if (c->family != k->family || c->proto != k->proto)
+        return 0;
+    if (dir == HP_DIR_OUT)
+        return c->sport == k->sport && c->dport == k->dport &&
+               memcmp(c->src, k->src, 16) == 0 && memcmp(c->dst, k->dst, 16) == 0;
+    return c->dport == k->sport && c->nat_port == k->dport &&
+           memcmp(c->dst, k->src, 16) == 0 &&
+           memcmp(ct->enis[c->eni].addr[c->family == 6], k->dst, 16) == 0;
+}
+
+uint32_t hp_ct_lookup_hashed(const hp_ct *ct, const hp_flow_key *key, uint32_t hash, int dir)
+{
+    for (uint32_t i = hash & ct->mask;; i = (i + 1) & ct->mask) {
+        const hp_ct_slot *s = &ct->slots[i];
+        if (s->ref == 0)
+            return HP_CT_NONE;
+        if (s->hash != hash || ((s->ref - 1) & 1) != (uint32_t)dir)
+            continue;
+        uint32_t id = (s->ref - 1) >> 1;
+        if (matches(ct, &ct->conns[id], dir, key))
+            return id;
+    }
+}
+
+uint32_t hp_ct_lookup(const hp_ct *ct, const hp_flow_key *key, int dir)
+{
+    return hp_ct_lookup_hashed(ct, key, hp_ct_hash(ct, key), dir);
+}
+
+static void index_insert(hp_ct *ct, uint32_t hash, uint32_t ref)
+{
+    uint32_t i = hash & ct->mask;
+    while (ct->slots[i].ref != 0)
+        i = (i + 1) & ct->mask;
+    ct->slots[i].hash = hash;
+    ct->slots[i].ref = ref;
+}
+
+static void index_remove(hp_ct *ct, uint32_t hash, uint32_t ref)
+{
+    uint32_t i = hash & ct->mask;
+    while (ct->slots[i].ref != ref)
+        i = (i + 1) & ct->mask;
+    /* Backward shift: pull later entries of the probe run into the hole when their home
+     * bucket does not lie cyclically between the hole and where they sit. */
+    for (uint32_t j = i;;) {
+        j = (j + 1) & ct->mask;
+        if (ct->slots[j].ref == 0)
+            break;
+        uint32_t home = ct->slots[j].hash & ct->mask;
+        int stays = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
+        if (!stays) {
+            ct->slots[i] = ct->slots[j];
+            i = j;
+        }
+    }
+    ct->slots[i].ref = 0;
+}
+
+static void lru_unlink(hp_ct *ct, uint32_t id)
+{
+    hp_conn *c = &ct->conns[id];
+    if (c->lru_prev != HP_CT_NONE)
+        ct->conns[c->lru_prev].lru_next = c->lru_next;
+    else
+        ct->lru_head[c->state] = c->lru_next;
+    if (c->lru_next != HP_CT_NONE)
+        ct->conns[c->lru_next].lru_prev = c->lru_prev;
+    else
+        ct->lru_tail[c->state] = c->lru_prev;
+}
+
+static void lru_append(hp_ct *ct, uint32_t id)
+{
+    hp_conn *c = &ct->conns[id];
+    uint32_t tail = ct->lru_tail[c->state];
+    c->lru_prev = tail;
+    c->lru_next = HP_CT_NONE;
+    if (tail != HP_CT_NONE)
+        ct->conns[tail].lru_next = id;
+    else
+        ct->lru_head[c->state] = id;
+    ct->lru_tail[c->state] = id;
+}
+
+uint32_t hp_ct_insert(hp_ct *ct, const hp_flow_key *orig, uint16_t eni, uint16_t nat_port,
+                      uint8_t state, uint64_t now_ms)
+{
+    uint32_t id = ct->free_head;
+    if (id == HP_CT_NONE)
+        return HP_CT_NONE;
+    hp_conn *c = &ct->conns[id];
+    ct->free_head = c->lru_next;
+    memset(c, 0, sizeof *c);
+    memcpy(c->src, orig->src, 16);
+    memcpy(c->dst, orig->dst, 16);
+    c->sport = orig->sport;
+    c->dport = orig->dport;
+    c->family = orig->family;
+    c->proto = orig->proto;
+    c->nat_port = nat_port;
+    c->eni = eni;
+    c->state = state;
+    c->last_seen_ms = now_ms;
+    c->start_s = (uint32_t)(now_ms / 1000);
+    lru_append(ct, id);
+
+    hp_flow_key reply;
+    hp_ct_reply_key(ct, c, &reply);
+    index_insert(ct, hp_ct_hash(ct, orig), (id << 1 | HP_DIR_OUT) + 1);
+    index_insert(ct, hp_ct_hash(ct, &reply), (id << 1 | HP_DIR_IN) + 1);
+    ct->count++;
+    return id;
+}
+
+void hp_ct_delete(hp_ct *ct, uint32_t id)
+{
+    hp_conn *c = &ct->conns[id];
+    hp_flow_key k;
+    hp_ct_orig_key(c, &k);
+    index_remove(ct, hp_ct_hash(ct, &k), (id << 1 | HP_DIR_OUT) + 1);
+    hp_ct_reply_key(ct, c, &k);
+    index_remove(ct, hp_ct_hash(ct, &k), (id << 1 | HP_DIR_IN) + 1);
+    lru_unlink(ct, id);
+    c->state = HP_S_NONE;
+    c->lru_next = ct->free_head;   /* last removed, first reused */
+    ct->free_head = id;
+    ct->count--;
+}
+
+void hp_ct_touch(hp_ct *ct, uint32_t id, uint8_t new_state, uint64_t now_ms)
+{
+    hp_conn *c = &ct->conns[id];
+    c->last_seen_ms = now_ms;
+    if (c->state == new_state && ct->lru_tail[new_state] == id)
+        return;
+    lru_unlink(ct, id);
+    c->state = new_state;
+    lru_append(ct, id);
+}
+
+uint32_t hp_ct_next_expired(const hp_ct *ct, uint64_t now_ms)
+{
+    for (int s = 1; s < HP_S_COUNT; s++) {
+        uint32_t id = ct->lru_head[s];
+        if (id != HP_CT_NONE && hp_ct_expired(ct, &ct->conns[id], now_ms))
+            return id;
+    }
+    return HP_CT_NONE;
+}
+
+uint32_t hp_ct_next_live(const hp_ct *ct, uint32_t from)
+{
+    for (uint32_t i = from; i < ct->capacity; i++)
+        if (ct->conns[i].state != HP_S_NONE)
+            return i;
+    return HP_CT_NONE;
+}
+
+size_t hp_ct_memory(const hp_ct *ct)
+{
+    return (size_t)ct->capacity * sizeof(hp_conn) + (size_t)(ct->mask + 1) * sizeof(hp_ct_slot);
+}
+
+void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, int dir,
+                        uint32_t *ids)
+{
+    enum { STRIDE = 32 };
+    uint32_t hashes[STRIDE];
+    for (uint32_t base = 0; base < n; base += STRIDE) {
+        uint32_t m = n - base < STRIDE ? n - base : STRIDE;
+        for (uint32_t i = 0; i < m; i++) {
+            hashes[i] = hp_ct_hash(ct, &keys[base + i]);
+            hp_ct_prefetch_slot(ct, hashes[i]);
+        }
+        for (uint32_t i = 0; i < m; i++)
+            ids[base + i] = hp_ct_lookup_hashed(ct, &keys[base + i], hashes[i], dir);
+    }
+}

@@ -1,0 +1,152 @@
+/* The data-plane loop: one inside port (the functions' side) and one port per ENI, each an
+ * AF_PACKET ring pair (hp_ring.h) with virtio-net headers. Per batch: rx from a port, check the
+ * destination MAC, hp_nat_translate() the batch, then set the Ethernet addresses of what is
+ * forwarded (egress port's MAC, the next hop's from the neighbour table), copy it to the egress
+ * port's tx ring and flush each tx ring once. What the NAT punts (ARP, ICMP, NDP, neighbour
+ * misses, ...) and broadcast / multicast ARP and ICMP go to a bounded punt queue that the
+ * caller (the Python slow path) drains between runs.
+ *
+ * Not thread-safe: configure between hp_dp_run() calls; only hp_dp_wake() may be called while
+ * another thread runs the loop. */
+#ifndef HP_DATAPLANE_H
+#define HP_DATAPLANE_H
+
+#include "hp_nat.h"
+#include "hp_ring.h"
+
+#define HP_DP_MAX_PORTS 64
+#define HP_DP_BATCH 64
+#define HP_DP_PORT_NONE 0xFFFFu  /* a neighbour entry valid on any port; no egress port */
+
+enum hp_dp_role { HP_DP_INSIDE = 0, HP_DP_ENI = 1 };
+
+/* Loop counters (the loop's drops and punts by reason are in hp_dp.drops). */
+#define HP_DP_COUNTERS(X) \
+    X(RX_FRAMES) X(RX_BYTES) X(TX_FRAMES) X(TX_BYTES) \
+    X(FORWARDED) X(NAT_DROPPED) X(PUNTED) X(PUNT_OVERFLOW) X(MCAST_IGNORED) \
+    X(INJECTED) X(INJECT_FAILED) X(BATCHES) X(POLLS) X(RUNS)
+#define HP_DP_COUNTER_ENUM(name) HP_DP_C_##name,
+enum hp_dp_counter { HP_DP_COUNTERS(HP_DP_COUNTER_ENUM) HP_DP_C_COUNT };
+#undef HP_DP_COUNTER_ENUM
+extern const char *const hp_dp_counter_names[HP_DP_C_COUNT];
+
+typedef struct hp_dp_port {
+    hp_ring *ring;
+    int ifindex;
+    uint8_t mac[6];
+    uint8_t role;                /* enum hp_dp_role */
+    uint8_t dirty;               /* tx committed during this batch */
+    uint16_t eni;                /* ENI id (role ENI) */
+    /* Role ENI: destinations inside the prefix are on-link, others go to the gateway. A family
+     * without a prefix is all on-link. [0] IPv4 (first 4 bytes), [1] IPv6. */
+    uint8_t has_net[2], has_gw[2];
+    uint8_t plen[2];
+    uint8_t net[2][16];
+    uint8_t gw[2][16];
+    /* One-entry next-hop cache. */
+    uint8_t nh_valid, nh_family;
+    uint8_t nh_addr[16];
+    uint8_t nh_mac[6];
+} hp_dp_port;
+
+typedef struct hp_dp_neigh {
+    uint8_t used;                /* 0 empty, 1 live, 2 deleted */
+    uint8_t family;              /* 4 or 6 */
+    uint16_t port;               /* port index, or HP_DP_PORT_NONE for any port */
+    uint8_t addr[16];
+    uint8_t mac[6];
+    uint8_t pad[2];
+} hp_dp_neigh;
+
+/* One punted frame: the Ethernet frame (no virtio-net header) is in the punt arena. */
+typedef struct hp_dp_punt {
+    uint16_t in_port;            /* port it arrived on (HP_DP_PORT_NONE: hp_dp_input) */
+    uint16_t out_port;           /* NEIGH_MISS: the egress port; else HP_DP_PORT_NONE */
+    uint8_t reason;              /* enum hp_reason */
+    uint8_t pad;
+    uint8_t vnet[10];            /* the frame's virtio-net header as received */
+    uint32_t conn;               /* connection id, HP_CT_NONE when none */
+    uint32_t off, len;           /* the frame's bytes in the arena */
+} hp_dp_punt;
+
+typedef uint64_t (*hp_dp_clock_fn)(void *ctx);
+
+typedef struct hp_dp {
+    hp_nat *nat;
+    hp_dp_port ports[HP_DP_MAX_PORTS];
+    uint32_t n_ports;
+    int inside;                  /* port index of the inside port, -1 until added */
+    int16_t eni_port[HP_MAX_ENIS];
+    hp_dp_neigh *neigh;
+    uint32_t neigh_mask, neigh_count, neigh_used;   /* used: live + deleted slots */
+    hp_dp_punt *punts;
+    uint32_t punt_cap, n_punts;
+    uint8_t *arena;
+    uint32_t arena_cap, arena_used;
+    int wake_fd;                 /* eventfd: hp_dp_wake() makes a run return */
+    uint32_t spin_us;            /* busy-poll this long before sleeping in poll() */
+    hp_dp_clock_fn clock;
+    void *clock_ctx;
+    uint64_t counters[HP_DP_C_COUNT];
+    uint64_t drops[HP_R_COUNT];  /* the loop's own drops and punts, by reason */
+    uint8_t *scratch;            /* hp_dp_input's copy of a frame */
+    uint8_t *frames[HP_DP_BATCH];
+    uint32_t lens[HP_DP_BATCH];
+    hp_result results[HP_DP_BATCH];
+} hp_dp;
+
+/* neigh_cap: neighbour entries (0: 4096); punt_cap: queued frames (0: 1024); punt_bytes: their
+ * total size (0: 4 MB). Returns NULL on allocation failure. */
+hp_dp *hp_dp_create(hp_nat *nat, uint32_t neigh_cap, uint32_t punt_cap, uint32_t punt_bytes);
+void hp_dp_destroy(hp_dp *dp);
+
+/* Opens a ring pair on ifindex. role HP_DP_INSIDE (once) or HP_DP_ENI (eni: its id in the NAT,
+ * one port per ENI). frame_nr: slots per ring (0: default). Returns the port index or -errno. */
+int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t mac[6], int role, int eni,
+                   uint32_t frame_nr, int qdisc_bypass);
+/* An ENI port's subnet for one family (4 or 6): prefix (4 or 16 bytes) / plen, and the
+ * gateway (NULL: none, off-link destinations are then dropped NO_ROUTE). */
+int hp_dp_set_subnet(hp_dp *dp, int port, int family, const uint8_t *prefix, int plen,
+                     const uint8_t *gateway);
+
+/* Neighbour table: port HP_DP_PORT_NONE (or -1) is valid on every port; a port's own entry
+ * wins. addr is 4 or 16 bytes. Returns 0, -ENOSPC when full, -EINVAL. */
+int hp_dp_set_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, const uint8_t mac[6]);
+int hp_dp_del_neigh(hp_dp *dp, int port, int family, const uint8_t *addr);
+/* The MAC for addr as the loop sees it from port (own entry, then any-port entry), or NULL. */
+const uint8_t *hp_dp_get_neigh(const hp_dp *dp, int port, int family, const uint8_t *addr);
+void hp_dp_clear_neigh(hp_dp *dp);
+
+/* Runs the loop until the punt queue is non-empty (after the batch that filled it), timeout_ms
+ * passes (< 0: no timeout), max_batches batches ran (0: no limit), or hp_dp_wake().
+ * Returns the number of frames received, or -errno (poll failed). */
+int64_t hp_dp_run(hp_dp *dp, int timeout_ms, uint32_t max_batches);
+/* Thread-safe: makes the current (or next) hp_dp_run return. */
+void hp_dp_wake(hp_dp *dp);
+
+/* The punt queue: entries in arrival order, cleared by hp_dp_punt_clear(). */
+static inline uint32_t hp_dp_punt_count(const hp_dp *dp) { return dp->n_punts; }
+static inline const hp_dp_punt *hp_dp_punt_get(const hp_dp *dp, uint32_t i) { return &dp->punts[i]; }
+static inline const uint8_t *hp_dp_punt_data(const hp_dp *dp, const hp_dp_punt *p)
+{
+    return dp->arena + p->off;
+}
+void hp_dp_punt_clear(hp_dp *dp);
+
+/* Sends an Ethernet frame out of a port as is (vnet_hdr: its 10-byte virtio-net header, NULL:
+ * zeroed), flushed at once. Returns 0 or -errno (-ENOBUFS: tx ring full). */
+int hp_dp_inject(hp_dp *dp, int port, const uint8_t *frame, uint32_t len, const uint8_t *vnet_hdr);
+/* Processes an Ethernet frame as if it had arrived on port (the NAT translates it, forwards or
+ * punts it): for frames the slow path re-injects, e.g. after PORTS_EXHAUSTED. Returns the
+ * verdict (enum hp_verdict) or -errno. */
+int hp_dp_input(hp_dp *dp, int port, const uint8_t *frame, uint32_t len,
+                const uint8_t *vnet_hdr, hp_result *result);
+
+/* CLOCK_MONOTONIC in milliseconds: the clock the loop uses unless hp_dp_set_clock() says. */
+uint64_t hp_dp_now_ms(void);
+void hp_dp_set_clock(hp_dp *dp, hp_dp_clock_fn fn, void *ctx);
+
+/* Refreshes every port's kernel drop count (PACKET_STATISTICS). */
+void hp_dp_update_stats(hp_dp *dp);
+
+#endif

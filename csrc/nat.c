@@ -1,0 +1,430 @@
+/* The NAT decisions of docs/semantics.md section 3 over the connection table and port pools,
+ * and the batch translation loop: parse and hash a whole batch first, prefetching index
+ * slots, then look up and rewrite, so memory latency overlaps across frames. */
+#include "hp_nat.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define HP_BATCH 64
+#define HP_FULL_TABLE_REAP 8
+
+const char *const hp_counter_names[HP_C_COUNT] = {
+    "FWD_OUT_PACKETS", "FWD_OUT_BYTES", "FWD_IN_PACKETS", "FWD_IN_BYTES",
+    "CONN_CREATED", "CONN_ESTABLISHED", "CONN_EXPIRED", "JOURNAL_OVERFLOW",
+};
+
+void hp_nat_config_default(hp_nat_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->capacity = 262144;
+    cfg->port_lo = 536;
+    cfg->port_hi = 65535;
+    hp_timeouts_profile(&cfg->timeouts, 0);
+    cfg->quarantine_ms = 2 * cfg->timeouts.ms[HP_S_TIME_WAIT];
+    cfg->mtu_inside = cfg->mtu_outside = 1500;
+    cfg->journal_size = 4096;
+}
+
+hp_nat *hp_nat_create(const hp_nat_config *cfg)
+{
+    hp_nat *nat = calloc(1, sizeof *nat);
+    if (!nat)
+        return NULL;
+    nat->cfg = *cfg;
+    if (nat->cfg.hash_seed.k0 == 0 && nat->cfg.hash_seed.k1 == 0)
+        hp_random_seed(&nat->cfg.hash_seed);
+    nat->rng = cfg->port_seed;
+    if (cfg->journal_size)
+        nat->journal = calloc(cfg->journal_size, sizeof *nat->journal);
+    if ((cfg->journal_size && !nat->journal) ||
+        hp_ct_init(&nat->ct, cfg->capacity, &nat->cfg.hash_seed, nat->eni_addr,
+                   &nat->cfg.timeouts) != 0) {
+        hp_nat_destroy(nat);
+        return NULL;
+    }
+    return nat;
+}
+
+void hp_nat_destroy(hp_nat *nat)
+{
+    if (!nat)
+        return;
+    for (uint32_t e = 0; e < nat->n_enis; e++) {
+        if (!nat->eni_pools[e])
+            continue;
+        for (int f = 0; f < 2; f++)
+            for (int p = 0; p < 2; p++)
+                hp_pool_free(&nat->eni_pools[e]->pool[f][p]);
+        free(nat->eni_pools[e]);
+    }
+    hp_ct_free(&nat->ct);
+    free(nat->sources);
+    free(nat->groups);
+    free(nat->journal);
+    free(nat);
+}
+
+int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6)
+{
+    if (nat->n_enis >= HP_MAX_ENIS || (!v4 && !v6))
+        return -1;
+    uint32_t e = nat->n_enis;
+    hp_eni_addr *a = &nat->eni_addr[e];
+    memset(a, 0, sizeof *a);
+    hp_eni_pools *pools = calloc(1, sizeof *pools);
+    if (!pools)
+        return -1;
+    const uint8_t *addrs[2] = { v4, v6 };
+    for (int f = 0; f < 2; f++) {
+        if (!addrs[f])
+            continue;
+        memcpy(a->addr[f], addrs[f], f ? 16 : 4);
+        a->has[f] = 1;
+        for (int p = 0; p < 2; p++) {
+            if (hp_pool_init(&pools->pool[f][p], nat->cfg.port_lo, nat->cfg.port_hi,
+                             &nat->cfg.hash_seed) != 0) {
+                for (int ff = 0; ff < 2; ff++)
+                    for (int pp = 0; pp < 2; pp++)
+                        hp_pool_free(&pools->pool[ff][pp]);
+                free(pools);
+                return -1;
+            }
+        }
+    }
+    nat->eni_pools[e] = pools;
+    nat->n_enis++;
+    return (int)e;
+}
+
+/* Grows an array of elements of size elem to hold one more; returns 0 on success. */
+static int grow(void **arr, uint32_t n, uint32_t *cap, size_t elem)
+{
+    if (n < *cap)
+        return 0;
+    uint32_t ncap = *cap ? *cap * 2 : 16;
+    void *p = realloc(*arr, ncap * elem);
+    if (!p)
+        return -1;
+    *arr = p;
+    *cap = ncap;
+    return 0;
+}
+
+int hp_nat_add_group(hp_nat *nat)
+{
+    if (grow((void **)&nat->groups, nat->n_groups, &nat->cap_groups, sizeof *nat->groups))
+        return -1;
+    memset(&nat->groups[nat->n_groups], 0, sizeof *nat->groups);
+    return (int)nat->n_groups++;
+}
+
+int hp_nat_group_add_eni(hp_nat *nat, int group, int eni)
+{
+    if (group < 0 || (uint32_t)group >= nat->n_groups || eni < 0 || (uint32_t)eni >= nat->n_enis)
+        return -1;
+    hp_group *g = &nat->groups[group];
+    if (g->n_enis >= HP_GROUP_MAX_ENIS)
+        return -1;
+    g->enis[g->n_enis++] = (uint16_t)eni;
+    return 0;
+}
+
+int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6)
+{
+    if ((family != 4 && family != 6) || group < 0 || (uint32_t)group >= nat->n_groups)
+        return -1;
+    if (grow((void **)&nat->sources, nat->n_sources, &nat->cap_sources, sizeof *nat->sources))
+        return -1;
+    hp_source *s = &nat->sources[nat->n_sources++];
+    memset(s, 0, sizeof *s);
+    memcpy(s->addr, addr, family == 4 ? 4 : 16);
+    s->family = (uint8_t)family;
+    s->group = (uint16_t)group;
+    s->allow_v6 = (uint8_t)(allow_v6 != 0);
+    return 0;
+}
+
+static const hp_source *find_source(const hp_nat *nat, const hp_flow_key *k)
+{
+    for (uint32_t i = 0; i < nat->n_sources; i++) {
+        const hp_source *s = &nat->sources[i];
+        if (s->family == k->family && memcmp(s->addr, k->src, 16) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+hp_pool *hp_nat_pool(hp_nat *nat, int eni, int family, int proto)
+{
+    if (eni < 0 || (uint32_t)eni >= nat->n_enis)
+        return NULL;
+    int f = family == 6;
+    if (!nat->eni_addr[eni].has[f])
+        return NULL;
+    return &nat->eni_pools[eni]->pool[f][proto == 17];
+}
+
+static void journal_push(hp_nat *nat, const hp_conn *c)
+{
+    uint32_t size = nat->cfg.journal_size;
+    if (nat->j_count == size) {
+        nat->counters[HP_C_JOURNAL_OVERFLOW]++;
+        if (size == 0)
+            return;
+        nat->j_head = (nat->j_head + 1) % size;   /* the oldest record gives way */
+        nat->j_count--;
+    }
+    nat->journal[(nat->j_head + nat->j_count) % size] = *c;
+    nat->j_count++;
+}
+
+void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
+{
+    const hp_conn *c = &nat->ct.conns[id];
+    hp_pool *pool = hp_nat_pool(nat, c->eni, c->family, c->proto);
+    hp_pool_unref(pool, c->nat_port, !nat->cfg.per_connection, now_ms, nat->cfg.quarantine_ms);
+    hp_ct_delete(&nat->ct, id);
+}
+
+/* Removes an expired connection. Its record goes to copy_to when given, else to the journal
+ * unless discard is set. */
+static void expire_conn(hp_nat *nat, uint32_t id, uint64_t now_ms, hp_conn *copy_to, int discard)
+{
+    if (copy_to)
+        *copy_to = nat->ct.conns[id];
+    else if (!discard)
+        journal_push(nat, &nat->ct.conns[id]);
+    nat->counters[HP_C_CONN_EXPIRED]++;
+    hp_nat_delete_conn(nat, id, now_ms);
+}
+
+size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn *out, size_t out_max)
+{
+    size_t written = 0;
+    while (out && nat->j_count > 0 && written < out_max) {
+        out[written++] = nat->journal[nat->j_head];
+        nat->j_head = (nat->j_head + 1) % nat->cfg.journal_size;
+        nat->j_count--;
+    }
+    for (size_t removed = 0; removed < max; removed++) {
+        uint32_t id = hp_ct_next_expired(&nat->ct, now_ms);
+        if (id == HP_CT_NONE)
+            break;
+        expire_conn(nat, id, now_ms, out && written < out_max ? &out[written++] : NULL, !out);
+    }
+    return written;
+}
+
+/* The TCP state machine of docs/semantics.md 2.2. May change c->flags. */
+static uint8_t tcp_next_state(hp_conn *c, int d, uint8_t tcp_flags)
+{
+    uint8_t s = c->state;
+    int closer = (c->flags & HP_F_CLOSER_REPLY) ? HP_DIR_IN : HP_DIR_OUT;
+    if (tcp_flags & HP_TCP_RST)
+        return HP_S_CLOSE;
+    if ((tcp_flags & HP_TCP_SYN) && (tcp_flags & HP_TCP_ACK))
+        return (d == HP_DIR_IN && (s == HP_S_SYN_SENT || s == HP_S_SYN_RECV)) ? HP_S_SYN_RECV : s;
+    if (tcp_flags & HP_TCP_SYN) {
+        if (d == HP_DIR_OUT && (s == HP_S_TIME_WAIT || s == HP_S_CLOSE)) {
+            c->flags = 0;   /* the port is reused by a new connection */
+            return HP_S_SYN_SENT;
+        }
+        return s;
+    }
+    if (tcp_flags & HP_TCP_FIN) {
+        if (s == HP_S_SYN_RECV || s == HP_S_ESTABLISHED) {
+            c->flags |= HP_F_FIN_SEEN | (d == HP_DIR_IN ? HP_F_CLOSER_REPLY : 0);
+            return HP_S_FIN_WAIT;
+        }
+        if ((s == HP_S_FIN_WAIT || s == HP_S_CLOSE_WAIT) && d != closer)
+            return HP_S_LAST_ACK;
+        return s;
+    }
+    if (tcp_flags & HP_TCP_ACK) {
+        if (s == HP_S_SYN_RECV && d == HP_DIR_OUT)
+            return HP_S_ESTABLISHED;
+        if (s == HP_S_FIN_WAIT && d != closer)
+            return HP_S_CLOSE_WAIT;
+        if (s == HP_S_LAST_ACK && d == closer)
+            return HP_S_TIME_WAIT;
+    }
+    return s;
+}
+
+/* A packet of connection id in direction dir: state, timers, counters, rewrite. */
+static void forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, uint64_t now_ms,
+                    hp_result *res)
+{
+    hp_conn *c = &nat->ct.conns[id];
+    uint8_t old = c->state, state = old;
+    if (c->proto == 6) {
+        state = tcp_next_state(c, dir, pkt->tcp_flags);
+        if (old == HP_S_SYN_RECV && state == HP_S_ESTABLISHED) {
+            c->flags |= HP_F_ASSURED;
+            nat->counters[HP_C_CONN_ESTABLISHED]++;
+        }
+    } else if (dir == HP_DIR_IN && old == HP_S_UDP_FIRST) {
+        state = HP_S_UDP_STREAM;
+        c->flags |= HP_F_ASSURED;
+    }
+    if (dir == HP_DIR_IN)
+        c->flags |= HP_F_REPLY_SEEN;
+    hp_ct_touch(&nat->ct, id, state, now_ms);
+
+    uint32_t packets;
+    uint64_t bytes;
+    hp_pkt_wire_size(pkt, &packets, &bytes);
+    c->packets[dir] += packets;
+    c->bytes[dir] += bytes;
+    int fwd = dir == HP_DIR_OUT ? HP_C_FWD_OUT_PACKETS : HP_C_FWD_IN_PACKETS;
+    nat->counters[fwd] += packets;
+    nat->counters[fwd + 1] += bytes;
+
+    if (dir == HP_DIR_OUT)
+        hp_rewrite(pkt, dir, nat->eni_addr[c->eni].addr[c->family == 6], c->nat_port);
+    else
+        hp_rewrite(pkt, dir, c->src, c->sport);
+    res->verdict = HP_FORWARD;
+    res->reason = HP_R_NONE;
+    res->port = dir == HP_DIR_OUT ? (uint16_t)(c->eni + 1) : 0;
+    res->conn = id;
+}
+
+/* Picks the ENI and external port for a new connection; returns the reason it can't. */
+static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, uint64_t now_ms,
+                    uint16_t *eni, uint16_t *ext)
+{
+    if (!nat->cfg.per_connection) {
+        for (uint32_t i = 0; i < g->n_enis; i++) {
+            hp_pool *pool = hp_nat_pool(nat, g->enis[i], k->family, k->proto);
+            if (pool && (*ext = hp_pool_map_find(pool, k->src, k->sport)) != 0) {
+                hp_pool_ref(pool, *ext);
+                *eni = g->enis[i];
+                return HP_R_NONE;
+            }
+        }
+    }
+    *eni = g->enis[g->n_enis - 1];
+    hp_pool *pool = hp_nat_pool(nat, *eni, k->family, k->proto);
+    *ext = pool ? hp_pool_alloc(pool, &nat->rng, now_ms) : 0;
+    if (*ext == 0)
+        return HP_R_PORTS_EXHAUSTED;
+    if (!nat->cfg.per_connection)
+        hp_pool_map_add(pool, *ext, k->src, k->sport);
+    return HP_R_NONE;
+}
+
+/* Section 3, direction OUT, after a lookup miss: a new connection or the reason for none. */
+static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint64_t now_ms, uint32_t *id)
+{
+    const hp_flow_key *k = &pkt->key;
+    const hp_source *src = find_source(nat, k);
+    if (!src)
+        return HP_R_UNKNOWN_SOURCE;
+    const hp_group *g = &nat->groups[src->group];
+    if (g->n_enis == 0)
+        return HP_R_PORTS_EXHAUSTED;
+    if (k->family == 6 && (!src->allow_v6 || !nat->eni_addr[g->enis[g->n_enis - 1]].has[1]))
+        return HP_R_V6_NOT_ALLOWED;
+    if (k->proto == 6 &&
+        (pkt->tcp_flags & (HP_TCP_SYN | HP_TCP_ACK | HP_TCP_RST | HP_TCP_FIN)) != HP_TCP_SYN)
+        return HP_R_TCP_NOT_SYN;
+    if (nat->ct.count == nat->ct.capacity) {
+        for (int i = 0; i < HP_FULL_TABLE_REAP; i++) {
+            uint32_t old = hp_ct_next_expired(&nat->ct, now_ms);
+            if (old == HP_CT_NONE)
+                break;
+            expire_conn(nat, old, now_ms, NULL, 0);
+        }
+        if (nat->ct.count == nat->ct.capacity)
+            return HP_R_TABLE_FULL;
+    }
+    uint16_t eni, ext;
+    int r = map_port(nat, g, k, now_ms, &eni, &ext);
+    if (r != HP_R_NONE)
+        return r;
+    *id = hp_ct_insert(&nat->ct, k, eni, ext, k->proto == 6 ? HP_S_SYN_SENT : HP_S_UDP_FIRST,
+                       now_ms);
+    nat->counters[HP_C_CONN_CREATED]++;
+    return HP_R_NONE;
+}
+
+static int is_eni_addr(const hp_nat *nat, const hp_flow_key *k)
+{
+    int f = k->family == 6;
+    for (uint32_t e = 0; e < nat->n_enis; e++)
+        if (nat->eni_addr[e].has[f] && memcmp(nat->eni_addr[e].addr[f], k->dst, 16) == 0)
+            return 1;
+    return 0;
+}
+
+static int unsolicited_reason(const hp_nat *nat, const hp_pkt *pkt)
+{
+    if (!is_eni_addr(nat, &pkt->key))
+        return HP_R_IN_NOT_ENI_ADDR;
+    if (pkt->proto == 17)
+        return HP_R_IN_NO_MATCH_UDP;
+    if ((pkt->tcp_flags & (HP_TCP_SYN | HP_TCP_ACK | HP_TCP_RST | HP_TCP_FIN)) == HP_TCP_SYN)
+        return HP_R_IN_UNSOLICITED_SYN;
+    return HP_R_IN_NO_MATCH_TCP;
+}
+
+static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint16_t in_eni,
+                          uint64_t now_ms, hp_result *res)
+{
+    uint32_t id = hp_ct_lookup_hashed(&nat->ct, &pkt->key, hash, dir);
+    if (id != HP_CT_NONE && hp_ct_expired(&nat->ct, &nat->ct.conns[id], now_ms)) {
+        expire_conn(nat, id, now_ms, NULL, 0);
+        id = HP_CT_NONE;
+    }
+    if (id != HP_CT_NONE && dir == HP_DIR_IN && nat->ct.conns[id].eni != in_eni)
+        id = HP_CT_NONE;
+    int reason = HP_R_NONE;
+    if (id == HP_CT_NONE)
+        reason = dir == HP_DIR_OUT ? new_connection(nat, pkt, now_ms, &id)
+                                   : unsolicited_reason(nat, pkt);
+    if (reason == HP_R_NONE) {
+        forward(nat, id, pkt, dir, now_ms, res);
+        return;
+    }
+    res->verdict = hp_reason_is_punt(reason) ? HP_PUNT : HP_DROP;
+    res->reason = (uint8_t)reason;
+    nat->drops[reason]++;
+}
+
+void hp_nat_translate(hp_nat *nat, uint8_t *const *frames, const uint32_t *lens, uint32_t n,
+                      int dir, uint16_t in_eni, int vnet, uint64_t now_ms, hp_result *out)
+{
+    hp_pkt pkts[HP_BATCH];
+    uint32_t hashes[HP_BATCH];
+    uint8_t reasons[HP_BATCH];
+    uint16_t mtu = dir == HP_DIR_OUT ? nat->cfg.mtu_outside : nat->cfg.mtu_inside;
+
+    for (uint32_t base = 0; base < n; base += HP_BATCH) {
+        uint32_t m = n - base < HP_BATCH ? n - base : HP_BATCH;
+        for (uint32_t i = 0; i < m; i++) {
+            hp_pkt *pkt = &pkts[i];
+            int r = hp_parse(frames[base + i], lens[base + i], vnet, pkt);
+            if (r == HP_R_NONE && (!pkt->vnet || pkt->vnet->gso_type == 0) && pkt->l3len > mtu)
+                r = HP_R_TOO_BIG;
+            reasons[i] = (uint8_t)r;
+            if (r == HP_R_NONE) {
+                hashes[i] = hp_ct_hash(&nat->ct, &pkt->key);
+                hp_ct_prefetch_slot(&nat->ct, hashes[i]);
+            }
+        }
+        for (uint32_t i = 0; i < m; i++) {
+            hp_result *res = &out[base + i];
+            res->port = 0;
+            res->conn = HP_CT_NONE;
+            if (reasons[i] == HP_R_NONE) {
+                translate_one(nat, &pkts[i], hashes[i], dir, in_eni, now_ms, res);
+            } else {
+                res->verdict = hp_reason_is_punt(reasons[i]) ? HP_PUNT : HP_DROP;
+                res->reason = reasons[i];
+                nat->drops[reasons[i]]++;
+            }
+        }
+    }
+}

@@ -1,0 +1,254 @@
+# cython: language_level=3
+"""Thin bindings over the C core: own the C objects, expose batch calls, release the GIL."""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+
+from hyperplane._hp cimport *
+
+from .connection import Connection, addr_bytes, addr_str
+from .natparams import resolve
+from . import vocab
+
+REASONS = tuple(hp_reason_names[i].decode() for i in range(HP_R_COUNT))
+STATES = tuple(hp_state_names[i].decode() for i in range(HP_S_COUNT))
+COUNTERS = tuple(hp_counter_names[i].decode() for i in range(HP_C_COUNT))
+SIZEOF_CONN = sizeof(hp_conn)
+
+
+cdef class Nat:
+    """The NAT's C core; see docs/semantics.md section 8 for the API it shares with the model."""
+
+    cdef hp_nat *nat
+    cdef readonly object params
+
+    def __cinit__(self, *args, **kwargs):
+        self.nat = NULL
+
+    def __init__(self, **kwargs):
+        p = resolve(**kwargs)
+        self.params = p
+        cdef hp_nat_config cfg
+        hp_nat_config_default(&cfg)
+        cfg.capacity = p.capacity
+        cfg.port_lo = p.port_lo
+        cfg.port_hi = p.port_hi
+        cfg.per_connection = p.per_connection
+        cfg.quarantine_ms = p.quarantine_ms
+        cfg.mtu_inside = p.mtu_inside
+        cfg.mtu_outside = p.mtu_outside
+        cfg.journal_size = p.journal_size
+        cfg.port_seed = p.port_seed
+        for s, ms in enumerate(p.timeouts_ms):
+            cfg.timeouts.ms[s] = ms
+        if p.hash_seed is not None:
+            cfg.hash_seed.k0, cfg.hash_seed.k1 = p.hash_seed
+        self.nat = hp_nat_create(&cfg)
+        if self.nat == NULL:
+            raise MemoryError(f"cannot allocate a NAT for {p.capacity} connections")
+
+    def __dealloc__(self):
+        hp_nat_destroy(self.nat)
+
+    # --- configuration -------------------------------------------------------------------
+
+    def add_eni(self, v4=None, v6=None):
+        cdef bytes b4 = None, b6 = None
+        if v4 is not None:
+            fam, raw = addr_bytes(v4)
+            if fam != 4:
+                raise ValueError(f"not an IPv4 address: {v4}")
+            b4 = raw[:4]
+        if v6 is not None:
+            fam, raw = addr_bytes(v6)
+            if fam != 6:
+                raise ValueError(f"not an IPv6 address: {v6}")
+            b6 = raw
+        if b4 is None and b6 is None:
+            raise ValueError("an ENI needs an IPv4 or an IPv6 address")
+        e = hp_nat_add_eni(self.nat, <const uint8_t *>b4 if b4 is not None else NULL,
+                           <const uint8_t *>b6 if b6 is not None else NULL)
+        if e < 0:
+            raise RuntimeError("cannot add an ENI (limit reached or out of memory)")
+        return e
+
+    def add_group(self):
+        g = hp_nat_add_group(self.nat)
+        if g < 0:
+            raise MemoryError("cannot add a group")
+        return g
+
+    def group_add_eni(self, int group, int eni):
+        if hp_nat_group_add_eni(self.nat, group, eni) != 0:
+            raise ValueError(f"cannot add ENI {eni} to group {group}")
+
+    def add_source(self, addr, int group, allow_v6=False):
+        fam, raw = addr_bytes(addr)
+        if hp_nat_add_source(self.nat, fam, <const uint8_t *>raw, group, bool(allow_v6)) != 0:
+            raise ValueError(f"cannot add source {addr} to group {group}")
+
+    # --- the batch calls -----------------------------------------------------------------
+
+    def translate(self, frames, int direction, uint64_t now_ms, int eni=0, bint vnet=False):
+        """Translates bytearrays in place; returns (verdict, reason, port, conn) per frame."""
+        cdef Py_ssize_t n = len(frames), i
+        if direction not in (vocab.OUT, vocab.IN):
+            raise ValueError("direction must be vocab.OUT or vocab.IN")
+        if n == 0:
+            return []
+        cdef uint8_t **ptrs = <uint8_t **>malloc(n * sizeof(uint8_t *))
+        cdef uint32_t *lens = <uint32_t *>malloc(n * sizeof(uint32_t))
+        cdef hp_result *res = <hp_result *>malloc(n * sizeof(hp_result))
+        try:
+            if not ptrs or not lens or not res:
+                raise MemoryError()
+            for i in range(n):
+                f = frames[i]
+                if type(f) is not bytearray:
+                    raise TypeError("frames must be bytearrays (they are rewritten in place)")
+                ptrs[i] = <uint8_t *>PyByteArray_AS_STRING(f)
+                lens[i] = PyByteArray_GET_SIZE(f)
+            with nogil:
+                hp_nat_translate(self.nat, ptrs, lens, n, direction, eni, vnet, now_ms, res)
+            return [(res[i].verdict, res[i].reason, res[i].port,
+                     -1 if res[i].conn == HP_CT_NONE else res[i].conn) for i in range(n)]
+        finally:
+            free(ptrs)
+            free(lens)
+            free(res)
+
+    def translate_packed(self, const uint8_t[::1] template, uint8_t[::1] work, uint32_t stride,
+                         int direction, uint64_t now_ms, int eni=0, bint vnet=False):
+        """Copies template into work and translates the frames packed in it every stride bytes.
+        For benchmarks: one call, no Python per frame. Returns the number forwarded."""
+        cdef uint32_t n = template.shape[0] // stride, i, forwarded = 0
+        if work.shape[0] < template.shape[0] or n == 0:
+            raise ValueError("work must be at least as large as template, holding >= 1 frame")
+        cdef uint8_t **ptrs = <uint8_t **>malloc(n * sizeof(uint8_t *))
+        cdef uint32_t *lens = <uint32_t *>malloc(n * sizeof(uint32_t))
+        cdef hp_result *res = <hp_result *>malloc(n * sizeof(hp_result))
+        try:
+            if not ptrs or not lens or not res:
+                raise MemoryError()
+            with nogil:
+                memcpy(&work[0], &template[0], n * stride)
+                for i in range(n):
+                    ptrs[i] = &work[i * stride]
+                    lens[i] = stride
+                hp_nat_translate(self.nat, ptrs, lens, n, direction, eni, vnet, now_ms, res)
+                for i in range(n):
+                    forwarded += res[i].verdict == 0
+            return forwarded
+        finally:
+            free(ptrs)
+            free(lens)
+            free(res)
+
+    def lookup_packed(self, const uint8_t[::1] keys, int direction):
+        """Looks up packed 40-byte flow keys (pack_key) in one batch; returns how many hit."""
+        cdef uint32_t n = keys.shape[0] // sizeof(hp_flow_key), i, hits = 0
+        cdef uint32_t *ids = <uint32_t *>malloc(max(n, 1) * sizeof(uint32_t))
+        if not ids:
+            raise MemoryError()
+        with nogil:
+            hp_ct_lookup_batch(&self.nat.ct, <const hp_flow_key *>&keys[0], n, direction, ids)
+            for i in range(n):
+                hits += ids[i] != HP_CT_NONE
+        free(ids)
+        return hits
+
+    def expire(self, uint64_t now_ms, max=1 << 30, bint collect=True):
+        """Removes expired connections. With collect, returns them as Connection objects
+        (those found expired during lookups first); without, returns how many were removed."""
+        cdef size_t remaining = max, chunk, got, j, i
+        cdef hp_conn *buf
+        if not collect:
+            before = self.nat.counters[6]
+            with nogil:
+                hp_nat_expire(self.nat, now_ms, remaining, NULL, 0)
+            return self.nat.counters[6] - before
+        out = []
+        while True:
+            j = self.nat.j_count
+            chunk = min(remaining, 4096)
+            buf = <hp_conn *>malloc((j + chunk + 1) * sizeof(hp_conn))
+            if not buf:
+                raise MemoryError()
+            try:
+                with nogil:
+                    got = hp_nat_expire(self.nat, now_ms, chunk, buf, j + chunk)
+                for i in range(got):
+                    out.append(self._conn(&buf[i], 0xFFFFFFFF))
+            finally:
+                free(buf)
+            remaining -= got - j
+            if got - j < chunk or remaining == 0:
+                return out
+
+    # --- introspection -------------------------------------------------------------------
+
+    cdef object _conn(self, const hp_conn *c, uint32_t cid):
+        fam = c.family
+        return Connection(
+            id=-1 if cid == 0xFFFFFFFF else cid, family=fam, proto=c.proto,
+            src=addr_str(fam, c.src[:16]), dst=addr_str(fam, c.dst[:16]),
+            sport=c.sport, dport=c.dport, eni=c.eni,
+            nat_addr=addr_str(fam, self.nat.eni_addr[c.eni].addr[fam == 6][:16]),
+            nat_port=c.nat_port, state=STATES[c.state], flags=c.flags,
+            packets_out=c.packets[0], packets_in=c.packets[1],
+            bytes_out=c.bytes[0], bytes_in=c.bytes[1],
+            start_s=c.start_s, last_seen_ms=c.last_seen_ms)
+
+    def connections(self):
+        out = []
+        cdef uint32_t i = hp_ct_next_live(&self.nat.ct, 0)
+        while i != HP_CT_NONE:
+            out.append(self._conn(&self.nat.ct.conns[i], i))
+            i = hp_ct_next_live(&self.nat.ct, i + 1)
+        return out
+
+    def get(self, long conn_id):
+        if conn_id < 0 or conn_id >= self.nat.ct.capacity or self.nat.ct.conns[conn_id].state == 0:
+            return None
+        return self._conn(&self.nat.ct.conns[conn_id], conn_id)
+
+    def __len__(self):
+        return self.nat.ct.count
+
+    @property
+    def capacity(self):
+        return self.nat.ct.capacity
+
+    def counters(self):
+        d = {COUNTERS[i]: self.nat.counters[i] for i in range(HP_C_COUNT)}
+        for i in range(HP_R_COUNT):
+            d["drop." + REASONS[i]] = self.nat.drops[i]
+        return d
+
+    def pool_stats(self, int eni, int family, int proto):
+        cdef hp_pool *p = hp_nat_pool(self.nat, eni, family, proto)
+        if p == NULL:
+            raise ValueError(f"ENI {eni} has no IPv{family} pool")
+        return {"size": p.size, "free": p.nfree, "in_use": hp_pool_in_use(p),
+                "quarantined": hp_pool_quarantined(p)}
+
+    def memory(self):
+        """Bytes the connection table holds (entries and both index entries per connection)."""
+        table = hp_ct_memory(&self.nat.ct)
+        return {"table_bytes": table, "per_connection": table / self.nat.ct.capacity,
+                "entry_bytes": sizeof(hp_conn)}
+
+    def pool_memory(self, int eni, int family, int proto):
+        cdef hp_pool *p = hp_nat_pool(self.nat, eni, family, proto)
+        return hp_pool_memory(p) if p != NULL else 0
+
+
+def pack_key(src, dst, int sport, int dport, int proto):
+    """A 40-byte flow key as the C table stores it (for lookup_packed)."""
+    fam, s = addr_bytes(src)
+    fam2, d = addr_bytes(dst)
+    if fam != fam2:
+        raise ValueError("src and dst must be of one family")
+    return s + d + sport.to_bytes(2, "little") + dport.to_bytes(2, "little") + bytes([fam, proto, 0, 0])

@@ -1,0 +1,112 @@
+# Declarations of the C core's headers (csrc/) for the Cython bindings.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef extern from "hp_types.h":
+    enum: HP_R_COUNT
+    enum: HP_S_COUNT
+    enum: HP_S_TIME_WAIT
+    const char *const hp_reason_names[]
+    const char *const hp_state_names[]
+    ctypedef struct hp_timeouts:
+        uint64_t ms[11]
+    void hp_timeouts_profile(hp_timeouts *t, int rfc)
+
+cdef extern from "hp_flow.h":
+    ctypedef struct hp_flow_key:
+        uint8_t src[16]
+        uint8_t dst[16]
+        uint16_t sport
+        uint16_t dport
+        uint8_t family
+        uint8_t proto
+        uint16_t pad
+    ctypedef struct hp_hash_seed:
+        uint64_t k0
+        uint64_t k1
+    uint64_t hp_flow_hash(const hp_hash_seed *seed, const hp_flow_key *key) nogil
+
+cdef extern from "hp_conntrack.h":
+    enum: HP_CT_NONE
+    ctypedef struct hp_eni_addr:
+        uint8_t addr[2][16]
+        uint8_t has[2]
+    ctypedef struct hp_conn:
+        uint64_t last_seen_ms
+        uint64_t bytes[2]
+        uint8_t src[16]
+        uint8_t dst[16]
+        uint16_t sport
+        uint16_t dport
+        uint8_t family
+        uint8_t proto
+        uint16_t nat_port
+        uint32_t packets[2]
+        uint32_t start_s
+        uint16_t eni
+        uint8_t state
+        uint8_t flags
+    ctypedef struct hp_ct:
+        hp_conn *conns
+        uint32_t capacity
+        uint32_t count
+    uint32_t hp_ct_lookup(const hp_ct *ct, const hp_flow_key *key, int dir) nogil
+    uint32_t hp_ct_insert(hp_ct *ct, const hp_flow_key *orig, uint16_t eni, uint16_t nat_port,
+                          uint8_t state, uint64_t now_ms) nogil
+    uint32_t hp_ct_next_live(const hp_ct *ct, uint32_t start) nogil
+    size_t hp_ct_memory(const hp_ct *ct)
+
+cdef extern from "hp_portalloc.h":
+    ctypedef struct hp_pool:
+        uint32_t size
+        uint32_t nfree
+    uint32_t hp_pool_in_use(const hp_pool *p)
+    uint32_t hp_pool_quarantined(const hp_pool *p)
+    size_t hp_pool_memory(const hp_pool *p)
+
+cdef extern from "hp_nat.h":
+    enum: HP_C_COUNT
+    const char *const hp_counter_names[]
+    ctypedef struct hp_nat_config:
+        uint32_t capacity
+        uint16_t port_lo
+        uint16_t port_hi
+        uint8_t per_connection
+        uint64_t quarantine_ms
+        uint16_t mtu_inside
+        uint16_t mtu_outside
+        uint32_t journal_size
+        uint64_t port_seed
+        hp_hash_seed hash_seed
+        hp_timeouts timeouts
+    ctypedef struct hp_result:
+        uint8_t verdict
+        uint8_t reason
+        uint16_t port
+        uint32_t conn
+    ctypedef struct hp_nat:
+        hp_nat_config cfg
+        hp_ct ct
+        hp_eni_addr eni_addr[1024]
+        uint32_t n_enis
+        uint32_t n_groups
+        uint64_t counters[8]
+        uint64_t drops[64]
+        uint32_t j_count
+    void hp_nat_config_default(hp_nat_config *cfg)
+    hp_nat *hp_nat_create(const hp_nat_config *cfg)
+    void hp_nat_destroy(hp_nat *nat)
+    int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6)
+    int hp_nat_add_group(hp_nat *nat)
+    int hp_nat_group_add_eni(hp_nat *nat, int group, int eni)
+    int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6)
+    void hp_nat_translate(hp_nat *nat, uint8_t **frames, const uint32_t *lens, uint32_t n,
+                          int dir, uint16_t in_eni, int vnet, uint64_t now_ms,
+                          hp_result *out) nogil
+    size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn *out,
+                         size_t out_max) nogil
+    void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms) nogil
+    hp_pool *hp_nat_pool(hp_nat *nat, int eni, int family, int proto)
+
+cdef extern from "hp_conntrack.h":
+    void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, int dir,
+                            uint32_t *ids) nogil
