@@ -1,0 +1,35 @@
+# Everyday commands. `make test` is what CI runs (see .ci/run).
+PYTHON ?= python3
+PYTEST_ARGS ?=
+
+.PHONY: install build test test-unit test-ns bench bench-e2e demo down clean sdist
+
+install:            ## the package, its C extension built in place, and the test tools
+	$(PYTHON) -m pip install -q -e '.[test]'
+
+build:              ## rebuild the C extension in place after editing csrc/ or *.pyx
+	$(PYTHON) setup.py -q build_ext --inplace
+
+test: install build ## every test: unit tests, and namespace tests when run as root
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+test-unit: build
+	$(PYTHON) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test-ns: build
+	$(PYTHON) -m pytest -q tests/ns $(PYTEST_ARGS)
+
+bench: build        ## micro-benchmarks of the C core beside the reference model
+	$(PYTHON) -m pytest bench/test_micro.py --benchmark-only --benchmark-columns=min,median,ops,rounds -q
+
+demo: install build ## the built-in default lab, traffic through it, then down
+	hyperplane demo
+
+down:
+	hyperplane down
+
+sdist:
+	$(PYTHON) -m pip install -q build && $(PYTHON) -m build --sdist
+
+clean:
+	rm -rf build dist *.egg-info hyperplane/_core.c hyperplane/*.so
