@@ -60,7 +60,7 @@ typedef struct hp_dp_neigh {
 
 /* One punted frame: the Ethernet frame (no virtio-net header) is in the punt arena. */
 typedef struct hp_dp_punt {
-    uint16_t in_port;            /* port it arrived on (HP_DP_PORT_NONE: hp_dp_input) */
+    uint16_t in_port;            /* port it arrived on (or was given to hp_dp_input) */
     uint16_t out_port;           /* NEIGH_MISS: the egress port; else HP_DP_PORT_NONE */
     uint8_t reason;              /* enum hp_reason */
     uint8_t pad;

@@ -1,0 +1,689 @@
+/* The data-plane loop. See hp_dataplane.h. */
+#define _GNU_SOURCE
+#include "hp_dataplane.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define VNET_LEN HP_VNET_HDR_LEN
+#define ETH_LEN 14
+
+#define HP_DP_COUNTER_NAME(name) #name,
+const char *const hp_dp_counter_names[HP_DP_C_COUNT] = { HP_DP_COUNTERS(HP_DP_COUNTER_NAME) };
+#undef HP_DP_COUNTER_NAME
+
+uint64_t hp_dp_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static inline uint64_t dp_now(const hp_dp *dp)
+{
+    return dp->clock ? dp->clock(dp->clock_ctx) : hp_dp_now_ms();
+}
+
+void hp_dp_set_clock(hp_dp *dp, hp_dp_clock_fn fn, void *ctx)
+{
+    dp->clock = fn;
+    dp->clock_ctx = ctx;
+}
+
+/* ---- creation ---------------------------------------------------------------------------- */
+
+static uint32_t pow2_at_least(uint32_t n)
+{
+    uint32_t p = 16;
+    while (p < n && p < (1u << 30))
+        p <<= 1;
+    return p;
+}
+
+hp_dp *hp_dp_create(hp_nat *nat, uint32_t neigh_cap, uint32_t punt_cap, uint32_t punt_bytes)
+{
+    hp_dp *dp = calloc(1, sizeof(*dp));
+    if (!dp)
+        return NULL;
+    dp->nat = nat;
+    dp->inside = -1;
+    dp->wake_fd = -1;
+    for (uint32_t e = 0; e < HP_MAX_ENIS; e++)
+        dp->eni_port[e] = -1;
+    if (!neigh_cap)
+        neigh_cap = 4096;
+    if (!punt_cap)
+        punt_cap = 1024;
+    if (!punt_bytes)
+        punt_bytes = 4u << 20;
+    /* At most half full, so probe chains stay short. */
+    uint32_t slots = pow2_at_least(neigh_cap * 2);
+    dp->neigh = calloc(slots, sizeof(*dp->neigh));
+    dp->neigh_mask = slots - 1;
+    dp->punts = calloc(punt_cap, sizeof(*dp->punts));
+    dp->punt_cap = punt_cap;
+    dp->arena = malloc(punt_bytes);
+    dp->arena_cap = punt_bytes;
+    dp->scratch = malloc(HP_RING_FRAME_SIZE);
+    dp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (!dp->neigh || !dp->punts || !dp->arena || !dp->scratch || dp->wake_fd < 0) {
+        hp_dp_destroy(dp);
+        return NULL;
+    }
+    return dp;
+}
+
+void hp_dp_destroy(hp_dp *dp)
+{
+    if (!dp)
+        return;
+    for (uint32_t i = 0; i < dp->n_ports; i++)
+        hp_ring_close(dp->ports[i].ring);
+    if (dp->wake_fd >= 0)
+        close(dp->wake_fd);
+    free(dp->neigh);
+    free(dp->punts);
+    free(dp->arena);
+    free(dp->scratch);
+    free(dp);
+}
+
+int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t mac[6], int role, int eni,
+                   uint32_t frame_nr, int qdisc_bypass)
+{
+    if (dp->n_ports >= HP_DP_MAX_PORTS)
+        return -ENOSPC;
+    if (role == HP_DP_INSIDE) {
+        if (dp->inside >= 0)
+            return -EEXIST;
+    } else if (role == HP_DP_ENI) {
+        if (eni < 0 || eni >= HP_MAX_ENIS)
+            return -EINVAL;
+        if (dp->eni_port[eni] >= 0)
+            return -EEXIST;
+    } else {
+        return -EINVAL;
+    }
+    for (uint32_t i = 0; i < dp->n_ports; i++)
+        if (dp->ports[i].ifindex == ifindex)
+            return -EEXIST;
+    hp_ring *ring = hp_ring_open(ifindex, frame_nr, 1, qdisc_bypass);
+    if (!ring)
+        return errno ? -errno : -ENOMEM;
+    int idx = (int)dp->n_ports++;
+    hp_dp_port *p = &dp->ports[idx];
+    memset(p, 0, sizeof(*p));
+    p->ring = ring;
+    p->ifindex = ifindex;
+    memcpy(p->mac, mac, 6);
+    p->role = (uint8_t)role;
+    if (role == HP_DP_INSIDE) {
+        dp->inside = idx;
+    } else {
+        p->eni = (uint16_t)eni;
+        dp->eni_port[eni] = (int16_t)idx;
+    }
+    return idx;
+}
+
+int hp_dp_set_subnet(hp_dp *dp, int port, int family, const uint8_t *prefix, int plen,
+                     const uint8_t *gateway)
+{
+    if (port < 0 || (uint32_t)port >= dp->n_ports || (family != 4 && family != 6))
+        return -EINVAL;
+    int f = family == 6;
+    int alen = f ? 16 : 4;
+    if (plen < 0 || plen > alen * 8)
+        return -EINVAL;
+    hp_dp_port *p = &dp->ports[port];
+    memset(p->net[f], 0, 16);
+    memset(p->gw[f], 0, 16);
+    p->has_net[f] = prefix != NULL;
+    if (prefix) {
+        memcpy(p->net[f], prefix, (size_t)alen);
+        p->plen[f] = (uint8_t)plen;
+        /* Keep only the prefix bits, so the on-link test is a masked compare. */
+        for (int b = plen; b < alen * 8; b++)
+            p->net[f][b >> 3] &= (uint8_t)~(0x80u >> (b & 7));
+    }
+    p->has_gw[f] = gateway != NULL;
+    if (gateway)
+        memcpy(p->gw[f], gateway, (size_t)alen);
+    p->nh_valid = 0;
+    return 0;
+}
+
+/* ---- neighbour table ----------------------------------------------------------------------- */
+
+static inline uint32_t neigh_hash(int family, uint16_t port, const uint8_t *addr)
+{
+    /* Entries come from the control plane; lookups from forwarded traffic stop at the first
+     * empty slot of a half-empty table, so a plain multiplicative hash is enough. */
+    uint64_t h = 0x9E3779B97F4A7C15ull * (uint64_t)(family * 65536u + port + 1);
+    int n = family == 6 ? 16 : 4;
+    for (int i = 0; i < n; i += 4) {
+        uint32_t w;
+        memcpy(&w, addr + i, 4);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ull;
+    }
+    return (uint32_t)(h >> 32);
+}
+
+static hp_dp_neigh *neigh_find(const hp_dp *dp, uint16_t port, int family, const uint8_t *addr)
+{
+    int n = family == 6 ? 16 : 4;
+    uint32_t i = neigh_hash(family, port, addr) & dp->neigh_mask;
+    for (uint32_t probes = 0; probes <= dp->neigh_mask; probes++) {
+        hp_dp_neigh *e = &dp->neigh[i];
+        if (e->used == 0)
+            return NULL;
+        if (e->used == 1 && e->port == port && e->family == family && memcmp(e->addr, addr, n) == 0)
+            return e;
+        i = (i + 1) & dp->neigh_mask;
+    }
+    return NULL;
+}
+
+static void neigh_invalidate_caches(hp_dp *dp)
+{
+    for (uint32_t i = 0; i < dp->n_ports; i++)
+        dp->ports[i].nh_valid = 0;
+}
+
+/* Rebuilds the table without deleted slots. */
+static void neigh_rehash(hp_dp *dp)
+{
+    uint32_t slots = dp->neigh_mask + 1;
+    hp_dp_neigh *old = malloc(slots * sizeof(*old));
+    if (!old)
+        return;
+    memcpy(old, dp->neigh, slots * sizeof(*old));
+    memset(dp->neigh, 0, slots * sizeof(*old));
+    dp->neigh_used = 0;
+    for (uint32_t s = 0; s < slots; s++) {
+        if (old[s].used != 1)
+            continue;
+        uint32_t i = neigh_hash(old[s].family, old[s].port, old[s].addr) & dp->neigh_mask;
+        while (dp->neigh[i].used)
+            i = (i + 1) & dp->neigh_mask;
+        dp->neigh[i] = old[s];
+        dp->neigh_used++;
+    }
+    free(old);
+}
+
+static int norm_port(const hp_dp *dp, int port, uint16_t *out)
+{
+    if (port < 0 || port == HP_DP_PORT_NONE) {
+        *out = HP_DP_PORT_NONE;
+        return 0;
+    }
+    if ((uint32_t)port >= dp->n_ports)
+        return -EINVAL;
+    *out = (uint16_t)port;
+    return 0;
+}
+
+int hp_dp_set_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, const uint8_t mac[6])
+{
+    uint16_t pt;
+    if ((family != 4 && family != 6) || norm_port(dp, port, &pt))
+        return -EINVAL;
+    uint8_t key[16] = { 0 };
+    memcpy(key, addr, family == 6 ? 16 : 4);
+    neigh_invalidate_caches(dp);
+    hp_dp_neigh *e = neigh_find(dp, pt, family, key);
+    if (e) {
+        memcpy(e->mac, mac, 6);
+        return 0;
+    }
+    uint32_t slots = dp->neigh_mask + 1;
+    if (dp->neigh_count + 1 > slots / 2)
+        return -ENOSPC;
+    if (dp->neigh_used + 1 > slots / 4 * 3)
+        neigh_rehash(dp);
+    uint32_t i = neigh_hash(family, pt, key) & dp->neigh_mask;
+    while (dp->neigh[i].used == 1)
+        i = (i + 1) & dp->neigh_mask;
+    e = &dp->neigh[i];
+    if (e->used == 0)
+        dp->neigh_used++;
+    e->used = 1;
+    e->family = (uint8_t)family;
+    e->port = pt;
+    memcpy(e->addr, key, 16);
+    memcpy(e->mac, mac, 6);
+    dp->neigh_count++;
+    return 0;
+}
+
+int hp_dp_del_neigh(hp_dp *dp, int port, int family, const uint8_t *addr)
+{
+    uint16_t pt;
+    if ((family != 4 && family != 6) || norm_port(dp, port, &pt))
+        return -EINVAL;
+    uint8_t key[16] = { 0 };
+    memcpy(key, addr, family == 6 ? 16 : 4);
+    hp_dp_neigh *e = neigh_find(dp, pt, family, key);
+    if (!e)
+        return -ENOENT;
+    e->used = 2;
+    dp->neigh_count--;
+    neigh_invalidate_caches(dp);
+    return 0;
+}
+
+void hp_dp_clear_neigh(hp_dp *dp)
+{
+    memset(dp->neigh, 0, (size_t)(dp->neigh_mask + 1) * sizeof(*dp->neigh));
+    dp->neigh_count = dp->neigh_used = 0;
+    neigh_invalidate_caches(dp);
+}
+
+/* addr: 16 bytes, IPv4 in the first 4 and the rest zero. */
+static inline const uint8_t *neigh_lookup(const hp_dp *dp, uint16_t port, int family,
+                                          const uint8_t *addr)
+{
+    const hp_dp_neigh *e = neigh_find(dp, port, family, addr);
+    if (!e)
+        e = neigh_find(dp, HP_DP_PORT_NONE, family, addr);
+    return e ? e->mac : NULL;
+}
+
+const uint8_t *hp_dp_get_neigh(const hp_dp *dp, int port, int family, const uint8_t *addr)
+{
+    uint16_t pt;
+    if ((family != 4 && family != 6) || norm_port(dp, port, &pt))
+        return NULL;
+    uint8_t key[16] = { 0 };
+    memcpy(key, addr, family == 6 ? 16 : 4);
+    return neigh_lookup(dp, pt, family, key);
+}
+
+/* ---- punt queue ---------------------------------------------------------------------------- */
+
+void hp_dp_punt_clear(hp_dp *dp)
+{
+    dp->n_punts = 0;
+    dp->arena_used = 0;
+}
+
+/* f points at the virtio-net header (len counts it). */
+static void punt(hp_dp *dp, uint16_t in_port, uint16_t out_port, uint8_t reason, uint32_t conn,
+                 const uint8_t *f, uint32_t len)
+{
+    uint32_t flen = len > VNET_LEN ? len - VNET_LEN : 0;
+    if (dp->n_punts >= dp->punt_cap || flen > dp->arena_cap - dp->arena_used) {
+        dp->counters[HP_DP_C_PUNT_OVERFLOW]++;
+        return;
+    }
+    hp_dp_punt *p = &dp->punts[dp->n_punts++];
+    p->in_port = in_port;
+    p->out_port = out_port;
+    p->reason = reason;
+    p->pad = 0;
+    p->conn = conn;
+    if (len >= VNET_LEN)
+        memcpy(p->vnet, f, VNET_LEN);
+    else
+        memset(p->vnet, 0, VNET_LEN);
+    p->off = dp->arena_used;
+    p->len = flen;
+    memcpy(dp->arena + p->off, f + VNET_LEN, flen);
+    dp->arena_used += (flen + 7u) & ~7u;
+    if (dp->arena_used > dp->arena_cap)
+        dp->arena_used = dp->arena_cap;
+    dp->counters[HP_DP_C_PUNTED]++;
+}
+
+/* ---- forwarding ---------------------------------------------------------------------------- */
+
+static inline int on_link(const hp_dp_port *p, int f, const uint8_t *dst)
+{
+    if (!p->has_net[f])
+        return 1;
+    int plen = p->plen[f];
+    int whole = plen >> 3;
+    if (memcmp(dst, p->net[f], (size_t)whole) != 0)
+        return 0;
+    int rem = plen & 7;
+    if (!rem)
+        return 1;
+    uint8_t mask = (uint8_t)(0xFF00u >> rem);
+    return (dst[whole] & mask) == p->net[f][whole];
+}
+
+/* The MAC of the next hop for a frame leaving port q towards dst, or NULL (*reason says why). */
+static inline const uint8_t *next_hop_mac(hp_dp *dp, uint16_t q, int family, const uint8_t *dst,
+                                          int *reason)
+{
+    hp_dp_port *p = &dp->ports[q];
+    int f = family == 6;
+    int alen = f ? 16 : 4;
+    uint8_t nh[16] = { 0 };
+    if (p->role == HP_DP_INSIDE || on_link(p, f, dst)) {
+        memcpy(nh, dst, (size_t)alen);
+    } else if (p->has_gw[f]) {
+        memcpy(nh, p->gw[f], (size_t)alen);
+    } else {
+        *reason = HP_R_NO_ROUTE;
+        return NULL;
+    }
+    if (p->nh_valid && p->nh_family == family && memcmp(p->nh_addr, nh, 16) == 0)
+        return p->nh_mac;
+    const uint8_t *mac = neigh_lookup(dp, q, family, nh);
+    if (!mac) {
+        *reason = HP_R_NEIGH_MISS;
+        return NULL;
+    }
+    p->nh_valid = 1;
+    p->nh_family = (uint8_t)family;
+    memcpy(p->nh_addr, nh, 16);
+    memcpy(p->nh_mac, mac, 6);
+    return p->nh_mac;
+}
+
+/* A frame the NAT said to forward (f at its virtio-net header). */
+static void forward(hp_dp *dp, uint16_t in_port, uint8_t *f, uint32_t len, const hp_result *res)
+{
+    int q;
+    if (res->port == 0) {
+        q = dp->inside;
+    } else if ((uint32_t)res->port - 1 < HP_MAX_ENIS) {
+        q = dp->eni_port[res->port - 1];
+    } else {
+        q = -1;
+    }
+    if (q < 0) {
+        dp->drops[HP_R_NO_ROUTE]++;
+        return;
+    }
+    uint8_t *eth = f + VNET_LEN;
+    uint16_t et = hp_be16(eth + 12);
+    int family = et == 0x86DD ? 6 : 4;
+    const uint8_t *dst = eth + ETH_LEN + (family == 6 ? 24 : 16);
+    int reason = HP_R_NONE;
+    const uint8_t *mac = next_hop_mac(dp, (uint16_t)q, family, dst, &reason);
+    if (!mac) {
+        dp->drops[reason]++;
+        if (reason == HP_R_NEIGH_MISS)
+            punt(dp, in_port, (uint16_t)q, (uint8_t)reason, res->conn, f, len);
+        return;
+    }
+    hp_dp_port *out = &dp->ports[q];
+    if (len > hp_ring_tx_max(out->ring)) {
+        dp->drops[HP_R_TOO_BIG]++;
+        return;
+    }
+    uint8_t *slot = hp_ring_tx_slot(out->ring);
+    if (!slot) {
+        /* Hand the kernel what is queued; slots come back as the receivers consume them. */
+        hp_ring_tx_flush(out->ring);
+        slot = hp_ring_tx_slot(out->ring);
+        if (!slot) {
+            dp->drops[HP_R_TX_FULL]++;
+            return;
+        }
+    }
+    memcpy(slot, f, len);
+    memcpy(slot + VNET_LEN, mac, 6);
+    memcpy(slot + VNET_LEN + 6, out->mac, 6);
+    hp_ring_tx_commit(out->ring, len);
+    out->dirty = 1;
+    dp->counters[HP_DP_C_FORWARDED]++;
+    dp->counters[HP_DP_C_TX_FRAMES]++;
+    dp->counters[HP_DP_C_TX_BYTES] += len - VNET_LEN;
+}
+
+/* Broadcast / multicast: ARP and ICMP / ICMPv6 (NDP) to the slow path, the rest ignored. */
+static void slow_multicast(hp_dp *dp, uint16_t in_port, const uint8_t *f, uint32_t len)
+{
+    const uint8_t *eth = f + VNET_LEN;
+    uint32_t elen = len - VNET_LEN;
+    int reason = HP_R_NONE;
+    if (elen >= ETH_LEN) {
+        uint16_t et = hp_be16(eth + 12);
+        if (et == 0x0806)
+            reason = HP_R_ARP;
+        else if (et == 0x0800 && elen >= ETH_LEN + 20 && eth[ETH_LEN + 9] == 1)
+            reason = HP_R_ICMP;
+        else if (et == 0x86DD && elen >= ETH_LEN + 40 && eth[ETH_LEN + 6] == 58)
+            reason = HP_R_ICMP;
+    }
+    if (reason == HP_R_NONE) {
+        dp->counters[HP_DP_C_MCAST_IGNORED]++;
+        return;
+    }
+    dp->drops[reason]++;
+    punt(dp, in_port, HP_DP_PORT_NONE, (uint8_t)reason, HP_CT_NONE, f, len);
+}
+
+/* One batch from port in_port: frames at their virtio-net headers. */
+static void process_batch(hp_dp *dp, uint16_t in_port, uint8_t **data, uint32_t *lens,
+                          uint32_t n, uint64_t now)
+{
+    hp_dp_port *in = &dp->ports[in_port];
+    uint8_t *nf[HP_DP_BATCH];
+    uint32_t nl[HP_DP_BATCH];
+    uint32_t k = 0;
+    uint64_t bytes = 0;
+
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *f = data[i];
+        uint32_t len = lens[i];
+        bytes += len;
+        if (len >= VNET_LEN + 6) {
+            const uint8_t *eth = f + VNET_LEN;
+            if (eth[0] & 1) {
+                slow_multicast(dp, in_port, f, len);
+                continue;
+            }
+            if (memcmp(eth, in->mac, 6) != 0) {
+                dp->drops[HP_R_NOT_OUR_MAC]++;
+                continue;
+            }
+        }
+        /* Shorter frames go to the NAT, which counts them as truncated. */
+        nf[k] = f;
+        nl[k] = len;
+        k++;
+    }
+    dp->counters[HP_DP_C_RX_FRAMES] += n;
+    dp->counters[HP_DP_C_RX_BYTES] += bytes - (uint64_t)n * VNET_LEN;
+    if (!k)
+        return;
+
+    int dir = in->role == HP_DP_INSIDE ? HP_DIR_OUT : HP_DIR_IN;
+    hp_result *res = dp->results;
+    hp_nat_translate(dp->nat, nf, nl, k, dir, in->eni, 1, now, res);
+    for (uint32_t j = 0; j < k; j++) {
+        if (j + 1 < k)
+            __builtin_prefetch(nf[j + 1] + VNET_LEN + ETH_LEN);
+        switch (res[j].verdict) {
+        case HP_FORWARD:
+            forward(dp, in_port, nf[j], nl[j], &res[j]);
+            break;
+        case HP_PUNT:
+            punt(dp, in_port, HP_DP_PORT_NONE, res[j].reason, res[j].conn, nf[j], nl[j]);
+            break;
+        default:
+            dp->counters[HP_DP_C_NAT_DROPPED]++;
+            break;
+        }
+    }
+}
+
+static void flush_dirty(hp_dp *dp)
+{
+    for (uint32_t i = 0; i < dp->n_ports; i++) {
+        hp_dp_port *p = &dp->ports[i];
+        if (p->dirty || p->ring->tx_queued) {
+            hp_ring_tx_flush(p->ring);
+            p->dirty = 0;
+        }
+    }
+}
+
+/* ---- the loop ------------------------------------------------------------------------------ */
+
+void hp_dp_wake(hp_dp *dp)
+{
+    uint64_t one = 1;
+    ssize_t r = write(dp->wake_fd, &one, sizeof(one));
+    (void)r;
+}
+
+static int drain_wake(hp_dp *dp)
+{
+    uint64_t v;
+    return read(dp->wake_fd, &v, sizeof(v)) == sizeof(v);
+}
+
+int64_t hp_dp_run(hp_dp *dp, int timeout_ms, uint32_t max_batches)
+{
+    struct pollfd pfd[HP_DP_MAX_PORTS + 1];
+    uint32_t np = dp->n_ports;
+    int64_t frames = 0;
+    uint32_t batches = 0;
+    uint64_t start = hp_dp_now_ms();
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : start + (uint64_t)timeout_ms;
+    uint64_t spin_until = 0;
+
+    dp->counters[HP_DP_C_RUNS]++;
+    for (uint32_t i = 0; i < np; i++) {
+        pfd[i].fd = dp->ports[i].ring->fd;
+        pfd[i].events = POLLIN;
+    }
+    pfd[np].fd = dp->wake_fd;
+    pfd[np].events = POLLIN;
+
+    if (drain_wake(dp))
+        return 0;
+    for (;;) {
+        int work = 0;
+        uint64_t now = dp_now(dp);
+        for (uint32_t i = 0; i < np; i++) {
+            hp_ring *r = dp->ports[i].ring;
+            uint32_t n = hp_ring_rx_peek(r, dp->frames, dp->lens, HP_DP_BATCH);
+            if (n) {
+                process_batch(dp, (uint16_t)i, dp->frames, dp->lens, n, now);
+                flush_dirty(dp);
+                frames += n;
+                batches++;
+                work = 1;
+            }
+            if (r->rx_held)
+                hp_ring_rx_release(r);
+            if (max_batches && batches >= max_batches)
+                goto out;
+        }
+        /* Frames the kernel could not take yet (socket buffer, peer backlog). */
+        int tx_pending = 0;
+        for (uint32_t i = 0; i < np; i++) {
+            if (dp->ports[i].ring->tx_queued) {
+                hp_ring_tx_flush(dp->ports[i].ring);
+                tx_pending |= dp->ports[i].ring->tx_queued != 0;
+            }
+        }
+        if (dp->n_punts)
+            goto out;
+        if (work) {
+            spin_until = 0;
+            continue;
+        }
+        uint64_t t = hp_dp_now_ms();
+        if (t >= deadline)
+            goto out;
+        if (dp->spin_us) {
+            uint64_t u = now_us();
+            if (!spin_until)
+                spin_until = u + dp->spin_us;
+            if (u < spin_until)
+                continue;
+        }
+        uint64_t wait = deadline - t;
+        int ms = wait > 1000 ? 1000 : (int)wait;
+        if (tx_pending)
+            ms = ms > 1 ? 1 : ms;
+        dp->counters[HP_DP_C_POLLS]++;
+        int rc = poll(pfd, np + 1, ms);
+        if (rc < 0 && errno != EINTR)
+            return -errno;
+        if (rc > 0 && (pfd[np].revents & POLLIN)) {
+            drain_wake(dp);
+            goto out;
+        }
+        spin_until = 0;
+    }
+out:
+    dp->counters[HP_DP_C_BATCHES] += batches;
+    return frames;
+}
+
+/* ---- frames from the slow path ------------------------------------------------------------ */
+
+int hp_dp_inject(hp_dp *dp, int port, const uint8_t *frame, uint32_t len, const uint8_t *vnet_hdr)
+{
+    if (port < 0 || (uint32_t)port >= dp->n_ports) {
+        dp->drops[HP_R_BAD_PORT]++;
+        return -EINVAL;
+    }
+    hp_ring *r = dp->ports[port].ring;
+    int rc = hp_ring_tx_copy(r, vnet_hdr, frame, len);
+    if (rc == -ENOBUFS) {
+        hp_ring_tx_flush(r);
+        rc = hp_ring_tx_copy(r, vnet_hdr, frame, len);
+    }
+    if (rc < 0) {
+        dp->counters[HP_DP_C_INJECT_FAILED]++;
+        return rc;
+    }
+    dp->counters[HP_DP_C_INJECTED]++;
+    return hp_ring_tx_flush(r);
+}
+
+int hp_dp_input(hp_dp *dp, int port, const uint8_t *frame, uint32_t len,
+                const uint8_t *vnet_hdr, hp_result *result)
+{
+    if (port < 0 || (uint32_t)port >= dp->n_ports)
+        return -EINVAL;
+    if (len + VNET_LEN > HP_RING_FRAME_SIZE)
+        return -EMSGSIZE;
+    uint8_t *f = dp->scratch;
+    if (vnet_hdr)
+        memcpy(f, vnet_hdr, VNET_LEN);
+    else
+        memset(f, 0, VNET_LEN);
+    memcpy(f + VNET_LEN, frame, len);
+    uint32_t flen = len + VNET_LEN;
+    hp_dp_port *in = &dp->ports[port];
+    int dir = in->role == HP_DP_INSIDE ? HP_DIR_OUT : HP_DIR_IN;
+    hp_result res;
+    hp_nat_translate(dp->nat, &f, &flen, 1, dir, in->eni, 1, dp_now(dp), &res);
+    if (res.verdict == HP_FORWARD)
+        forward(dp, (uint16_t)port, f, flen, &res);
+    else if (res.verdict == HP_PUNT)
+        punt(dp, (uint16_t)port, HP_DP_PORT_NONE, res.reason, res.conn, f, flen);
+    flush_dirty(dp);
+    if (result)
+        *result = res;
+    return res.verdict;
+}
+
+void hp_dp_update_stats(hp_dp *dp)
+{
+    for (uint32_t i = 0; i < dp->n_ports; i++)
+        hp_ring_update_stats(dp->ports[i].ring);
+}

@@ -1,0 +1,433 @@
+# The packet I/O and the data-plane loop (csrc/hp_ring.h, csrc/hp_dataplane.h).
+# Included at the end of _core.pyx, after `cdef class Nat` (which has `cdef hp_nat *nat`).
+# Nothing here runs per packet on the fast path: DataPlane.run() is one C call without the GIL.
+
+cimport hyperplane._ring_decl as rd
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy
+from libc.errno cimport errno
+
+import collections as _dp_collections
+import fcntl as _dp_fcntl
+import ipaddress as _dp_ipaddress
+import os as _dp_os
+import socket as _dp_socket
+import struct as _dp_struct
+
+# A punted frame with everything the slow path may need: the port it came in on, the reason
+# (an index into vocab.REASONS), the Ethernet frame, the egress port of a NEIGH_MISS (else
+# None), the connection id (-1: none) and the 10-byte virtio-net header it arrived with.
+Punt = _dp_collections.namedtuple("Punt", "port reason frame egress conn vnet")
+
+_DP_ROLES = {"inside": rd.HP_DP_INSIDE, "eni": rd.HP_DP_ENI}
+_DP_ROLE_NAMES = {rd.HP_DP_INSIDE: "inside", rd.HP_DP_ENI: "eni"}
+_SIOCGIFHWADDR = 0x8927
+
+
+def _dp_ifindex(iface):
+    if isinstance(iface, int):
+        return iface, _dp_socket.if_indextoname(iface)
+    return _dp_socket.if_nametoindex(iface), iface
+
+
+def _dp_iface_mac(str ifname):
+    """The interface's MAC in the current network namespace (no sysfs needed)."""
+    s = _dp_socket.socket(_dp_socket.AF_INET, _dp_socket.SOCK_DGRAM)
+    try:
+        info = _dp_fcntl.ioctl(s.fileno(), _SIOCGIFHWADDR,
+                               _dp_struct.pack("256s", ifname.encode()[:15]))
+    finally:
+        s.close()
+    return bytes(info[18:24])
+
+
+def _dp_mac_bytes(mac):
+    if isinstance(mac, (bytes, bytearray)):
+        if len(mac) != 6:
+            raise ValueError("a MAC address is 6 bytes")
+        return bytes(mac)
+    parts = str(mac).replace("-", ":").split(":")
+    if len(parts) != 6:
+        raise ValueError(f"not a MAC address: {mac!r}")
+    return bytes(int(p, 16) for p in parts)
+
+
+cdef str _dp_mac_str(const uint8_t *m):
+    return ":".join(f"{m[i]:02x}" for i in range(6))
+
+
+def _dp_addr(addr):
+    """(family, packed bytes) of an address string or ipaddress object."""
+    ip = _dp_ipaddress.ip_address(addr)
+    return ip.version, ip.packed
+
+
+cdef int _dp_check(int rc, str what) except -1:
+    if rc < 0:
+        raise OSError(-rc, f"{what}: {_dp_os.strerror(-rc)}")
+    return rc
+
+
+cdef class Ring:
+    """One AF_PACKET TPACKET_V2 rx + tx ring pair on an interface, for tests and tools.
+
+    recv() copies frames out of the ring (each starting with its 10-byte virtio-net header
+    when vnet); send() copies frames in (vnet: a zeroed header is prepended unless the frame
+    is given as (vnet_header, frame)). Per-frame Python: not the data plane's fast path.
+    """
+    cdef rd.hp_ring *r
+    cdef readonly str ifname
+
+    def __cinit__(self, iface, frames=0, vnet=True, qdisc_bypass=False):
+        ifindex, self.ifname = _dp_ifindex(iface)
+        self.r = rd.hp_ring_open(ifindex, frames, 1 if vnet else 0, 1 if qdisc_bypass else 0)
+        if self.r == NULL:
+            err = errno
+            raise OSError(err, f"hp_ring_open({self.ifname}): {_dp_os.strerror(err)}")
+
+    def __dealloc__(self):
+        if self.r != NULL:
+            rd.hp_ring_close(self.r)
+            self.r = NULL
+
+    def close(self):
+        if self.r != NULL:
+            rd.hp_ring_close(self.r)
+            self.r = NULL
+
+    cdef rd.hp_ring *_ring(self) except NULL:
+        if self.r == NULL:
+            raise ValueError("ring is closed")
+        return self.r
+
+    def fileno(self):
+        return self._ring().fd
+
+    @property
+    def vnet(self):
+        return bool(self._ring().vnet)
+
+    @property
+    def frames(self):
+        return self._ring().rx_nr
+
+    @property
+    def frame_size(self):
+        return self._ring().frame_size
+
+    def recv(self, unsigned int max=64, timeout_ms=0):
+        """Up to max frames as bytes, waiting up to timeout_ms (None: forever) for the first."""
+        cdef rd.hp_ring *r = self._ring()
+        cdef uint8_t *data[64]
+        cdef uint32_t lens[64]
+        cdef uint32_t n, i
+        cdef rd.pollfd pfd
+        cdef int tmo = -1 if timeout_ms is None else int(timeout_ms)
+        if max > 64:
+            max = 64
+        n = rd.hp_ring_rx_peek(r, data, lens, max)
+        if n == 0 and tmo != 0:
+            if r.rx_held:
+                rd.hp_ring_rx_release(r)
+            pfd.fd = r.fd
+            pfd.events = rd.POLLIN
+            with nogil:
+                rd.poll(&pfd, 1, tmo)
+            n = rd.hp_ring_rx_peek(r, data, lens, max)
+        out = [data[i][:lens[i]] for i in range(n)]
+        rd.hp_ring_rx_release(r)
+        return out
+
+    def send(self, frames, bint flush=True):
+        """Queues frames (bytes, or (vnet_header, bytes)); returns how many fit in the ring."""
+        cdef rd.hp_ring *r = self._ring()
+        cdef const uint8_t *vh
+        cdef const uint8_t *fp
+        cdef bytes vb, fb
+        sent = 0
+        for f in frames:
+            if isinstance(f, tuple):
+                vb, fb = bytes(f[0]), bytes(f[1])
+                if len(vb) != 10:
+                    raise ValueError("a virtio-net header is 10 bytes")
+                vh = vb
+            else:
+                fb = bytes(f)
+                vh = NULL
+            fp = fb
+            rc = rd.hp_ring_tx_copy(r, vh, fp, len(fb))
+            if rc == -105:   # ENOBUFS: flush what is queued and try once more
+                rd.hp_ring_tx_flush(r)
+                rc = rd.hp_ring_tx_copy(r, vh, fp, len(fb))
+            if rc < 0:
+                if rc == -105:
+                    break
+                _dp_check(rc, "hp_ring_tx_copy")
+            sent += 1
+        if flush:
+            _dp_check(rd.hp_ring_tx_flush(r), "send")
+        return sent
+
+    def flush(self):
+        _dp_check(rd.hp_ring_tx_flush(self._ring()), "send")
+
+    def stats(self):
+        cdef rd.hp_ring *r = self._ring()
+        rd.hp_ring_update_stats(r)
+        s = r.st
+        return {"rx_frames": s.rx_frames, "rx_bytes": s.rx_bytes, "rx_outgoing": s.rx_outgoing,
+                "rx_truncated": s.rx_truncated, "rx_kernel_drops": s.rx_kernel_drops,
+                "tx_frames": s.tx_frames, "tx_bytes": s.tx_bytes, "tx_full": s.tx_full,
+                "tx_sends": s.tx_sends, "tx_errors": s.tx_errors}
+
+
+cdef class DataPlane:
+    """The C loop over one inside port and one port per ENI, translating through a Nat.
+
+        dp = DataPlane(nat)
+        inside = dp.add_port("hpin", role="inside")
+        p1 = dp.add_port("hpe0", role="eni", eni=0, v4_subnet="10.0.1.0/24",
+                         v4_gateway="10.0.1.1")
+        dp.set_neighbor("10.200.0.11", "02:00:00:00:00:11", port=inside)
+        dp.set_neighbor("10.0.1.1", "02:00:00:00:01:01", port=p1)
+        while True:
+            dp.run(100)                  # GIL released; returns on punts or timeout
+            for port, reason, frame in dp.punts():
+                ...                      # ARP / NDP / ICMP / neighbour misses
+            nat.expire(DataPlane.now_ms())
+
+    Configure only between run() calls (wake() may be called from any thread).
+    """
+    cdef rd.hp_dp *dp
+    cdef readonly object nat
+    cdef list _info
+    cdef bint _running
+
+    def __cinit__(self, Nat nat not None, neigh_capacity=4096, punt_capacity=1024,
+                  punt_bytes=4 << 20, spin_us=0):
+        if nat.nat == NULL:
+            raise ValueError("the Nat has no C state")
+        self.dp = rd.hp_dp_create(<void *>nat.nat, neigh_capacity, punt_capacity, punt_bytes)
+        if self.dp == NULL:
+            raise MemoryError("hp_dp_create")
+        self.dp.spin_us = spin_us
+        self.nat = nat
+        self._info = []
+        self._running = False
+
+    def __dealloc__(self):
+        if self.dp != NULL:
+            rd.hp_dp_destroy(self.dp)
+            self.dp = NULL
+
+    def close(self):
+        """Closes every port's socket now (also done when the object goes away)."""
+        self._idle()
+        if self.dp != NULL:
+            rd.hp_dp_destroy(self.dp)
+            self.dp = NULL
+
+    cdef rd.hp_dp *_idle(self) except NULL:
+        if self.dp == NULL:
+            raise ValueError("DataPlane is closed")
+        if self._running:
+            raise RuntimeError("DataPlane is running; configure it between run() calls")
+        return self.dp
+
+    @staticmethod
+    def now_ms():
+        """The loop's clock (CLOCK_MONOTONIC, ms): pass it to Nat.expire()."""
+        return rd.hp_dp_now_ms()
+
+    property spin_us:
+        """Busy-poll this many microseconds before sleeping in poll() (0: sleep at once)."""
+        def __get__(self):
+            return self.dp.spin_us if self.dp != NULL else 0
+        def __set__(self, value):
+            self._idle().spin_us = value
+
+    def add_port(self, iface, role="inside", eni=None, mac=None, v4_subnet=None,
+                 v4_gateway=None, v6_subnet=None, v6_gateway=None, frames=0,
+                 qdisc_bypass=True):
+        """Opens a ring pair on iface (name or index, in the current namespace); returns the
+        port index. role "inside" (one) or "eni" (eni = the Nat's ENI id, one port each).
+        mac: the port's MAC (default: the interface's). Subnets / gateways: ENI next hops."""
+        cdef rd.hp_dp *dp = self._idle()
+        cdef bytes mb
+        ifindex, ifname = _dp_ifindex(iface)
+        if role not in _DP_ROLES:
+            raise ValueError(f"role must be one of {sorted(_DP_ROLES)}")
+        if role == "eni" and eni is None:
+            raise ValueError("an ENI port needs eni=<ENI id>")
+        mb = _dp_mac_bytes(mac) if mac is not None else _dp_iface_mac(ifname)
+        port = _dp_check(rd.hp_dp_add_port(dp, ifindex, mb, _DP_ROLES[role],
+                                           -1 if eni is None else eni, frames,
+                                           1 if qdisc_bypass else 0), f"add_port({ifname})")
+        self._info.append({"ifname": ifname})
+        if v4_subnet is not None:
+            self.set_subnet(port, v4_subnet, v4_gateway)
+        if v6_subnet is not None:
+            self.set_subnet(port, v6_subnet, v6_gateway)
+        return port
+
+    def set_subnet(self, int port, subnet, gateway=None):
+        """An ENI port's on-link prefix for one family, and the gateway for the rest."""
+        cdef rd.hp_dp *dp = self._idle()
+        cdef bytes pb, gb
+        net = _dp_ipaddress.ip_network(subnet, strict=False)
+        pb = net.network_address.packed
+        if gateway is not None:
+            gw = _dp_ipaddress.ip_address(gateway)
+            if gw.version != net.version:
+                raise ValueError("gateway and subnet are of different families")
+            gb = gw.packed
+            _dp_check(rd.hp_dp_set_subnet(dp, port, net.version, pb, net.prefixlen, gb),
+                      "set_subnet")
+        else:
+            _dp_check(rd.hp_dp_set_subnet(dp, port, net.version, pb, net.prefixlen, NULL),
+                      "set_subnet")
+
+    def set_neighbor(self, addr, mac, port=None):
+        """addr is at mac (on port; None: on any port, a port's own entry wins)."""
+        cdef rd.hp_dp *dp = self._idle()
+        cdef bytes ab, mb
+        fam, ab = _dp_addr(addr)
+        mb = _dp_mac_bytes(mac)
+        _dp_check(rd.hp_dp_set_neigh(dp, -1 if port is None else port, fam, ab, mb),
+                  f"set_neighbor({addr})")
+
+    def del_neighbor(self, addr, port=None):
+        """Removes an entry; False when there was none."""
+        cdef rd.hp_dp *dp = self._idle()
+        cdef bytes ab
+        fam, ab = _dp_addr(addr)
+        rc = rd.hp_dp_del_neigh(dp, -1 if port is None else port, fam, ab)
+        if rc == -2:
+            return False
+        _dp_check(rc, "del_neighbor")
+        return True
+
+    def neighbor(self, addr, port=None):
+        """The MAC the loop would use for addr on port (own entry, then any-port), or None."""
+        cdef rd.hp_dp *dp = self._idle()
+        cdef bytes ab
+        cdef const uint8_t *m
+        fam, ab = _dp_addr(addr)
+        m = rd.hp_dp_get_neigh(dp, -1 if port is None else port, fam, ab)
+        return None if m == NULL else _dp_mac_str(m)
+
+    def clear_neighbors(self):
+        rd.hp_dp_clear_neigh(self._idle())
+
+    def run(self, int timeout_ms=100, unsigned int max_batches=0):
+        """Forwards until frames were punted, timeout_ms passed (-1: none), max_batches ran
+        (0: no limit) or wake(). Returns the number of frames received."""
+        cdef rd.hp_dp *dp = self._idle()
+        cdef int64_t n
+        self._running = True
+        try:
+            with nogil:
+                n = rd.hp_dp_run(dp, timeout_ms, max_batches)
+        finally:
+            self._running = False
+        if n < 0:
+            raise OSError(-n, f"hp_dp_run: {_dp_os.strerror(-n)}")
+        return n
+
+    def wake(self):
+        """Makes the current (or next) run() return; safe from any thread."""
+        if self.dp != NULL:
+            rd.hp_dp_wake(self.dp)
+
+    def pending_punts(self):
+        return rd.hp_dp_punt_count(self.dp) if self.dp != NULL else 0
+
+    def punts(self, bint full=False):
+        """Drains the punt queue: a list of (port, reason, frame), or of Punt when full."""
+        cdef rd.hp_dp *dp = self._idle()
+        cdef uint32_t i, n = rd.hp_dp_punt_count(dp)
+        cdef const rd.hp_dp_punt *p
+        cdef const uint8_t *d
+        out = []
+        for i in range(n):
+            p = rd.hp_dp_punt_get(dp, i)
+            d = rd.hp_dp_punt_data(dp, p)
+            frame = d[:p.len]
+            if full:
+                out.append(Punt(p.in_port, p.reason, frame,
+                                None if p.out_port == rd.HP_DP_PORT_NONE else p.out_port,
+                                -1 if p.conn == 0xFFFFFFFF else p.conn,
+                                p.vnet[:10]))
+            else:
+                out.append((p.in_port, p.reason, frame))
+        rd.hp_dp_punt_clear(dp)
+        return out
+
+    def inject(self, int port, frame, vnet=None):
+        """Sends an Ethernet frame out of port as is (vnet: its 10-byte virtio-net header,
+        for a GSO frame or a partial checksum; None: none)."""
+        cdef rd.hp_dp *dp = self._idle()
+        cdef bytes fb = bytes(frame)
+        cdef bytes vb
+        if vnet is not None:
+            vb = bytes(vnet)
+            if len(vb) != 10:
+                raise ValueError("a virtio-net header is 10 bytes")
+            _dp_check(rd.hp_dp_inject(dp, port, fb, len(fb), vb), "inject")
+        else:
+            _dp_check(rd.hp_dp_inject(dp, port, fb, len(fb), NULL), "inject")
+
+    def input(self, int port, frame, vnet=None):
+        """Processes an Ethernet frame as if it had arrived on port (translate, then forward
+        or punt). Returns (verdict, reason, egress, conn) as Nat.translate does."""
+        cdef rd.hp_dp *dp = self._idle()
+        cdef bytes fb = bytes(frame)
+        cdef bytes vb
+        cdef rd.hp_result res
+        cdef const uint8_t *vp = NULL
+        if vnet is not None:
+            vb = bytes(vnet)
+            if len(vb) != 10:
+                raise ValueError("a virtio-net header is 10 bytes")
+            vp = vb
+        _dp_check(rd.hp_dp_input(dp, port, fb, len(fb), vp, &res), "input")
+        return (res.verdict, res.reason, res.port, -1 if res.conn == 0xFFFFFFFF else res.conn)
+
+    def counters(self):
+        """Loop counters, and "drop.<REASON>" for the loop's own drops and punts (NOT_OUR_MAC,
+        NEIGH_MISS, NO_ROUTE, TX_FULL, ...; the Nat counts its own)."""
+        cdef rd.hp_dp *dp = self._idle()
+        cdef int i
+        out = {}
+        for i in range(rd.HP_DP_C_COUNT):
+            out[rd.hp_dp_counter_names[i].decode()] = dp.counters[i]
+        for i in range(rd.HP_R_COUNT):
+            out["drop." + rd.hp_reason_names[i].decode()] = dp.drops[i]
+        return out
+
+    def ports(self):
+        """One dict per port: index, ifname, ifindex, mac, role, eni, subnets and ring stats."""
+        cdef rd.hp_dp *dp = self._idle()
+        cdef rd.hp_dp_port *p
+        cdef uint32_t i
+        rd.hp_dp_update_stats(dp)
+        out = []
+        for i in range(dp.n_ports):
+            p = &dp.ports[i]
+            d = {"index": i, "ifname": self._info[i]["ifname"], "ifindex": p.ifindex,
+                 "mac": _dp_mac_str(p.mac), "role": _DP_ROLE_NAMES[p.role],
+                 "eni": p.eni if p.role == rd.HP_DP_ENI else None}
+            for f, ver, alen in ((0, "v4", 4), (1, "v6", 16)):
+                if p.has_net[f]:
+                    net = _dp_ipaddress.ip_address(p.net[f][:alen])
+                    d[ver + "_subnet"] = f"{net}/{p.plen[f]}"
+                    d[ver + "_gateway"] = (str(_dp_ipaddress.ip_address(p.gw[f][:alen]))
+                                           if p.has_gw[f] else None)
+            s = p.ring.st
+            d.update({"rx_frames": s.rx_frames, "rx_bytes": s.rx_bytes,
+                      "rx_outgoing": s.rx_outgoing, "rx_truncated": s.rx_truncated,
+                      "rx_kernel_drops": s.rx_kernel_drops, "tx_frames": s.tx_frames,
+                      "tx_bytes": s.tx_bytes, "tx_full": s.tx_full, "tx_sends": s.tx_sends,
+                      "tx_errors": s.tx_errors, "ring_frames": p.ring.rx_nr})
+            out.append(d)
+        return out
