@@ -1,0 +1,201 @@
+"""The connection table (docs/semantics.md sections 2 and 7), in plain Python.
+
+One entry per connection, reachable from two keys, like Linux conntrack's tuplehash:
+- the original tuple (family, proto, inside addr, dst addr, inside port, dst port)
+- the reply tuple    (family, proto, dst addr, ENI addr, dst port, external port)
+
+The C core hashes both into one open-addressing table; here two dicts do the same job. Each
+state keeps its connections in the order they were last touched (an insertion-ordered dict
+used as an LRU list), so expiry looks only at the oldest connection of each state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..connection import Connection, addr_str
+from ..vocab import (F_ASSURED, F_CLOSER_REPLY, F_FIN_SEEN, F_REPLY_SEEN, IN, OUT, S, STATES)
+from .packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+
+ORIG, REPLY = OUT, IN       # the direction a tuple or a packet goes in
+
+
+@dataclass(eq=False)
+class Entry:
+    """A live connection. Addresses are 16 bytes (IPv4 in the first 4), as in the flow key."""
+    id: int
+    family: int
+    proto: int
+    src: bytes              # inside address
+    dst: bytes              # destination in the customer VPC
+    sport: int
+    dport: int
+    eni: int
+    nat_addr: bytes         # the ENI's address for this family
+    nat_port: int
+    state: int
+    start_s: int
+    last_seen_ms: int
+    flags: int = 0
+    packets: list = field(default_factory=lambda: [0, 0])     # [ORIG, REPLY]
+    bytes: list = field(default_factory=lambda: [0, 0])
+
+    def orig_key(self) -> tuple:
+        return (self.family, self.proto, self.src, self.dst, self.sport, self.dport)
+
+    def reply_key(self) -> tuple:
+        return (self.family, self.proto, self.dst, self.nat_addr, self.dport, self.nat_port)
+
+    def snapshot(self, expired: bool = False) -> Connection:
+        """The Connection value Python callers see. The record of an expired connection
+        carries id -1: its id is free again, and the next new connection takes it."""
+        return Connection(
+            id=-1 if expired else self.id, family=self.family, proto=self.proto,
+            src=addr_str(self.family, self.src), dst=addr_str(self.family, self.dst),
+            sport=self.sport, dport=self.dport, eni=self.eni,
+            nat_addr=addr_str(self.family, self.nat_addr), nat_port=self.nat_port,
+            state=STATES[self.state], flags=self.flags,
+            packets_out=self.packets[ORIG], packets_in=self.packets[REPLY],
+            bytes_out=self.bytes[ORIG], bytes_in=self.bytes[REPLY],
+            start_s=self.start_s, last_seen_ms=self.last_seen_ms)
+
+
+class ConnTable:
+    def __init__(self, capacity: int, timeouts_ms: list[int]):
+        self.capacity = capacity
+        self.timeouts_ms = timeouts_ms          # indexed by state
+        self.conns: dict[int, Entry] = {}       # id -> entry
+        self.by_orig: dict[tuple, int] = {}     # original tuple -> id
+        self.by_reply: dict[tuple, int] = {}    # reply tuple -> id
+        # Ids are slot numbers: fresh ones count up from 0, a freed one is reused first
+        # (the last freed is the first reused, a stack).
+        self.next_fresh_id = 0
+        self.freed_ids: list[int] = []
+        # One LRU list per state: id -> None, oldest touched first.
+        self.lru: list[dict[int, None]] = [{} for _ in STATES]
+
+    def __len__(self) -> int:
+        return len(self.conns)
+
+    def full(self) -> bool:
+        return len(self.conns) >= self.capacity
+
+    def lookup(self, key: tuple, direction: int) -> Entry | None:
+        """The connection whose tuple in this direction (ORIG or REPLY) is key, or None."""
+        index = self.by_orig if direction == ORIG else self.by_reply
+        cid = index.get(key)
+        return None if cid is None else self.conns[cid]
+
+    def insert(self, family, proto, src, dst, sport, dport, eni, nat_addr, nat_port,
+               state, now_ms) -> Entry | None:
+        """Adds a connection; None when the table is full (it never evicts)."""
+        if self.full():
+            return None
+        if self.freed_ids:
+            cid = self.freed_ids.pop()
+        else:
+            cid = self.next_fresh_id
+            self.next_fresh_id += 1
+        entry = Entry(id=cid, family=family, proto=proto, src=src, dst=dst, sport=sport,
+                      dport=dport, eni=eni, nat_addr=nat_addr, nat_port=nat_port, state=state,
+                      start_s=(now_ms // 1000) & 0xFFFFFFFF, last_seen_ms=now_ms)
+        self.conns[cid] = entry
+        self.by_orig[entry.orig_key()] = cid
+        self.by_reply[entry.reply_key()] = cid
+        self.lru[state][cid] = None
+        return entry
+
+    def delete(self, entry: Entry) -> None:
+        del self.conns[entry.id]
+        del self.by_orig[entry.orig_key()]
+        del self.by_reply[entry.reply_key()]
+        del self.lru[entry.state][entry.id]
+        self.freed_ids.append(entry.id)
+
+    def touch(self, entry: Entry, new_state: int, now_ms: int) -> None:
+        """Marks activity: last_seen = now, and to the tail of its (new) state's list."""
+        del self.lru[entry.state][entry.id]
+        entry.state = new_state
+        entry.last_seen_ms = now_ms
+        self.lru[new_state][entry.id] = None
+
+    def is_expired(self, entry: Entry, now_ms: int) -> bool:
+        return now_ms >= entry.last_seen_ms + self.timeouts_ms[entry.state]
+
+    def next_expired(self, now_ms: int) -> Entry | None:
+        """The next connection to expire: states in enum order, oldest touched first.
+
+        Within one state the list is in touch order, so when its oldest entry has not
+        expired, none of the others has either.
+        """
+        for state_list in self.lru:
+            if state_list:
+                oldest = self.conns[next(iter(state_list))]
+                if self.is_expired(oldest, now_ms):
+                    return oldest
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# State machines (section 2.2). Both return (new state, new flags).
+# ---------------------------------------------------------------------------------------------
+
+def tcp_event(tcp_flags: int) -> str:
+    if tcp_flags & TCP_RST:
+        return "RST"
+    if tcp_flags & TCP_SYN:
+        return "SYNACK" if tcp_flags & TCP_ACK else "SYN"
+    if tcp_flags & TCP_FIN:
+        return "FIN"
+    if tcp_flags & TCP_ACK:
+        return "ACK"
+    return "NONE"
+
+
+def tcp_transition(state: int, flags: int, event: str, d: int) -> tuple[int, int]:
+    """The TCP state after a segment with this event travelling in direction d."""
+    # The side that sent the first FIN; only meaningful once FIN_SEEN is set.
+    closer = REPLY if flags & F_CLOSER_REPLY else ORIG
+
+    if event == "RST":
+        return S["CLOSE"], flags
+
+    if event == "SYN":
+        if d == ORIG and state in (S["TIME_WAIT"], S["CLOSE"]):
+            # The inside host reuses the same ports for a new connection: start over.
+            return S["SYN_SENT"], flags & ~(F_REPLY_SEEN | F_ASSURED | F_CLOSER_REPLY
+                                            | F_FIN_SEEN)
+        return state, flags
+
+    if event == "SYNACK":
+        if d == REPLY and state in (S["SYN_SENT"], S["SYN_RECV"]):
+            return S["SYN_RECV"], flags
+        return state, flags
+
+    if event == "FIN":
+        if state in (S["SYN_RECV"], S["ESTABLISHED"]):
+            flags |= F_FIN_SEEN
+            if d == REPLY:
+                flags |= F_CLOSER_REPLY
+            return S["FIN_WAIT"], flags
+        if state in (S["FIN_WAIT"], S["CLOSE_WAIT"]) and d != closer:
+            return S["LAST_ACK"], flags
+        return state, flags
+
+    if event == "ACK":
+        if state == S["SYN_RECV"] and d == ORIG:
+            return S["ESTABLISHED"], flags | F_ASSURED
+        if state == S["FIN_WAIT"] and d != closer:
+            return S["CLOSE_WAIT"], flags
+        if state == S["LAST_ACK"] and d == closer:
+            return S["TIME_WAIT"], flags
+        return state, flags
+
+    return state, flags                         # NONE: no flags we act on
+
+
+def udp_transition(state: int, flags: int, d: int) -> tuple[int, int]:
+    """UDP has two states: no reply yet, and a stream (both sides have spoken)."""
+    if state == S["UDP_FIRST"] and d == REPLY:
+        return S["UDP_STREAM"], flags | F_ASSURED
+    return state, flags

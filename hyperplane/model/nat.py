@@ -1,0 +1,308 @@
+"""The NAT itself (docs/semantics.md sections 3 and 8): the pure-Python twin of the C core.
+
+Read it top to bottom: configuration, the topology calls (ENIs, groups, sources), then
+translate() and the two directions, then expiry and the read-only views.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..connection import Connection, addr_bytes
+from ..natparams import resolve
+from ..vocab import (COUNTERS, DEFAULT_PORT_RANGE, DROP, F_REPLY_SEEN, FORWARD, IN, OUT, PUNT,
+                     PUNT_REASONS, R, REASONS, S)
+from .conntrack import ORIG, REPLY, ConnTable, Entry, tcp_event, tcp_transition, udp_transition
+from .packet import PROTO_TCP, PROTO_UDP, Packet, is_pure_syn, parse, rewrite, wire_size
+from .portalloc import Pool, SplitMix64
+
+MAX_ENIS = 1024
+GROUP_MAX_ENIS = 64
+EXPIRE_WHEN_FULL = 8        # connections a full table tries to expire before it refuses one
+
+
+@dataclass
+class Eni:
+    addr: dict                  # family (4 or 6) -> 16-byte address, or None
+    pools: dict = field(default_factory=dict)   # (family, proto) -> Pool, families it has
+
+
+@dataclass
+class Source:
+    group: int
+    allow_v6: bool
+
+
+class Nat:
+    def __init__(self, *, capacity=65536, port_range=DEFAULT_PORT_RANGE,
+                 mapping="endpoint-independent", profile="aws", timeouts=None,
+                 quarantine_ms=None, mtu_inside=1500, mtu_outside=1500, journal_size=4096,
+                 port_seed=0, hash_seed=None):
+        # The same checks and defaults as the C core (hyperplane/natparams.py). hash_seed
+        # only matters to the C table's hashing: dicts need none.
+        p = self.params = resolve(
+            capacity=capacity, port_range=port_range, mapping=mapping, profile=profile,
+            timeouts=timeouts, quarantine_ms=quarantine_ms, mtu_inside=mtu_inside,
+            mtu_outside=mtu_outside, journal_size=journal_size, port_seed=port_seed,
+            hash_seed=hash_seed)
+        self.timeouts_ms = list(p.timeouts_ms)          # indexed by state
+        self.per_connection = p.per_connection
+        self.port_range = (p.port_lo, p.port_hi)
+        self.quarantine_ms = p.quarantine_ms            # default: 2 * TIME_WAIT
+        self.mtu = {OUT: p.mtu_outside, IN: p.mtu_inside}   # by direction: the egress side's
+        self.journal_size = p.journal_size
+
+        self.table = ConnTable(p.capacity, self.timeouts_ms)
+        self.rng = SplitMix64(p.port_seed)
+        self.enis: list[Eni] = []
+        self.groups: list[list[int]] = []               # ENI ids, oldest first
+        self.sources: dict[tuple[int, bytes], Source] = {}
+        self.counter = dict.fromkeys(COUNTERS, 0)
+        self.drops = [0] * len(REASONS)                 # drops and punts, by reason
+        # Connections that expired while nobody was asking (on lookup, or to make room),
+        # kept for the next expire() call. Bounded: when full the oldest record goes.
+        self.journal: deque[Connection] = deque()
+
+    # -- topology ------------------------------------------------------------------------------
+
+    def add_eni(self, v4=None, v6=None) -> int:
+        addrs = {4: None, 6: None}
+        for family, text in ((4, v4), (6, v6)):
+            if text is not None:
+                fam, raw = addr_bytes(text)
+                if fam != family:
+                    raise ValueError(f"not an IPv{family} address: {text}")
+                addrs[family] = raw
+        if v4 is None and v6 is None:
+            raise ValueError("an ENI needs an IPv4 or an IPv6 address")
+        if len(self.enis) >= MAX_ENIS:
+            raise RuntimeError("cannot add an ENI (limit reached)")
+        # A pool per protocol for each family the ENI has an address in.
+        lo, hi = self.port_range
+        pools = {(f, proto): Pool(lo, hi) for f in (4, 6) if addrs[f] is not None
+                 for proto in (PROTO_TCP, PROTO_UDP)}
+        self.enis.append(Eni(addrs, pools))
+        return len(self.enis) - 1
+
+    def add_group(self) -> int:
+        self.groups.append([])
+        return len(self.groups) - 1
+
+    def group_add_eni(self, group: int, eni: int) -> None:
+        if (not 0 <= group < len(self.groups) or not 0 <= eni < len(self.enis)
+                or len(self.groups[group]) >= GROUP_MAX_ENIS):
+            raise ValueError(f"cannot add ENI {eni} to group {group}")
+        self.groups[group].append(eni)      # the newest ENI takes new connections
+
+    def add_source(self, addr: str, group: int, allow_v6=False) -> None:
+        if not 0 <= group < len(self.groups):
+            raise ValueError(f"cannot add source {addr} to group {group}")
+        # Registering an address twice changes nothing: the first registration wins (the
+        # C core searches its source list in order).
+        self.sources.setdefault(addr_bytes(addr), Source(group, bool(allow_v6)))
+
+    # -- the data path -------------------------------------------------------------------------
+
+    def translate(self, frames, direction, now_ms, eni=0, vnet=False) -> list[tuple]:
+        """Translates every frame in place; one (verdict, reason, port, conn) per frame."""
+        if direction not in (OUT, IN):
+            raise ValueError("direction must be vocab.OUT or vocab.IN")
+        if any(type(frame) is not bytearray for frame in frames):
+            raise TypeError("frames must be bytearrays (they are rewritten in place)")
+        return [self._translate_one(frame, direction, now_ms, eni, vnet) for frame in frames]
+
+    def _translate_one(self, frame, direction, now_ms, eni, vnet) -> tuple:
+        reason, pkt = parse(frame, vnet, self.mtu[direction])
+        if pkt is None:
+            return self._refuse(reason)
+        if direction == OUT:
+            return self._outbound(frame, pkt, now_ms)
+        return self._inbound(frame, pkt, now_ms, eni)
+
+    def _refuse(self, reason: int) -> tuple:
+        """Counts a drop or punt; the frame goes nowhere on the fast path."""
+        self.drops[reason] += 1
+        verdict = PUNT if REASONS[reason] in PUNT_REASONS else DROP
+        return (verdict, reason, 0, -1)
+
+    def _outbound(self, frame, pkt: Packet, now_ms: int) -> tuple:
+        """A frame from a function, towards the customer VPC."""
+        conn = self._lookup(pkt.key(), ORIG, now_ms)
+        if conn is None:
+            conn, reason = self._new_connection(pkt, now_ms)
+            if conn is None:
+                return self._refuse(reason)
+        self._update(conn, ORIG, pkt, now_ms)
+        rewrite(frame, pkt, OUT, conn.nat_addr, conn.nat_port)
+        return (FORWARD, R["NONE"], conn.eni + 1, conn.id)
+
+    def _inbound(self, frame, pkt: Packet, now_ms: int, eni: int) -> tuple:
+        """A frame that arrived on ENI `eni`: only replies of tracked connections pass."""
+        conn = self._lookup(pkt.key(), REPLY, now_ms)
+        if conn is None or conn.eni != eni:         # a reply must come back the way it left
+            return self._refuse(self._unsolicited_reason(pkt))
+        self._update(conn, REPLY, pkt, now_ms)
+        rewrite(frame, pkt, IN, conn.src, conn.sport)
+        return (FORWARD, R["NONE"], 0, conn.id)
+
+    def _lookup(self, key: tuple, direction: int, now_ms: int) -> Entry | None:
+        """The connection whose tuple in this direction is key. One found expired is removed
+        (and journaled) on the spot, and the lookup is then a miss."""
+        conn = self.table.lookup(key, direction)
+        if conn is not None and self.table.is_expired(conn, now_ms):
+            self._expire_conn(conn, now_ms, journal=True)
+            return None
+        return conn
+
+    def _unsolicited_reason(self, pkt: Packet) -> int:
+        if not any(e.addr[pkt.family] == pkt.dst for e in self.enis):
+            return R["IN_NOT_ENI_ADDR"]
+        if pkt.proto == PROTO_UDP:
+            return R["IN_NO_MATCH_UDP"]
+        if is_pure_syn(pkt.tcp_flags):
+            return R["IN_UNSOLICITED_SYN"]
+        return R["IN_NO_MATCH_TCP"]
+
+    def _new_connection(self, pkt: Packet, now_ms: int) -> tuple[Entry | None, int]:
+        """Section 3, OUT steps 2-6. Returns (connection, NONE) or (None, reason)."""
+        source = self.sources.get((pkt.family, pkt.src))
+        if source is None:
+            return None, R["UNKNOWN_SOURCE"]
+        group = self.groups[source.group]
+        if not group:
+            # No ENI yet: the control plane creates one and re-injects the frame.
+            return None, R["PORTS_EXHAUSTED"]
+        if pkt.family == 6 and (not source.allow_v6 or self.enis[group[-1]].addr[6] is None):
+            return None, R["V6_NOT_ALLOWED"]
+        if pkt.proto == PROTO_TCP and not is_pure_syn(pkt.tcp_flags):
+            return None, R["TCP_NOT_SYN"]
+        if self.table.full():
+            self._expire_some(now_ms, EXPIRE_WHEN_FULL, journal=True)
+            if self.table.full():
+                return None, R["TABLE_FULL"]
+        eni, port = self._choose_port(group, pkt, now_ms)
+        if port is None:
+            return None, R["PORTS_EXHAUSTED"]
+        state = S["SYN_SENT"] if pkt.proto == PROTO_TCP else S["UDP_FIRST"]
+        conn = self.table.insert(pkt.family, pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport,
+                                 eni, self.enis[eni].addr[pkt.family], port, state, now_ms)
+        self.counter["CONN_CREATED"] += 1
+        return conn, R["NONE"]
+
+    def _choose_port(self, group: list[int], pkt: Packet, now_ms: int):
+        """(ENI, external port) for a new connection; port None when none is free (or the
+        newest ENI has no address, so no pool, in this family)."""
+        pool_key = (pkt.family, pkt.proto)
+        if not self.per_connection:
+            # Endpoint-independent: an inside endpoint keeps its external port, whatever the
+            # destination, on whichever ENI of its group first gave it one (oldest first).
+            for eni in group:
+                pool = self.enis[eni].pools.get(pool_key)
+                ext = pool.map_find(pkt.src, pkt.sport) if pool else None
+                if ext is not None:
+                    pool.ref(ext)
+                    return eni, ext
+        newest = group[-1]
+        pool = self.enis[newest].pools.get(pool_key)
+        ext = pool.alloc(self.rng, now_ms) if pool else None
+        if ext is None:
+            return newest, None
+        if not self.per_connection:
+            pool.map_add(ext, pkt.src, pkt.sport)
+        return newest, ext
+
+    def _update(self, conn: Entry, d: int, pkt: Packet, now_ms: int) -> None:
+        """A packet of this connection went through in direction d (2.1, 2.2)."""
+        if pkt.proto == PROTO_TCP:
+            state, flags = tcp_transition(conn.state, conn.flags, tcp_event(pkt.tcp_flags), d)
+        else:
+            state, flags = udp_transition(conn.state, conn.flags, d)
+        if conn.state == S["SYN_RECV"] and state == S["ESTABLISHED"]:
+            self.counter["CONN_ESTABLISHED"] += 1
+        conn.flags = flags
+        self.table.touch(conn, state, now_ms)
+
+        packets, nbytes = wire_size(pkt)
+        conn.packets[d] = (conn.packets[d] + packets) & 0xFFFFFFFF     # a uint32 in C
+        conn.bytes[d] += nbytes
+        if d == REPLY:
+            conn.flags |= F_REPLY_SEEN
+        side = "OUT" if d == ORIG else "IN"
+        self.counter[f"FWD_{side}_PACKETS"] += packets
+        self.counter[f"FWD_{side}_BYTES"] += nbytes
+
+    # -- expiry --------------------------------------------------------------------------------
+
+    def _expire_conn(self, conn: Entry, now_ms: int, journal: bool) -> Connection:
+        """Removes an expired connection, releases its port and returns its last picture;
+        journal=True keeps that picture for the next expire() call."""
+        record = conn.snapshot(expired=True)
+        self.counter["CONN_EXPIRED"] += 1
+        self.table.delete(conn)
+        pool = self.enis[conn.eni].pools[(conn.family, conn.proto)]
+        if self.per_connection:
+            pool.release(conn.nat_port, now_ms, self.quarantine_ms)
+        else:
+            pool.unref(conn.nat_port, now_ms, self.quarantine_ms)
+        if journal:
+            self._journal_add(record)
+        return record
+
+    def _journal_add(self, record: Connection) -> None:
+        if len(self.journal) >= self.journal_size:
+            self.counter["JOURNAL_OVERFLOW"] += 1
+            if not self.journal:
+                return                          # a journal of size 0 keeps nothing
+            self.journal.popleft()
+        self.journal.append(record)
+
+    def _expire_some(self, now_ms: int, max_count: int, journal: bool) -> list[Connection]:
+        removed = []
+        while len(removed) < max_count:
+            conn = self.table.next_expired(now_ms)
+            if conn is None:
+                break
+            removed.append(self._expire_conn(conn, now_ms, journal))
+        return removed
+
+    def expire(self, now_ms, max=1 << 30, collect=True):
+        """Removes up to max expired connections. Returns the journal (connections that
+        expired earlier, oldest first) followed by the ones removed now. collect=False
+        leaves the journal alone, keeps no records and returns how many were removed."""
+        if not collect:
+            return len(self._expire_some(now_ms, max, journal=False))
+        records = list(self.journal)
+        self.journal.clear()
+        return records + self._expire_some(now_ms, max, journal=False)
+
+    # -- read-only views -----------------------------------------------------------------------
+
+    def connections(self) -> list[Connection]:
+        return [self.table.conns[cid].snapshot() for cid in sorted(self.table.conns)]
+
+    def get(self, conn_id) -> Connection | None:
+        conn = self.table.conns.get(conn_id)
+        return None if conn is None else conn.snapshot()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def counters(self) -> dict:
+        out = dict(self.counter)
+        for reason, name in enumerate(REASONS):
+            out[f"drop.{name}"] = self.drops[reason]
+        return out
+
+    @property
+    def capacity(self) -> int:
+        return self.table.capacity
+
+    def pool_stats(self, eni, family, proto) -> dict:
+        # As the C core reads them: any family other than 6 means 4, any proto other than
+        # 17 means TCP.
+        key = (6 if family == 6 else 4, PROTO_UDP if proto == PROTO_UDP else PROTO_TCP)
+        pool = self.enis[eni].pools.get(key) if 0 <= eni < len(self.enis) else None
+        if pool is None:
+            raise ValueError(f"ENI {eni} has no IPv{family} pool")
+        return pool.stats()

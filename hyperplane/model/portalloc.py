@@ -1,0 +1,105 @@
+"""External port pools (docs/semantics.md section 5).
+
+One pool per (ENI, family, protocol). Ports are drawn at random (RFC 6056) from an array of
+free ports, and a released port waits in quarantine before it can be drawn again, so a late
+packet of an old connection does not land in a new one. The C core does exactly the same
+steps, with the same PRNG, so both hand out the same ports in the same order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+MASK64 = (1 << 64) - 1
+
+# How many ports one alloc() may move out of quarantine: bounded work per allocation.
+QUARANTINE_MOVES_PER_ALLOC = 64
+
+
+class SplitMix64:
+    """A tiny 64-bit PRNG; one per NAT, shared by all its pools."""
+
+    def __init__(self, seed: int):
+        self.state = seed & MASK64
+
+    def next(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        return z ^ (z >> 31)
+
+
+class Owner:
+    """Who an endpoint-independent mapping belongs to, and how many connections use it."""
+    __slots__ = ("addr", "port", "refs")
+
+    def __init__(self, addr: bytes, port: int):
+        self.addr, self.port, self.refs = addr, port, 1
+
+
+class Pool:
+    def __init__(self, lo: int, hi: int):
+        self.lo, self.hi = lo, hi
+        self.size = hi - lo + 1
+        self.free = list(range(lo, hi + 1))     # order matters: draws index into it
+        self.quarantine = deque()               # (port, release time in ms), oldest first
+        # Endpoint-independent mapping: external port -> owner, and the reverse index.
+        self.owner: dict[int, Owner] = {}
+        self.mapping: dict[tuple[bytes, int], int] = {}
+
+    # -- allocation --------------------------------------------------------------------------
+
+    def alloc(self, rng: SplitMix64, now_ms: int) -> int | None:
+        """A free port at random, or None when every port is taken or in quarantine."""
+        moved = 0
+        while (moved < QUARANTINE_MOVES_PER_ALLOC and self.quarantine
+               and self.quarantine[0][1] <= now_ms):
+            self.free.append(self.quarantine.popleft()[0])
+            moved += 1
+        if not self.free:
+            return None
+        r = rng.next()
+        # Scale the top 32 bits of the draw into [0, len(free)): no modulo bias worth noting.
+        i = ((r >> 32) * len(self.free)) >> 32
+        port = self.free[i]
+        # Swap-pop: the last free port takes the drawn one's place, O(1).
+        self.free[i] = self.free[-1]
+        self.free.pop()
+        return port
+
+    def release(self, port: int, now_ms: int, quarantine_ms: int) -> None:
+        if quarantine_ms == 0:
+            self.free.append(port)
+        else:
+            self.quarantine.append((port, now_ms + quarantine_ms))
+
+    # -- endpoint-independent mappings -------------------------------------------------------
+
+    def map_find(self, addr: bytes, port: int) -> int | None:
+        """The external port already mapped to (inside addr, inside port), or None."""
+        return self.mapping.get((addr, port))
+
+    def map_add(self, ext: int, addr: bytes, port: int) -> None:
+        """Records a fresh mapping for a just-allocated port, with one reference."""
+        self.owner[ext] = Owner(addr, port)
+        self.mapping[(addr, port)] = ext
+
+    def ref(self, ext: int) -> None:
+        self.owner[ext].refs += 1
+
+    def unref(self, ext: int, now_ms: int, quarantine_ms: int) -> None:
+        """Drops one reference; the last one removes the mapping and releases the port."""
+        owner = self.owner[ext]
+        owner.refs -= 1
+        if owner.refs == 0:
+            del self.owner[ext]
+            del self.mapping[(owner.addr, owner.port)]
+            self.release(ext, now_ms, quarantine_ms)
+
+    # -- statistics --------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        free, quarantined = len(self.free), len(self.quarantine)
+        return {"size": self.size, "free": free, "in_use": self.size - free - quarantined,
+                "quarantined": quarantined}

@@ -1,0 +1,928 @@
+"""The NAT contract (docs/semantics.md), tested through the Python API of section 8.
+
+Every test takes `NatClass` (tests/conftest.py), so the one suite runs against the pure-Python
+model and against the C core.
+"""
+
+import struct
+
+import pytest
+
+import framegen as fg
+from hyperplane.connection import Connection
+from hyperplane.vocab import (COUNTERS, DROP, F_ASSURED, F_CLOSER_REPLY, F_FIN_SEEN, F_REPLY_SEEN,
+                              FORWARD, IN, OUT, PROFILES, PUNT, R, REASONS)
+
+SRC, SRC6 = "10.200.0.11", "fd00:200::11"       # a function, both families
+SRC_B = "10.200.0.12"
+ENI, ENI6 = "10.0.1.4", "fd00:1::4"
+ENI_B, ENI_B6 = "10.0.2.4", "fd00:2::4"
+DST, DST6 = "10.0.9.9", "fd00:9::9"             # a server in the customer VPC
+AWS = {k: v * 1000 for k, v in PROFILES["aws"].items()}
+
+
+def make(NatClass, **kw):
+    """A NAT with one ENI (both families) in one group, and the function SRC / SRC6."""
+    nat = NatClass(**kw)
+    eni = nat.add_eni(ENI, ENI6)
+    grp = nat.add_group()
+    nat.group_add_eni(grp, eni)
+    nat.add_source(SRC, grp)
+    nat.add_source(SRC6, grp, allow_v6=True)
+    return nat
+
+
+def out(nat, frame, now=0, vnet=False):
+    (res,) = nat.translate([frame], OUT, now, vnet=vnet)
+    return res
+
+
+def inb(nat, frame, now=0, eni=0, vnet=False):
+    (res,) = nat.translate([frame], IN, now, eni=eni, vnet=vnet)
+    return res
+
+
+def refused(reason):
+    name = REASONS[reason] if isinstance(reason, int) else reason
+    from hyperplane.vocab import PUNT_REASONS
+    return (PUNT if name in PUNT_REASONS else DROP, R[name], 0, -1)
+
+
+class Flow:
+    """One TCP or UDP flow through a NAT: sends segments either way, replies aimed at the
+    address and port the NAT chose."""
+
+    def __init__(self, nat, proto=fg.TCP, src=SRC, dst=DST, sport=40000, dport=443):
+        self.nat, self.proto = nat, proto
+        self.src, self.dst, self.sport, self.dport = src, dst, sport, dport
+        self.nat_addr = self.nat_port = None
+        self.eni = 0
+
+    def send(self, direction, flags="A", now=0, **kw):
+        if direction == OUT:
+            frame = fg.build(self.src, self.dst, self.proto, self.sport, self.dport, flags=flags,
+                             **kw)
+            res = out(self.nat, frame, now, vnet=kw.get("vnet", False))
+            if res[0] == FORWARD:
+                f = fg.fields(frame, kw.get("vnet", False))
+                self.nat_addr, self.nat_port, self.eni = f["src"], f["sport"], res[2] - 1
+        else:
+            frame = fg.build(self.dst, self.nat_addr, self.proto, self.dport, self.nat_port,
+                             flags=flags, **kw)
+            res = inb(self.nat, frame, now, eni=self.eni, vnet=kw.get("vnet", False))
+        self.last_frame = frame
+        return res
+
+    def conn(self):
+        conns = [c for c in self.nat.connections()
+                 if (c.src, c.sport, c.dst, c.dport) == (self.src, self.sport, self.dst,
+                                                         self.dport)]
+        return conns[0] if conns else None
+
+
+# -- basic forwarding --------------------------------------------------------------------------
+
+def test_out_then_in_forwards_and_rewrites(NatClass):
+    nat = make(NatClass)
+    syn = fg.tcp(SRC, DST, 40000, 443, "S", payload=b"hello")
+    verdict, reason, port, cid = out(nat, syn, now=5_500)
+    assert (verdict, reason, port, cid) == (FORWARD, R["NONE"], 1, 0)
+    f = fg.fields(syn)
+    assert (f["src"], f["dst"], f["dport"], f["ttl"]) == (ENI, DST, 443, 63)
+    assert 536 <= f["sport"] <= 65535
+    assert fg.checksums_ok(syn)
+
+    c = nat.get(0)
+    assert isinstance(c, Connection)
+    assert (c.id, c.family, c.proto, c.src, c.dst, c.sport, c.dport) == \
+        (0, 4, 6, SRC, DST, 40000, 443)
+    assert (c.eni, c.nat_addr, c.nat_port, c.state) == (0, ENI, f["sport"], "SYN_SENT")
+    assert (c.packets_out, c.bytes_out, c.packets_in, c.bytes_in) == (1, 20 + 20 + 5, 0, 0)
+    assert (c.start_s, c.last_seen_ms, c.flags) == (5, 5_500, 0)
+
+    synack = fg.tcp(DST, ENI, 443, f["sport"], "SA")
+    assert inb(nat, synack, now=6_000) == (FORWARD, R["NONE"], 0, 0)
+    g = fg.fields(synack)
+    assert (g["src"], g["sport"], g["dst"], g["dport"], g["ttl"]) == (DST, 443, SRC, 40000, 63)
+    assert fg.checksums_ok(synack)
+    c = nat.get(0)
+    assert c.state == "SYN_RECV" and c.flags & F_REPLY_SEEN and c.last_seen_ms == 6_000
+    assert (c.packets_in, c.bytes_in) == (1, 40)
+    assert len(nat) == 1 and nat.connections() == [c]
+
+
+def test_batch_results_in_order(NatClass):
+    nat = make(NatClass)
+    frames = [fg.udp(SRC, DST, 1000 + i, 53) for i in range(3)] + [fg.arp()]
+    res = nat.translate(frames, OUT, 0)
+    assert [r[3] for r in res] == [0, 1, 2, -1]
+    assert res[3] == (PUNT, R["ARP"], 0, -1)
+
+
+def test_counters_have_every_name(NatClass):
+    nat = make(NatClass)
+    c = nat.counters()
+    assert set(c) == set(COUNTERS) | {f"drop.{r}" for r in REASONS}
+    assert all(v == 0 for v in c.values())
+
+
+def test_forward_counters(NatClass):
+    nat = make(NatClass)
+    fl = Flow(nat, proto=fg.UDP)
+    fl.send(OUT, payload=b"x" * 10)
+    fl.send(IN, payload=b"y" * 30)
+    fl.send(IN)
+    c = nat.counters()
+    assert (c["FWD_OUT_PACKETS"], c["FWD_OUT_BYTES"]) == (1, 28 + 10)
+    assert (c["FWD_IN_PACKETS"], c["FWD_IN_BYTES"]) == (2, 28 + 30 + 28)
+    assert c["CONN_CREATED"] == 1
+
+
+def test_connection_ids_reuse_last_removed_first(NatClass):
+    nat = make(NatClass)
+    for i in range(4):
+        assert out(nat, fg.udp(SRC, DST, 1000 + i, 53), now=0)[3] == i
+    # Keep 0 and 2 alive, let 1 and 3 expire (1 touched before 3).
+    now = AWS["UDP_FIRST"] - 1
+    out(nat, fg.udp(SRC, DST, 1000, 53), now=now)
+    out(nat, fg.udp(SRC, DST, 1002, 53), now=now)
+    gone = nat.expire(AWS["UDP_FIRST"])
+    assert [c.sport for c in gone] == [1001, 1003]
+    assert [c.id for c in gone] == [-1, -1]           # the ids are free again
+    assert out(nat, fg.udp(SRC, DST, 2000, 53), now=now + 1)[3] == 3
+    assert out(nat, fg.udp(SRC, DST, 2001, 53), now=now + 1)[3] == 1
+    assert out(nat, fg.udp(SRC, DST, 2002, 53), now=now + 1)[3] == 4
+
+
+# -- TCP state machine (2.2) -------------------------------------------------------------------
+
+O, I = OUT, IN
+EST = [(O, "S"), (I, "SA"), (O, "A")]
+PATHS = {
+    "SYN_SENT": [(O, "S")],
+    "SYN_RECV": [(O, "S"), (I, "SA")],
+    "ESTABLISHED": EST,
+    "FIN_WAIT/o": EST + [(O, "FA")],               # /o: the inside host closed first
+    "FIN_WAIT/r": EST + [(I, "FA")],               # /r: the server closed first
+    "CLOSE_WAIT/o": EST + [(O, "FA"), (I, "A")],
+    "CLOSE_WAIT/r": EST + [(I, "FA"), (O, "A")],
+    "LAST_ACK/o": EST + [(O, "FA"), (I, "A"), (I, "FA")],
+    "LAST_ACK/r": EST + [(I, "FA"), (O, "A"), (O, "FA")],
+    "TIME_WAIT/o": EST + [(O, "FA"), (I, "A"), (I, "FA"), (O, "A")],
+    "TIME_WAIT/r": EST + [(I, "FA"), (O, "A"), (O, "FA"), (I, "A")],
+    "CLOSE": EST + [(I, "R")],
+}
+
+TRANSITIONS = [
+    # RST: any state -> CLOSE, either direction
+    *[(p, d, "R", "CLOSE") for p in PATHS for d in (O, I)],
+    *[(p, O, "RA", "CLOSE") for p in ("SYN_SENT", "ESTABLISHED", "TIME_WAIT/o")],
+    # SYN
+    ("SYN_SENT", O, "S", "SYN_SENT"),
+    ("SYN_SENT", I, "S", "SYN_SENT"),
+    ("TIME_WAIT/o", O, "S", "SYN_SENT"),
+    ("TIME_WAIT/r", O, "S", "SYN_SENT"),
+    ("CLOSE", O, "S", "SYN_SENT"),
+    ("TIME_WAIT/o", I, "S", "TIME_WAIT"),
+    ("CLOSE", I, "S", "CLOSE"),
+    ("ESTABLISHED", O, "S", "ESTABLISHED"),
+    ("SYN_RECV", O, "S", "SYN_RECV"),
+    ("FIN_WAIT/o", O, "S", "FIN_WAIT"),
+    # SYNACK
+    ("SYN_SENT", I, "SA", "SYN_RECV"),
+    ("SYN_RECV", I, "SA", "SYN_RECV"),
+    ("SYN_SENT", O, "SA", "SYN_SENT"),
+    ("ESTABLISHED", I, "SA", "ESTABLISHED"),
+    ("TIME_WAIT/o", I, "SA", "TIME_WAIT"),
+    # FIN (with or without ACK: FIN ranks above ACK)
+    ("SYN_RECV", O, "F", "FIN_WAIT"),
+    ("SYN_RECV", I, "FA", "FIN_WAIT"),
+    ("ESTABLISHED", O, "FA", "FIN_WAIT"),
+    ("ESTABLISHED", I, "F", "FIN_WAIT"),
+    ("FIN_WAIT/o", I, "FA", "LAST_ACK"),
+    ("FIN_WAIT/o", O, "FA", "FIN_WAIT"),
+    ("FIN_WAIT/r", O, "FA", "LAST_ACK"),
+    ("FIN_WAIT/r", I, "FA", "FIN_WAIT"),
+    ("CLOSE_WAIT/o", I, "F", "LAST_ACK"),
+    ("CLOSE_WAIT/o", O, "F", "CLOSE_WAIT"),
+    ("CLOSE_WAIT/r", O, "F", "LAST_ACK"),
+    ("CLOSE_WAIT/r", I, "F", "CLOSE_WAIT"),
+    ("SYN_SENT", O, "F", "SYN_SENT"),
+    ("LAST_ACK/o", I, "FA", "LAST_ACK"),
+    ("TIME_WAIT/o", O, "FA", "TIME_WAIT"),
+    ("CLOSE", I, "FA", "CLOSE"),
+    # ACK
+    ("SYN_RECV", O, "A", "ESTABLISHED"),
+    ("SYN_RECV", I, "A", "SYN_RECV"),
+    ("SYN_SENT", O, "A", "SYN_SENT"),
+    ("ESTABLISHED", I, "A", "ESTABLISHED"),
+    ("FIN_WAIT/o", I, "A", "CLOSE_WAIT"),
+    ("FIN_WAIT/o", O, "A", "FIN_WAIT"),
+    ("FIN_WAIT/r", O, "PA", "CLOSE_WAIT"),
+    ("FIN_WAIT/r", I, "A", "FIN_WAIT"),
+    ("CLOSE_WAIT/o", I, "A", "CLOSE_WAIT"),
+    ("LAST_ACK/o", O, "A", "TIME_WAIT"),
+    ("LAST_ACK/o", I, "A", "LAST_ACK"),
+    ("LAST_ACK/r", I, "A", "TIME_WAIT"),
+    ("LAST_ACK/r", O, "A", "LAST_ACK"),
+    ("TIME_WAIT/o", O, "A", "TIME_WAIT"),
+    # NONE: no SYN, FIN, RST or ACK
+    *[(p, d, "P", p.split("/")[0]) for p in PATHS for d in (O, I)],
+    *[(p, d, "", p.split("/")[0]) for p in ("SYN_SENT", "ESTABLISHED") for d in (O, I)],
+]
+
+
+def drive(nat, path, now=0):
+    fl = Flow(nat)
+    for d, flags in PATHS[path]:
+        assert fl.send(d, flags, now=now)[0] == FORWARD, (path, d, flags)
+    assert fl.conn().state == path.split("/")[0]
+    return fl
+
+
+@pytest.mark.parametrize("path,d,flags,expected", TRANSITIONS,
+                         ids=[f"{p}-{'OI'[d]}-{f or 'none'}" for p, d, f, _ in TRANSITIONS])
+def test_tcp_transition(NatClass, path, d, flags, expected):
+    nat = make(NatClass)
+    fl = drive(nat, path)
+    before = fl.conn()
+    res = fl.send(d, flags, now=1000)
+    assert res == (FORWARD, R["NONE"], 1 if d == O else 0, before.id)  # forwarded regardless
+    after = fl.conn()
+    assert after.state == expected
+    assert after.last_seen_ms == 1000
+    if d == I:
+        assert after.flags & F_REPLY_SEEN
+
+
+def test_tcp_flags_along_the_way(NatClass):
+    nat = make(NatClass)
+    fl = drive(nat, "ESTABLISHED")
+    assert fl.conn().flags == F_REPLY_SEEN | F_ASSURED
+    fl.send(I, "FA")
+    assert fl.conn().flags == F_REPLY_SEEN | F_ASSURED | F_FIN_SEEN | F_CLOSER_REPLY
+    nat = make(NatClass)
+    fl = drive(nat, "FIN_WAIT/o")
+    assert fl.conn().flags == F_REPLY_SEEN | F_ASSURED | F_FIN_SEEN
+
+
+def test_syn_in_time_wait_starts_over(NatClass):
+    nat = make(NatClass)
+    fl = drive(nat, "TIME_WAIT/r")
+    before = fl.conn()
+    assert before.flags & F_CLOSER_REPLY
+    fl.send(O, "S", now=2000)
+    c = fl.conn()
+    assert (c.id, c.state, c.flags, c.nat_port) == (before.id, "SYN_SENT", 0, before.nat_port)
+    # Packet counters are kept across the restart.
+    assert c.packets_out == before.packets_out + 1 and c.packets_in == before.packets_in
+    # And the new handshake works as the first one did.
+    fl.send(I, "SA")
+    fl.send(O, "A")
+    assert fl.conn().state == "ESTABLISHED"
+    assert nat.counters()["CONN_ESTABLISHED"] == 2
+
+
+def test_conn_established_counted_once(NatClass):
+    nat = make(NatClass)
+    fl = drive(nat, "ESTABLISHED")
+    fl.send(O, "A")
+    fl.send(I, "A")
+    c = nat.counters()
+    assert (c["CONN_CREATED"], c["CONN_ESTABLISHED"]) == (1, 1)
+
+
+def test_udp_first_then_stream(NatClass):
+    nat = make(NatClass)
+    fl = Flow(nat, proto=fg.UDP)
+    fl.send(OUT)
+    fl.send(OUT)
+    c = fl.conn()
+    assert (c.state, c.flags) == ("UDP_FIRST", 0)
+    fl.send(IN)
+    c = fl.conn()
+    assert (c.state, c.flags) == ("UDP_STREAM", F_ASSURED | F_REPLY_SEEN)
+
+
+# -- timeouts and expiry (2.1) -----------------------------------------------------------------
+
+STATE_PATHS = [("SYN_SENT", "SYN_SENT"), ("SYN_RECV", "SYN_RECV"),
+               ("ESTABLISHED", "ESTABLISHED"), ("FIN_WAIT", "FIN_WAIT/o"),
+               ("CLOSE_WAIT", "CLOSE_WAIT/o"), ("LAST_ACK", "LAST_ACK/r"),
+               ("TIME_WAIT", "TIME_WAIT/o"), ("CLOSE", "CLOSE")]
+
+
+@pytest.mark.parametrize("profile", ["aws", "rfc"])
+@pytest.mark.parametrize("state,path", STATE_PATHS)
+def test_tcp_timeouts(NatClass, profile, state, path):
+    nat = make(NatClass, profile=profile)
+    t0 = 1_000_000
+    fl = drive(nat, path, now=t0)
+    timeout = PROFILES[profile][state] * 1000
+    assert nat.expire(t0 + timeout - 1) == []
+    assert len(nat) == 1
+    (gone,) = nat.expire(t0 + timeout)
+    assert (gone.state, gone.last_seen_ms, gone.sport) == (state, t0, fl.sport)
+    assert len(nat) == 0 and nat.counters()["CONN_EXPIRED"] == 1
+
+
+@pytest.mark.parametrize("profile", ["aws", "rfc"])
+def test_udp_timeouts(NatClass, profile):
+    nat = make(NatClass, profile=profile)
+    first = Flow(nat, proto=fg.UDP, sport=1)
+    stream = Flow(nat, proto=fg.UDP, sport=2)
+    first.send(OUT, now=0)
+    stream.send(OUT, now=0)
+    stream.send(IN, now=0)
+    t_first = PROFILES[profile]["UDP_FIRST"] * 1000
+    t_stream = PROFILES[profile]["UDP_STREAM"] * 1000
+    assert nat.expire(t_first - 1) == []
+    got = nat.expire(t_first)
+    assert [c.state for c in got] == (["UDP_FIRST", "UDP_STREAM"] if t_first == t_stream
+                                      else ["UDP_FIRST"])
+    if t_first != t_stream:
+        assert nat.expire(t_stream - 1) == []
+        assert [c.state for c in nat.expire(t_stream)] == ["UDP_STREAM"]
+
+
+def test_timeouts_override(NatClass):
+    nat = make(NatClass, timeouts={"ESTABLISHED": 432000, "UDP_FIRST": 0.5})
+    fl = drive(nat, "ESTABLISHED", now=0)
+    u = Flow(nat, proto=fg.UDP)
+    u.send(OUT, now=0)
+    assert [c.state for c in nat.expire(499)] == []
+    assert [c.state for c in nat.expire(500)] == ["UDP_FIRST"]
+    assert nat.expire(432000 * 1000 - 1) == []
+    assert [c.sport for c in nat.expire(432000 * 1000)] == [fl.sport]
+
+
+def test_activity_postpones_expiry(NatClass):
+    nat = make(NatClass)
+    fl = drive(nat, "ESTABLISHED", now=0)
+    fl.send(I, "A", now=100_000)
+    assert nat.expire(AWS["ESTABLISHED"]) == []
+    assert len(nat.expire(100_000 + AWS["ESTABLISHED"])) == 1
+
+
+def test_expire_order_and_max(NatClass):
+    nat = make(NatClass)
+    # UDP_FIRST connections 100, 101, 102 created at 0, 10, 20, then 100 touched again at 30;
+    # a TCP SYN_SENT one at 40. All expired by the time we look: SYN_SENT comes first (enum
+    # order), then UDP least recently touched first.
+    flows = [Flow(nat, proto=fg.UDP, sport=100 + i) for i in range(3)]
+    for i, fl in enumerate(flows):
+        fl.send(OUT, now=10 * i)
+    flows[0].send(OUT, now=30)
+    Flow(nat, sport=200).send(OUT, "S", now=40)
+    now = 10_000_000
+    first = nat.expire(now, max=2)
+    assert [(c.proto, c.sport) for c in first] == [(6, 200), (17, 101)]
+    rest = nat.expire(now, max=5)
+    assert [c.sport for c in rest] == [102, 100]
+    assert nat.expire(now) == []
+
+
+def test_expired_on_lookup_is_a_miss_and_journaled(NatClass):
+    nat = make(NatClass)
+    fl = Flow(nat, proto=fg.UDP)
+    fl.send(OUT, now=0)
+    # The reply comes exactly when the connection expires: too late.
+    assert fl.send(IN, now=AWS["UDP_FIRST"]) == refused("IN_NO_MATCH_UDP")
+    assert len(nat) == 0
+    assert nat.counters()["CONN_EXPIRED"] == 1
+    # One millisecond earlier would have been fine.
+    nat2 = make(NatClass)
+    fl2 = Flow(nat2, proto=fg.UDP)
+    fl2.send(OUT, now=0)
+    assert fl2.send(IN, now=AWS["UDP_FIRST"] - 1)[0] == FORWARD
+    # The journal hands the lazily expired connection to the next expire() call, first.
+    other = Flow(nat, proto=fg.UDP, sport=7)
+    other.send(OUT, now=AWS["UDP_FIRST"])
+    got = nat.expire(10 * AWS["UDP_FIRST"])
+    assert [c.sport for c in got] == [fl.sport, 7]
+    assert nat.counters()["CONN_EXPIRED"] == 2
+    assert nat.expire(10 * AWS["UDP_FIRST"]) == []
+
+
+def test_expired_on_outbound_lookup_makes_a_new_connection(NatClass):
+    nat = make(NatClass, quarantine_ms=0, port_range=(5000, 5001))
+    fl = Flow(nat, proto=fg.UDP)
+    fl.send(OUT, now=0)
+    first = fl.conn()
+    assert fl.send(OUT, now=AWS["UDP_FIRST"])[0] == FORWARD
+    second = fl.conn()
+    assert second.id == first.id and second.start_s == AWS["UDP_FIRST"] // 1000
+    assert (second.packets_out, nat.counters()["CONN_CREATED"]) == (1, 2)
+    (rec,) = nat.expire(AWS["UDP_FIRST"])
+    assert rec.last_seen_ms == 0 and rec.packets_out == 1
+
+
+def test_journal_overflow_drops_oldest(NatClass):
+    nat = make(NatClass, journal_size=2)
+    flows = [Flow(nat, proto=fg.UDP, sport=10 + i) for i in range(3)]
+    for fl in flows:
+        fl.send(OUT, now=0)
+    for fl in flows:
+        assert fl.send(IN, now=AWS["UDP_FIRST"])[1] == R["IN_NO_MATCH_UDP"]
+    c = nat.counters()
+    assert (c["CONN_EXPIRED"], c["JOURNAL_OVERFLOW"]) == (3, 1)
+    assert [x.sport for x in nat.expire(AWS["UDP_FIRST"])] == [11, 12]
+
+
+# -- ports (section 5) -------------------------------------------------------------------------
+
+def splitmix64(state):
+    state = (state + 0x9E3779B97F4A7C15) & (2**64 - 1)
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return state, z ^ (z >> 31)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 0xDEADBEEF])
+def test_port_choice_follows_splitmix64(NatClass, seed):
+    lo, hi = 1000, 1099
+    nat = make(NatClass, port_seed=seed, port_range=(lo, hi), mapping="per-connection")
+    free, state, want = list(range(lo, hi + 1)), seed, []
+    for _ in range(5):
+        state, r = splitmix64(state)
+        i = ((r >> 32) * len(free)) >> 32
+        want.append(free[i])
+        free[i] = free[-1]
+        free.pop()
+    got = []
+    for k in range(5):
+        fl = Flow(nat, proto=fg.UDP, sport=k + 1)
+        fl.send(OUT)
+        got.append(fl.nat_port)
+    assert got == want
+
+
+def test_port_exhaustion_punts(NatClass):
+    nat = make(NatClass, port_range=(7000, 7001), mapping="per-connection")
+    assert Flow(nat, sport=1).send(OUT, "S")[0] == FORWARD
+    assert Flow(nat, sport=2).send(OUT, "S")[0] == FORWARD
+    assert Flow(nat, sport=3).send(OUT, "S") == (PUNT, R["PORTS_EXHAUSTED"], 0, -1)
+    assert nat.counters()["drop.PORTS_EXHAUSTED"] == 1
+    assert len(nat) == 2
+    # Other pools are independent: UDP and IPv6 still have ports.
+    assert Flow(nat, proto=fg.UDP, sport=3).send(OUT)[0] == FORWARD
+    assert Flow(nat, src=SRC6, dst=DST6, sport=3).send(OUT, "S")[0] == FORWARD
+    assert nat.pool_stats(0, 4, 6) == {"size": 2, "free": 0, "in_use": 2, "quarantined": 0}
+    assert nat.pool_stats(0, 4, 17) == {"size": 2, "free": 1, "in_use": 1, "quarantined": 0}
+    assert nat.pool_stats(0, 6, 6)["in_use"] == 1
+
+
+def test_quarantine_delays_reuse(NatClass):
+    q = 2 * AWS["TIME_WAIT"]           # the default
+    nat = make(NatClass, port_range=(7000, 7000))
+    fl = Flow(nat, proto=fg.UDP, sport=1)
+    fl.send(OUT, now=0)
+    assert fl.nat_port == 7000
+    t = AWS["UDP_FIRST"]
+    assert len(nat.expire(t)) == 1
+    assert nat.pool_stats(0, 4, 17) == {"size": 1, "free": 0, "in_use": 0, "quarantined": 1}
+    other = Flow(nat, proto=fg.UDP, sport=2)
+    assert other.send(OUT, now=t + q - 1) == refused("PORTS_EXHAUSTED")
+    assert other.send(OUT, now=t + q)[0] == FORWARD
+    assert other.nat_port == 7000
+    assert nat.pool_stats(0, 4, 17) == {"size": 1, "free": 0, "in_use": 1, "quarantined": 0}
+
+
+def test_quarantine_custom_and_zero(NatClass):
+    nat = make(NatClass, port_range=(7000, 7000), quarantine_ms=0)
+    Flow(nat, proto=fg.UDP, sport=1).send(OUT, now=0)
+    nat.expire(AWS["UDP_FIRST"])
+    assert nat.pool_stats(0, 4, 17)["free"] == 1
+    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=AWS["UDP_FIRST"])[0] == FORWARD
+
+    nat = make(NatClass, port_range=(7000, 7000), quarantine_ms=5)
+    Flow(nat, proto=fg.UDP, sport=1).send(OUT, now=0)
+    nat.expire(AWS["UDP_FIRST"])
+    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=AWS["UDP_FIRST"] + 4)[0] == PUNT
+    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=AWS["UDP_FIRST"] + 5)[0] == FORWARD
+
+
+def test_default_quarantine_follows_time_wait(NatClass):
+    nat = make(NatClass, port_range=(7000, 7000), timeouts={"TIME_WAIT": 1})
+    Flow(nat, proto=fg.UDP, sport=1).send(OUT, now=0)
+    nat.expire(AWS["UDP_FIRST"])
+    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=AWS["UDP_FIRST"] + 1999)[0] == PUNT
+    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=AWS["UDP_FIRST"] + 2000)[0] == FORWARD
+
+
+def test_endpoint_independent_mapping(NatClass):
+    nat = make(NatClass, quarantine_ms=0)
+    a = Flow(nat, proto=fg.UDP, dst=DST, sport=5000)
+    b = Flow(nat, proto=fg.UDP, dst="10.0.9.10", dport=53, sport=5000)
+    c = Flow(nat, proto=fg.UDP, dst=DST, sport=5001)
+    a.send(OUT, now=0)
+    c.send(OUT, now=0)
+    b.send(OUT, now=10)
+    assert a.nat_port == b.nat_port != c.nat_port
+    assert nat.pool_stats(0, 4, 17)["in_use"] == 2
+    # The mapping lives while any of its connections does.
+    assert len(nat.expire(AWS["UDP_FIRST"])) == 2      # a and c
+    assert nat.pool_stats(0, 4, 17)["in_use"] == 1
+    d = Flow(nat, proto=fg.UDP, dst="10.0.9.11", sport=5000)
+    d.send(OUT, now=AWS["UDP_FIRST"])
+    assert d.nat_port == a.nat_port
+    # The other side of the mapping can answer from either destination's connection.
+    assert b.send(IN, now=AWS["UDP_FIRST"])[0] == FORWARD
+
+
+def test_per_connection_mapping(NatClass):
+    nat = make(NatClass, mapping="per-connection")
+    a = Flow(nat, proto=fg.UDP, dst=DST, sport=5000)
+    b = Flow(nat, proto=fg.UDP, dst="10.0.9.10", sport=5000)
+    a.send(OUT)
+    b.send(OUT)
+    assert a.nat_port != b.nat_port
+    assert nat.pool_stats(0, 4, 17)["in_use"] == 2
+
+
+def test_new_enis_take_new_connections_and_eim_sticks_to_old(NatClass):
+    nat = make(NatClass, port_range=(7000, 7000))
+    a = Flow(nat, proto=fg.UDP, sport=1)
+    a.send(OUT)
+    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT) == refused("PORTS_EXHAUSTED")
+    eni_b = nat.add_eni(ENI_B, ENI_B6)
+    nat.group_add_eni(0, eni_b)
+    b = Flow(nat, proto=fg.UDP, sport=2)
+    assert b.send(OUT) == (FORWARD, R["NONE"], eni_b + 1, 1)
+    assert (b.nat_addr, b.nat_port, b.conn().eni, b.conn().nat_addr) == (ENI_B, 7000, 1, ENI_B)
+    # The first endpoint keeps its mapping on the first ENI, towards any destination.
+    a2 = Flow(nat, proto=fg.UDP, sport=1, dst="10.0.9.77")
+    assert a2.send(OUT)[2] == 1
+    assert (a2.nat_addr, a2.nat_port) == (ENI, 7000)
+    # Replies must arrive on the ENI that owns the connection.
+    assert b.send(IN)[0] == FORWARD
+    frame = fg.udp(DST, ENI_B, 443, 7000)
+    assert inb(nat, frame, eni=0) == refused("IN_NO_MATCH_UDP")
+
+
+# -- table capacity ----------------------------------------------------------------------------
+
+def test_full_table_drops_and_never_overwrites(NatClass):
+    nat = make(NatClass, capacity=2)
+    a = Flow(nat, sport=1)
+    b = Flow(nat, sport=2)
+    a.send(OUT, "S", now=0)
+    b.send(OUT, "S", now=0)
+    before = nat.connections()
+    assert Flow(nat, sport=3).send(OUT, "S", now=1000) == refused("TABLE_FULL")
+    assert Flow(nat, proto=fg.UDP, sport=3).send(OUT, now=1000) == refused("TABLE_FULL")
+    assert sorted(nat.connections(), key=lambda c: c.id) == sorted(before, key=lambda c: c.id)
+    assert nat.counters()["drop.TABLE_FULL"] == 2
+    # Known connections still pass.
+    assert a.send(IN, "SA", now=1000)[0] == FORWARD
+
+
+def test_full_table_expires_to_make_room(NatClass):
+    nat = make(NatClass, capacity=2)
+    Flow(nat, proto=fg.UDP, sport=1).send(OUT, now=0)
+    Flow(nat, sport=2).send(OUT, "S", now=0)
+    t = AWS["UDP_FIRST"]
+    c = Flow(nat, proto=fg.UDP, sport=3)
+    assert c.send(OUT, now=t) == (FORWARD, R["NONE"], 1, 0)    # took the expired one's id
+    assert len(nat) == 2 and nat.counters()["CONN_EXPIRED"] == 1
+    assert [x.sport for x in nat.expire(t)] == [1]             # through the journal
+
+
+# -- refusals on the way out -------------------------------------------------------------------
+
+def test_unknown_source(NatClass):
+    nat = make(NatClass)
+    assert out(nat, fg.tcp("10.200.0.99", DST, 1, 2, "S")) == refused("UNKNOWN_SOURCE")
+    assert out(nat, fg.udp("fd00:200::99", DST6, 1, 2)) == refused("UNKNOWN_SOURCE")
+    assert nat.counters()["drop.UNKNOWN_SOURCE"] == 2 and len(nat) == 0
+
+
+def test_v6_not_allowed(NatClass):
+    nat = NatClass()
+    eni = nat.add_eni(ENI, ENI6)
+    v4only = nat.add_eni(ENI_B, None)
+    g1, g2 = nat.add_group(), nat.add_group()
+    nat.group_add_eni(g1, eni)
+    nat.group_add_eni(g2, eni)
+    nat.group_add_eni(g2, v4only)           # g2's newest ENI has no IPv6 address
+    nat.add_source("fd00:200::1", g1, allow_v6=False)
+    nat.add_source("fd00:200::2", g1, allow_v6=True)
+    nat.add_source("fd00:200::3", g2, allow_v6=True)
+    nat.add_source("10.200.0.3", g2)
+    assert out(nat, fg.udp("fd00:200::1", DST6, 1, 2)) == refused("V6_NOT_ALLOWED")
+    assert out(nat, fg.udp("fd00:200::2", DST6, 1, 2))[0] == FORWARD
+    assert out(nat, fg.tcp("fd00:200::3", DST6, 1, 2, "S")) == refused("V6_NOT_ALLOWED")
+    assert out(nat, fg.udp("10.200.0.3", DST, 1, 2))[:3] == (FORWARD, 0, v4only + 1)
+
+
+@pytest.mark.parametrize("flags", ["A", "SA", "F", "FA", "R", "RA", "PA", "", "SF", "SR"])
+def test_tcp_not_syn(NatClass, flags):
+    nat = make(NatClass)
+    assert out(nat, fg.tcp(SRC, DST, 1, 2, flags)) == refused("TCP_NOT_SYN")
+    assert len(nat) == 0
+
+
+def test_syn_with_other_harmless_flags_opens(NatClass):
+    nat = make(NatClass)
+    assert out(nat, fg.tcp(SRC, DST, 1, 2, "SP"))[0] == FORWARD
+
+
+# -- refusals on the way in --------------------------------------------------------------------
+
+def test_unsolicited_inbound(NatClass):
+    nat = make(NatClass)
+    assert inb(nat, fg.udp(DST, "10.0.1.99", 53, 1000)) == refused("IN_NOT_ENI_ADDR")
+    assert inb(nat, fg.tcp(DST6, "fd00:1::99", 53, 1000, "S")) == refused("IN_NOT_ENI_ADDR")
+    assert inb(nat, fg.tcp(DST, ENI, 53, 1000, "S")) == refused("IN_UNSOLICITED_SYN")
+    assert inb(nat, fg.tcp(DST6, ENI6, 53, 1000, "S")) == refused("IN_UNSOLICITED_SYN")
+    for flags in ("SA", "A", "R", "F", "SF", ""):
+        assert inb(nat, fg.tcp(DST, ENI, 53, 1000, flags)) == refused("IN_NO_MATCH_TCP")
+    assert inb(nat, fg.udp(DST, ENI, 53, 1000)) == refused("IN_NO_MATCH_UDP")
+    # An ENI address of the wrong family is not an ENI address.
+    nat2 = NatClass()
+    nat2.add_eni(ENI, None)
+    assert inb(nat2, fg.udp(DST6, "::ffff:10.0.1.4", 53, 1000)) == refused("IN_NOT_ENI_ADDR")
+
+
+def test_inbound_needs_the_exact_reply_tuple(NatClass):
+    nat = make(NatClass)
+    fl = Flow(nat, proto=fg.UDP)
+    fl.send(OUT)
+    p = fl.nat_port
+    assert inb(nat, fg.udp(DST, ENI, 444, p)) == refused("IN_NO_MATCH_UDP")      # other sport
+    assert inb(nat, fg.udp("10.0.9.8", ENI, 443, p)) == refused("IN_NO_MATCH_UDP")
+    assert inb(nat, fg.tcp(DST, ENI, 443, p, "A")) == refused("IN_NO_MATCH_TCP")  # other proto
+    assert inb(nat, fg.udp(DST, ENI, 443, p), eni=1) == refused("IN_NO_MATCH_UDP")
+    assert inb(nat, fg.udp(DST, ENI, 443, p)) == (FORWARD, 0, 0, 0)
+
+
+def test_inbound_on_another_eni_is_a_miss(NatClass):
+    nat = make(NatClass)
+    nat.add_eni(ENI_B, ENI_B6)
+    fl = Flow(nat, sport=9)
+    fl.send(OUT, "S")
+    frame = fg.tcp(DST, ENI, 443, fl.nat_port, "SA")
+    assert inb(nat, frame, eni=1) == refused("IN_NO_MATCH_TCP")
+    syn = fg.tcp(DST, ENI, 443, fl.nat_port, "S")
+    assert inb(nat, syn, eni=1) == refused("IN_UNSOLICITED_SYN")
+    assert fl.conn().state == "SYN_SENT" and fl.conn().packets_in == 0
+
+
+# -- parsing (section 1) -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", fg.MALFORMED_KINDS)
+@pytest.mark.parametrize("direction", [OUT, IN])
+def test_malformed(NatClass, kind, direction):
+    nat = make(NatClass)
+    frame, vnet = fg.malformed(kind)
+    original = bytes(frame)
+    res = nat.translate([frame], direction, 0, vnet=vnet)
+    assert res == [refused(kind)]
+    assert bytes(frame) == original                       # untouched
+    counters = nat.counters()
+    assert counters[f"drop.{kind}"] == 1
+    assert sum(v for k, v in counters.items() if k.startswith("drop.")) == 1
+
+
+def test_ipv6_fragment_header_punts(NatClass):
+    nat = make(NatClass)
+    assert out(nat, fg.udp(SRC6, DST6, 1, 2, ext=[0, 44])) == refused("FRAGMENT")
+
+
+def test_ipv4_more_fragments_and_offset_punt(NatClass):
+    nat = make(NatClass)
+    assert out(nat, fg.udp(SRC, DST, 1, 2, frag=0x0001)) == refused("FRAGMENT")
+    assert out(nat, fg.udp(SRC, DST, 1, 2, frag=0x4000))[0] == FORWARD     # DF is fine
+
+
+def test_ipv4_options_and_ipv6_extension_headers_pass(NatClass):
+    nat = make(NatClass)
+    f4 = fg.tcp(SRC, DST, 1, 2, "S", ip_options=b"\x01\x01\x01\x00", payload=b"abc")
+    assert out(nat, f4)[0] == FORWARD and fg.checksums_ok(f4)
+    f6 = fg.tcp(SRC6, DST6, 1, 2, "S", ext=[0, 43, 60, 51], payload=b"abc")
+    assert out(nat, f6)[0] == FORWARD and fg.checksums_ok(f6)
+    assert fg.fields(f6)["src"] == ENI6
+    eight = fg.udp(SRC6, DST6, 1, 3, ext=[60] * 8)
+    assert out(nat, eight)[0] == FORWARD
+
+
+def test_ipv6_short_extension_chain_is_truncated(NatClass):
+    nat = make(NatClass)
+    f = fg.udp(SRC6, DST6, 1, 2, ext=[60])
+    # Shrink the payload length so fewer than 8 bytes remain for the extension header.
+    struct.pack_into("!H", f, 14 + 4, 7)
+    assert out(nat, f) == refused("IPV6_EXT_TRUNCATED")
+
+
+def test_trailing_padding_is_ignored(NatClass):
+    nat = make(NatClass)
+    f = fg.udp(SRC, DST, 1, 2, payload=b"x")
+    f += bytes(20)                                         # Ethernet padding
+    assert out(nat, f)[0] == FORWARD
+    assert nat.get(0).bytes_out == 29
+
+
+def test_ttl(NatClass):
+    nat = make(NatClass)
+    assert out(nat, fg.udp(SRC, DST, 1, 2, ttl=1)) == refused("TTL_EXCEEDED")
+    assert out(nat, fg.udp(SRC, DST, 1, 2, ttl=0)) == refused("TTL_EXCEEDED")
+    assert out(nat, fg.udp(SRC6, DST6, 1, 2, ttl=1)) == refused("TTL_EXCEEDED")
+    f = fg.udp(SRC, DST, 1, 2, ttl=2)
+    assert out(nat, f)[0] == FORWARD
+    assert fg.fields(f)["ttl"] == 1 and fg.checksums_ok(f)
+    f6 = fg.udp(SRC6, DST6, 1, 2, ttl=255)
+    assert out(nat, f6)[0] == FORWARD and fg.fields(f6)["ttl"] == 254
+    # TTL is checked before the table: an expired connection is not even looked at.
+    assert len(nat) == 2
+
+
+def test_too_big_uses_the_egress_mtu(NatClass):
+    nat = make(NatClass, mtu_outside=1000, mtu_inside=1400)
+    fl = Flow(nat, proto=fg.UDP)
+    assert fl.send(OUT, payload=bytes(1000 - 28)) [0] == FORWARD
+    assert fl.send(OUT, payload=bytes(1000 - 28 + 1)) == refused("TOO_BIG")
+    assert fl.send(IN, payload=bytes(1400 - 28))[0] == FORWARD
+    assert fl.send(IN, payload=bytes(1400 - 28 + 1)) == refused("TOO_BIG")
+    # TOO_BIG comes before the lookup: no connection needed to get it.
+    assert inb(nat, fg.udp(DST, "10.9.9.9", 1, 2, payload=bytes(1500))) == refused("TOO_BIG")
+    # GSO super-frames are exempt: the kernel segments them.
+    big = fg.tcp(SRC, DST, 1, 2, "S", payload=bytes(5000), gso_type=fg.GSO_TCPV4, gso_size=1000)
+    assert out(nat, big, vnet=True)[0] == FORWARD
+
+
+# -- rewriting and checksums (section 4) -------------------------------------------------------
+
+@pytest.mark.parametrize("proto", [fg.TCP, fg.UDP])
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("payload", [b"", b"a", b"hello world!" * 7])
+def test_checksums_after_rewrite(NatClass, proto, v6, payload):
+    nat = make(NatClass)
+    fl = Flow(nat, proto=proto, src=SRC6 if v6 else SRC, dst=DST6 if v6 else DST)
+    assert fl.send(OUT, "S", payload=payload)[0] == FORWARD
+    assert fg.checksums_ok(fl.last_frame)
+    f = fg.fields(fl.last_frame)
+    assert (f["src"], f["sport"]) == (ENI6 if v6 else ENI, fl.nat_port)
+    for flags in ("SA", "A", "FA"):
+        assert fl.send(IN, flags, payload=payload)[0] == FORWARD
+        assert fg.checksums_ok(fl.last_frame)
+        f = fg.fields(fl.last_frame)
+        assert (f["dst"], f["dport"], f["ttl"]) == (fl.src, fl.sport, 63)
+
+
+def test_many_ports_checksums(NatClass):
+    """Many different external ports and source ports exercise the carries of RFC 1624."""
+    nat = make(NatClass, mapping="per-connection", port_seed=7)
+    for i in range(200):
+        for proto in (fg.TCP, fg.UDP):
+            f = fg.build(SRC, DST, proto, 1 + i * 331 % 65535, 65535 - i, flags="S",
+                         payload=bytes([i]) * (i % 7))
+            assert out(nat, f)[0] == FORWARD
+            assert fg.checksums_ok(f)
+
+
+def test_udp_zero_checksum_stays_zero(NatClass):
+    nat = make(NatClass)
+    fl = Flow(nat, proto=fg.UDP)
+    fl.send(OUT, zero_csum=True, payload=b"abc")
+    assert fg.fields(fl.last_frame)["l4_check"] == 0
+    assert fg.ipv4_checksum_ok(fl.last_frame)
+    fl.send(IN, zero_csum=True, payload=b"abc")
+    assert fg.fields(fl.last_frame)["l4_check"] == 0
+
+
+def test_udp_checksum_that_becomes_zero_is_sent_as_ffff(NatClass):
+    # One port in the pool, so the external port is known in advance: 7000. Pick the payload
+    # so that the translated datagram's checksum computes to exactly 0, which UDP must send
+    # as 0xffff (0 would mean "no checksum").
+    nat = make(NatClass, port_range=(7000, 7000))
+    seg = fg.udp(ENI, DST, 7000, 2, payload=b"\0\0", zero_csum=True)[14 + 20:]
+    rest = fg.ones_sum(seg, fg.pseudo_sum(fg.packed(ENI), fg.packed(DST), 17, len(seg)))
+    word = 0xFFFF - rest
+    frame = fg.udp(SRC, DST, 1, 2, payload=struct.pack("!H", word))
+    assert out(nat, frame)[0] == FORWARD
+    assert fg.fields(frame)["sport"] == 7000
+    assert fg.fields(frame)["l4_check"] == 0xFFFF
+    assert fg.checksums_ok(frame)
+
+
+def test_partial_checksum_update(NatClass):
+    nat = make(NatClass)
+    for src, dst, proto in ((SRC, DST, fg.TCP), (SRC, DST, fg.UDP), (SRC6, DST6, fg.TCP),
+                            (SRC6, DST6, fg.UDP)):
+        fl = Flow(nat, proto=proto, src=src, dst=dst, sport=proto)
+        fl.send(OUT, "S", needs_csum=True, vnet=True, payload=b"data")
+        f = fl.last_frame
+        assert fg.fields(f, vnet=True)["src"] in (ENI, ENI6)
+        assert fg.checksums_ok(f, vnet=True, partial=True)
+        assert f[:10] == fg.build(src, dst, proto, proto, 443, flags="S", needs_csum=True,
+                                  payload=b"data")[:10]   # the vnet header is kept
+        fl.send(IN, "SA", needs_csum=True, vnet=True)
+        assert fg.checksums_ok(fl.last_frame, vnet=True, partial=True)
+        assert fg.fields(fl.last_frame, vnet=True)["dst"] == src
+
+
+def test_vnet_without_flags_is_a_normal_frame(NatClass):
+    nat = make(NatClass)
+    f = fg.udp(SRC, DST, 1, 2, vnet=True)
+    assert out(nat, f, vnet=True)[0] == FORWARD
+    assert fg.checksums_ok(f, vnet=True)
+
+
+def test_gso_counts_segments(NatClass):
+    nat = make(NatClass)
+    # 5000 bytes of TCP payload in 1448-byte segments: 4 segments, each with 40 header bytes.
+    f = fg.tcp(SRC, DST, 1, 2, "S", payload=bytes(5000), needs_csum=True,
+               gso_type=fg.GSO_TCPV4, gso_size=1448)
+    assert out(nat, f, vnet=True)[0] == FORWARD
+    c = nat.get(0)
+    assert (c.packets_out, c.bytes_out) == (4, 5040 + 3 * 40)
+    counters = nat.counters()
+    assert (counters["FWD_OUT_PACKETS"], counters["FWD_OUT_BYTES"]) == (4, 5040 + 3 * 40)
+    # An empty GSO frame still counts one packet.
+    g = fg.tcp(SRC, DST, 1, 2, "A", gso_type=fg.GSO_TCPV4, gso_size=1448)
+    assert out(nat, g, vnet=True)[0] == FORWARD
+    assert nat.get(0).packets_out == 5 and nat.get(0).bytes_out == 5040 + 120 + 40
+    # UDP GSO: the UDP length field holds one segment's length, and that is fine.
+    u = fg.udp(SRC, DST, 5, 6, payload=bytes(3000), gso_type=fg.GSO_UDP_L4, gso_size=1000)
+    struct.pack_into("!H", u, 10 + 14 + 20 + 4, 1008)
+    struct.pack_into("!H", u, 10 + 14 + 20 + 4, 0xFFFF)   # even nonsense is not checked
+    assert out(nat, u, vnet=True)[0] == FORWARD
+    c = nat.get(1)
+    assert (c.packets_out, c.bytes_out) == (3, 3028 + 2 * 28)
+
+
+def test_pool_stats_validates(NatClass):
+    nat = make(NatClass)
+    assert nat.pool_stats(0, 6, 17) == {"size": 65000, "free": 65000, "in_use": 0,
+                                        "quarantined": 0}
+    with pytest.raises(ValueError):
+        nat.pool_stats(1, 4, 6)                             # no such ENI
+    v6only = nat.add_eni(None, "fd00:3::4")
+    with pytest.raises(ValueError):
+        nat.pool_stats(v6only, 4, 17)                       # no IPv4 address, no IPv4 pool
+    assert nat.pool_stats(v6only, 6, 17)["size"] == 65000
+
+
+# -- topology and API edges --------------------------------------------------------------------
+
+def test_group_without_eni_punts_for_the_control_plane(NatClass):
+    nat = NatClass()
+    grp = nat.add_group()
+    nat.add_source(SRC, grp)
+    assert out(nat, fg.tcp(SRC, DST, 1, 2, "S")) == refused("PORTS_EXHAUSTED")
+    eni = nat.add_eni(ENI)
+    nat.group_add_eni(grp, eni)
+    assert out(nat, fg.tcp(SRC, DST, 1, 2, "S"))[0] == FORWARD
+
+
+def test_newest_eni_without_the_family_has_no_ports(NatClass):
+    nat = NatClass()
+    grp = nat.add_group()
+    nat.group_add_eni(grp, nat.add_eni(None, ENI6))
+    nat.add_source(SRC, grp)
+    assert out(nat, fg.udp(SRC, DST, 1, 2)) == refused("PORTS_EXHAUSTED")
+
+
+def test_first_source_registration_wins(NatClass):
+    nat = make(NatClass)
+    other = nat.add_group()
+    nat.group_add_eni(other, nat.add_eni(ENI_B))
+    nat.add_source(SRC, other)
+    assert out(nat, fg.udp(SRC, DST, 1, 2))[2] == 1        # still the first group's ENI
+
+
+def test_api_argument_errors(NatClass):
+    with pytest.raises(ValueError):
+        NatClass(mapping="sideways")
+    with pytest.raises(ValueError):
+        NatClass(port_range=(0, 10))
+    with pytest.raises(ValueError):
+        NatClass(timeouts={"NOPE": 1})
+    nat = NatClass()
+    with pytest.raises(ValueError):
+        nat.add_eni(None, None)
+    with pytest.raises(ValueError):
+        nat.add_eni(ENI6)
+    with pytest.raises(ValueError):
+        nat.group_add_eni(0, 0)
+    with pytest.raises(ValueError):
+        nat.add_source(SRC, 3)
+    with pytest.raises(TypeError):
+        nat.translate([bytes(fg.udp(SRC, DST, 1, 2))], OUT, 0)
+    with pytest.raises(ValueError):
+        nat.translate([], 7, 0)
+    assert nat.translate([], OUT, 0) == []
+    assert nat.get(0) is None and nat.get(-1) is None and nat.get(10**9) is None
+
+
+def test_expire_without_collecting(NatClass):
+    nat = make(NatClass)
+    a = Flow(nat, proto=fg.UDP, sport=1)
+    a.send(OUT, now=0)
+    Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=0)
+    Flow(nat, proto=fg.UDP, sport=3).send(OUT, now=0)
+    a.send(IN, now=AWS["UDP_FIRST"])                        # expires 1 into the journal
+    assert nat.expire(AWS["UDP_FIRST"], collect=False) == 2
+    assert len(nat) == 0
+    assert [c.sport for c in nat.expire(AWS["UDP_FIRST"])] == [1]   # the journal remains
