@@ -22,14 +22,22 @@
 #define HP_VNET_LEN 10
 #define SLL_OFF TPACKET_ALIGN(sizeof(struct tpacket2_hdr))
 
+#define PER_BLOCK (HP_RING_BLOCK_SIZE / HP_RING_FRAME_SIZE)
+
+/* Frames never straddle blocks: frame i is in block i / PER_BLOCK. */
+static inline size_t slot_off(uint32_t i)
+{
+    return (size_t)(i / PER_BLOCK) * HP_RING_BLOCK_SIZE + (size_t)(i % PER_BLOCK) * HP_RING_FRAME_SIZE;
+}
+
 static inline struct tpacket2_hdr *rx_hdr(const hp_ring *r, uint32_t i)
 {
-    return (struct tpacket2_hdr *)(r->rx + (size_t)i * r->frame_size);
+    return (struct tpacket2_hdr *)(r->rx + slot_off(i));
 }
 
 static inline struct tpacket2_hdr *tx_hdr(const hp_ring *r, uint32_t i)
 {
-    return (struct tpacket2_hdr *)(r->tx + (size_t)i * r->frame_size);
+    return (struct tpacket2_hdr *)(r->tx + slot_off(i));
 }
 
 static inline uint32_t status_load(const struct tpacket2_hdr *h)
@@ -53,7 +61,7 @@ hp_ring *hp_ring_open(int ifindex, uint32_t frame_nr, int vnet, int qdisc_bypass
     r->vnet = vnet ? 1 : 0;
     r->frame_size = HP_RING_FRAME_SIZE;
 
-    uint32_t per_block = HP_RING_BLOCK_SIZE / HP_RING_FRAME_SIZE;
+    uint32_t per_block = PER_BLOCK;
     if (frame_nr == 0)
         frame_nr = HP_RING_DEFAULT_FRAMES;
     uint32_t blocks = (frame_nr + per_block - 1) / per_block;

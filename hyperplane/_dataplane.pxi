@@ -196,7 +196,8 @@ cdef class DataPlane:
                 ...                      # ARP / NDP / ICMP / neighbour misses
             nat.expire(DataPlane.now_ms())
 
-    Configure only between run() calls (wake() may be called from any thread).
+    Configure only between run() calls; wake(), counters() and ports() may be called from
+    any thread at any time. The Nat must not be used by another thread while run() runs.
     """
     cdef rd.hp_dp *dp
     cdef readonly object nat
@@ -226,6 +227,11 @@ cdef class DataPlane:
         if self.dp != NULL:
             rd.hp_dp_destroy(self.dp)
             self.dp = NULL
+
+    cdef rd.hp_dp *_live(self) except NULL:
+        if self.dp == NULL:
+            raise ValueError("DataPlane is closed")
+        return self.dp
 
     cdef rd.hp_dp *_idle(self) except NULL:
         if self.dp == NULL:
@@ -395,8 +401,8 @@ cdef class DataPlane:
 
     def counters(self):
         """Loop counters, and "drop.<REASON>" for the loop's own drops and punts (NOT_OUR_MAC,
-        NEIGH_MISS, NO_ROUTE, TX_FULL, ...; the Nat counts its own)."""
-        cdef rd.hp_dp *dp = self._idle()
+        NEIGH_MISS, NO_ROUTE, TX_FULL, ...; the Nat counts its own). Readable while running."""
+        cdef rd.hp_dp *dp = self._live()
         cdef int i
         out = {}
         for i in range(rd.HP_DP_C_COUNT):
@@ -406,8 +412,9 @@ cdef class DataPlane:
         return out
 
     def ports(self):
-        """One dict per port: index, ifname, ifindex, mac, role, eni, subnets and ring stats."""
-        cdef rd.hp_dp *dp = self._idle()
+        """One dict per port: index, ifname, ifindex, mac, role, eni, subnets and ring stats.
+        Readable while running."""
+        cdef rd.hp_dp *dp = self._live()
         cdef rd.hp_dp_port *p
         cdef uint32_t i
         rd.hp_dp_update_stats(dp)
