@@ -61,11 +61,30 @@ static inline void hp_ct_prefetch_slot(const hp_ct *ct, uint32_t hash)
     __builtin_prefetch(&ct->slots[hash & ct->mask]);
 }
 
+/* Second stage of a batched lookup, once the slot is (probably) in cache: prefetches the
+ * entry of the first slot whose tag and direction match. Only a hint: the lookup that
+ * follows checks everything again, so entries inserted or removed in between are fine. */
+static inline void hp_ct_prefetch_entry(const hp_ct *ct, uint32_t hash, int dir)
+{
+    for (uint32_t i = hash & ct->mask;; i = (i + 1) & ct->mask) {
+        const hp_ct_slot *s = &ct->slots[i];
+        if (s->ref == 0)
+            return;
+        if (s->hash == hash && ((s->ref - 1) & 1) == (uint32_t)dir) {
+            const char *c = (const char *)&ct->conns[(s->ref - 1) >> 1];
+            __builtin_prefetch(c);                          /* an entry may span two lines */
+            __builtin_prefetch(c + sizeof(hp_conn) - 1);
+            return;
+        }
+    }
+}
+
 /* The connection whose tuple in direction dir (original: HP_DIR_OUT, reply: HP_DIR_IN) equals
  * key, or HP_CT_NONE. */
 uint32_t hp_ct_lookup_hashed(const hp_ct *ct, const hp_flow_key *key, uint32_t hash, int dir);
 uint32_t hp_ct_lookup(const hp_ct *ct, const hp_flow_key *key, int dir);
-/* Many lookups: hashes the batch first and prefetches the index slots, then probes. */
+/* Many lookups in three passes: hash and prefetch the index slots, prefetch the entries,
+ * then look up; so the memory latency of one key overlaps with the others'. */
 void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, int dir,
                         uint32_t *ids);
 

@@ -414,6 +414,9 @@ void hp_nat_translate(hp_nat *nat, uint8_t *const *frames, const uint32_t *lens,
                 hp_ct_prefetch_slot(&nat->ct, hashes[i]);
             }
         }
+        for (uint32_t i = 0; i < m; i++)
+            if (reasons[i] == HP_R_NONE)
+                hp_ct_prefetch_entry(&nat->ct, hashes[i], dir);
         for (uint32_t i = 0; i < m; i++) {
             hp_result *res = &out[base + i];
             res->port = 0;

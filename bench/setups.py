@@ -1,0 +1,88 @@
+"""Set-ups shared by the benchmarks: NATs filled with known flows, packed frames."""
+
+import os
+import random
+import struct
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+import framegen  # noqa: E402
+
+from hyperplane import model, vocab  # noqa: E402
+from hyperplane._core import Nat  # noqa: E402
+
+FRAME = 64                     # bytes per frame in the packed benchmarks
+SERVER = "10.0.1.10"
+
+
+def function_addr(i):
+    return f"10.200.{i // 250}.{i % 250 + 1}"
+
+
+def udp64(src, sport, dst=SERVER, dport=9000):
+    """A 64-byte UDP frame (14 Ethernet + 20 IPv4 + 8 UDP + 22 payload)."""
+    return framegen.udp(src, dst, sport, dport, payload=bytes(FRAME - 42))
+
+
+def make_nat(cls, n_sources, capacity, **kw):
+    """A NAT with one group, ENI and source per function, so each function owns 65,000 ports."""
+    nat = cls(capacity=capacity, port_seed=7, **kw)
+    for i in range(n_sources):
+        eni = nat.add_eni(f"10.0.{1 + i // 250}.{4 + i % 250}")
+        g = nat.add_group()
+        nat.group_add_eni(g, eni)
+        nat.add_source(function_addr(i), g)
+    return nat
+
+
+def packed_flows(n, per_source=60000, first_sport=1024):
+    """n UDP flows spread over ceil(n / per_source) functions, packed FRAME bytes apart."""
+    sources = (n + per_source - 1) // per_source
+    blob = bytearray(n * FRAME)
+    i = 0
+    for s in range(sources):
+        template = udp64(function_addr(s), first_sport)
+        for k in range(min(per_source, n - i)):
+            off = i * FRAME
+            blob[off:off + FRAME] = template
+            struct.pack_into("!H", blob, off + 34, first_sport + k)   # UDP source port
+            struct.pack_into("!H", blob, off + 40, 0)                 # no UDP checksum
+            i += 1
+    return bytes(blob), sources
+
+
+def filled_c_nat(n):
+    """A C NAT holding n live UDP connections, and the packed frames that made them."""
+    frames, sources = packed_flows(n)
+    nat = make_nat(Nat, sources, capacity=max(n, 1024))
+    work = bytearray(len(frames))
+    assert nat.translate_packed(frames, work, FRAME, vocab.OUT, 1000) == n
+    return nat, frames
+
+
+def shuffled_keys(frames, n):
+    """Packed 40-byte original-direction keys of the n flows, in random order."""
+    from hyperplane._core import pack_key
+    order = list(range(n))
+    random.Random(1).shuffle(order)
+    out = bytearray()
+    for i in order:
+        f = frames[i * FRAME:(i + 1) * FRAME]
+        src = ".".join(str(b) for b in f[26:30])
+        sport = struct.unpack_from("!H", f, 34)[0]
+        out += pack_key(src, SERVER, sport, 9000, 17)
+    return bytes(out)
+
+
+def per_op(benchmark, n, label="ns_per_op"):
+    """Records the median time per operation in nanoseconds beside pytest-benchmark's figures."""
+    ns = benchmark.stats.stats.median / n * 1e9
+    benchmark.extra_info[label] = round(ns, 1)
+    return ns
+
+
+def model_nat_with_flows(n):
+    nat = make_nat(model.Nat, 1, capacity=max(n, 1024))
+    frames = [udp64(function_addr(0), 1024 + k) for k in range(n)]
+    nat.translate(frames, vocab.OUT, 1000)
+    return nat
