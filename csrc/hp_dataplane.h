@@ -84,6 +84,7 @@ typedef struct hp_dp {
     uint8_t *arena;
     uint32_t arena_cap, arena_used;
     int wake_fd;                 /* eventfd: hp_dp_wake() makes a run return */
+    int wake_flag;               /* set by hp_dp_wake(), checked every round */
     uint32_t spin_us;            /* busy-poll this long before sleeping in poll() */
     hp_dp_clock_fn clock;
     void *clock_ctx;

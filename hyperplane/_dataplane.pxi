@@ -223,7 +223,8 @@ cdef class DataPlane:
 
     def close(self):
         """Closes every port's socket now (also done when the object goes away)."""
-        self._idle()
+        if self._running:
+            raise RuntimeError("DataPlane is running")
         if self.dp != NULL:
             rd.hp_dp_destroy(self.dp)
             self.dp = NULL
