@@ -315,6 +315,14 @@ static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, uint64
     return HP_R_NONE;
 }
 
+uint32_t hp_nat_lookup(const hp_nat *nat, const hp_flow_key *key, int dir, uint64_t now_ms)
+{
+    uint32_t id = hp_ct_lookup(&nat->ct, key, dir);
+    if (id == HP_CT_NONE || hp_ct_expired(&nat->ct, &nat->ct.conns[id], now_ms))
+        return HP_CT_NONE;
+    return id;
+}
+
 /* Section 3, direction OUT, after a lookup miss: a new connection or the reason for none. */
 static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint64_t now_ms, uint32_t *id)
 {
@@ -396,10 +404,18 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
 void hp_nat_translate(hp_nat *nat, uint8_t *const *frames, const uint32_t *lens, uint32_t n,
                       int dir, uint16_t in_eni, int vnet, uint64_t now_ms, hp_result *out)
 {
+    hp_nat_translate_ex(nat, frames, lens, n, dir, in_eni, vnet, 1, now_ms, out);
+}
+
+void hp_nat_translate_ex(hp_nat *nat, uint8_t *const *frames, const uint32_t *lens, uint32_t n,
+                         int dir, uint16_t in_eni, int vnet, int check_mtu, uint64_t now_ms,
+                         hp_result *out)
+{
     hp_pkt pkts[HP_BATCH];
     uint32_t hashes[HP_BATCH];
     uint8_t reasons[HP_BATCH];
-    uint16_t mtu = dir == HP_DIR_OUT ? nat->cfg.mtu_outside : nat->cfg.mtu_inside;
+    uint32_t mtu = !check_mtu ? UINT32_MAX
+                   : dir == HP_DIR_OUT ? nat->cfg.mtu_outside : nat->cfg.mtu_inside;
 
     for (uint32_t base = 0; base < n; base += HP_BATCH) {
         uint32_t m = n - base < HP_BATCH ? n - base : HP_BATCH;

@@ -91,7 +91,8 @@ cdef class Nat:
 
     # --- the batch calls -----------------------------------------------------------------
 
-    def translate(self, frames, int direction, uint64_t now_ms, int eni=0, bint vnet=False):
+    def translate(self, frames, int direction, uint64_t now_ms, int eni=0, bint vnet=False,
+                  bint check_mtu=True):
         """Translates bytearrays in place; returns (verdict, reason, port, conn) per frame."""
         cdef Py_ssize_t n = len(frames), i
         if direction not in (vocab.OUT, vocab.IN):
@@ -111,7 +112,8 @@ cdef class Nat:
                 ptrs[i] = <uint8_t *>PyByteArray_AS_STRING(f)
                 lens[i] = PyByteArray_GET_SIZE(f)
             with nogil:
-                hp_nat_translate(self.nat, ptrs, lens, n, direction, eni, vnet, now_ms, res)
+                hp_nat_translate_ex(self.nat, ptrs, lens, n, direction, eni, vnet, check_mtu,
+                                    now_ms, res)
             return [(res[i].verdict, res[i].reason, res[i].port,
                      -1 if res[i].conn == HP_CT_NONE else res[i].conn) for i in range(n)]
         finally:
@@ -186,6 +188,20 @@ cdef class Nat:
             remaining -= got - j
             if got - j < chunk or remaining == 0:
                 return out
+
+    def lookup(self, src, dst, int sport, int dport, int proto, int direction, uint64_t now_ms):
+        """The live connection whose original (OUT) or reply (IN) tuple this is, or None."""
+        cdef hp_flow_key key
+        fam, s = addr_bytes(src)
+        fam2, d = addr_bytes(dst)
+        if fam != fam2:
+            return None
+        memset(&key, 0, sizeof(key))
+        memcpy(key.src, <const uint8_t *>s, 16)
+        memcpy(key.dst, <const uint8_t *>d, 16)
+        key.sport, key.dport, key.family, key.proto = sport, dport, fam, proto
+        cdef uint32_t cid = hp_nat_lookup(self.nat, &key, direction, now_ms)
+        return None if cid == HP_CT_NONE else self._conn(&self.nat.ct.conns[cid], cid)
 
     # --- introspection -------------------------------------------------------------------
 

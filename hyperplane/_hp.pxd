@@ -102,6 +102,10 @@ cdef extern from "hp_nat.h":
     void hp_nat_translate(hp_nat *nat, uint8_t **frames, const uint32_t *lens, uint32_t n,
                           int dir, uint16_t in_eni, int vnet, uint64_t now_ms,
                           hp_result *out) nogil
+    void hp_nat_translate_ex(hp_nat *nat, uint8_t **frames, const uint32_t *lens, uint32_t n,
+                             int dir, uint16_t in_eni, int vnet, int check_mtu, uint64_t now_ms,
+                             hp_result *out) nogil
+    uint32_t hp_nat_lookup(const hp_nat *nat, const hp_flow_key *key, int dir, uint64_t now_ms)
     size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn *out,
                          size_t out_max) nogil
     void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms) nogil
