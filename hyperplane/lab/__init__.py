@@ -4,22 +4,15 @@
   ``Topology.state() -> LabState``.
 - ``builder``: ``Lab(config).up() / .down() / .add_eni(subnet, sgs)``, ``Lab.attach(prefix)``.
 - ``cleanup``: ``cleanup.cleanup(prefix)`` removes everything with the prefix, also after a crash.
-- ``netns``: create/enter/remove namespaces, run commands inside them.
+- ``netns``: create/enter/remove namespaces, run commands and ping inside them.
 
-Importing the package does not need root; ``builder`` and ``cleanup`` import pyroute2 lazily
-where they touch the system.
+Importing the package needs no root; pyroute2 is imported where the system is touched.
 """
 
+from .builder import Lab, down, up
 from .topology import (EniInfo, FunctionInfo, GroupInfo, HostInfo, InsidePort, LabError,
                        LabState, NamespaceInfo, SubnetInfo, Topology, build_topology)
 
 __all__ = ["EniInfo", "FunctionInfo", "GroupInfo", "HostInfo", "InsidePort", "Lab", "LabError",
            "LabState", "NamespaceInfo", "SubnetInfo", "Topology", "build_topology", "down",
            "up"]
-
-
-def __getattr__(name):
-    if name in ("Lab", "up", "down"):
-        from . import builder
-        return getattr(builder, name)
-    raise AttributeError(name)

@@ -116,12 +116,10 @@ security_groups = ["sg-db"]
 """
 
 
-def test_config(prefix: str):
+def lab_config(prefix: str):
     from hyperplane.config import loads_config
     return loads_config(f'prefix = "{prefix}"\n' + TEST_LAB)
 
-
-test_config.__test__ = False  # not a test, despite the name
 
 
 def _sweep(prefix: str) -> None:
@@ -146,7 +144,7 @@ def lab():
     """One running lab (TEST_LAB) shared by the read-mostly tests of the session."""
     from hyperplane.lab import Lab
     prefix = new_prefix()
-    lab = Lab(test_config(prefix))
+    lab = Lab(lab_config(prefix))
     try:
         lab.up()
         yield lab
@@ -163,7 +161,7 @@ def make_lab():
     def make(config=None, up: bool = True):
         prefix = new_prefix()
         made.append(prefix)
-        lab = Lab(config(prefix) if callable(config) else test_config(prefix))
+        lab = Lab(config(prefix) if callable(config) else lab_config(prefix))
         if up:
             lab.up()
         return lab
