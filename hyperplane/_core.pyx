@@ -268,3 +268,6 @@ def pack_key(src, dst, int sport, int dport, int proto):
     if fam != fam2:
         raise ValueError("src and dst must be of one family")
     return s + d + sport.to_bytes(2, "little") + dport.to_bytes(2, "little") + bytes([fam, proto, 0, 0])
+
+
+include "_dataplane.pxi"
