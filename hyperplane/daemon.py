@@ -1,0 +1,217 @@
+"""The data-plane process: runs inside the lab's data-plane namespace.
+
+It builds the NAT from the lab's saved state, opens a ring pair on the inside port and on each
+ENI port, and loops: the C loop forwards batches with the GIL released until something is
+punted or 100 ms pass; then Python handles the punts (slow path), expires connections (flow
+logs), grows ENIs whose ports ran out, and answers control requests. Start it with
+`hyperplane up`; it stops on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+
+from . import control, vocab
+from ._core import DataPlane, Nat
+from .flowlog import FlowLog
+from .lab import Lab
+from .lab.topology import EniInfo, RUN_DIR
+from .slowpath import PortInfo, SlowPath
+
+log = logging.getLogger("hyperplane.daemon")
+
+EXPIRE_EVERY_MS = 1000
+TICK_EVERY_MS = 100
+
+
+class Daemon:
+    def __init__(self, prefix: str, run_dir=None):
+        self.prefix = prefix
+        self.run_dir = run_dir or RUN_DIR
+        self.lab = Lab.attach(prefix, run_dir)
+        state = self.lab.state
+        nat_cfg = state.config.get("nat", {})
+        self.nat = Nat(capacity=nat_cfg.get("capacity", 262144),
+                       port_range=tuple(nat_cfg.get("port_range", vocab.DEFAULT_PORT_RANGE)),
+                       mapping=nat_cfg.get("mapping", "endpoint-independent"),
+                       profile=nat_cfg.get("profile", "aws"),
+                       timeouts=nat_cfg.get("timeouts") or None,
+                       mtu_inside=state.mtu, mtu_outside=state.mtu)
+        self.dp = DataPlane(self.nat)
+        self.started = time.time()
+        self.requests: queue.Queue = queue.Queue()
+        self.stopping = threading.Event()
+        self.flows = FlowLog(os.path.join(self.run_dir, f"{prefix}-flows.log"))
+        self.exhausted_events = 0
+
+        ins = state.inside
+        self.inside_port = self.dp.add_port(ins.ifname, role="inside", mac=ins.mac)
+        self.slow = SlowPath(self.nat, self.dp, self.dp.now_ms, inside=PortInfo(
+            port=self.inside_port, mac=ins.mac, ipv4=ins.gateway4, ipv6=ins.gateway6,
+            cidr4=ins.cidr4, cidr6=ins.cidr6, mtu=state.mtu), on_exhausted=self.grow_eni)
+        self.group_ids = {g.key: self.nat.add_group() for g in state.groups}
+        self.eni_ports: dict[int, int] = {}            # ENI id -> data-plane port
+        for eni in state.enis:
+            self.attach_eni(eni)
+        for f in state.functions:
+            gid = self.group_ids[f.group]
+            self.nat.add_source(f.ipv4, gid)
+            if f.ipv6:
+                self.nat.add_source(f.ipv6, gid, allow_v6=f.ipv6_allowed)
+        self.function_group = {f.ipv4: f.group for f in state.functions}
+        self.function_group.update({f.ipv6: f.group for f in state.functions if f.ipv6})
+
+    # --- ENIs ----------------------------------------------------------------------------
+
+    def attach_eni(self, eni: EniInfo) -> None:
+        nat_id = self.nat.add_eni(eni.ipv4, eni.ipv6)
+        if nat_id != eni.id:
+            raise RuntimeError(f"ENI ids out of step: lab {eni.id}, NAT {nat_id}")
+        self.nat.group_add_eni(self.group_ids[eni.group], nat_id)
+        port = self.dp.add_port(eni.ifname, role="eni", eni=nat_id, mac=eni.mac,
+                                v4_subnet=eni.cidr4, v4_gateway=eni.gateway4,
+                                v6_subnet=eni.cidr6, v6_gateway=eni.gateway6)
+        self.eni_ports[eni.id] = port
+        self.slow.add_port(PortInfo(port=port, mac=eni.mac, ipv4=eni.ipv4, ipv6=eni.ipv6,
+                                    cidr4=eni.cidr4, cidr6=eni.cidr6, gateway4=eni.gateway4,
+                                    gateway6=eni.gateway6, mtu=self.lab.state.mtu, eni=eni.id))
+        log.info("ENI %d (%s, %s) on %s", eni.id, eni.ipv4, eni.ipv6 or "-", eni.ifname)
+
+    def grow_eni(self, src_addr: str) -> bool:
+        """The newest ENI of src_addr's group ran out of ports: add one (Lambda does the same
+        when an ENI's 65,000 ports are exhausted) and let it take the new connections."""
+        key = self.function_group.get(src_addr)
+        if key is None:
+            return False
+        group = self.lab.state.group(key)
+        eni = self.lab.add_eni(group.subnet, group.security_groups)
+        self.attach_eni(eni)
+        self.exhausted_events += 1
+        return True
+
+    # --- control requests ------------------------------------------------------------------
+
+    def serve_control(self, sock: socket.socket) -> None:
+        """Accepts connections on a thread; the main loop answers them between batches."""
+        sock.settimeout(0.5)
+        while not self.stopping.is_set():
+            try:
+                conn, _ = sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                req = control.read_request(conn)
+            except Exception as e:  # a bad request must not stop the server
+                control.reply(conn, {"error": f"bad request: {e}"})
+                continue
+            self.requests.put((conn, req))
+            self.dp.wake()
+
+    def answer(self, req: dict) -> dict:
+        cmd = req["command"]
+        if cmd == "status":
+            return self.status()
+        if cmd == "conntrack":
+            return {"connections": [c.to_dict() for c in self.nat.connections()]}
+        if cmd == "stats":
+            return {"nat": self.nat.counters(), "dataplane": self.dp.counters(),
+                    "slowpath": self.slow.counters(), "connections": len(self.nat),
+                    "capacity": self.nat.capacity}
+        if cmd == "eni":
+            return {"enis": self.eni_status()}
+        if cmd == "stop":
+            self.stopping.set()
+            return {"stopping": True}
+        return {"error": f"unknown command {cmd!r}; known: status, conntrack, stats, eni, stop"}
+
+    def eni_status(self) -> list[dict]:
+        out = []
+        for eni in self.lab.state.enis:
+            ports = {}
+            for fam in (4, 6):
+                if (eni.ipv4 if fam == 4 else eni.ipv6) is None:
+                    continue
+                for proto, name in ((6, "tcp"), (17, "udp")):
+                    ports[f"{name}{fam}"] = self.nat.pool_stats(eni.id, fam, proto)
+            d = {k: getattr(eni, k) for k in ("id", "ifname", "mac", "ipv4", "ipv6", "subnet",
+                                               "group", "security_groups")}
+            d["status"] = "Active"
+            d["port"] = self.eni_ports.get(eni.id)
+            d["ports"] = ports
+            d["ports_in_use"] = sum(p["in_use"] for p in ports.values())
+            out.append(d)
+        return out
+
+    def status(self) -> dict:
+        return {"pid": os.getpid(), "prefix": self.prefix, "uptime_s": time.time() - self.started,
+                "connections": len(self.nat), "enis": self.eni_status(),
+                "ports": self.dp.ports(), "eni_growths": self.exhausted_events}
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        sock = control.listen(self.prefix, self.run_dir)
+        server = threading.Thread(target=self.serve_control, args=(sock,), daemon=True)
+        server.start()
+        next_expire = next_tick = 0
+        log.info("forwarding (pid %d)", os.getpid())
+        try:
+            while not self.stopping.is_set():
+                self.dp.run(timeout_ms=TICK_EVERY_MS)
+                punts = self.dp.punts(full=True)
+                if punts:
+                    self.slow.handle(punts)
+                now = self.dp.now_ms()
+                if now >= next_tick:
+                    self.slow.tick()
+                    next_tick = now + TICK_EVERY_MS
+                if now >= next_expire:
+                    self.flows.write(self.nat.expire(now, max=65536))
+                    next_expire = now + EXPIRE_EVERY_MS
+                while not self.requests.empty():
+                    conn, req = self.requests.get_nowait()
+                    try:
+                        answer = self.answer(req)
+                    except Exception as e:
+                        log.exception("control request %r failed", req)
+                        answer = {"error": f"{type(e).__name__}: {e}"}
+                    control.reply(conn, answer)
+        finally:
+            self.stopping.set()
+            sock.close()
+            control.socket_path(self.prefix, self.run_dir).unlink(missing_ok=True)
+            self.flows.write(self.nat.connections())
+            self.flows.close()
+            self.dp.close()
+            log.info("stopped")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hyperplane.daemon",
+                                 description="The Hyperplane data-plane process (started by "
+                                             "`hyperplane up` inside the lab's namespace).")
+    ap.add_argument("--prefix", default="hp")
+    ap.add_argument("--run-dir", default=None)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    daemon = Daemon(args.prefix, args.run_dir)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: (daemon.stopping.set(), daemon.dp.wake()))
+    daemon.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

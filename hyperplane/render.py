@@ -1,0 +1,100 @@
+"""Text renderings for the CLI: the lab as a picture, and tables of connections, ENIs and
+counters."""
+
+from __future__ import annotations
+
+from .lab.topology import LabState
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _addr(addr: str, port) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def lab_picture(state: LabState, dp: dict | None) -> str:
+    """Functions on the left, the data plane in the middle, ENIs, subnets and hosts on the
+    right: what talks to what, at a glance."""
+    ports_in_use = {e["id"]: e.get("ports_in_use", 0) for e in (dp or {}).get("enis", [])}
+    out = [f"lab {state.prefix!r}   data plane: "
+           + (f"pid {dp['pid']}, {dp['connections']} connections" if dp else "NOT RUNNING")]
+    ins = state.inside
+    out.append("")
+    out.append(f"  Lambda side ({ins.cidr4}{', ' + ins.cidr6 if ins.cidr6 else ''})"
+               f"        gateway {ins.gateway4}{' / ' + ins.gateway6 if ins.gateway6 else ''}")
+    for f in state.functions:
+        v6 = f" {f.ipv6}" if f.ipv6 else ""
+        allowed = "" if f.ipv6_allowed else " (IPv6 not allowed)"
+        out.append(f"    fn {f.name:<10} {f.ipv4}{v6}{allowed}  -> ENI group {f.group}")
+    out.append(f"        |  {ins.ifname}")
+    out.append(f"  [ hyperplane ({state.dataplane_ns}) ]")
+    for e in state.enis:
+        v6 = f" {e.ipv6}" if e.ipv6 else ""
+        out.append(f"        |- ENI {e.id} {e.ifname} {e.mac} {e.ipv4}{v6}  subnet {e.subnet}"
+                   f"  ports in use {ports_in_use.get(e.id, '?')}")
+    out.append("")
+    out.append(f"  customer VPC ({state.vpc_ns})")
+    for s in state.subnets:
+        v6 = f" {s.cidr6}" if s.cidr6 else ""
+        out.append(f"    subnet {s.name:<8} {s.cidr4}{v6}  router {s.gateway4}")
+        for h in state.hosts:
+            if h.subnet == s.name:
+                hv6 = f" {h.ipv6}" if h.ipv6 else ""
+                out.append(f"      host {h.name:<8} {h.ipv4}{hv6}")
+    return "\n".join(out)
+
+
+def conntrack_table(conns: list[dict]) -> str:
+    if not conns:
+        return "no tracked connections"
+    rows = [[c["protocol"], c["state"],
+             f"{_addr(c['src'], c['sport'])} -> {_addr(c['dst'], c['dport'])}",
+             f"{_addr(c['dst'], c['dport'])} -> {_addr(c['nat_addr'], c['nat_port'])}",
+             c["eni"], f"{c['packets_out']}/{c['packets_in']}",
+             f"{c['bytes_out']}/{c['bytes_in']}", "yes" if c["assured"] else ""]
+            for c in sorted(conns, key=lambda c: (c["eni"], c["protocol"], c["src"], c["sport"]))]
+    return _table(rows, ["proto", "state", "original", "reply", "eni", "pkts out/in",
+                         "bytes out/in", "assured"])
+
+
+def eni_table(enis: list[dict]) -> str:
+    rows = [[e["id"], e["status"], e["ifname"], e["mac"], e["ipv4"], e["ipv6"] or "-",
+             e["subnet"], ",".join(e["security_groups"]), e["ports_in_use"]] for e in enis]
+    return _table(rows, ["id", "status", "port", "mac", "ipv4", "ipv6", "subnet",
+                         "security groups", "ports in use"])
+
+
+# NAT-gateway style metric names for the counters we keep.
+METRICS = [
+    ("ActiveConnectionCount", lambda s: s["connections"]),
+    ("ConnectionAttemptCount", lambda s: s["nat"]["CONN_CREATED"]),
+    ("ConnectionEstablishedCount", lambda s: s["nat"]["CONN_ESTABLISHED"]),
+    ("ErrorPortAllocation", lambda s: s["nat"]["drop.PORTS_EXHAUSTED"]),
+    ("IdleTimeoutCount", lambda s: s["nat"]["CONN_EXPIRED"]),
+    ("PacketsOutToDestination", lambda s: s["nat"]["FWD_OUT_PACKETS"]),
+    ("BytesOutToDestination", lambda s: s["nat"]["FWD_OUT_BYTES"]),
+    ("PacketsInFromDestination", lambda s: s["nat"]["FWD_IN_PACKETS"]),
+    ("BytesInFromDestination", lambda s: s["nat"]["FWD_IN_BYTES"]),
+    ("PacketsDropCount", lambda s: sum(v for k, v in s["nat"].items() if k.startswith("drop."))
+     + sum(v for k, v in s["dataplane"].items() if k.startswith("drop."))),
+]
+
+
+def stats_table(stats: dict) -> str:
+    out = ["metrics"]
+    out += [f"  {name:<28} {fn(stats)}" for name, fn in METRICS]
+    out.append("drops and punts by reason")
+    for src in ("nat", "dataplane"):
+        for k, v in sorted(stats[src].items()):
+            if k.startswith("drop.") and v:
+                out.append(f"  {src:<9} {k[5:]:<20} {v}")
+    out.append("data plane")
+    out += [f"  {k:<28} {v}" for k, v in stats["dataplane"].items()
+            if not k.startswith("drop.") and v]
+    out.append("slow path")
+    out += [f"  {k:<28} {v}" for k, v in sorted(stats["slowpath"].items()) if v]
+    return "\n".join(out)
