@@ -2,9 +2,12 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install build test test-unit test-ns bench bench-e2e demo down clean sdist
+.PHONY: deps install build test test-unit test-ns bench bench-e2e demo down clean sdist
 
-install:            ## the package, its C extension built in place, and the test tools
+deps:               ## system tools the lab and tests use (apt, when root and missing)
+	scripts/install-system-deps
+
+install: deps       ## the package, its C extension built in place, and the test tools
 	$(PYTHON) -m pip install -q -e '.[test]'
 
 build:              ## rebuild the C extension in place after editing csrc/ or *.pyx
