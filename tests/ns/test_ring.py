@@ -327,7 +327,12 @@ class NatLab:
     (10.0.1.20, fd00:1::20, subnet 10.0.1.0/24 + fd00:1::/64; the ENI is 10.0.1.4 / fd00:1::4).
     Static neighbours everywhere: the ARP / NDP slow path is not under test here."""
 
-    def __init__(self, lab):
+    # The data plane's ports answer on MACs of their own, not the kernel interfaces': the
+    # middle namespace's kernel then sees every forwarded frame as PACKET_OTHERHOST and drops
+    # it at once instead of routing it (cheaper for the sender's core).
+    PORT_MACS = ("02:68:70:00:00:01", "02:68:70:00:00:02")
+
+    def __init__(self, lab, own_macs=True):
         self.lab = lab
         p = lab.prefix
         self.fn, self.mid, self.srv = lab.ns("f"), lab.ns("m"), lab.ns("s")
@@ -343,7 +348,11 @@ class NatLab:
                check=False)
             sh("ip", "netns", "exec", self.mid, "tc", "filter", "add", "dev", ifn, "ingress",
                "matchall", "action", "drop", check=False)
-        fmac_b, smac_b = lab.mac(self.mid, self.fb), lab.mac(self.mid, self.sb)
+        if own_macs:
+            fmac_b, smac_b = self.PORT_MACS
+        else:
+            fmac_b, smac_b = lab.mac(self.mid, self.fb), lab.mac(self.mid, self.sb)
+        self.port_macs = (fmac_b, smac_b)
         self.fmac, self.smac = lab.mac(self.fn, self.fa), lab.mac(self.srv, self.sa)
         ipn = lambda ns, *a: sh("ip", "-n", ns, *a)
         ipn(self.fn, "addr", "add", "10.200.0.11/24", "dev", self.fa)
@@ -369,8 +378,9 @@ class NatLab:
         self.nat.add_source("fd00:200::11", grp, allow_v6=True)
         with netns(self.mid):
             self.dp = DataPlane(self.nat)
-            self.inside = self.dp.add_port(self.fb, role="inside", frames=256)
+            self.inside = self.dp.add_port(self.fb, role="inside", frames=256, mac=fmac_b)
             self.outside = self.dp.add_port(self.sb, role="eni", eni=self.eni, frames=256,
+                                            mac=smac_b,
                                             v4_subnet="10.0.1.0/24", v4_gateway="10.0.1.1",
                                             v6_subnet="fd00:1::/64", v6_gateway="fd00:1::1")
         self.dp.set_neighbor("10.200.0.11", self.fmac, port=self.inside)
@@ -409,9 +419,9 @@ class NatLab:
         self.dp.close()     # idempotent
 
 
-@pytest.fixture
-def natlab(lab):
-    nl = NatLab(lab)
+@pytest.fixture(params=[True, False], ids=["port-macs", "iface-macs"])
+def natlab(lab, request):
+    nl = NatLab(lab, own_macs=request.param)
     try:
         yield nl
     finally:
@@ -557,8 +567,7 @@ def test_loop_punts_neighbour_miss_arp_and_inject(natlab):
         assert vocab.REASONS[pu.reason] == "NEIGH_MISS" and pu.conn >= 0
         assert pu.frame[26:30] == socket.inet_aton("10.0.1.4")        # already translated
         # The slow path resolves the neighbour and sends the frame on itself.
-        fixed = mac_bytes(natlab.smac) + mac_bytes(natlab.lab.mac(natlab.mid, natlab.sb)) \
-            + pu.frame[12:]
+        fixed = mac_bytes(natlab.smac) + mac_bytes(natlab.port_macs[1]) + pu.frame[12:]
         dp.inject(pu.egress, fixed, vnet=pu.vnet)
         data, peer = srv.recvfrom(100)
         assert data == b"hello" and peer[0] == "10.0.1.4"
@@ -586,7 +595,7 @@ def test_loop_punts_neighbour_miss_arp_and_inject(natlab):
         with contextlib.suppress(socket.timeout):
             while raw.recv(65536):
                 pass
-        reply = fmac + mac_bytes(natlab.lab.mac(natlab.mid, natlab.fb)) \
+        reply = fmac + mac_bytes(natlab.port_macs[0]) \
             + struct.pack("!H", ETH_P_TEST) + b"slow path says hi".ljust(46, b".")
         dp.inject(natlab.inside, reply)
         raw.settimeout(3)
