@@ -101,7 +101,7 @@ void hp_dp_destroy(hp_dp *dp)
 }
 
 int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t mac[6], int role, int eni,
-                   uint32_t frame_nr, int qdisc_bypass)
+                   uint32_t rx_frames, uint32_t tx_frames, int qdisc_bypass)
 {
     if (dp->n_ports >= HP_DP_MAX_PORTS)
         return -ENOSPC;
@@ -119,7 +119,7 @@ int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t mac[6], int role, int e
     for (uint32_t i = 0; i < dp->n_ports; i++)
         if (dp->ports[i].ifindex == ifindex)
             return -EEXIST;
-    hp_ring *ring = hp_ring_open(ifindex, frame_nr, 1, qdisc_bypass);
+    hp_ring *ring = hp_ring_open(ifindex, rx_frames, tx_frames, 1, qdisc_bypass);
     if (!ring)
         return errno ? -errno : -ENOMEM;
     int idx = (int)dp->n_ports++;

@@ -102,9 +102,10 @@ hp_dp *hp_dp_create(hp_nat *nat, uint32_t neigh_cap, uint32_t punt_cap, uint32_t
 void hp_dp_destroy(hp_dp *dp);
 
 /* Opens a ring pair on ifindex. role HP_DP_INSIDE (once) or HP_DP_ENI (eni: its id in the NAT,
- * one port per ENI). frame_nr: slots per ring (0: default). Returns the port index or -errno. */
+ * one port per ENI). rx_frames / tx_frames: ring slots (0: defaults). Returns the port index
+ * or -errno. */
 int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t mac[6], int role, int eni,
-                   uint32_t frame_nr, int qdisc_bypass);
+                   uint32_t rx_frames, uint32_t tx_frames, int qdisc_bypass);
 /* An ENI port's subnet for one family (4 or 6): prefix (4 or 16 bytes) / plen, and the
  * gateway (NULL: none, off-link destinations are then dropped NO_ROUTE). */
 int hp_dp_set_subnet(hp_dp *dp, int port, int family, const uint8_t *prefix, int plen,

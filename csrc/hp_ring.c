@@ -50,7 +50,8 @@ static inline void status_store(struct tpacket2_hdr *h, uint32_t v)
     __atomic_store_n(&h->tp_status, v, __ATOMIC_RELEASE);
 }
 
-hp_ring *hp_ring_open(int ifindex, uint32_t frame_nr, int vnet, int qdisc_bypass)
+hp_ring *hp_ring_open(int ifindex, uint32_t rx_frames, uint32_t tx_frames, int vnet,
+                      int qdisc_bypass)
 {
     int one = 1, err;
     hp_ring *r = calloc(1, sizeof(*r));
@@ -61,12 +62,18 @@ hp_ring *hp_ring_open(int ifindex, uint32_t frame_nr, int vnet, int qdisc_bypass
     r->vnet = vnet ? 1 : 0;
     r->frame_size = HP_RING_FRAME_SIZE;
 
-    uint32_t per_block = PER_BLOCK;
-    if (frame_nr == 0)
-        frame_nr = HP_RING_DEFAULT_FRAMES;
-    uint32_t blocks = (frame_nr + per_block - 1) / per_block;
-    frame_nr = blocks * per_block;
-    r->rx_nr = r->tx_nr = frame_nr;
+    if (rx_frames == 0)
+        rx_frames = HP_RING_DEFAULT_FRAMES;
+    if (tx_frames == 0)
+        tx_frames = HP_RING_DEFAULT_TX_FRAMES;
+    if (rx_frames > (1u << 20) || tx_frames > (1u << 20)) {
+        errno = EINVAL;
+        goto fail;
+    }
+    uint32_t rx_blocks = (rx_frames + PER_BLOCK - 1) / PER_BLOCK;
+    uint32_t tx_blocks = (tx_frames + PER_BLOCK - 1) / PER_BLOCK;
+    r->rx_nr = rx_blocks * PER_BLOCK;
+    r->tx_nr = tx_blocks * PER_BLOCK;
 
     /* Protocol 0: nothing is queued to the socket before the rings exist and bind() runs. */
     r->fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
@@ -86,30 +93,33 @@ hp_ring *hp_ring_open(int ifindex, uint32_t frame_nr, int vnet, int qdisc_bypass
     if (qdisc_bypass)
         (void)setsockopt(r->fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one));
     /* tx frames stay charged to the socket until the receiver is done with them. */
-    int sndbuf = (int)((size_t)frame_nr * r->frame_size > (1u << 30) ? (1u << 30)
-                                                                       : frame_nr * r->frame_size);
+    size_t tx_bytes = (size_t)r->tx_nr * r->frame_size;
+    int sndbuf = (int)(tx_bytes > (1u << 30) ? (1u << 30) : tx_bytes);
     if (setsockopt(r->fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
         (void)setsockopt(r->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
 
     struct tpacket_req req = {
         .tp_block_size = HP_RING_BLOCK_SIZE,
-        .tp_block_nr = blocks,
+        .tp_block_nr = rx_blocks,
         .tp_frame_size = HP_RING_FRAME_SIZE,
-        .tp_frame_nr = frame_nr,
+        .tp_frame_nr = r->rx_nr,
     };
     if (setsockopt(r->fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) < 0)
         goto fail;
+    req.tp_block_nr = tx_blocks;
+    req.tp_frame_nr = r->tx_nr;
     if (setsockopt(r->fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof(req)) < 0)
         goto fail;
 
-    r->map_len = (size_t)2 * blocks * HP_RING_BLOCK_SIZE;
+    /* One mapping: the rx ring's blocks, then the tx ring's. */
+    r->map_len = (size_t)(rx_blocks + tx_blocks) * HP_RING_BLOCK_SIZE;
     r->map = mmap(NULL, r->map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, 0);
     if (r->map == MAP_FAILED) {
         r->map = NULL;
         goto fail;
     }
     r->rx = r->map;
-    r->tx = r->map + (size_t)blocks * HP_RING_BLOCK_SIZE;
+    r->tx = r->map + (size_t)rx_blocks * HP_RING_BLOCK_SIZE;
     r->tx_data_off = TPACKET2_HDRLEN - sizeof(struct sockaddr_ll);
 
     struct sockaddr_ll sll;

@@ -16,7 +16,8 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define HP_RING_DEFAULT_FRAMES 256
+#define HP_RING_DEFAULT_FRAMES 256       /* rx: absorbs the loop's scheduling hiccups */
+#define HP_RING_DEFAULT_TX_FRAMES 128    /* tx: flushed every batch, freed as sent */
 /* A slot holds a 64 KB GSO super-frame with its headers: 15 frames in every 1 MB block. */
 #define HP_RING_BLOCK_SIZE (1u << 20)
 #define HP_RING_FRAME_SIZE 69904u
@@ -48,9 +49,11 @@ typedef struct hp_ring {
     hp_ring_stats st;
 } hp_ring;
 
-/* Opens the socket and its rings on ifindex; frame_nr per ring (0: default), rounded up to a
- * whole number of blocks. qdisc_bypass: PACKET_QDISC_BYPASS on tx. Returns NULL with errno. */
-hp_ring *hp_ring_open(int ifindex, uint32_t frame_nr, int vnet, int qdisc_bypass);
+/* Opens the socket and its rings on ifindex; rx_frames / tx_frames slots (0: defaults), each
+ * rounded up to a whole number of blocks. qdisc_bypass: PACKET_QDISC_BYPASS on tx. Returns
+ * NULL with errno set. */
+hp_ring *hp_ring_open(int ifindex, uint32_t rx_frames, uint32_t tx_frames, int vnet,
+                      int qdisc_bypass);
 void hp_ring_close(hp_ring *r);
 
 static inline int hp_ring_fd(const hp_ring *r) { return r->fd; }

@@ -78,9 +78,10 @@ cdef class Ring:
     cdef rd.hp_ring *r
     cdef readonly str ifname
 
-    def __cinit__(self, iface, frames=0, vnet=True, qdisc_bypass=False):
+    def __cinit__(self, iface, frames=0, tx_frames=0, vnet=True, qdisc_bypass=False):
         ifindex, self.ifname = _dp_ifindex(iface)
-        self.r = rd.hp_ring_open(ifindex, frames, 1 if vnet else 0, 1 if qdisc_bypass else 0)
+        self.r = rd.hp_ring_open(ifindex, frames, tx_frames, 1 if vnet else 0,
+                                 1 if qdisc_bypass else 0)
         if self.r == NULL:
             err = errno
             raise OSError(err, f"hp_ring_open({self.ifname}): {_dp_os.strerror(err)}")
@@ -254,11 +255,14 @@ cdef class DataPlane:
             self._idle().spin_us = value
 
     def add_port(self, iface, role="inside", eni=None, mac=None, v4_subnet=None,
-                 v4_gateway=None, v6_subnet=None, v6_gateway=None, frames=0,
+                 v4_gateway=None, v6_subnet=None, v6_gateway=None, frames=0, tx_frames=0,
                  qdisc_bypass=True):
         """Opens a ring pair on iface (name or index, in the current namespace); returns the
         port index. role "inside" (one) or "eni" (eni = the Nat's ENI id, one port each).
-        mac: the port's MAC (default: the interface's). Subnets / gateways: ENI next hops."""
+        mac: the port's MAC (default: the interface's; a MAC of its own is cheaper, the
+        namespace's kernel then drops the frames as PACKET_OTHERHOST at once). Subnets /
+        gateways: ENI next hops. frames / tx_frames: ring slots, 0 for the defaults (256 / 128;
+        each slot takes 68 KB of kernel memory, for 64 KB GSO frames)."""
         cdef rd.hp_dp *dp = self._idle()
         cdef bytes mb
         ifindex, ifname = _dp_ifindex(iface)
@@ -268,7 +272,7 @@ cdef class DataPlane:
             raise ValueError("an ENI port needs eni=<ENI id>")
         mb = _dp_mac_bytes(mac) if mac is not None else _dp_iface_mac(ifname)
         port = _dp_check(rd.hp_dp_add_port(dp, ifindex, mb, _DP_ROLES[role],
-                                           -1 if eni is None else eni, frames,
+                                           -1 if eni is None else eni, frames, tx_frames,
                                            1 if qdisc_bypass else 0), f"add_port({ifname})")
         self._info.append({"ifname": ifname})
         if v4_subnet is not None:
@@ -436,6 +440,7 @@ cdef class DataPlane:
                       "rx_outgoing": s.rx_outgoing, "rx_truncated": s.rx_truncated,
                       "rx_kernel_drops": s.rx_kernel_drops, "tx_frames": s.tx_frames,
                       "tx_bytes": s.tx_bytes, "tx_full": s.tx_full, "tx_sends": s.tx_sends,
-                      "tx_errors": s.tx_errors, "ring_frames": p.ring.rx_nr})
+                      "tx_errors": s.tx_errors, "ring_frames": p.ring.rx_nr,
+                      "tx_ring_frames": p.ring.tx_nr})
             out.append(d)
         return out

@@ -39,7 +39,8 @@ cdef extern from "hp_ring.h" nogil:
         uint32_t rx_held
         uint32_t tx_queued
         hp_ring_stats st
-    hp_ring *hp_ring_open(int ifindex, uint32_t frame_nr, int vnet, int qdisc_bypass)
+    hp_ring *hp_ring_open(int ifindex, uint32_t rx_frames, uint32_t tx_frames, int vnet,
+                          int qdisc_bypass)
     void hp_ring_close(hp_ring *r)
     int hp_ring_fd(const hp_ring *r)
     uint32_t hp_ring_rx_peek(hp_ring *r, uint8_t **data, uint32_t *lens, uint32_t max)
@@ -95,7 +96,7 @@ cdef extern from "hp_dataplane.h" nogil:
     hp_dp *hp_dp_create(void *nat, uint32_t neigh_cap, uint32_t punt_cap, uint32_t punt_bytes)
     void hp_dp_destroy(hp_dp *dp)
     int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t *mac, int role, int eni,
-                       uint32_t frame_nr, int qdisc_bypass)
+                       uint32_t rx_frames, uint32_t tx_frames, int qdisc_bypass)
     int hp_dp_set_subnet(hp_dp *dp, int port, int family, const uint8_t *prefix, int plen,
                          const uint8_t *gateway)
     int hp_dp_set_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, const uint8_t *mac)
