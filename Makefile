@@ -25,6 +25,10 @@ test-ns: build
 bench: build        ## micro-benchmarks of the C core beside the reference model
 	$(PYTHON) -m pytest bench/test_micro.py --benchmark-only --benchmark-columns=min,median,ops,rounds -q
 
+E2E_ARGS ?= --seconds 5 --repeat 3
+bench-e2e: build    ## end to end (root): iperf3 through Hyperplane beside the kernel's nftables NAT
+	$(PYTHON) bench/e2e.py $(E2E_ARGS)
+
 demo: install build ## the built-in default lab, traffic through it, then down
 	hyperplane demo
 
