@@ -236,8 +236,9 @@ def reply_to(frame, vnet=False, flags="SA", payload=b"", **kw) -> bytearray:
     """A frame going back the other way: source and destination swapped (ports too)."""
     f = fields(frame, vnet)
     if f["proto"] == TCP:
-        return tcp(f["dst"], f["src"], f["dport"], f["sport"], flags=flags, payload=payload, **kw)
-    return udp(f["dst"], f["src"], f["dport"], f["sport"], payload=payload, **kw)
+        return tcp(f["dst"], f["src"], f["dport"], f["sport"], flags=flags, payload=payload,
+                   vnet=vnet, **kw)
+    return udp(f["dst"], f["src"], f["dport"], f["sport"], payload=payload, vnet=vnet, **kw)
 
 
 # -- malformed frames ---------------------------------------------------------------------------

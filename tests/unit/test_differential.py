@@ -1,0 +1,425 @@
+"""Differential property tests: the C core (hyperplane._core.Nat) against the pure-Python
+reference model (hyperplane.model.Nat).
+
+Hypothesis draws a small NAT (few ports, few table slots, short timeouts, so exhaustion, full
+tables and expiry all happen), a topology, and a sequence of operations: frames out and in,
+built from a small universe of addresses and ports so that lookups hit, replies aimed at the
+ports the NAT chose, whole TCP sessions, malformed and corrupted frames, clock ticks, expire
+calls and new ENIs. Both implementations get identical calls; after every call they must
+agree on the results, every rewritten byte, the connections, the counters and the pools.
+
+Operations are drawn up front as plain tuples (one draw for the whole sequence, which keeps
+Hypothesis fast); numbers that pick from lists known only at run time (translations seen so
+far, ENIs) are taken modulo the list's length.
+
+HP_DIFF_EXAMPLES (default 3000) is the number of examples across the tests of this file.
+"""
+
+import os
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+core = pytest.importorskip("hyperplane._core")  # CI always builds it; this guards a bare tree
+
+import framegen as fg  # noqa: E402
+from hyperplane.model import Nat as ModelNat  # noqa: E402
+from hyperplane.vocab import FORWARD, IN, OUT, STATES  # noqa: E402
+
+TOTAL_EXAMPLES = int(os.environ.get("HP_DIFF_EXAMPLES", "3000"))
+
+
+def diff_settings(share):
+    return settings(max_examples=max(1, int(TOTAL_EXAMPLES * share)), deadline=None,
+                    derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# -- the universe frames are drawn from ---------------------------------------------------------
+
+SOURCES = {4: ["10.200.0.1", "10.200.0.2", "10.200.0.3"], 6: ["fd00:200::1", "fd00:200::2"]}
+UNKNOWN_SOURCE = {4: "10.200.0.77", 6: "fd00:200::77"}
+DESTS = {4: ["10.0.9.1", "10.0.9.2"], 6: ["fd00:9::1", "fd00:9::2"]}
+NOT_ENI = {4: "10.0.1.99", 6: "fd00:1::99"}
+INSIDE_PORTS = [1000, 1001, 40000]
+DEST_PORTS = [53, 443]
+FLAGS = ["S", "S", "SA", "A", "A", "PA", "F", "FA", "R", "RA", "", "SF", "SR", "P"]
+MAX_ENIS = 4
+SESSIONS = [
+    "o:S i:SA o:A", "o:S i:SA o:A o:FA i:A i:FA o:A", "o:S i:SA o:A i:FA o:A o:FA i:A",
+    "o:S i:SA o:A o:FA i:FA o:A i:A", "o:S i:R", "o:S i:SA o:A o:R o:S i:SA o:A",
+    "o:S i:SA o:A o:FA i:FA o:A o:S", "o:S o:S i:SA i:SA o:A i:PA o:PA",
+]
+
+
+def eni_addr(i, family):
+    return f"10.0.{i + 1}.4" if family == 4 else f"fd00:{i + 1}::4"
+
+
+def pick(items, n):
+    return items[n % len(items)]
+
+
+# -- strategies: everything a step needs, as plain tuples ------------------------------------
+
+INDEX = st.integers(0, 255)            # picks from a list known only at run time
+BOOL = st.booleans()
+FLAGS_ST = st.one_of(st.sampled_from(FLAGS), st.integers(0, 255))
+TTL = st.sampled_from([64] * 12 + [2, 1, 0, 255])
+FAMILY = st.sampled_from([4, 6])
+PROTO = st.sampled_from([fg.TCP, fg.UDP])
+VNET = st.sampled_from([False, False, False, True])
+PAYLOAD = st.tuples(st.sampled_from([0, 0, 1, 7, 60, 200]), st.integers(0, 255))
+# Optional features: (needs_csum, gso_type, gso_size, ip options / ext headers, zero UDP csum)
+EXTRAS = st.one_of(
+    st.just(None), st.just(None),
+    st.tuples(BOOL, st.sampled_from([0, 0, fg.GSO_TCPV4, fg.GSO_TCPV6, fg.GSO_UDP_L4]),
+              st.sampled_from([0, 1, 100, 1448]),
+              st.one_of(st.just(()), st.lists(st.sampled_from([0, 43, 60, 51]), min_size=1,
+                                              max_size=3).map(tuple)),
+              BOOL))
+# (family, proto, src, dst, sport, dport, flags, payload, ttl, extras)
+OUT_FRAME = st.tuples(st.sampled_from([4, 4, 6]), PROTO, INDEX, INDEX,
+                      st.sampled_from(INSIDE_PORTS), st.sampled_from(DEST_PORTS),
+                      st.one_of(st.just("S"), FLAGS_ST),
+                      PAYLOAD, TTL, EXTRAS)
+# (which translation, flags, payload, ttl, extras, wrong ENI?, which ENI)
+REPLY = st.tuples(INDEX, FLAGS_ST, PAYLOAD, TTL, EXTRAS, st.integers(0, 9), INDEX)
+# (family, proto, src, ENI address, dport, port, flags, payload, ttl, extras)
+IN_FRAME = st.tuples(FAMILY, PROTO, INDEX, INDEX, st.sampled_from(DEST_PORTS), INDEX, FLAGS_ST,
+                     PAYLOAD, TTL, EXTRAS)
+# (kind, where, xor, 16-bit value, extension)
+MUTATION = st.tuples(st.sampled_from(["flip", "flip", "set16", "truncate", "extend"]),
+                     st.integers(0, 10**4), st.integers(1, 255),
+                     st.sampled_from([0, 1, 7, 8, 0xFFFF, 40, 20, 0x2000, 0x3FFF]),
+                     st.integers(1, 30))
+MUTATIONS = st.lists(MUTATION, min_size=1, max_size=3)
+DIRECTION = st.sampled_from([OUT, IN])
+TICK = st.sampled_from([0, 1, 499, 999, 1000, 1001, 5000, 30000, 120000, 400000, 10**7])
+SESSION_TICKS = st.lists(st.sampled_from([0, 0, 0, 0, 1, 1000, 30000, 130000]),
+                         min_size=8, max_size=8)
+
+STEP = st.one_of(
+    st.tuples(st.just("out"), VNET, st.lists(OUT_FRAME, min_size=1, max_size=4)),
+    st.tuples(st.just("out"), VNET, st.lists(OUT_FRAME, min_size=1, max_size=2)),
+    st.tuples(st.just("reply"), VNET, st.lists(REPLY, min_size=1, max_size=3)),
+    st.tuples(st.just("reply"), VNET, st.lists(REPLY, min_size=1, max_size=2)),
+    st.tuples(st.just("in"), VNET, st.lists(IN_FRAME, min_size=1, max_size=3), INDEX),
+    st.tuples(st.just("session"), VNET, FAMILY, INDEX, INDEX, st.sampled_from(INSIDE_PORTS),
+              st.sampled_from(DEST_PORTS), st.sampled_from(SESSIONS), SESSION_TICKS),
+    st.tuples(st.just("malformed"), st.sampled_from(fg.MALFORMED_KINDS), DIRECTION),
+    st.tuples(st.just("corrupt"), VNET, st.just(OUT), OUT_FRAME, MUTATIONS, BOOL),
+    st.tuples(st.just("corrupt"), VNET, st.just(IN), REPLY, MUTATIONS, BOOL),
+    st.tuples(st.just("tick"), TICK),
+    st.tuples(st.just("tick"), TICK),
+    st.tuples(st.just("expire"), st.sampled_from([None, 0, 1, 2, 8]),
+              st.sampled_from([True, True, True, False])),
+    st.tuples(st.just("add_eni"), st.sampled_from([(True, True), (True, False), (False, True)]),
+              INDEX),
+)
+
+
+@st.composite
+def configs(draw):
+    lo = draw(st.sampled_from([1, 1000, 65530]))
+    size = draw(st.integers(1, 6))
+    timeouts = draw(st.one_of(
+        st.none(),
+        st.dictionaries(st.sampled_from(STATES[1:]),
+                        st.sampled_from([0.001, 0.5, 1, 1.5, 2, 5, 30]), max_size=10)))
+    return dict(
+        capacity=draw(st.integers(1, 6)),
+        port_range=(lo, min(65535, lo + size - 1)),
+        mapping=draw(st.sampled_from(["endpoint-independent", "per-connection"])),
+        profile=draw(st.sampled_from(["aws", "rfc"])),
+        timeouts=timeouts,
+        quarantine_ms=draw(st.sampled_from([None, 0, 1, 1000, 5000])),
+        mtu_inside=draw(st.sampled_from([1500] * 6 + [100, 68])),
+        mtu_outside=draw(st.sampled_from([1500] * 6 + [120, 68])),
+        journal_size=draw(st.integers(0, 4)),
+        port_seed=draw(st.integers(0, 2**64 - 1)),
+        hash_seed=draw(st.one_of(st.none(), st.tuples(st.integers(0, 2**64 - 1),
+                                                      st.integers(0, 2**64 - 1)))),
+    )
+
+
+# ENIs (which families), groups (lists of ENIs, maybe empty), sources (group, allow_v6). The
+# unregistered source is UNKNOWN_SOURCE.
+TOPOLOGY = st.tuples(
+    st.lists(st.sampled_from([(True, True)] * 4 + [(True, False), (False, True)]),
+             min_size=1, max_size=3),
+    st.lists(st.one_of(st.lists(INDEX, min_size=1, max_size=3),
+                       st.lists(INDEX, min_size=1, max_size=3), st.just([])),
+             min_size=1, max_size=2),
+    st.lists(st.tuples(INDEX, st.sampled_from([True, True, False])), min_size=5, max_size=5),
+)
+
+
+# -- frames from specs ------------------------------------------------------------------------
+
+def frame_kw(vnet, proto, family, payload, extras):
+    pay_len, pay_byte = payload
+    kw = {"payload": bytes([pay_byte]) * pay_len, "vnet": vnet}
+    if extras is not None:
+        needs_csum, gso_type, gso_size, ext, zero = extras
+        if vnet:
+            kw.update(needs_csum=needs_csum, gso_type=gso_type, gso_size=gso_size)
+        if ext:
+            if family == 4:
+                kw["ip_options"] = b"\x01\x01\x01\x00"
+            else:
+                kw["ext"] = ext
+        kw["zero_csum"] = zero and proto == fg.UDP and family == 4
+    return kw
+
+
+def out_frame(spec, vnet):
+    family, proto, src, dst, sport, dport, flags, payload, ttl, extras = spec
+    srcs = SOURCES[family] * 4 + [UNKNOWN_SOURCE[family]]
+    return fg.build(pick(srcs, src), pick(DESTS[family], dst), proto, sport, dport, flags=flags,
+                    ttl=ttl, **frame_kw(vnet, proto, family, payload, extras))
+
+
+def mutate(frame, mutations, fix_checksum, vnet):
+    """A corrupted copy: flipped bytes, a 16-bit field set, a truncation or trailing bytes;
+    with fix_checksum the IPv4 header checksum is made right again, to reach later checks."""
+    frame = bytearray(frame)
+    for kind, where, xor, value, extension in mutations:
+        if kind == "flip" and frame:
+            frame[where % len(frame)] ^= xor
+        elif kind == "set16" and len(frame) >= 2:
+            struct.pack_into("!H", frame, where % (len(frame) - 1), value)
+        elif kind == "truncate":
+            del frame[where % (len(frame) + 1):]
+        elif kind == "extend":
+            frame += bytes(extension)
+    l3 = (fg.VNET_LEN if vnet else 0) + 14
+    if fix_checksum and len(frame) >= l3 + 20 and frame[l3] >> 4 == 4:
+        hlen = max(20, (frame[l3] & 15) * 4)
+        struct.pack_into("!H", frame, l3 + 10, 0)
+        struct.pack_into("!H", frame, l3 + 10, fg.checksum(frame[l3:l3 + hlen]))
+    return frame
+
+
+# -- the two implementations side by side -----------------------------------------------------
+
+class Pair:
+    """The same NAT twice, the model and the C core, fed identical calls."""
+
+    def __init__(self, cfg):
+        self.m = ModelNat(**cfg)
+        self.c = core.Nat(**cfg)
+        self.enis = []              # per ENI: {4: addr or None, 6: addr or None}
+        self.n_groups = 0
+
+    def call(self, name, *args, **kw):
+        out = []
+        for nat in (self.m, self.c):
+            try:
+                out.append(("ok", getattr(nat, name)(*args, **kw)))
+            except Exception as e:  # both must fail alike
+                out.append(("raises", type(e).__name__))
+        note(f"{name}{args}{kw} -> {out[0]}")
+        assert out[0] == out[1], f"{name}{args}{kw}: model {out[0]} != C {out[1]}"
+        return out[0][1] if out[0][0] == "ok" else None
+
+    def add_eni(self, v4, v6):
+        i = len(self.enis)
+        addrs = {4: eni_addr(i, 4) if v4 else None, 6: eni_addr(i, 6) if v6 else None}
+        assert self.call("add_eni", addrs[4], addrs[6]) == i
+        self.enis.append(addrs)
+        return i
+
+    def build(self, topology):
+        eni_families, groups, sources = topology
+        for v4, v6 in eni_families:
+            self.add_eni(v4, v6)
+        for g, members in enumerate(groups):
+            assert self.call("add_group") == g
+            for e in members:
+                self.call("group_add_eni", g, e % len(self.enis))
+        self.n_groups = len(groups)
+        for addr, (group, allow_v6) in zip(SOURCES[4] + SOURCES[6], sources):
+            self.call("add_source", addr, group % self.n_groups, allow_v6=allow_v6)
+
+    def translate(self, frames, direction, now, eni=0, vnet=False):
+        fm = [bytearray(f) for f in frames]
+        fc = [bytearray(f) for f in frames]
+        rm = self.m.translate(fm, direction, now, eni=eni, vnet=vnet)
+        rc = self.c.translate(fc, direction, now, eni=eni, vnet=vnet)
+        note(f"translate({[bytes(f).hex() for f in frames]}, {'OUT' if direction == OUT else 'IN'}"
+             f", {now}, eni={eni}, vnet={vnet}) -> {rm}")
+        assert rm == rc, f"results: model {rm} != C {rc}"
+        for i, (a, b) in enumerate(zip(fm, fc)):
+            assert a == b, f"frame {i} rewritten differently:\nmodel {a.hex()}\nC     {b.hex()}"
+        return rm, fm
+
+    def check(self):
+        """Everything observable must agree."""
+        cm = sorted(self.m.connections(), key=lambda c: c.id)
+        cc = sorted(self.c.connections(), key=lambda c: c.id)
+        assert cm == cc, f"connections:\nmodel {cm}\nC     {cc}"
+        assert len(self.m) == len(self.c) == len(cm)
+        for c in cm:
+            assert self.c.get(c.id) == c
+        assert self.m.counters() == self.c.counters()
+        for e, addrs in enumerate(self.enis):
+            for family in (4, 6):
+                if addrs[family] is not None:
+                    for proto in (6, 17):
+                        assert self.m.pool_stats(e, family, proto) == \
+                            self.c.pool_stats(e, family, proto), (e, family, proto)
+
+
+class Run:
+    """Plays drawn steps on a Pair, remembering translations so replies can aim at them."""
+
+    def __init__(self, pair, now):
+        self.pair, self.now = pair, now
+        self.seen = []              # (family, proto, nat_addr, nat_port, dst, dport, eni)
+
+    def remember(self, results, frames, vnet):
+        for (verdict, _, port, _), f in zip(results, frames):
+            if verdict == FORWARD and port > 0:
+                x = fg.fields(f, vnet)
+                self.seen.append((x["family"], x["proto"], x["src"], x["sport"], x["dst"],
+                                  x["dport"], port - 1))
+
+    def reply_frame(self, spec, vnet):
+        which, flags, payload, ttl, extras, wrong, eni_pick = spec
+        family, proto, nat_addr, nat_port, dst, dport, eni = pick(self.seen, which)
+        frame = fg.build(dst, nat_addr, proto, dport, nat_port, flags=flags, ttl=ttl,
+                         **frame_kw(vnet, proto, family, payload, extras))
+        if wrong == 0:
+            eni = eni_pick % (len(self.pair.enis) + 1)             # the wrong ENI, maybe
+        return frame, eni
+
+    def in_frame(self, spec, vnet):
+        family, proto, src, dst, dport, port, flags, payload, ttl, extras = spec
+        dsts = [a[family] for a in self.pair.enis if a[family]] + [NOT_ENI[family]]
+        lo, hi = self.pair.m.port_range
+        return fg.build(pick(DESTS[family], src), pick(dsts, dst), proto, dport,
+                        pick((lo, hi, 1000), port), flags=flags, ttl=ttl,
+                        **frame_kw(vnet, proto, family, payload, extras))
+
+    def step(self, step):
+        pair, op = self.pair, step[0]
+        if op == "out":
+            _, vnet, specs = step
+            frames = [out_frame(s, vnet) for s in specs]
+            self.remember(*pair.translate(frames, OUT, self.now, vnet=vnet), vnet)
+        elif op == "reply" and self.seen:
+            _, vnet, specs = step
+            frames, enis = zip(*[self.reply_frame(s, vnet) for s in specs])
+            # One batch arrives on one ENI port.
+            pair.translate(list(frames), IN, self.now, eni=enis[0], vnet=vnet)
+        elif op == "in":
+            _, vnet, specs, eni = step
+            frames = [self.in_frame(s, vnet) for s in specs]
+            pair.translate(frames, IN, self.now, eni=eni % (len(pair.enis) + 1), vnet=vnet)
+        elif op == "session":
+            self.session(*step[1:])
+        elif op == "malformed":
+            _, kind, direction = step
+            frame, vnet = fg.malformed(kind)
+            pair.translate([frame], direction, self.now, vnet=vnet)
+        elif op == "corrupt" and (step[2] == OUT or self.seen):
+            _, vnet, direction, spec, mutations, fix = step
+            if direction == OUT:
+                base, eni = out_frame(spec, vnet), 0
+            else:
+                base, eni = self.reply_frame(spec, vnet)
+            frame = mutate(base, mutations, fix, vnet)
+            pair.translate([frame], direction, self.now, eni=eni, vnet=vnet)
+        elif op == "tick":
+            self.now += step[1]
+        elif op == "expire":
+            _, limit, collect = step
+            kw = {} if limit is None else {"max": limit}
+            pair.call("expire", self.now, collect=collect, **kw)
+        elif op == "add_eni" and len(pair.enis) < MAX_ENIS:
+            _, (v4, v6), group = step
+            pair.call("group_add_eni", group % pair.n_groups, pair.add_eni(v4, v6))
+        pair.check()
+
+    def session(self, vnet, family, src, dst, sport, dport, script, ticks):
+        """A whole exchange on one flow, replies aimed at the port the NAT chose: handshakes,
+        closes from either side, resets, port reuse after TIME_WAIT."""
+        src, dst = pick(SOURCES[family], src), pick(DESTS[family], dst)
+        nat_addr = nat_port = None
+        eni = 0
+        for segment, tick in zip(script.split(), ticks):
+            d, flags = segment.split(":")
+            self.now += tick
+            if d == "o":
+                frame = fg.tcp(src, dst, sport, dport, flags, vnet=vnet)
+                (res,), (f,) = self.pair.translate([frame], OUT, self.now, vnet=vnet)
+                self.remember([res], [f], vnet)
+                if res[0] == FORWARD:
+                    x = fg.fields(f, vnet)
+                    nat_addr, nat_port, eni = x["src"], x["sport"], res[2] - 1
+            elif nat_addr is not None:
+                frame = fg.tcp(dst, nat_addr, dport, nat_port, flags, vnet=vnet)
+                self.pair.translate([frame], IN, self.now, eni=eni, vnet=vnet)
+            self.pair.check()
+
+
+@diff_settings(0.75)
+@given(cfg=configs(), topology=TOPOLOGY, start=st.sampled_from([0, 1_000_000, 2**40]),
+       steps=st.lists(STEP, min_size=10, max_size=40))
+def test_model_and_core_agree(cfg, topology, start, steps):
+    pair = Pair(cfg)
+    pair.build(topology)
+    pair.check()
+    run = Run(pair, start)
+    for step in steps:
+        run.step(step)
+    # In the end everything expires, and both say so in the same order.
+    pair.call("expire", run.now + 10**9)
+    pair.check()
+    assert len(pair.m) == 0
+
+
+# -- parsing on its own: anything at all as a frame --------------------------------------------
+
+ANY_FRAME = st.one_of(
+    st.tuples(st.just("mutated"), OUT_FRAME, MUTATIONS, BOOL),
+    st.tuples(st.just("mutated"), OUT_FRAME, MUTATIONS, BOOL),
+    st.tuples(st.just("mutated"), OUT_FRAME, MUTATIONS, BOOL),
+    st.tuples(st.just("bytes"), BOOL, st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x08\x06",
+                                                       b"\x12\x34"]), st.binary(max_size=80)),
+    st.tuples(st.just("malformed"), st.sampled_from(fg.MALFORMED_KINDS)),
+)
+
+
+def any_frame(spec, vnet):
+    if spec[0] == "bytes":
+        _, head, ethertype, rest = spec
+        head = fg.vnet_header() if vnet and head else b""
+        return bytearray(head + fg.ETH_DST + fg.ETH_SRC + ethertype + rest)
+    if spec[0] == "malformed":
+        return fg.malformed(spec[1])[0]
+    _, out_spec, mutations, fix = spec
+    return mutate(out_frame(out_spec, vnet), mutations, fix, vnet)
+
+
+@diff_settings(0.25)
+@given(seed=st.integers(0, 2**64 - 1), vnet=BOOL,
+       specs=st.lists(ANY_FRAME, min_size=1, max_size=8),
+       replies=st.lists(st.tuples(FLAGS_ST, MUTATIONS, BOOL), min_size=8, max_size=8))
+def test_parse_and_rewrite_agree(seed, vnet, specs, replies):
+    pair = Pair(dict(capacity=4, port_range=(1000, 1003), mtu_inside=200, mtu_outside=300,
+                     port_seed=seed))
+    pair.build(([(True, True)], [[0]], [(0, True)] * 5))
+    res, fm = pair.translate([any_frame(s, vnet) for s in specs], OUT, 0, vnet=vnet)
+    # Whatever went out, its reply (and a corrupted reply) must come back through both alike.
+    back = []
+    for (verdict, _, _, _), f, (flags, mutations, fix) in zip(res, fm, replies):
+        if verdict == FORWARD:
+            reply = fg.reply_to(f, vnet=vnet, flags=flags)
+            back += [reply, mutate(reply, mutations, fix, vnet)]
+    if back:
+        pair.translate(back, IN, 1, vnet=vnet)
+    pair.check()
