@@ -13,8 +13,8 @@ import pytest
 
 core = pytest.importorskip("hyperplane._core")
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror, TCPerror, fragment  # noqa: E402
-from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest,  # noqa: E402
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, fragment  # noqa: E402
+from scapy.layers.inet6 import (ICMPv6EchoReply, ICMPv6EchoRequest,  # noqa: E402
                                 ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_RS, ICMPv6NDOptDstLLAddr,
                                 ICMPv6NDOptSrcLLAddr, ICMPv6PacketTooBig, ICMPv6TimeExceeded,
                                 IPv6, IPv6ExtHdrFragment, fragment6)
@@ -24,6 +24,8 @@ from scapy.utils import checksum as scapy_checksum  # noqa: E402
 
 from hyperplane import vocab  # noqa: E402
 from hyperplane.slowpath import PortInfo, SlowPath  # noqa: E402
+from hyperplane.slowpath._frag import Reassembler, fragment4, fragment6 as hp_fragment6  # noqa: E402
+from hyperplane.slowpath._wire import parse_ip  # noqa: E402
 from hyperplane.vocab import FORWARD, IN, OUT, PUNT, R  # noqa: E402
 
 Punt = core.Punt
@@ -71,11 +73,11 @@ class FakeDP:
 
 
 class Env:
-    def __init__(self, **kw):
+    def __init__(self, nat_class=core.Nat, **kw):
         self.now = [1_000_000]
-        self.nat = core.Nat(port_seed=7, mtu_outside=MTU_OUT, **kw.pop("nat", {}))
+        self.nat = nat_class(port_seed=7, mtu_outside=MTU_OUT, **kw.pop("nat", {}))
         self.eni = self.nat.add_eni(ENI4, ENI6)
-        grp = self.nat.add_group()
+        grp = self.grp = self.nat.add_group()
         self.nat.group_add_eni(grp, self.eni)
         self.nat.add_source(FN4, grp)
         self.nat.add_source(FN6, grp, allow_v6=True)
@@ -179,9 +181,33 @@ def l4_checksum_ok(ip_bytes):
     return scapy_checksum(pseudo + seg) == 0
 
 
+@pytest.fixture(autouse=True)
+def no_scapy_resolution(monkeypatch):
+    """Scapy resolves a missing Ether(dst=) by asking the network: never in unit tests."""
+    from scapy.config import conf
+
+    def refuse(l2, l3):
+        raise AssertionError("scapy tried to resolve a MAC address: give Ether(dst=...)")
+    monkeypatch.setattr(conf.neighbor, "resolve", refuse)
+
+
+def _model_nat():
+    from hyperplane.model import Nat
+    if not hasattr(Nat, "lookup"):
+        pytest.skip("the reference model has no Nat.lookup yet")
+    return Nat
+
+
+@pytest.fixture(params=["c", "model"])
+def make_env(request):
+    """Env factory: every test runs against the C core and (once it has lookup()) the model."""
+    nat_class = core.Nat if request.param == "c" else _model_nat()
+    return lambda **kw: Env(nat_class=nat_class, **kw)
+
+
 @pytest.fixture
-def env():
-    return Env()
+def env(make_env):
+    return make_env()
 
 
 # -- PortInfo ----------------------------------------------------------------------------------
@@ -527,8 +553,8 @@ def test_neigh_miss_off_link_resolves_gateway_and_v6(env):
     assert Ether(sent[0][1])[IPv6].src == ENI6
 
 
-def test_neigh_queue_bounds_retries_and_timeout():
-    env = Env(neigh_per_hop=4, neigh_total=6)
+def test_neigh_queue_bounds_retries_and_timeout(make_env):
+    env = make_env(neigh_per_hop=4, neigh_total=6)
     _, out = env.outbound("udp", dst=DB4)
     _, out2 = env.outbound("udp", dst="10.0.1.21")
     p = env.punt(out, 0, "NEIGH_MISS", egress=1)
@@ -634,8 +660,8 @@ def reassemble4(frags):
     return bytes(hdr / Raw(data))
 
 
-def test_icmp_errors_are_rate_limited():
-    env = Env(icmp_rate=2, icmp_burst=2)
+def test_icmp_errors_are_rate_limited(make_env):
+    env = make_env(icmp_rate=2, icmp_burst=2)
     p = env.punt(from_fn(4, FAR4, ttl=1), 0, "TTL_EXCEEDED")
     assert len(env.handle(p, p, p)) == 2
     assert env.c("icmp_rate_limited") == 1
@@ -707,8 +733,8 @@ def test_fragments_v6(env):
     assert l4_checksum_ok(whole) and bytes(IPv6(whole)[UDP].payload) == payload
 
 
-def test_fragment_drops():
-    env = Env(frag_max=2)
+def test_fragment_drops(make_env):
+    env = make_env(frag_max=2)
     pkt = IP(src=FN4, dst=FAR4, id=1) / UDP(sport=4000, dport=53) / Raw(b"a" * 2000)
     frames = frags_v4(pkt, 800)
     # Overlap: a second fragment at offset 0 with other bytes.
@@ -755,8 +781,8 @@ def test_fragmented_ping_to_gateway(env):
 
 # -- ports exhausted -------------------------------------------------------------------------
 
-def test_ports_exhausted_calls_back_and_reruns_once():
-    env = Env(nat={"port_range": (1000, 1000)})
+def test_ports_exhausted_calls_back_and_reruns_once(make_env):
+    env = make_env(nat={"port_range": (1000, 1000)})
     env.outbound("udp", sport=1)                           # takes the only port
     frame = from_fn(4, FAR4, sport=2)
     p = env.punt(frame, 0, "PORTS_EXHAUSTED")
@@ -790,8 +816,8 @@ def valid_frames(env):
     }
 
 
-def test_malformed_punts_are_counted_not_raised():
-    env = Env(reraise=False)
+def test_malformed_punts_are_counted_not_raised(make_env):
+    env = make_env(reraise=False)
     rng = random.Random(5)
     reasons = ["ARP", "ICMP", "TTL_EXCEEDED", "TOO_BIG", "FRAGMENT", "NEIGH_MISS",
                "PORTS_EXHAUSTED", "IPV4_BAD_IHL"]
@@ -823,8 +849,8 @@ def test_malformed_punts_are_counted_not_raised():
     assert c.get("slowpath_error", 0) == 0, env.sp.last_error
 
 
-def test_an_exception_is_counted_and_the_rest_handled():
-    env = Env(reraise=False)
+def test_an_exception_is_counted_and_the_rest_handled(make_env):
+    env = make_env(reraise=False)
     env.dp.fail_inject = ValueError("boom")
     p = env.punt(arp_req(FN_MAC, FN4, GW4), 0, "ARP")
     env.sp.handle([p, p])
@@ -835,3 +861,112 @@ def test_an_exception_is_counted_and_the_rest_handled():
     env.dp.fail_inject = None
     env.sp.handle([p])
     assert len(env.dp.sent) == 1
+
+
+# -- more paths --------------------------------------------------------------------------------
+
+def test_neigh_miss_towards_function_and_gso_kept(env):
+    """A reply translated in whose function MAC is unknown: ARP from the gateway address on
+    the inside port; a GSO frame keeps its size and virtio-net header."""
+    _, out = env.outbound("tcp", dport=80)
+    conn = env.nat.connections()[0]
+    big = from_customer(IP(src=FAR4, dst=ENI4) / TCP(sport=80, dport=conn.nat_port, flags="SA")
+                        / Raw(b"g" * 20000))
+    buf = bytearray(big)
+    assert env.nat.translate([buf], IN, env.now[0], eni=env.eni, check_mtu=False)[0][0] == FORWARD
+    gso = struct.pack("<BBHHHH", 0, 1, 54, 1448, 0, 0)
+    sent = env.handle(env.punt(bytes(buf), 1, "NEIGH_MISS", egress=0, vnet=gso))
+    a = Ether(sent[0][1])[ARP]
+    assert sent[0][0] == 0 and (a.psrc, a.pdst) == (GW4, FN4)
+    sent = env.handle(env.punt(arp_req(FN_MAC, FN4, GW4, op=2), 0, "ARP"))
+    assert len(sent) == 1
+    port, frame, vnet = sent[0]
+    assert port == 0 and vnet == gso and len(frame) == len(buf)
+    assert frame[:6] == bytes.fromhex("020000000011") and frame[12:] == bytes(buf[12:])
+
+
+def test_fragments_with_ports_exhausted_get_a_new_eni(make_env):
+    env = make_env(nat={"port_range": (1000, 1000)})
+    env.outbound("udp", sport=1)                            # the only port is taken
+
+    def add_eni(frame, in_port):
+        eni2 = env.nat.add_eni("10.0.2.4")
+        env.nat.group_add_eni(env.grp, eni2)
+        env.sp.add_port(PortInfo.for_eni(2, eni2, "02:00:00:00:02:04", addr4="10.0.2.4",
+                                         cidr4="10.0.2.0/24", gw4="10.0.2.1"))
+        env.dp.set_neighbor("10.0.2.1", GW_MAC, 2)
+        return True
+
+    env.sp.on_exhausted = add_eni
+    pkt = IP(src=FN4, dst=FAR4, id=11) / UDP(sport=2, dport=53) / Raw(b"h" * 1500)
+    sent = []
+    for f in frags_v4(pkt, 1000):
+        sent += env.handle(env.punt(f, 0, "FRAGMENT"))
+    assert len(sent) == 2 and all(p == 2 for p, _, _ in sent)
+    whole = reassemble4([Ether(f)[IP] for _, f, _ in sent])
+    assert IP(whole).src == "10.0.2.4" and l4_checksum_ok(whole)
+    assert env.c("exhausted_retried") == 1 and env.c("frag_forwarded") == 1
+
+
+def test_fragments_v6_with_hop_by_hop(env):
+    from scapy.layers.inet6 import IPv6ExtHdrHopByHop
+    env.dp.set_neighbor(DB6, DB_MAC, 1)
+    pkt = (IPv6(src=FN6, dst=DB6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrFragment(id=77)
+           / UDP(sport=4000, dport=53) / Raw(b"k" * 2000))
+    frames = [bytes(Ether(src=FN_MAC, dst=INSIDE_MAC) / f) for f in fragment6(pkt, 1280)]
+    sent = []
+    for f in frames:
+        sent += env.handle(env.punt(f, 0, "FRAGMENT"))
+    assert len(sent) == 2
+    data = b""
+    for _, f, _ in sorted(sent, key=lambda x: Ether(x[1])[IPv6ExtHdrFragment].offset):
+        p = Ether(f)
+        assert p[IPv6].nh == 0 and p[IPv6ExtHdrHopByHop].nh == 44     # HBH stays in front
+        assert p[IPv6].src == ENI6
+        data += bytes(p[IPv6ExtHdrFragment].payload)
+    whole = bytes(IPv6(src=ENI6, dst=DB6, nh=17, plen=len(data)) / Raw(data))
+    assert l4_checksum_ok(whole) and bytes(IPv6(whole)[UDP].payload) == b"k" * 2000
+
+
+def test_fragment4_copies_only_copied_options():
+    opts = bytes([7, 7, 4]) + bytes(4) + bytes([0x83, 7, 4]) + bytes(4) + bytes([0, 0])  # RR, LSRR
+    frame = bytes(Ether(src=FN_MAC, dst=INSIDE_MAC) / IP(src=FN4, dst=FAR4, id=3, options=[]) / Raw(b"x" * 1000))
+    ip = bytearray(frame[14:])
+    hdr = bytearray(ip[:20]) + opts
+    hdr[0] = 0x40 | len(hdr) // 4
+    full = bytearray(frame[:14]) + hdr + ip[20:]
+    struct.pack_into("!H", full, 16, len(hdr) + 1000)
+    struct.pack_into("!H", full, 24, 0)
+    struct.pack_into("!H", full, 24, scapy_checksum(bytes(full[14:14 + len(hdr)])))
+    parts = fragment4(full, 500)
+    assert len(parts) == 3
+    assert bytes(parts[0][34:34 + len(opts)]) == opts
+    assert parts[1][14] & 15 == 7 and bytes(parts[1][34:42]) == bytes([0x83, 7, 4]) + bytes(5)
+    assert all(ip_checksum_ok(bytes(p[14:])) and len(p) - 14 <= 500 for p in parts)
+    assert b"".join(bytes(IP(bytes(p[14:])).payload) for p in parts) == b"x" * 1000
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_reassembler_round_trip(seed):
+    """Our own fragmenters and the reassembler: any order, duplicates, both families."""
+    rng = random.Random(seed)
+    r = Reassembler()
+    family = 4 if seed % 2 else 6
+    payload = rng.randbytes(rng.randrange(1500, 9000))
+    if family == 4:
+        frame = bytes(Ether(src=FN_MAC, dst=INSIDE_MAC) / IP(src=FN4, dst=FAR4, id=seed) / UDP(sport=1, dport=2) / Raw(payload))
+        parts = fragment4(frame, rng.choice([68, 300, 576, 1500]))
+    else:
+        frame = bytes(Ether(src=FN_MAC, dst=INSIDE_MAC) / IPv6(src=FN6, dst=FAR6) / UDP(sport=1, dport=2) / Raw(payload))
+        parts = hp_fragment6(frame, rng.choice([1280, 1500, 600]), ident=seed)
+    parts = parts + [rng.choice(parts)]                      # an exact duplicate
+    rng.shuffle(parts)
+    results = []
+    for p in parts:
+        status, res = r.add(bytes(p), parse_ip(p), 0, 0)
+        assert status in ("wait", "done"), res
+        if status == "done":
+            results.append(res)
+    assert len(results) == 1
+    assert bytes(results[0].frame) == frame
+    assert len(r) <= 1
