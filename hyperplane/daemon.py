@@ -54,9 +54,9 @@ class Daemon:
 
         ins = state.inside
         self.inside_port = self.dp.add_port(ins.ifname, role="inside", mac=ins.mac)
-        self.slow = SlowPath(self.nat, self.dp, self.dp.now_ms, inside=PortInfo(
-            port=self.inside_port, mac=ins.mac, ipv4=ins.gateway4, ipv6=ins.gateway6,
-            cidr4=ins.cidr4, cidr6=ins.cidr6, mtu=state.mtu), on_exhausted=self.grow_eni)
+        self.slow = SlowPath(self.nat, self.dp, clock=self.dp.now_ms, ports=[PortInfo.inside(
+            self.inside_port, ins.mac, gw4=ins.gateway4, gw6=ins.gateway6, cidr4=ins.cidr4,
+            cidr6=ins.cidr6, mtu=state.mtu)], on_exhausted=self.grow_eni)
         self.group_ids = {g.key: self.nat.add_group() for g in state.groups}
         self.eni_ports: dict[int, int] = {}            # ENI id -> data-plane port
         for eni in state.enis:
@@ -80,15 +80,15 @@ class Daemon:
                                 v4_subnet=eni.cidr4, v4_gateway=eni.gateway4,
                                 v6_subnet=eni.cidr6, v6_gateway=eni.gateway6)
         self.eni_ports[eni.id] = port
-        self.slow.add_port(PortInfo(port=port, mac=eni.mac, ipv4=eni.ipv4, ipv6=eni.ipv6,
-                                    cidr4=eni.cidr4, cidr6=eni.cidr6, gateway4=eni.gateway4,
-                                    gateway6=eni.gateway6, mtu=self.lab.state.mtu, eni=eni.id))
+        self.slow.add_port(PortInfo.for_eni(port, eni.id, eni.mac, addr4=eni.ipv4, addr6=eni.ipv6,
+                                            cidr4=eni.cidr4, cidr6=eni.cidr6, gw4=eni.gateway4,
+                                            gw6=eni.gateway6, mtu=self.lab.state.mtu))
         log.info("ENI %d (%s, %s) on %s", eni.id, eni.ipv4, eni.ipv6 or "-", eni.ifname)
 
-    def grow_eni(self, src_addr: str) -> bool:
-        """The newest ENI of src_addr's group ran out of ports: add one (Lambda does the same
-        when an ENI's 65,000 ports are exhausted) and let it take the new connections."""
-        key = self.function_group.get(src_addr)
+    def grow_eni(self, frame: bytes, in_port: int) -> bool:
+        """The newest ENI of the sending function's group ran out of ports: add one (Lambda
+        does the same when an ENI's 65,000 ports are exhausted); it takes the new connections."""
+        key = self.function_group.get(source_address(frame))
         if key is None:
             return False
         group = self.lab.state.group(key)
@@ -194,6 +194,17 @@ class Daemon:
             self.flows.close()
             self.dp.close()
             log.info("stopped")
+
+
+def source_address(frame: bytes) -> str | None:
+    """The IP source address of an Ethernet frame, or None."""
+    import ipaddress
+    ethertype = frame[12:14]
+    if ethertype == b"\x08\x00" and len(frame) >= 34:
+        return str(ipaddress.IPv4Address(frame[26:30]))
+    if ethertype == b"\x86\xdd" and len(frame) >= 54:
+        return str(ipaddress.IPv6Address(frame[22:38]))
+    return None
 
 
 def main(argv=None) -> int:

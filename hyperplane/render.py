@@ -3,6 +3,7 @@ counters."""
 
 from __future__ import annotations
 
+from . import vocab
 from .lab.topology import LabState
 
 
@@ -79,19 +80,25 @@ METRICS = [
     ("BytesOutToDestination", lambda s: s["nat"]["FWD_OUT_BYTES"]),
     ("PacketsInFromDestination", lambda s: s["nat"]["FWD_IN_PACKETS"]),
     ("BytesInFromDestination", lambda s: s["nat"]["FWD_IN_BYTES"]),
-    ("PacketsDropCount", lambda s: sum(v for k, v in s["nat"].items() if k.startswith("drop."))
-     + sum(v for k, v in s["dataplane"].items() if k.startswith("drop."))),
+    ("PacketsDropCount", lambda s: _drops(s["nat"]) + _drops(s["dataplane"])),
 ]
+
+
+def _drops(counters: dict) -> int:
+    """Frames dropped, by any reason that is not a punt to the slow path."""
+    return sum(v for k, v in counters.items()
+               if k.startswith("drop.") and k[5:] not in vocab.PUNT_REASONS)
 
 
 def stats_table(stats: dict) -> str:
     out = ["metrics"]
     out += [f"  {name:<28} {fn(stats)}" for name, fn in METRICS]
-    out.append("drops and punts by reason")
+    out.append("drops and punts (*) by reason")
     for src in ("nat", "dataplane"):
         for k, v in sorted(stats[src].items()):
             if k.startswith("drop.") and v:
-                out.append(f"  {src:<9} {k[5:]:<20} {v}")
+                mark = "*" if k[5:] in vocab.PUNT_REASONS else " "
+                out.append(f"  {src:<9} {k[5:] + mark:<21} {v}")
     out.append("data plane")
     out += [f"  {k:<28} {v}" for k, v in stats["dataplane"].items()
             if not k.startswith("drop.") and v]
