@@ -424,8 +424,8 @@ class SlowPath:
         if self.dp.neighbor(addr, info.port) != m:
             try:
                 self.dp.set_neighbor(addr, m, info.port)
-            except OSError:
-                self._count("neigh_table_full")
+            except OSError:            # table full, or a port the data plane does not have
+                self._count("neigh_set_failed")
                 return
             self._count("neigh_learned")
         self._resolved(info, addr, m)
@@ -466,8 +466,8 @@ class SlowPath:
         if op == 1 and for_us:
             reply = (Ether(src=info.mac, dst=mac_str(sha))
                      / ARP(op=2, hwsrc=info.mac, psrc=mine, hwdst=mac_str(sha), pdst=spa))
-            self._inject(info.port, bytes(reply))
-            self._count("arp_replied")
+            if self._inject(info.port, bytes(reply)):
+                self._count("arp_replied")
         elif op == 2:
             self._count("arp_reply_received")
         else:
@@ -531,9 +531,10 @@ class SlowPath:
             pkt = eth / IP(src=gw, dst=ip.src_str, ttl=64) / ICMP(type=0, id=ident, seq=seq) / data
         else:
             pkt = eth / IPv6(src=gw, dst=ip.src_str, hlim=64) / ICMPv6EchoReply(id=ident, seq=seq) / data
-        for f, _ in self._fit([(bytearray(bytes(pkt)), None)], info.mtu):
-            self._inject(info.port, f)
-        self._count("echo_replied")
+        sent = [self._inject(info.port, f) for f, _ in self._fit([(bytearray(bytes(pkt)), None)],
+                                                                  info.mtu)]
+        if sent and all(sent):
+            self._count("echo_replied")
 
     def _icmp_error(self, info: PortInfo, frame: bytes, ip: IpInfo) -> None:
         direction = vocab.OUT if info.is_inside else vocab.IN
@@ -554,8 +555,8 @@ class SlowPath:
         frames = self._fit([(buf, None)], out.mtu)
         if frames:
             self._forward(out, frames)
-        self._count("icmp_error_translated_in" if direction == vocab.IN
-                    else "icmp_error_translated_out")
+            self._count("icmp_error_translated_in" if direction == vocab.IN
+                        else "icmp_error_translated_out")
 
     # -- NDP -------------------------------------------------------------------------------------
 
@@ -605,8 +606,8 @@ class SlowPath:
         na = (Ether(src=info.mac, dst=dmac) / IPv6(src=mine, dst=dst, hlim=255)
               / ICMPv6ND_NA(R=int(info.is_inside), S=int(not dad), O=1, tgt=mine)
               / ICMPv6NDOptDstLLAddr(lladdr=info.mac))
-        self._inject(info.port, bytes(na))
-        self._count("nd_replied")
+        if self._inject(info.port, bytes(na)):
+            self._count("nd_replied")
 
     def _na(self, info: PortInfo, frame: bytes, ip: IpInfo) -> None:
         if not self._nd_valid(frame, ip, 24):
@@ -663,8 +664,8 @@ class SlowPath:
             return
         out = build_error(kind, src, bytes(frame[ip.l3:ip.end]), ip.family, info.mac,
                           mac_str(frame[6:12]), mtu)
-        self._inject(info.port, out)
-        self._count(what + "_sent")
+        if self._inject(info.port, out):
+            self._count(what + "_sent")
 
     def _ttl_exceeded(self, info: PortInfo, frame: bytes, vnet) -> None:
         ip = self._parse(frame, "ttl")

@@ -860,7 +860,26 @@ def test_an_exception_is_counted_and_the_rest_handled(make_env):
     assert env.c("inject_failed") == 1 and env.c("slowpath_error") == 2
     env.dp.fail_inject = None
     env.sp.handle([p])
-    assert len(env.dp.sent) == 1
+    assert len(env.dp.sent) == 1 and env.c("arp_replied") == 1
+
+
+def test_calls_match_the_real_dataplane():
+    """The real DataPlane with no ports (no sockets, no traffic): the slow path's calls have
+    the right signatures, and the data plane's refusals are counted, not raised."""
+    nat = core.Nat()
+    nat.add_eni(ENI4)
+    dp = core.DataPlane(nat)
+    sp = SlowPath(nat, dp, clock=core.DataPlane.now_ms, reraise=True,
+                  ports=[PortInfo.inside(0, INSIDE_MAC, gw4=GW4, cidr4="10.200.0.0/24")])
+    sp.handle([Punt(0, R["ARP"], arp_req(FN_MAC, FN4, GW4), None, -1, bytes(10))])
+    assert dp.neighbor(FN4, 0) is None
+    assert sp.counters() == {"punt.ARP": 1, "neigh_set_failed": 1, "inject_failed": 1}
+    sp.handle([Punt(0, R["PORTS_EXHAUSTED"], from_fn(4, FAR4), None, -1, bytes(10))])
+    sp.on_exhausted = lambda frame, port: True
+    sp.handle([Punt(0, R["PORTS_EXHAUSTED"], from_fn(4, FAR4), None, -1, bytes(10))])
+    sp.tick()
+    c = sp.counters()
+    assert c["exhausted_dropped"] == 1 and c["exhausted_input_failed"] == 1
 
 
 # -- more paths --------------------------------------------------------------------------------
@@ -970,3 +989,22 @@ def test_reassembler_round_trip(seed):
     assert len(results) == 1
     assert bytes(results[0].frame) == frame
     assert len(r) <= 1
+
+
+def test_partial_checksums_are_finished_before_quoting_or_fragmenting(env):
+    """Frames punted with NEEDS_CSUM carry only the pseudo-header sum: the slow path finishes
+    the checksum before it quotes the frame or fragments it."""
+    import framegen as fg
+    f = fg.udp(FN4, FAR4, 4000, 53, ttl=1, payload=b"t" * 50, needs_csum=True)
+    vnet, frame = bytes(f[:10]), bytes(f[10:])
+    sent = env.handle(env.punt(frame, 0, "TTL_EXCEEDED", vnet=vnet))
+    quote = bytes(Ether(sent[0][1])[ICMP].payload)
+    assert not l4_checksum_ok(bytes(Ether(frame)[IP])) and l4_checksum_ok(quote)
+
+    env.dp.set_neighbor(SUBGW4, GW_MAC, 1)
+    f = fg.udp(FN4, FAR4, 4000, 53, payload=bytes(range(200)) * 10, needs_csum=True)
+    vnet, frame = bytes(f[:10]), bytes(f[10:])
+    sent = env.handle(env.punt(frame, 0, "TOO_BIG", vnet=vnet))
+    assert len(sent) == 2 and all(v is None for _, _, v in sent)
+    whole = reassemble4([Ether(x)[IP] for _, x, _ in sent])
+    assert IP(whole).src == ENI4 and l4_checksum_ok(whole)
