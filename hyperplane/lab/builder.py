@@ -115,10 +115,20 @@ def add_ingress_drop(ipr, ns: str, ifname: str) -> None:
 
 # -- applying specs --------------------------------------------------------------------------
 
+# Where br_netfilter is loaded (Docker loads it), frames crossing a bridge go through
+# iptables and conntrack: malformed ones are dropped before the data plane sees them and every
+# flow is tracked twice. The lab's bridges are plain L2.
+BRIDGE_NETFILTER_OFF = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables",
+                        "net.bridge.bridge-nf-call-arptables")
+
+
 def _apply_namespace(spec: NamespaceSpec, socks: _Sockets) -> None:
     netns.create(spec.name)
     for key, value in spec.sysctls:
         netns.sysctl_write(spec.name, key, value)
+    for key in BRIDGE_NETFILTER_OFF:
+        with contextlib.suppress(FileNotFoundError):
+            netns.sysctl_write(spec.name, key, 0)
     ipr = socks[spec.name]
     ipr.link("set", index=_index(ipr, "lo"), state="up")
 

@@ -26,14 +26,14 @@ def corpus(dst_mac: str, src_ip: str, dst_ip: str, src6: str, dst6: str) -> list
     eth = Ether(dst=dst_mac, src="02:00:00:00:00:99")
     base = [
         eth / IP(src=src_ip, dst=dst_ip) / TCP(sport=40000, dport=ECHO, flags="S"),
-        eth / IP(src=src_ip, dst=dst_ip) / UDP(sport=40001, dport=ECHO) / b"x" * 20,
+        eth / IP(src=src_ip, dst=dst_ip) / UDP(sport=40001, dport=ECHO) / (b"x" * 20),
         eth / IPv6(src=src6, dst=dst6) / TCP(sport=40002, dport=ECHO, flags="S"),
-        eth / IPv6(src=src6, dst=dst6) / UDP(sport=40003, dport=ECHO) / b"y" * 20,
+        eth / IPv6(src=src6, dst=dst6) / UDP(sport=40003, dport=ECHO) / (b"y" * 20),
         eth / IPv6(src=src6, dst=dst6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting()
         / IPv6ExtHdrDestOpt() / UDP(sport=40004, dport=ECHO),
-        eth / IPv6(src=src6, dst=dst6) / IPv6ExtHdrFragment(m=1) / UDP() / b"z" * 40,
-        eth / IP(src=src_ip, dst=dst_ip, flags="MF") / UDP() / b"f" * 40,
-        eth / IP(src=src_ip, dst=dst_ip, frag=3) / b"g" * 40,
+        eth / IPv6(src=src6, dst=dst6) / IPv6ExtHdrFragment(m=1) / UDP() / (b"z" * 40),
+        eth / IP(src=src_ip, dst=dst_ip, flags="MF") / UDP() / (b"f" * 40),
+        eth / IP(src=src_ip, dst=dst_ip, frag=3) / (b"g" * 40),
         eth / IP(src=src_ip, dst=dst_ip) / ICMP(type=3, code=3) / IPerror(src=dst_ip, dst=src_ip)
         / UDPerror(sport=ECHO, dport=40001),
         eth / IP(src=src_ip, dst=dst_ip) / ICMP(type=8),
@@ -88,7 +88,10 @@ def mutants(seeds: list[bytes], n: int, rng: random.Random, dst_mac: bytes):
         yield f if len(f) >= 14 else f + bytes(14 - len(f))
 
 
-def blast(ns: str, ifname: str, frames) -> int:
+def blast(ns: str, ifname: str, frames, burst: int = 64, pause: float = 0.002) -> int:
+    """Sends frames from a namespace's interface, a burst at a time: many of them go to the
+    Python slow path, which is slower than the wire, and a frame the ring had no room for
+    would test nothing."""
     from hyperplane.lab import netns
     s = netns.socket(ns, socket.AF_PACKET, socket.SOCK_RAW, 0)
     s.bind((ifname, 0))
@@ -105,6 +108,8 @@ def blast(ns: str, ifname: str, frames) -> int:
                 except OSError:          # e.g. a frame too short for the device: skip it
                     break
             sent += 1
+            if sent % burst == 0:
+                time.sleep(pause)
             if time.monotonic() > deadline:
                 break
     return sent
@@ -145,7 +150,9 @@ def test_fuzz_both_sides_then_traffic_still_flows(run):
     rx = after["dataplane"]["RX_FRAMES"] - before["dataplane"]["RX_FRAMES"]
     assert rx > FRAMES_PER_SIDE, f"the data plane saw only {rx} frames"
     drops = {k: after["nat"][k] - before["nat"][k] for k in after["nat"] if k.startswith("drop.")}
-    for reason in ("ETH_TRUNCATED", "IPV4_TRUNCATED", "IPV4_BAD_IHL", "IPV4_BAD_TOTAL_LEN",
+    # (Frames shorter than an Ethernet header never get here: the kernel refuses them. The
+    # unit tests feed those to the parser directly.)
+    for reason in ("IPV4_TRUNCATED", "IPV4_BAD_IHL", "IPV4_BAD_TOTAL_LEN",
                    "IPV6_TRUNCATED", "IPV6_EXT_TRUNCATED", "L4_TRUNCATED", "TCP_BAD_DOFF",
                    "UDP_BAD_LEN", "IPV4_BAD_CHECKSUM"):
         assert drops["drop." + reason] > 0, f"no {reason} drops counted: {drops}"
