@@ -86,6 +86,7 @@ class Path_:
 class Run:
     results: dict = field(default_factory=dict)   # (test, path) -> [values]
     details: list = field(default_factory=list)
+    busy_before: float = 0.0                      # the machine's load before we started
 
 
 def log(*a) -> None:
@@ -180,6 +181,18 @@ def build_kernel_nat(state: LabState, subnet: str) -> KernelNat:
     if r.returncode != 0:
         raise RuntimeError(f"nft: {r.stderr.strip()}")
     return k
+
+
+def set_bridge_nf(state: LabState, on: bool) -> None:
+    """br_netfilter's hooks on the lab's bridges (the functions' bridge, the subnet bridges),
+    which both paths cross: the kernel's default (on, when the module is loaded) sends every
+    bridged frame through the netfilter hooks, a large share of the per-frame cost."""
+    for ns in (state.lambda_ns, state.vpc_ns):
+        for key in ("iptables", "ip6tables", "arptables"):
+            try:
+                netns.sysctl_write(ns, f"net/bridge/bridge-nf-call-{key}", int(on))
+            except FileNotFoundError:   # br_netfilter not loaded: nothing to switch
+                return
 
 
 def masquerade_counter(k: KernelNat) -> int:
@@ -286,9 +299,20 @@ def _flatten(d, prefix="") -> dict[str, float]:
     return out
 
 
+PORT_STATS = ("rx_frames", "rx_kernel_drops", "rx_truncated", "tx_frames", "tx_full",
+              "tx_sends", "tx_errors")
+
+
 def dp_stats(prefix: str) -> dict[str, float]:
+    """The data plane's counters (``stats``) and its ports' ring counters (``status``), flat:
+    "dataplane.drop.TX_FULL", "port.p-e0.rx_kernel_drops", ..."""
     try:
-        return _flatten(control.request(prefix, "stats", timeout=5.0))
+        out = _flatten(control.request(prefix, "stats", timeout=5.0))
+        for p in control.request(prefix, "status", timeout=5.0).get("ports", []):
+            for k in PORT_STATS:
+                if isinstance(p.get(k), (int, float)):
+                    out[f"port.{p['ifname']}.{k}"] = p[k]
+        return out
     except Exception as e:  # the figures matter more than the counters
         log(f"  (stats unavailable: {e})")
         return {}
@@ -302,6 +326,40 @@ def cpu_seconds(pid: int) -> float:
         return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
     except OSError:
         return float("nan")
+
+
+def cpu_times() -> dict[str, list[int]]:
+    """/proc/stat per CPU: [user, nice, system, idle, iowait, irq, softirq, steal] jiffies."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3:4].isdigit():
+                name, *vals = line.split()
+                out[name] = [int(v) for v in vals[:8]]
+    return out
+
+
+def cpu_busy(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    """Share of each CPU's time between two cpu_times(): busy (all but idle and iowait), and
+    the system and softirq parts of it."""
+    out = {}
+    for cpu, a in after.items():
+        b = before.get(cpu)
+        if not b:
+            continue
+        d = [x - y for x, y in zip(a, b)]
+        total = sum(d) or 1
+        out[cpu] = {"busy": 1 - (d[3] + d[4]) / total, "system": d[2] / total,
+                    "softirq": d[6] / total}
+    return out
+
+
+def machine_load(seconds: float = 1.0) -> float:
+    """How busy the machine is before we start, 0..1 averaged over CPUs."""
+    a = cpu_times()
+    time.sleep(seconds)
+    busy = cpu_busy(a, cpu_times())
+    return statistics.mean(v["busy"] for v in busy.values()) if busy else 0.0
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -329,7 +387,7 @@ def table(run: Run, seconds: int, repeat: int) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     head = (f"medians over {repeat} repeat(s) of {seconds} s each; both paths in the same lab, "
-            f"run alternately")
+            f"run alternately; machine {run.busy_before * 100:.0f}% busy before the start")
     return head + "\n" + "\n".join(lines)
 
 
@@ -368,7 +426,7 @@ def start_dataplane(state: LabState) -> int:
 
 
 def run_bench(prefix: str, seconds: int, repeat: int, json_out: str | None,
-              only: str | None = None) -> int:
+              only: str | None = None, bridge_nf: str = "default") -> int:
     lab = Lab(default_config().with_prefix(prefix))
     procs = Procs()
     kernel: KernelNat | None = None
@@ -378,6 +436,8 @@ def run_bench(prefix: str, seconds: int, repeat: int, json_out: str | None,
         state = lab.up()
         fn, host, eni = pick_pair(state)
         kernel = build_kernel_nat(state, eni.subnet)
+        if bridge_nf != "default":
+            set_bridge_nf(state, bridge_nf == "on")
         if only != "kernel":
             dp_pid = start_dataplane(state)
         log(f"data plane pid {dp_pid}; hyperplane: {fn.ns} {fn.ipv4} -> ENI {eni.ipv4} -> "
@@ -394,16 +454,24 @@ def run_bench(prefix: str, seconds: int, repeat: int, json_out: str | None,
         if only != "hyperplane" and masquerade_counter(kernel) == 0:
             raise RuntimeError("the kernel path did not go through the masquerade rule")
 
+        load = machine_load()
+        if load > 0.15:
+            log(f"WARNING: the machine is {load * 100:.0f}% busy before the benchmark starts "
+                "(other processes): the figures will be noisy, the Hyperplane path (which "
+                "needs a core of its own) hurt more than the kernel's")
         run = Run()
+        run.busy_before = load
         for rep in range(repeat):
             for t in TESTS:
                 for p in paths:
                     before = dp_stats(prefix) if p.key == "hyperplane" else {}
                     cpu0 = cpu_seconds(dp_pid) if dp_pid else 0.0
+                    cpus0 = cpu_times()
                     t0 = time.monotonic()
                     value, detail = measure(iperf3(procs, host.ns, p, t, seconds), p, t)
                     wall = time.monotonic() - t0
-                    detail.update(repeat=rep, test=t.key, path=p.key, value=value)
+                    detail.update(repeat=rep, test=t.key, path=p.key, value=value,
+                                  cpus=cpu_busy(cpus0, cpu_times()))
                     if p.key == "hyperplane":
                         detail["dataplane_cpu"] = (cpu_seconds(dp_pid) - cpu0) / wall
                         after = dp_stats(prefix)
@@ -419,21 +487,30 @@ def run_bench(prefix: str, seconds: int, repeat: int, json_out: str | None,
                     if "retransmits" in detail and detail["retransmits"] is not None:
                         extra = f" (retransmits {detail['retransmits']})"
                     if "dataplane_cpu" in detail:
-                        extra += f" [data plane {detail['dataplane_cpu'] * 100:.0f}% CPU]"
+                        c = detail["dataplane_counters"]
+                        ring = sum(v for k, v in c.items() if k.endswith("rx_kernel_drops"))
+                        extra += (f" [data plane task {detail['dataplane_cpu'] * 100:.0f}% CPU, "
+                                  f"forwarded {c.get('dataplane.FORWARDED', 0):.0f}, rx ring "
+                                  f"drops {ring:.0f}, TX_FULL "
+                                  f"{c.get('dataplane.drop.TX_FULL', 0):.0f}]")
+                    extra += " cpus busy " + " ".join(f"{v['busy'] * 100:.0f}%"
+                                                 for v in detail["cpus"].values())
                     log(f"  repeat {rep + 1}/{repeat} {t.key:6} {p.key:10} {value:9.2f} "
                         f"{t.unit}{extra}")
 
         print(table(run, seconds, repeat))
         counters = dp_stats(prefix) if dp_pid else {}
         drops = {k: v for k, v in counters.items()
-                 if v and any(w in k.lower() for w in ("drop", "full", "punt", "error"))}
+                 if v and any(w in k.lower() for w in ("drop", "full", "punt", "error", "trunc"))}
         if drops:
             print("data plane counters (drops, punts, full rings) over the whole run:")
             for k in sorted(drops):
                 print(f"  {k:50} {drops[k]:.0f}")
         if json_out:
             doc = {"prefix": prefix, "seconds": seconds, "repeat": repeat,
-                   "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+                   "bridge_nf": bridge_nf,
+                   "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
+                               "busy_before": run.busy_before},
                    "paths": {p.key: vars(p) for p in paths},
                    "summary": summary(run), "runs": run.details,
                    "dataplane_counters": counters,
@@ -485,6 +562,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", dest="json_out", help="write every figure and counter here")
     ap.add_argument("--only", choices=("hyperplane", "kernel"),
                     help="run one path only (no ratios): for debugging either side")
+    ap.add_argument("--bridge-nf", choices=("default", "on", "off"), default="default",
+                    help="br_netfilter hooks on the lab's bridges, for both paths (default: "
+                         "as the lab leaves them, i.e. the kernel's default)")
     ap.add_argument("--prefix", help="lab prefix (default: 'be' + two random characters)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -499,7 +579,8 @@ def main(argv=None) -> int:
         raise SystemExit(128 + signum)    # runs the finally blocks
     signal.signal(signal.SIGTERM, on_term)
     try:
-        return run_bench(prefix, args.seconds, args.repeat, args.json_out, args.only)
+        return run_bench(prefix, args.seconds, args.repeat, args.json_out, args.only,
+                         args.bridge_nf)
     except RuntimeError as e:
         print(f"e2e: {e}", file=sys.stderr)
         return 1
