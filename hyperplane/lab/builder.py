@@ -181,7 +181,21 @@ def _apply_veth(v: VethSpec, mtu: int, socks: _Sockets) -> None:
         os.close(fd)
     # the peer first: by the time the data-plane end comes up, its wire is ready
     _configure_end(v.peer, socks)
+    if v.end.mac and v.peer.master:
+        _pin_mac(socks[v.peer.ns], v.end.mac, v.peer.ifname, v.peer.master)
     _configure_end(v.end, socks)
+
+
+NUD_NOARP, NTF_MASTER, NTF_STICKY = 0x40, 0x04, 0x40
+
+
+def _pin_mac(ipr, mac: str, port: str, bridge: str) -> None:
+    """A static, sticky forwarding entry: the bridge sends frames for mac to port only, and
+    never learns mac elsewhere, so a frame forged with that source address on another port
+    (the fuzz tests send such frames) cannot divert what belongs to the data plane or a
+    function."""
+    ipr.fdb("replace", ifindex=_index(ipr, port), lladdr=mac, master=_index(ipr, bridge),
+            state=NUD_NOARP, flags=NTF_MASTER | NTF_STICKY)
 
 
 def _apply_route(r: RouteSpec, socks: _Sockets) -> None:

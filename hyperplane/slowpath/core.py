@@ -416,9 +416,14 @@ class SlowPath:
             self._count("ns_sent")
         self._inject(info.port, bytes(pkt))
 
-    def _learn(self, info: PortInfo, addr: str, mac: bytes) -> None:
+    def _learn(self, info: PortInfo, addr: str, mac: bytes, frame: bytes) -> None:
         if mac == _ZERO_MAC or mac[0] & 1:
             self._count("neigh_bad_mac")
+            return
+        if mac != frame[6:12]:
+            # The link-layer address claimed inside ARP / NDP differs from the frame's own
+            # source: a forged or corrupted announcement must not redirect a neighbour.
+            self._count("neigh_mac_mismatch")
             return
         m = mac_str(mac)
         if self.dp.neighbor(addr, info.port) != m:
@@ -462,7 +467,7 @@ class SlowPath:
             return
         if spa != "0.0.0.0" and info.learnable(spa):
             if op == 2 or for_us or self._known(info, spa):
-                self._learn(info, spa, sha)
+                self._learn(info, spa, sha, frame)
         if op == 1 and for_us:
             reply = (Ether(src=info.mac, dst=mac_str(sha))
                      / ARP(op=2, hwsrc=info.mac, psrc=mine, hwdst=mac_str(sha), pdst=spa))
@@ -595,7 +600,7 @@ class SlowPath:
         dad = src == "::"
         for_us = mine is not None and target == mine
         if not dad and slla is not None and info.learnable(src) and (for_us or self._known(info, src)):
-            self._learn(info, src, slla)
+            self._learn(info, src, slla, frame)
         if not for_us:
             self._count("nd_ignored_ns")
             return
@@ -625,7 +630,7 @@ class SlowPath:
         if not info.learnable(target):
             self._count("nd_ignored_na")
             return
-        self._learn(info, target, mac)
+        self._learn(info, target, mac, frame)
         self._count("na_received")
 
     # -- TTL, MTU --------------------------------------------------------------------------------
