@@ -161,8 +161,9 @@ def test_http_get(run):
     assert status == "200" and int(size) > 0
 
 
-def _iperf_bytes(report: dict) -> int:
-    return int(report["end"]["sum_received"]["bytes"])
+def _iperf_bytes(report: dict) -> tuple[int, int]:
+    """(sent, received) bytes of an iperf3 -J report."""
+    return int(report["end"]["sum_sent"]["bytes"]), int(report["end"]["sum_received"]["bytes"])
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["function-to-server", "server-to-function"])
@@ -184,7 +185,10 @@ def test_iperf3_one_gigabyte(run, reverse):
         time.sleep(0.2)
     out, err = client.communicate(timeout=120)
     assert client.returncode == 0, err or out
-    assert _iperf_bytes(json.loads(out)) >= 1 << 30
+    sent, received = _iperf_bytes(json.loads(out))
+    # -n 1G sends exactly 1 GiB; iperf3's receiver total stops at its last report interval,
+    # a few MB short of what TCP delivered, so allow 1% for the report, not for the data.
+    assert sent >= 1 << 30 and received >= 0.99 * (1 << 30), (sent, received)
     assert found is not None, "conntrack never showed the transfer as ESTABLISHED"
     api = run.state.function("api")
     assert found["original"] == {"src": api.ipv4, "sport": found["sport"], "dst": web.ipv4,
