@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "hp_dataplane.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -60,6 +61,7 @@ hp_dp *hp_dp_create(hp_nat *nat, uint32_t neigh_cap, uint32_t punt_cap, uint32_t
     dp->nat = nat;
     dp->inside = -1;
     dp->wake_fd = -1;
+    dp->linear_max = HP_DP_LINEAR_MAX;
     for (uint32_t e = 0; e < HP_MAX_ENIS; e++)
         dp->eni_port[e] = -1;
     if (!neigh_cap)
@@ -440,6 +442,12 @@ static void forward(hp_dp *dp, uint16_t in_port, uint8_t *f, uint32_t len, const
     memcpy(slot, f, len);
     memcpy(slot + VNET_LEN, mac, 6);
     memcpy(slot + VNET_LEN + 6, out->mac, 6);
+    /* The kernel copies the first hdr_len bytes of a tx-ring frame into the skb and hangs the
+     * rest off it as page fragments of the ring. A small frame copied whole makes a plain
+     * linear skb: nothing for the receiving stack to pull, no page references to drop. */
+    hp_vnet_hdr *vh = (hp_vnet_hdr *)slot;
+    if (vh->gso_type == 0 && len - VNET_LEN <= dp->linear_max)
+        vh->hdr_len = htole16((uint16_t)(len - VNET_LEN));
     hp_ring_tx_commit(out->ring, len);
     out->dirty = 1;
     dp->counters[HP_DP_C_FORWARDED]++;

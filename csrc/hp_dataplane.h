@@ -17,6 +17,7 @@
 #define HP_DP_MAX_PORTS 64
 #define HP_DP_BATCH 64
 #define HP_DP_PORT_NONE 0xFFFFu  /* a neighbour entry valid on any port; no egress port */
+#define HP_DP_LINEAR_MAX 2048    /* default hp_dp.linear_max */
 
 enum hp_dp_role { HP_DP_INSIDE = 0, HP_DP_ENI = 1 };
 
@@ -86,6 +87,7 @@ typedef struct hp_dp {
     int wake_fd;                 /* eventfd: hp_dp_wake() makes a run return */
     int wake_flag;               /* set by hp_dp_wake(), checked every round */
     uint32_t spin_us;            /* busy-poll this long before sleeping in poll() */
+    uint32_t linear_max;         /* non-GSO frames up to this size are sent as one linear skb */
     hp_dp_clock_fn clock;
     void *clock_ctx;
     uint64_t counters[HP_DP_C_COUNT];

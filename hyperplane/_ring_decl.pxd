@@ -89,6 +89,7 @@ cdef extern from "hp_dataplane.h" nogil:
         int inside
         uint32_t neigh_count
         uint32_t spin_us
+        uint32_t linear_max
         uint64_t counters[32]
         uint64_t drops[64]
 

@@ -331,6 +331,7 @@ class NatLab:
     # middle namespace's kernel then sees every forwarded frame as PACKET_OTHERHOST and drops
     # it at once instead of routing it (cheaper for the sender's core).
     PORT_MACS = ("02:68:70:00:00:01", "02:68:70:00:00:02")
+    RX_FRAMES = 0                   # the defaults
 
     def __init__(self, lab, own_macs=True):
         self.lab = lab
@@ -378,8 +379,10 @@ class NatLab:
         self.nat.add_source("fd00:200::11", grp, allow_v6=True)
         with netns(self.mid):
             self.dp = DataPlane(self.nat)
-            self.inside = self.dp.add_port(self.fb, role="inside", frames=256, mac=fmac_b)
-            self.outside = self.dp.add_port(self.sb, role="eni", eni=self.eni, frames=256,
+            self.inside = self.dp.add_port(self.fb, role="inside", frames=self.RX_FRAMES,
+                                           mac=fmac_b)
+            self.outside = self.dp.add_port(self.sb, role="eni", eni=self.eni,
+                                            frames=self.RX_FRAMES,
                                             mac=smac_b,
                                             v4_subnet="10.0.1.0/24", v4_gateway="10.0.1.1",
                                             v6_subnet="fd00:1::/64", v6_gateway="fd00:1::1")
