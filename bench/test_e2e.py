@@ -27,7 +27,7 @@ def test_e2e_smoke(tmp_path):
     import e2e
     from hyperplane.lab import netns
 
-    prefix = "bet" + os.urandom(1).hex()[0]
+    prefix = "bt" + os.urandom(1).hex()
     out = tmp_path / "e2e.json"
     try:
         rc = e2e.main(["--seconds", "2", "--repeat", "1", "--json", str(out),
