@@ -86,6 +86,16 @@ int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, i
 void hp_nat_translate(hp_nat *nat, uint8_t *const *frames, const uint32_t *lens, uint32_t n,
                       int dir, uint16_t in_eni, int vnet, uint64_t now_ms, hp_result *out);
 
+/* The same with the MTU check (step 18) optional: the slow path translates reassembled
+ * datagrams and fragments them again for the egress side. */
+void hp_nat_translate_ex(hp_nat *nat, uint8_t *const *frames, const uint32_t *lens, uint32_t n,
+                         int dir, uint16_t in_eni, int vnet, int check_mtu, uint64_t now_ms,
+                         hp_result *out);
+
+/* A live, unexpired connection whose tuple in direction dir is key, or HP_CT_NONE. Changes
+ * nothing (the slow path uses it for ICMP errors that quote a flow). */
+uint32_t hp_nat_lookup(const hp_nat *nat, const hp_flow_key *key, int dir, uint64_t now_ms);
+
 /* Copies the journal (connections found expired during lookups) into out, then removes up to
  * max expired connections, copying each into out while there is room (out_max) and into the
  * journal after that; with out NULL the records are discarded. Returns the number of records
