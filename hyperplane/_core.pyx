@@ -18,6 +18,25 @@ COUNTERS = tuple(hp_counter_names[i].decode() for i in range(HP_C_COUNT))
 SIZEOF_CONN = sizeof(hp_conn)
 
 
+cdef class _Batch:
+    """The arrays one batch call needs: frame pointers, lengths and results."""
+    cdef uint8_t **ptrs
+    cdef uint32_t *lens
+    cdef hp_result *res
+
+    def __cinit__(self, Py_ssize_t n):
+        self.ptrs = <uint8_t **>malloc(max(n, 1) * sizeof(uint8_t *))
+        self.lens = <uint32_t *>malloc(max(n, 1) * sizeof(uint32_t))
+        self.res = <hp_result *>malloc(max(n, 1) * sizeof(hp_result))
+        if not self.ptrs or not self.lens or not self.res:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.ptrs)
+        free(self.lens)
+        free(self.res)
+
+
 cdef class Nat:
     """The NAT's C core; see docs/semantics.md section 8 for the API it shares with the model."""
 
@@ -99,27 +118,18 @@ cdef class Nat:
             raise ValueError("direction must be vocab.OUT or vocab.IN")
         if n == 0:
             return []
-        cdef uint8_t **ptrs = <uint8_t **>malloc(n * sizeof(uint8_t *))
-        cdef uint32_t *lens = <uint32_t *>malloc(n * sizeof(uint32_t))
-        cdef hp_result *res = <hp_result *>malloc(n * sizeof(hp_result))
-        try:
-            if not ptrs or not lens or not res:
-                raise MemoryError()
-            for i in range(n):
-                f = frames[i]
-                if type(f) is not bytearray:
-                    raise TypeError("frames must be bytearrays (they are rewritten in place)")
-                ptrs[i] = <uint8_t *>PyByteArray_AS_STRING(f)
-                lens[i] = PyByteArray_GET_SIZE(f)
-            with nogil:
-                hp_nat_translate_ex(self.nat, ptrs, lens, n, direction, eni, vnet, check_mtu,
-                                    now_ms, res)
-            return [(res[i].verdict, res[i].reason, res[i].port,
-                     -1 if res[i].conn == HP_CT_NONE else res[i].conn) for i in range(n)]
-        finally:
-            free(ptrs)
-            free(lens)
-            free(res)
+        cdef _Batch b = _Batch(n)
+        for i in range(n):
+            f = frames[i]
+            if type(f) is not bytearray:
+                raise TypeError("frames must be bytearrays (they are rewritten in place)")
+            b.ptrs[i] = <uint8_t *>PyByteArray_AS_STRING(f)
+            b.lens[i] = PyByteArray_GET_SIZE(f)
+        with nogil:
+            hp_nat_translate_ex(self.nat, b.ptrs, b.lens, n, direction, eni, vnet, check_mtu,
+                                now_ms, b.res)
+        return [(b.res[i].verdict, b.res[i].reason, b.res[i].port,
+                 -1 if b.res[i].conn == HP_CT_NONE else b.res[i].conn) for i in range(n)]
 
     def translate_packed(self, const uint8_t[::1] template, uint8_t[::1] work, uint32_t stride,
                          int direction, uint64_t now_ms, int eni=0, bint vnet=False):
@@ -128,25 +138,16 @@ cdef class Nat:
         cdef uint32_t n = template.shape[0] // stride, i, forwarded = 0
         if work.shape[0] < template.shape[0] or n == 0:
             raise ValueError("work must be at least as large as template, holding >= 1 frame")
-        cdef uint8_t **ptrs = <uint8_t **>malloc(n * sizeof(uint8_t *))
-        cdef uint32_t *lens = <uint32_t *>malloc(n * sizeof(uint32_t))
-        cdef hp_result *res = <hp_result *>malloc(n * sizeof(hp_result))
-        try:
-            if not ptrs or not lens or not res:
-                raise MemoryError()
-            with nogil:
-                memcpy(&work[0], &template[0], n * stride)
-                for i in range(n):
-                    ptrs[i] = &work[i * stride]
-                    lens[i] = stride
-                hp_nat_translate(self.nat, ptrs, lens, n, direction, eni, vnet, now_ms, res)
-                for i in range(n):
-                    forwarded += res[i].verdict == 0
-            return forwarded
-        finally:
-            free(ptrs)
-            free(lens)
-            free(res)
+        cdef _Batch b = _Batch(n)
+        with nogil:
+            memcpy(&work[0], &template[0], n * stride)
+            for i in range(n):
+                b.ptrs[i] = &work[i * stride]
+                b.lens[i] = stride
+            hp_nat_translate(self.nat, b.ptrs, b.lens, n, direction, eni, vnet, now_ms, b.res)
+            for i in range(n):
+                forwarded += b.res[i].verdict == 0
+        return forwarded
 
     def lookup_packed(self, const uint8_t[::1] keys, int direction):
         """Looks up packed 40-byte flow keys (pack_key) in one batch; returns how many hit."""

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, control, vocab
+from . import __version__, control
 from .config import ConfigError, default_config, load_config
 from .lab.topology import RUN_DIR, LabError, LabState
 

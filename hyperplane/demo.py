@@ -8,6 +8,7 @@ import sys
 import time
 
 from . import control
+from .labtools import lines_so_far
 from .render import conntrack_table, eni_table, stats_table
 
 TOOLS = [sys.executable, "-m", "hyperplane.labtools"]
@@ -76,7 +77,7 @@ def run_demo(keep: bool = False) -> int:
 
         _step("what the servers saw: ENI addresses, never a function's own")
         for name, p in servers[:2]:
-            for conn in control_lines(p):
+            for conn in lines_so_far(p):
                 print(f"  {name} saw {conn}")
 
         _step("unsolicited inbound from the customer VPC: dropped and counted")
@@ -97,26 +98,9 @@ def run_demo(keep: bool = False) -> int:
             p.kill()
             p.wait()
         if keep:
-            print(f"\nthe lab stays up: try `hyperplane exec api -- bash`, "
-                  f"`hyperplane conntrack --watch`; remove it with `hyperplane down`")
+            print("\nthe lab stays up: try `hyperplane exec api -- bash`, "
+                  "`hyperplane conntrack --watch`; remove it with `hyperplane down`")
         else:
             _step("hyperplane down")
             cmd_down(argparse.Namespace(prefix=prefix, all=False))
     return 0
-
-
-def control_lines(proc, wait: float = 0.3) -> list[str]:
-    """The peer lines an echo server printed so far (non-blocking)."""
-    import os
-    import selectors
-    time.sleep(wait)
-    os.set_blocking(proc.stdout.fileno(), False)
-    lines = []
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    while sel.select(timeout=0.1):
-        chunk = proc.stdout.readline()
-        if not chunk:
-            break
-        lines.append(chunk.strip())
-    return lines

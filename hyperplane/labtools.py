@@ -83,6 +83,25 @@ def echo(proto: str, host: str, port: int, text: str, timeout: float) -> int:
     return 0 if got == data else 1
 
 
+def lines_so_far(proc, wait: float = 0.3) -> list[str]:
+    """The lines a running program (stdout=PIPE, text) has printed so far, without blocking:
+    for reading what an echo server logged."""
+    import os
+    import selectors
+    import time
+    time.sleep(wait)
+    os.set_blocking(proc.stdout.fileno(), False)
+    lines = []
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while sel.select(timeout=0.1):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.strip())
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hyperplane.labtools", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -7,13 +7,11 @@ from __future__ import annotations
 import os
 import random
 import socket
-import sys
 import time
 
 import pytest
 
-from conftest import _sweep, new_prefix
-from test_v2n import ECHO, TOOLS, Running, cli
+from test_v2n import ECHO, running_lab
 
 FRAMES_PER_SIDE = int(os.environ.get("HP_FUZZ_FRAMES", "100000"))
 
@@ -122,18 +120,8 @@ def blast(ns: str, ifname: str, frames, burst: int = 64, pause: float = 0.002) -
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    prefix = new_prefix()
-    r = None
-    try:
-        r = Running(prefix, tmp_path_factory.mktemp("fuzz"))
-        srv = r.serve("web", *TOOLS, "serve", "--tcp", str(ECHO), "--udp", str(ECHO))
-        assert srv.stdout.readline().strip() == "ready"
+    with running_lab(tmp_path_factory.mktemp("fuzz")) as r:
         yield r
-    finally:
-        if r:
-            r.stop_servers()
-        cli("down", "--prefix", prefix, check=False)
-        _sweep(prefix)
 
 
 def test_fuzz_both_sides_then_traffic_still_flows(run):

@@ -3,8 +3,8 @@ running data plane (`hyperplane up`), and nothing from the customer side gets in
 
 from __future__ import annotations
 
+import contextlib
 import json
-import re
 import subprocess
 import sys
 import time
@@ -74,12 +74,13 @@ class Running:
         self.servers.clear()
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+@contextlib.contextmanager
+def running_lab(tmp_path):
+    """A lab up through the CLI with an echo server on host web; down afterwards, always."""
     prefix = new_prefix()
     r = None
     try:
-        r = Running(prefix, tmp_path_factory.mktemp("lab"))
+        r = Running(prefix, tmp_path)
         echo = r.serve("web", *TOOLS, "serve", "--tcp", str(ECHO), "--udp", str(ECHO))
         assert echo.stdout.readline().strip() == "ready"
         r.echo_server = echo
@@ -91,21 +92,16 @@ def run(tmp_path_factory):
         _sweep(prefix)
 
 
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    with running_lab(tmp_path_factory.mktemp("lab")) as r:
+        yield r
+
+
 def peers_seen(server, wait=0.5):
-    """Lines "tcp|udp ADDR PORT" the echo server printed so far."""
-    import os
-    import selectors
-    time.sleep(wait)
-    os.set_blocking(server.stdout.fileno(), False)
-    sel = selectors.DefaultSelector()
-    sel.register(server.stdout, selectors.EVENT_READ)
-    out = []
-    while sel.select(timeout=0.2):
-        line = server.stdout.readline()
-        if not line:
-            break
-        out.append(line.split())
-    return out
+    """Lines "tcp|udp ADDR PORT" the echo server printed so far, split."""
+    from hyperplane.labtools import lines_so_far
+    return [line.split() for line in lines_so_far(server, wait)]
 
 
 def eni_of(run, fn):
@@ -290,7 +286,7 @@ def test_down_leaves_nothing(tmp_path):
     from hyperplane.lab.cleanup import find
     prefix = new_prefix()
     try:
-        r = Running(prefix, tmp_path)
+        Running(prefix, tmp_path)
         pid = json.loads(cli("status", "--json", "--prefix", prefix).stdout)["dataplane"]["pid"]
         cli("down", "--prefix", prefix)
         assert not find(prefix)
