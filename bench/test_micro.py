@@ -11,7 +11,7 @@ import pytest
 from hyperplane import vocab
 from hyperplane._core import Nat
 
-from setups import (FRAME, filled_c_nat, make_nat, model_nat_with_flows, packed_flows,
+from setups import (FRAME, make_nat, model_nat_with_flows, packed_flows,
                       per_op, shuffled_keys, udp64, function_addr)
 
 MODEL_N = 2000
