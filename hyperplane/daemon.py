@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import queue
+import secrets
 import signal
 import socket
 import sys
@@ -44,7 +45,8 @@ class Daemon:
                        mapping=nat_cfg.get("mapping", "endpoint-independent"),
                        profile=nat_cfg.get("profile", "aws"),
                        timeouts=nat_cfg.get("timeouts") or None,
-                       mtu_inside=state.mtu, mtu_outside=state.mtu)
+                       mtu_inside=state.mtu, mtu_outside=state.mtu,
+                       port_seed=secrets.randbits(64))     # RFC 6056: unpredictable ports
         self.dp = DataPlane(self.nat)
         self.started = time.time()
         self.requests: queue.Queue = queue.Queue()

@@ -8,7 +8,7 @@ import sys
 import time
 
 from . import control
-from .labtools import lines_so_far
+from .labtools import LineCollector
 from .render import conntrack_table, eni_table, stats_table
 
 TOOLS = [sys.executable, "-m", "hyperplane.labtools"]
@@ -45,6 +45,7 @@ def run_demo(keep: bool = False) -> int:
     st = lab.state
     web, db = st.host("web"), st.host("db")
     servers = []
+    logs = {}
     try:
         _step("servers in the customer VPC: echo on port 7 (TCP+UDP), HTTP on 8080")
         for h in (web, db):
@@ -53,6 +54,7 @@ def run_demo(keep: bool = False) -> int:
                           stdout=subprocess.PIPE, text=True)
             p.stdout.readline()           # "ready"
             servers.append((h.name, p))
+            logs[h.name] = LineCollector(p)
         servers.append(("web-http", lab.popen(
             "web", [sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", "::"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
@@ -76,8 +78,8 @@ def run_demo(keep: bool = False) -> int:
         print(f"  api -> http://{web.ipv4}:{HTTP_PORT}/: {r.stdout.strip() or r.stderr.strip()}")
 
         _step("what the servers saw: ENI addresses, never a function's own")
-        for name, p in servers[:2]:
-            for conn in lines_so_far(p):
+        for name, log in logs.items():
+            for conn in log.take():
                 print(f"  {name} saw {conn}")
 
         _step("unsolicited inbound from the customer VPC: dropped and counted")

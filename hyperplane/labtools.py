@@ -83,23 +83,27 @@ def echo(proto: str, host: str, port: int, text: str, timeout: float) -> int:
     return 0 if got == data else 1
 
 
-def lines_so_far(proc, wait: float = 0.3) -> list[str]:
-    """The lines a running program (stdout=PIPE, text) has printed so far, without blocking:
-    for reading what an echo server logged."""
-    import os
-    import selectors
-    import time
-    time.sleep(wait)
-    os.set_blocking(proc.stdout.fileno(), False)
-    lines = []
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while sel.select(timeout=0.1):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line.strip())
-    return lines
+class LineCollector:
+    """Collects a running program's output lines (stdout=PIPE, text) on a thread, so they can
+    be read without blocking: for what an echo server logged about its peers."""
+
+    def __init__(self, proc):
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            with self._lock:
+                self._lines.append(line.strip())
+
+    def take(self, wait: float = 0.3) -> list[str]:
+        """The lines printed since the last take(), after waiting a moment for stragglers."""
+        import time
+        time.sleep(wait)
+        with self._lock:
+            lines, self._lines = self._lines, []
+        return lines
 
 
 def main(argv=None) -> int:

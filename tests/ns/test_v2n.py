@@ -83,7 +83,8 @@ def running_lab(tmp_path):
         r = Running(prefix, tmp_path)
         echo = r.serve("web", *TOOLS, "serve", "--tcp", str(ECHO), "--udp", str(ECHO))
         assert echo.stdout.readline().strip() == "ready"
-        r.echo_server = echo
+        from hyperplane.labtools import LineCollector
+        r.echo_server = LineCollector(echo)
         yield r
     finally:
         if r:
@@ -98,10 +99,9 @@ def run(tmp_path_factory):
         yield r
 
 
-def peers_seen(server, wait=0.5):
-    """Lines "tcp|udp ADDR PORT" the echo server printed so far, split."""
-    from hyperplane.labtools import lines_so_far
-    return [line.split() for line in lines_so_far(server, wait)]
+def peers_seen(log, wait=0.5):
+    """Lines "tcp|udp ADDR PORT" the echo server printed since the last call, split."""
+    return [line.split() for line in log.take(wait)]
 
 
 def eni_of(run, fn):
