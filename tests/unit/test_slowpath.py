@@ -277,6 +277,16 @@ def test_arp_request_for_eni_only_on_its_port(env):
     assert env.c("arp_replied") == 1 and env.c("arp_ignored") == 2
 
 
+def test_arp_whose_sender_mac_is_not_the_frames_source_teaches_nothing(env):
+    env.handle(env.punt(arp_req(FN_MAC, FN4, GW4), 0, "ARP"))
+    assert env.dp.neighbor(FN4, 0) == FN_MAC
+    forged = bytearray(arp_req(FN_MAC, FN4, GW4))
+    forged[22:28] = bytes.fromhex("020000000666")            # ARP sender MAC only
+    env.handle(env.punt(bytes(forged), 0, "ARP"))
+    assert env.dp.neighbor(FN4, 0) == FN_MAC
+    assert env.c("neigh_mac_mismatch") == 1
+
+
 def test_arp_learning_rules(env):
     # Requests for someone else: no reply, nothing learned (unknown sender).
     assert env.handle(env.punt(arp_req(DB_MAC, DB4, "10.0.1.30"), 1, "ARP")) == []
