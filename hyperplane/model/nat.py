@@ -104,16 +104,21 @@ class Nat:
 
     # -- the data path -------------------------------------------------------------------------
 
-    def translate(self, frames, direction, now_ms, eni=0, vnet=False) -> list[tuple]:
-        """Translates every frame in place; one (verdict, reason, port, conn) per frame."""
+    def translate(self, frames, direction, now_ms, eni=0, vnet=False,
+                  check_mtu=True) -> list[tuple]:
+        """Translates every frame in place; one (verdict, reason, port, conn) per frame.
+        check_mtu=False skips the TOO_BIG check (the slow path re-injecting a frame it has
+        reassembled, or will fragment itself)."""
         if direction not in (OUT, IN):
             raise ValueError("direction must be vocab.OUT or vocab.IN")
         if any(type(frame) is not bytearray for frame in frames):
             raise TypeError("frames must be bytearrays (they are rewritten in place)")
-        return [self._translate_one(frame, direction, now_ms, eni, vnet) for frame in frames]
+        mtu = self.mtu[direction] if check_mtu else None
+        return [self._translate_one(frame, direction, now_ms, eni, vnet, mtu)
+                for frame in frames]
 
-    def _translate_one(self, frame, direction, now_ms, eni, vnet) -> tuple:
-        reason, pkt = parse(frame, vnet, self.mtu[direction])
+    def _translate_one(self, frame, direction, now_ms, eni, vnet, mtu) -> tuple:
+        reason, pkt = parse(frame, vnet, mtu)
         if pkt is None:
             return self._refuse(reason)
         if direction == OUT:
@@ -170,10 +175,7 @@ class Nat:
         if source is None:
             return None, R["UNKNOWN_SOURCE"]
         group = self.groups[source.group]
-        if not group:
-            # No ENI yet: the control plane creates one and re-injects the frame.
-            return None, R["PORTS_EXHAUSTED"]
-        if pkt.family == 6 and (not source.allow_v6 or self.enis[group[-1]].addr[6] is None):
+        if pkt.family == 6 and not self._v6_allowed(source, group):
             return None, R["V6_NOT_ALLOWED"]
         if pkt.proto == PROTO_TCP and not is_pure_syn(pkt.tcp_flags):
             return None, R["TCP_NOT_SYN"]
@@ -190,9 +192,16 @@ class Nat:
         self.counter["CONN_CREATED"] += 1
         return conn, R["NONE"]
 
+    def _v6_allowed(self, source: Source, group: list[int]) -> bool:
+        if not source.allow_v6:
+            return False
+        # A group without an ENI yet is not refused here: it gets PORTS_EXHAUSTED below, and
+        # the control plane creates its first ENI.
+        return not group or self.enis[group[-1]].addr[6] is not None
+
     def _choose_port(self, group: list[int], pkt: Packet, now_ms: int):
         """(ENI, external port) for a new connection; port None when none is free (or the
-        newest ENI has no address, so no pool, in this family)."""
+        group has no ENI, or its newest ENI no address, so no pool, in this family)."""
         pool_key = (pkt.family, pkt.proto)
         if not self.per_connection:
             # Endpoint-independent: an inside endpoint keeps its external port, whatever the
@@ -203,6 +212,8 @@ class Nat:
                 if ext is not None:
                     pool.ref(ext)
                     return eni, ext
+        if not group:
+            return None, None
         newest = group[-1]
         pool = self.enis[newest].pools.get(pool_key)
         ext = pool.alloc(self.rng, now_ms) if pool else None
@@ -277,6 +288,18 @@ class Nat:
         return records + self._expire_some(now_ms, max, journal=False)
 
     # -- read-only views -----------------------------------------------------------------------
+
+    def lookup(self, src, dst, sport, dport, proto, direction, now_ms) -> Connection | None:
+        """The live connection whose original (OUT) or reply (IN) tuple this is, or None.
+        A look without side effects: an expired connection is not removed, just not found."""
+        family, src_raw = addr_bytes(src)
+        dst_family, dst_raw = addr_bytes(dst)
+        if family != dst_family or direction not in (OUT, IN):
+            return None
+        conn = self.table.lookup((family, proto, src_raw, dst_raw, sport, dport), direction)
+        if conn is None or self.table.is_expired(conn, now_ms):
+            return None
+        return conn.snapshot()
 
     def connections(self) -> list[Connection]:
         return [self.table.conns[cid].snapshot() for cid in sorted(self.table.conns)]

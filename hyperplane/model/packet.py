@@ -77,7 +77,8 @@ def pad16(addr: bytes) -> bytes:
 # TCP or UDP the NAT can handle, otherwise the reason it is dropped or punted and None.
 # ---------------------------------------------------------------------------------------------
 
-def parse(frame, vnet: bool, mtu: int) -> tuple[int, Packet | None]:
+def parse(frame, vnet: bool, mtu: int | None) -> tuple[int, Packet | None]:
+    """mtu: of the side the frame leaves on; None skips the TOO_BIG check."""
     # Step 1: the virtio-net header, when the batch carries one.
     vflags = gso_type = gso_size = csum_start = csum_offset = 0
     base = 0
@@ -140,7 +141,7 @@ def parse(frame, vnet: bool, mtu: int) -> tuple[int, Packet | None]:
     # Steps 17-18: what the slow path must answer with ICMP.
     if ttl <= 1:
         return R["TTL_EXCEEDED"], None
-    if gso_type == GSO_NONE and l3len > mtu:
+    if mtu is not None and gso_type == GSO_NONE and l3len > mtu:
         return R["TOO_BIG"], None
 
     return R["NONE"], Packet(

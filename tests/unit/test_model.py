@@ -876,6 +876,23 @@ def test_group_without_eni_punts_for_the_control_plane(NatClass):
     assert out(nat, fg.tcp(SRC, DST, 1, 2, "S"))[0] == FORWARD
 
 
+def test_group_without_eni_still_checks_in_step_order(NatClass):
+    # Section 3: the source, IPv6 permission, pure SYN and table checks come before the port
+    # (step 5); only a frame that passes them all is punted for the control plane.
+    nat = NatClass(capacity=1)
+    empty, full = nat.add_group(), nat.add_group()
+    nat.group_add_eni(full, nat.add_eni(ENI, ENI6))
+    nat.add_source(SRC, empty)
+    nat.add_source("fd00:200::1", empty, allow_v6=False)
+    nat.add_source(SRC6, empty, allow_v6=True)
+    nat.add_source(SRC_B, full)
+    assert out(nat, fg.tcp(SRC, DST, 1, 2, "A")) == refused("TCP_NOT_SYN")
+    assert out(nat, fg.udp("fd00:200::1", DST6, 1, 2)) == refused("V6_NOT_ALLOWED")
+    assert out(nat, fg.udp(SRC6, DST6, 1, 2)) == refused("PORTS_EXHAUSTED")
+    assert out(nat, fg.udp(SRC_B, DST, 1, 2))[0] == FORWARD         # the table is full now
+    assert out(nat, fg.udp(SRC, DST, 1, 2)) == refused("TABLE_FULL")
+
+
 def test_newest_eni_without_the_family_has_no_ports(NatClass):
     nat = NatClass()
     grp = nat.add_group()
@@ -926,3 +943,26 @@ def test_expire_without_collecting(NatClass):
     assert nat.expire(AWS["UDP_FIRST"], collect=False) == 2
     assert len(nat) == 0
     assert [c.sport for c in nat.expire(AWS["UDP_FIRST"])] == [1]   # the journal remains
+
+
+def test_lookup_has_no_side_effects(NatClass):
+    nat = make(NatClass)
+    fl = Flow(nat, proto=fg.UDP)
+    fl.send(OUT, now=0)
+    c = nat.get(0)
+    assert nat.lookup(SRC, DST, fl.sport, fl.dport, 17, OUT, 0) == c
+    assert nat.lookup(DST, ENI, fl.dport, fl.nat_port, 17, IN, 0) == c
+    assert nat.lookup(DST, ENI, fl.dport, fl.nat_port, 17, OUT, 0) is None    # wrong direction
+    assert nat.lookup(SRC, DST, fl.sport, fl.dport, 6, OUT, 0) is None         # wrong protocol
+    assert nat.lookup(SRC, DST6, fl.sport, fl.dport, 17, OUT, 0) is None       # mixed families
+    # Expired: not found, but not removed either (only translate and expire remove).
+    assert nat.lookup(SRC, DST, fl.sport, fl.dport, 17, OUT, AWS["UDP_FIRST"]) is None
+    assert len(nat) == 1 and nat.counters()["CONN_EXPIRED"] == 0
+
+
+def test_translate_without_mtu_check(NatClass):
+    nat = make(NatClass, mtu_outside=576)
+    big = fg.udp(SRC, DST, 1, 2, payload=bytes(1000))
+    assert out(nat, bytearray(big)) == refused("TOO_BIG")
+    (res,) = nat.translate([big], OUT, 0, check_mtu=False)
+    assert res[0] == FORWARD and fg.checksums_ok(big)
