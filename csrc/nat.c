@@ -305,6 +305,8 @@ static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, uint64
             }
         }
     }
+    if (g->n_enis == 0)     /* no ENI yet: the control plane creates the first one */
+        return HP_R_PORTS_EXHAUSTED;
     *eni = g->enis[g->n_enis - 1];
     hp_pool *pool = hp_nat_pool(nat, *eni, k->family, k->proto);
     *ext = pool ? hp_pool_alloc(pool, &nat->rng, now_ms) : 0;
@@ -331,9 +333,8 @@ static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint64_t now_ms, uint3
     if (!src)
         return HP_R_UNKNOWN_SOURCE;
     const hp_group *g = &nat->groups[src->group];
-    if (g->n_enis == 0)
-        return HP_R_PORTS_EXHAUSTED;
-    if (k->family == 6 && (!src->allow_v6 || !nat->eni_addr[g->enis[g->n_enis - 1]].has[1]))
+    if (k->family == 6 &&
+        (!src->allow_v6 || (g->n_enis > 0 && !nat->eni_addr[g->enis[g->n_enis - 1]].has[1])))
         return HP_R_V6_NOT_ALLOWED;
     if (k->proto == 6 &&
         (pkt->tcp_flags & (HP_TCP_SYN | HP_TCP_ACK | HP_TCP_RST | HP_TCP_FIN)) != HP_TCP_SYN)
