@@ -436,6 +436,7 @@ def run_bench(prefix: str, seconds: int, repeat: int, json_out: str | None,
     procs = Procs()
     kernel: KernelNat | None = None
     dp_pid = None
+    state = None
     try:
         log(f"building lab {prefix!r} (the default config) and the kernel NAT beside it")
         state = lab.up()
@@ -523,6 +524,12 @@ def run_bench(prefix: str, seconds: int, repeat: int, json_out: str | None,
             Path(json_out).write_text(json.dumps(doc, indent=2, default=str))
             log(f"wrote {json_out}")
         return 0
+    except RuntimeError as e:
+        gone = [n for n in (f"{prefix}-hp", f"{prefix}-h-knat") if not netns.exists(n)]
+        if state is not None and gone:
+            raise RuntimeError(f"{e}; meanwhile {', '.join(gone)} disappeared: something "
+                               "outside removed the lab (`hyperplane down --all`?)") from None
+        raise
     finally:
         procs.kill_all()
         teardown(prefix, kernel)
