@@ -129,8 +129,6 @@ def cmd_up(args) -> int:
         cfg = load_config(args.config) if args.config else default_config()
     except ConfigError as e:
         raise CliError(f"bad config {args.config}: {e}") from None
-    except FileNotFoundError:
-        raise CliError(f"no such config file: {args.config}") from None
     if args.prefix:
         cfg = cfg.with_prefix(args.prefix)
     from .lab import Lab
