@@ -181,9 +181,24 @@ static void lru_append(hp_ct *ct, uint32_t id)
 uint32_t hp_ct_insert(hp_ct *ct, const hp_flow_key *orig, uint16_t eni, uint16_t nat_port,
                       uint8_t state, uint64_t now_ms)
 {
+    return hp_ct_insert_hashed(ct, orig, hp_ct_hash(ct, orig), eni, nat_port, state, now_ms);
+}
+
+uint32_t hp_ct_insert_hashed(hp_ct *ct, const hp_flow_key *orig, uint32_t orig_hash,
+                             uint16_t eni, uint16_t nat_port, uint8_t state, uint64_t now_ms)
+{
     uint32_t id = ct->free_head;
     if (id == HP_CT_NONE)
         return HP_CT_NONE;
+    /* The reply tuple's slot is somewhere random: ask for it first, fill the entry meanwhile. */
+    hp_flow_key reply = *orig;
+    memcpy(reply.src, orig->dst, 16);
+    memcpy(reply.dst, ct->enis[eni].addr[orig->family == 6], 16);
+    reply.sport = orig->dport;
+    reply.dport = nat_port;
+    uint32_t reply_hash = hp_ct_hash(ct, &reply);
+    hp_ct_prefetch_slot(ct, reply_hash);
+
     hp_conn *c = &ct->conns[id];
     ct->free_head = c->lru_next;
     memset(c, 0, sizeof *c);
@@ -199,11 +214,8 @@ uint32_t hp_ct_insert(hp_ct *ct, const hp_flow_key *orig, uint16_t eni, uint16_t
     c->last_seen_ms = now_ms;
     c->start_s = (uint32_t)(now_ms / 1000);
     lru_append(ct, id);
-
-    hp_flow_key reply;
-    hp_ct_reply_key(ct, c, &reply);
-    index_insert(ct, hp_ct_hash(ct, orig), (id << 1 | HP_DIR_OUT) + 1);
-    index_insert(ct, hp_ct_hash(ct, &reply), (id << 1 | HP_DIR_IN) + 1);
+    index_insert(ct, orig_hash, (id << 1 | HP_DIR_OUT) + 1);
+    index_insert(ct, reply_hash, (id << 1 | HP_DIR_IN) + 1);
     ct->count++;
     return id;
 }

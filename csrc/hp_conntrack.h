@@ -91,6 +91,18 @@ void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, in
 /* Inserts a new connection; HP_CT_NONE when the table is full (it never evicts). */
 uint32_t hp_ct_insert(hp_ct *ct, const hp_flow_key *orig, uint16_t eni, uint16_t nat_port,
                       uint8_t state, uint64_t now_ms);
+/* The same, with the original tuple's hash already computed (the batch path has it). */
+static inline void hp_ct_prefetch_free(const hp_ct *ct)
+{
+    /* The entry the next insert takes, for writing: the NAT asks while it picks a port. */
+    if (ct->free_head != HP_CT_NONE) {
+        const char *c = (const char *)&ct->conns[ct->free_head];
+        __builtin_prefetch(c, 1);
+        __builtin_prefetch(c + sizeof(hp_conn) - 1, 1);
+    }
+}
+uint32_t hp_ct_insert_hashed(hp_ct *ct, const hp_flow_key *orig, uint32_t orig_hash,
+                             uint16_t eni, uint16_t nat_port, uint8_t state, uint64_t now_ms);
 void hp_ct_delete(hp_ct *ct, uint32_t id);
 
 /* Marks activity: sets last_seen and moves the entry to the tail of its state's list. */

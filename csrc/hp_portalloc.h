@@ -34,10 +34,14 @@ uint16_t hp_pool_alloc(hp_pool *p, uint64_t *rng, uint64_t now_ms);
 /* Hands a port back, into quarantine when quarantine_ms > 0. */
 void hp_pool_release(hp_pool *p, uint16_t port, uint64_t now_ms, uint64_t quarantine_ms);
 
+/* The hash of an inside endpoint the mapping index uses; the same for every pool of a NAT (one
+ * seed), so a new connection computes it once whatever the number of ENIs it asks. */
+uint32_t hp_pool_endpoint_hash(const hp_hash_seed *seed, const uint8_t addr[16], uint16_t port);
 /* Endpoint-independent mapping: the external port of (addr, port), or 0. */
-uint16_t hp_pool_map_find(const hp_pool *p, const uint8_t addr[16], uint16_t port);
+uint16_t hp_pool_map_find(const hp_pool *p, const uint8_t addr[16], uint16_t port, uint32_t hash);
 /* Records a fresh mapping with one reference. */
-void hp_pool_map_add(hp_pool *p, uint16_t ext, const uint8_t addr[16], uint16_t port);
+void hp_pool_map_add(hp_pool *p, uint16_t ext, const uint8_t addr[16], uint16_t port,
+                     uint32_t hash);
 void hp_pool_ref(hp_pool *p, uint16_t ext);
 /* Drops a reference; the last one removes the mapping and releases the port. */
 void hp_pool_unref(hp_pool *p, uint16_t ext, int mapped, uint64_t now_ms, uint64_t quarantine_ms);

@@ -295,10 +295,12 @@ static void forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, uint64_t now
 static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, uint64_t now_ms,
                     uint16_t *eni, uint16_t *ext)
 {
+    uint32_t ep_hash = 0;
     if (!nat->cfg.per_connection) {
+        ep_hash = hp_pool_endpoint_hash(&nat->cfg.hash_seed, k->src, k->sport);
         for (uint32_t i = 0; i < g->n_enis; i++) {
             hp_pool *pool = hp_nat_pool(nat, g->enis[i], k->family, k->proto);
-            if (pool && (*ext = hp_pool_map_find(pool, k->src, k->sport)) != 0) {
+            if (pool && (*ext = hp_pool_map_find(pool, k->src, k->sport, ep_hash)) != 0) {
                 hp_pool_ref(pool, *ext);
                 *eni = g->enis[i];
                 return HP_R_NONE;
@@ -313,7 +315,7 @@ static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, uint64
     if (*ext == 0)
         return HP_R_PORTS_EXHAUSTED;
     if (!nat->cfg.per_connection)
-        hp_pool_map_add(pool, *ext, k->src, k->sport);
+        hp_pool_map_add(pool, *ext, k->src, k->sport, ep_hash);
     return HP_R_NONE;
 }
 
@@ -326,7 +328,8 @@ uint32_t hp_nat_lookup(const hp_nat *nat, const hp_flow_key *key, int dir, uint6
 }
 
 /* Section 3, direction OUT, after a lookup miss: a new connection or the reason for none. */
-static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint64_t now_ms, uint32_t *id)
+static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_t now_ms,
+                          uint32_t *id)
 {
     const hp_flow_key *k = &pkt->key;
     const hp_source *src = find_source(nat, k);
@@ -349,12 +352,13 @@ static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint64_t now_ms, uint3
         if (nat->ct.count == nat->ct.capacity)
             return HP_R_TABLE_FULL;
     }
+    hp_ct_prefetch_free(&nat->ct);
     uint16_t eni, ext;
     int r = map_port(nat, g, k, now_ms, &eni, &ext);
     if (r != HP_R_NONE)
         return r;
-    *id = hp_ct_insert(&nat->ct, k, eni, ext, k->proto == 6 ? HP_S_SYN_SENT : HP_S_UDP_FIRST,
-                       now_ms);
+    *id = hp_ct_insert_hashed(&nat->ct, k, hash, eni, ext,
+                              k->proto == 6 ? HP_S_SYN_SENT : HP_S_UDP_FIRST, now_ms);
     nat->counters[HP_C_CONN_CREATED]++;
     return HP_R_NONE;
 }
@@ -391,7 +395,7 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
         id = HP_CT_NONE;
     int reason = HP_R_NONE;
     if (id == HP_CT_NONE)
-        reason = dir == HP_DIR_OUT ? new_connection(nat, pkt, now_ms, &id)
+        reason = dir == HP_DIR_OUT ? new_connection(nat, pkt, hash, now_ms, &id)
                                    : unsolicited_reason(nat, pkt);
     if (reason == HP_R_NONE) {
         forward(nat, id, pkt, dir, now_ms, res);

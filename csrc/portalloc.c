@@ -75,17 +75,22 @@ void hp_pool_release(hp_pool *p, uint16_t port, uint64_t now_ms, uint64_t quaran
     p->q_count++;
 }
 
-static uint32_t endpoint_hash(const hp_pool *p, const uint8_t addr[16], uint16_t port)
+uint32_t hp_pool_endpoint_hash(const hp_hash_seed *seed, const uint8_t addr[16], uint16_t port)
 {
     uint8_t buf[18];
     memcpy(buf, addr, 16);
     memcpy(buf + 16, &port, 2);
-    return (uint32_t)hp_siphash13(p->seed, buf, sizeof buf);
+    return (uint32_t)hp_siphash13(seed, buf, sizeof buf);
 }
 
-uint16_t hp_pool_map_find(const hp_pool *p, const uint8_t addr[16], uint16_t port)
+static uint32_t endpoint_hash(const hp_pool *p, const uint8_t addr[16], uint16_t port)
 {
-    for (uint32_t i = endpoint_hash(p, addr, port) & p->map_mask;; i = (i + 1) & p->map_mask) {
+    return hp_pool_endpoint_hash(p->seed, addr, port);
+}
+
+uint16_t hp_pool_map_find(const hp_pool *p, const uint8_t addr[16], uint16_t port, uint32_t hash)
+{
+    for (uint32_t i = hash & p->map_mask;; i = (i + 1) & p->map_mask) {
         uint16_t ext = p->map[i];
         if (ext == 0)
             return 0;
@@ -95,13 +100,14 @@ uint16_t hp_pool_map_find(const hp_pool *p, const uint8_t addr[16], uint16_t por
     }
 }
 
-void hp_pool_map_add(hp_pool *p, uint16_t ext, const uint8_t addr[16], uint16_t port)
+void hp_pool_map_add(hp_pool *p, uint16_t ext, const uint8_t addr[16], uint16_t port,
+                     uint32_t hash)
 {
     hp_port_owner *o = &p->owner[ext - p->lo];
     memcpy(o->addr, addr, 16);
     o->port = port;
     o->refs = 1;
-    uint32_t i = endpoint_hash(p, addr, port) & p->map_mask;
+    uint32_t i = hash & p->map_mask;
     while (p->map[i] != 0)
         i = (i + 1) & p->map_mask;
     p->map[i] = ext;
