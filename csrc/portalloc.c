@@ -22,12 +22,17 @@ int hp_pool_init(hp_pool *p, uint16_t lo, uint16_t hi, const hp_hash_seed *seed)
     p->free = malloc(p->size * sizeof *p->free);
     p->q_port = malloc(p->size * sizeof *p->q_port);
     p->q_until = malloc(p->size * sizeof *p->q_until);
-    p->owner = calloc(p->size, sizeof *p->owner);
-    p->map = calloc(nmap, sizeof *p->map);
+    p->owner = malloc(p->size * sizeof *p->owner);
+    p->map = malloc(nmap * sizeof *p->map);
     if (!p->free || !p->q_port || !p->q_until || !p->owner || !p->map) {
         hp_pool_free(p);
         return -1;
     }
+    /* Written now rather than zeroed lazily by the kernel: the data path never page-faults. */
+    memset(p->owner, 0, p->size * sizeof *p->owner);
+    memset(p->map, 0, nmap * sizeof *p->map);
+    memset(p->q_port, 0, p->size * sizeof *p->q_port);
+    memset(p->q_until, 0, p->size * sizeof *p->q_until);
     p->map_mask = nmap - 1;
     p->seed = seed;
     for (uint32_t i = 0; i < p->size; i++)
