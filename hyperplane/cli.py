@@ -86,6 +86,10 @@ def log_file(prefix: str) -> Path:
     return Path(RUN_DIR) / f"{prefix}-dataplane.log"
 
 
+def flow_log_file(prefix: str) -> Path:
+    return Path(RUN_DIR) / f"{prefix}-flows.log"
+
+
 # --- up / down ----------------------------------------------------------------------------
 
 def start_dataplane(state: LabState) -> int:
@@ -149,7 +153,8 @@ def cmd_up(args) -> int:
         raise
     from .render import lab_picture
     print(lab_picture(state, ask(state.prefix, "status")))
-    print(f"data plane pid {pid}; flow logs in {RUN_DIR}/{state.prefix}-flows.log")
+    print(f"data plane pid {pid}; flow logs in {flow_log_file(state.prefix)} "
+          f"(removed by down unless --keep-logs)")
     if args.detach:
         return 0
     print("forwarding; press Ctrl-C to stop and remove the lab", file=sys.stderr)
@@ -159,7 +164,7 @@ def cmd_up(args) -> int:
         print("the data plane exited; see " + str(log_file(state.prefix)), file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
-        return cmd_down(argparse.Namespace(prefix=state.prefix, all=False))
+        return cmd_down(argparse.Namespace(prefix=state.prefix, all=False, keep_logs=False))
     finally:
         if not args.detach and _alive(pid):
             lab.down()
@@ -205,6 +210,9 @@ def cmd_down(args) -> int:
         stop_dataplane(prefix)
         report = cleanup(prefix)
         control.socket_path(prefix).unlink(missing_ok=True)
+        if not args.keep_logs:
+            for path in (log_file(prefix), flow_log_file(prefix)):
+                path.unlink(missing_ok=True)
         if report.removed_anything:
             print(f"lab {prefix!r}: stopped {len(report.killed)} processes, removed "
                   f"{len(report.namespaces)} namespaces and {len(report.links)} links")
@@ -317,6 +325,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("down", parents=[common],
                        help="remove everything the lab made (also after a crash)")
     p.add_argument("--all", action="store_true", help="every lab found, whatever its prefix")
+    p.add_argument("--keep-logs", action="store_true",
+                   help="keep the data plane's log and the flow logs in " + str(RUN_DIR))
     p.set_defaults(fn=cmd_down)
 
     p = sub.add_parser("status", parents=[common],

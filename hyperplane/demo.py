@@ -104,5 +104,5 @@ def run_demo(keep: bool = False) -> int:
                   "`hyperplane conntrack --watch`; remove it with `hyperplane down`")
         else:
             _step("hyperplane down")
-            cmd_down(argparse.Namespace(prefix=prefix, all=False))
+            cmd_down(argparse.Namespace(prefix=prefix, all=False, keep_logs=False))
     return 0

@@ -291,6 +291,9 @@ def test_down_leaves_nothing(tmp_path):
         cli("down", "--prefix", prefix)
         assert not find(prefix)
         assert not [n for n in netns.list_namespaces() if n.startswith(prefix + "-")]
+        from hyperplane.lab.topology import RUN_DIR
+        assert not list(RUN_DIR.glob(prefix + "[.-]*")), "files of the lab left in the run dir"
+
         import os
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
