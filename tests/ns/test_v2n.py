@@ -321,3 +321,35 @@ def test_down_after_sigkill(tmp_path):
 def test_up_refuses_a_lab_that_is_already_up(run):
     r = cli("up", "--detach", "--prefix", run.prefix, check=False)
     assert r.returncode != 0 and "already up" in r.stderr
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_icmp_port_unreachable_reaches_the_function(run, family):
+    """The customer host's kernel answers a UDP datagram to a closed port with an ICMP error
+    addressed to the ENI; the data plane translates it back, so the function's connected
+    socket sees ECONNREFUSED."""
+    web = run.state.host("web")
+    dst = web.ipv4 if family == 4 else web.ipv6
+    code = ("import socket, sys\n"
+            f"s = socket.socket(socket.AF_INET{'6' if family == 6 else ''}, socket.SOCK_DGRAM)\n"
+            "s.settimeout(3)\n"
+            f"s.connect(('{dst}', 9)); s.send(b'anyone?')\n"
+            "try:\n    s.recv(64); print('data')\n"
+            "except ConnectionRefusedError: print('refused')\n"
+            "except socket.timeout: print('timeout')\n")
+    before = run.stats()["slowpath"].get("icmp_error_translated_in", 0)
+    r = run.exec("api", [sys.executable, "-c", code])
+    assert r.stdout.strip() == "refused", (r.stdout, r.stderr)
+    assert run.stats()["slowpath"]["icmp_error_translated_in"] > before
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_fragmented_datagrams_cross_both_ways(run, family):
+    """3000-byte UDP datagrams leave the function in fragments and come back in fragments; the
+    slow path reassembles, translates and fragments them again."""
+    web = run.state.host("web")
+    dst = web.ipv4 if family == 4 else web.ipv6
+    text = "F" * 3000
+    r = run.echo("api", "udp", dst, text=text)
+    assert r.returncode == 0 and r.stdout.strip() == text, r.stderr
+    assert run.stats()["slowpath"]["frag_reassembled"] >= 2
