@@ -175,7 +175,7 @@ cdef class Nat:
         out = []
         while True:
             j = self.nat.j_count
-            chunk = min(remaining, 4096)
+            chunk = remaining if remaining < 4096 else 4096
             buf = <hp_conn *>malloc((j + chunk + 1) * sizeof(hp_conn))
             if not buf:
                 raise MemoryError()
