@@ -11,6 +11,7 @@ install: deps       ## the package, its C extension built in place, and the test
 	$(PYTHON) -m pip install -q -e '.[test]'
 
 build:              ## rebuild the C extension in place after editing csrc/ or *.pyx
+	@$(PYTHON) -c 'import Cython, setuptools' 2>/dev/null || $(PYTHON) -m pip install -q 'Cython>=3.1' setuptools
 	$(PYTHON) setup.py -q build_ext --inplace
 
 test: install build ## every test: unit tests, and namespace tests when run as root
