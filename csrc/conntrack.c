@@ -23,7 +23,8 @@ static void *table_alloc(size_t bytes)
     return p;
 }
 
-_Static_assert(sizeof(hp_conn) == 88, "connection entry layout");
+_Static_assert(sizeof(hp_conn) == 64, "a connection entry is one cache line");
+_Static_assert(sizeof(hp_conn_stats) == 24, "connection counters layout");
 
 /* Keep the index at most 70% full: linear probing stays short, the 32-bit tags filter the rest. */
 static uint32_t index_size(uint32_t capacity)
@@ -43,8 +44,9 @@ int hp_ct_init(hp_ct *ct, uint32_t capacity, const hp_hash_seed *seed,
         return -1;
     uint32_t nslots = index_size(capacity);
     ct->conns = table_alloc((size_t)capacity * sizeof *ct->conns);
+    ct->stats = table_alloc((size_t)capacity * sizeof *ct->stats);
     ct->slots = table_alloc((size_t)nslots * sizeof *ct->slots);
-    if (!ct->conns || !ct->slots) {
+    if (!ct->conns || !ct->stats || !ct->slots) {
         hp_ct_free(ct);
         return -1;
     }
@@ -64,8 +66,10 @@ int hp_ct_init(hp_ct *ct, uint32_t capacity, const hp_hash_seed *seed,
 void hp_ct_free(hp_ct *ct)
 {
     free(ct->conns);
+    free(ct->stats);
     free(ct->slots);
     ct->conns = NULL;
+    ct->stats = NULL;
     ct->slots = NULL;
 }
 
@@ -202,6 +206,7 @@ uint32_t hp_ct_insert_hashed(hp_ct *ct, const hp_flow_key *orig, uint32_t orig_h
     hp_conn *c = &ct->conns[id];
     ct->free_head = c->lru_next;
     memset(c, 0, sizeof *c);
+    memset(&ct->stats[id], 0, sizeof ct->stats[id]);
     memcpy(c->src, orig->src, 16);
     memcpy(c->dst, orig->dst, 16);
     c->sport = orig->sport;
@@ -266,13 +271,14 @@ uint32_t hp_ct_next_live(const hp_ct *ct, uint32_t from)
 
 size_t hp_ct_memory(const hp_ct *ct)
 {
-    return (size_t)ct->capacity * sizeof(hp_conn) + (size_t)(ct->mask + 1) * sizeof(hp_ct_slot);
+    return (size_t)ct->capacity * (sizeof(hp_conn) + sizeof(hp_conn_stats)) +
+           (size_t)(ct->mask + 1) * sizeof(hp_ct_slot);
 }
 
 void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, int dir,
                         uint32_t *ids)
 {
-    enum { STRIDE = 32 };
+    enum { STRIDE = 64 };
     uint32_t hashes[STRIDE];
     for (uint32_t base = 0; base < n; base += STRIDE) {
         uint32_t m = n - base < STRIDE ? n - base : STRIDE;
@@ -281,7 +287,7 @@ void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, in
             hp_ct_prefetch_slot(ct, hashes[i]);
         }
         for (uint32_t i = 0; i < m; i++)
-            hp_ct_prefetch_entry(ct, hashes[i], dir);
+            hp_ct_prefetch_entry(ct, hashes[i], dir, 0);
         for (uint32_t i = 0; i < m; i++)
             ids[base + i] = hp_ct_lookup_hashed(ct, &keys[base + i], hashes[i], dir);
     }

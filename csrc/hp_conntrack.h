@@ -14,22 +14,34 @@ typedef struct hp_eni_addr {
     uint8_t has[2];          /* which of the two exist */
 } hp_eni_addr;
 
-/* 88 bytes. The original tuple is stored; the reply tuple is (dst, ENI address, dport, nat_port). */
+/* One cache line (64 bytes): everything a lookup, a state change and an expiry check read.
+ * The original tuple is stored; the reply tuple is (dst, ENI address, dport, nat_port). */
 typedef struct hp_conn {
-    uint64_t last_seen_ms;
-    uint64_t bytes[2];           /* [HP_DIR_OUT], [HP_DIR_IN] */
     uint8_t src[16];
     uint8_t dst[16];
     uint16_t sport, dport;
     uint8_t family, proto;
     uint16_t nat_port;
-    uint32_t packets[2];
-    uint32_t lru_prev, lru_next; /* on the list of its state; free-list link when unused */
-    uint32_t start_s;            /* now_ms / 1000 when created */
     uint16_t eni;
     uint8_t state;               /* enum hp_state; HP_S_NONE marks a free slot */
     uint8_t flags;
-} hp_conn;
+    uint32_t start_s;            /* now_ms / 1000 when created */
+    uint64_t last_seen_ms;
+    uint32_t lru_prev, lru_next; /* on the list of its state; free-list link when unused */
+} hp_conn;                        /* the table keeps the array line-aligned */
+
+/* The counters, in an array of their own: written by every packet, never needed to find a
+ * connection, so a lookup touches one line. 24 bytes. */
+typedef struct hp_conn_stats {
+    uint64_t bytes[2];           /* [HP_DIR_OUT], [HP_DIR_IN] */
+    uint32_t packets[2];
+} hp_conn_stats;
+
+/* A connection as the journal and expiry hand it out. */
+typedef struct hp_conn_record {
+    hp_conn conn;
+    hp_conn_stats stats;
+} hp_conn_record;
 
 typedef struct hp_ct_slot {
     uint32_t hash;               /* low 32 bits of the key's hash: home bucket and tag */
@@ -38,6 +50,7 @@ typedef struct hp_ct_slot {
 
 typedef struct hp_ct {
     hp_conn *conns;
+    hp_conn_stats *stats;        /* indexed like conns */
     hp_ct_slot *slots;
     uint32_t capacity, count, mask;
     uint32_t free_head;
@@ -62,18 +75,19 @@ static inline void hp_ct_prefetch_slot(const hp_ct *ct, uint32_t hash)
 }
 
 /* Second stage of a batched lookup, once the slot is (probably) in cache: prefetches the
- * entry of the first slot whose tag and direction match. Only a hint: the lookup that
+ * entry (and its counters, with_stats) of the first slot whose tag and direction match. A hint: the lookup that
  * follows checks everything again, so entries inserted or removed in between are fine. */
-static inline void hp_ct_prefetch_entry(const hp_ct *ct, uint32_t hash, int dir)
+static inline void hp_ct_prefetch_entry(const hp_ct *ct, uint32_t hash, int dir, int with_stats)
 {
     for (uint32_t i = hash & ct->mask;; i = (i + 1) & ct->mask) {
         const hp_ct_slot *s = &ct->slots[i];
         if (s->ref == 0)
             return;
         if (s->hash == hash && ((s->ref - 1) & 1) == (uint32_t)dir) {
-            const char *c = (const char *)&ct->conns[(s->ref - 1) >> 1];
-            __builtin_prefetch(c);                          /* an entry may span two lines */
-            __builtin_prefetch(c + sizeof(hp_conn) - 1);
+            uint32_t id = (s->ref - 1) >> 1;
+            __builtin_prefetch(&ct->conns[id]);
+            if (with_stats)
+                __builtin_prefetch(&ct->stats[id], 1);
             return;
         }
     }
@@ -96,9 +110,8 @@ static inline void hp_ct_prefetch_free(const hp_ct *ct)
 {
     /* The entry the next insert takes, for writing: the NAT asks while it picks a port. */
     if (ct->free_head != HP_CT_NONE) {
-        const char *c = (const char *)&ct->conns[ct->free_head];
-        __builtin_prefetch(c, 1);
-        __builtin_prefetch(c + sizeof(hp_conn) - 1, 1);
+        __builtin_prefetch(&ct->conns[ct->free_head], 1);
+        __builtin_prefetch(&ct->stats[ct->free_head], 1);
     }
 }
 uint32_t hp_ct_insert_hashed(hp_ct *ct, const hp_flow_key *orig, uint32_t orig_hash,

@@ -68,7 +68,7 @@ typedef struct hp_nat {
     uint64_t rng;
     uint64_t counters[HP_C_COUNT];
     uint64_t drops[HP_R_COUNT];  /* drops and punts, by reason */
-    hp_conn *journal;            /* ring of connections that expired */
+    hp_conn_record *journal;     /* ring of connections that expired */
     uint32_t j_head, j_count;
 } hp_nat;
 
@@ -100,7 +100,8 @@ uint32_t hp_nat_lookup(const hp_nat *nat, const hp_flow_key *key, int dir, uint6
  * max expired connections, copying each into out while there is room (out_max) and into the
  * journal after that; with out NULL the records are discarded. Returns the number of records
  * written to out. */
-size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn *out, size_t out_max);
+size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn_record *out,
+                     size_t out_max);
 
 /* Removes one connection (flush, or an ENI being deleted), releasing its port. */
 void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms);

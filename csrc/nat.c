@@ -165,7 +165,14 @@ hp_pool *hp_nat_pool(hp_nat *nat, int eni, int family, int proto)
     return &nat->eni_pools[eni]->pool[f][proto == 17];
 }
 
-static void journal_push(hp_nat *nat, const hp_conn *c)
+/* A connection's picture: its entry and its counters. */
+static void record(const hp_nat *nat, uint32_t id, hp_conn_record *out)
+{
+    out->conn = nat->ct.conns[id];
+    out->stats = nat->ct.stats[id];
+}
+
+static void journal_push(hp_nat *nat, uint32_t id)
 {
     uint32_t size = nat->cfg.journal_size;
     if (nat->j_count == size) {
@@ -175,7 +182,7 @@ static void journal_push(hp_nat *nat, const hp_conn *c)
         nat->j_head = (nat->j_head + 1) % size;   /* the oldest record gives way */
         nat->j_count--;
     }
-    nat->journal[(nat->j_head + nat->j_count) % size] = *c;
+    record(nat, id, &nat->journal[(nat->j_head + nat->j_count) % size]);
     nat->j_count++;
 }
 
@@ -189,17 +196,19 @@ void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
 
 /* Removes an expired connection. Its record goes to copy_to when given, else to the journal
  * unless discard is set. */
-static void expire_conn(hp_nat *nat, uint32_t id, uint64_t now_ms, hp_conn *copy_to, int discard)
+static void expire_conn(hp_nat *nat, uint32_t id, uint64_t now_ms, hp_conn_record *copy_to,
+                        int discard)
 {
     if (copy_to)
-        *copy_to = nat->ct.conns[id];
+        record(nat, id, copy_to);
     else if (!discard)
-        journal_push(nat, &nat->ct.conns[id]);
+        journal_push(nat, id);
     nat->counters[HP_C_CONN_EXPIRED]++;
     hp_nat_delete_conn(nat, id, now_ms);
 }
 
-size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn *out, size_t out_max)
+size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn_record *out,
+                     size_t out_max)
 {
     size_t written = 0;
     while (out && nat->j_count > 0 && written < out_max) {
@@ -275,8 +284,9 @@ static void forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, uint64_t now
     uint32_t packets;
     uint64_t bytes;
     hp_pkt_wire_size(pkt, &packets, &bytes);
-    c->packets[dir] += packets;
-    c->bytes[dir] += bytes;
+    hp_conn_stats *st = &nat->ct.stats[id];
+    st->packets[dir] += packets;
+    st->bytes[dir] += bytes;
     int fwd = dir == HP_DIR_OUT ? HP_C_FWD_OUT_PACKETS : HP_C_FWD_IN_PACKETS;
     nat->counters[fwd] += packets;
     nat->counters[fwd + 1] += bytes;
@@ -437,7 +447,7 @@ void hp_nat_translate_ex(hp_nat *nat, uint8_t *const *frames, const uint32_t *le
         }
         for (uint32_t i = 0; i < m; i++)
             if (reasons[i] == HP_R_NONE)
-                hp_ct_prefetch_entry(&nat->ct, hashes[i], dir);
+                hp_ct_prefetch_entry(&nat->ct, hashes[i], dir, 1);
         for (uint32_t i = 0; i < m; i++) {
             hp_result *res = &out[base + i];
             res->port = 0;

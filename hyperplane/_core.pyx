@@ -15,7 +15,7 @@ from . import vocab
 REASONS = tuple(hp_reason_names[i].decode() for i in range(HP_R_COUNT))
 STATES = tuple(hp_state_names[i].decode() for i in range(HP_S_COUNT))
 COUNTERS = tuple(hp_counter_names[i].decode() for i in range(HP_C_COUNT))
-SIZEOF_CONN = sizeof(hp_conn)
+SIZEOF_CONN = sizeof(hp_conn) + sizeof(hp_conn_stats)
 
 
 cdef class _Batch:
@@ -166,7 +166,7 @@ cdef class Nat:
         """Removes expired connections. With collect, returns them as Connection objects
         (those found expired during lookups first); without, returns how many were removed."""
         cdef size_t remaining = max, chunk, got, j, i
-        cdef hp_conn *buf
+        cdef hp_conn_record *buf
         if not collect:
             before = self.nat.counters[6]
             with nogil:
@@ -176,14 +176,14 @@ cdef class Nat:
         while True:
             j = self.nat.j_count
             chunk = remaining if remaining < 4096 else 4096
-            buf = <hp_conn *>malloc((j + chunk + 1) * sizeof(hp_conn))
+            buf = <hp_conn_record *>malloc((j + chunk + 1) * sizeof(hp_conn_record))
             if not buf:
                 raise MemoryError()
             try:
                 with nogil:
                     got = hp_nat_expire(self.nat, now_ms, chunk, buf, j + chunk)
                 for i in range(got):
-                    out.append(self._conn(&buf[i], 0xFFFFFFFF))
+                    out.append(self._conn(&buf[i].conn, &buf[i].stats, 0xFFFFFFFF))
             finally:
                 free(buf)
             remaining -= got - j
@@ -202,11 +202,14 @@ cdef class Nat:
         memcpy(key.dst, <const uint8_t *>d, 16)
         key.sport, key.dport, key.family, key.proto = sport, dport, fam, proto
         cdef uint32_t cid = hp_nat_lookup(self.nat, &key, direction, now_ms)
-        return None if cid == HP_CT_NONE else self._conn(&self.nat.ct.conns[cid], cid)
+        return None if cid == HP_CT_NONE else self._live(cid)
 
     # --- introspection -------------------------------------------------------------------
 
-    cdef object _conn(self, const hp_conn *c, uint32_t cid):
+    cdef object _live(self, uint32_t cid):
+        return self._conn(&self.nat.ct.conns[cid], &self.nat.ct.stats[cid], cid)
+
+    cdef object _conn(self, const hp_conn *c, const hp_conn_stats *st, uint32_t cid):
         fam = c.family
         return Connection(
             id=-1 if cid == 0xFFFFFFFF else cid, family=fam, proto=c.proto,
@@ -214,22 +217,22 @@ cdef class Nat:
             sport=c.sport, dport=c.dport, eni=c.eni,
             nat_addr=addr_str(fam, self.nat.eni_addr[c.eni].addr[fam == 6][:16]),
             nat_port=c.nat_port, state=STATES[c.state], flags=c.flags,
-            packets_out=c.packets[0], packets_in=c.packets[1],
-            bytes_out=c.bytes[0], bytes_in=c.bytes[1],
+            packets_out=st.packets[0], packets_in=st.packets[1],
+            bytes_out=st.bytes[0], bytes_in=st.bytes[1],
             start_s=c.start_s, last_seen_ms=c.last_seen_ms)
 
     def connections(self):
         out = []
         cdef uint32_t i = hp_ct_next_live(&self.nat.ct, 0)
         while i != HP_CT_NONE:
-            out.append(self._conn(&self.nat.ct.conns[i], i))
+            out.append(self._live(i))
             i = hp_ct_next_live(&self.nat.ct, i + 1)
         return out
 
     def get(self, long conn_id):
         if conn_id < 0 or conn_id >= self.nat.ct.capacity or self.nat.ct.conns[conn_id].state == 0:
             return None
-        return self._conn(&self.nat.ct.conns[conn_id], conn_id)
+        return self._live(conn_id)
 
     def __len__(self):
         return self.nat.ct.count
@@ -255,7 +258,7 @@ cdef class Nat:
         """Bytes the connection table holds (entries and both index entries per connection)."""
         table = hp_ct_memory(&self.nat.ct)
         return {"table_bytes": table, "per_connection": table / self.nat.ct.capacity,
-                "entry_bytes": sizeof(hp_conn)}
+                "entry_bytes": SIZEOF_CONN}
 
     def pool_memory(self, int eni, int family, int proto):
         cdef hp_pool *p = hp_nat_pool(self.nat, eni, family, proto)

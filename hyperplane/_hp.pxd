@@ -32,7 +32,6 @@ cdef extern from "hp_conntrack.h":
         uint8_t has[2]
     ctypedef struct hp_conn:
         uint64_t last_seen_ms
-        uint64_t bytes[2]
         uint8_t src[16]
         uint8_t dst[16]
         uint16_t sport
@@ -40,13 +39,19 @@ cdef extern from "hp_conntrack.h":
         uint8_t family
         uint8_t proto
         uint16_t nat_port
-        uint32_t packets[2]
         uint32_t start_s
         uint16_t eni
         uint8_t state
         uint8_t flags
+    ctypedef struct hp_conn_stats:
+        uint64_t bytes[2]
+        uint32_t packets[2]
+    ctypedef struct hp_conn_record:
+        hp_conn conn
+        hp_conn_stats stats
     ctypedef struct hp_ct:
         hp_conn *conns
+        hp_conn_stats *stats
         uint32_t capacity
         uint32_t count
     uint32_t hp_ct_lookup(const hp_ct *ct, const hp_flow_key *key, int dir) nogil
@@ -106,7 +111,7 @@ cdef extern from "hp_nat.h":
                              int dir, uint16_t in_eni, int vnet, int check_mtu, uint64_t now_ms,
                              hp_result *out) nogil
     uint32_t hp_nat_lookup(const hp_nat *nat, const hp_flow_key *key, int dir, uint64_t now_ms)
-    size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn *out,
+    size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn_record *out,
                          size_t out_max) nogil
     void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms) nogil
     hp_pool *hp_nat_pool(hp_nat *nat, int eni, int family, int proto)
