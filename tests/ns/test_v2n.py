@@ -353,3 +353,13 @@ def test_fragmented_datagrams_cross_both_ways(run, family):
     r = run.echo("api", "udp", dst, text=text)
     assert r.returncode == 0 and r.stdout.strip() == text, r.stderr
     assert run.stats()["slowpath"]["frag_reassembled"] >= 2
+
+
+def test_the_gateway_answers_ping_and_the_eni_does_not(run):
+    from hyperplane.lab import netns
+    api, web = run.state.function("api"), run.state.host("web")
+    ins = run.state.inside
+    assert netns.ping(api.ns, ins.gateway4, timeout=2.0)
+    assert netns.ping(api.ns, ins.gateway6, timeout=2.0)
+    eni = eni_of(run, "api")
+    assert not netns.ping(web.ns, eni.ipv6, timeout=1.0)
