@@ -51,11 +51,8 @@ class ConfigError(ValueError):
         super().__init__(f"{where}{field}: {problem}")
 
 
-@dataclass(frozen=True)
-class InsideConfig:
-    """Lambda's side: the network the functions live in (the NAT's inside)."""
-    cidr4: str = "10.200.0.0/24"
-    cidr6: str | None = "fd00:200::/64"
+class _Networks:
+    """cidr4 / cidr6 as ipaddress networks."""
 
     @property
     def network4(self) -> ipaddress.IPv4Network:
@@ -64,6 +61,13 @@ class InsideConfig:
     @property
     def network6(self) -> ipaddress.IPv6Network | None:
         return ipaddress.IPv6Network(self.cidr6) if self.cidr6 else None
+
+
+@dataclass(frozen=True)
+class InsideConfig(_Networks):
+    """Lambda's side: the network the functions live in (the NAT's inside)."""
+    cidr4: str = "10.200.0.0/24"
+    cidr6: str | None = "fd00:200::/64"
 
 
 @dataclass(frozen=True)
@@ -80,18 +84,10 @@ class NatConfig:
 
 
 @dataclass(frozen=True)
-class SubnetConfig:
+class SubnetConfig(_Networks):
     name: str
     cidr4: str
     cidr6: str | None = None                   # dual-stack when present
-
-    @property
-    def network4(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.cidr4)
-
-    @property
-    def network6(self) -> ipaddress.IPv6Network | None:
-        return ipaddress.IPv6Network(self.cidr6) if self.cidr6 else None
 
     @property
     def dual_stack(self) -> bool:
