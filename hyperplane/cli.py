@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from . import __version__, control
 from .config import ConfigError, default_config, load_config
 from .lab.topology import RUN_DIR, LabError, LabState
 
-EXIT_USAGE, EXIT_FAIL = 2, 1
+EXIT_FAIL = 1
 UP_TIMEOUT_S = 20.0
 
 
@@ -94,11 +95,11 @@ def flow_log_file(prefix: str) -> Path:
 
 def start_dataplane(state: LabState) -> int:
     from .lab import netns
-    log = open(log_file(state.prefix), "ab")
-    proc = netns.popen(state.dataplane_ns,
-                       [sys.executable, "-m", "hyperplane.daemon", "--prefix", state.prefix],
-                       stdin=subprocess_devnull(), stdout=log, stderr=log,
-                       start_new_session=True)
+    with open(log_file(state.prefix), "ab") as log:     # the child keeps its own copy
+        proc = netns.popen(state.dataplane_ns,
+                           [sys.executable, "-m", "hyperplane.daemon", "--prefix", state.prefix],
+                           stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                           start_new_session=True)
     pid_file(state.prefix).write_text(str(proc.pid))
     deadline = time.monotonic() + UP_TIMEOUT_S
     shown = False
@@ -120,10 +121,6 @@ def start_dataplane(state: LabState) -> int:
     proc.kill()
     raise CliError(f"the data plane did not answer within {UP_TIMEOUT_S:.0f} s "
                    f"(log: {log_file(state.prefix)})")
-
-
-def subprocess_devnull():
-    return open(os.devnull, "rb")
 
 
 def cmd_up(args) -> int:
