@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,8 +88,9 @@ def log_file(prefix: str) -> Path:
     return Path(RUN_DIR) / f"{prefix}-dataplane.log"
 
 
-def flow_log_file(prefix: str) -> Path:
-    return Path(RUN_DIR) / f"{prefix}-flows.log"
+def flow_log_dir(prefix: str) -> Path:
+    from .flowlog import default_folder
+    return default_folder(RUN_DIR, prefix)
 
 
 # --- up / down ----------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def cmd_up(args) -> int:
         raise
     from .render import lab_picture
     print(lab_picture(state, ask(state.prefix, "status")))
-    print(f"data plane pid {pid}; flow logs in {flow_log_file(state.prefix)} "
+    print(f"data plane pid {pid}; flow logs in {flow_log_dir(state.prefix)}/ "
           f"(removed by down unless --keep-logs)")
     if args.detach:
         return 0
@@ -208,8 +210,8 @@ def cmd_down(args) -> int:
         report = cleanup(prefix)
         control.socket_path(prefix).unlink(missing_ok=True)
         if not args.keep_logs:
-            for path in (log_file(prefix), flow_log_file(prefix)):
-                path.unlink(missing_ok=True)
+            log_file(prefix).unlink(missing_ok=True)
+            shutil.rmtree(flow_log_dir(prefix), ignore_errors=True)
         if report.removed_anything:
             print(f"lab {prefix!r}: stopped {len(report.killed)} processes, removed "
                   f"{len(report.namespaces)} namespaces and {len(report.links)} links")
@@ -290,7 +292,13 @@ def cmd_eni(args) -> int:
 def cmd_stats(args) -> int:
     from .render import stats_table
     stats = ask(resolve_prefix(args), "stats")
-    print_json(stats) if args.json else print(stats_table(stats))
+    if args.prometheus:
+        from .metrics import render
+        print(render(stats), end="")
+    elif args.json:
+        print_json(stats)
+    else:
+        print(stats_table(stats))
     return 0
 
 
@@ -350,7 +358,10 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stats", parents=[common],
                        help="counters: forwarded, dropped by reason, NAT-gateway metrics")
-    p.add_argument("--json", action="store_true")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--prometheus", action="store_true",
+                     help="Prometheus text, as the metrics endpoint serves it")
     p.set_defaults(fn=cmd_stats)
 
     p = sub.add_parser("demo", help="build the default lab, send traffic through it, show "

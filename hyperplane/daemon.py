@@ -20,9 +20,10 @@ import sys
 import threading
 import time
 
-from . import control, vocab
+from dataclasses import asdict
+
+from . import control, flowlog, metrics, vocab
 from ._core import DataPlane, Nat
-from .flowlog import FlowLog
 from .lab import Lab
 from .lab.topology import EniInfo, RUN_DIR
 from .slowpath import PortInfo, SlowPath
@@ -51,7 +52,19 @@ class Daemon:
         self.started = time.time()
         self.requests: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
-        self.flows = FlowLog(os.path.join(self.run_dir, f"{prefix}-flows.log"))
+        self.flow_opts = flowlog.options(state.config)
+        self.metrics_opts = metrics.options(state.config)
+        self.flow_tracker = flowlog.FlowTracker(int(self.flow_opts.interval_s * 1000))
+        self.flows = None
+        if self.flow_opts.enabled:
+            ctx = flowlog.Context(account_id=self.flow_opts.account_id,
+                                  interface_id=self.interface_id,
+                                  subnet_id=lambda e: self.lab.state.eni(e).subnet)
+            self.flows = flowlog.FlowLogWriter(
+                self.flow_opts.folder or flowlog.default_folder(self.run_dir, prefix),
+                self.flow_opts.fields, self.flow_opts.max_bytes, self.flow_opts.keep, ctx)
+        # Rejected packets for REJECT records: the C core's drop journal, once it has one.
+        self.rejected_source = getattr(self.nat, "rejected", None)
         self.exhausted_events = 0
 
         ins = state.inside
@@ -61,6 +74,7 @@ class Daemon:
             cidr6=ins.cidr6, mtu=state.mtu)], on_exhausted=self.grow_eni)
         self.group_ids = {g.key: self.nat.add_group() for g in state.groups}
         self.eni_ports: dict[int, int] = {}            # ENI id -> data-plane port
+        self.interface_ids: dict[int, str] = {}        # ENI id -> eni-... (flow logs, metrics)
         for eni in state.enis:
             self.attach_eni(eni)
         for f in state.functions:
@@ -82,6 +96,7 @@ class Daemon:
                                 v4_subnet=eni.cidr4, v4_gateway=eni.gateway4,
                                 v6_subnet=eni.cidr6, v6_gateway=eni.gateway6)
         self.eni_ports[eni.id] = port
+        self.interface_ids[eni.id] = getattr(eni, "eni_id", None) or flowlog.eni_name(eni.id)
         self.slow.add_port(PortInfo.for_eni(port, eni.id, eni.mac, addr4=eni.ipv4, addr6=eni.ipv6,
                                             cidr4=eni.cidr4, cidr6=eni.cidr6, gw4=eni.gateway4,
                                             gw6=eni.gateway6, mtu=self.lab.state.mtu))
@@ -98,6 +113,24 @@ class Daemon:
         self.attach_eni(eni)
         self.exhausted_events += 1
         return True
+
+    def interface_id(self, eni: int) -> str:
+        return self.interface_ids.get(eni) or flowlog.eni_name(eni)
+
+    # --- flow logs -----------------------------------------------------------------------
+
+    def log_expired(self, conns, now_ms: int) -> None:
+        self.flow_tracker.expired(conns, flowlog.wall_clock(now_ms))
+
+    def log_interval(self, now_ms: int) -> None:
+        """An aggregation interval ends: a listing of the live connections gives each flow's
+        traffic since the last one."""
+        wall = flowlog.wall_clock(now_ms)
+        if self.rejected_source is not None:
+            self.flow_tracker.rejected(self.rejected_source())
+        records = self.flow_tracker.tick(connection_listing(self.nat), now_ms, wall)
+        if self.flows is not None:
+            self.flows.write(records)
 
     # --- control requests ------------------------------------------------------------------
 
@@ -126,15 +159,30 @@ class Daemon:
         if cmd == "conntrack":
             return {"connections": [c.to_dict() for c in self.nat.connections()]}
         if cmd == "stats":
-            return {"nat": self.nat.counters(), "dataplane": self.dp.counters(),
-                    "slowpath": self.slow.counters(), "connections": len(self.nat),
-                    "capacity": self.nat.capacity}
+            return self.stats()
         if cmd == "eni":
             return {"enis": self.eni_status()}
         if cmd == "stop":
             self.stopping.set()
             return {"stopping": True}
         return {"error": f"unknown command {cmd!r}; known: status, conntrack, stats, eni, stop"}
+
+    def stats(self) -> dict:
+        """Counters (punts named punt.<REASON>, apart from drops), ENIs with their pools, ring
+        drops per port, and the per-ENI NAT-gateway figures of the flow tracker."""
+        return {"nat": metrics.split_reasons(self.nat.counters()),
+                "dataplane": metrics.split_reasons(self.dp.counters()),
+                "slowpath": self.slow.counters(), "connections": len(self.nat),
+                "capacity": self.nat.capacity, "enis": self.eni_status(),
+                "ports": self.dp.ports(),
+                "per_eni": {e: asdict(t) for e, t in self.flow_tracker.totals.items()},
+                "flow_log": {"lost": self.flow_tracker.lost,
+                             "interval_s": self.flow_opts.interval_s}}
+
+    def scrape(self) -> str:
+        """Prometheus text, asked through the control socket like any client (the answer
+        is made on the thread that owns the NAT)."""
+        return metrics.render(control.request(self.prefix, "stats", self.run_dir))
 
     def eni_status(self) -> list[dict]:
         out = []
@@ -148,6 +196,7 @@ class Daemon:
             d = {k: getattr(eni, k) for k in ("id", "ifname", "mac", "ipv4", "ipv6", "subnet",
                                                "group", "security_groups")}
             d["status"] = "Active"
+            d["eni_id"] = self.interface_id(eni.id)
             d["port"] = self.eni_ports.get(eni.id)
             d["ports"] = ports
             d["ports_in_use"] = sum(p["in_use"] for p in ports.values())
@@ -165,7 +214,13 @@ class Daemon:
         sock = control.listen(self.prefix, self.run_dir)
         server = threading.Thread(target=self.serve_control, args=(sock,), daemon=True)
         server.start()
+        exporter = None
+        if self.metrics_opts.enabled:
+            exporter = metrics.MetricsServer(self.scrape, self.metrics_opts.port,
+                                             self.metrics_opts.address).start()
+            log.info("metrics on http://%s:%d/metrics", self.metrics_opts.address, exporter.port)
         next_expire = next_tick = 0
+        next_flow = self.dp.now_ms() + int(self.flow_opts.interval_s * 1000)
         log.info("forwarding (pid %d)", os.getpid())
         try:
             while not self.stopping.is_set():
@@ -178,8 +233,11 @@ class Daemon:
                     self.slow.tick()
                     next_tick = now + TICK_EVERY_MS
                 if now >= next_expire:
-                    self.flows.write(self.nat.expire(now, max=65536))
+                    self.log_expired(self.nat.expire(now, max=65536), now)
                     next_expire = now + EXPIRE_EVERY_MS
+                if now >= next_flow:
+                    self.log_interval(now)
+                    next_flow = now + int(self.flow_opts.interval_s * 1000)
                 while not self.requests.empty():
                     conn, req = self.requests.get_nowait()
                     try:
@@ -190,12 +248,27 @@ class Daemon:
                     control.reply(conn, answer)
         finally:
             self.stopping.set()
+            if exporter is not None:
+                exporter.stop()
             sock.close()
             control.socket_path(self.prefix, self.run_dir).unlink(missing_ok=True)
-            self.flows.write(self.nat.connections())
-            self.flows.close()
+            self.log_interval(self.dp.now_ms())      # the traffic of the last, short interval
+            if self.flows is not None:
+                self.flows.close()
             self.dp.close()
             log.info("stopped")
+
+
+def connection_listing(nat):
+    """The live connections, page by page where the Nat can (one locked slice a page)."""
+    page = getattr(nat, "connections_page", None)
+    if page is None:
+        yield from nat.connections()
+        return
+    cursor = 0
+    while cursor is not None:
+        conns, cursor = page(cursor, 1000)
+        yield from conns
 
 
 def source_address(frame: bytes) -> str | None:

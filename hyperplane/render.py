@@ -3,8 +3,8 @@ counters."""
 
 from __future__ import annotations
 
-from . import vocab
 from .lab.topology import LabState
+from .metrics import by_reason, split_reasons
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -74,34 +74,28 @@ METRICS = [
     ("ActiveConnectionCount", lambda s: s["connections"]),
     ("ConnectionAttemptCount", lambda s: s["nat"]["CONN_CREATED"]),
     ("ConnectionEstablishedCount", lambda s: s["nat"]["CONN_ESTABLISHED"]),
-    ("ErrorPortAllocation", lambda s: s["nat"]["drop.PORTS_EXHAUSTED"]),
+    ("ErrorPortAllocation", lambda s: by_reason(s, "punt").get("PORTS_EXHAUSTED", 0)),
     ("IdleTimeoutCount", lambda s: s["nat"]["CONN_EXPIRED"]),
     ("PacketsOutToDestination", lambda s: s["nat"]["FWD_OUT_PACKETS"]),
     ("BytesOutToDestination", lambda s: s["nat"]["FWD_OUT_BYTES"]),
     ("PacketsInFromDestination", lambda s: s["nat"]["FWD_IN_PACKETS"]),
     ("BytesInFromDestination", lambda s: s["nat"]["FWD_IN_BYTES"]),
-    ("PacketsDropCount", lambda s: _drops(s["nat"]) + _drops(s["dataplane"])),
+    ("PacketsDropCount", lambda s: sum(by_reason(s, "drop").values())),
 ]
-
-
-def _drops(counters: dict) -> int:
-    """Frames dropped, by any reason that is not a punt to the slow path."""
-    return sum(v for k, v in counters.items()
-               if k.startswith("drop.") and k[5:] not in vocab.PUNT_REASONS)
 
 
 def stats_table(stats: dict) -> str:
     out = ["metrics"]
     out += [f"  {name:<28} {fn(stats)}" for name, fn in METRICS]
-    out.append("drops and punts (*) by reason")
-    for src in ("nat", "dataplane"):
-        for k, v in sorted(stats[src].items()):
-            if k.startswith("drop.") and v:
-                mark = "*" if k[5:] in vocab.PUNT_REASONS else " "
-                out.append(f"  {src:<9} {k[5:] + mark:<21} {v}")
+    for kind, title in (("drop", "drops by reason"),
+                        ("punt", "punts to the slow path by reason (not drops)")):
+        out.append(title)
+        for src in ("nat", "dataplane"):
+            for k, v in sorted(split_reasons(stats[src]).items()):
+                if k.startswith(kind + ".") and v:
+                    out.append(f"  {src:<9} {k[len(kind) + 1:]:<21} {v}")
     out.append("data plane")
-    out += [f"  {k:<28} {v}" for k, v in stats["dataplane"].items()
-            if not k.startswith("drop.") and v]
+    out += [f"  {k:<28} {v}" for k, v in stats["dataplane"].items() if "." not in k and v]
     out.append("slow path")
     out += [f"  {k:<28} {v}" for k, v in sorted(stats["slowpath"].items()) if v]
     return "\n".join(out)

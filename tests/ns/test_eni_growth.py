@@ -58,7 +58,7 @@ def test_exhausted_eni_gets_a_successor(tmp_path):
         seen = [line.split()[1] for line in peers.take()]
         assert seen.count("10.0.1.4") == 4 and seen.count("10.0.1.5") == 2, seen
         stats = json.loads(cli("stats", "--json", "--prefix", prefix).stdout)
-        assert stats["nat"]["drop.PORTS_EXHAUSTED"] == 1
+        assert stats["nat"]["punt.PORTS_EXHAUSTED"] == 1
         assert json.loads(cli("status", "--json", "--prefix", prefix).stdout)["enis"][1]["id"] == 1
     finally:
         if server:

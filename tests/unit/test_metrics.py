@@ -1,0 +1,127 @@
+"""Prometheus text: valid for prometheus_client's parser, with the documented metrics; punts
+apart from drops; the endpoint serves it."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from hyperplane import metrics
+from hyperplane.metrics import render, split_reasons
+
+STATS = {
+    "nat": {"FWD_OUT_PACKETS": 10, "CONN_CREATED": 3, "drop.PORTS_EXHAUSTED": 11,
+            "drop.IN_NO_MATCH_UDP": 2, "drop.ICMP": 0},
+    "dataplane": {"FORWARDED": 9, "drop.NEIGH_MISS": 1, "drop.TX_FULL": 4},
+    "slowpath": {"arp_replied": 2},
+    "connections": 3, "capacity": 1024,
+    "enis": [{"id": 0, "eni_id": "eni-0123456789abcdef0", "status": "Active",
+              "ports": {"tcp4": {"size": 100, "free": 90, "in_use": 8, "quarantined": 2},
+                        "udp4": {"size": 100, "free": 100, "in_use": 0, "quarantined": 0}}},
+             {"id": 1, "status": "Pending", "ports": {}}],
+    "ports": [{"index": 0, "ifname": 'we"ird\\', "role": "inside", "rx_kernel_drops": 5,
+               "tx_full": 0}],
+    "per_eni": {"0": {"packets_out": 7, "packets_in": 6, "bytes_out": 700, "bytes_in": 600,
+                      "attempts": {"tcp": 2, "udp": 1}, "established": {"tcp": 1},
+                      "idle_timeouts": 1, "active": {"tcp": 1}, "rejected_packets": 0}},
+    "flow_log": {"lost": 0},
+}
+
+
+def samples(text: str) -> dict:
+    """{(sample name, frozenset(labels)): value} and the families' types."""
+    out, types = {}, {}
+    for fam in text_string_to_metric_families(text):
+        types[fam.name] = fam.type
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out, types
+
+
+def test_exposition_parses_and_has_the_documented_metrics():
+    text = render(STATS)
+    got, types = samples(text)
+    eni = ("eni", "eni-0123456789abcdef0")
+    assert got[("hyperplane_eni_active_connection_count", frozenset({eni, ("protocol", "tcp")}))] == 1
+    assert got[("hyperplane_eni_connection_attempt_count_total",
+                frozenset({eni, ("protocol", "udp")}))] == 1
+    assert got[("hyperplane_eni_connection_established_count_total",
+                frozenset({eni, ("protocol", "tcp")}))] == 1
+    assert got[("hyperplane_eni_idle_timeout_count_total", frozenset({eni}))] == 1
+    for name, v in (("bytes_out_to_destination", 700), ("bytes_in_from_source", 700),
+                    ("bytes_in_from_destination", 600), ("bytes_out_to_source", 600),
+                    ("packets_out_to_destination", 7), ("packets_in_from_destination", 6)):
+        assert got[(f"hyperplane_eni_{name}_total", frozenset({eni}))] == v, name
+    assert types["hyperplane_eni_active_connection_count"] == "gauge"
+    assert types["hyperplane_eni_bytes_out_to_destination"] == "counter"
+    # Punts are not drops.
+    assert got[("hyperplane_punts_total", frozenset({("reason", "PORTS_EXHAUSTED")}))] == 11
+    assert got[("hyperplane_punts_total", frozenset({("reason", "NEIGH_MISS")}))] == 1
+    assert ("hyperplane_drops_total", frozenset({("reason", "PORTS_EXHAUSTED")})) not in got
+    assert got[("hyperplane_drops_total", frozenset({("reason", "TX_FULL")}))] == 4
+    assert got[("hyperplane_packets_drop_count_total", frozenset())] == 6
+    assert got[("hyperplane_error_port_allocation_total", frozenset())] == 11
+    # Ring drops (label values escaped), pools, ENIs by state.
+    assert got[("hyperplane_ring_rx_kernel_drops_total",
+                frozenset({("port", "0"), ("ifname", 'we"ird\\'), ("role", "inside")}))] == 5
+    assert got[("hyperplane_pool_ports", frozenset({eni, ("family", "ipv4"), ("protocol", "tcp"),
+                                                    ("use", "quarantined")}))] == 2
+    assert got[("hyperplane_pool_size", frozenset({eni, ("family", "ipv4"), ("protocol", "udp")}))] == 100
+    assert got[("hyperplane_enis", frozenset({("state", "Active")}))] == 1
+    assert got[("hyperplane_enis", frozenset({("state", "Pending")}))] == 1
+    assert got[("hyperplane_enis", frozenset({("state", "Deleted")}))] == 0
+    assert got[("hyperplane_nat_fwd_out_packets_total", frozenset())] == 10
+
+
+def test_every_family_has_help_and_type_once():
+    text = render(STATS)
+    helps = [l.split()[2] for l in text.splitlines() if l.startswith("# HELP")]
+    types = [l.split()[2] for l in text.splitlines() if l.startswith("# TYPE")]
+    assert helps == types and len(set(types)) == len(types)
+    assert text.endswith("\n")
+
+
+def test_an_empty_answer_still_renders():
+    got, _ = samples(render({}))
+    assert got[("hyperplane_connections", frozenset())] == 0
+
+
+def test_split_reasons_renames_punts_only():
+    assert split_reasons({"drop.PORTS_EXHAUSTED": 1, "drop.TX_FULL": 2, "FORWARDED": 3}) == {
+        "punt.PORTS_EXHAUSTED": 1, "drop.TX_FULL": 2, "FORWARDED": 3}
+
+
+def test_options_default_off_and_read_defensively():
+    assert metrics.options({}).enabled is False
+    o = metrics.options({"hyperplane": {"metrics": {"enabled": True, "port": 0}}})
+    assert o.enabled and o.port == 0 and o.address == "127.0.0.1"
+    with pytest.raises(ValueError, match="metrics.port"):
+        metrics.options({"hyperplane": {"metrics": {"port": 70000}}})
+
+
+def test_endpoint_serves_the_text_and_survives_a_failed_scrape():
+    calls = []
+
+    def fetch():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("daemon busy")
+        return render(STATS)
+
+    srv = metrics.MetricsServer(fetch, port=0).start()
+    try:
+        url = f"http://127.0.0.1:{srv.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            samples(r.read().decode())
+        with pytest.raises(urllib.error.HTTPError, match="503"):
+            urllib.request.urlopen(url, timeout=5)
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/other", timeout=5)
+    finally:
+        srv.stop()
