@@ -103,7 +103,7 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-# AWS NAT gateway metric -> (EniTotals field or callable, Prometheus type, help)
+# (AWS NAT gateway metric, Prometheus type, help, its value from an ENI's totals)
 ENI_METRICS = (
     ("ActiveConnectionCount", "gauge", "live connections of the ENI at the last listing",
      lambda t: t["active"]),
@@ -114,22 +114,13 @@ ENI_METRICS = (
      lambda t: t["established"]),
     ("IdleTimeoutCount", "counter", "TCP connections that expired while ESTABLISHED",
      lambda t: t["idle_timeouts"]),
-    ("PacketsOutToDestination", "counter", "packets sent through the ENI to destinations",
-     lambda t: t["packets_out"]),
-    ("PacketsInFromSource", "counter", "packets received from functions for the ENI",
-     lambda t: t["packets_out"]),
-    ("PacketsInFromDestination", "counter", "packets received by the ENI from destinations",
-     lambda t: t["packets_in"]),
-    ("PacketsOutToSource", "counter", "packets of the ENI sent to functions",
-     lambda t: t["packets_in"]),
-    ("BytesOutToDestination", "counter", "bytes sent through the ENI to destinations",
-     lambda t: t["bytes_out"]),
-    ("BytesInFromSource", "counter", "bytes received from functions for the ENI",
-     lambda t: t["bytes_out"]),
-    ("BytesInFromDestination", "counter", "bytes received by the ENI from destinations",
-     lambda t: t["bytes_in"]),
-    ("BytesOutToSource", "counter", "bytes of the ENI sent to functions",
-     lambda t: t["bytes_in"]),
+    *((f"{unit}{way}", "counter", f"{unit.lower()} {what}",
+       lambda t, k=f"{unit.lower()}_{side}": t[k])
+      for unit in ("Packets", "Bytes")
+      for way, side, what in (("OutToDestination", "out", "sent through the ENI to destinations"),
+                              ("InFromSource", "out", "received from functions for the ENI"),
+                              ("InFromDestination", "in", "received by the ENI from destinations"),
+                              ("OutToSource", "in", "of the ENI sent to functions"))),
 )
 
 
