@@ -20,8 +20,6 @@ import sys
 import threading
 import time
 
-from dataclasses import asdict
-
 from . import control, flowlog, metrics, vocab
 from ._core import DataPlane, Nat
 from .lab import Lab
@@ -56,6 +54,7 @@ class Daemon:
         self.metrics_opts = metrics.options(state.config)
         self.flow_tracker = flowlog.FlowTracker(int(self.flow_opts.interval_s * 1000))
         self.flows = None
+        self.flow_write_errors = 0
         if self.flow_opts.enabled:
             ctx = flowlog.Context(account_id=self.flow_opts.account_id,
                                   interface_id=self.interface_id,
@@ -129,8 +128,13 @@ class Daemon:
         if self.rejected_source is not None:
             self.flow_tracker.rejected(self.rejected_source())
         records = self.flow_tracker.tick(connection_listing(self.nat), now_ms, wall)
-        if self.flows is not None:
+        if self.flows is None:
+            return
+        try:
             self.flows.write(records)
+        except OSError as e:      # a full or broken disk loses records, never the data plane
+            self.flow_write_errors += 1
+            log.warning("flow log: %d records lost: %s", len(records), e)
 
     # --- control requests ------------------------------------------------------------------
 
@@ -175,8 +179,8 @@ class Daemon:
                 "slowpath": self.slow.counters(), "connections": len(self.nat),
                 "capacity": self.nat.capacity, "enis": self.eni_status(),
                 "ports": self.dp.ports(),
-                "per_eni": {e: asdict(t) for e, t in self.flow_tracker.totals.items()},
-                "flow_log": {"lost": self.flow_tracker.lost,
+                "per_eni": self.flow_tracker.published,
+                "flow_log": {"lost": self.flow_tracker.lost, "write_errors": self.flow_write_errors,
                              "interval_s": self.flow_opts.interval_s}}
 
     def scrape(self) -> str:

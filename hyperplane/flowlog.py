@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple
 
@@ -214,6 +214,8 @@ class FlowTracker:
         self.window_start_ms: int | None = None
         self.totals: dict[int, EniTotals] = {}
         self.lost = 0                             # connections gone without an expiry record
+        # The totals as of the last tick, replaced whole: other threads read this one.
+        self.published: dict[int, dict] = {}
 
     def _eni(self, eni: int) -> EniTotals:
         return self.totals.setdefault(eni, EniTotals())
@@ -310,6 +312,7 @@ class FlowTracker:
                               tcp_flags=flags, family=fam))
         self.rejects = {}
         self.window_start_ms = now_ms
+        self.published = {e: asdict(t) for e, t in self.totals.items()}
         return out
 
 

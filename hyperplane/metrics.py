@@ -189,9 +189,13 @@ def render(stats: Mapping) -> str:
     e.family("hyperplane_packets_drop_count", "counter",
              "PacketsDropCount: packets dropped (all ENIs and the inside port)",
              [({}, sum(by_reason(stats, "drop").values()))])
+    fl = stats.get("flow_log", {})
     e.family("hyperplane_flow_log_lost_connections", "counter",
              "connections that vanished between listings without an expiry record",
-             [({}, stats.get("flow_log", {}).get("lost", 0))])
+             [({}, fl.get("lost", 0))])
+    e.family("hyperplane_flow_log_write_errors", "counter",
+             "flow-log writes that failed (their records are lost)",
+             [({}, fl.get("write_errors", 0))])
     return e.text()
 
 

@@ -118,8 +118,11 @@ def test_totals_count_connections_once_and_active_per_listing():
     assert t.totals[0].attempts == {"tcp": 1} and t.totals[0].established == {"tcp": 1}
     assert t.totals[1].attempts == {"udp": 1} and t.totals[1].established == {}
     assert t.totals[0].active == {"tcp": 1} and t.totals[1].active == {"udp": 1}
-    t.tick([], 103_000, wall)       # both gone without an expiry record (e.g. flushed)
-    assert t.lost == 2 and t.totals[0].active == {} and t.totals[1].active == {}
+    assert t.published[1]["attempts"] == {"udp": 1}     # the copy other threads read
+    t.expired([replace(b, id=-1, packets_out=2, bytes_out=80)], wall)
+    assert t.totals[1].packets_out == 2 and t.published[1]["packets_out"] == 1
+    t.tick([], 103_000, wall)       # a is gone without an expiry record (e.g. flushed)
+    assert t.lost == 1 and t.totals[0].active == {} and t.totals[1].active == {}
 
 
 def test_reused_slot_is_a_new_connection():
