@@ -14,11 +14,11 @@ import http.server
 import logging
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Mapping
 
 from . import vocab
-from .flowlog import eni_name, section
+from .flowlog import EniTotals, eni_name, section
 
 log = logging.getLogger("hyperplane.metrics")
 
@@ -103,6 +103,7 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+ZERO_TOTALS = asdict(EniTotals())
 # (AWS NAT gateway metric, Prometheus type, help, its value from an ENI's totals)
 ENI_METRICS = (
     ("ActiveConnectionCount", "gauge", "live connections of the ENI at the last listing",
@@ -171,12 +172,15 @@ def render(stats: Mapping) -> str:
     e.family("hyperplane_enis", "gauge", "ENIs by state",
              [({"state": s}, n) for s, n in states.items()])
 
-    per_eni = {int(k): v for k, v in stats.get("per_eni", {}).items()}
+    # Every ENI gets every metric, zero until its first connection.
+    per_eni = {int(x["id"]): {} for x in enis}
+    per_eni.update({int(k): v for k, v in stats.get("per_eni", {}).items()})
     for aws, kind, help_, get in ENI_METRICS:
         samples = []
         for eni, t in sorted(per_eni.items()):
-            v = get(t)
+            v = get({**ZERO_TOTALS, **t})
             if isinstance(v, Mapping):
+                v = {**dict.fromkeys(("tcp", "udp"), 0), **v}
                 samples += [({**label(eni), "protocol": p}, n) for p, n in sorted(v.items())]
             else:
                 samples.append((label(eni), v))

@@ -180,3 +180,7 @@ def test_stats_prometheus_prints_the_same_families(observed):
     assert "hyperplane_eni_active_connection_count" in cli_names
     assert {n for n in http_names if n.startswith("hyperplane_punts")} <= \
         {n + "_total" for n in cli_names} | cli_names
+    table = subprocess.run(CLI + ["stats", "--prefix", lab.prefix], capture_output=True,
+                           text=True, timeout=30)
+    assert table.returncode == 0, table.stderr
+    assert "punts to the slow path by reason" in table.stdout

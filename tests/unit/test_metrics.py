@@ -74,6 +74,12 @@ def test_exposition_parses_and_has_the_documented_metrics():
     assert got[("hyperplane_enis", frozenset({("state", "Pending")}))] == 1
     assert got[("hyperplane_enis", frozenset({("state", "Deleted")}))] == 0
     assert got[("hyperplane_nat_fwd_out_packets_total", frozenset())] == 10
+    # An ENI without connections yet has every metric at zero.
+    quiet = ("eni", "eni-00000000000000001")
+    assert got[("hyperplane_eni_bytes_in_from_destination_total", frozenset({quiet}))] == 0
+    assert got[("hyperplane_eni_active_connection_count",
+                frozenset({quiet, ("protocol", "udp")}))] == 0
+    assert got[("hyperplane_eni_active_connection_count", frozenset({eni, ("protocol", "udp")}))] == 0
 
 
 def test_every_family_has_help_and_type_once():
