@@ -53,7 +53,7 @@ def test_custom_format_takes_the_highest_version_and_the_new_fields():
                    "pkt-srcaddr": "10.200.0.11", "pkt-dstaddr": "10.0.1.10", "tcp-flags": "2",
                    "flow-direction": "egress", "traffic-path": "1", "type": "IPv4",
                    "subnet-id": "subnet-app"}
-    assert format_record(replace(r, direction="ingress", protocol=17), names).split()[5:8] == \
+    assert format_record(r._replace(direction="ingress", protocol=17), names).split()[5:8] == \
         ["0", "ingress", "-"]           # UDP has no TCP flags; ingress has no traffic path
     assert format_record(r, ("version", "tcp-flags")).startswith("3 ")
 
