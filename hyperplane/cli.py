@@ -302,6 +302,15 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    need_root("hyperplane bench")
+    from .benchmark.run import main as bench_main
+    try:
+        return bench_main(args)
+    except RuntimeError as e:
+        raise CliError(str(e)) from None
+
+
 def cmd_demo(args) -> int:
     need_root("hyperplane demo")
     from .demo import run_demo
@@ -368,6 +377,13 @@ def parser() -> argparse.ArgumentParser:
                                     "what the NAT did, remove the lab")
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("bench", help="Hyperplane beside kernel routing and the kernel's NAT: "
+                                     "throughput, zero-loss rates, connection rates, latency, "
+                                     "table scale, CPU cost; a table, bench.json, bench.png")
+    from .benchmark.args import add_arguments as bench_arguments
+    bench_arguments(p)
+    p.set_defaults(fn=cmd_bench)
     return ap
 
 

@@ -1,0 +1,216 @@
+"""`hyperplane bench`: builds one lab, runs every test through the three middles, interleaved,
+prints a table as it goes and writes DIR/bench.json and DIR/bench.png."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import string
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import control
+from ..lab import Lab, netns
+from . import report
+from .middles import MIDDLES, build_middles, masquerade_count, prepare_server, bench_config
+from .args import TEST_NAMES, add_arguments
+from .suite import TESTS, Ctx, Settings, machine_busy
+from .tools import Procs
+
+BUSY = 0.15                          # warn above this share of the CPUs busy before we start
+CONNTRACK_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
+
+
+def log(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem, 1),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def _start_dataplane(state) -> int:
+    from ..cli import CliError, start_dataplane
+    try:
+        return start_dataplane(state)
+    except CliError as e:
+        raise RuntimeError(f"the data plane did not start: {e}") from None
+
+
+def _teardown(prefix: str) -> None:
+    from ..cli import stop_dataplane
+    from ..lab.cleanup import cleanup
+    try:
+        stop_dataplane(prefix)
+    except Exception as e:
+        log(f"stopping the data plane: {e}")
+    try:
+        for err in cleanup(prefix).errors:
+            log(f"cleanup: {err}")
+    except Exception as e:
+        log(f"cleanup: {e}")
+    control.socket_path(prefix).unlink(missing_ok=True)
+    left = [n for n in netns.list_namespaces() if n.startswith(f"{prefix}-")]
+    if left:
+        log(f"WARNING: namespaces still present: {', '.join(left)}")
+
+
+class ConntrackLimit:
+    """The kernel's conntrack limit is global (only the first namespace may set it): raised for
+    the 1M-connection test when it is lower, and put back."""
+
+    def __init__(self):
+        self.saved: int | None = None
+
+    def at_least(self, n: int) -> None:
+        try:
+            cur = int(Path(CONNTRACK_MAX).read_text())
+            if cur < n:
+                Path(CONNTRACK_MAX).write_text(str(n))
+                self.saved = cur if self.saved is None else self.saved
+                log(f"raised the global nf_conntrack_max from {cur} to {n} for the table-scale "
+                    "test (put back at the end)")
+        except OSError as e:
+            log(f"WARNING: cannot raise nf_conntrack_max ({e}): the kernel NAT will drop "
+                "flows beyond its limit")
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            try:
+                Path(CONNTRACK_MAX).write_text(str(self.saved))
+            except OSError:
+                pass
+
+
+def _progress(rep: str, test: str, middle: str, figures: dict, elapsed: float) -> None:
+    from .suite import METRICS
+    shown = "  ".join(f"{k} {report._fmt(v)} {METRICS[k][0]}" for k, v in figures.items())
+    log(f"[{elapsed:5.0f}s] {rep:>5} {test:16} {middle:10} {shown}")
+
+
+def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
+        prefix: str) -> int:
+    tests = [t for t in TESTS if t.name in names]
+    scale_max = max((settings.scale[t.name] for t in tests if t.once), default=0)
+    capacity = max(262_144, int(scale_max * 1.2) + 100_000)
+    procs = Procs()                       # builds hpbench first: fail before building a lab
+    limit = ConntrackLimit()
+    lab = Lab(bench_config(prefix, capacity))
+    t_start = time.monotonic()
+    try:
+        log(f"building lab {prefix!r}: three middles between the same functions and server")
+        state = lab.up()
+        middles = build_middles(state)
+        prepare_server(state)
+        dp_pid = _start_dataplane(state)
+        host = state.hosts[0]
+        ctx = Ctx(settings=settings, procs=procs, middles=middles, server_ns=host.ns,
+                  server_addr=host.ipv4, prefix=prefix, dp_pid=dp_pid)
+        if scale_max:
+            limit.at_least(int(scale_max * 1.3) + 100_000)
+        # warm-up, not counted: neighbours learnt, every middle carries traffic
+        from .suite import Flows, send
+        for m in middles.values():
+            w = send(ctx, m, Flows("warmup", "bulk", 1), 10_000, 0.2)
+            if not w["received"]:
+                raise RuntimeError(f"nothing came through the {m.name} middle")
+        if masquerade_count(middles["kernel-nat"]) == 0:
+            raise RuntimeError("the kernel-nat middle did not masquerade")
+        busy = machine_busy()
+        if busy > BUSY:
+            log(f"WARNING: the machine is {busy * 100:.0f}% busy before the benchmark starts "
+                "(other processes): figures will be noisy, Hyperplane's (which needs a core "
+                "of its own) most")
+        log(f"{'time':>7} {'rep':>5} {'test':16} {'middle':10} figures")
+        order = list(MIDDLES)
+        for rep in range(repeat):
+            for t in tests:
+                if t.once and rep:
+                    continue
+                for m in order:
+                    t0 = time.monotonic()
+                    figures, detail = t.run(ctx, middles[m])
+                    for k, v in figures.items():
+                        ctx.record(k, m, v)
+                    ctx.samples.append({"test": t.name, "middle": m, "repeat": rep,
+                                        "seconds": time.monotonic() - t0, "figures": figures,
+                                        **detail})
+                    _progress("once" if t.once else f"{rep + 1}/{repeat}", t.name, m, figures,
+                              time.monotonic() - t_start)
+            order = order[1:] + order[:1]     # who goes first changes every repeat
+        rows = report.results(ctx.values, ctx.limited)
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        info = machine()
+        head = (f"{'QUICK (not comparable figures) ' if settings.quick else ''}medians over "
+                f"{repeat} repeat(s), {when}, {info['cpus']} CPUs {info['cpu_model']}, "
+                f"kernel {info['kernel']}; machine {busy * 100:.0f}% busy before the start")
+        print(head)
+        print(report.table(rows))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        doc = {"when": when, "quick": settings.quick, "repeat": repeat, "tests": names,
+               "settings": vars(settings), "machine": {**info, "busy_before": busy},
+               "middles": {k: vars(v) for k, v in middles.items()},
+               "duration_s": time.monotonic() - t_start,
+               "results": rows, "samples": ctx.samples}
+        (out_dir / "bench.json").write_text(json.dumps(doc, indent=1, default=str))
+        why = report.chart(rows, out_dir / "bench.png", "Hyperplane beside the kernel: " + head)
+        log(f"wrote {out_dir / 'bench.json'}" +
+            (f" and {out_dir / 'bench.png'}" if why is None else f" (no chart: {why})"))
+        return 0
+    finally:
+        procs.kill_all()
+        _teardown(prefix)
+        limit.restore()
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hyperplane bench", description=__doc__.split("\n")[0])
+    add_arguments(ap)
+    return ap
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs the benchmark from parsed arguments; RuntimeError for failures to report."""
+    if os.geteuid() != 0:
+        raise RuntimeError("hyperplane bench needs root (network namespaces): run it with sudo")
+    names = TEST_NAMES if not args.tests else [n.strip() for n in args.tests.split(",")]
+    unknown = [n for n in names if n not in TEST_NAMES]
+    if unknown:
+        raise RuntimeError(f"unknown test(s) {', '.join(unknown)}; known: {', '.join(TEST_NAMES)}")
+    repeat = args.repeat or (1 if args.quick else 3)
+    if repeat < 1:
+        raise RuntimeError("--repeat must be at least 1")
+    prefix = args.prefix or "bn" + "".join(random.choices(string.ascii_lowercase
+                                                              + string.digits, k=2))
+
+    def on_term(signum, _frame):
+        raise SystemExit(128 + signum)    # runs the finally blocks
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return run(Settings.for_run(args.quick), names, repeat, Path(args.out), prefix)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(parser().parse_args()))
+    except RuntimeError as e:
+        print(f"hyperplane bench: {e}", file=sys.stderr)
+        sys.exit(1)
