@@ -7,8 +7,8 @@ PYTEST_ARGS ?=
 deps:               ## system tools the lab and tests use (apt, when root and missing)
 	scripts/install-system-deps
 
-install: deps       ## the package, its C extension built in place, and the test tools
-	$(PYTHON) -m pip install -q -e '.[test]'
+install: deps       ## the package, its C extension built in place, the test tools, matplotlib
+	$(PYTHON) -m pip install -q -e '.[test,bench]'
 
 build:              ## rebuild the C extension in place after editing csrc/ or *.pyx
 	@$(PYTHON) -c 'import Cython, setuptools' 2>/dev/null || $(PYTHON) -m pip install -q 'Cython>=3.1' setuptools
@@ -26,9 +26,9 @@ test-ns: build
 bench: build        ## micro-benchmarks of the C core beside the reference model
 	$(PYTHON) -m pytest bench/test_micro.py --benchmark-only --benchmark-columns=min,median,ops,rounds -q
 
-E2E_ARGS ?= --seconds 5 --repeat 3
-bench-e2e: build    ## end to end (root): iperf3 through Hyperplane beside the kernel's nftables NAT
-	$(PYTHON) bench/e2e.py $(E2E_ARGS)
+BENCH_ARGS ?=
+bench-e2e: build    ## end to end (root): Hyperplane beside kernel routing and nftables NAT
+	$(PYTHON) -m hyperplane.cli bench $(BENCH_ARGS)
 
 demo: install build ## the built-in default lab, traffic through it, then down
 	hyperplane demo

@@ -74,8 +74,9 @@ def shuffled_keys(frames, n):
     return bytes(out)
 
 
-def per_op(benchmark, n, label="ns_per_op"):
-    """Records the median time per operation in nanoseconds beside pytest-benchmark's figures."""
+def per_op(benchmark, n, label="ns per operation"):
+    """Records the median time per operation in nanoseconds beside pytest-benchmark's figures
+    (conftest.py prints them at the end)."""
     ns = benchmark.stats.stats.median / n * 1e9
     benchmark.extra_info[label] = round(ns, 1)
     return ns

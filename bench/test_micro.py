@@ -1,6 +1,8 @@
 """Micro-benchmarks of the C core, each beside the pure-Python reference model.
 
 Run: make bench   (medians; the machine is shared and noisy, so compare ratios, not digits).
+Each test's per-operation figure (ns per lookup, frames/s, bytes per connection, ...) is
+printed in a table after pytest-benchmark's own (see conftest.py).
 Targets (issue 2): lookup <= 50 ns; new connection with port allocation <= 250 ns;
 >= 10 M frames/s of 64-byte frames on one core; <= 128 bytes per tracked connection;
 lookups at 1,000,000 live connections no slower than 1.5x at 10,000.
@@ -24,7 +26,7 @@ def test_lookup_existing_flow(benchmark, request, size):
     keys = shuffled_keys(frames, n)
     hits = benchmark(nat.lookup_packed, keys, vocab.OUT)
     assert hits == n
-    per_op(benchmark, n)
+    per_op(benchmark, n, "ns per lookup")
 
 
 def test_lookup_existing_flow_model(benchmark):
@@ -35,7 +37,7 @@ def test_lookup_existing_flow_model(benchmark):
         return sum(nat.table.lookup(k, vocab.OUT) is not None for k in keys)
 
     assert benchmark(run) == MODEL_N
-    per_op(benchmark, MODEL_N)
+    per_op(benchmark, MODEL_N, "ns per lookup")
 
 
 def test_new_connection_with_port_allocation(benchmark):
@@ -50,7 +52,7 @@ def test_new_connection_with_port_allocation(benchmark):
         assert nat.translate_packed(frames, work, FRAME, vocab.OUT, 1000) == n
 
     benchmark.pedantic(run, setup=setup, rounds=15)
-    per_op(benchmark, n)
+    per_op(benchmark, n, "ns per new connection")
 
 
 def test_new_connection_model(benchmark):
@@ -64,7 +66,7 @@ def test_new_connection_model(benchmark):
         nat.translate(copies, vocab.OUT, 1000)
 
     benchmark.pedantic(run, setup=setup, rounds=5)
-    per_op(benchmark, MODEL_N)
+    per_op(benchmark, MODEL_N, "ns per new connection")
 
 
 def test_translate_64_byte_frames(benchmark, nat_10k):
@@ -73,8 +75,8 @@ def test_translate_64_byte_frames(benchmark, nat_10k):
     work = bytearray(len(frames))
     n = len(frames) // FRAME
     assert benchmark(nat.translate_packed, frames, work, FRAME, vocab.OUT, 2000) == n
-    ns = per_op(benchmark, n)
-    benchmark.extra_info["mframes_per_s"] = round(1e3 / ns, 2)
+    ns = per_op(benchmark, n, "ns per frame")
+    benchmark.extra_info["M frames/s"] = round(1e3 / ns, 2)
 
 
 def test_translate_model(benchmark):
@@ -85,7 +87,8 @@ def test_translate_model(benchmark):
         nat.translate([bytearray(f) for f in frames], vocab.OUT, 2000)
 
     benchmark.pedantic(run, rounds=5)
-    per_op(benchmark, MODEL_N)
+    ns = per_op(benchmark, MODEL_N, "ns per frame")
+    benchmark.extra_info["M frames/s"] = round(1e3 / ns, 4)
 
 
 def test_expire_1m_entries(benchmark):
@@ -102,7 +105,7 @@ def test_expire_1m_entries(benchmark):
         assert nat.expire(10**9, collect=False) == n
 
     benchmark.pedantic(run, setup=setup, rounds=3)
-    per_op(benchmark, n)
+    per_op(benchmark, n, "ns per expired entry")
 
 
 def test_expire_model(benchmark):
@@ -113,14 +116,14 @@ def test_expire_model(benchmark):
         assert len(nat.expire(10**9)) == MODEL_N
 
     benchmark.pedantic(run, setup=setup, rounds=5)
-    per_op(benchmark, MODEL_N)
+    per_op(benchmark, MODEL_N, "ns per expired entry")
 
 
 def test_memory_per_connection(benchmark, nat_1m):
     """Not a timing: bytes of the table per tracked connection, both index entries included."""
     nat, _ = nat_1m
     mem = benchmark(nat.memory)
-    benchmark.extra_info["bytes_per_connection"] = mem["per_connection"]
-    benchmark.extra_info["entry_bytes"] = mem["entry_bytes"]
-    benchmark.extra_info["pool_bytes_per_eni_proto"] = nat.pool_memory(0, 4, 17)
+    benchmark.extra_info["bytes per connection"] = mem["per_connection"]
+    benchmark.extra_info["bytes per entry"] = mem["entry_bytes"]
+    benchmark.extra_info["bytes per port pool (ENI, protocol)"] = nat.pool_memory(0, 4, 17)
     assert mem["per_connection"] > 0
