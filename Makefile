@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: deps install build test test-unit test-ns bench bench-e2e demo down clean sdist
+.PHONY: deps install build test test-unit test-ns fuzz fuzz-ci fuzz-coverage bench bench-e2e demo down clean sdist
 
 deps:               ## system tools the lab and tests use (apt, when root and missing)
 	scripts/install-system-deps
@@ -22,6 +22,18 @@ test-unit: build
 
 test-ns: build
 	$(PYTHON) -m pytest -q tests/ns $(PYTEST_ARGS)
+
+FUZZ_SECONDS ?= 60
+fuzz:               ## coverage-guided fuzzing of the C core (libFuzzer, ASan+UBSan), FUZZ_SECONDS in all
+	scripts/install-fuzz-deps
+	fuzz/run --seconds $(FUZZ_SECONDS)
+
+fuzz-ci:            ## the short bounded fuzz run CI does
+	$(MAKE) fuzz FUZZ_SECONDS=40
+
+fuzz-coverage:      ## line / branch coverage of csrc/ reached by the kept fuzz corpora
+	scripts/install-fuzz-deps
+	fuzz/run --coverage
 
 bench: build        ## micro-benchmarks of the C core beside the reference model
 	$(PYTHON) -m pytest bench/test_micro.py --benchmark-only --benchmark-columns=min,median,ops,rounds -q

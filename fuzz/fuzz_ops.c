@@ -1,0 +1,196 @@
+/* Fuzz target 2: a small program of operations on one NAT: frames built from compact
+ * descriptors (OUT from known and unknown functions, IN replies to live connections, right or
+ * subtly wrong), raw frames, batches, clock ticks, expiries, deletions, lookups and new ENIs.
+ * The per-frame oracles and the table / index / pool invariants are checked after every op.
+ *
+ * Input: [variant] then ops, each an opcode byte (mod 10) and its argument bytes (missing
+ * bytes read as zero):
+ *   0 OUT frame   a b c d   (see out_spec)        5 delete    sel
+ *   1 IN frame    sel fl m  (see in_spec)         6 OUT batch n, n x (a b c d)
+ *   2 raw frame   how len bytes...                7 add ENI   group | v6 << 2
+ *   3 tick        step                            8 lookup    sel
+ *   4 expire      max | out << 3 | out_max << 4   9 IN batch  n, n x (sel fl m) */
+#include "fz.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_OPS 64
+
+typedef struct prog { const uint8_t *data; size_t size, at; } prog;
+
+static uint8_t next(prog *p) { return p->at < p->size ? p->data[p->at++] : 0; }
+
+static const uint16_t sports[4] = { 4000, 4001, 40000, 1024 };
+static const uint16_t dports[4] = { 80, 443, 53, 1024 };
+static const uint8_t ttls[4] = { 64, 2, 1, 255 };
+static const uint32_t steps[16] = {
+    0, 1, 10, 100, 999, 1000, 5000, 10000, 29999, 30000, 60000, 120000, 180000, 240000,
+    350000, 7440000,
+};
+
+/* a: source (bits 0-3), UDP (4), destination (5-6), UDP without checksum (7)
+ * b: source port (0-1), destination port (2-3), vnet mode (4-5), TTL (6-7)
+ * c: TCP flags   d: payload / 6 */
+static fz_frame_spec out_spec(prog *p)
+{
+    uint8_t a = next(p), b = next(p), c = next(p), d = next(p);
+    fz_frame_spec s;
+    memset(&s, 0, sizeof s);
+    fz_source_addr(a & 15, &s.k);
+    fz_dst_addr((a >> 5) & 3, s.k.family, s.k.dst);
+    s.k.proto = (a >> 4) & 1 ? 17 : 6;
+    s.zero_udp_csum = a >> 7;
+    s.k.sport = sports[b & 3];
+    s.k.dport = dports[(b >> 2) & 3];
+    s.vnet_mode = (b >> 4) & 3;
+    s.ttl = ttls[b >> 6];
+    s.tcp_flags = c;
+    s.payload = (uint16_t)(d * 6);
+    return s;
+}
+
+/* A frame for the reply direction of the sel-th live connection; m: wrong ENI (bit 0), wrong
+ * external port (1), wrong ENI address (2), vnet mode (3-4), TTL (5-6), large (7). */
+static fz_frame_spec in_spec(fz_world *w, prog *p, uint16_t *in_eni)
+{
+    uint8_t sel = next(p), fl = next(p), m = next(p);
+    fz_frame_spec s;
+    memset(&s, 0, sizeof s);
+    uint32_t id = fz_nth_live(w, sel);
+    if (id != HP_CT_NONE) {
+        const hp_conn *c = &w->nat->ct.conns[id];
+        hp_ct_reply_key(&w->nat->ct, c, &s.k);
+        *in_eni = c->eni;
+    } else {                                    /* nothing live: unsolicited */
+        s.k.family = 4;
+        s.k.proto = sel & 1 ? 17 : 6;
+        fz_dst_addr(0, 4, s.k.src);
+        memcpy(s.k.dst, w->nat->eni_addr[0].addr[0], 4);
+        s.k.sport = 80;
+        s.k.dport = (uint16_t)(w->nat->cfg.port_lo + sel);
+        *in_eni = 0;
+    }
+    if (m & 1)
+        *in_eni = (uint16_t)((*in_eni + 1) % w->nat->n_enis);
+    if (m & 2)
+        s.k.dport ^= 1;
+    if (m & 4)
+        fz_dst_addr(3, s.k.family, s.k.dst);    /* ENI 0's address, maybe not the conn's */
+    s.vnet_mode = (m >> 3) & 3;
+    s.ttl = ttls[(m >> 5) & 3];
+    s.tcp_flags = fl;
+    s.payload = m >> 7 ? 1400 : sel;
+    return s;
+}
+
+static void send_specs(fz_world *w, fz_frame_spec *specs, uint32_t n, int dir, uint16_t in_eni)
+{
+    static uint8_t store[FZ_MAX_BATCH][FZ_MAX_FRAME];
+    uint8_t *frames[FZ_MAX_BATCH];
+    uint32_t lens[FZ_MAX_BATCH];
+    int vnet = specs[0].vnet_mode != 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (!vnet)
+            specs[i].vnet_mode = 0;
+        else if (!specs[i].vnet_mode)
+            specs[i].vnet_mode = 1;             /* one batch, one header convention */
+        frames[i] = store[i];
+        lens[i] = fz_build(store[i], FZ_MAX_FRAME, &specs[i]);
+    }
+    fz_translate_checked(w, frames, lens, n, dir, in_eni, vnet, 1);
+}
+
+static void raw_frame(fz_world *w, prog *p)
+{
+    uint8_t how = next(p), len = next(p);
+    static uint8_t buf[256];
+    uint32_t n = 0;
+    while (n < len && p->at < p->size)
+        buf[n++] = next(p);
+    int dir = how & 1, vnet = (how >> 1) & 1;
+    uint16_t in_eni = (uint16_t)((how >> 4) % w->nat->n_enis);
+    if (how & 8) {                              /* aim at a live connection */
+        fz_parsed ps;
+        fz_parse(buf, n, vnet, 0, &ps);
+        uint32_t id = fz_nth_live(w, how >> 4);
+        if (ps.have_l4 && id != HP_CT_NONE && w->nat->ct.conns[id].family == ps.family) {
+            const hp_conn *c = &w->nat->ct.conns[id];
+            hp_flow_key k;
+            if (dir == HP_DIR_OUT)
+                hp_ct_orig_key(c, &k);
+            else
+                hp_ct_reply_key(&w->nat->ct, c, &k);
+            fz_set_tuple(buf, &ps, &k);
+            in_eni = c->eni;
+        }
+    }
+    if (how & 4)
+        fz_fix_checksums(buf, n, vnet);
+    uint8_t *frames[1] = { buf };
+    fz_translate_checked(w, frames, &n, 1, dir, in_eni, vnet, 1);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    prog p = { data, size, 1 };
+    fz_world *w = fz_world_get(data[0]);
+    fz_frame_spec specs[FZ_MAX_BATCH];
+    for (int ops = 0; ops < MAX_OPS && p.at < p.size; ops++) {
+        uint8_t op = next(&p) % 10, arg;
+        uint16_t in_eni = 0;
+        uint32_t n;
+        switch (op) {
+        case 0:
+            specs[0] = out_spec(&p);
+            send_specs(w, specs, 1, HP_DIR_OUT, 0);
+            break;
+        case 1:
+            specs[0] = in_spec(w, &p, &in_eni);
+            send_specs(w, specs, 1, HP_DIR_IN, in_eni);
+            break;
+        case 2:
+            raw_frame(w, &p);
+            break;
+        case 3:
+            w->now += steps[next(&p) & 15];
+            fz_check_invariants(w);
+            break;
+        case 4:
+            arg = next(&p);
+            fz_expire_checked(w, (arg & 7) == 7 ? SIZE_MAX : (size_t)(arg & 7), arg >> 4,
+                              (arg >> 3) & 1);
+            break;
+        case 5:
+            fz_delete_checked(w, fz_nth_live(w, next(&p)));
+            break;
+        case 6:
+            n = 1 + next(&p) % FZ_MAX_BATCH;
+            for (uint32_t i = 0; i < n; i++)
+                specs[i] = out_spec(&p);
+            send_specs(w, specs, n, HP_DIR_OUT, 0);
+            break;
+        case 7:
+            arg = next(&p);
+            fz_world_add_eni(w, arg & 3, (arg >> 2) & 1);
+            break;
+        case 8:
+            fz_lookup_checked(w, fz_nth_live(w, next(&p)));
+            break;
+        case 9:
+            /* One ingress ENI per batch: the first frame's. */
+            n = 1 + next(&p) % FZ_MAX_BATCH;
+            for (uint32_t i = 0; i < n; i++) {
+                uint16_t e;
+                specs[i] = in_spec(w, &p, &e);
+                if (i == 0)
+                    in_eni = e;
+            }
+            send_specs(w, specs, n, HP_DIR_IN, in_eni);
+            break;
+        }
+    }
+    return 0;
+}

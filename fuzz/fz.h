@@ -1,0 +1,100 @@
+/* Shared pieces of the fuzz targets: a small NAT world with a few connections set up, reset to
+ * its snapshot before every input; an independent reference parser and frame builder; the
+ * per-frame oracles and the table / index / pool invariant checker. Written against the
+ * public headers of the C core only. */
+#ifndef FZ_H
+#define FZ_H
+
+#include "hp_nat.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FZ_VARIANTS 3
+#define FZ_MAX_BATCH 16
+#define FZ_MAX_FRAME 2048
+#define FZ_T0 1000000u          /* the clock when the world was set up, ms */
+
+/* Aborts with a message: libFuzzer reports it as a crash and keeps the input. */
+void fz_fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+
+/* What the reference parser (docs/semantics.md section 1, written from the spec, not from
+ * packet.c) learned. Offsets count from the start of the buffer (vnet header included). */
+typedef struct fz_parsed {
+    int reason;                  /* HP_R_NONE or the parse reason the spec gives */
+    int vnet;
+    uint32_t eth, l3, l4, end;   /* end: l3 + IP total length */
+    int family, proto;
+    int have_l3, have_l4;        /* headers whose fields can be read (and fixed) */
+    uint32_t ihl;
+    int partial;                 /* vnet NEEDS_CSUM */
+    int gso_type;
+} fz_parsed;
+
+/* mtu 0: no MTU check. */
+void fz_parse(const uint8_t *f, uint32_t len, int vnet, uint32_t mtu, fz_parsed *p);
+
+/* Makes the IPv4 header checksum and the L4 checksum (full, or partial when the frame's vnet
+ * header says NEEDS_CSUM) right, where the headers are within the frame. */
+void fz_fix_checksums(uint8_t *f, uint32_t len, int vnet);
+
+/* Offset of the L4 checksum field; the checksum's ones' complement error (0 when it
+ * verifies; partial: the field against the pseudo-header sum); the IPv4 header check. */
+uint32_t fz_csum_at(const fz_parsed *p);
+uint16_t fz_csum_residual(const uint8_t *f, const fz_parsed *p);
+int fz_ipv4_csum_ok(const uint8_t *f, const fz_parsed *p);
+
+/* Tuple fields of a parsed frame (addresses 16 bytes, IPv4 in the first 4). */
+void fz_tuple(const uint8_t *f, const fz_parsed *p, hp_flow_key *k);
+/* Overwrites a frame's addresses and ports with k (same family). */
+void fz_set_tuple(uint8_t *f, const fz_parsed *p, const hp_flow_key *k);
+
+/* A well-formed frame. vnet_mode: 0 none, 1 plain vnet header, 2 NEEDS_CSUM (partial),
+ * 3 GSO (TCP: TCPV4/6, UDP: UDP_L4). Returns its length. */
+typedef struct fz_frame_spec {
+    hp_flow_key k;
+    uint8_t tcp_flags, ttl, vnet_mode, zero_udp_csum;
+    uint16_t payload;
+} fz_frame_spec;
+uint32_t fz_build(uint8_t *buf, uint32_t cap, const fz_frame_spec *s);
+
+/* The world: one NAT of a variant (mapping mode, sizes, timeouts), its ENIs, groups and
+ * sources, a few connections, and the snapshot it returns to. */
+typedef struct fz_world {
+    hp_nat *nat;
+    uint64_t now;
+    uint64_t deletes;            /* connections removed by hp_nat_delete_conn */
+    uint32_t base_enis;          /* ENIs at snapshot time */
+    struct fz_region { void *ptr, *copy; size_t len; } *regions;
+    size_t n_regions, cap_regions;
+    uint64_t snap_now, snap_deletes;
+} fz_world;
+
+/* The world of a variant, restored to its snapshot. */
+fz_world *fz_world_get(int variant);
+
+/* Number of sources registered (the first fz_n_sources entries of fz_source_addr). */
+extern const int fz_n_sources;
+void fz_source_addr(int i, hp_flow_key *k);   /* fills family and src */
+void fz_dst_addr(int i, int family, uint8_t out[16]);
+/* Adds an ENI (at most a few past the base ones) to a group; -1 when none is added. */
+int fz_world_add_eni(fz_world *w, int group, int with_v6);
+
+/* Translates frames (copies in exact-size heap buffers, so ASan sees any overread), checks
+ * every per-frame oracle, then the invariants. frames are rewritten in place. */
+void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, uint32_t n,
+                          int dir, uint16_t in_eni, int vnet, int check_mtu);
+
+/* The nth live connection (wrapping), or HP_CT_NONE when the table is empty. */
+uint32_t fz_nth_live(const fz_world *w, uint32_t n);
+
+/* Expiry with its oracle: every record handed out had expired; with max unbounded and an out
+ * buffer large enough, no expired connection is left. */
+void fz_expire_checked(fz_world *w, size_t max, size_t out_max, int with_out);
+void fz_delete_checked(fz_world *w, uint32_t id);
+void fz_lookup_checked(fz_world *w, uint32_t id);
+
+/* Table, index, LRU, free list, pool, quarantine and mapping invariants; aborts on any. */
+void fz_check_invariants(const fz_world *w);
+
+#endif

@@ -1,0 +1,537 @@
+/* The fuzz world (a small NAT with connections, reset from a snapshot before every input so
+ * each run is deterministic and cheap) and the oracles over translated frames. */
+#include "fz.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const struct variant {
+    uint8_t per_connection, rfc;
+    uint32_t capacity, journal;
+    uint16_t port_lo, port_hi, mtu_inside, mtu_outside;
+    uint64_t quarantine_ms;
+} variants[FZ_VARIANTS] = {
+    /* endpoint-independent, quarantine of two TIME_WAITs, a small journal */
+    { 0, 0, 32, 8, 1024, 1055, 1500, 1500, 240000 },
+    /* a port per connection, no quarantine, no journal, RFC timeouts, smaller MTUs */
+    { 1, 1, 48, 0, 2000, 2015, 1400, 1280, 0 },
+    /* a tiny table and pools, a short quarantine, jumbo inside MTU */
+    { 0, 0, 8, 2, 60000, 60011, 9000, 1500, 1000 },
+};
+
+/* Inside functions: address, group, IPv6 allowed. The last two are unknown to the NAT. */
+static const struct { const char *addr; uint8_t family, group, allow_v6; } sources[] = {
+    { "\x0a\xc8\x00\x0b", 4, 0, 1 },                                   /* 10.200.0.11 */
+    { "\xfd\x00\x02\x00\0\0\0\0\0\0\0\0\0\0\0\x11", 6, 0, 1 },         /* fd00:200::11 */
+    { "\x0a\xc8\x00\x0c", 4, 1, 0 },                                   /* 10.200.0.12 */
+    { "\xfd\x00\x02\x00\0\0\0\0\0\0\0\0\0\0\0\x12", 6, 1, 1 },         /* newest ENI lacks v6 */
+    { "\x0a\xc8\x00\x0d", 4, 2, 0 },                                   /* 10.200.0.13 */
+    { "\xfd\x00\x02\x00\0\0\0\0\0\0\0\0\0\0\0\x13", 6, 2, 1 },
+    { "\xfd\x00\x02\x00\0\0\0\0\0\0\0\0\0\0\0\x14", 6, 2, 0 },         /* v6 not allowed */
+    { "\x0a\xc8\x00\x63", 4, 0, 0 },                                   /* unknown */
+    { "\xfd\x00\x02\x00\0\0\0\0\0\0\0\0\0\0\0\x99", 6, 0, 0 },         /* unknown */
+};
+const int fz_n_sources = 7;
+
+void fz_source_addr(int i, hp_flow_key *k)
+{
+    i %= (int)(sizeof sources / sizeof sources[0]);
+    memset(k->src, 0, 16);
+    memcpy(k->src, sources[i].addr, sources[i].family == 4 ? 4 : 16);
+    k->family = sources[i].family;
+}
+
+void fz_dst_addr(int i, int family, uint8_t out[16])
+{
+    static const uint8_t v4[4][4] = { { 10, 0, 9, 9 }, { 10, 0, 9, 10 }, { 192, 0, 2, 1 },
+                                      { 10, 0, 1, 4 } };      /* the last is an ENI's */
+    static const uint8_t v6[4][16] = {
+        { 0xfd, 0, 0, 9, [15] = 9 }, { 0xfd, 0, 0, 9, [15] = 0x10 },
+        { 0x20, 0x01, 0x0d, 0xb8, [15] = 1 }, { 0xfd, 0, 0, 1, [15] = 4 } };
+    memset(out, 0, 16);
+    memcpy(out, family == 4 ? v4[i & 3] : v6[i & 3], family == 4 ? 4 : 16);
+}
+
+/* ENI k: 10.0.(k+1).4 and fd00:(k+1)::4. */
+static void eni_addrs(int k, uint8_t v4[4], uint8_t v6[16])
+{
+    uint8_t a4[4] = { 10, 0, (uint8_t)(k + 1), 4 };
+    memcpy(v4, a4, 4);
+    memset(v6, 0, 16);
+    v6[0] = 0xfd;
+    v6[3] = (uint8_t)(k + 1);
+    v6[15] = 4;
+}
+
+#define FZ_BASE_ENIS 3
+#define FZ_EXTRA_ENIS 4
+
+/* -- snapshot --------------------------------------------------------------------------- */
+
+static void add_region(fz_world *w, void *ptr, size_t len)
+{
+    if (!ptr || !len)
+        return;
+    if (w->n_regions == w->cap_regions) {
+        w->cap_regions = w->cap_regions ? 2 * w->cap_regions : 32;
+        w->regions = realloc(w->regions, w->cap_regions * sizeof *w->regions);
+        if (!w->regions)
+            abort();
+    }
+    struct fz_region *r = &w->regions[w->n_regions++];
+    r->ptr = ptr;
+    r->len = len;
+    r->copy = malloc(len);
+    if (!r->copy)
+        abort();
+    memcpy(r->copy, ptr, len);
+}
+
+static void add_pool_regions(fz_world *w, hp_pool *p)
+{
+    add_region(w, p->free, p->size * sizeof *p->free);
+    add_region(w, p->q_port, p->size * sizeof *p->q_port);
+    add_region(w, p->q_until, p->size * sizeof *p->q_until);
+    add_region(w, p->owner, p->size * sizeof *p->owner);
+    add_region(w, p->map, (p->map_mask + 1) * sizeof *p->map);
+}
+
+/* Everything translation, expiry and deletion can write, as it is now. */
+static void snapshot(fz_world *w)
+{
+    hp_nat *nat = w->nat;
+    add_region(w, nat, sizeof *nat);
+    add_region(w, nat->ct.conns, nat->ct.capacity * sizeof *nat->ct.conns);
+    add_region(w, nat->ct.stats, nat->ct.capacity * sizeof *nat->ct.stats);
+    add_region(w, nat->ct.slots, (nat->ct.mask + 1) * sizeof *nat->ct.slots);
+    add_region(w, nat->journal, nat->cfg.journal_size * sizeof *nat->journal);
+    add_region(w, nat->groups, nat->cap_groups * sizeof *nat->groups);
+    for (uint32_t e = 0; e < nat->n_enis; e++) {
+        add_region(w, nat->eni_pools[e], sizeof *nat->eni_pools[e]);
+        for (int f = 0; f < 2; f++)
+            for (int p = 0; p < 2; p++)
+                add_pool_regions(w, &nat->eni_pools[e]->pool[f][p]);
+    }
+    w->base_enis = nat->n_enis;
+    w->snap_now = w->now;
+    w->snap_deletes = w->deletes;
+}
+
+static void restore(fz_world *w)
+{
+    hp_nat *nat = w->nat;
+    for (uint32_t e = w->base_enis; e < nat->n_enis; e++) {   /* ENIs added since */
+        for (int f = 0; f < 2; f++)
+            for (int p = 0; p < 2; p++)
+                hp_pool_free(&nat->eni_pools[e]->pool[f][p]);
+        free(nat->eni_pools[e]);
+    }
+    for (size_t i = 0; i < w->n_regions; i++)
+        memcpy(w->regions[i].ptr, w->regions[i].copy, w->regions[i].len);
+    w->now = w->snap_now;
+    w->deletes = w->snap_deletes;
+}
+
+/* -- setup ------------------------------------------------------------------------------- */
+
+static uint32_t setup_frame(fz_world *w, int dir, uint16_t in_eni, const fz_frame_spec *s)
+{
+    uint8_t buf[256];
+    uint32_t len = fz_build(buf, sizeof buf, s);
+    uint8_t *frames[1] = { buf };
+    fz_translate_checked(w, frames, &len, 1, dir, in_eni, s->vnet_mode != 0, 1);
+    return hp_nat_lookup(w->nat, &s->k, dir, w->now);   /* the connection it used */
+}
+
+/* A reply to connection id with the given TCP flags (ignored for UDP). */
+static void setup_reply(fz_world *w, uint32_t id, uint8_t flags)
+{
+    if (id == HP_CT_NONE)
+        fz_fail("setup: a connection was not created");
+    const hp_conn *c = &w->nat->ct.conns[id];
+    fz_frame_spec s = { .tcp_flags = flags, .ttl = 64 };
+    hp_ct_reply_key(&w->nat->ct, c, &s.k);
+    setup_frame(w, HP_DIR_IN, c->eni, &s);
+}
+
+static fz_frame_spec out_spec(int source, int dst, uint8_t proto, uint16_t sport,
+                              uint16_t dport, uint8_t flags)
+{
+    fz_frame_spec s = { .tcp_flags = flags, .ttl = 64 };
+    memset(&s.k, 0, sizeof s.k);
+    fz_source_addr(source, &s.k);
+    fz_dst_addr(dst, s.k.family, s.k.dst);
+    s.k.proto = proto;
+    s.k.sport = sport;
+    s.k.dport = dport;
+    return s;
+}
+
+static void setup_connections(fz_world *w)
+{
+    enum { S = HP_TCP_SYN, A = HP_TCP_ACK, F = HP_TCP_FIN };
+    fz_frame_spec s;
+    /* IPv4 TCP, established */
+    s = out_spec(0, 0, 6, 4000, 80, S);
+    uint32_t id = setup_frame(w, HP_DIR_OUT, 0, &s);
+    setup_reply(w, id, S | A);
+    s.tcp_flags = A;
+    setup_frame(w, HP_DIR_OUT, 0, &s);
+    /* IPv4 UDP with a reply */
+    s = out_spec(0, 0, 17, 4001, 53, 0);
+    setup_reply(w, setup_frame(w, HP_DIR_OUT, 0, &s), 0);
+    /* IPv6 TCP, SYN sent */
+    s = out_spec(1, 0, 6, 4000, 443, S);
+    setup_frame(w, HP_DIR_OUT, 0, &s);
+    /* IPv6 UDP through the two-ENI group */
+    s = out_spec(5, 0, 17, 5000, 53, 0);
+    setup_frame(w, HP_DIR_OUT, 0, &s);
+    /* IPv4 TCP closing: established, then a FIN from inside */
+    s = out_spec(4, 0, 6, 4000, 80, S);
+    id = setup_frame(w, HP_DIR_OUT, 0, &s);
+    setup_reply(w, id, S | A);
+    s.tcp_flags = A;
+    setup_frame(w, HP_DIR_OUT, 0, &s);
+    s.tcp_flags = F | A;
+    setup_frame(w, HP_DIR_OUT, 0, &s);
+    /* IPv4 UDP of another group, no reply yet */
+    s = out_spec(2, 1, 17, 4000, 123, 0);
+    setup_frame(w, HP_DIR_OUT, 0, &s);
+    if (w->nat->ct.count != 6)
+        fz_fail("setup: %u connections instead of 6", w->nat->ct.count);
+}
+
+static fz_world *build(int variant)
+{
+    const struct variant *v = &variants[variant];
+    hp_nat_config cfg;
+    hp_nat_config_default(&cfg);
+    cfg.capacity = v->capacity;
+    cfg.port_lo = v->port_lo;
+    cfg.port_hi = v->port_hi;
+    cfg.per_connection = v->per_connection;
+    cfg.quarantine_ms = v->quarantine_ms;
+    cfg.mtu_inside = v->mtu_inside;
+    cfg.mtu_outside = v->mtu_outside;
+    cfg.journal_size = v->journal;
+    cfg.port_seed = 0x5eed + (uint64_t)variant;
+    cfg.hash_seed.k0 = 0x0123456789abcdefull;    /* fixed: runs are reproducible */
+    cfg.hash_seed.k1 = 0xfedcba9876543210ull + (uint64_t)variant;
+    hp_timeouts_profile(&cfg.timeouts, v->rfc);
+
+    fz_world *w = calloc(1, sizeof *w);
+    if (!w || !(w->nat = hp_nat_create(&cfg)))
+        fz_fail("hp_nat_create failed");
+    for (int k = 0; k < FZ_BASE_ENIS; k++) {
+        uint8_t a4[4], a6[16];
+        eni_addrs(k, a4, a6);
+        if (hp_nat_add_eni(w->nat, a4, k == 1 ? NULL : a6) != k)   /* ENI 1: IPv4 only */
+            fz_fail("add_eni");
+    }
+    for (int g = 0; g < 3; g++)
+        if (hp_nat_add_group(w->nat) != g)
+            fz_fail("add_group");
+    if (hp_nat_group_add_eni(w->nat, 0, 0) || hp_nat_group_add_eni(w->nat, 1, 1) ||
+        hp_nat_group_add_eni(w->nat, 2, 0) || hp_nat_group_add_eni(w->nat, 2, 2))
+        fz_fail("group_add_eni");
+    for (int i = 0; i < fz_n_sources; i++)
+        if (hp_nat_add_source(w->nat, sources[i].family, (const uint8_t *)sources[i].addr,
+                              sources[i].group, sources[i].allow_v6))
+            fz_fail("add_source");
+    w->now = FZ_T0;
+    fz_check_invariants(w);
+    setup_connections(w);
+    snapshot(w);
+    return w;
+}
+
+fz_world *fz_world_get(int variant)
+{
+    static fz_world *worlds[FZ_VARIANTS];
+    variant %= FZ_VARIANTS;
+    if (!worlds[variant])
+        worlds[variant] = build(variant);
+    else
+        restore(worlds[variant]);
+    return worlds[variant];
+}
+
+int fz_world_add_eni(fz_world *w, int group, int with_v6)
+{
+    hp_nat *nat = w->nat;
+    if (nat->n_enis >= w->base_enis + FZ_EXTRA_ENIS)
+        return -1;
+    uint8_t a4[4], a6[16];
+    eni_addrs((int)nat->n_enis + 10, a4, a6);
+    int e = hp_nat_add_eni(nat, a4, with_v6 ? a6 : NULL);
+    if (e < 0 || hp_nat_group_add_eni(nat, group % (int)nat->n_groups, e) != 0)
+        fz_fail("adding ENI %d failed", e);
+    fz_check_invariants(w);
+    return e;
+}
+
+/* -- oracles over frames ---------------------------------------------------------------- */
+
+static int is_parse_reason(int r)
+{
+    switch (r) {
+    case HP_R_VNET_TRUNCATED: case HP_R_ETH_TRUNCATED: case HP_R_ARP: case HP_R_ETHERTYPE:
+    case HP_R_IPV4_TRUNCATED: case HP_R_IPV4_BAD_VERSION: case HP_R_IPV4_BAD_IHL:
+    case HP_R_IPV4_BAD_TOTAL_LEN: case HP_R_IPV4_BAD_CHECKSUM: case HP_R_FRAGMENT:
+    case HP_R_IPV6_TRUNCATED: case HP_R_IPV6_BAD_VERSION: case HP_R_IPV6_BAD_PAYLOAD_LEN:
+    case HP_R_IPV6_EXT_TOO_MANY: case HP_R_IPV6_EXT_TRUNCATED: case HP_R_ICMP:
+    case HP_R_PROTO: case HP_R_L4_TRUNCATED: case HP_R_TCP_BAD_DOFF: case HP_R_UDP_BAD_LEN:
+    case HP_R_VNET_BAD_CSUM: case HP_R_TTL_EXCEEDED: case HP_R_TOO_BIG:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static const char *reason_name(int r)
+{
+    return r >= 0 && r < HP_R_COUNT ? hp_reason_names[r] : "?";
+}
+
+static void key_expect(const hp_flow_key *got, const uint8_t *src, const uint8_t *dst,
+                       uint16_t sport, uint16_t dport, const char *what)
+{
+    if (memcmp(got->src, src, 16) || memcmp(got->dst, dst, 16) || got->sport != sport ||
+        got->dport != dport)
+        fz_fail("%s: tuple is not the connection's (ports %u->%u, expected %u->%u)", what,
+                got->sport, got->dport, sport, dport);
+}
+
+static void check_dropped(const uint8_t *before, const uint8_t *after, uint32_t len,
+                          const fz_parsed *p, const hp_result *r)
+{
+    if (r->reason == HP_R_NONE || r->reason >= HP_R_COUNT)
+        fz_fail("verdict %u with reason %u", r->verdict, r->reason);
+    if ((r->verdict == HP_PUNT) != (hp_reason_is_punt(r->reason) != 0))
+        fz_fail("verdict %u disagrees with reason %s", r->verdict, reason_name(r->reason));
+    if (r->conn != HP_CT_NONE || r->port != 0)
+        fz_fail("a frame not forwarded names connection %u, port %u", r->conn, r->port);
+    if (p->reason != HP_R_NONE) {
+        /* A malformed frame is refused for the reason the spec gives. A punt reason may be
+         * overtaken by a drop after the lookup (an untracked frame is dropped in C). */
+        int spec_punt = hp_reason_is_punt(p->reason);
+        if (r->reason != p->reason && (!spec_punt || is_parse_reason(r->reason)))
+            fz_fail("the spec says %s, the core says %s", reason_name(p->reason),
+                    reason_name(r->reason));
+    } else if (is_parse_reason(r->reason)) {
+        fz_fail("a well-formed frame refused for %s", reason_name(r->reason));
+    }
+    if (memcmp(before, after, len) != 0)
+        fz_fail("a frame not forwarded (%s) was changed", reason_name(r->reason));
+}
+
+static void check_forwarded(const fz_world *w, const uint8_t *before, const uint8_t *after,
+                            uint32_t len, const fz_parsed *p, int dir, uint16_t in_eni,
+                            const hp_result *r)
+{
+    const hp_nat *nat = w->nat;
+    if (p->reason != HP_R_NONE)
+        fz_fail("forwarded a frame the spec refuses for %s", reason_name(p->reason));
+    if (r->reason != HP_R_NONE)
+        fz_fail("forwarded with reason %s", reason_name(r->reason));
+    if (r->conn >= nat->ct.capacity || nat->ct.conns[r->conn].state == HP_S_NONE)
+        fz_fail("forwarded on connection %u, not live", r->conn);
+    const hp_conn *c = &nat->ct.conns[r->conn];
+    if (c->family != p->family || c->proto != p->proto)
+        fz_fail("forwarded on a connection of another family or protocol");
+    const uint8_t *eni = nat->eni_addr[c->eni].addr[c->family == 6];
+    hp_flow_key in, out;
+    fz_tuple(before, p, &in);
+    fz_tuple(after, p, &out);
+    if (dir == HP_DIR_OUT) {
+        key_expect(&in, c->src, c->dst, c->sport, c->dport, "OUT before");
+        key_expect(&out, eni, c->dst, c->nat_port, c->dport, "OUT after");
+        if (r->port != c->eni + 1)
+            fz_fail("OUT frame sent to port %u, its ENI is %u", r->port, c->eni);
+    } else {
+        if (c->eni != in_eni)
+            fz_fail("IN frame from ENI %u forwarded on a connection of ENI %u", in_eni, c->eni);
+        key_expect(&in, c->dst, eni, c->dport, c->nat_port, "IN before");
+        key_expect(&out, c->dst, c->src, c->dport, c->sport, "IN after");
+        if (r->port != 0)
+            fz_fail("IN frame sent to port %u", r->port);
+    }
+
+    /* Only what a NAT may change changed: the rewritten address and port, the TTL / hop
+     * limit, the IPv4 header checksum and the L4 checksum. */
+    uint32_t alen = p->family == 4 ? 4 : 16;
+    uint32_t addr = p->l3 + (p->family == 4 ? (dir == HP_DIR_OUT ? 12 : 16)
+                                            : (dir == HP_DIR_OUT ? 8 : 24));
+    uint32_t port = p->l4 + (dir == HP_DIR_OUT ? 0 : 2), ck = fz_csum_at(p);
+    uint32_t ttl = p->l3 + (p->family == 4 ? 8 : 7), ipck = p->l3 + 10;
+    for (uint32_t j = 0; j < len; j++) {
+        if (before[j] == after[j])
+            continue;
+        int allowed = (j >= addr && j < addr + alen) || j - port < 2 || j - ck < 2 ||
+                      j == ttl || (p->family == 4 && j - ipck < 2);
+        if (!allowed)
+            fz_fail("byte %u changed (0x%02x -> 0x%02x), not a field NAT rewrites", j,
+                    before[j], after[j]);
+    }
+    if (after[ttl] != (uint8_t)(before[ttl] - 1))
+        fz_fail("TTL %u -> %u", before[ttl], after[ttl]);
+    if (p->family == 4 && !fz_ipv4_csum_ok(after, p))
+        fz_fail("IPv4 header checksum does not verify after translation");
+
+    uint16_t ck_before = (uint16_t)(before[ck] << 8 | before[ck + 1]);
+    uint16_t ck_after = (uint16_t)(after[ck] << 8 | after[ck + 1]);
+    if (!p->partial && p->proto == 17 && p->family == 4 && ck_before == 0) {
+        if (ck_after != 0)
+            fz_fail("a UDP frame without checksum got one (0x%04x)", ck_after);
+        return;
+    }
+    if (!p->partial && p->proto == 17 && ck_after == 0)
+        fz_fail("UDP checksum became 0 (means none)");
+    uint16_t rb = fz_csum_residual(before, p), ra = fz_csum_residual(after, p);
+    if (rb != ra)
+        fz_fail("%s L4 checksum error changed: 0x%04x -> 0x%04x (field 0x%04x -> 0x%04x)",
+                p->partial ? "partial" : "full", rb, ra, ck_before, ck_after);
+}
+
+void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, uint32_t n,
+                          int dir, uint16_t in_eni, int vnet, int check_mtu)
+{
+    if (n > FZ_MAX_BATCH)
+        n = FZ_MAX_BATCH;
+    uint8_t *bufs[FZ_MAX_BATCH], *before[FZ_MAX_BATCH];
+    hp_result res[FZ_MAX_BATCH];
+    for (uint32_t i = 0; i < n; i++) {
+        bufs[i] = malloc(lens[i]);
+        before[i] = malloc(lens[i]);
+        if ((!bufs[i] || !before[i]) && lens[i])
+            abort();
+        memcpy(bufs[i], frames[i], lens[i]);
+        memcpy(before[i], frames[i], lens[i]);
+        memset(&res[i], 0xA5, sizeof res[i]);
+    }
+    uint64_t fwd_before = w->nat->counters[HP_C_FWD_OUT_PACKETS] +
+                          w->nat->counters[HP_C_FWD_IN_PACKETS];
+    if (check_mtu)
+        hp_nat_translate(w->nat, bufs, lens, n, dir, in_eni, vnet, w->now, res);
+    else
+        hp_nat_translate_ex(w->nat, bufs, lens, n, dir, in_eni, vnet, 0, w->now, res);
+
+    uint32_t mtu = !check_mtu ? 0 : dir == HP_DIR_OUT ? w->nat->cfg.mtu_outside
+                                                       : w->nat->cfg.mtu_inside;
+    uint32_t forwarded = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        fz_parsed p;
+        fz_parse(before[i], lens[i], vnet, mtu, &p);
+        if (res[i].verdict == HP_FORWARD) {
+            check_forwarded(w, before[i], bufs[i], lens[i], &p, dir, in_eni, &res[i]);
+            forwarded++;
+        } else if (res[i].verdict == HP_DROP || res[i].verdict == HP_PUNT) {
+            check_dropped(before[i], bufs[i], lens[i], &p, &res[i]);
+        } else {
+            fz_fail("verdict %u", res[i].verdict);
+        }
+        memcpy(frames[i], bufs[i], lens[i]);
+        free(bufs[i]);
+        free(before[i]);
+    }
+    uint64_t fwd_after = w->nat->counters[HP_C_FWD_OUT_PACKETS] +
+                         w->nat->counters[HP_C_FWD_IN_PACKETS];
+    if (fwd_after - fwd_before < forwarded)
+        fz_fail("%u frames forwarded, packet counters grew by %llu", forwarded,
+                (unsigned long long)(fwd_after - fwd_before));
+    fz_check_invariants(w);
+}
+
+/* -- expiry, deletion, lookup -------------------------------------------------------------- */
+
+uint32_t fz_nth_live(const fz_world *w, uint32_t n)
+{
+    const hp_ct *ct = &w->nat->ct;
+    if (ct->count == 0)
+        return HP_CT_NONE;
+    n %= ct->count;
+    for (uint32_t id = hp_ct_next_live(ct, 0); id != HP_CT_NONE; id = hp_ct_next_live(ct, id + 1))
+        if (n-- == 0)
+            return id;
+    fz_fail("count says %u live connections, iteration found fewer", ct->count);
+}
+
+static int expired(const hp_nat *nat, const hp_conn *c, uint64_t now)
+{
+    return now >= c->last_seen_ms + nat->cfg.timeouts.ms[c->state];
+}
+
+void fz_expire_checked(fz_world *w, size_t max, size_t out_max, int with_out)
+{
+    hp_nat *nat = w->nat;
+    enum { OUT_CAP = 64 };
+    hp_conn_record out[OUT_CAP];
+    if (out_max > OUT_CAP)
+        out_max = OUT_CAP;
+    uint32_t count = nat->ct.count, journal = nat->j_count;
+    uint64_t exp_before = nat->counters[HP_C_CONN_EXPIRED];
+    size_t got = hp_nat_expire(nat, w->now, max, with_out ? out : NULL, out_max);
+    uint32_t removed = count - nat->ct.count;
+    if (nat->ct.count > count || removed > max)
+        fz_fail("expire(max %zu) removed %u connections", max, removed);
+    if (nat->counters[HP_C_CONN_EXPIRED] - exp_before != removed)
+        fz_fail("expired counter grew by %llu, %u removed",
+                (unsigned long long)(nat->counters[HP_C_CONN_EXPIRED] - exp_before), removed);
+    size_t want = with_out ? (journal + removed < out_max ? journal + removed : out_max) : 0;
+    if (got != want)
+        fz_fail("expire returned %zu records, expected %zu", got, want);
+    for (size_t i = 0; i < got; i++) {
+        const hp_conn *c = &out[i].conn;
+        if (c->state == HP_S_NONE || c->state >= HP_S_COUNT || !expired(nat, c, w->now))
+            fz_fail("expire handed out a connection that had not expired (state %u)", c->state);
+    }
+    if (removed < max && hp_ct_next_expired(&nat->ct, w->now) != HP_CT_NONE)
+        fz_fail("expire stopped before max with expired connections left");
+    fz_check_invariants(w);
+}
+
+void fz_delete_checked(fz_world *w, uint32_t id)
+{
+    if (id == HP_CT_NONE)
+        return;
+    hp_nat *nat = w->nat;
+    uint32_t count = nat->ct.count;
+    hp_flow_key orig, reply;
+    hp_ct_orig_key(&nat->ct.conns[id], &orig);
+    hp_ct_reply_key(&nat->ct, &nat->ct.conns[id], &reply);
+    hp_nat_delete_conn(nat, id, w->now);
+    w->deletes++;
+    if (nat->ct.count != count - 1 || nat->ct.conns[id].state != HP_S_NONE)
+        fz_fail("delete of %u left it in the table", id);
+    if (hp_ct_lookup(&nat->ct, &orig, HP_DIR_OUT) != HP_CT_NONE ||
+        hp_ct_lookup(&nat->ct, &reply, HP_DIR_IN) != HP_CT_NONE)
+        fz_fail("a deleted connection's tuple still finds an entry");
+    fz_check_invariants(w);
+}
+
+void fz_lookup_checked(fz_world *w, uint32_t id)
+{
+    if (id == HP_CT_NONE)
+        return;
+    const hp_nat *nat = w->nat;
+    const hp_conn *c = &nat->ct.conns[id];
+    hp_flow_key orig, reply;
+    hp_ct_orig_key(c, &orig);
+    hp_ct_reply_key(&nat->ct, c, &reply);
+    uint32_t want = expired(nat, c, w->now) ? HP_CT_NONE : id;
+    uint32_t a = hp_nat_lookup(nat, &orig, HP_DIR_OUT, w->now);
+    uint32_t b = hp_nat_lookup(nat, &reply, HP_DIR_IN, w->now);
+    if (a != want || b != want)
+        fz_fail("lookup of connection %u: original %u, reply %u, expected %u", id, a, b, want);
+    /* The batched lookup (no expiry check) finds the entry from both sides. */
+    hp_flow_key keys[2] = { orig, reply };
+    uint32_t ids[2];
+    hp_ct_lookup_batch(&nat->ct, keys, 1, HP_DIR_OUT, &ids[0]);
+    hp_ct_lookup_batch(&nat->ct, keys + 1, 1, HP_DIR_IN, &ids[1]);
+    if (ids[0] != id || ids[1] != id)
+        fz_fail("batched lookup of connection %u: %u, %u", id, ids[0], ids[1]);
+    /* The other direction's tuple must not be mistaken for this one's. */
+    if (memcmp(&orig, &reply, sizeof orig) != 0 &&
+        hp_nat_lookup(nat, &orig, HP_DIR_IN, w->now) == id)
+        fz_fail("connection %u found by its original tuple in the reply direction", id);
+}

@@ -1,0 +1,99 @@
+"""Writes the seed corpora of the two fuzz targets from the frames the tests use
+(tests/framegen.py): well-formed TCP/UDP frames of both families, with and without virtio-net
+headers (partial checksums, GSO), IPv6 extension headers and options, every malformed kind,
+and short op programs for the sequence target. See fuzz_translate.c / fuzz_ops.c for the
+input formats.
+
+    python3 fuzz/make_seeds.py OUT_DIR     (writes OUT_DIR/translate and OUT_DIR/ops)
+"""
+
+import hashlib
+import os
+import struct
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import framegen as fg  # noqa: E402
+
+SRC4, SRC6 = "10.200.0.11", "fd00:200::11"
+DST4, DST6 = "10.0.9.9", "fd00:9::9"
+FIX, AIM = 1, 2
+
+
+def frames():
+    """(frame, vnet) pairs."""
+    for src, dst in ((SRC4, DST4), (SRC6, DST6)):
+        yield fg.tcp(src, dst, 4000, 80, "S"), False
+        yield fg.tcp(src, dst, 4000, 80, "A", payload=b"x" * 40), False
+        yield fg.tcp(src, dst, 4000, 80, "FA"), False
+        yield fg.tcp(src, dst, 4000, 80, "R"), False
+        yield fg.tcp(src, dst, 4000, 80, "S", tcp_options=b"\x02\x04\x05\xb4"), False
+        yield fg.udp(src, dst, 4001, 53, payload=b"query"), False
+        yield fg.udp(src, dst, 4001, 53, payload=b"q", ttl=2), False
+        yield fg.tcp(src, dst, 4000, 80, "S", vnet=True), True
+        yield fg.tcp(src, dst, 4000, 80, "A", payload=b"y" * 100, needs_csum=True), True
+        yield fg.udp(src, dst, 4001, 53, payload=b"z" * 30, needs_csum=True), True
+        gso = fg.GSO_TCPV4 if src == SRC4 else fg.GSO_TCPV6
+        yield fg.tcp(src, dst, 4000, 80, "A", payload=bytes(3000), needs_csum=True,
+                     gso_type=gso, gso_size=1448), True
+        yield fg.udp(src, dst, 4001, 53, payload=bytes(2000), needs_csum=True,
+                     gso_type=fg.GSO_UDP_L4, gso_size=1000), True
+    yield fg.udp(SRC4, DST4, 4001, 53, payload=b"n", zero_csum=True), False
+    yield fg.tcp(SRC4, DST4, 4000, 80, "S", ip_options=b"\x01\x01\x01\x00"), False
+    yield fg.udp(SRC6, DST6, 4001, 53, ext=[0, 60, 43]), False
+    yield fg.tcp(SRC6, DST6, 4000, 80, "S", ext=[51]), False
+    yield fg.udp(SRC6, DST6, 4001, 53, ext=[44]), False
+    for kind in fg.MALFORMED_KINDS:
+        yield fg.malformed(kind)
+
+
+def record(flags, frame):
+    return bytes([flags]) + struct.pack("!H", len(frame)) + bytes(frame)
+
+
+def translate_seeds():
+    for frame, vnet in frames():
+        cfg = (4 if vnet else 0)
+        for variant in range(3):
+            yield bytes([cfg | variant, 0]) + record(0, frame)             # OUT, as built
+        yield bytes([cfg, 1 | 8]) + record(FIX | AIM, frame)               # IN, at a connection
+        yield bytes([cfg | 0x70, 0]) + record(FIX | AIM | 4, frame)        # OUT, later clock
+    syn = fg.tcp(SRC4, DST4, 5555, 80, "S")
+    yield bytes([0, 0]) + record(0, syn) + record(0, syn) + record(FIX | AIM, syn)
+    ack = fg.tcp(SRC4, DST4, 4000, 80, "A")
+    yield bytes([0, 1 | 8]) + b"".join(record(FIX | AIM | (i << 2), ack) for i in range(4))
+
+
+def ops_seeds():
+    # out frame: 0 a b c d; in frame: 1 sel fl m; tick 3 s; expire 4 x; delete 5 sel;
+    # out batch 6 n ...; add ENI 7 x; lookup 8 sel; in batch 9 n ...
+    S, A, F, R = fg.SYN, fg.ACK, fg.FIN, fg.RST
+    handshake = bytes([0, 0x00, 0x00, S, 0, 1, 0, S | A, 0, 0, 0x00, 0x00, A, 4,
+                       1, 0, A, 0, 0, 0x00, 0x00, F | A, 0, 1, 0, F | A, 0, 0, 0x00, 0x00, A, 0])
+    for variant in range(3):
+        yield bytes([variant]) + handshake + bytes([3, 13, 4, 0x0F, 8, 0])
+        yield bytes([variant, 0, 0x10, 0x01, 0, 1, 1, 0, 0, 0, 3, 9, 4, 0x1F, 5, 0, 8, 1])
+        yield bytes([variant, 6, 7]) + bytes([0x10, 0x20, 0, 9] * 8) + bytes([7, 6, 6, 3,
+                                                                            0x10, 0x20, 0, 9])
+        yield bytes([variant, 0, 0x14, 0x10, 0, 20, 0, 0x01, 0x20, S, 50, 9, 3, 0, R, 0x08,
+                     1, 1, A, 0x18, 3, 15, 4, 0x7F])
+    syn = fg.tcp(SRC4, DST4, 4000, 80, "S")
+    yield bytes([0, 2, 4, len(syn)]) + bytes(syn) + bytes([2, 1 | 4 | 8, len(syn)]) + bytes(syn)
+
+
+def write(directory, seeds):
+    os.makedirs(directory, exist_ok=True)
+    for seed in seeds:
+        name = hashlib.sha1(seed).hexdigest()
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(seed)
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else "fuzz/seeds"
+    write(os.path.join(out, "translate"), translate_seeds())
+    write(os.path.join(out, "ops"), ops_seeds())
+
+
+if __name__ == "__main__":
+    main()
