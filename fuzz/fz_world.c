@@ -28,10 +28,11 @@ static const struct { const char *addr; uint8_t family, group, allow_v6; } sourc
     { "\x0a\xc8\x00\x0d", 4, 2, 0 },                                   /* 10.200.0.13 */
     { "\xfd\x00\x02\x00\0\0\0\0\0\0\0\0\0\0\0\x13", 6, 2, 1 },
     { "\xfd\x00\x02\x00\0\0\0\0\0\0\0\0\0\0\0\x14", 6, 2, 0 },         /* v6 not allowed */
+    { "\x0a\xc8\x00\x0e", 4, 3, 0 },                                   /* group without ENI */
     { "\x0a\xc8\x00\x63", 4, 0, 0 },                                   /* unknown */
     { "\xfd\x00\x02\x00\0\0\0\0\0\0\0\0\0\0\0\x99", 6, 0, 0 },         /* unknown */
 };
-const int fz_n_sources = 7;
+const int fz_n_sources = 8;
 
 void fz_source_addr(int i, hp_flow_key *k)
 {
@@ -228,7 +229,7 @@ static fz_world *build(int variant)
         if (hp_nat_add_eni(w->nat, a4, k == 1 ? NULL : a6) != k)   /* ENI 1: IPv4 only */
             fz_fail("add_eni");
     }
-    for (int g = 0; g < 3; g++)
+    for (int g = 0; g < 4; g++)           /* group 3 has no ENI until an op adds one */
         if (hp_nat_add_group(w->nat) != g)
             fz_fail("add_group");
     if (hp_nat_group_add_eni(w->nat, 0, 0) || hp_nat_group_add_eni(w->nat, 1, 1) ||
