@@ -111,19 +111,9 @@ static void raw_frame(fz_world *w, prog *p)
     int dir = how & 1, vnet = (how >> 1) & 1;
     uint16_t in_eni = (uint16_t)((how >> 4) % w->nat->n_enis);
     if (how & 8) {                              /* aim at a live connection */
-        fz_parsed ps;
-        fz_parse(buf, n, vnet, 0, &ps);
-        uint32_t id = fz_nth_live(w, how >> 4);
-        if (ps.have_l4 && id != HP_CT_NONE && w->nat->ct.conns[id].family == ps.family) {
-            const hp_conn *c = &w->nat->ct.conns[id];
-            hp_flow_key k;
-            if (dir == HP_DIR_OUT)
-                hp_ct_orig_key(c, &k);
-            else
-                hp_ct_reply_key(&w->nat->ct, c, &k);
-            fz_set_tuple(buf, &ps, &k);
-            in_eni = c->eni;
-        }
+        int e = fz_aim(w, buf, n, vnet, dir, how >> 4);
+        if (e >= 0)
+            in_eni = (uint16_t)e;
     }
     if (how & 4)
         fz_fix_checksums(buf, n, vnet);

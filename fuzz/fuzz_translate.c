@@ -17,18 +17,6 @@ static const uint32_t clock_steps[16] = {
     500000, 7440000,
 };
 
-/* The sel-th live connection of the frame's family and protocol, or HP_CT_NONE. */
-static uint32_t pick(const fz_world *w, int family, int proto, uint32_t sel)
-{
-    const hp_ct *ct = &w->nat->ct;
-    uint32_t ids[64], n = 0;
-    for (uint32_t id = hp_ct_next_live(ct, 0); id != HP_CT_NONE && n < 64;
-         id = hp_ct_next_live(ct, id + 1))
-        if (ct->conns[id].family == family && ct->conns[id].proto == proto)
-            ids[n++] = id;
-    return n ? ids[sel % n] : HP_CT_NONE;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
@@ -57,21 +45,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(store[n], data + at, len);
         at += len;
         if (fl & 2) {
-            fz_parsed p;
-            fz_parse(store[n], (uint32_t)len, vnet, 0, &p);
-            uint32_t id = p.have_l4 ? pick(w, p.family, p.proto, fl >> 2) : HP_CT_NONE;
-            if (id != HP_CT_NONE) {
-                const hp_conn *c = &w->nat->ct.conns[id];
-                hp_flow_key k;
-                if (dir == HP_DIR_OUT)
-                    hp_ct_orig_key(c, &k);
-                else
-                    hp_ct_reply_key(&w->nat->ct, c, &k);
-                fz_set_tuple(store[n], &p, &k);
-                if (eni_from_aim) {
-                    in_eni = c->eni;
-                    eni_from_aim = 0;
-                }
+            int e = fz_aim(w, store[n], (uint32_t)len, vnet, dir, fl >> 2);
+            if (e >= 0 && eni_from_aim) {
+                in_eni = (uint16_t)e;
+                eni_from_aim = 0;
             }
         }
         if (fl & 1)

@@ -85,6 +85,11 @@ int fz_world_add_eni(fz_world *w, int group, int with_v6);
 void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, uint32_t n,
                           int dir, uint16_t in_eni, int vnet, int check_mtu);
 
+/* Aims a frame at the sel-th live connection of its family and protocol: its original (OUT)
+ * or reply (IN) tuple replaces the frame's. Returns the connection's ENI, or -1 when the frame
+ * has no readable L4 header or no connection fits. */
+int fz_aim(fz_world *w, uint8_t *f, uint32_t len, int vnet, int dir, uint32_t sel);
+
 /* The nth live connection (wrapping), or HP_CT_NONE when the table is empty. */
 uint32_t fz_nth_live(const fz_world *w, uint32_t n);
 

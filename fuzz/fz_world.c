@@ -443,6 +443,30 @@ void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, u
     fz_check_invariants(w);
 }
 
+int fz_aim(fz_world *w, uint8_t *f, uint32_t len, int vnet, int dir, uint32_t sel)
+{
+    fz_parsed p;
+    fz_parse(f, len, vnet, 0, &p);
+    if (!p.have_l4)
+        return -1;
+    const hp_ct *ct = &w->nat->ct;
+    uint32_t ids[64], n = 0;
+    for (uint32_t id = hp_ct_next_live(ct, 0); id != HP_CT_NONE && n < 64;
+         id = hp_ct_next_live(ct, id + 1))
+        if (ct->conns[id].family == p.family && ct->conns[id].proto == p.proto)
+            ids[n++] = id;
+    if (n == 0)
+        return -1;
+    const hp_conn *c = &ct->conns[ids[sel % n]];
+    hp_flow_key k;
+    if (dir == HP_DIR_OUT)
+        hp_ct_orig_key(c, &k);
+    else
+        hp_ct_reply_key(ct, c, &k);
+    fz_set_tuple(f, &p, &k);
+    return c->eni;
+}
+
 /* -- expiry, deletion, lookup -------------------------------------------------------------- */
 
 uint32_t fz_nth_live(const fz_world *w, uint32_t n)
