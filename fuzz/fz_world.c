@@ -202,6 +202,26 @@ static void setup_connections(fz_world *w)
         fz_fail("setup: %u connections instead of 6", w->nat->ct.count);
 }
 
+/* The configuration calls refuse what they must, and a NAT is created and destroyed whole. */
+static void check_config_api(hp_nat *nat, const hp_nat_config *cfg)
+{
+    static const uint8_t a4[4] = { 10, 9, 9, 9 };
+    if (hp_nat_add_eni(nat, NULL, NULL) != -1 || hp_nat_group_add_eni(nat, 99, 0) != -1 ||
+        hp_nat_group_add_eni(nat, 0, 99) != -1 || hp_nat_add_source(nat, 5, a4, 0, 0) != -1 ||
+        hp_nat_add_source(nat, 4, a4, 99, 0) != -1 || hp_nat_pool(nat, 99, 4, 6) != NULL ||
+        hp_nat_pool(nat, 1, 6, 17) != NULL)
+        fz_fail("a configuration call accepted bad arguments");
+    hp_nat_config bad = *cfg;
+    bad.capacity = 0;
+    if (hp_nat_create(&bad))
+        fz_fail("a NAT of capacity 0");
+    hp_nat *other = hp_nat_create(cfg);
+    if (!other || hp_nat_add_eni(other, a4, NULL) != 0 || hp_nat_add_group(other) != 0 ||
+        hp_nat_group_add_eni(other, 0, 0) != 0 || hp_nat_add_source(other, 4, a4, 0, 0) != 0)
+        fz_fail("a second NAT");
+    hp_nat_destroy(other);
+}
+
 static fz_world *build(int variant)
 {
     const struct variant *v = &variants[variant];
@@ -239,6 +259,7 @@ static fz_world *build(int variant)
         if (hp_nat_add_source(w->nat, sources[i].family, (const uint8_t *)sources[i].addr,
                               sources[i].group, sources[i].allow_v6))
             fz_fail("add_source");
+    check_config_api(w->nat, &cfg);
     w->now = FZ_T0;
     fz_check_invariants(w);
     setup_connections(w);
