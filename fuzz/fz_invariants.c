@@ -5,6 +5,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Zeroed scratch memory, kept between checks: the checker runs after every operation and
+ * allocating each time would cost more than the checks. */
+enum { SCR_MARK, SCR_SEEN, SCR_WHERE, SCR_REFS, SCR_COUNT };
+static void *scratch(int slot, size_t bytes)
+{
+    static void *buf[SCR_COUNT];
+    static size_t cap[SCR_COUNT];
+    if (bytes > cap[slot]) {
+        free(buf[slot]);
+        buf[slot] = malloc(bytes);
+        if (!buf[slot])
+            abort();
+        cap[slot] = bytes;
+    }
+    memset(buf[slot], 0, bytes);
+    return buf[slot];
+}
+
 static int tcp_state(int s) { return s >= HP_S_SYN_SENT && s <= HP_S_CLOSE; }
 static int udp_state(int s) { return s == HP_S_UDP_FIRST || s == HP_S_UDP_STREAM; }
 
@@ -128,10 +146,8 @@ static void check_pool(const fz_world *w, uint32_t e, int f, int proto)
         fz_fail("pool counters out of range: free %u quarantined %u head %u size %u", p->nfree,
                 p->q_count, p->q_head, p->size);
     enum { FREE = 1, QUAR = 2 };
-    uint8_t *where = calloc(p->size, 1);
-    uint32_t *refs = calloc(p->size, sizeof *refs);
-    if (!where || !refs)
-        abort();
+    uint8_t *where = scratch(SCR_WHERE, p->size);
+    uint32_t *refs = scratch(SCR_REFS, p->size * sizeof *refs);
     for (uint32_t i = 0; i < p->nfree; i++) {
         uint16_t port = p->free[i];
         if (port < p->lo || port > p->hi || where[port - p->lo])
@@ -195,17 +211,14 @@ static void check_pool(const fz_world *w, uint32_t e, int f, int proto)
     }
     if (map_used != (mapped ? used : 0))
         fz_fail("mapping index holds %u ports, %u in use", map_used, used);
-    free(where);
-    free(refs);
 }
 
 void fz_check_invariants(const fz_world *w)
 {
     const hp_nat *nat = w->nat;
     const hp_ct *ct = &nat->ct;
-    uint8_t *mark = calloc(ct->capacity, 1), *seen_ref = calloc(2 * (size_t)ct->capacity, 1);
-    if (!mark || !seen_ref)
-        abort();
+    uint8_t *mark = scratch(SCR_MARK, ct->capacity);
+    uint8_t *seen_ref = scratch(SCR_SEEN, 2 * (size_t)ct->capacity);
     check_lists(w, mark);
     check_index(ct, seen_ref);
     for (uint32_t id = 0; id < ct->capacity; id++) {
@@ -219,8 +232,6 @@ void fz_check_invariants(const fz_world *w)
         if (hp_ct_lookup(ct, &k, HP_DIR_IN) != id)
             fz_fail("conn %u not found by its reply tuple", id);
     }
-    free(mark);
-    free(seen_ref);
     for (uint32_t e = 0; e < nat->n_enis; e++)
         for (int f = 0; f < 2; f++)
             if (nat->eni_addr[e].has[f])
