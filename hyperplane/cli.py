@@ -130,10 +130,10 @@ def cmd_up(args) -> int:
     check_kernel()
     try:
         cfg = load_config(args.config) if args.config else default_config()
-    except ConfigError as e:
-        raise CliError(f"bad config {args.config}: {e}") from None
-    if args.prefix:
-        cfg = cfg.with_prefix(args.prefix)
+        if args.prefix:
+            cfg = cfg.with_prefix(args.prefix)
+    except ConfigError as e:            # its text starts with the file's name
+        raise CliError(f"bad config: {e}") from None
     from .lab import Lab
     from .lab.cleanup import find
     left = find(cfg.prefix)

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from . import control, flowlog, metrics, vocab
+from . import control, flowlog, metrics
 from ._core import DataPlane, Nat
 from .lab import Lab
 from .lab.topology import EniInfo, RUN_DIR
@@ -38,13 +38,8 @@ class Daemon:
         self.run_dir = run_dir or RUN_DIR
         self.lab = Lab.attach(prefix, run_dir)
         state = self.lab.state
-        nat_cfg = state.config.get("nat", {})
-        self.nat = Nat(capacity=nat_cfg.get("capacity", 262144),
-                       port_range=tuple(nat_cfg.get("port_range", vocab.DEFAULT_PORT_RANGE)),
-                       mapping=nat_cfg.get("mapping", "endpoint-independent"),
-                       profile=nat_cfg.get("profile", "aws"),
-                       timeouts=nat_cfg.get("timeouts") or None,
-                       mtu_inside=state.mtu, mtu_outside=state.mtu,
+        self.config = state.config                     # the typed value, validated at `up`
+        self.nat = Nat(**self.config.nat_args(),
                        port_seed=secrets.randbits(64))     # RFC 6056: unpredictable ports
         self.dp = DataPlane(self.nat)
         self.started = time.time()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .vocab import DEFAULT_PORT_RANGE, PROFILES, STATES
-
-MAPPINGS = ("endpoint-independent", "per-connection")
+from .vocab import DEFAULT_PORT_RANGE, MAPPINGS, MAX_CAPACITY, MAX_TIMEOUT_S, PROFILES, STATES
 
 
 @dataclass(frozen=True)
@@ -27,8 +25,8 @@ class NatParams:
 def resolve(capacity=65536, port_range=DEFAULT_PORT_RANGE, mapping="endpoint-independent",
             profile="aws", timeouts=None, quarantine_ms=None, mtu_inside=1500,
             mtu_outside=1500, journal_size=4096, port_seed=0, hash_seed=None) -> NatParams:
-    if not isinstance(capacity, int) or not 1 <= capacity <= 1 << 30:
-        raise ValueError(f"capacity must be an integer in 1..{1 << 30}, not {capacity!r}")
+    if not isinstance(capacity, int) or not 1 <= capacity <= MAX_CAPACITY:
+        raise ValueError(f"capacity must be an integer in 1..{MAX_CAPACITY}, not {capacity!r}")
     try:
         lo, hi = (int(p) for p in port_range)
     except (TypeError, ValueError):
@@ -43,8 +41,9 @@ def resolve(capacity=65536, port_range=DEFAULT_PORT_RANGE, mapping="endpoint-ind
     for state, value in (timeouts or {}).items():
         if state not in seconds:
             raise ValueError(f"unknown state {state!r} in timeouts; known: {', '.join(seconds)}")
-        if not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"timeout for {state} must be a positive number of seconds")
+        if not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT_S:
+            raise ValueError(f"timeout for {state} must be a number of seconds in "
+                             f"(0, {MAX_TIMEOUT_S}]")
         seconds[state] = value
     timeouts_ms = tuple(0 if s == "NONE" else int(seconds[s] * 1000) for s in STATES)
     if quarantine_ms is None:

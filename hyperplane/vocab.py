@@ -53,3 +53,11 @@ PROFILES = {
 }
 
 DEFAULT_PORT_RANGE = (536, 65535)  # exactly 65,000 ports
+
+MAPPINGS = ("endpoint-independent", "per-connection")
+
+# Bounds shared by the config and the core (one set, checked in both).
+# Connections: a table of 2**26 entries (about 4 GB with its index and stats) is far beyond any
+# lab; the bound keeps every index computation of the core well clear of uint32 overflow.
+MAX_CAPACITY = 1 << 26
+MAX_TIMEOUT_S = 49 * 24 * 3600      # 49 days: milliseconds of it still fit in 32 bits

@@ -1,7 +1,10 @@
 """The namespace lab: a topology computed from a Config, built with pyroute2, removed by prefix.
 
 - ``topology``: the lab as a value (no side effects): ``build_topology(config) -> Topology``,
-  ``Topology.state() -> LabState``.
+  ``Topology.state() -> LabState``; it re-exports the names of
+- ``names``: namespace, interface and MAC names derived from the prefix,
+- ``state``: ``LabState`` (saved as JSON with the typed config) and the infos it holds,
+- ``secgroups``: security groups compiled to ``SgRule`` tuples for the data plane.
 - ``builder``: ``Lab(config).up() / .down() / .add_eni(subnet, sgs)``, ``Lab.attach(prefix)``.
 - ``cleanup``: ``cleanup.cleanup(prefix)`` removes everything with the prefix, also after a crash.
 - ``netns``: create/enter/remove namespaces, run commands and ping inside them.
@@ -10,9 +13,10 @@ Importing the package needs no root; pyroute2 is imported where the system is to
 """
 
 from .builder import Lab, down, up
+from .secgroups import SgRule
 from .topology import (EniInfo, FunctionInfo, GroupInfo, HostInfo, InsidePort, LabError,
                        LabState, NamespaceInfo, SubnetInfo, Topology, build_topology)
 
 __all__ = ["EniInfo", "FunctionInfo", "GroupInfo", "HostInfo", "InsidePort", "Lab", "LabError",
-           "LabState", "NamespaceInfo", "SubnetInfo", "Topology", "build_topology", "down",
-           "up"]
+           "LabState", "NamespaceInfo", "SubnetInfo", "SgRule", "Topology", "build_topology",
+           "down", "up"]

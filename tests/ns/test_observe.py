@@ -13,7 +13,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import _sweep, lab_config, new_prefix
+from conftest import TEST_LAB, _sweep, new_prefix
 from test_v2n import CLI, ECHO, TOOLS
 
 PORT = 9476
@@ -53,16 +53,16 @@ def observed():
     """A lab whose data plane logs flows every second and serves metrics; an echo server on
     host web; api sends one IPv4 and one IPv6 UDP flow through the ENI."""
     from hyperplane import cli
+    from hyperplane.config import loads_config
     from hyperplane.lab import Lab
     prefix = new_prefix()
     server = None
     try:
-        state = Lab(lab_config(prefix)).up()
-        # The typed config has no [hyperplane] table yet: put the options where the daemon
-        # reads them, in the saved state's config.
-        state.config["hyperplane"] = {"metrics": {"enabled": True, "port": PORT},
-                                      "flow_logs": {"interval": 1, "format": FIELDS}}
-        state.save()
+        fields = " ".join(f"${{{f}}}" for f in FIELDS)
+        cfg = loads_config(f'prefix = "{prefix}"\n' + TEST_LAB +
+                           f'[hyperplane.metrics]\nenabled = true\nport = {PORT}\n'
+                           f'[hyperplane.flow_logs]\ninterval_s = 1\nformat = "{fields}"\n')
+        state = Lab(cfg).up()
         cli.start_dataplane(state)
         lab = Lab.attach(prefix)
         server = lab.popen("web", TOOLS + ["serve", "--udp", str(ECHO)], stdout=subprocess.PIPE,

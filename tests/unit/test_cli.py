@@ -67,3 +67,14 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for name in ("up", "down", "status", "exec", "conntrack", "eni", "stats", "demo"):
         assert name in out
+
+
+def test_up_with_a_non_utf8_config_says_so(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    bad = tmp_path / "lab.toml"
+    bad.write_bytes(b'prefix = "hp"\n# \xff\n')
+    code, _, err = run(capsys, "up", "-c", str(bad))
+    assert code == cli.EXIT_FAIL and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith("file: not UTF-8 text (byte 0xff on line 2); "
+                                                 "save it as UTF-8")
+    assert err.count(str(bad)) == 1

@@ -146,11 +146,13 @@ def test_state_round_trips_through_json(topo):
     assert d["prefix"] == "hp" and d["dataplane_ns"] == "hp-hp"
     assert d["inside"]["mac"] == topo.inside.mac
     assert [e["ifname"] for e in d["enis"]] == ["hp-e0", "hp-e1"]
-    assert d["config"]["nat"]["profile"] == "aws"
+    assert d["config"]["hyperplane"]["profile"] == "aws"
     assert {n["name"]: n["role"] for n in d["namespaces"]}["hp-hp"] == "dataplane"
     assert {n["name"]: n["addresses"] for n in d["namespaces"]}["hp-h-web"] == [
         "10.0.1.10/24", "fd00:1::a/64"]
-    assert LabState.from_dict(d) == st
+    back = LabState.from_dict(d)
+    assert back == st
+    assert back.config == default_config() and back.config.nat_args() == st.config.nat_args()
     assert st.function("api").ipv4 == "10.200.0.11" and st.host("db").subnet == "data"
     assert st.namespace_of("api") == "hp-f-api" and st.namespace_of("hp-vpc") == "hp-vpc"
     with pytest.raises(KeyError):
@@ -195,20 +197,16 @@ def test_next_eni_errors(topo):
 
 LAB = """
 prefix = "t"
-[[subnets]]
-name = "s"
+[vpc.subnets.s]
 cidr4 = "10.0.0.0/28"
 cidr6 = "fd00:9::/64"
-[[hosts]]
-name = "h0"
+[hosts.h0]
 subnet = "s"
-[[hosts]]
-name = "fixed"
+[hosts.fixed]
 subnet = "s"
 address4 = "10.0.0.5"
-[[functions]]
-name = "f"
-subnets = ["s"]
+[functions.f]
+subnet_ids = ["s"]
 """
 
 
@@ -233,30 +231,28 @@ def test_enis_skip_host_addresses_and_run_out():
 
 
 def test_hosts_get_explicit_ipv6_and_skip_taken_numbers():
-    topo = build_topology(loads_config(LAB + '[[hosts]]\nname = "v6"\nsubnet = "s"\n'
-                                             'address6 = "fd00:9::b"\n'))
+    topo = build_topology(loads_config(LAB + '[hosts.v6]\nsubnet = "s"\naddress6 = "fd00:9::b"\n'))
     h0, fixed, v6 = topo.hosts
     assert (v6.ipv4, v6.ipv6) == ("10.0.0.11", "fd00:9::b")
-    topo = build_topology(loads_config(LAB + '[[hosts]]\nname = "v6"\nsubnet = "s"\n'
-                                             'address6 = "fd00:9::a"\n'))
+    topo = build_topology(loads_config(LAB + '[hosts.v6]\nsubnet = "s"\naddress6 = "fd00:9::a"\n'))
     h0, fixed, v6 = topo.hosts
     # fd00:9::a is taken by the explicit host, so h0 moves on to .11 / ::b
     assert (h0.ipv4, h0.ipv6, v6.ipv6) == ("10.0.0.11", "fd00:9::b", "fd00:9::a")
 
 
 def test_derived_ipv6_collision_is_a_config_error():
-    text = LAB + ('[[hosts]]\nname = "a"\nsubnet = "s"\naddress6 = "fd00:9::c"\n'
-                  '[[hosts]]\nname = "b"\nsubnet = "s"\naddress4 = "10.0.0.12"\n')
+    text = LAB + ('[hosts.a]\nsubnet = "s"\naddress6 = "fd00:9::c"\n'
+                  '[hosts.b]\nsubnet = "s"\naddress4 = "10.0.0.12"\n')
     with pytest.raises(ConfigError) as ei:
         build_topology(loads_config(text))
-    assert ei.value.field == "hosts[3].address6"
+    assert ei.value.field == "hosts.b.address6"
 
 
 def test_many_enis_in_one_subnet_do_not_collide_with_hosts():
-    fns = "".join(f'[[functions]]\nname = "f{i}"\nsubnets = ["app"]\n'
-                  f'security_groups = ["sg{i}"]\n' for i in range(9))
-    hosts = "".join(f'[[hosts]]\nname = "h{i}"\nsubnet = "app"\n' for i in range(3))
-    topo = build_topology(loads_config('[[subnets]]\nname = "app"\ncidr4 = "10.0.1.0/24"\n'
+    fns = "".join(f'[functions.f{i}]\nsubnet_ids = ["app"]\nsecurity_group_ids = ["sg{i}"]\n'
+                  f'[vpc.security_groups.sg{i}]\n' for i in range(9))
+    hosts = "".join(f'[hosts.h{i}]\nsubnet = "app"\n' for i in range(3))
+    topo = build_topology(loads_config('[vpc.subnets.app]\ncidr4 = "10.0.1.0/24"\n'
                                        + hosts + fns))
     addrs = [h.ipv4 for h in topo.hosts] + [e.ipv4 for e in topo.enis]
     assert len(addrs) == len(set(addrs)) == 12
@@ -266,9 +262,9 @@ def test_many_enis_in_one_subnet_do_not_collide_with_hosts():
 
 
 def test_inside_without_ipv6():
-    topo = build_topology(loads_config('[inside]\ncidr6 = ""\n[[subnets]]\nname = "a"\n'
-                                       'cidr4 = "10.0.1.0/24"\n[[functions]]\nname = "f"\n'
-                                       'subnets = ["a"]\n'))
+    topo = build_topology(loads_config('[inside]\ncidr6 = ""\n[vpc.subnets.a]\n'
+                                       'cidr4 = "10.0.1.0/24"\n[functions.f]\n'
+                                       'subnet_ids = ["a"]\n'))
     f = topo.functions[0]
     assert f.ipv6 is None and f.gateway6 is None and topo.inside.gateway6 is None
     assert [r.family for r in topo.routes if r.ns == f.ns] == [4]
@@ -280,3 +276,143 @@ def test_addresses_are_inside_their_networks(topo):
         assert ipaddress.ip_address(f.ipv6) in ipaddress.ip_network(topo.inside.cidr6)
     for e in topo.enis:
         assert ipaddress.ip_address(e.ipv4) in ipaddress.ip_network(e.cidr4)
+
+
+# -- security groups, compiled for the data plane ---------------------------------------------
+
+SG_LAB = """
+prefix = "sg"
+[vpc.subnets.app]
+cidr4 = "10.0.1.0/24"
+cidr6 = "fd00:1::/64"
+[vpc.subnets.data]
+cidr4 = "10.0.2.0/24"
+[vpc.security_groups.web]
+egress = [
+  { protocol = "tcp", port = 443, cidr4 = "0.0.0.0/0" },
+  { protocol = "tcp", port = 443, cidr4 = "0.0.0.0/0", description = "twice: kept once" },
+  { protocol = "udp", from_port = 1000, to_port = 2000, cidr6 = "fd00::/8" },
+  { protocol = "all", security_group_id = "servers" },
+]
+[vpc.security_groups.db]
+egress = [{ protocol = "tcp", port = 5432, security_group_id = "servers" }]
+[vpc.security_groups.servers]
+egress = []
+[vpc.security_groups.open]
+[hosts.s1]
+subnet = "app"
+security_group_ids = ["servers"]
+[hosts.s2]
+subnet = "data"
+security_group_ids = ["servers"]
+[hosts.other]
+subnet = "app"
+[functions.a]
+subnet_ids = ["app"]
+security_group_ids = ["web", "db"]
+[functions.b]
+subnet_ids = ["data"]
+[functions.c]
+subnet_ids = ["data"]
+security_group_ids = ["open"]
+"""
+
+
+def test_security_groups_compile_to_compact_rules():
+    from hyperplane.lab.secgroups import SgRule
+    topo = build_topology(loads_config(SG_LAB))
+    rules = topo.sg_rules()
+    assert rules["web"] == (
+        SgRule(6, 443, 443, 4, "0.0.0.0", 0),
+        SgRule(17, 1000, 2000, 6, "fd00::", 8),
+        SgRule(0, 0, 65535, 4, "10.0.1.10", 32),      # s1, both families
+        SgRule(0, 0, 65535, 6, "fd00:1::a", 128),
+        SgRule(0, 0, 65535, 4, "10.0.2.10", 32))      # s2, IPv4 only subnet
+    assert rules["db"] == (SgRule(6, 5432, 5432, 4, "10.0.1.10", 32),
+                           SgRule(6, 5432, 5432, 6, "fd00:1::a", 128),
+                           SgRule(6, 5432, 5432, 4, "10.0.2.10", 32))
+    assert rules["servers"] == ()
+    assert rules["open"] == (SgRule(0, 0, 65535, 4, "0.0.0.0", 0),
+                             SgRule(0, 0, 65535, 6, "::", 0))
+    assert all(isinstance(x, tuple) and len(x) == 6 for r in rules.values() for x in r)
+    st = topo.state()
+    assert st.sg_rules() == rules
+    a = st.group_rules("app|db,web")                  # an ENI's groups: the union
+    assert set(a) == set(rules["web"]) | set(rules["db"])
+    assert st.group_rules("data|") == rules["open"]   # no group: the default, allow all
+
+
+def test_rules_decide_like_security_groups():
+    st = build_topology(loads_config(SG_LAB)).state()
+    a = st.group_rules("app|db,web")
+
+    def allowed(proto, fam, dst, port):
+        return any(r.allows(proto, fam, dst, port) for r in a)
+
+    assert allowed(6, 4, "93.184.216.34", 443) and not allowed(6, 4, "93.184.216.34", 80)
+    assert allowed(17, 6, "fd00:9::1", 1500) and not allowed(17, 6, "fd00:9::1", 999)
+    assert allowed(17, 4, "10.0.1.10", 53)               # servers: every protocol
+    assert allowed(1, 4, "10.0.2.10", 0)                  # ICMP to a server: "all"
+    assert not allowed(6, 4, "10.0.1.11", 22)             # "other" is not in the group
+    assert allowed(6, 4, "10.0.1.11", 443)
+
+
+def test_rule_change_reaches_the_saved_state(tmp_path):
+    st = build_topology(loads_config(SG_LAB)).state()
+    st.save(tmp_path)
+    assert LabState.load("sg", tmp_path).sg_rules() == st.sg_rules()
+
+
+# -- the split: public names stay importable from topology ------------------------------------
+
+def test_topology_reexports_names_and_state():
+    from hyperplane.lab import names, state, topology
+    for n in ("ns_dataplane", "ns_function", "if_eni", "if_eni_peer", "is_lab_namespace", "mac",
+              "IFNAMSIZ", "MAC_ENI", "ROLES"):
+        assert getattr(topology, n) is getattr(names, n)
+    for n in ("LabState", "EniInfo", "FunctionInfo", "GroupInfo", "HostInfo", "InsidePort",
+              "NamespaceInfo", "SubnetInfo", "LabError", "RUN_DIR"):
+        assert getattr(topology, n) is getattr(state, n)
+
+
+# -- the examples ------------------------------------------------------------------------------
+
+EXAMPLES = sorted((__import__("pathlib").Path(__file__).resolve().parents[2] / "examples")
+                  .glob("*.toml"))
+
+
+def test_examples_are_there():
+    assert {p.name for p in EXAMPLES} >= {"default.toml", "dual-stack.toml",
+                                          "many-functions.toml", "small-pool.toml"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_builds_a_topology(path, tmp_path):
+    from hyperplane.config import load_config
+    cfg = load_config(path)
+    topo = build_topology(cfg)
+    assert len(topo.functions) == len(cfg.functions) >= 2
+    assert len(topo.enis) == len({f.group_key for f in cfg.functions})
+    for ns, ifname in topo.links():
+        assert len(ifname) <= IFNAMSIZ
+    st = topo.state()
+    st.save(tmp_path)
+    back = LabState.load(cfg.prefix, tmp_path)
+    assert back == st and back.config == cfg
+    for g in st.groups:
+        assert st.group_rules(g.key) is not None
+    for f in st.functions:                   # IPv6 only where every subnet is dual-stack
+        if f.ipv6_allowed:
+            assert all(st.subnet(s).dual_stack for s in f.subnets)
+
+
+def test_example_specifics():
+    from hyperplane.config import load_config
+    by = {p.name: load_config(p) for p in EXAMPLES}
+    ds = by["dual-stack.toml"]
+    assert all(s.dual_stack for s in ds.subnets) and ds.function("frontend").ipv6
+    sp = by["small-pool.toml"].hyperplane
+    assert sp.ports_per_eni == 10 and sp.eni_limit == 4 and sp.flow_logs.interval_s == 1
+    assert sp.metrics.enabled and "pkt-srcaddr" in sp.flow_logs.fields
+    mf = by["many-functions.toml"]
+    assert len(mf.functions) == 24 and any(len(f.subnet_ids) > 1 for f in mf.functions)

@@ -1,0 +1,603 @@
+"""TOML -> the typed config, validated once. Every problem raises ``ConfigError(field,
+problem)``; ``field`` is a path such as ``functions.api.subnet_ids[1]``."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from ..vocab import DEFAULT_PORT_RANGE, MAPPINGS, MAX_CAPACITY, MAX_TIMEOUT_S, PROFILES
+from . import legacy
+from .model import (FIRST_FUNCTION, FIRST_HOST, FLOW_LOG_FIELDS, MAX_EGRESS_RULES,
+                    MAX_SECURITY_GROUPS, MAX_SUBNETS_PER_FUNCTION, MIN_PORTS_PER_ENI, PROTOCOLS,
+                    Config, EgressRule, FlowLogConfig, FunctionConfig, HostConfig,
+                    HyperplaneConfig, InsideConfig, MetricsConfig, QuotaConfig,
+                    SecurityGroupConfig, SubnetConfig, frozen_map, usable_offsets)
+
+DEFAULT_LAB_PATH = Path(__file__).parent.parent / "default_lab.toml"
+
+PREFIX_RE = re.compile(r"^[a-z0-9]{1,4}$")
+# Function, host and subnet names become namespace names ("{prefix}-f-{name}") and CLI
+# arguments.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+SG_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+VPC_RE = re.compile(r"^vpc-[a-z0-9-]{1,28}$")
+FLOW_FIELD_RE = re.compile(r"^\$\{([a-z0-9-]+)\}$")
+ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
+
+
+class ConfigError(ValueError):
+    """A configuration problem: ``field`` names the setting, ``problem`` says what is wrong."""
+
+    def __init__(self, field: str, problem: str, source: str | None = None):
+        self.field = field
+        self.problem = problem
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{field}: {problem}")
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+
+def load_config(path: str | Path) -> Config:
+    """Reads and validates a TOML lab file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError("file", f"cannot read {path}: {e.strerror or e}", str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError("file", f"not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
+                                  "save it as UTF-8", str(path)) from None
+    return loads_config(text, source=str(path))
+
+
+def loads_config(text: str, source: str | None = None) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("toml", f"not valid TOML: {e}", source) from None
+    return parse_config(data, source=source)
+
+
+def default_config(prefix: str | None = None) -> Config:
+    """The built-in lab; ``prefix`` replaces its prefix."""
+    cfg = load_config(DEFAULT_LAB_PATH)
+    return cfg.with_prefix(prefix) if prefix is not None else cfg
+
+
+def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
+    """Validates a mapping shaped like the TOML file (either layout) and returns a Config."""
+    try:
+        if not isinstance(data, Mapping):
+            raise ConfigError("config", "must be a table")
+        old = legacy.is_old_layout(data)
+        try:
+            return _Parser().config(legacy.convert(data) if old else data)
+        except ConfigError as e:
+            if not old:
+                raise
+            raise ConfigError(e.field, f"{e.problem} (the file has the old layout, read as the "
+                                       f"new one: see examples/default.toml)") from None
+    except ConfigError as e:
+        if source and not e.source:
+            raise ConfigError(e.field, e.problem, source) from None
+        raise
+
+
+def check_prefix(prefix) -> str:
+    prefix = _str("prefix", prefix)
+    if not PREFIX_RE.match(prefix):
+        raise ConfigError("prefix", f"{prefix!r} must be 1-4 characters of a-z and 0-9 "
+                                    "(interface names are built from it and must fit in "
+                                    "15 characters)")
+    return prefix
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+
+TOP = {"prefix", "mtu", "inside", "vpc", "hosts", "functions", "hyperplane"}
+
+
+class _Parser:
+    def config(self, data: Mapping[str, Any]) -> Config:
+        _keys("", data, TOP)
+        prefix = check_prefix(data.get("prefix", "hp"))
+        mtu = _int("mtu", data.get("mtu", 1500), 1280, 65535)
+        inside = self.inside(_table("inside", data.get("inside", {})))
+        hp = self.hyperplane(_table("hyperplane", data.get("hyperplane", {})))
+        vpc = _table("vpc", data.get("vpc", {}))
+        _keys("vpc", vpc, {"id", "subnets", "security_groups"})
+        vpc_id = _str("vpc.id", vpc.get("id", "vpc-lab"))
+        if not VPC_RE.match(vpc_id):
+            raise ConfigError("vpc.id", f"{vpc_id!r} must look like vpc-NAME (a-z 0-9 -)")
+        subnets = tuple(self.subnet(f"vpc.subnets.{k}", k, t)
+                        for k, t in _table("vpc.subnets", vpc.get("subnets", {})).items())
+        groups = tuple(self.security_group(f"vpc.security_groups.{k}", k, t)
+                       for k, t in _table("vpc.security_groups",
+                                          vpc.get("security_groups", {})).items())
+        hosts = tuple(self.host(f"hosts.{k}", k, t)
+                      for k, t in _table("hosts", data.get("hosts", {})).items())
+        functions = tuple(self.function(f"functions.{k}", k, t, hp)
+                          for k, t in _table("functions", data.get("functions", {})).items())
+        cfg = Config(prefix=prefix, mtu=mtu, inside=inside, hyperplane=hp, vpc_id=vpc_id,
+                     subnets=subnets, security_groups=groups, hosts=hosts, functions=functions)
+        _check(cfg)
+        return cfg
+
+    def inside(self, t) -> InsideConfig:
+        _keys("inside", t, {"cidr4", "cidr6"})
+        d = InsideConfig()
+        cidr6 = t.get("cidr6", d.cidr6)
+        return InsideConfig(cidr4=_network("inside.cidr4", t.get("cidr4", d.cidr4), 4),
+                            cidr6=_network("inside.cidr6", cidr6, 6) if cidr6 else None)
+
+    def hyperplane(self, t) -> HyperplaneConfig:
+        f = "hyperplane"
+        _keys(f, t, {"profile", "mapping", "port_range", "ports_per_eni", "capacity", "timeouts",
+                     "eni_high_water", "eni_limit", "eni_idle_reclaim_s", "quotas", "flow_logs",
+                     "metrics"})
+        d = HyperplaneConfig()
+        profile = _choice(f"{f}.profile", t.get("profile", d.profile), PROFILES)
+        mapping = _choice(f"{f}.mapping", t.get("mapping", d.mapping), MAPPINGS)
+        port_range = self.port_range(t)
+        capacity = _int(f"{f}.capacity", t.get("capacity", d.capacity), 1, MAX_CAPACITY)
+        states = PROFILES[profile].keys()
+        timeouts = {}
+        for k, v in _table(f"{f}.timeouts", t.get("timeouts", {})).items():
+            if k not in states:
+                raise ConfigError(f"{f}.timeouts.{k}", f"unknown state; expected one of "
+                                                       f"{', '.join(states)}")
+            timeouts[k] = _int(f"{f}.timeouts.{k}", v, 1, MAX_TIMEOUT_S)
+        return HyperplaneConfig(
+            profile=profile, mapping=mapping, port_range=port_range, capacity=capacity,
+            timeouts=frozen_map(timeouts),
+            eni_high_water=_share(f"{f}.eni_high_water",
+                                  t.get("eni_high_water", d.eni_high_water)),
+            eni_limit=_int(f"{f}.eni_limit", t.get("eni_limit", d.eni_limit), 1, 64),
+            eni_idle_reclaim_s=_int(f"{f}.eni_idle_reclaim_s",
+                                    t.get("eni_idle_reclaim_s", d.eni_idle_reclaim_s), 1,
+                                    MAX_TIMEOUT_S),
+            quotas=self.quotas(_table(f"{f}.quotas", t.get("quotas", {}))),
+            flow_logs=self.flow_logs(_table(f"{f}.flow_logs", t.get("flow_logs", {}))),
+            metrics=self.metrics(_table(f"{f}.metrics", t.get("metrics", {}))))
+
+    def port_range(self, t) -> tuple[int, int]:
+        f = "hyperplane.port_range"
+        if "ports_per_eni" in t:
+            if "port_range" in t:
+                raise ConfigError("hyperplane.ports_per_eni", "give port_range or "
+                                                              "ports_per_eni, not both")
+            lo = DEFAULT_PORT_RANGE[0]
+            n = _int("hyperplane.ports_per_eni", t["ports_per_eni"], MIN_PORTS_PER_ENI,
+                     65536 - lo)
+            return lo, lo + n - 1
+        pr = t.get("port_range", list(DEFAULT_PORT_RANGE))
+        if not isinstance(pr, (list, tuple)) or len(pr) != 2:
+            raise ConfigError(f, f"must be [low, high], got {pr!r}")
+        lo = _int(f"{f}[0]", pr[0], 1, 65535)
+        hi = _int(f"{f}[1]", pr[1], 1, 65535)
+        if lo > hi:
+            raise ConfigError(f, f"low {lo} is above high {hi}")
+        if hi - lo + 1 < MIN_PORTS_PER_ENI:
+            raise ConfigError(f, f"{lo}..{hi} holds {hi - lo + 1} ports; an ENI needs at least "
+                                 f"{MIN_PORTS_PER_ENI}")
+        return lo, hi
+
+    def quotas(self, t) -> QuotaConfig:
+        _keys("hyperplane.quotas", t, {"connections_share", "ports_share"})
+        d = QuotaConfig()
+        return QuotaConfig(
+            connections_share=_share("hyperplane.quotas.connections_share",
+                                     t.get("connections_share", d.connections_share)),
+            ports_share=_share("hyperplane.quotas.ports_share",
+                               t.get("ports_share", d.ports_share)))
+
+    def flow_logs(self, t) -> FlowLogConfig:
+        f = "hyperplane.flow_logs"
+        _keys(f, t, {"enabled", "folder", "interval_s", "format", "max_bytes", "keep",
+                     "account_id"})
+        d = FlowLogConfig()
+        folder = t.get("folder")
+        if folder is not None:
+            folder = _str(f"{f}.folder", folder)
+            if not Path(folder).is_absolute():
+                raise ConfigError(f"{f}.folder", f"{folder!r} must be an absolute path")
+        account = _str(f"{f}.account_id", t.get("account_id", d.account_id))
+        if not ACCOUNT_RE.match(account):
+            raise ConfigError(f"{f}.account_id", f"{account!r} must be 12 digits")
+        return FlowLogConfig(
+            enabled=_bool(f"{f}.enabled", t.get("enabled", d.enabled)), folder=folder,
+            interval_s=_int(f"{f}.interval_s", t.get("interval_s", d.interval_s), 1, 600),
+            fields=_flow_format(f"{f}.format", t["format"]) if "format" in t else d.fields,
+            max_bytes=_int(f"{f}.max_bytes", t.get("max_bytes", d.max_bytes), 4096, 1 << 40),
+            keep=_int(f"{f}.keep", t.get("keep", d.keep), 1, 1000), account_id=account)
+
+    def metrics(self, t) -> MetricsConfig:
+        _keys("hyperplane.metrics", t, {"enabled", "port"})
+        d = MetricsConfig()
+        return MetricsConfig(enabled=_bool("hyperplane.metrics.enabled",
+                                           t.get("enabled", d.enabled)),
+                             port=_int("hyperplane.metrics.port", t.get("port", d.port), 1,
+                                       65535))
+
+    def subnet(self, f, name, t) -> SubnetConfig:
+        t = _table(f, t)
+        _keys(f, t, {"cidr4", "cidr6"})
+        _name(f, name)
+        if "cidr4" not in t:
+            raise ConfigError(f"{f}.cidr4", "missing (every subnet has an IPv4 CIDR)")
+        cidr6 = t.get("cidr6")
+        return SubnetConfig(name=name, cidr4=_network(f"{f}.cidr4", t["cidr4"], 4),
+                            cidr6=_network(f"{f}.cidr6", cidr6, 6) if cidr6 else None)
+
+    def security_group(self, f, sg_id, t) -> SecurityGroupConfig:
+        t = _table(f, t)
+        _keys(f, t, {"description", "egress"})
+        _sg_id(f, sg_id)
+        description = _str(f"{f}.description", t.get("description", ""))
+        if "egress" not in t:
+            return SecurityGroupConfig(id=sg_id, description=description)
+        rules = _list(f"{f}.egress", t["egress"], "a list of rules ([[...egress]] tables)")
+        if len(rules) > MAX_EGRESS_RULES:
+            raise ConfigError(f"{f}.egress", f"{len(rules)} rules; a security group holds at "
+                                             f"most {MAX_EGRESS_RULES}")
+        return SecurityGroupConfig(id=sg_id, description=description,
+                                   egress=tuple(self.rule(f"{f}.egress[{i}]", r)
+                                                for i, r in enumerate(rules)))
+
+    def rule(self, f, t) -> EgressRule:
+        t = _table(f, t)
+        _keys(f, t, {"protocol", "port", "from_port", "to_port", "cidr4", "cidr6",
+                     "security_group_id", "description"})
+        protocol = _choice(f"{f}.protocol", t.get("protocol"), PROTOCOLS)
+        given = [k for k in ("port", "from_port", "to_port") if k in t]
+        if protocol == "all":
+            if given:
+                raise ConfigError(f"{f}.{given[0]}", "protocol 'all' covers every port; "
+                                                     "leave ports out")
+            lo, hi = 0, 65535
+        elif "port" in t:
+            if len(given) > 1:
+                raise ConfigError(f"{f}.port", "give port or from_port/to_port, not both")
+            lo = hi = _int(f"{f}.port", t["port"], 0, 65535)
+        else:
+            lo = _int(f"{f}.from_port", t.get("from_port", 0), 0, 65535)
+            hi = _int(f"{f}.to_port", t.get("to_port", 65535 if "from_port" not in t else lo),
+                      0, 65535)
+            if lo > hi:
+                raise ConfigError(f"{f}.from_port", f"{lo} is above to_port {hi}")
+        dests = [k for k in ("cidr4", "cidr6", "security_group_id") if k in t]
+        if len(dests) != 1:
+            raise ConfigError(f, "needs exactly one destination: cidr4, cidr6 or "
+                                 f"security_group_id (has {', '.join(dests) or 'none'})")
+        dest = dests[0]
+        value = t[dest]
+        if dest == "security_group_id":
+            value = _sg_id(f"{f}.security_group_id", _str(f"{f}.security_group_id", value))
+        else:
+            value = _network(f"{f}.{dest}", value, 4 if dest == "cidr4" else 6)
+        return EgressRule(protocol=protocol, from_port=lo, to_port=hi, **{dest: value},
+                          description=_str(f"{f}.description", t.get("description", "")))
+
+    def host(self, f, name, t) -> HostConfig:
+        t = _table(f, t)
+        _keys(f, t, {"subnet", "address4", "address6", "security_group_ids"})
+        _name(f, name)
+        a4, a6 = t.get("address4"), t.get("address6")
+        return HostConfig(name=name, subnet=_str(f"{f}.subnet", t.get("subnet")),
+                          address4=_address(f"{f}.address4", a4, 4) if a4 is not None else None,
+                          address6=_address(f"{f}.address6", a6, 6) if a6 is not None else None,
+                          security_group_ids=_sg_list(f"{f}.security_group_ids",
+                                                      t.get("security_group_ids", [])))
+
+    def function(self, f, name, t, hp: HyperplaneConfig) -> FunctionConfig:
+        t = _table(f, t)
+        _keys(f, t, {"subnet_ids", "security_group_ids", "ipv6_allowed_for_dual_stack",
+                     "max_connections", "max_ports_per_pool"})
+        _name(f, name)
+        if "subnet_ids" not in t:
+            raise ConfigError(f"{f}.subnet_ids", "missing (a list of subnet names)")
+        subnets = _list(f"{f}.subnet_ids", t["subnet_ids"], "a non-empty list of subnet names")
+        if not subnets:
+            raise ConfigError(f"{f}.subnet_ids", "must be a non-empty list of subnet names")
+        if len(subnets) > MAX_SUBNETS_PER_FUNCTION:
+            raise ConfigError(f"{f}.subnet_ids", f"{len(subnets)} subnets; Lambda allows at "
+                                                 f"most {MAX_SUBNETS_PER_FUNCTION}")
+        subnets = tuple(_str(f"{f}.subnet_ids[{j}]", s) for j, s in enumerate(subnets))
+        for j, s in enumerate(subnets):
+            if s in subnets[:j]:
+                raise ConfigError(f"{f}.subnet_ids[{j}]", f"lists subnet {s!r} twice")
+        q = hp.quotas
+        return FunctionConfig(
+            name=name, subnet_ids=subnets,
+            security_group_ids=_sg_list(f"{f}.security_group_ids",
+                                        t.get("security_group_ids", [])),
+            ipv6_allowed_for_dual_stack=_bool(f"{f}.ipv6_allowed_for_dual_stack",
+                                              t.get("ipv6_allowed_for_dual_stack", False)),
+            max_connections=_int(f"{f}.max_connections",
+                                 t.get("max_connections", _part(hp.capacity,
+                                                                q.connections_share)),
+                                 1, hp.capacity),
+            max_ports_per_pool=_int(f"{f}.max_ports_per_pool",
+                                    t.get("max_ports_per_pool", _part(hp.ports_per_eni,
+                                                                      q.ports_share)),
+                                    1, hp.ports_per_eni))
+
+
+def _part(total: int, share: float) -> int:
+    return max(1, math.floor(total * share))
+
+
+# --------------------------------------------------------------------------------------------
+# scalar checks
+
+def _keys(where: str, t: Mapping, allowed: set[str]) -> None:
+    for k in t:
+        if k not in allowed:
+            name = f"{where}.{k}" if where else k
+            raise ConfigError(name, f"unknown setting (expected one of: "
+                                    f"{', '.join(sorted(allowed))})")
+
+
+def _table(f: str, v) -> Mapping:
+    if not isinstance(v, Mapping):
+        raise ConfigError(f, f"must be a table, got {type(v).__name__}")
+    return v
+
+
+def _list(f: str, v, what: str) -> list:
+    if isinstance(v, str) or not isinstance(v, (list, tuple)):
+        raise ConfigError(f, f"must be {what}, got {v!r}")
+    return list(v)
+
+
+def _str(f: str, v) -> str:
+    if v is None:
+        raise ConfigError(f, "missing")
+    if not isinstance(v, str):
+        raise ConfigError(f, f"must be a string, got {v!r}")
+    return v
+
+
+def _bool(f: str, v) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f, f"must be true or false, got {v!r}")
+    return v
+
+
+def _choice(f: str, v, choices) -> str:
+    v = _str(f, v)
+    if v not in choices:
+        raise ConfigError(f, f"{v!r} is not one of {', '.join(choices)}")
+    return v
+
+
+def _name(f: str, v) -> str:
+    v = _str(f, v)
+    if not NAME_RE.match(v):
+        raise ConfigError(f, f"name {v!r} must be 1-32 characters of a-z, 0-9 and '-', "
+                             "starting with a letter or digit (it becomes part of a namespace "
+                             "name)")
+    return v
+
+
+def _sg_id(f: str, v: str) -> str:
+    if not SG_RE.match(v):
+        raise ConfigError(f, f"security group id {v!r} must be 1-64 characters of "
+                             "A-Z a-z 0-9 . _ : -")
+    return v
+
+
+def _sg_list(f: str, v) -> tuple[str, ...]:
+    """A set of security-group ids, sorted (AWS treats the list as a set)."""
+    v = _list(f, v, "a list of security group ids")
+    for j, sg in enumerate(v):
+        _sg_id(f"{f}[{j}]", _str(f"{f}[{j}]", sg))
+    ids = tuple(sorted(set(v)))
+    if len(ids) > MAX_SECURITY_GROUPS:
+        raise ConfigError(f, f"{len(ids)} security groups; at most {MAX_SECURITY_GROUPS}")
+    return ids
+
+
+def _int(f: str, v, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f, f"must be an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise ConfigError(f, f"{v} is out of range {lo}..{hi}")
+    return v
+
+
+def _share(f: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f, f"must be a number, got {v!r}")
+    if not 0 < v <= 1:
+        raise ConfigError(f, f"{v} must be above 0 and at most 1")
+    return float(v)
+
+
+def _network(f: str, v, family: int) -> str:
+    v = _str(f, v)
+    cls = ipaddress.IPv4Network if family == 4 else ipaddress.IPv6Network
+    try:
+        net = cls(v, strict=False)
+    except ValueError as e:
+        raise ConfigError(f, f"{v!r} is not an IPv{family} network: {e}") from None
+    if "/" not in v:
+        raise ConfigError(f, f"{v!r} needs a prefix length (like {net})")
+    try:
+        cls(v, strict=True)
+    except ValueError:
+        raise ConfigError(f, f"{v!r} has host bits set; did you mean {net}?") from None
+    return str(net)
+
+
+def _address(f: str, v, family: int) -> str:
+    v = _str(f, v)
+    try:
+        a = ipaddress.ip_address(v)
+    except ValueError:
+        raise ConfigError(f, f"{v!r} is not an IPv{family} address") from None
+    if a.version != family:
+        raise ConfigError(f, f"{v!r} is not an IPv{family} address")
+    return str(a)
+
+
+def _flow_format(f: str, v) -> tuple[str, ...]:
+    tokens = _str(f, v).split()
+    if not tokens:
+        raise ConfigError(f, "is empty; give fields like '${version} ${srcaddr}'")
+    fields = []
+    for tok in tokens:
+        m = FLOW_FIELD_RE.match(tok)
+        if not m:
+            raise ConfigError(f, f"{tok!r} is not a field like ${{srcaddr}}")
+        if m.group(1) not in FLOW_LOG_FIELDS:
+            raise ConfigError(f, f"unknown field {m.group(1)!r} (known: "
+                                 f"{', '.join(FLOW_LOG_FIELDS)})")
+        fields.append(m.group(1))
+    return tuple(fields)
+
+
+# --------------------------------------------------------------------------------------------
+# the lab as a whole
+
+def _check(cfg: Config) -> None:
+    _check_inside(cfg)
+    _check_subnets(cfg)
+    names = [s.name for s in cfg.subnets]            # file order, for the messages
+    sgs = {g.id for g in cfg.security_groups}
+    listing = ", ".join(names) or "none"
+    for g in cfg.security_groups:
+        for i, r in enumerate(g.egress):
+            if r.security_group_id is not None and r.security_group_id not in sgs:
+                raise ConfigError(f"vpc.security_groups.{g.id}.egress[{i}].security_group_id",
+                                  f"unknown security group {r.security_group_id!r}")
+    for h in cfg.hosts:
+        if h.name in {fn.name for fn in cfg.functions}:
+            raise ConfigError(f"functions.{h.name}", f"{h.name!r} is also a host (hosts and "
+                                                     "functions share the `exec` names)")
+        if h.subnet not in names:
+            raise ConfigError(f"hosts.{h.name}.subnet", f"unknown subnet {h.subnet!r} "
+                                                        f"(subnets: {listing})")
+        _check_sgs(f"hosts.{h.name}.security_group_ids", h.security_group_ids, sgs)
+    for fn in cfg.functions:
+        f = f"functions.{fn.name}"
+        for j, sn in enumerate(fn.subnet_ids):
+            if sn not in names:
+                raise ConfigError(f"{f}.subnet_ids[{j}]", f"unknown subnet {sn!r} "
+                                                          f"(subnets: {listing})")
+        _check_sgs(f"{f}.security_group_ids", fn.security_group_ids, sgs)
+        if fn.ipv6_allowed_for_dual_stack:
+            if cfg.inside.cidr6 is None:
+                raise ConfigError(f"{f}.ipv6_allowed_for_dual_stack",
+                                  "needs inside.cidr6 (functions get their IPv6 address from "
+                                  "it)")
+            for sn in fn.subnet_ids:
+                if not cfg.subnet(sn).dual_stack:
+                    raise ConfigError(f"{f}.ipv6_allowed_for_dual_stack",
+                                      f"IPv6 needs every subnet of the function to be "
+                                      f"dual-stack, and {sn!r} has no cidr6 (Lambda's "
+                                      "Ipv6AllowedForDualStack rule)")
+    _check_hosts_and_sizes(cfg)
+
+
+def _check_sgs(f: str, ids, known) -> None:
+    for j, sg in enumerate(ids):
+        if sg not in known:
+            raise ConfigError(f"{f}[{j}]", f"unknown security group {sg!r} (groups: "
+                                           f"{', '.join(sorted(known)) or 'none'})")
+
+
+def _check_inside(cfg: Config) -> None:
+    inside4, inside6 = cfg.inside.network4, cfg.inside.network6
+    room = max(inside4.num_addresses - 1 - FIRST_FUNCTION, 0)  # .11 .. broadcast-1
+    if len(cfg.functions) > room:
+        raise ConfigError("inside.cidr4", f"{cfg.inside.cidr4} has room for {room} functions "
+                                          f"(from .{FIRST_FUNCTION} up), the config has "
+                                          f"{len(cfg.functions)}")
+    if inside6 is not None and inside6.num_addresses - FIRST_FUNCTION < len(cfg.functions):
+        raise ConfigError("inside.cidr6", f"{cfg.inside.cidr6} is too small for "
+                                          f"{len(cfg.functions)} functions")
+    # The data plane tells the two sides apart by address: a customer subnet inside the
+    # functions' network would swallow its replies.
+    for s in cfg.subnets:
+        for fam, mine, theirs in ((4, inside4, s.network4), (6, inside6, s.network6)):
+            if mine is not None and theirs is not None and mine.overlaps(theirs):
+                raise ConfigError(f"inside.cidr{fam}", f"{mine} overlaps subnet {s.name!r} "
+                                                       f"({theirs}); the functions' network "
+                                                       "must be apart from the VPC's")
+
+
+def _check_subnets(cfg: Config) -> None:
+    for i, s in enumerate(cfg.subnets):
+        f = f"vpc.subnets.{s.name}"
+        if s.network4.prefixlen > 28:
+            raise ConfigError(f"{f}.cidr4", f"{s.cidr4} is smaller than a /28 (AWS's smallest "
+                                            "subnet)")
+        if s.network6 is not None and s.network6.prefixlen > 124:
+            raise ConfigError(f"{f}.cidr6", f"{s.cidr6} is smaller than a /124")
+        for o in cfg.subnets[:i]:
+            for fam, mine, theirs in ((4, s.network4, o.network4), (6, s.network6, o.network6)):
+                if mine is not None and theirs is not None and mine.overlaps(theirs):
+                    raise ConfigError(f"{f}.cidr{fam}", f"{mine} overlaps subnet {o.name!r} "
+                                                        f"({theirs})")
+
+
+def _check_hosts_and_sizes(cfg: Config) -> None:
+    used: dict[str, dict[tuple[int, int], str]] = {s.name: {} for s in cfg.subnets}
+    auto_hosts: dict[str, int] = {s.name: 0 for s in cfg.subnets}
+    for h in cfg.hosts:
+        f = f"hosts.{h.name}"
+        s = cfg.subnet(h.subnet)
+        if h.address6 is not None and s.cidr6 is None:
+            raise ConfigError(f"{f}.address6", f"subnet {s.name!r} has no cidr6")
+        for fam, addr, net in ((4, h.address4, s.network4), (6, h.address6, s.network6)):
+            if addr is None:
+                continue
+            a = ipaddress.ip_address(addr)
+            if a not in net:
+                raise ConfigError(f"{f}.address{fam}", f"{addr} is not in subnet {s.name!r} "
+                                                       f"({net})")
+            off = int(a) - int(net.network_address)
+            if off not in usable_offsets(net):
+                raise ConfigError(f"{f}.address{fam}", f"{addr} is reserved in {net} (the "
+                                                       "first four and the broadcast address)")
+            if (fam, off) in used[s.name]:
+                raise ConfigError(f"{f}.address{fam}", f"{addr} is already used by "
+                                                       f"{used[s.name][(fam, off)]}")
+            used[s.name][(fam, off)] = f
+        if h.address4 is None:
+            auto_hosts[s.name] += 1
+
+    # every subnet holds its hosts and its initial ENIs
+    enis: dict[str, int] = {s.name: 0 for s in cfg.subnets}
+    for key in dict.fromkeys(fn.group_key for fn in cfg.functions):
+        enis[key.split("|", 1)[0]] += 1
+    for s in cfg.subnets:
+        f = f"vpc.subnets.{s.name}.cidr4"
+        offsets = usable_offsets(s.network4)
+        explicit = {off for fam, off in used[s.name] if fam == 4}
+        free_high = sum(1 for o in offsets if o >= FIRST_HOST and o not in explicit)
+        if auto_hosts[s.name] > free_high:
+            raise ConfigError(f, f"{s.cidr4} has room for {free_high} hosts from "
+                                 f".{FIRST_HOST} up, the config puts {auto_hosts[s.name]} there "
+                                 "without an address4")
+        need = len(explicit) + auto_hosts[s.name] + enis[s.name]
+        if need > len(offsets):
+            raise ConfigError(f, f"{s.cidr4} has room for {len(offsets)} addresses "
+                                 f"(.{usable_offsets(s.network4).start} up), the lab needs {need} "
+                                 f"({enis[s.name]} ENIs and {need - enis[s.name]} hosts)")
