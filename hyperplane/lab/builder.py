@@ -269,7 +269,7 @@ class Lab:
             raise LabError(f"no running lab {prefix!r} (no {LabState.path(prefix, run_dir)})") \
                 from None
         lab = cls.__new__(cls)
-        lab.config = None
+        lab.config = state.config              # the typed value the lab was built from
         lab.topology = None
         lab.prefix = prefix
         lab.run_dir = run_dir
