@@ -88,3 +88,19 @@ def is_lab_link(prefix: str, ifname: str) -> bool:
     namespaces does not: those go with their namespace)."""
     return ifname.startswith(f"{prefix}-")
 
+
+
+class LabNames:
+    """The three lab-wide namespace names, for anything with a ``prefix``."""
+
+    @property
+    def dataplane_ns(self) -> str:
+        return ns_dataplane(self.prefix)
+
+    @property
+    def lambda_ns(self) -> str:
+        return ns_lambda(self.prefix)
+
+    @property
+    def vpc_ns(self) -> str:
+        return ns_vpc(self.prefix)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..config import Config, eni_group_key, parse_config, usable_offsets
-from .names import IFNAMSIZ, MAC_ENI, if_eni, if_eni_peer, mac, ns_dataplane, ns_lambda, ns_vpc
+from .names import IFNAMSIZ, MAC_ENI, LabNames, if_eni, if_eni_peer, mac
 from .secgroups import SgRule, egress_rules, group_rules
 
 RUN_DIR = Path(os.environ.get("HYPERPLANE_RUN_DIR", "/run/hyperplane"))
@@ -129,7 +129,7 @@ def _load(cls, d):
 
 
 @dataclass
-class LabState:
+class LabState(LabNames):
     """A lab as built: what ``status --json`` shows and the data plane is configured from."""
     prefix: str
     mtu: int
@@ -141,18 +141,6 @@ class LabState:
     groups: list[GroupInfo]
     enis: list[EniInfo]
     config: Config = field(default_factory=Config)  # the typed config the lab was built from
-
-    @property
-    def dataplane_ns(self) -> str:
-        return ns_dataplane(self.prefix)
-
-    @property
-    def lambda_ns(self) -> str:
-        return ns_lambda(self.prefix)
-
-    @property
-    def vpc_ns(self) -> str:
-        return ns_vpc(self.prefix)
 
     def function(self, name: str) -> FunctionInfo:
         return _find(self.functions, "name", name, "function")

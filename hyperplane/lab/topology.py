@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from ..config import (FIRST_FUNCTION, FIRST_HOST, INSIDE_GATEWAY, SUBNET_GATEWAY, Config,
                       ConfigError, usable_offsets)
 # The names and the state lived here first: importable from here still (re-exported).
-from .names import (DATAPLANE, FUNCTION, HOST, IFNAMSIZ, LAMBDA, MAC_ENI,  # noqa: F401
+from .names import (DATAPLANE, FUNCTION, HOST, IFNAMSIZ, LAMBDA, MAC_ENI, LabNames,  # noqa: F401
                     MAC_FUNCTION, MAC_HOST, MAC_INSIDE, MAC_LAMBDA_BRIDGE, MAC_SUBNET_BRIDGE,
                     ROLES, VPC, if_eni, if_eni_peer, if_function_peer, if_host_peer, if_inside,
                     if_inside_peer, if_lambda_bridge, if_subnet_bridge, is_lab_link,
@@ -82,7 +82,7 @@ class RouteSpec:
 # -- the topology ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Topology:
+class Topology(LabNames):
     prefix: str
     mtu: int
     config: Config
@@ -96,18 +96,6 @@ class Topology:
     subnets: tuple[SubnetInfo, ...]
     groups: tuple[GroupInfo, ...]
     enis: tuple[EniInfo, ...]
-
-    @property
-    def dataplane_ns(self) -> str:
-        return ns_dataplane(self.prefix)
-
-    @property
-    def lambda_ns(self) -> str:
-        return ns_lambda(self.prefix)
-
-    @property
-    def vpc_ns(self) -> str:
-        return ns_vpc(self.prefix)
 
     def links(self) -> list[tuple[str, str]]:
         """Every (namespace, interface name) the lab creates, loopbacks aside."""
