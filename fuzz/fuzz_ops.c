@@ -5,11 +5,12 @@
  *
  * Input: [variant] then ops, each an opcode byte (mod 10) and its argument bytes (missing
  * bytes read as zero):
- *   0 OUT frame   a b c d   (see out_spec)        5 delete    sel
- *   1 IN frame    sel fl m  (see in_spec)         6 OUT batch n, n x (a b c d)
+ *   0 OUT frame   a b c d e  (see out_spec)       5 delete    sel
+ *   1 IN frame    sel fl m e (see in_spec)        6 OUT batch n, n x (a b c d e)
  *   2 raw frame   how len bytes...                7 add ENI   group | v6 << 2
  *   3 tick        step                            8 lookup    sel
- *   4 expire      max | out << 3 | out_max << 4   9 IN batch  n, n x (sel fl m) */
+ *   4 expire      max | out << 3 | out_max << 4   9 IN batch  n, n x (sel fl m e)
+ * e, the TCP sequence numbers (see set_seq). */
 #include "fz.h"
 
 #include <stdint.h>
@@ -29,12 +30,42 @@ static const uint32_t steps[16] = {
     350000, 7440000,
 };
 
+/* The sequence numbers the program's TCP peers are at, per connection id and direction (0:
+ * none yet), so that built frames can be in window for the NAT's window tracking. */
+#define SEQ_IDS 64
+static uint32_t seq_next[SEQ_IDS][2];
+
+/* e: bits 0-1: 0 the next sequence number and the peer's as ack, 1 / 2 that moved forward /
+ * back by (e >> 2) * 4096, 3 arbitrary. */
+static void set_seq(fz_frame_spec *s, uint32_t id, int dir, uint8_t e)
+{
+    int known = id < SEQ_IDS && seq_next[id][dir];
+    uint32_t mine = known ? seq_next[id][dir] : (dir == HP_DIR_OUT ? 1000 : 500000);
+    uint32_t theirs = id < SEQ_IDS ? seq_next[id][!dir] : 0, off = (uint32_t)(e >> 2) << 12;
+    switch (e & 3) {
+    case 1: mine += off; break;
+    case 2: mine -= off; break;
+    case 3: mine = (uint32_t)e << 24; theirs = e * 77777u; break;
+    }
+    s->seq = mine;
+    s->ack = s->tcp_flags & HP_TCP_ACK ? theirs : 0;
+}
+
+/* Where the peer of a forwarded TCP frame is now. */
+static void advance_seq(const fz_frame_spec *s, const hp_result *r, int dir)
+{
+    if (r->verdict != HP_FORWARD || s->k.proto != 6 || r->conn >= SEQ_IDS)
+        return;
+    seq_next[r->conn][dir] = s->seq + s->payload + !!(s->tcp_flags & HP_TCP_SYN) +
+                             !!(s->tcp_flags & HP_TCP_FIN);
+}
+
 /* a: source (bits 0-3), UDP (4), destination (5-6), UDP without checksum (7)
  * b: source port (0-1), destination port (2-3), vnet mode (4-5), TTL (6-7)
- * c: TCP flags   d: payload / 6 */
-static fz_frame_spec out_spec(prog *p)
+ * c: TCP flags   d: payload / 6   e: sequence numbers */
+static fz_frame_spec out_spec(fz_world *w, prog *p)
 {
-    uint8_t a = next(p), b = next(p), c = next(p), d = next(p);
+    uint8_t a = next(p), b = next(p), c = next(p), d = next(p), e = next(p);
     fz_frame_spec s;
     memset(&s, 0, sizeof s);
     fz_source_addr(a & 15, &s.k);
@@ -47,6 +78,7 @@ static fz_frame_spec out_spec(prog *p)
     s.ttl = ttls[b >> 6];
     s.tcp_flags = c;
     s.payload = (uint16_t)(d * 6);
+    set_seq(&s, hp_nat_lookup(w->nat, &s.k, HP_DIR_OUT, w->now), HP_DIR_OUT, e);
     return s;
 }
 
@@ -54,10 +86,10 @@ static fz_frame_spec out_spec(prog *p)
  * external port (1), wrong ENI address (2), vnet mode (3-4), TTL (5-6), large (7). */
 static fz_frame_spec in_spec(fz_world *w, prog *p, uint16_t *in_eni)
 {
-    uint8_t sel = next(p), fl = next(p), m = next(p);
+    uint8_t sel = next(p), fl = next(p), m = next(p), e = next(p);
     fz_frame_spec s;
     memset(&s, 0, sizeof s);
-    uint32_t id = fz_nth_live(w, sel);
+    uint32_t id = fz_nth_live(w, sel);    /* HP_CT_NONE when the table is empty */
     if (id != HP_CT_NONE) {
         const hp_conn *c = &w->nat->ct.conns[id];
         hp_ct_reply_key(&w->nat->ct, c, &s.k);
@@ -81,6 +113,7 @@ static fz_frame_spec in_spec(fz_world *w, prog *p, uint16_t *in_eni)
     s.ttl = ttls[(m >> 5) & 3];
     s.tcp_flags = fl;
     s.payload = m >> 7 ? 1400 : sel;
+    set_seq(&s, id, HP_DIR_IN, e);
     return s;
 }
 
@@ -98,7 +131,10 @@ static void send_specs(fz_world *w, fz_frame_spec *specs, uint32_t n, int dir, u
         frames[i] = store[i];
         lens[i] = fz_build(store[i], FZ_MAX_FRAME, &specs[i]);
     }
-    fz_translate_checked(w, frames, lens, n, dir, in_eni, vnet, 1);
+    hp_result res[FZ_MAX_BATCH];
+    fz_translate_checked(w, frames, lens, n, dir, in_eni, vnet, 1, res);
+    for (uint32_t i = 0; i < n; i++)
+        advance_seq(&specs[i], &res[i], dir);
 }
 
 static void raw_frame(fz_world *w, prog *p)
@@ -118,7 +154,7 @@ static void raw_frame(fz_world *w, prog *p)
     if (how & 4)
         fz_fix_checksums(buf, n, vnet);
     uint8_t *frames[1] = { buf };
-    fz_translate_checked(w, frames, &n, 1, dir, in_eni, vnet, 1);
+    fz_translate_checked(w, frames, &n, 1, dir, in_eni, vnet, 1, NULL);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -127,6 +163,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     prog p = { data, size, 1 };
     fz_world *w = fz_world_get(data[0]);
+    memset(seq_next, 0, sizeof seq_next);
     fz_frame_spec specs[FZ_MAX_BATCH];
     for (int ops = 0; ops < MAX_OPS && p.at < p.size; ops++) {
         uint8_t op = next(&p) % 10, arg;
@@ -134,7 +171,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint32_t n;
         switch (op) {
         case 0:
-            specs[0] = out_spec(&p);
+            specs[0] = out_spec(w, &p);
             send_specs(w, specs, 1, HP_DIR_OUT, 0);
             break;
         case 1:
@@ -159,7 +196,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 6:
             n = 1 + next(&p) % FZ_MAX_BATCH;
             for (uint32_t i = 0; i < n; i++)
-                specs[i] = out_spec(&p);
+                specs[i] = out_spec(w, &p);
             send_specs(w, specs, n, HP_DIR_OUT, 0);
             break;
         case 7:

@@ -58,6 +58,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         n++;
     }
     if (n)
-        fz_translate_checked(w, frames, lens, n, dir, in_eni, vnet, check_mtu);
+        fz_translate_checked(w, frames, lens, n, dir, in_eni, vnet, check_mtu, NULL);
     return 0;
 }

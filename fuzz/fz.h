@@ -55,6 +55,7 @@ typedef struct fz_frame_spec {
     hp_flow_key k;
     uint8_t tcp_flags, ttl, vnet_mode, zero_udp_csum;
     uint16_t payload;
+    uint32_t seq, ack;           /* TCP */
 } fz_frame_spec;
 uint32_t fz_build(uint8_t *buf, uint32_t cap, const fz_frame_spec *s);
 
@@ -81,9 +82,10 @@ void fz_dst_addr(int i, int family, uint8_t out[16]);
 int fz_world_add_eni(fz_world *w, int group, int with_v6);
 
 /* Translates frames (copies in exact-size heap buffers, so ASan sees any overread), checks
- * every per-frame oracle, then the invariants. frames are rewritten in place. */
+ * every per-frame oracle, then the invariants. frames are rewritten in place; the results go
+ * to out unless it is NULL. */
 void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, uint32_t n,
-                          int dir, uint16_t in_eni, int vnet, int check_mtu);
+                          int dir, uint16_t in_eni, int vnet, int check_mtu, hp_result *out);
 
 /* Aims a frame at the sel-th live connection of its family and protocol: its original (OUT)
  * or reply (IN) tuple replaces the frame's. Returns the connection's ENI, or -1 when the frame

@@ -21,6 +21,7 @@ void fz_fail(const char *fmt, ...)
 
 static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)(v >> 16)); put16(p + 2, (uint16_t)v); }
 static uint16_t le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 static void putle16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
 
@@ -264,6 +265,8 @@ uint32_t fz_build(uint8_t *buf, uint32_t cap, const fz_frame_spec *s)
     }
     uint8_t *t = buf + l4;
     if (tcp) {
+        put32(t + 4, s->seq);
+        put32(t + 8, s->ack);
         t[12] = 5 << 4;
         t[13] = s->tcp_flags;
         put16(t + 14, 65535);

@@ -140,7 +140,7 @@ static uint32_t setup_frame(fz_world *w, int dir, uint16_t in_eni, const fz_fram
     uint8_t buf[256];
     uint32_t len = fz_build(buf, sizeof buf, s);
     uint8_t *frames[1] = { buf };
-    fz_translate_checked(w, frames, &len, 1, dir, in_eni, s->vnet_mode != 0, 1);
+    fz_translate_checked(w, frames, &len, 1, dir, in_eni, s->vnet_mode != 0, 1, NULL);
     return hp_nat_lookup(w->nat, &s->k, dir, w->now);   /* the connection it used */
 }
 
@@ -416,7 +416,7 @@ static void check_forwarded(const fz_world *w, const uint8_t *before, const uint
 }
 
 void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, uint32_t n,
-                          int dir, uint16_t in_eni, int vnet, int check_mtu)
+                          int dir, uint16_t in_eni, int vnet, int check_mtu, hp_result *out)
 {
     if (n > FZ_MAX_BATCH)
         n = FZ_MAX_BATCH;
@@ -453,6 +453,8 @@ void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, u
             fz_fail("verdict %u", res[i].verdict);
         }
         memcpy(frames[i], bufs[i], lens[i]);
+        if (out)
+            out[i] = res[i];
         free(bufs[i]);
         free(before[i]);
     }

@@ -64,19 +64,35 @@ def translate_seeds():
     yield bytes([0, 1 | 8]) + b"".join(record(FIX | AIM | (i << 2), ack) for i in range(4))
 
 
+def out(a, b, c, d=0, e=0):
+    """Op 0: an OUT frame (fuzz_ops.c out_spec)."""
+    return bytes([0, a, b, c, d, e])
+
+
+def reply(sel, flags, m=0, e=0):
+    """Op 1: an IN frame for the sel-th live connection (fuzz_ops.c in_spec)."""
+    return bytes([1, sel, flags, m, e])
+
+
+TICK, EXPIRE, DELETE, ADD_ENI, LOOKUP = 3, 4, 5, 7, 8
+
+
 def ops_seeds():
-    # out frame: 0 a b c d; in frame: 1 sel fl m; tick 3 s; expire 4 x; delete 5 sel;
-    # out batch 6 n ...; add ENI 7 x; lookup 8 sel; in batch 9 n ...
     S, A, F, R = fg.SYN, fg.ACK, fg.FIN, fg.RST
-    handshake = bytes([0, 0x00, 0x00, S, 0, 1, 0, S | A, 0, 0, 0x00, 0x00, A, 4,
-                       1, 0, A, 0, 0, 0x00, 0x00, F | A, 0, 1, 0, F | A, 0, 0, 0x00, 0x00, A, 0])
+    # A new TCP connection (10.200.0.11:4001 -> 10.0.9.9:80, id 6 after the 6 set up) through
+    # its handshake, data and close, then time passes and everything expires.
+    conn = 0x01
+    life = (out(0, conn, S) + reply(6, S | A) + out(0, conn, A, 4) + reply(6, A, 0, 0)
+            + out(0, conn, F | A) + reply(6, F | A) + out(0, conn, A)
+            + bytes([TICK, 13, EXPIRE, 0x0F, LOOKUP, 0]))
+    udp = out(0x10, 0x01, 0) + reply(6, 0) + bytes([TICK, 9, EXPIRE, 0x1F, DELETE, 0, LOOKUP, 1])
+    batch = bytes([6, 7]) + bytes([0x10, 0x20, 0, 9, 0] * 8) + bytes([ADD_ENI, 6]) + out(0x10, 0x20, 0, 9)
+    mixed = (out(0x14, 0x10, 0, 20) + out(0x01, 0x20, S, 50) + reply(3, R, 0x08)
+             + reply(1, A, 0x18, 0x05) + bytes([TICK, 15, EXPIRE, 0x7F]))
+    in_batch = bytes([9, 3]) + reply(0, A)[1:] + reply(1, 0)[1:] + reply(2, F | A)[1:]
     for variant in range(3):
-        yield bytes([variant]) + handshake + bytes([3, 13, 4, 0x0F, 8, 0])
-        yield bytes([variant, 0, 0x10, 0x01, 0, 1, 1, 0, 0, 0, 3, 9, 4, 0x1F, 5, 0, 8, 1])
-        yield bytes([variant, 6, 7]) + bytes([0x10, 0x20, 0, 9] * 8) + bytes([7, 6, 6, 3,
-                                                                            0x10, 0x20, 0, 9])
-        yield bytes([variant, 0, 0x14, 0x10, 0, 20, 0, 0x01, 0x20, S, 50, 9, 3, 0, R, 0x08,
-                     1, 1, A, 0x18, 3, 15, 4, 0x7F])
+        for program in (life, udp, batch, mixed, in_batch):
+            yield bytes([variant]) + program
     syn = fg.tcp(SRC4, DST4, 4000, 80, "S")
     yield bytes([0, 2, 4, len(syn)]) + bytes(syn) + bytes([2, 1 | 4 | 8, len(syn)]) + bytes(syn)
 
