@@ -415,9 +415,48 @@ static void check_forwarded(const fz_world *w, const uint8_t *before, const uint
                 p->partial ? "partial" : "full", rb, ra, ck_before, ck_after);
 }
 
+/* The live connection a frame will hit, its entry and counters as they were: a frame the NAT
+ * then refuses (a TCP segment out of window, say) must leave them as they were. */
+typedef struct fz_hit {
+    uint32_t id;
+    hp_conn conn;
+    hp_conn_stats stats;
+} fz_hit;
+
+static void find_hit(const fz_world *w, const uint8_t *f, uint32_t len, int vnet, int dir,
+                     uint16_t in_eni, fz_hit *h)
+{
+    const hp_ct *ct = &w->nat->ct;
+    fz_parsed p;
+    fz_parse(f, len, vnet, 0, &p);
+    h->id = HP_CT_NONE;
+    if (p.reason != HP_R_NONE)
+        return;
+    hp_flow_key k;
+    fz_tuple(f, &p, &k);
+    uint32_t id = hp_nat_lookup(w->nat, &k, dir, w->now);
+    if (id == HP_CT_NONE || (dir == HP_DIR_IN && ct->conns[id].eni != in_eni))
+        return;
+    h->id = id;
+    h->conn = ct->conns[id];
+    h->stats = ct->stats[id];
+}
+
+static void check_hit_unchanged(const fz_world *w, const fz_hit *h, const hp_result *r)
+{
+    const hp_ct *ct = &w->nat->ct;
+    if (h->id == HP_CT_NONE || r->verdict == HP_FORWARD)
+        return;
+    if (memcmp(&ct->conns[h->id], &h->conn, sizeof h->conn) != 0 ||
+        memcmp(&ct->stats[h->id], &h->stats, sizeof h->stats) != 0)
+        fz_fail("a frame refused for %s changed its connection %u", reason_name(r->reason),
+                h->id);
+}
+
 void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, uint32_t n,
                           int dir, uint16_t in_eni, int vnet, int check_mtu, hp_result *out)
 {
+    fz_hit hit = { .id = HP_CT_NONE };
     if (n > FZ_MAX_BATCH)
         n = FZ_MAX_BATCH;
     uint8_t *bufs[FZ_MAX_BATCH], *before[FZ_MAX_BATCH];
@@ -431,6 +470,8 @@ void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, u
         memcpy(before[i], frames[i], lens[i]);
         memset(&res[i], 0xA5, sizeof res[i]);
     }
+    if (n == 1)     /* in a batch, an earlier frame may change the connection legitimately */
+        find_hit(w, before[0], lens[0], vnet, dir, in_eni, &hit);
     uint64_t fwd_before = w->nat->counters[HP_C_FWD_OUT_PACKETS] +
                           w->nat->counters[HP_C_FWD_IN_PACKETS];
     if (check_mtu)
@@ -449,6 +490,7 @@ void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, u
             forwarded++;
         } else if (res[i].verdict == HP_DROP || res[i].verdict == HP_PUNT) {
             check_dropped(before[i], bufs[i], lens[i], &p, &res[i]);
+            check_hit_unchanged(w, &hit, &res[i]);
         } else {
             fz_fail("verdict %u", res[i].verdict);
         }
