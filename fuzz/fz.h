@@ -10,6 +10,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Where the core keeps a pool's counters and the journal's head: in the shared-memory state
+ * region when it has one (csrc/hp_state.h), in the structures themselves before. */
+#ifdef HP_STATE_H
+#define FZ_POOL_ST(p) ((p)->st)
+#define FZ_NAT_SH(nat) ((nat)->sh)
+#else
+#define FZ_POOL_ST(p) (p)
+#define FZ_NAT_SH(nat) (nat)
+#endif
+
 #define FZ_VARIANTS 3
 #define FZ_MAX_BATCH 16
 #define FZ_MAX_FRAME 2048

@@ -142,21 +142,21 @@ static void check_pool(const fz_world *w, uint32_t e, int f, int proto)
         fz_fail("ENI %u family %d: no pool", e, f ? 6 : 4);
     if (p->lo != nat->cfg.port_lo || p->hi != nat->cfg.port_hi || p->size != p->hi - p->lo + 1u)
         fz_fail("pool bounds changed");
-    if (p->nfree > p->size || p->q_count > p->size || (p->size && p->q_head >= p->size))
-        fz_fail("pool counters out of range: free %u quarantined %u head %u size %u", p->nfree,
-                p->q_count, p->q_head, p->size);
+    if (FZ_POOL_ST(p)->nfree > p->size || FZ_POOL_ST(p)->q_count > p->size || (p->size && FZ_POOL_ST(p)->q_head >= p->size))
+        fz_fail("pool counters out of range: free %u quarantined %u head %u size %u", FZ_POOL_ST(p)->nfree,
+                FZ_POOL_ST(p)->q_count, FZ_POOL_ST(p)->q_head, p->size);
     enum { FREE = 1, QUAR = 2 };
     uint8_t *where = scratch(SCR_WHERE, p->size);
     uint32_t *refs = scratch(SCR_REFS, p->size * sizeof *refs);
-    for (uint32_t i = 0; i < p->nfree; i++) {
+    for (uint32_t i = 0; i < FZ_POOL_ST(p)->nfree; i++) {
         uint16_t port = p->free[i];
         if (port < p->lo || port > p->hi || where[port - p->lo])
             fz_fail("free array: port %u out of range or twice", port);
         where[port - p->lo] = FREE;
     }
     uint64_t until = 0;
-    for (uint32_t i = 0; i < p->q_count; i++) {
-        uint32_t at = (p->q_head + i) % p->size;
+    for (uint32_t i = 0; i < FZ_POOL_ST(p)->q_count; i++) {
+        uint32_t at = (FZ_POOL_ST(p)->q_head + i) % p->size;
         uint16_t port = p->q_port[at];
         if (port < p->lo || port > p->hi || where[port - p->lo])
             fz_fail("quarantine: port %u out of range, twice or also free", port);
@@ -198,7 +198,7 @@ static void check_pool(const fz_world *w, uint32_t e, int f, int proto)
             }
         }
     }
-    if (hp_pool_in_use(p) != used || hp_pool_quarantined(p) != p->q_count)
+    if (hp_pool_in_use(p) != used || hp_pool_quarantined(p) != FZ_POOL_ST(p)->q_count)
         fz_fail("pool says %u in use, %u ports have connections", hp_pool_in_use(p), used);
     uint32_t map_used = 0;
     for (uint32_t i = 0; i <= p->map_mask; i++) {
@@ -243,8 +243,8 @@ void fz_check_invariants(const fz_world *w)
     if (created - gone != ct->count)
         fz_fail("created %llu - expired/deleted %llu != %u live", (unsigned long long)created,
                 (unsigned long long)gone, ct->count);
-    if (nat->j_count > nat->cfg.journal_size ||
-        (nat->cfg.journal_size && nat->j_head >= nat->cfg.journal_size))
-        fz_fail("journal: %u records, head %u, size %u", nat->j_count, nat->j_head,
+    if (FZ_NAT_SH(nat)->j_count > nat->cfg.journal_size ||
+        (nat->cfg.journal_size && FZ_NAT_SH(nat)->j_head >= nat->cfg.journal_size))
+        fz_fail("journal: %u records, head %u, size %u", FZ_NAT_SH(nat)->j_count, FZ_NAT_SH(nat)->j_head,
                 nat->cfg.journal_size);
 }

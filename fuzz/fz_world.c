@@ -88,6 +88,7 @@ static void add_region(fz_world *w, void *ptr, size_t len)
     memcpy(r->copy, ptr, len);
 }
 
+#ifndef HP_STATE_H
 static void add_pool_regions(fz_world *w, hp_pool *p)
 {
     add_region(w, p->free, p->size * sizeof *p->free);
@@ -96,23 +97,33 @@ static void add_pool_regions(fz_world *w, hp_pool *p)
     add_region(w, p->owner, p->size * sizeof *p->owner);
     add_region(w, p->map, (p->map_mask + 1) * sizeof *p->map);
 }
+#endif
 
 /* Everything translation, expiry and deletion can write, as it is now. */
 static void snapshot(fz_world *w)
 {
     hp_nat *nat = w->nat;
     add_region(w, nat, sizeof *nat);
+    add_region(w, nat->groups, nat->cap_groups * sizeof *nat->groups);
+#ifdef HP_STATE_H
+    /* The state region: its fixed part (table, journal, counters), then a block per ENI. */
+    add_region(w, nat->state.base, nat->state.size);
+    for (uint32_t e = 0; e < nat->n_enis; e++) {
+        add_region(w, nat->eni_pools[e], sizeof *nat->eni_pools[e]);
+        add_region(w, nat->eni_pools[e]->mem, nat->eni_pools[e]->mem_len);
+    }
+#else
     add_region(w, nat->ct.conns, nat->ct.capacity * sizeof *nat->ct.conns);
     add_region(w, nat->ct.stats, nat->ct.capacity * sizeof *nat->ct.stats);
     add_region(w, nat->ct.slots, (nat->ct.mask + 1) * sizeof *nat->ct.slots);
     add_region(w, nat->journal, nat->cfg.journal_size * sizeof *nat->journal);
-    add_region(w, nat->groups, nat->cap_groups * sizeof *nat->groups);
     for (uint32_t e = 0; e < nat->n_enis; e++) {
         add_region(w, nat->eni_pools[e], sizeof *nat->eni_pools[e]);
         for (int f = 0; f < 2; f++)
             for (int p = 0; p < 2; p++)
                 add_pool_regions(w, &nat->eni_pools[e]->pool[f][p]);
     }
+#endif
     w->base_enis = nat->n_enis;
     w->snap_now = w->now;
     w->snap_deletes = w->deletes;
@@ -122,9 +133,13 @@ static void restore(fz_world *w)
 {
     hp_nat *nat = w->nat;
     for (uint32_t e = w->base_enis; e < nat->n_enis; e++) {   /* ENIs added since */
+#ifdef HP_STATE_H
+        hp_region_unmap(nat->eni_pools[e]->mem, nat->eni_pools[e]->mem_len);
+#else
         for (int f = 0; f < 2; f++)
             for (int p = 0; p < 2; p++)
                 hp_pool_free(&nat->eni_pools[e]->pool[f][p]);
+#endif
         free(nat->eni_pools[e]);
     }
     for (size_t i = 0; i < w->n_regions; i++)
@@ -558,7 +573,7 @@ void fz_expire_checked(fz_world *w, size_t max, size_t out_max, int with_out)
     hp_conn_record out[OUT_CAP];
     if (out_max > OUT_CAP)
         out_max = OUT_CAP;
-    uint32_t count = nat->ct.count, journal = nat->j_count;
+    uint32_t count = nat->ct.count, journal = FZ_NAT_SH(nat)->j_count;
     uint64_t exp_before = nat->counters[HP_C_CONN_EXPIRED];
     size_t got = hp_nat_expire(nat, w->now, max, with_out ? out : NULL, out_max);
     uint32_t removed = count - nat->ct.count;
