@@ -35,8 +35,33 @@ static const uint32_t steps[16] = {
 #define SEQ_IDS 64
 static uint32_t seq_next[SEQ_IDS][2];
 
-/* e: bits 0-1: 0 the next sequence number and the peer's as ack, 1 / 2 that moved forward /
- * back by (e >> 2) * 4096, 3 arbitrary. */
+/* TCP options: 1 a SYN's (MSS, SACK permitted, window scale 7), 2 a SACK block beyond the
+ * ack, 3 malformed (a length past the end). */
+static void set_options(fz_frame_spec *s, int kind)
+{
+    static const uint8_t syn[12] = { 2, 4, 5, 0xb4, 4, 2, 1, 1, 3, 3, 7, 1 };
+    static const uint8_t bad[4] = { 1, 3, 9, 1 };
+    s->optlen = 0;
+    if (kind == 1) {
+        memcpy(s->opts, syn, sizeof syn);
+        s->optlen = sizeof syn;
+    } else if (kind == 2) {
+        uint8_t sack[12] = { 1, 1, 5, 10 };
+        uint32_t left = s->ack + 100, right = s->ack + 2000;
+        for (int i = 0; i < 4; i++) {
+            sack[4 + i] = (uint8_t)(left >> (24 - 8 * i));
+            sack[8 + i] = (uint8_t)(right >> (24 - 8 * i));
+        }
+        memcpy(s->opts, sack, sizeof sack);
+        s->optlen = sizeof sack;
+    } else if (kind == 3) {
+        memcpy(s->opts, bad, sizeof bad);
+        s->optlen = sizeof bad;
+    }
+}
+
+/* e: bits 0-1: 0 the next sequence number and the peer's as ack (bits 2-3: TCP options, see
+ * set_options), 1 / 2 that moved forward / back by (e >> 2) * 4096, 3 arbitrary. */
 static void set_seq(fz_frame_spec *s, uint32_t id, int dir, uint8_t e)
 {
     int known = id < SEQ_IDS && seq_next[id][dir];
@@ -49,6 +74,8 @@ static void set_seq(fz_frame_spec *s, uint32_t id, int dir, uint8_t e)
     }
     s->seq = mine;
     s->ack = s->tcp_flags & HP_TCP_ACK ? theirs : 0;
+    if ((e & 3) == 0)
+        set_options(s, (e >> 2) & 3);
 }
 
 /* Where the peer of a forwarded TCP frame is now. */

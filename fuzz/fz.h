@@ -20,6 +20,18 @@
 #define FZ_NAT_SH(nat) (nat)
 #endif
 
+/* The arrays the table indexes by connection id (entries, counters, TCP windows, ...). */
+#if __has_include("hp_tcp.h")
+#include "hp_tcp.h"
+#endif
+#if defined(HP_CT_ARRAYS)
+#define FZ_CT_ARRAYS HP_CT_ARRAYS
+#elif defined(HP_TCP_H)
+#define FZ_CT_ARRAYS(X) X(hp_conn, conns) X(hp_conn_stats, stats) X(hp_tcp_win, win)
+#else
+#define FZ_CT_ARRAYS(X) X(hp_conn, conns) X(hp_conn_stats, stats)
+#endif
+
 #define FZ_VARIANTS 3
 #define FZ_MAX_BATCH 16
 #define FZ_MAX_FRAME 2048
@@ -66,6 +78,7 @@ typedef struct fz_frame_spec {
     uint8_t tcp_flags, ttl, vnet_mode, zero_udp_csum;
     uint16_t payload;
     uint32_t seq, ack;           /* TCP */
+    uint8_t opts[40], optlen;    /* TCP options, optlen a multiple of 4 */
 } fz_frame_spec;
 uint32_t fz_build(uint8_t *buf, uint32_t cap, const fz_frame_spec *s);
 

@@ -233,17 +233,17 @@ uint32_t fz_build(uint8_t *buf, uint32_t cap, const fz_frame_spec *s)
 {
     int v4 = s->k.family == 4, tcp = s->k.proto == 6;
     uint32_t eth = s->vnet_mode ? 10 : 0, l3 = eth + 14, l4 = l3 + (v4 ? 20 : 40);
-    uint32_t l4len = (tcp ? 20 : 8) + s->payload, end = l4 + l4len;
+    uint32_t hdr = tcp ? 20u + (s->optlen & ~3u) : 8, l4len = hdr + s->payload, end = l4 + l4len;
     if (end > cap)
         return 0;
     memset(buf, 0, end);
-    for (uint32_t i = l4 + (tcp ? 20 : 8); i < end; i++)
+    for (uint32_t i = l4 + hdr; i < end; i++)
         buf[i] = (uint8_t)(i * 7);
     if (s->vnet_mode) {
         int gso = s->vnet_mode == 3;
         buf[0] = s->vnet_mode >= 2 ? 1 : 0;       /* GSO frames need a partial checksum */
         buf[1] = gso ? (tcp ? (v4 ? 1 : 4) : HP_GSO_UDP_L4) : 0;
-        putle16(buf + 2, (uint16_t)(l4 - eth + (tcp ? 20 : 8)));
+        putle16(buf + 2, (uint16_t)(l4 - eth + hdr));
         putle16(buf + 4, gso ? 536 : 0);
         putle16(buf + 6, buf[0] ? (uint16_t)(l4 - eth) : 0);
         putle16(buf + 8, buf[0] ? (tcp ? 16 : 6) : 0);
@@ -267,7 +267,8 @@ uint32_t fz_build(uint8_t *buf, uint32_t cap, const fz_frame_spec *s)
     if (tcp) {
         put32(t + 4, s->seq);
         put32(t + 8, s->ack);
-        t[12] = 5 << 4;
+        t[12] = (uint8_t)(hdr / 4 << 4);
+        memcpy(t + 20, s->opts, hdr - 20);
         t[13] = s->tcp_flags;
         put16(t + 14, 65535);
     } else {

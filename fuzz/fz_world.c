@@ -113,8 +113,9 @@ static void snapshot(fz_world *w)
         add_region(w, nat->eni_pools[e]->mem, nat->eni_pools[e]->mem_len);
     }
 #else
-    add_region(w, nat->ct.conns, nat->ct.capacity * sizeof *nat->ct.conns);
-    add_region(w, nat->ct.stats, nat->ct.capacity * sizeof *nat->ct.stats);
+#define FZ_SNAP_ARRAY(type, name) add_region(w, nat->ct.name, nat->ct.capacity * sizeof(type));
+    FZ_CT_ARRAYS(FZ_SNAP_ARRAY)
+#undef FZ_SNAP_ARRAY
     add_region(w, nat->ct.slots, (nat->ct.mask + 1) * sizeof *nat->ct.slots);
     add_region(w, nat->journal, nat->cfg.journal_size * sizeof *nat->journal);
     for (uint32_t e = 0; e < nat->n_enis; e++) {
@@ -430,13 +431,15 @@ static void check_forwarded(const fz_world *w, const uint8_t *before, const uint
                 p->partial ? "partial" : "full", rb, ra, ck_before, ck_after);
 }
 
-/* The live connection a frame will hit, its entry and counters as they were: a frame the NAT
- * then refuses (a TCP segment out of window, say) must leave them as they were. */
+/* The live connection a frame will hit, everything the table keeps of it (entry, counters,
+ * TCP windows) as it was: a frame the NAT then refuses (a TCP segment out of window, say)
+ * must leave it so. */
+#define FZ_HIT_FIELD(type, name) type name;
 typedef struct fz_hit {
     uint32_t id;
-    hp_conn conn;
-    hp_conn_stats stats;
+    FZ_CT_ARRAYS(FZ_HIT_FIELD)
 } fz_hit;
+#undef FZ_HIT_FIELD
 
 static void find_hit(const fz_world *w, const uint8_t *f, uint32_t len, int vnet, int dir,
                      uint16_t in_eni, fz_hit *h)
@@ -453,8 +456,9 @@ static void find_hit(const fz_world *w, const uint8_t *f, uint32_t len, int vnet
     if (id == HP_CT_NONE || (dir == HP_DIR_IN && ct->conns[id].eni != in_eni))
         return;
     h->id = id;
-    h->conn = ct->conns[id];
-    h->stats = ct->stats[id];
+#define FZ_HIT_SAVE(type, name) h->name = ct->name[id];
+    FZ_CT_ARRAYS(FZ_HIT_SAVE)
+#undef FZ_HIT_SAVE
 }
 
 static void check_hit_unchanged(const fz_world *w, const fz_hit *h, const hp_result *r)
@@ -462,10 +466,12 @@ static void check_hit_unchanged(const fz_world *w, const fz_hit *h, const hp_res
     const hp_ct *ct = &w->nat->ct;
     if (h->id == HP_CT_NONE || r->verdict == HP_FORWARD)
         return;
-    if (memcmp(&ct->conns[h->id], &h->conn, sizeof h->conn) != 0 ||
-        memcmp(&ct->stats[h->id], &h->stats, sizeof h->stats) != 0)
-        fz_fail("a frame refused for %s changed its connection %u", reason_name(r->reason),
-                h->id);
+#define FZ_HIT_CHECK(type, name) \
+    if (memcmp(&ct->name[h->id], &h->name, sizeof(type)) != 0) \
+        fz_fail("a frame refused for %s changed %s of its connection %u", \
+                reason_name(r->reason), #name, h->id);
+    FZ_CT_ARRAYS(FZ_HIT_CHECK)
+#undef FZ_HIT_CHECK
 }
 
 void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, uint32_t n,

@@ -28,6 +28,8 @@ def frames():
         yield fg.tcp(src, dst, 4000, 80, "FA"), False
         yield fg.tcp(src, dst, 4000, 80, "R"), False
         yield fg.tcp(src, dst, 4000, 80, "S", tcp_options=b"\x02\x04\x05\xb4"), False
+        yield fg.tcp(src, dst, 4000, 80, "S", tcp_options=b"\x02\x04\x05\xb4\x04\x02\x01\x01\x03\x03\x07\x01"), False
+        yield fg.tcp(src, dst, 4000, 80, "A", tcp_options=b"\x01\x01\x05\x0a" + bytes(range(8))), False
         yield fg.udp(src, dst, 4001, 53, payload=b"query"), False
         yield fg.udp(src, dst, 4001, 53, payload=b"q", ttl=2), False
         yield fg.tcp(src, dst, 4000, 80, "S", vnet=True), True
@@ -82,7 +84,8 @@ def ops_seeds():
     # A new TCP connection (10.200.0.11:4001 -> 10.0.9.9:80, id 6 after the 6 set up) through
     # its handshake, data and close, then time passes and everything expires.
     conn = 0x01
-    life = (out(0, conn, S) + reply(6, S | A) + out(0, conn, A, 4) + reply(6, A, 0, 0)
+    life = (out(0, conn, S, 0, 0x04) + reply(6, S | A, 0, 0x04) + out(0, conn, A, 4, 0x08)
+            + reply(6, A, 0, 0)
             + out(0, conn, F | A) + reply(6, F | A) + out(0, conn, A)
             + bytes([TICK, 13, EXPIRE, 0x0F, LOOKUP, 0]))
     udp = out(0x10, 0x01, 0) + reply(6, 0) + bytes([TICK, 9, EXPIRE, 0x1F, DELETE, 0, LOOKUP, 1])
