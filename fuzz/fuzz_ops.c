@@ -10,6 +10,7 @@
  *   2 raw frame   how len bytes...                7 add ENI   group | v6 << 2
  *   3 tick        step                            8 lookup    sel
  *   4 expire      max | out << 3 | out_max << 4   9 IN batch  n, n x (sel fl m e)
+ *  10 restart     n, n x (victim donor split): killed and attached again (fz_world_restart)
  * e, the TCP sequence numbers (see set_seq). */
 #include "fz.h"
 
@@ -193,7 +194,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(seq_next, 0, sizeof seq_next);
     fz_frame_spec specs[FZ_MAX_BATCH];
     for (int ops = 0; ops < MAX_OPS && p.at < p.size; ops++) {
-        uint8_t op = next(&p) % 10, arg;
+        uint8_t op = next(&p) % 11, arg, tear[4][3];
         uint16_t in_eni = 0;
         uint32_t n;
         switch (op) {
@@ -243,6 +244,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     in_eni = e;
             }
             send_specs(w, specs, n, HP_DIR_IN, in_eni);
+            break;
+        case 10:
+            n = next(&p) % 5;
+            for (uint32_t i = 0; i < n; i++)
+                for (int j = 0; j < 3; j++)
+                    tear[i][j] = next(&p);
+            fz_world_restart(w, (const uint8_t (*)[3])tear, n);
             break;
         }
     }

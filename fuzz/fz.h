@@ -84,10 +84,19 @@ uint32_t fz_build(uint8_t *buf, uint32_t cap, const fz_frame_spec *s);
 
 /* The world: one NAT of a variant (mapping mode, sizes, timeouts), its ENIs, groups and
  * sources, a few connections, and the snapshot it returns to. */
+#define FZ_MAX_WORLD_ENIS 8
 typedef struct fz_world {
     hp_nat *nat;
+    hp_nat_config cfg;
+    int variant;
+    char path[96];               /* the state file, when the core keeps one */
+    int dirty;                   /* reattached since the snapshot: rebuild before reuse */
     uint64_t now;
-    uint64_t deletes;            /* connections removed by hp_nat_delete_conn */
+    uint64_t deletes;            /* connections removed other than by expiry */
+    /* The configuration as made, so a reattach can make it again: ENIs (IPv6 or not) in
+     * order, and the group each joined. */
+    uint32_t n_enis;
+    uint8_t eni_v6[FZ_MAX_WORLD_ENIS], eni_group[FZ_MAX_WORLD_ENIS];
     uint32_t base_enis;          /* ENIs at snapshot time */
     struct fz_region { void *ptr, *copy; size_t len; } *regions;
     size_t n_regions, cap_regions;
@@ -103,6 +112,14 @@ void fz_source_addr(int i, hp_flow_key *k);   /* fills family and src */
 void fz_dst_addr(int i, int family, uint8_t out[16]);
 /* Adds an ENI (at most a few past the base ones) to a group; -1 when none is added. */
 int fz_world_add_eni(fz_world *w, int group, int with_v6);
+
+/* Closes the NAT as a killed process would leave it and opens it again from its state file,
+ * after n_tear torn writes: tear[i] = (victim, donor, split): the first split % 64 bytes of
+ * entry victim (mod capacity) come from entry donor, as if an insert stopped half-way, or are
+ * zeroed when split has bit 7. The attach must keep every entry nothing tore, as it was (but
+ * for two per torn entry, which may now hold their tuple or port), and leave the invariants
+ * true. No-op when the core has no state file. */
+void fz_world_restart(fz_world *w, const uint8_t (*tear)[3], uint32_t n_tear);
 
 /* Translates frames (copies in exact-size heap buffers, so ASan sees any overread), checks
  * every per-frame oracle, then the invariants. frames are rewritten in place; the results go

@@ -2,8 +2,10 @@
  * each run is deterministic and cheap) and the oracles over translated frames. */
 #include "fz.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const struct variant {
     uint8_t per_connection, rfc;
@@ -135,6 +137,9 @@ static void restore(fz_world *w)
     hp_nat *nat = w->nat;
     for (uint32_t e = w->base_enis; e < nat->n_enis; e++) {   /* ENIs added since */
 #ifdef HP_STATE_H
+        /* Past the snapshot's end of the state file: as new file space, zero (an ENI added
+         * again maps the same place and expects it so). */
+        memset(nat->eni_pools[e]->mem, 0, nat->eni_pools[e]->mem_len);
         hp_region_unmap(nat->eni_pools[e]->mem, nat->eni_pools[e]->mem_len);
 #else
         for (int f = 0; f < 2; f++)
@@ -238,44 +243,91 @@ static void check_config_api(hp_nat *nat, const hp_nat_config *cfg)
     hp_nat_destroy(other);
 }
 
+/* Adds ENIs, groups and sources as recorded in w (in order: ENI ids and groups come back the
+ * same after a reattach). */
+static void configure(fz_world *w)
+{
+    hp_nat *nat = w->nat;
+    for (uint32_t e = 0; e < w->n_enis; e++) {
+        uint8_t a4[4], a6[16];
+        eni_addrs(e < FZ_BASE_ENIS ? (int)e : (int)e + 10, a4, a6);
+        if (hp_nat_add_eni(nat, a4, w->eni_v6[e] ? a6 : NULL) != (int)e)
+            fz_fail("add_eni did not give ENI %u", e);
+    }
+    for (int g = 0; g < 4; g++)           /* group 3 has no ENI until an op adds one */
+        if (hp_nat_add_group(nat) != g)
+            fz_fail("add_group");
+    for (uint32_t e = 0; e < w->n_enis; e++) {
+        if (hp_nat_group_add_eni(nat, w->eni_group[e], (int)e) != 0)
+            fz_fail("group_add_eni");
+        if (e == 0 && hp_nat_group_add_eni(nat, 2, 0) != 0)   /* group 2: ENIs 0 and 2 */
+            fz_fail("group_add_eni");
+    }
+    for (int i = 0; i < fz_n_sources; i++)
+        if (hp_nat_add_source(nat, sources[i].family, (const uint8_t *)sources[i].addr,
+                              sources[i].group, sources[i].allow_v6))
+            fz_fail("add_source");
+}
+
+static hp_nat *open_nat(fz_world *w)
+{
+#ifdef HP_STATE_H
+    hp_nat *nat = NULL;
+    char err[256];
+    int r = hp_nat_open(&w->cfg, w->path, &nat, err, sizeof err);
+    if (r != 0)
+        fz_fail("hp_nat_open(%s): %d %s", w->path, r, err);
+    return nat;
+#else
+    return hp_nat_create(&w->cfg);
+#endif
+}
+
+static void remove_state_files(void)
+{
+    char path[96];
+    for (int v = 0; v < FZ_VARIANTS; v++) {
+        snprintf(path, sizeof path, "/dev/shm/hp-fuzz-%d-%d.state", (int)getpid(), v);
+        unlink(path);
+    }
+}
+
 static fz_world *build(int variant)
 {
     const struct variant *v = &variants[variant];
-    hp_nat_config cfg;
-    hp_nat_config_default(&cfg);
-    cfg.capacity = v->capacity;
-    cfg.port_lo = v->port_lo;
-    cfg.port_hi = v->port_hi;
-    cfg.per_connection = v->per_connection;
-    cfg.quarantine_ms = v->quarantine_ms;
-    cfg.mtu_inside = v->mtu_inside;
-    cfg.mtu_outside = v->mtu_outside;
-    cfg.journal_size = v->journal;
-    cfg.port_seed = 0x5eed + (uint64_t)variant;
-    cfg.hash_seed.k0 = 0x0123456789abcdefull;    /* fixed: runs are reproducible */
-    cfg.hash_seed.k1 = 0xfedcba9876543210ull + (uint64_t)variant;
-    hp_timeouts_profile(&cfg.timeouts, v->rfc);
-
     fz_world *w = calloc(1, sizeof *w);
-    if (!w || !(w->nat = hp_nat_create(&cfg)))
+    if (!w)
+        abort();
+    hp_nat_config *cfg = &w->cfg;
+    hp_nat_config_default(cfg);
+    cfg->capacity = v->capacity;
+    cfg->port_lo = v->port_lo;
+    cfg->port_hi = v->port_hi;
+    cfg->per_connection = v->per_connection;
+    cfg->quarantine_ms = v->quarantine_ms;
+    cfg->mtu_inside = v->mtu_inside;
+    cfg->mtu_outside = v->mtu_outside;
+    cfg->journal_size = v->journal;
+    cfg->port_seed = 0x5eed + (uint64_t)variant;
+    cfg->hash_seed.k0 = 0x0123456789abcdefull;   /* fixed: runs are reproducible */
+    cfg->hash_seed.k1 = 0xfedcba9876543210ull + (uint64_t)variant;
+    hp_timeouts_profile(&cfg->timeouts, v->rfc);
+    w->variant = variant;
+    snprintf(w->path, sizeof w->path, "/dev/shm/hp-fuzz-%d-%d.state", (int)getpid(), variant);
+    unlink(w->path);
+    static int cleanup;
+    if (!cleanup++)
+        atexit(remove_state_files);
+
+    if (!(w->nat = open_nat(w)))
         fz_fail("hp_nat_create failed");
-    for (int k = 0; k < FZ_BASE_ENIS; k++) {
-        uint8_t a4[4], a6[16];
-        eni_addrs(k, a4, a6);
-        if (hp_nat_add_eni(w->nat, a4, k == 1 ? NULL : a6) != k)   /* ENI 1: IPv4 only */
-            fz_fail("add_eni");
+    w->n_enis = FZ_BASE_ENIS;              /* ENI 1 is IPv4 only; ENI k joins group k */
+    for (uint32_t e = 0; e < FZ_BASE_ENIS; e++) {
+        w->eni_v6[e] = e != 1;
+        w->eni_group[e] = (uint8_t)e;
     }
-    for (int g = 0; g < 4; g++)           /* group 3 has no ENI until an op adds one */
-        if (hp_nat_add_group(w->nat) != g)
-            fz_fail("add_group");
-    if (hp_nat_group_add_eni(w->nat, 0, 0) || hp_nat_group_add_eni(w->nat, 1, 1) ||
-        hp_nat_group_add_eni(w->nat, 2, 0) || hp_nat_group_add_eni(w->nat, 2, 2))
-        fz_fail("group_add_eni");
-    for (int i = 0; i < fz_n_sources; i++)
-        if (hp_nat_add_source(w->nat, sources[i].family, (const uint8_t *)sources[i].addr,
-                              sources[i].group, sources[i].allow_v6))
-            fz_fail("add_source");
-    check_config_api(w->nat, &cfg);
+    configure(w);
+    check_config_api(w->nat, cfg);
     w->now = FZ_T0;
     fz_check_invariants(w);
     setup_connections(w);
@@ -283,10 +335,24 @@ static fz_world *build(int variant)
     return w;
 }
 
+static void world_free(fz_world *w)
+{
+    hp_nat_destroy(w->nat);
+    unlink(w->path);
+    for (size_t i = 0; i < w->n_regions; i++)
+        free(w->regions[i].copy);
+    free(w->regions);
+    free(w);
+}
+
 fz_world *fz_world_get(int variant)
 {
     static fz_world *worlds[FZ_VARIANTS];
     variant %= FZ_VARIANTS;
+    if (worlds[variant] && worlds[variant]->dirty) {
+        world_free(worlds[variant]);
+        worlds[variant] = NULL;
+    }
     if (!worlds[variant])
         worlds[variant] = build(variant);
     else
@@ -302,10 +368,69 @@ int fz_world_add_eni(fz_world *w, int group, int with_v6)
     uint8_t a4[4], a6[16];
     eni_addrs((int)nat->n_enis + 10, a4, a6);
     int e = hp_nat_add_eni(nat, a4, with_v6 ? a6 : NULL);
-    if (e < 0 || hp_nat_group_add_eni(nat, group % (int)nat->n_groups, e) != 0)
+    group %= (int)nat->n_groups;
+    if (e < 0 || hp_nat_group_add_eni(nat, group, e) != 0)
         fz_fail("adding ENI %d failed", e);
+    w->eni_v6[e] = (uint8_t)(with_v6 != 0);
+    w->eni_group[e] = (uint8_t)group;
+    w->n_enis = (uint32_t)e + 1;
     fz_check_invariants(w);
     return e;
+}
+
+void fz_world_restart(fz_world *w, const uint8_t (*tear)[3], uint32_t n_tear)
+{
+#ifdef HP_STATE_H
+    hp_ct *ct = &w->nat->ct;
+    uint32_t capacity = ct->capacity;
+    hp_conn *before = malloc(capacity * sizeof *before);
+    uint8_t *torn = calloc(capacity, 1);
+    if (!before || !torn)
+        abort();
+    for (uint32_t i = 0; i < n_tear; i++) {
+        uint32_t victim = tear[i][0] % capacity, donor = tear[i][1] % capacity;
+        size_t split = tear[i][2] % sizeof(hp_conn);
+        /* An insert writes a whole tuple of one family: a donor of the other would leave an
+         * IPv4 entry with IPv6 address bytes, no write's half. */
+        if ((tear[i][2] & 0x80) || ct->conns[victim].family != ct->conns[donor].family)
+            memset(&ct->conns[victim], 0, split);
+        else
+            memcpy(&ct->conns[victim], &ct->conns[donor], split);
+        torn[victim] = 1;
+    }
+    memcpy(before, ct->conns, capacity * sizeof *before);
+
+    hp_nat_destroy(w->nat);
+    w->nat = open_nat(w);
+    w->dirty = 1;          /* the snapshot points into the old mapping */
+    if (!w->nat->attached)
+        fz_fail("reopening the state file did not attach");
+    configure(w);
+    ct = &w->nat->ct;
+    uint32_t lost = 0;
+    for (uint32_t id = 0; id < capacity; id++) {
+        hp_conn a = before[id], b = ct->conns[id];
+        a.lru_prev = a.lru_next = b.lru_prev = b.lru_next = 0;   /* rebuilt by the attach */
+        if (b.state != HP_S_NONE && memcmp(&a, &b, sizeof a) != 0)
+            fz_fail("attach kept entry %u, but not as it was", id);
+        if (!torn[id] && a.state != HP_S_NONE && b.state == HP_S_NONE)
+            lost++;
+    }
+    /* A torn entry may now hold another's tuples and port: the attach cannot tell which of the
+     * two was torn and keeps one, so each tear may cost one whole entry per tuple and port. */
+    if (lost > 2 * n_tear)
+        fz_fail("attach dropped %u whole entries for %u torn ones", lost, n_tear);
+    free(before);
+    free(torn);
+    if (!n_tear && w->nat->repaired)
+        fz_fail("attach repaired %u things in a state nothing tore", w->nat->repaired);
+    /* Entries the repair dropped were neither expired nor deleted: count them as deleted. */
+    uint64_t created = w->nat->counters[HP_C_CONN_CREATED];
+    w->deletes = created - w->nat->counters[HP_C_CONN_EXPIRED] - ct->count;
+    fz_check_invariants(w);
+#else
+    (void)w, (void)tear, (void)n_tear;
+#endif
 }
 
 /* -- oracles over frames ---------------------------------------------------------------- */
