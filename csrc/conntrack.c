@@ -24,7 +24,8 @@ static void *table_alloc(size_t bytes)
 }
 
 _Static_assert(sizeof(hp_conn) == 64, "a connection entry is one cache line");
-_Static_assert(sizeof(hp_conn_stats) == 24, "connection counters layout");
+_Static_assert(sizeof(hp_conn_stats) == 32, "connection counters layout");
+_Static_assert(sizeof(hp_tcp_win) == 40, "TCP window state layout");
 
 /* Keep the index at most 70% full: linear probing stays short, the 32-bit tags filter the rest. */
 static uint32_t index_size(uint32_t capacity)
@@ -45,8 +46,9 @@ int hp_ct_init(hp_ct *ct, uint32_t capacity, const hp_hash_seed *seed,
     uint32_t nslots = index_size(capacity);
     ct->conns = table_alloc((size_t)capacity * sizeof *ct->conns);
     ct->stats = table_alloc((size_t)capacity * sizeof *ct->stats);
+    ct->win = table_alloc((size_t)capacity * sizeof *ct->win);
     ct->slots = table_alloc((size_t)nslots * sizeof *ct->slots);
-    if (!ct->conns || !ct->stats || !ct->slots) {
+    if (!ct->conns || !ct->stats || !ct->win || !ct->slots) {
         hp_ct_free(ct);
         return -1;
     }
@@ -67,9 +69,11 @@ void hp_ct_free(hp_ct *ct)
 {
     free(ct->conns);
     free(ct->stats);
+    free(ct->win);
     free(ct->slots);
     ct->conns = NULL;
     ct->stats = NULL;
+    ct->win = NULL;
     ct->slots = NULL;
 }
 
@@ -207,6 +211,7 @@ uint32_t hp_ct_insert_hashed(hp_ct *ct, const hp_flow_key *orig, uint32_t orig_h
     ct->free_head = c->lru_next;
     memset(c, 0, sizeof *c);
     memset(&ct->stats[id], 0, sizeof ct->stats[id]);
+    memset(&ct->win[id], 0, sizeof ct->win[id]);
     memcpy(c->src, orig->src, 16);
     memcpy(c->dst, orig->dst, 16);
     c->sport = orig->sport;
@@ -271,7 +276,7 @@ uint32_t hp_ct_next_live(const hp_ct *ct, uint32_t from)
 
 size_t hp_ct_memory(const hp_ct *ct)
 {
-    return (size_t)ct->capacity * (sizeof(hp_conn) + sizeof(hp_conn_stats)) +
+    return (size_t)ct->capacity * (sizeof(hp_conn) + sizeof(hp_conn_stats) + sizeof(hp_tcp_win)) +
            (size_t)(ct->mask + 1) * sizeof(hp_ct_slot);
 }
 

@@ -31,11 +31,30 @@ typedef struct hp_conn {
 } hp_conn;                        /* the table keeps the array line-aligned */
 
 /* The counters, in an array of their own: written by every packet, never needed to find a
- * connection, so a lookup touches one line. 24 bytes. */
+ * connection, so a lookup touches one line. 32 bytes; 64-bit so they never wrap. */
 typedef struct hp_conn_stats {
     uint64_t bytes[2];           /* [HP_DIR_OUT], [HP_DIR_IN] */
-    uint32_t packets[2];
+    uint64_t packets[2];
 } hp_conn_stats;
+
+/* TCP window tracking of one direction (the sender's view), as Linux's ip_ct_tcp_state. */
+typedef struct hp_tcp_dir {
+    uint32_t td_end;             /* highest seq + len sent */
+    uint32_t td_maxend;          /* highest ack + window of the other side */
+    uint32_t td_maxwin;          /* largest window seen; 0: this side not seen yet */
+    uint32_t td_maxack;          /* highest ack sent (valid with HP_TW_MAXACK_SET) */
+    uint8_t scale;               /* window scale from the SYN */
+    uint8_t flags;               /* HP_TW_* */
+    uint16_t pad;
+} hp_tcp_dir;
+
+enum { HP_TW_WSCALE = 1, HP_TW_SACK_PERM = 2, HP_TW_MAXACK_SET = 4 };
+
+/* Both directions, in a third array indexed like conns: only TCP hits read it, after the
+ * lookup. 40 bytes. */
+typedef struct hp_tcp_win {
+    hp_tcp_dir dir[2];           /* [HP_DIR_OUT], [HP_DIR_IN] */
+} hp_tcp_win;
 
 /* A connection as the journal and expiry hand it out. */
 typedef struct hp_conn_record {
@@ -51,6 +70,7 @@ typedef struct hp_ct_slot {
 typedef struct hp_ct {
     hp_conn *conns;
     hp_conn_stats *stats;        /* indexed like conns */
+    hp_tcp_win *win;             /* indexed like conns */
     hp_ct_slot *slots;
     uint32_t capacity, count, mask;
     uint32_t free_head;
@@ -86,8 +106,10 @@ static inline void hp_ct_prefetch_entry(const hp_ct *ct, uint32_t hash, int dir,
         if (s->hash == hash && ((s->ref - 1) & 1) == (uint32_t)dir) {
             uint32_t id = (s->ref - 1) >> 1;
             __builtin_prefetch(&ct->conns[id]);
-            if (with_stats)
+            if (with_stats) {
                 __builtin_prefetch(&ct->stats[id], 1);
+                __builtin_prefetch(&ct->win[id], 1);
+            }
             return;
         }
     }
@@ -112,6 +134,7 @@ static inline void hp_ct_prefetch_free(const hp_ct *ct)
     if (ct->free_head != HP_CT_NONE) {
         __builtin_prefetch(&ct->conns[ct->free_head], 1);
         __builtin_prefetch(&ct->stats[ct->free_head], 1);
+        __builtin_prefetch(&ct->win[ct->free_head], 1);
     }
 }
 uint32_t hp_ct_insert_hashed(hp_ct *ct, const hp_flow_key *orig, uint32_t orig_hash,

@@ -21,7 +21,8 @@ enum hp_verdict { HP_FORWARD = 0, HP_DROP = 1, HP_PUNT = 2 };
     X(TTL_EXCEEDED) X(TOO_BIG) \
     X(UNKNOWN_SOURCE) X(V6_NOT_ALLOWED) X(TCP_NOT_SYN) X(TABLE_FULL) X(PORTS_EXHAUSTED) \
     X(IN_NOT_ENI_ADDR) X(IN_UNSOLICITED_SYN) X(IN_NO_MATCH_TCP) X(IN_NO_MATCH_UDP) \
-    X(BAD_PORT) X(NEIGH_MISS) X(NO_ROUTE) X(NOT_OUR_MAC) X(TX_FULL)
+    X(BAD_PORT) X(NEIGH_MISS) X(NO_ROUTE) X(NOT_OUR_MAC) X(TX_FULL) \
+    X(TCP_BAD_FLAGS) X(TCP_OUT_OF_WINDOW) X(TCP_BAD_RST)
 
 #define HP_REASON_ENUM(name) HP_R_##name,
 enum hp_reason { HP_REASONS(HP_REASON_ENUM) HP_R_COUNT };
@@ -47,6 +48,7 @@ enum {
     HP_F_ASSURED = 2,
     HP_F_CLOSER_REPLY = 4,   /* the first FIN came from the reply side */
     HP_F_FIN_SEEN = 8,       /* a FIN has been seen (closer is valid) */
+    HP_F_SYN_REPLY = 16,     /* a SYN came from the reply side: simultaneous open (SYN_SENT2) */
 };
 
 /* Timeouts for every state, in milliseconds. */

@@ -2,6 +2,7 @@
  * and the batch translation loop: parse and hash a whole batch first, prefetching index
  * slots, then look up and rewrite, so memory latency overlaps across frames. */
 #include "hp_nat.h"
+#include "hp_tcp.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -225,50 +226,38 @@ size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn_record *o
     return written;
 }
 
-/* The TCP state machine of docs/semantics.md 2.2. May change c->flags. */
-static uint8_t tcp_next_state(hp_conn *c, int d, uint8_t tcp_flags)
+/* A SYN reopens a closed connection (docs/semantics.md 2.2): the old one ends (its record
+ * goes to the journal, as an expired one's does) and a new one takes its entry, its mapping
+ * and its external port, with fresh counters, flags, window state and start time. */
+static void reopen_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
 {
-    uint8_t s = c->state;
-    int closer = (c->flags & HP_F_CLOSER_REPLY) ? HP_DIR_IN : HP_DIR_OUT;
-    if (tcp_flags & HP_TCP_RST)
-        return HP_S_CLOSE;
-    if ((tcp_flags & HP_TCP_SYN) && (tcp_flags & HP_TCP_ACK))
-        return (d == HP_DIR_IN && (s == HP_S_SYN_SENT || s == HP_S_SYN_RECV)) ? HP_S_SYN_RECV : s;
-    if (tcp_flags & HP_TCP_SYN) {
-        if (d == HP_DIR_OUT && (s == HP_S_TIME_WAIT || s == HP_S_CLOSE)) {
-            c->flags = 0;   /* the port is reused by a new connection */
-            return HP_S_SYN_SENT;
-        }
-        return s;
-    }
-    if (tcp_flags & HP_TCP_FIN) {
-        if (s == HP_S_SYN_RECV || s == HP_S_ESTABLISHED) {
-            c->flags |= HP_F_FIN_SEEN | (d == HP_DIR_IN ? HP_F_CLOSER_REPLY : 0);
-            return HP_S_FIN_WAIT;
-        }
-        if ((s == HP_S_FIN_WAIT || s == HP_S_CLOSE_WAIT) && d != closer)
-            return HP_S_LAST_ACK;
-        return s;
-    }
-    if (tcp_flags & HP_TCP_ACK) {
-        if (s == HP_S_SYN_RECV && d == HP_DIR_OUT)
-            return HP_S_ESTABLISHED;
-        if (s == HP_S_FIN_WAIT && d != closer)
-            return HP_S_CLOSE_WAIT;
-        if (s == HP_S_LAST_ACK && d == closer)
-            return HP_S_TIME_WAIT;
-    }
-    return s;
+    hp_conn *c = &nat->ct.conns[id];
+    journal_push(nat, id);
+    nat->counters[HP_C_CONN_EXPIRED]++;
+    nat->counters[HP_C_CONN_CREATED]++;
+    c->flags = 0;
+    c->start_s = (uint32_t)(now_ms / 1000);
+    memset(&nat->ct.stats[id], 0, sizeof nat->ct.stats[id]);
+    memset(&nat->ct.win[id], 0, sizeof nat->ct.win[id]);
+    hp_ct_touch(&nat->ct, id, HP_S_SYN_SENT, now_ms);
 }
 
-/* A packet of connection id in direction dir: state, timers, counters, rewrite. */
-static void forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, uint64_t now_ms,
-                    hp_result *res)
+/* A packet of connection id in direction dir: TCP tracking, then state, timers, counters and
+ * rewrite. Returns the reason to drop it (nothing changed then), or HP_R_NONE. */
+static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, uint64_t now_ms,
+                   hp_result *res)
 {
     hp_conn *c = &nat->ct.conns[id];
     uint8_t old = c->state, state = old;
     if (c->proto == 6) {
-        state = tcp_next_state(c, dir, pkt->tcp_flags);
+        if (hp_tcp_reopens(c, dir, pkt->tcp_flags)) {
+            reopen_conn(nat, id, now_ms);
+            old = c->state;
+        }
+        int r = hp_tcp_track(&nat->ct.win[id], c, dir, pkt);
+        if (r != HP_R_NONE)
+            return r;
+        state = hp_tcp_next_state(c, dir, pkt->tcp_flags);
         if (old == HP_S_SYN_RECV && state == HP_S_ESTABLISHED) {
             c->flags |= HP_F_ASSURED;
             nat->counters[HP_C_CONN_ESTABLISHED]++;
@@ -299,6 +288,7 @@ static void forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, uint64_t now
     res->reason = HP_R_NONE;
     res->port = dir == HP_DIR_OUT ? (uint16_t)(c->eni + 1) : 0;
     res->conn = id;
+    return HP_R_NONE;
 }
 
 /* Picks the ENI and external port for a new connection; returns the reason it can't. */
@@ -373,6 +363,15 @@ static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_
     return HP_R_NONE;
 }
 
+static void refuse(hp_nat *nat, int reason, hp_result *res)
+{
+    res->verdict = hp_reason_is_punt(reason) ? HP_PUNT : HP_DROP;
+    res->reason = (uint8_t)reason;
+    res->port = 0;
+    res->conn = HP_CT_NONE;
+    nat->drops[reason]++;
+}
+
 static int is_eni_addr(const hp_nat *nat, const hp_flow_key *k)
 {
     int f = k->family == 6;
@@ -396,6 +395,10 @@ static int unsolicited_reason(const hp_nat *nat, const hp_pkt *pkt)
 static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint16_t in_eni,
                           uint64_t now_ms, hp_result *res)
 {
+    if (pkt->proto == 6 && !hp_tcp_valid_flags(pkt->tcp_flags)) {
+        refuse(nat, HP_R_TCP_BAD_FLAGS, res);
+        return;
+    }
     uint32_t id = hp_ct_lookup_hashed(&nat->ct, &pkt->key, hash, dir);
     if (id != HP_CT_NONE && hp_ct_expired(&nat->ct, &nat->ct.conns[id], now_ms)) {
         expire_conn(nat, id, now_ms, NULL, 0);
@@ -407,13 +410,10 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
     if (id == HP_CT_NONE)
         reason = dir == HP_DIR_OUT ? new_connection(nat, pkt, hash, now_ms, &id)
                                    : unsolicited_reason(nat, pkt);
-    if (reason == HP_R_NONE) {
-        forward(nat, id, pkt, dir, now_ms, res);
-        return;
-    }
-    res->verdict = hp_reason_is_punt(reason) ? HP_PUNT : HP_DROP;
-    res->reason = (uint8_t)reason;
-    nat->drops[reason]++;
+    if (reason == HP_R_NONE)
+        reason = forward(nat, id, pkt, dir, now_ms, res);
+    if (reason != HP_R_NONE)
+        refuse(nat, reason, res);
 }
 
 void hp_nat_translate(hp_nat *nat, uint8_t *const *frames, const uint32_t *lens, uint32_t n,
@@ -455,9 +455,7 @@ void hp_nat_translate_ex(hp_nat *nat, uint8_t *const *frames, const uint32_t *le
             if (reasons[i] == HP_R_NONE) {
                 translate_one(nat, &pkts[i], hashes[i], dir, in_eni, now_ms, res);
             } else {
-                res->verdict = hp_reason_is_punt(reasons[i]) ? HP_PUNT : HP_DROP;
-                res->reason = reasons[i];
-                nat->drops[reasons[i]]++;
+                refuse(nat, reasons[i], res);
             }
         }
     }

@@ -45,7 +45,9 @@ cdef extern from "hp_conntrack.h":
         uint8_t flags
     ctypedef struct hp_conn_stats:
         uint64_t bytes[2]
-        uint32_t packets[2]
+        uint64_t packets[2]
+    ctypedef struct hp_tcp_win:
+        pass
     ctypedef struct hp_conn_record:
         hp_conn conn
         hp_conn_stats stats

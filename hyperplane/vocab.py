@@ -21,6 +21,7 @@ REASONS = (
     "UNKNOWN_SOURCE", "V6_NOT_ALLOWED", "TCP_NOT_SYN", "TABLE_FULL", "PORTS_EXHAUSTED",
     "IN_NOT_ENI_ADDR", "IN_UNSOLICITED_SYN", "IN_NO_MATCH_TCP", "IN_NO_MATCH_UDP",
     "BAD_PORT", "NEIGH_MISS", "NO_ROUTE", "NOT_OUR_MAC", "TX_FULL",
+    "TCP_BAD_FLAGS", "TCP_OUT_OF_WINDOW", "TCP_BAD_RST",
 )
 R = {name: i for i, name in enumerate(REASONS)}
 
@@ -40,7 +41,7 @@ COUNTERS = (
 )
 
 # Connection flags.
-F_REPLY_SEEN, F_ASSURED, F_CLOSER_REPLY, F_FIN_SEEN = 1, 2, 4, 8
+F_REPLY_SEEN, F_ASSURED, F_CLOSER_REPLY, F_FIN_SEEN, F_SYN_REPLY = 1, 2, 4, 8, 16
 
 # Timeout profiles in seconds (docs/semantics.md 2.1).
 PROFILES = {

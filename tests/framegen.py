@@ -16,8 +16,8 @@ ETH_SRC = bytes.fromhex("020000000002")
 ETH_P_IP, ETH_P_ARP, ETH_P_IPV6 = 0x0800, 0x0806, 0x86DD
 TCP, UDP = 6, 17
 
-FIN, SYN, RST, PSH, ACK = 1, 2, 4, 8, 16
-_FLAG_LETTERS = {"F": FIN, "S": SYN, "R": RST, "P": PSH, "A": ACK}
+FIN, SYN, RST, PSH, ACK, URG = 1, 2, 4, 8, 16, 32
+_FLAG_LETTERS = {"F": FIN, "S": SYN, "R": RST, "P": PSH, "A": ACK, "U": URG}
 
 VNET_LEN = 10
 NEEDS_CSUM = 1
@@ -116,7 +116,8 @@ def udp_header(sport, dport, length) -> bytes:
 
 def build(src: str, dst: str, proto: int, sport: int, dport: int, *, flags="S", payload=b"",
           ttl=64, vnet=False, needs_csum=False, gso_type=0, gso_size=0, zero_csum=False,
-          ip_options=b"", ext=(), frag=0, tcp_options=b"") -> bytearray:
+          ip_options=b"", ext=(), frag=0, tcp_options=b"", seq=1000, ack=0,
+          window=65535) -> bytearray:
     """A TCP or UDP frame with every checksum right.
 
     vnet: prefix a virtio-net header (implied by needs_csum or gso_type). needs_csum: the L4
@@ -126,7 +127,8 @@ def build(src: str, dst: str, proto: int, sport: int, dport: int, *, flags="S", 
     """
     s, d = packed(src), packed(dst)
     if proto == TCP:
-        l4 = bytearray(tcp_header(sport, dport, flags, options=tcp_options) + payload)
+        l4 = bytearray(tcp_header(sport, dport, flags, seq=seq, ack=ack, window=window,
+                                  options=tcp_options) + payload)
         check_at = 16
     else:
         l4 = bytearray(udp_header(sport, dport, 8 + len(payload)) + payload)

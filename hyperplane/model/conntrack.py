@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..connection import Connection, addr_str
-from ..vocab import (F_ASSURED, F_CLOSER_REPLY, F_FIN_SEEN, F_REPLY_SEEN, IN, OUT, S, STATES)
+from ..vocab import F_ASSURED, F_CLOSER_REPLY, F_FIN_SEEN, F_SYN_REPLY, IN, OUT, S, STATES
 from .packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from .tcp import new_window
 
 ORIG, REPLY = OUT, IN       # the direction a tuple or a packet goes in
 
@@ -39,6 +40,7 @@ class Entry:
     flags: int = 0
     packets: list = field(default_factory=lambda: [0, 0])     # [ORIG, REPLY]
     bytes: list = field(default_factory=lambda: [0, 0])
+    win: list = field(default_factory=new_window)              # TCP: [ORIG, REPLY] TcpDir
 
     def orig_key(self) -> tuple:
         return (self.family, self.proto, self.src, self.dst, self.sport, self.dport)
@@ -161,15 +163,16 @@ def tcp_transition(state: int, flags: int, event: str, d: int) -> tuple[int, int
         return S["CLOSE"], flags
 
     if event == "SYN":
-        if d == ORIG and state in (S["TIME_WAIT"], S["CLOSE"]):
-            # The inside host reuses the same ports for a new connection: start over.
-            return S["SYN_SENT"], flags & ~(F_REPLY_SEEN | F_ASSURED | F_CLOSER_REPLY
-                                            | F_FIN_SEEN)
+        # (A SYN from the inside in TIME_WAIT or CLOSE never gets here: it reopens.)
+        if d == REPLY and state == S["SYN_SENT"]:
+            return state, flags | F_SYN_REPLY      # simultaneous open (Linux SYN_SENT2)
         return state, flags
 
     if event == "SYNACK":
         if d == REPLY and state in (S["SYN_SENT"], S["SYN_RECV"]):
             return S["SYN_RECV"], flags
+        if d == ORIG and state == S["SYN_SENT"] and flags & F_SYN_REPLY:
+            return S["SYN_RECV"], flags            # simultaneous open: our side's SYN|ACK
         return state, flags
 
     if event == "FIN":

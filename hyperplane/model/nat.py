@@ -14,8 +14,10 @@ from ..natparams import resolve
 from ..vocab import (COUNTERS, DEFAULT_PORT_RANGE, DROP, F_REPLY_SEEN, FORWARD, IN, OUT, PUNT,
                      PUNT_REASONS, R, REASONS, S)
 from .conntrack import ORIG, REPLY, ConnTable, Entry, tcp_event, tcp_transition, udp_transition
-from .packet import PROTO_TCP, PROTO_UDP, Packet, is_pure_syn, parse, rewrite, wire_size
+from .packet import (PROTO_TCP, PROTO_UDP, TCP_RST, Packet, is_pure_syn, parse, rewrite,
+                     wire_size)
 from .portalloc import Pool, SplitMix64
+from .tcp import in_window, new_window, reopens, rst_acceptable, valid_flags
 
 MAX_ENIS = 1024
 GROUP_MAX_ENIS = 64
@@ -121,6 +123,8 @@ class Nat:
         reason, pkt = parse(frame, vnet, mtu)
         if pkt is None:
             return self._refuse(reason)
+        if pkt.proto == PROTO_TCP and not valid_flags(pkt.tcp_flags):
+            return self._refuse(R["TCP_BAD_FLAGS"])
         if direction == OUT:
             return self._outbound(frame, pkt, now_ms)
         return self._inbound(frame, pkt, now_ms, eni)
@@ -138,7 +142,9 @@ class Nat:
             conn, reason = self._new_connection(pkt, now_ms)
             if conn is None:
                 return self._refuse(reason)
-        self._update(conn, ORIG, pkt, now_ms)
+        reason = self._update(conn, ORIG, pkt, now_ms)
+        if reason != R["NONE"]:
+            return self._refuse(reason)
         rewrite(frame, pkt, OUT, conn.nat_addr, conn.nat_port)
         return (FORWARD, R["NONE"], conn.eni + 1, conn.id)
 
@@ -147,7 +153,9 @@ class Nat:
         conn = self._lookup(pkt.key(), REPLY, now_ms)
         if conn is None or conn.eni != eni:         # a reply must come back the way it left
             return self._refuse(self._unsolicited_reason(pkt))
-        self._update(conn, REPLY, pkt, now_ms)
+        reason = self._update(conn, REPLY, pkt, now_ms)
+        if reason != R["NONE"]:
+            return self._refuse(reason)
         rewrite(frame, pkt, IN, conn.src, conn.sport)
         return (FORWARD, R["NONE"], 0, conn.id)
 
@@ -223,9 +231,32 @@ class Nat:
             pool.map_add(ext, pkt.src, pkt.sport)
         return newest, ext
 
-    def _update(self, conn: Entry, d: int, pkt: Packet, now_ms: int) -> None:
-        """A packet of this connection went through in direction d (2.1, 2.2)."""
+    def _reopen(self, conn: Entry, now_ms: int) -> None:
+        """A SYN reopens a closed connection (2.2): the old one ends (its record goes to the
+        journal, as an expired one's does) and a new one takes its entry, mapping and port,
+        with fresh counters, flags, window and start time."""
+        self._journal_add(conn.snapshot(expired=True))
+        self.counter["CONN_EXPIRED"] += 1
+        self.counter["CONN_CREATED"] += 1
+        conn.flags = 0
+        conn.start_s = (now_ms // 1000) & 0xFFFFFFFF
+        conn.packets, conn.bytes, conn.win = [0, 0], [0, 0], new_window()
+        self.table.touch(conn, S["SYN_SENT"], now_ms)
+
+    def _update(self, conn: Entry, d: int, pkt: Packet, now_ms: int) -> int:
+        """A packet of this connection in direction d (2.1-2.3): the reason it is refused
+        (and nothing changes), or NONE when it goes through."""
         if pkt.proto == PROTO_TCP:
+            if reopens(conn.state, d, pkt.tcp_flags, ORIG):
+                self._reopen(conn, now_ms)
+            if pkt.tcp_flags & TCP_RST:
+                if not rst_acceptable(conn.win, d, pkt):
+                    return R["TCP_BAD_RST"]
+            else:
+                win = in_window(conn.win, conn.state, conn.flags, d, pkt, ORIG)
+                if win is None:
+                    return R["TCP_OUT_OF_WINDOW"]
+                conn.win = win
             state, flags = tcp_transition(conn.state, conn.flags, tcp_event(pkt.tcp_flags), d)
         else:
             state, flags = udp_transition(conn.state, conn.flags, d)
@@ -235,13 +266,14 @@ class Nat:
         self.table.touch(conn, state, now_ms)
 
         packets, nbytes = wire_size(pkt)
-        conn.packets[d] = (conn.packets[d] + packets) & 0xFFFFFFFF     # a uint32 in C
+        conn.packets[d] += packets
         conn.bytes[d] += nbytes
         if d == REPLY:
             conn.flags |= F_REPLY_SEEN
         side = "OUT" if d == ORIG else "IN"
         self.counter[f"FWD_{side}_PACKETS"] += packets
         self.counter[f"FWD_{side}_BYTES"] += nbytes
+        return R["NONE"]
 
     # -- expiry --------------------------------------------------------------------------------
 

@@ -45,6 +45,10 @@ class Packet:
     sport: int
     dport: int
     tcp_flags: int      # 0 for UDP
+    tcp_seq: int        # TCP: sequence and acknowledgment numbers, window, options bytes
+    tcp_ack: int
+    tcp_win: int
+    tcp_options: bytes
     partial_csum: bool  # the L4 checksum field holds a partial (pseudo-header) sum
     gso_type: int
     gso_size: int
@@ -117,13 +121,16 @@ def parse(frame, vnet: bool, mtu: int | None) -> tuple[int, Packet | None]:
     at = base + l4
     if l4len < (20 if proto == PROTO_TCP else 8):
         return R["L4_TRUNCATED"], None
-    tcp_flags = 0
+    tcp_flags = tcp_seq = tcp_ack = tcp_win = 0
+    tcp_options = b""
     if proto == PROTO_TCP:
         doff = frame[at + 12] >> 4
         if doff < 5 or doff * 4 > l4len:
             return R["TCP_BAD_DOFF"], None
         l4hdr = doff * 4
         tcp_flags = frame[at + 13]
+        tcp_seq, tcp_ack, _, tcp_win = struct.unpack_from("!IIHH", frame, at + 4)
+        tcp_options = bytes(frame[at + 20:at + l4hdr])
     else:
         l4hdr = 8
         udp_len = u16(frame, at + 4)
@@ -147,7 +154,8 @@ def parse(frame, vnet: bool, mtu: int | None) -> tuple[int, Packet | None]:
     return R["NONE"], Packet(
         base=base, family=family, proto=proto, l3=l3, l4=l4, l3len=l3len, l4hdr=l4hdr,
         src=src, dst=dst, sport=u16(frame, at), dport=u16(frame, at + 2),
-        tcp_flags=tcp_flags, partial_csum=partial, gso_type=gso_type, gso_size=gso_size)
+        tcp_flags=tcp_flags, tcp_seq=tcp_seq, tcp_ack=tcp_ack, tcp_win=tcp_win,
+        tcp_options=tcp_options, partial_csum=partial, gso_type=gso_type, gso_size=gso_size)
 
 
 def _parse_ipv4(frame, base: int, l3: int, avail: int):

@@ -46,11 +46,26 @@ NOT_ENI = {4: "10.0.1.99", 6: "fd00:1::99"}
 INSIDE_PORTS = [1000, 1001, 40000]
 DEST_PORTS = [53, 443]
 FLAGS = ["S", "S", "SA", "A", "A", "PA", "F", "FA", "R", "RA", "", "SF", "SR", "P"]
+# TCP numbers: sequence and ack numbers around the ones the sessions use (1000 inside,
+# 700000 outside), the 2^32 wrap and far away; windows; SYN options (window scale, SACK
+# permitted, a SACK block, junk).
+SEQS = [1000, 1001, 1002, 1101, 0, 700000, 700001, 700101, 66000, 0xFFFFFFF0, 0x80000000 + 1000]
+WINDOWS = [65535, 65535, 0, 1, 512]
+TCP_OPTIONS = [b"", b"", bytes([3, 3, 7, 0]), bytes([4, 2, 1, 1]), bytes([4, 2, 3, 3, 14, 0, 0, 0]),
+               bytes([1, 1, 5, 10]) + (700050).to_bytes(4, "big") + (700400).to_bytes(4, "big"),
+               bytes([1, 1, 5, 10]) + (1000).to_bytes(4, "big") + (1200).to_bytes(4, "big"),
+               bytes([3, 2, 9, 0]), bytes([3, 3]) + b"\xff\x00", bytes([2, 4, 5, 180])]
+TCP_NUMBERS = st.tuples(st.sampled_from(SEQS), st.sampled_from(SEQS), st.sampled_from(WINDOWS),
+                        st.sampled_from(TCP_OPTIONS))
 MAX_ENIS = 4
 SESSIONS = [
     "o:S i:SA o:A", "o:S i:SA o:A o:FA i:A i:FA o:A", "o:S i:SA o:A i:FA o:A o:FA i:A",
-    "o:S i:SA o:A o:FA i:FA o:A i:A", "o:S i:R", "o:S i:SA o:A o:R o:S i:SA o:A",
-    "o:S i:SA o:A o:FA i:FA o:A o:S", "o:S o:S i:SA i:SA o:A i:PA o:PA",
+    "o:S i:SA o:A o:FA i:FA o:A i:A", "o:S i:RA", "o:S i:SA o:A o:R o:S i:SA o:A",
+    "o:S i:SA o:A o:FA i:FA o:A o:S", "o:S o:S i:SA i:SA o:A i:PA+ o:PA+",
+    # simultaneous open; blind (~: sequence number off) and exact RSTs; data out of window
+    "o:S i:S o:SA= i:SA= o:A i:PA+ o:PA+", "o:S i:S i:SA= o:SA= o:A i:A",
+    "o:S i:SA o:A i:R~ o:PA+ i:RA~ o:R~ i:R", "o:S i:SA o:A o:PA~ i:PA~ i:FA~ o:A i:PA+",
+    "o:S i:SA o:A i:PA+ o:A o:FA i:A i:FA o:A o:S~ o:S i:SA",
 ]
 
 
@@ -84,12 +99,12 @@ EXTRAS = st.one_of(
 OUT_FRAME = st.tuples(st.sampled_from([4, 4, 6]), PROTO, INDEX, INDEX,
                       st.sampled_from(INSIDE_PORTS), st.sampled_from(DEST_PORTS),
                       st.one_of(st.just("S"), FLAGS_ST),
-                      PAYLOAD, TTL, EXTRAS)
+                      PAYLOAD, TTL, EXTRAS, TCP_NUMBERS)
 # (which translation, flags, payload, ttl, extras, wrong ENI?, which ENI)
-REPLY = st.tuples(INDEX, FLAGS_ST, PAYLOAD, TTL, EXTRAS, st.integers(0, 9), INDEX)
+REPLY = st.tuples(INDEX, FLAGS_ST, PAYLOAD, TTL, EXTRAS, st.integers(0, 9), INDEX, TCP_NUMBERS)
 # (family, proto, src, ENI address, dport, port, flags, payload, ttl, extras)
 IN_FRAME = st.tuples(FAMILY, PROTO, INDEX, INDEX, st.sampled_from(DEST_PORTS), INDEX, FLAGS_ST,
-                     PAYLOAD, TTL, EXTRAS)
+                     PAYLOAD, TTL, EXTRAS, TCP_NUMBERS)
 # (kind, where, xor, 16-bit value, extension)
 MUTATION = st.tuples(st.sampled_from(["flip", "flip", "set16", "truncate", "extend"]),
                      st.integers(0, 10**4), st.integers(1, 255),
@@ -108,7 +123,9 @@ STEP = st.one_of(
     st.tuples(st.just("reply"), VNET, st.lists(REPLY, min_size=1, max_size=2)),
     st.tuples(st.just("in"), VNET, st.lists(IN_FRAME, min_size=1, max_size=3), INDEX),
     st.tuples(st.just("session"), VNET, FAMILY, INDEX, INDEX, st.sampled_from(INSIDE_PORTS),
-              st.sampled_from(DEST_PORTS), st.sampled_from(SESSIONS), SESSION_TICKS),
+              st.sampled_from(DEST_PORTS), st.sampled_from(SESSIONS), SESSION_TICKS,
+              st.tuples(st.sampled_from(SEQS), st.sampled_from(TCP_OPTIONS),
+                        st.sampled_from(TCP_OPTIONS))),
     st.tuples(st.just("malformed"), st.sampled_from(fg.MALFORMED_KINDS), DIRECTION),
     st.tuples(st.just("corrupt"), VNET, st.just(OUT), OUT_FRAME, MUTATIONS, BOOL),
     st.tuples(st.just("corrupt"), VNET, st.just(IN), REPLY, MUTATIONS, BOOL),
@@ -159,9 +176,11 @@ TOPOLOGY = st.tuples(
 
 # -- frames from specs ------------------------------------------------------------------------
 
-def frame_kw(vnet, proto, family, payload, extras):
+def frame_kw(vnet, proto, family, payload, extras, numbers=None):
     pay_len, pay_byte = payload
     kw = {"payload": bytes([pay_byte]) * pay_len, "vnet": vnet}
+    if numbers is not None and proto == fg.TCP:
+        kw["seq"], kw["ack"], kw["window"], kw["tcp_options"] = numbers
     if extras is not None:
         needs_csum, gso_type, gso_size, ext, zero = extras
         if vnet:
@@ -176,10 +195,10 @@ def frame_kw(vnet, proto, family, payload, extras):
 
 
 def out_frame(spec, vnet):
-    family, proto, src, dst, sport, dport, flags, payload, ttl, extras = spec
+    family, proto, src, dst, sport, dport, flags, payload, ttl, extras, numbers = spec
     srcs = SOURCES[family] * 4 + [UNKNOWN_SOURCE[family]]
     return fg.build(pick(srcs, src), pick(DESTS[family], dst), proto, sport, dport, flags=flags,
-                    ttl=ttl, **frame_kw(vnet, proto, family, payload, extras))
+                    ttl=ttl, **frame_kw(vnet, proto, family, payload, extras, numbers))
 
 
 def mutate(frame, mutations, fix_checksum, vnet):
@@ -288,21 +307,21 @@ class Run:
                                   x["dport"], port - 1))
 
     def reply_frame(self, spec, vnet):
-        which, flags, payload, ttl, extras, wrong, eni_pick = spec
+        which, flags, payload, ttl, extras, wrong, eni_pick, numbers = spec
         family, proto, nat_addr, nat_port, dst, dport, eni = pick(self.seen, which)
         frame = fg.build(dst, nat_addr, proto, dport, nat_port, flags=flags, ttl=ttl,
-                         **frame_kw(vnet, proto, family, payload, extras))
+                         **frame_kw(vnet, proto, family, payload, extras, numbers))
         if wrong == 0:
             eni = eni_pick % (len(self.pair.enis) + 1)             # the wrong ENI, maybe
         return frame, eni
 
     def in_frame(self, spec, vnet):
-        family, proto, src, dst, dport, port, flags, payload, ttl, extras = spec
+        family, proto, src, dst, dport, port, flags, payload, ttl, extras, numbers = spec
         dsts = [a[family] for a in self.pair.enis if a[family]] + [NOT_ENI[family]]
         lo, hi = self.pair.m.port_range
         return fg.build(pick(DESTS[family], src), pick(dsts, dst), proto, dport,
                         pick((lo, hi, 1000), port), flags=flags, ttl=ttl,
-                        **frame_kw(vnet, proto, family, payload, extras))
+                        **frame_kw(vnet, proto, family, payload, extras, numbers))
 
     def step(self, step):
         pair, op = self.pair, step[0]
@@ -344,25 +363,44 @@ class Run:
             pair.call("group_add_eni", group % pair.n_groups, pair.add_eni(v4, v6))
         pair.check()
 
-    def session(self, vnet, family, src, dst, sport, dport, script, ticks):
-        """A whole exchange on one flow, replies aimed at the port the NAT chose: handshakes,
-        closes from either side, resets, port reuse after TIME_WAIT."""
+    def session(self, vnet, family, src, dst, sport, dport, script, ticks, numbers):
+        """A whole exchange on one flow, replies aimed at the port the NAT chose, with the
+        sequence numbers two real endpoints would use: handshakes, simultaneous opens,
+        closes from either side, resets, port reuse after TIME_WAIT. A segment is `d:flags`
+        with suffixes: `+` carries 100 bytes, `~` has its sequence number 100000 off, `=`
+        repeats the side's last sequence number (a SYN|ACK after a SYN)."""
         src, dst = pick(SOURCES[family], src), pick(DESTS[family], dst)
+        isn, opts_o, opts_i = numbers
+        nxt = {OUT: isn, IN: 700000}
+        spoke = {OUT: False, IN: False}
         nat_addr = nat_port = None
         eni = 0
         for segment, tick in zip(script.split(), ticks):
             d, flags = segment.split(":")
+            direction = OUT if d == "o" else IN
+            payload = b"p" * 100 if "+" in flags else b""
+            seq = nxt[direction] - (1 if "=" in flags else 0) + (100000 if "~" in flags else 0)
+            flags = flags.strip("+~=")
+            peer = IN if direction == OUT else OUT
+            kw = dict(seq=seq % 2**32, ack=nxt[peer] % 2**32 if spoke[peer] else 0,
+                      payload=payload, vnet=vnet,
+                      tcp_options=(opts_o if d == "o" else opts_i) if "S" in flags else b"")
             self.now += tick
             if d == "o":
-                frame = fg.tcp(src, dst, sport, dport, flags, vnet=vnet)
+                frame = fg.tcp(src, dst, sport, dport, flags, **kw)
                 (res,), (f,) = self.pair.translate([frame], OUT, self.now, vnet=vnet)
                 self.remember([res], [f], vnet)
                 if res[0] == FORWARD:
                     x = fg.fields(f, vnet)
                     nat_addr, nat_port, eni = x["src"], x["sport"], res[2] - 1
             elif nat_addr is not None:
-                frame = fg.tcp(dst, nat_addr, dport, nat_port, flags, vnet=vnet)
-                self.pair.translate([frame], IN, self.now, eni=eni, vnet=vnet)
+                frame = fg.tcp(dst, nat_addr, dport, nat_port, flags, **kw)
+                (res,), _ = self.pair.translate([frame], IN, self.now, eni=eni, vnet=vnet)
+            else:
+                continue
+            if res[0] == FORWARD and seq == nxt[direction] and "R" not in flags:
+                nxt[direction] += len(payload) + ("S" in flags) + ("F" in flags)
+                spoke[direction] = True
             self.pair.check()
 
 

@@ -50,15 +50,35 @@ def refused(reason):
 
 class Flow:
     """One TCP or UDP flow through a NAT: sends segments either way, replies aimed at the
-    address and port the NAT chose."""
+    address and port the NAT chose. TCP segments carry the sequence numbers of two real
+    endpoints (each side's next sequence number, and the other's as the ack) unless the
+    caller gives seq= or ack=."""
 
     def __init__(self, nat, proto=fg.TCP, src=SRC, dst=DST, sport=40000, dport=443):
         self.nat, self.proto = nat, proto
         self.src, self.dst, self.sport, self.dport = src, dst, sport, dport
         self.nat_addr = self.nat_port = None
         self.eni = 0
+        self.next_seq = {OUT: 1000, IN: 700000}
+        self.spoke = {OUT: False, IN: False}
 
     def send(self, direction, flags="A", now=0, **kw):
+        advance = 0
+        if self.proto == fg.TCP:
+            bits = fg.tcp_flags(flags)
+            kw.setdefault("seq", self.next_seq[direction])
+            peer = IN if direction == OUT else OUT
+            kw.setdefault("ack", self.next_seq[peer] if self.spoke[peer] else 0)
+            if kw["seq"] == self.next_seq[direction] and not bits & fg.RST:
+                advance = (len(kw.get("payload", b"")) + bool(bits & fg.SYN)
+                           + bool(bits & fg.FIN))
+        res = self._send(direction, flags, now, **kw)
+        if res[0] == FORWARD and self.proto == fg.TCP:
+            self.next_seq[direction] += advance
+            self.spoke[direction] = True
+        return res
+
+    def _send(self, direction, flags, now, **kw):
         if direction == OUT:
             frame = fg.build(self.src, self.dst, self.proto, self.sport, self.dport, flags=flags,
                              **kw)
@@ -175,8 +195,8 @@ PATHS = {
 
 TRANSITIONS = [
     # RST: any state -> CLOSE, either direction
-    *[(p, d, "R", "CLOSE") for p in PATHS for d in (O, I)],
-    *[(p, O, "RA", "CLOSE") for p in ("SYN_SENT", "ESTABLISHED", "TIME_WAIT/o")],
+    *[(p, d, "RA", "CLOSE") for p in PATHS for d in (O, I) if (p, d) != ("SYN_SENT", I)],
+    *[(p, O, "R", "CLOSE") for p in ("SYN_SENT", "ESTABLISHED", "TIME_WAIT/o")],
     # SYN
     ("SYN_SENT", O, "S", "SYN_SENT"),
     ("SYN_SENT", I, "S", "SYN_SENT"),
@@ -195,19 +215,19 @@ TRANSITIONS = [
     ("ESTABLISHED", I, "SA", "ESTABLISHED"),
     ("TIME_WAIT/o", I, "SA", "TIME_WAIT"),
     # FIN (with or without ACK: FIN ranks above ACK)
-    ("SYN_RECV", O, "F", "FIN_WAIT"),
+    ("SYN_RECV", O, "FA", "FIN_WAIT"),
     ("SYN_RECV", I, "FA", "FIN_WAIT"),
     ("ESTABLISHED", O, "FA", "FIN_WAIT"),
-    ("ESTABLISHED", I, "F", "FIN_WAIT"),
+    ("ESTABLISHED", I, "FA", "FIN_WAIT"),
     ("FIN_WAIT/o", I, "FA", "LAST_ACK"),
     ("FIN_WAIT/o", O, "FA", "FIN_WAIT"),
     ("FIN_WAIT/r", O, "FA", "LAST_ACK"),
     ("FIN_WAIT/r", I, "FA", "FIN_WAIT"),
-    ("CLOSE_WAIT/o", I, "F", "LAST_ACK"),
-    ("CLOSE_WAIT/o", O, "F", "CLOSE_WAIT"),
-    ("CLOSE_WAIT/r", O, "F", "LAST_ACK"),
-    ("CLOSE_WAIT/r", I, "F", "CLOSE_WAIT"),
-    ("SYN_SENT", O, "F", "SYN_SENT"),
+    ("CLOSE_WAIT/o", I, "FA", "LAST_ACK"),
+    ("CLOSE_WAIT/o", O, "FA", "CLOSE_WAIT"),
+    ("CLOSE_WAIT/r", O, "FA", "LAST_ACK"),
+    ("CLOSE_WAIT/r", I, "FA", "CLOSE_WAIT"),
+    ("SYN_SENT", O, "FA", "SYN_SENT"),
     ("LAST_ACK/o", I, "FA", "LAST_ACK"),
     ("TIME_WAIT/o", O, "FA", "TIME_WAIT"),
     ("CLOSE", I, "FA", "CLOSE"),
@@ -226,9 +246,6 @@ TRANSITIONS = [
     ("LAST_ACK/r", I, "A", "TIME_WAIT"),
     ("LAST_ACK/r", O, "A", "LAST_ACK"),
     ("TIME_WAIT/o", O, "A", "TIME_WAIT"),
-    # NONE: no SYN, FIN, RST or ACK
-    *[(p, d, "P", p.split("/")[0]) for p in PATHS for d in (O, I)],
-    *[(p, d, "", p.split("/")[0]) for p in ("SYN_SENT", "ESTABLISHED") for d in (O, I)],
 ]
 
 
@@ -266,20 +283,25 @@ def test_tcp_flags_along_the_way(NatClass):
     assert fl.conn().flags == F_REPLY_SEEN | F_ASSURED | F_FIN_SEEN
 
 
-def test_syn_in_time_wait_starts_over(NatClass):
+@pytest.mark.parametrize("path", ["TIME_WAIT/o", "TIME_WAIT/r", "CLOSE"])
+def test_syn_reopening_a_closed_connection_makes_a_new_one(NatClass, path):
     nat = make(NatClass)
-    fl = drive(nat, "TIME_WAIT/r")
+    fl = drive(nat, path)
     before = fl.conn()
-    assert before.flags & F_CLOSER_REPLY
-    fl.send(O, "S", now=2000)
+    created = nat.counters()["CONN_CREATED"]
+    fl.next_seq[OUT] += 50000                   # the new connection's initial sequence
+    assert fl.send(O, "S", now=2000)[0] == FORWARD
     c = fl.conn()
+    # The same entry, mapping and port; everything else is the new connection's.
     assert (c.id, c.state, c.flags, c.nat_port) == (before.id, "SYN_SENT", 0, before.nat_port)
-    # Packet counters are kept across the restart.
-    assert c.packets_out == before.packets_out + 1 and c.packets_in == before.packets_in
-    # And the new handshake works as the first one did.
+    assert (c.packets_out, c.packets_in, c.bytes_in, c.start_s) == (1, 0, 0, 2)
+    assert nat.counters()["CONN_CREATED"] == created + 1
+    # The old one ended: its record is handed out like an expired connection's.
+    (old,) = nat.expire(2000)
+    assert (old.id, old.state, old.packets_out) == (-1, before.state, before.packets_out)
     fl.send(I, "SA")
     fl.send(O, "A")
-    assert fl.conn().state == "ESTABLISHED"
+    assert fl.conn().state == "ESTABLISHED" and fl.conn().assured
     assert nat.counters()["CONN_ESTABLISHED"] == 2
 
 
@@ -616,7 +638,7 @@ def test_v6_not_allowed(NatClass):
     assert out(nat, fg.udp("10.200.0.3", DST, 1, 2))[:3] == (FORWARD, 0, v4only + 1)
 
 
-@pytest.mark.parametrize("flags", ["A", "SA", "F", "FA", "R", "RA", "PA", "", "SF", "SR"])
+@pytest.mark.parametrize("flags", ["A", "SA", "FA", "R", "RA", "PA"])
 def test_tcp_not_syn(NatClass, flags):
     nat = make(NatClass)
     assert out(nat, fg.tcp(SRC, DST, 1, 2, flags)) == refused("TCP_NOT_SYN")
@@ -636,8 +658,9 @@ def test_unsolicited_inbound(NatClass):
     assert inb(nat, fg.tcp(DST6, "fd00:1::99", 53, 1000, "S")) == refused("IN_NOT_ENI_ADDR")
     assert inb(nat, fg.tcp(DST, ENI, 53, 1000, "S")) == refused("IN_UNSOLICITED_SYN")
     assert inb(nat, fg.tcp(DST6, ENI6, 53, 1000, "S")) == refused("IN_UNSOLICITED_SYN")
-    for flags in ("SA", "A", "R", "F", "SF", ""):
+    for flags in ("SA", "A", "R", "FA"):
         assert inb(nat, fg.tcp(DST, ENI, 53, 1000, flags)) == refused("IN_NO_MATCH_TCP")
+    assert inb(nat, fg.tcp(DST, ENI, 53, 1000, "SF")) == refused("TCP_BAD_FLAGS")
     assert inb(nat, fg.udp(DST, ENI, 53, 1000)) == refused("IN_NO_MATCH_UDP")
     # An ENI address of the wrong family is not an ENI address.
     nat2 = NatClass()
@@ -965,3 +988,157 @@ def test_translate_without_mtu_check(NatClass):
     assert out(nat, bytearray(big)) == refused("TOO_BIG")
     (res,) = nat.translate([big], OUT, 0, check_mtu=False)
     assert res[0] == FORWARD and fg.checksums_ok(big)
+
+
+# -- TCP window tracking (2.3) ------------------------------------------------------------------
+
+def established(NatClass, **kw):
+    nat = make(NatClass, **kw)
+    fl = drive(nat, "ESTABLISHED")
+    fl.send(O, "PA", payload=b"x" * 100)
+    fl.send(I, "PA", payload=b"y" * 200)
+    return nat, fl
+
+
+@pytest.mark.parametrize("flags", ["", "F", "P", "SF", "SR", "SRA", "FR", "SFA", "U", "UP",
+                                   "FP", "SRFAPU"])
+def test_invalid_flag_combinations_are_dropped(NatClass, flags):
+    bits = sum({"F": 1, "S": 2, "R": 4, "P": 8, "A": 16, "U": 32}[f] for f in flags)
+    nat, fl = established(NatClass)
+    before = fl.conn()
+    for d in (O, I):
+        assert fl.send(d, bits, now=5000) == refused("TCP_BAD_FLAGS")
+    assert fl.conn() == before
+    assert out(nat, fg.tcp(SRC, DST, 7, 8, bits)) == refused("TCP_BAD_FLAGS")
+    assert nat.counters()["drop.TCP_BAD_FLAGS"] == 3
+
+
+@pytest.mark.parametrize("flags", ["A", "PA", "FA", "SA", "S", "AU", "PAU"])
+def test_out_of_window_segments_change_nothing(NatClass, flags):
+    nat, fl = established(NatClass)
+    before = fl.conn()
+    for d in (O, I):
+        for delta in (10**6, -10**6, 0x80000000):
+            seq = (fl.next_seq[d] + delta) % 2**32
+            assert fl.send(d, flags, now=9000, seq=seq) == refused("TCP_OUT_OF_WINDOW")
+        # An ack of data never sent is out of window too.
+        peer = I if d == O else O
+        if "A" in flags:
+            assert fl.send(d, flags, now=9000, ack=fl.next_seq[peer] + 5000) == \
+                refused("TCP_OUT_OF_WINDOW")
+    assert fl.conn() == before                   # no state, timer or counter moved
+    assert nat.counters()["drop.TCP_OUT_OF_WINDOW"] == (8 if "A" in flags else 6)
+    # The connection goes on, and lives by its last good segment's time.
+    assert fl.send(O, "PA", now=9000, payload=b"z")[0] == FORWARD
+    assert fl.send(I, "A", now=9000)[0] == FORWARD
+    assert fl.conn().state == "ESTABLISHED" and fl.conn().last_seen_ms == 9000
+
+
+def test_window_edges(NatClass):
+    nat, fl = established(NatClass)
+    # The server advertised 65535 from the ack it sent: data up to its right edge passes.
+    # A retransmission of old data is fine; data far behind what the receiver can hold is not.
+    assert fl.send(O, "PA", seq=fl.next_seq[O] - 100, payload=b"a")[0] == FORWARD
+    assert fl.send(I, "A", seq=fl.next_seq[I] - 70000) == refused("TCP_OUT_OF_WINDOW")
+    edge = fl.next_seq[O] + 65535
+    assert fl.send(O, "PA", seq=edge, payload=b"a")[0] == FORWARD
+    assert fl.send(O, "PA", seq=edge + 2, payload=b"a") == refused("TCP_OUT_OF_WINDOW")
+
+
+def test_window_scaling_from_syn_options(NatClass):
+    wscale = bytes([3, 3, 7, 0])                # window scale 7, padded
+    nat = make(NatClass)
+    fl = Flow(nat)
+    fl.send(O, "S", tcp_options=wscale)
+    fl.send(I, "SA", tcp_options=wscale)
+    fl.send(O, "A", window=1000)
+    fl.send(I, "A", window=1000)                # the server's window: 1000 << 7 = 128000
+    assert fl.send(O, "PA", seq=fl.next_seq[O] + 120000, payload=b"a")[0] == FORWARD
+    assert fl.send(O, "PA", seq=fl.next_seq[O] + 200000, payload=b"a") == \
+        refused("TCP_OUT_OF_WINDOW")
+    # One side only offering it: no scaling either way (RFC 7323).
+    nat = make(NatClass)
+    fl = Flow(nat)
+    fl.send(O, "S", tcp_options=wscale)
+    fl.send(I, "SA")
+    fl.send(O, "A", window=1000)
+    fl.send(I, "A", window=1000)
+    assert fl.send(O, "PA", seq=fl.next_seq[O] + 70000, payload=b"a") == \
+        refused("TCP_OUT_OF_WINDOW")
+
+
+def test_sack_blocks_count_as_acks_when_permitted(NatClass):
+    sack_perm = bytes([4, 2, 1, 1])
+    for permitted in (True, False):
+        nat = make(NatClass)
+        fl = Flow(nat)
+        fl.send(O, "S", tcp_options=sack_perm if permitted else b"")
+        fl.send(I, "SA", tcp_options=sack_perm if permitted else b"")
+        fl.send(O, "A")
+        fl.send(I, "PA", payload=b"d" * 1000)
+        # A SACK block whose right edge is past anything the server sent.
+        block = struct.pack("!BBBBII", 1, 1, 5, 10, fl.next_seq[I] - 10, fl.next_seq[I] + 9000)
+        res = fl.send(O, "A", tcp_options=block)
+        assert res == (refused("TCP_OUT_OF_WINDOW") if permitted else res)
+        assert permitted or res[0] == FORWARD
+
+
+def test_rst_closes_only_with_the_exact_sequence_number(NatClass):
+    for d in (O, I):
+        nat, fl = established(NatClass)
+        before = fl.conn()
+        for seq in (0xDEADBEEF, fl.next_seq[d] + 1, fl.next_seq[d] - 1, fl.next_seq[d] + 1000):
+            for flags in ("R", "RA"):
+                assert fl.send(d, flags, now=7000, seq=seq) == refused("TCP_BAD_RST")
+        assert fl.conn() == before
+        assert nat.counters()["drop.TCP_BAD_RST"] == 8
+        assert fl.send(d, "R", now=7000)[0] == FORWARD
+        assert fl.conn().state == "CLOSE"
+
+
+def test_rst_at_the_receivers_last_ack_closes(NatClass):
+    # The server lost the connection and answers our segment: its RST carries our ack.
+    nat, fl = established(NatClass)
+    fl.send(I, "PA", payload=b"q" * 10)         # sent, but the function's ack says less
+    fl.send(O, "A", ack=fl.next_seq[I] - 10)
+    assert fl.send(I, "R", seq=fl.next_seq[I] - 10)[0] == FORWARD
+    assert fl.conn().state == "CLOSE"
+
+
+def test_rst_answering_the_syn_must_ack_it(NatClass):
+    nat = make(NatClass)
+    fl = Flow(nat)
+    fl.send(O, "S")
+    assert fl.send(I, "R", seq=0) == refused("TCP_BAD_RST")        # no ACK
+    assert fl.send(I, "RA", seq=0, ack=1000) == refused("TCP_BAD_RST")
+    assert fl.conn().state == "SYN_SENT"
+    assert fl.send(I, "RA", seq=0, ack=1001)[0] == FORWARD          # connection refused
+    assert fl.conn().state == "CLOSE"
+
+
+def test_simultaneous_open_is_established_and_assured(NatClass):
+    nat = make(NatClass)
+    fl = Flow(nat)
+    fl.send(O, "S")
+    assert fl.send(I, "S")[0] == FORWARD        # both sides' SYNs cross (SYN_SENT2)
+    assert fl.conn().state == "SYN_SENT"
+    fl.next_seq[O] -= 1                         # each side answers with SYN|ACK (same ISN)
+    fl.next_seq[I] -= 1
+    assert fl.send(O, "SA")[0] == FORWARD
+    assert fl.conn().state == "SYN_RECV"
+    assert fl.send(I, "SA")[0] == FORWARD
+    assert fl.send(O, "A")[0] == FORWARD
+    c = fl.conn()
+    assert c.state == "ESTABLISHED" and c.assured
+    assert nat.counters()["CONN_ESTABLISHED"] == 1
+    # It lives by the established timer, not the SYN_SENT one.
+    assert nat.expire(AWS["SYN_SENT"] + 1) == []
+
+
+def test_packet_counters_are_64_bit(NatClass):
+    nat = make(NatClass)
+    fl = Flow(nat, proto=fg.UDP)
+    gso = dict(vnet=True, gso_type=fg.GSO_UDP_L4, gso_size=1, payload=b"x" * 1400)
+    for _ in range(4):
+        fl.send(OUT, **gso)
+    assert fl.conn().packets_out == 4 * 1400

@@ -1,0 +1,27 @@
+/* TCP tracking of a connection: valid flag combinations, window tracking after Linux's
+ * nf_conntrack_proto_tcp.c (tcp_in_window, tcp_options, tcp_sack), the RST rule and the state
+ * machine (docs/semantics.md 2.2 and 2.3). */
+#ifndef HP_TCP_H
+#define HP_TCP_H
+
+#include "hp_conntrack.h"
+#include "hp_packet.h"
+
+/* Whether the flags are a combination a TCP stack sends (Linux's tcp_valid_flags): PSH, ECE
+ * and CWR aside, one of SYN, SYN|ACK, RST, RST|ACK, FIN|ACK, ACK, each also with URG where
+ * Linux allows it. */
+int hp_tcp_valid_flags(uint8_t flags);
+
+/* Whether this segment is a SYN that reopens a TIME_WAIT or CLOSE connection: the entry is
+ * replaced by a new connection. */
+int hp_tcp_reopens(const hp_conn *c, int dir, uint8_t flags);
+
+/* Checks a segment of connection c travelling in direction dir against the window state w
+ * and, when it is acceptable, updates w. Returns HP_R_NONE, HP_R_TCP_OUT_OF_WINDOW or
+ * HP_R_TCP_BAD_RST; a refused segment leaves w as it was. */
+int hp_tcp_track(hp_tcp_win *w, const hp_conn *c, int dir, const hp_pkt *pkt);
+
+/* The state after an accepted segment; may change c->flags. */
+uint8_t hp_tcp_next_state(hp_conn *c, int dir, uint8_t flags);
+
+#endif
