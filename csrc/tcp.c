@@ -38,6 +38,23 @@ int hp_tcp_reopens(const hp_conn *c, int dir, uint8_t flags)
            (c->state == HP_S_TIME_WAIT || c->state == HP_S_CLOSE);
 }
 
+/* The next well-formed option at or after *i, walking as Linux does: EOL ends, NOP is one
+ * byte, any other needs a length >= 2 that fits, else the walk stops. Returns 0 at the end,
+ * else 1 with *at the option's offset, and *i past it. */
+static int next_option(const uint8_t *opt, uint32_t len, uint32_t *i, uint32_t *at)
+{
+    while (*i < len && opt[*i] == OPT_NOP)
+        (*i)++;
+    if (*i >= len || opt[*i] == OPT_EOL || len - *i < 2)
+        return 0;
+    uint8_t size = opt[*i + 1];
+    if (size < 2 || size > len - *i)
+        return 0;
+    *at = *i;
+    *i += size;
+    return 1;
+}
+
 /* Window scale and SACK-permitted from a SYN's options (Linux tcp_options). */
 static void parse_options(const uint8_t *opt, uint32_t len, hp_tcp_dir *d)
 {
@@ -45,54 +62,30 @@ static void parse_options(const uint8_t *opt, uint32_t len, hp_tcp_dir *d)
         return;
     d->scale = 0;
     d->flags = 0;
-    for (uint32_t i = 0; i < len;) {
-        uint8_t kind = opt[i];
-        if (kind == OPT_EOL)
-            return;
-        if (kind == OPT_NOP) {
-            i++;
-            continue;
-        }
-        if (len - i < 2)
-            return;
-        uint8_t size = opt[i + 1];
-        if (size < 2 || size > len - i)
-            return;
+    for (uint32_t i = 0, at; next_option(opt, len, &i, &at);) {
+        uint8_t kind = opt[at], size = opt[at + 1];
         if (kind == OPT_SACK_PERM && size == 2) {
             d->flags |= HP_TW_SACK_PERM;
         } else if (kind == OPT_WINDOW && size == 3) {
-            d->scale = opt[i + 2] < TCP_MAX_WSCALE ? opt[i + 2] : TCP_MAX_WSCALE;
+            d->scale = opt[at + 2] < TCP_MAX_WSCALE ? opt[at + 2] : TCP_MAX_WSCALE;
             d->flags |= HP_TW_WSCALE;
         }
-        i += size;
     }
 }
 
 /* The highest right edge of the first SACK option's blocks, if after *sack (Linux tcp_sack). */
 static void parse_sack(const uint8_t *opt, uint32_t len, uint32_t *sack)
 {
-    for (uint32_t i = 0; i < len;) {
-        uint8_t kind = opt[i];
-        if (kind == OPT_EOL)
-            return;
-        if (kind == OPT_NOP) {
-            i++;
-            continue;
-        }
-        if (len - i < 2)
-            return;
-        uint8_t size = opt[i + 1];
-        if (size < 2 || size > len - i)
-            return;
-        if (kind == OPT_SACK && size >= 10 && (size - 2) % 8 == 0) {
+    for (uint32_t i = 0, at; next_option(opt, len, &i, &at);) {
+        uint8_t size = opt[at + 1];
+        if (opt[at] == OPT_SACK && size >= 10 && (size - 2) % 8 == 0) {
             for (uint32_t b = 2; b < size; b += 8) {
-                uint32_t right = be32(opt + i + b + 4);
+                uint32_t right = be32(opt + at + b + 4);
                 if (after(right, *sack))
                     *sack = right;
             }
             return;
         }
-        i += size;
     }
 }
 
