@@ -24,7 +24,7 @@ static void *table_alloc(size_t bytes)
 }
 
 _Static_assert(sizeof(hp_conn) == 64, "a connection entry is one cache line");
-_Static_assert(sizeof(hp_conn_stats) == 32, "connection counters layout");
+_Static_assert(sizeof(hp_conn_stats) == 40, "connection counters layout");
 _Static_assert(sizeof(hp_tcp_win) == 40, "TCP window state layout");
 
 /* Keep the index at most 70% full: linear probing stays short, the 32-bit tags filter the rest. */

@@ -31,10 +31,13 @@ typedef struct hp_conn {
 } hp_conn;                        /* the table keeps the array line-aligned */
 
 /* The counters, in an array of their own: written by every packet, never needed to find a
- * connection, so a lookup touches one line. 32 bytes; 64-bit so they never wrap. */
+ * connection, so a lookup touches one line. 64-bit so they never wrap. The owner rides along:
+ * every packet from the inside checks it, after the lookup. 40 bytes. */
 typedef struct hp_conn_stats {
     uint64_t bytes[2];           /* [HP_DIR_OUT], [HP_DIR_IN] */
     uint64_t packets[2];
+    uint32_t owner;              /* the function (hp_source.owner) the connection belongs to */
+    uint32_t pad;
 } hp_conn_stats;
 
 /* TCP window tracking of one direction (the sender's view), as Linux's ip_ct_tcp_state. */

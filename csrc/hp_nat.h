@@ -39,11 +39,16 @@ enum hp_counter {
 };
 extern const char *const hp_counter_names[HP_C_COUNT];
 
+/* One address of a function. A function's addresses share its MAC and its owner index. */
 typedef struct hp_source {
     uint8_t addr[16];
     uint8_t family;
     uint8_t allow_v6;
     uint16_t group;
+    uint8_t mac[6];
+    uint8_t has_mac;             /* 0: the MAC is not checked (tests, callers without one) */
+    uint8_t pad;
+    uint32_t owner;              /* the function: index of the first source with this MAC */
 } hp_source;
 
 typedef struct hp_group {
@@ -79,7 +84,9 @@ void hp_nat_destroy(hp_nat *nat);
 int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6);
 int hp_nat_add_group(hp_nat *nat);
 int hp_nat_group_add_eni(hp_nat *nat, int group, int eni);
-int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6);
+/* mac: the function's MAC (6 bytes) that every frame from addr must carry, or NULL. */
+int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6,
+                      const uint8_t *mac);
 
 /* Translates n frames in place. dir: HP_DIR_OUT for frames from the inside port, HP_DIR_IN for
  * frames from ENI in_eni. vnet: every frame starts with a virtio-net header. */

@@ -16,6 +16,10 @@ int hp_tcp_valid_flags(uint8_t flags);
  * replaced by a new connection. */
 int hp_tcp_reopens(const hp_conn *c, int dir, uint8_t flags);
 
+/* The window state of a new connection from its first SYN (Linux tcp_new): the inside's
+ * side is known, the other not yet; the SYN then goes through hp_tcp_track as any segment. */
+void hp_tcp_new(hp_tcp_win *w, const hp_pkt *pkt);
+
 /* Checks a segment of connection c travelling in direction dir against the window state w
  * and, when it is acceptable, updates w. Returns HP_R_NONE, HP_R_TCP_OUT_OF_WINDOW or
  * HP_R_TCP_BAD_RST; a refused segment leaves w as it was. */

@@ -131,19 +131,37 @@ int hp_nat_group_add_eni(hp_nat *nat, int group, int eni)
     return 0;
 }
 
-int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6)
+int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6,
+                      const uint8_t *mac)
 {
     if ((family != 4 && family != 6) || group < 0 || (uint32_t)group >= nat->n_groups)
         return -1;
     if (grow((void **)&nat->sources, nat->n_sources, &nat->cap_sources, sizeof *nat->sources))
         return -1;
-    hp_source *s = &nat->sources[nat->n_sources++];
+    uint32_t i = nat->n_sources++;
+    hp_source *s = &nat->sources[i];
     memset(s, 0, sizeof *s);
     memcpy(s->addr, addr, family == 4 ? 4 : 16);
     s->family = (uint8_t)family;
     s->group = (uint16_t)group;
     s->allow_v6 = (uint8_t)(allow_v6 != 0);
+    s->owner = i;
+    if (mac) {
+        memcpy(s->mac, mac, 6);
+        s->has_mac = 1;
+        for (uint32_t j = 0; j < i; j++)     /* the function's other addresses */
+            if (nat->sources[j].has_mac && memcmp(nat->sources[j].mac, mac, 6) == 0) {
+                s->owner = nat->sources[j].owner;
+                break;
+            }
+    }
     return 0;
+}
+
+/* Whether a frame from the inside carries the MAC of the function that owns its source. */
+static inline int mac_matches(const hp_source *s, const hp_pkt *pkt)
+{
+    return !s->has_mac || memcmp(s->mac, pkt->eth + 6, 6) == 0;
 }
 
 static const hp_source *find_source(const hp_nat *nat, const hp_flow_key *k)
@@ -229,7 +247,7 @@ size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn_record *o
 /* A SYN reopens a closed connection (docs/semantics.md 2.2): the old one ends (its record
  * goes to the journal, as an expired one's does) and a new one takes its entry, its mapping
  * and its external port, with fresh counters, flags, window state and start time. */
-static void reopen_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
+static void reopen_conn(hp_nat *nat, uint32_t id, const hp_pkt *pkt, uint64_t now_ms)
 {
     hp_conn *c = &nat->ct.conns[id];
     journal_push(nat, id);
@@ -237,8 +255,10 @@ static void reopen_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
     nat->counters[HP_C_CONN_CREATED]++;
     c->flags = 0;
     c->start_s = (uint32_t)(now_ms / 1000);
-    memset(&nat->ct.stats[id], 0, sizeof nat->ct.stats[id]);
-    memset(&nat->ct.win[id], 0, sizeof nat->ct.win[id]);
+    hp_conn_stats *st = &nat->ct.stats[id];
+    memset(st->bytes, 0, sizeof st->bytes);
+    memset(st->packets, 0, sizeof st->packets);
+    hp_tcp_new(&nat->ct.win[id], pkt);
     hp_ct_touch(&nat->ct, id, HP_S_SYN_SENT, now_ms);
 }
 
@@ -251,7 +271,7 @@ static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, uint64_t now_
     uint8_t old = c->state, state = old;
     if (c->proto == 6) {
         if (hp_tcp_reopens(c, dir, pkt->tcp_flags)) {
-            reopen_conn(nat, id, now_ms);
+            reopen_conn(nat, id, pkt, now_ms);
             old = c->state;
         }
         int r = hp_tcp_track(&nat->ct.win[id], c, dir, pkt);
@@ -327,6 +347,19 @@ uint32_t hp_nat_lookup(const hp_nat *nat, const hp_flow_key *key, int dir, uint6
     return id;
 }
 
+/* Destinations a function must not reach through the NAT (docs/semantics.md 3): loopback,
+ * link-local (169.254.169.254 included), multicast, broadcast, unspecified and reserved. */
+static int is_martian(int family, const uint8_t *a)
+{
+    static const uint8_t zero[12];
+    if (family == 4)
+        return a[0] == 0 || a[0] == 127 || (a[0] == 169 && a[1] == 254) || a[0] >= 224;
+    return memcmp(a, zero, 12) == 0                                     /* ::, ::1, ::/96 */
+           || (memcmp(a, zero, 10) == 0 && a[10] == 0xff && a[11] == 0xff) /* ::ffff:0:0/96 */
+           || (a[0] == 0xfe && (a[1] & 0x80) == 0x80)   /* fe80::/10 link-local, fec0::/10 */
+           || a[0] == 0xff;                                                  /* multicast */
+}
+
 /* Section 3, direction OUT, after a lookup miss: a new connection or the reason for none. */
 static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_t now_ms,
                           uint32_t *id)
@@ -335,6 +368,10 @@ static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_
     const hp_source *src = find_source(nat, k);
     if (!src)
         return HP_R_UNKNOWN_SOURCE;
+    if (!mac_matches(src, pkt))
+        return HP_R_SPOOFED_SOURCE;
+    if (is_martian(k->family, k->dst))
+        return HP_R_MARTIAN_DST;
     const hp_group *g = &nat->groups[src->group];
     if (k->family == 6 &&
         (!src->allow_v6 || (g->n_enis > 0 && !nat->eni_addr[g->enis[g->n_enis - 1]].has[1])))
@@ -359,6 +396,9 @@ static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_
         return r;
     *id = hp_ct_insert_hashed(&nat->ct, k, hash, eni, ext,
                               k->proto == 6 ? HP_S_SYN_SENT : HP_S_UDP_FIRST, now_ms);
+    nat->ct.stats[*id].owner = src->owner;
+    if (k->proto == 6)
+        hp_tcp_new(&nat->ct.win[*id], pkt);
     nat->counters[HP_C_CONN_CREATED]++;
     return HP_R_NONE;
 }
@@ -406,6 +446,11 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
     }
     if (id != HP_CT_NONE && dir == HP_DIR_IN && nat->ct.conns[id].eni != in_eni)
         id = HP_CT_NONE;
+    if (id != HP_CT_NONE && dir == HP_DIR_OUT &&
+        !mac_matches(&nat->sources[nat->ct.stats[id].owner], pkt)) {
+        refuse(nat, HP_R_SPOOFED_SOURCE, res);
+        return;
+    }
     int reason = HP_R_NONE;
     if (id == HP_CT_NONE)
         reason = dir == HP_DIR_OUT ? new_connection(nat, pkt, hash, now_ms, &id)

@@ -63,6 +63,27 @@ static int is_ipv6_ext(uint8_t nh)
     return nh == 0 || nh == 43 || nh == 60 || nh == 44 || nh == 51;
 }
 
+/* Whether IPv4 options carry a loose or strict source route (walked as Linux's
+ * ip_options_compile reads them; a malformed length ends the walk). */
+static int ipv4_source_routed(const uint8_t *opt, uint32_t len)
+{
+    for (uint32_t i = 0; i < len;) {
+        uint8_t type = opt[i];
+        if (type == 0)
+            return 0;
+        if (type == 1) {
+            i++;
+            continue;
+        }
+        if (len - i < 2 || opt[i + 1] < 2 || opt[i + 1] > len - i)
+            return 0;
+        if (type == 131 || type == 137)     /* LSRR, SSRR */
+            return 1;
+        i += opt[i + 1];
+    }
+    return 0;
+}
+
 static int parse_ipv4(hp_pkt *pkt, const uint8_t *ip, uint32_t avail, uint32_t *l4len, uint8_t *ttl)
 {
     if (avail < 20)
@@ -77,6 +98,8 @@ static int parse_ipv4(hp_pkt *pkt, const uint8_t *ip, uint32_t avail, uint32_t *
         return HP_R_IPV4_BAD_TOTAL_LEN;
     if (hp_csum_fold_sum(ip, ihl, 0) != 0xffff)
         return HP_R_IPV4_BAD_CHECKSUM;
+    if (ihl > 20 && ipv4_source_routed(ip + 20, ihl - 20))
+        return HP_R_SOURCE_ROUTE;
     if (hp_be16(ip + 6) & 0x3fff)
         return HP_R_FRAGMENT;
     pkt->family = 4;
@@ -107,6 +130,8 @@ static int parse_ipv6(hp_pkt *pkt, const uint8_t *ip, uint32_t avail, uint32_t *
             return HP_R_IPV6_EXT_TOO_MANY;
         if (p + 8 > end)
             return HP_R_IPV6_EXT_TRUNCATED;
+        if (nh == 51 || (nh == 43 && ip[p + 3] > 0))   /* AH; a route with segments left */
+            return HP_R_SOURCE_ROUTE;
         if (nh == 44)
             return HP_R_FRAGMENT;
         uint32_t hl = nh == 51 ? ((uint32_t)ip[p + 1] + 2) * 4 : ((uint32_t)ip[p + 1] + 1) * 8;

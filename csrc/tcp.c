@@ -196,6 +196,17 @@ static int rst_acceptable(const hp_tcp_win *w, int dir, const seg *s)
            ((rcv->flags & HP_TW_MAXACK_SET) && s->seq == rcv->td_maxack);
 }
 
+void hp_tcp_new(hp_tcp_win *w, const hp_pkt *pkt)
+{
+    seg s;
+    read_segment(pkt, &s);
+    hp_tcp_dir *d = &w->dir[HP_DIR_OUT];
+    memset(w, 0, sizeof *w);
+    d->td_end = d->td_maxend = s.end;
+    d->td_maxwin = s.win ? s.win : 1;
+    parse_options(s.opt, s.optlen, d);
+}
+
 int hp_tcp_track(hp_tcp_win *w, const hp_conn *c, int dir, const hp_pkt *pkt)
 {
     seg s;

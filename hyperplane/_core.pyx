@@ -8,7 +8,7 @@ from libc.string cimport memcpy, memset
 
 from hyperplane._hp cimport *
 
-from .connection import Connection, addr_bytes, addr_str
+from .connection import Connection, addr_bytes, addr_str, mac_bytes
 from .natparams import resolve
 from . import vocab
 
@@ -103,9 +103,11 @@ cdef class Nat:
         if hp_nat_group_add_eni(self.nat, group, eni) != 0:
             raise ValueError(f"cannot add ENI {eni} to group {group}")
 
-    def add_source(self, addr, int group, allow_v6=False):
+    def add_source(self, addr, int group, allow_v6=False, mac=None):
         fam, raw = addr_bytes(addr)
-        if hp_nat_add_source(self.nat, fam, <const uint8_t *>raw, group, bool(allow_v6)) != 0:
+        cdef bytes m = mac_bytes(mac) if mac is not None else None
+        if hp_nat_add_source(self.nat, fam, <const uint8_t *>raw, group, bool(allow_v6),
+                             <const uint8_t *>m if m is not None else NULL) != 0:
             raise ValueError(f"cannot add source {addr} to group {group}")
 
     # --- the batch calls -----------------------------------------------------------------
@@ -219,7 +221,7 @@ cdef class Nat:
             nat_port=c.nat_port, state=STATES[c.state], flags=c.flags,
             packets_out=st.packets[0], packets_in=st.packets[1],
             bytes_out=st.bytes[0], bytes_in=st.bytes[1],
-            start_s=c.start_s, last_seen_ms=c.last_seen_ms)
+            start_s=c.start_s, last_seen_ms=c.last_seen_ms, owner=st.owner)
 
     def connections(self):
         out = []

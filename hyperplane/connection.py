@@ -28,6 +28,7 @@ class Connection:
     bytes_in: int
     start_s: int
     last_seen_ms: int
+    owner: int = -1        # the function (index of its first registered address)
 
     @property
     def assured(self) -> bool:
@@ -65,6 +66,15 @@ def addr_bytes(addr: str) -> tuple[int, bytes]:
     if ip.version == 4:
         return 4, ip.packed + bytes(12)
     return 6, ip.packed
+
+
+def mac_bytes(mac) -> bytes:
+    """A MAC as 6 bytes, from "02:00:00:00:00:01" or bytes."""
+    raw = bytes.fromhex(mac.replace(":", "").replace("-", "")) if isinstance(mac, str) \
+        else bytes(mac)
+    if len(raw) != 6:
+        raise ValueError(f"not a MAC address: {mac!r}")
+    return raw
 
 
 def addr_str(family: int, raw: bytes) -> str:

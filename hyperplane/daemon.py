@@ -72,10 +72,14 @@ class Daemon:
         for eni in state.enis:
             self.attach_eni(eni)
         for f in state.functions:
+            # A function's frames must carry its MAC and one of its addresses (anti-spoofing),
+            # and only it may claim its addresses in ARP / NDP on the functions' side.
             gid = self.group_ids[f.group]
-            self.nat.add_source(f.ipv4, gid)
+            self.nat.add_source(f.ipv4, gid, mac=f.mac)
+            self.slow.bind_inside(f.ipv4, f.mac)
             if f.ipv6:
-                self.nat.add_source(f.ipv6, gid, allow_v6=f.ipv6_allowed)
+                self.nat.add_source(f.ipv6, gid, allow_v6=f.ipv6_allowed, mac=f.mac)
+                self.slow.bind_inside(f.ipv6, f.mac)
         self.function_group = {f.ipv4: f.group for f in state.functions}
         self.function_group.update({f.ipv6: f.group for f in state.functions if f.ipv6})
 

@@ -74,8 +74,8 @@ def vnet_header(flags=0, gso_type=0, hdr_len=0, gso_size=0, csum_start=0, csum_o
     return struct.pack("<BBHHHH", flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
 
 
-def eth_header(ethertype: int) -> bytes:
-    return ETH_DST + ETH_SRC + struct.pack("!H", ethertype)
+def eth_header(ethertype: int, src: bytes = ETH_SRC) -> bytes:
+    return ETH_DST + src + struct.pack("!H", ethertype)
 
 
 def ipv4_header(src: bytes, dst: bytes, proto: int, payload_len: int, ttl=64, ident=0,
@@ -117,7 +117,7 @@ def udp_header(sport, dport, length) -> bytes:
 def build(src: str, dst: str, proto: int, sport: int, dport: int, *, flags="S", payload=b"",
           ttl=64, vnet=False, needs_csum=False, gso_type=0, gso_size=0, zero_csum=False,
           ip_options=b"", ext=(), frag=0, tcp_options=b"", seq=1000, ack=0,
-          window=65535) -> bytearray:
+          window=65535, eth_src=ETH_SRC) -> bytearray:
     """A TCP or UDP frame with every checksum right.
 
     vnet: prefix a virtio-net header (implied by needs_csum or gso_type). needs_csum: the L4
@@ -145,7 +145,7 @@ def build(src: str, dst: str, proto: int, sport: int, dport: int, *, flags="S", 
 
     if len(s) == 4:
         l3 = ipv4_header(s, d, proto, len(l4), ttl=ttl, options=ip_options, frag=frag)
-        frame = eth_header(ETH_P_IP) + l3
+        frame = eth_header(ETH_P_IP, eth_src) + l3
     else:
         chain = b""
         kinds = list(ext)
@@ -154,7 +154,7 @@ def build(src: str, dst: str, proto: int, sport: int, dport: int, *, flags="S", 
             chain += ext_header(nxt, kind)
         first = kinds[0] if kinds else proto
         l3 = ipv6_header(s, d, first, len(chain) + len(l4), hop_limit=ttl)
-        frame = eth_header(ETH_P_IPV6) + l3 + chain
+        frame = eth_header(ETH_P_IPV6, eth_src) + l3 + chain
     l4_offset = len(frame)
     frame = bytearray(frame) + l4
     if vnet or needs_csum or gso_type:

@@ -41,6 +41,7 @@ class Entry:
     packets: list = field(default_factory=lambda: [0, 0])     # [ORIG, REPLY]
     bytes: list = field(default_factory=lambda: [0, 0])
     win: list = field(default_factory=new_window)              # TCP: [ORIG, REPLY] TcpDir
+    owner: int = 0          # the function (Source.owner) the connection belongs to
 
     def orig_key(self) -> tuple:
         return (self.family, self.proto, self.src, self.dst, self.sport, self.dport)
@@ -59,7 +60,7 @@ class Entry:
             state=STATES[self.state], flags=self.flags,
             packets_out=self.packets[ORIG], packets_in=self.packets[REPLY],
             bytes_out=self.bytes[ORIG], bytes_in=self.bytes[REPLY],
-            start_s=self.start_s, last_seen_ms=self.last_seen_ms)
+            start_s=self.start_s, last_seen_ms=self.last_seen_ms, owner=self.owner)
 
 
 class ConnTable:

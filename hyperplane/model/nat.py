@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..connection import Connection, addr_bytes
+from ..connection import Connection, addr_bytes, mac_bytes
 from ..natparams import resolve
 from ..vocab import (COUNTERS, DEFAULT_PORT_RANGE, DROP, F_REPLY_SEEN, FORWARD, IN, OUT, PUNT,
                      PUNT_REASONS, R, REASONS, S)
@@ -17,7 +17,7 @@ from .conntrack import ORIG, REPLY, ConnTable, Entry, tcp_event, tcp_transition,
 from .packet import (PROTO_TCP, PROTO_UDP, TCP_RST, Packet, is_pure_syn, parse, rewrite,
                      wire_size)
 from .portalloc import Pool, SplitMix64
-from .tcp import in_window, new_window, reopens, rst_acceptable, valid_flags
+from .tcp import in_window, new_connection_window, reopens, rst_acceptable, valid_flags
 
 MAX_ENIS = 1024
 GROUP_MAX_ENIS = 64
@@ -34,6 +34,19 @@ class Eni:
 class Source:
     group: int
     allow_v6: bool
+    mac: bytes | None       # every frame from this address must carry it (None: unchecked)
+    owner: int              # the function: index of the first source registered with this MAC
+
+
+def is_martian(family: int, dst: bytes) -> bool:
+    """Destinations a function must not reach through the NAT: loopback, link-local
+    (169.254.169.254 too), multicast, broadcast, unspecified and reserved (section 3)."""
+    if family == 4:
+        return dst[0] in (0, 127) or dst[:2] == b"\xa9\xfe" or dst[0] >= 224
+    return (dst[:12] == bytes(12)                            # ::, ::1, ::/96
+            or dst[:12] == bytes(10) + b"\xff\xff"          # ::ffff:0:0/96
+            or (dst[0] == 0xFE and dst[1] & 0x80)            # fe80::/10, fec0::/10
+            or dst[0] == 0xFF)                               # multicast
 
 
 class Nat:
@@ -60,6 +73,9 @@ class Nat:
         self.enis: list[Eni] = []
         self.groups: list[list[int]] = []               # ENI ids, oldest first
         self.sources: dict[tuple[int, bytes], Source] = {}
+        self.n_sources = 0                              # registrations, duplicates included
+        self.mac_owner: dict[bytes, int] = {}           # function MAC -> its owner index
+        self.owners: dict[int, bytes | None] = {}       # owner index -> the function's MAC
         self.counter = dict.fromkeys(COUNTERS, 0)
         self.drops = [0] * len(REASONS)                 # drops and punts, by reason
         # Connections that expired while nobody was asking (on lookup, or to make room),
@@ -97,12 +113,18 @@ class Nat:
             raise ValueError(f"cannot add ENI {eni} to group {group}")
         self.groups[group].append(eni)      # the newest ENI takes new connections
 
-    def add_source(self, addr: str, group: int, allow_v6=False) -> None:
+    def add_source(self, addr: str, group: int, allow_v6=False, mac=None) -> None:
         if not 0 <= group < len(self.groups):
             raise ValueError(f"cannot add source {addr} to group {group}")
+        key = addr_bytes(addr)
+        mac = mac_bytes(mac) if mac is not None else None
+        index = self.n_sources
+        self.n_sources += 1
+        owner = self.mac_owner.setdefault(mac, index) if mac is not None else index
         # Registering an address twice changes nothing: the first registration wins (the
         # C core searches its source list in order).
-        self.sources.setdefault(addr_bytes(addr), Source(group, bool(allow_v6)))
+        self.sources.setdefault(key, Source(group, bool(allow_v6), mac, owner))
+        self.owners.setdefault(owner, mac)
 
     # -- the data path -------------------------------------------------------------------------
 
@@ -138,8 +160,10 @@ class Nat:
     def _outbound(self, frame, pkt: Packet, now_ms: int) -> tuple:
         """A frame from a function, towards the customer VPC."""
         conn = self._lookup(pkt.key(), ORIG, now_ms)
+        if conn is not None and not self._mac_matches(self.owners[conn.owner], frame, pkt):
+            return self._refuse(R["SPOOFED_SOURCE"])
         if conn is None:
-            conn, reason = self._new_connection(pkt, now_ms)
+            conn, reason = self._new_connection(frame, pkt, now_ms)
             if conn is None:
                 return self._refuse(reason)
         reason = self._update(conn, ORIG, pkt, now_ms)
@@ -177,11 +201,20 @@ class Nat:
             return R["IN_UNSOLICITED_SYN"]
         return R["IN_NO_MATCH_TCP"]
 
-    def _new_connection(self, pkt: Packet, now_ms: int) -> tuple[Entry | None, int]:
+    @staticmethod
+    def _mac_matches(mac: bytes | None, frame, pkt: Packet) -> bool:
+        """Whether a frame from the inside carries its function's MAC (when it has one)."""
+        return mac is None or bytes(frame[pkt.base + 6:pkt.base + 12]) == mac
+
+    def _new_connection(self, frame, pkt: Packet, now_ms: int) -> tuple[Entry | None, int]:
         """Section 3, OUT steps 2-6. Returns (connection, NONE) or (None, reason)."""
         source = self.sources.get((pkt.family, pkt.src))
         if source is None:
             return None, R["UNKNOWN_SOURCE"]
+        if not self._mac_matches(source.mac, frame, pkt):
+            return None, R["SPOOFED_SOURCE"]
+        if is_martian(pkt.family, pkt.dst):
+            return None, R["MARTIAN_DST"]
         group = self.groups[source.group]
         if pkt.family == 6 and not self._v6_allowed(source, group):
             return None, R["V6_NOT_ALLOWED"]
@@ -197,6 +230,9 @@ class Nat:
         state = S["SYN_SENT"] if pkt.proto == PROTO_TCP else S["UDP_FIRST"]
         conn = self.table.insert(pkt.family, pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport,
                                  eni, self.enis[eni].addr[pkt.family], port, state, now_ms)
+        conn.owner = source.owner
+        if pkt.proto == PROTO_TCP:
+            conn.win = new_connection_window(pkt)
         self.counter["CONN_CREATED"] += 1
         return conn, R["NONE"]
 
@@ -231,7 +267,7 @@ class Nat:
             pool.map_add(ext, pkt.src, pkt.sport)
         return newest, ext
 
-    def _reopen(self, conn: Entry, now_ms: int) -> None:
+    def _reopen(self, conn: Entry, pkt: Packet, now_ms: int) -> None:
         """A SYN reopens a closed connection (2.2): the old one ends (its record goes to the
         journal, as an expired one's does) and a new one takes its entry, mapping and port,
         with fresh counters, flags, window and start time."""
@@ -240,7 +276,7 @@ class Nat:
         self.counter["CONN_CREATED"] += 1
         conn.flags = 0
         conn.start_s = (now_ms // 1000) & 0xFFFFFFFF
-        conn.packets, conn.bytes, conn.win = [0, 0], [0, 0], new_window()
+        conn.packets, conn.bytes, conn.win = [0, 0], [0, 0], new_connection_window(pkt)
         self.table.touch(conn, S["SYN_SENT"], now_ms)
 
     def _update(self, conn: Entry, d: int, pkt: Packet, now_ms: int) -> int:
@@ -248,7 +284,7 @@ class Nat:
         (and nothing changes), or NONE when it goes through."""
         if pkt.proto == PROTO_TCP:
             if reopens(conn.state, d, pkt.tcp_flags, ORIG):
-                self._reopen(conn, now_ms)
+                self._reopen(conn, pkt, now_ms)
             if pkt.tcp_flags & TCP_RST:
                 if not rst_acceptable(conn.win, d, pkt):
                     return R["TCP_BAD_RST"]

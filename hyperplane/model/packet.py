@@ -26,7 +26,8 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 1, 2, 4, 8, 16
 # IPv6 extension headers the parser walks over: hop-by-hop, routing, destination options,
 # fragment and authentication header. Any other next-header value ends the chain.
 IPV6_EXT_HEADERS = (0, 43, 60, 44, 51)
-IPV6_FRAGMENT, IPV6_AUTH = 44, 51
+IPV6_ROUTING, IPV6_FRAGMENT, IPV6_AUTH = 43, 44, 51
+IPV4_LSRR, IPV4_SSRR = 131, 137
 IPV6_MAX_EXT_HEADERS = 8
 
 
@@ -158,6 +159,25 @@ def parse(frame, vnet: bool, mtu: int | None) -> tuple[int, Packet | None]:
         tcp_options=tcp_options, partial_csum=partial, gso_type=gso_type, gso_size=gso_size)
 
 
+def _ipv4_source_routed(options) -> bool:
+    """Whether IPv4 options carry a loose or strict source route; a malformed length ends
+    the walk."""
+    i = 0
+    while i < len(options):
+        kind = options[i]
+        if kind == 0:
+            return False
+        if kind == 1:
+            i += 1
+            continue
+        if len(options) - i < 2 or not 2 <= options[i + 1] <= len(options) - i:
+            return False
+        if kind in (IPV4_LSRR, IPV4_SSRR):
+            return True
+        i += options[i + 1]
+    return False
+
+
 def _parse_ipv4(frame, base: int, l3: int, avail: int):
     at = base + l3
     if avail < 20:
@@ -172,6 +192,8 @@ def _parse_ipv4(frame, base: int, l3: int, avail: int):
         return R["IPV4_BAD_TOTAL_LEN"], None
     if ones_sum(frame[at:at + hlen]) != 0xFFFF:     # a correct header sums to all ones
         return R["IPV4_BAD_CHECKSUM"], None
+    if _ipv4_source_routed(frame[at + 20:at + hlen]):
+        return R["SOURCE_ROUTE"], None
     frag = u16(frame, at + 6)
     if frag & 0x3FFF:                               # MF flag or a fragment offset
         return R["FRAGMENT"], None
@@ -200,6 +222,8 @@ def _parse_ipv6(frame, base: int, l3: int, avail: int):
             return R["IPV6_EXT_TOO_MANY"], None
         if end - p < 8:
             return R["IPV6_EXT_TRUNCATED"], None
+        if next_header == IPV6_AUTH or (next_header == IPV6_ROUTING and frame[base + p + 3] > 0):
+            return R["SOURCE_ROUTE"], None          # AH; a routing header with segments left
         if next_header == IPV6_FRAGMENT:
             return R["FRAGMENT"], None
         if next_header == IPV6_AUTH:

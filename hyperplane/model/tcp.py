@@ -53,6 +53,16 @@ def new_window() -> list[TcpDir]:
     return [TcpDir(), TcpDir()]
 
 
+def new_connection_window(pkt: Packet) -> list[TcpDir]:
+    """The window state of a new connection from its first SYN (Linux tcp_new): the inside's
+    side is known, the other not yet; the SYN then goes through in_window as any segment."""
+    orig = TcpDir()
+    orig.td_end = orig.td_maxend = segment_end(pkt)
+    orig.td_maxwin = pkt.tcp_win or 1
+    parse_options(pkt.tcp_options, orig)
+    return [orig, TcpDir()]
+
+
 def reopens(state: int, d: int, flags: int, orig: int) -> bool:
     """A SYN from the inside in TIME_WAIT or CLOSE starts a new connection on the entry."""
     return (d == orig and flags & (TCP_SYN | TCP_ACK) == TCP_SYN

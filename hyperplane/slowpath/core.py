@@ -20,6 +20,7 @@ from scapy.packet import Raw
 from scapy.utils6 import in6_getnsma, in6_getnsmac
 
 from .. import vocab
+from ..connection import mac_bytes
 from ._frag import Reassembler, fragment4, fragment6
 from ._icmp import Untracked, build_error, icmp_checksum_ok, is_error, translate_error
 from ._wire import (ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, PROTO_ICMP, PROTO_ICMPV6,
@@ -187,6 +188,7 @@ class SlowPath:
         self.neigh_max_pending = neigh_max_pending
         self.neigh_timeout_ms = neigh_timeout_ms
         self.neigh_retry_ms = neigh_retry_ms
+        self._inside_bindings: dict[str, bytes] = {}     # function address -> its MAC
         self._pending: dict[tuple, _Pending] = {}
         self._queued = 0
         now = self.clock()
@@ -416,9 +418,18 @@ class SlowPath:
             self._count("ns_sent")
         self._inject(info.port, bytes(pkt))
 
+    def bind_inside(self, addr: str, mac) -> None:
+        """A function's address and MAC: on the functions' side, only that MAC may claim
+        that address, and no other address may be claimed (the gateway's, anyone else's)."""
+        self._inside_bindings[str(ipaddress.ip_address(addr))] = mac_bytes(mac)
+
     def _learn(self, info: PortInfo, addr: str, mac: bytes, frame: bytes) -> None:
         if mac == _ZERO_MAC or mac[0] & 1:
             self._count("neigh_bad_mac")
+            return
+        if (info.is_inside and self._inside_bindings
+                and self._inside_bindings.get(str(ipaddress.ip_address(addr))) != bytes(mac)):
+            self._count("neigh_claim_ignored")
             return
         if mac != frame[6:12]:
             # The link-layer address claimed inside ARP / NDP differs from the frame's own

@@ -42,6 +42,11 @@ def diff_settings(share):
 SOURCES = {4: ["10.200.0.1", "10.200.0.2", "10.200.0.3"], 6: ["fd00:200::1", "fd00:200::2"]}
 UNKNOWN_SOURCE = {4: "10.200.0.77", 6: "fd00:200::77"}
 DESTS = {4: ["10.0.9.1", "10.0.9.2"], 6: ["fd00:9::1", "fd00:9::2"]}
+# What functions may send to: the destinations, and a martian of each family now and then.
+OUT_DESTS = {4: DESTS[4] * 4 + ["169.254.169.254", "224.0.0.251"],
+             6: DESTS[6] * 4 + ["fe80::1", "ff02::1"]}
+# Source MACs: the one framegen uses by default, and two others (forged, or another function).
+MACS = [fg.ETH_SRC, bytes.fromhex("020000000a01"), bytes.fromhex("020000000b01")]
 NOT_ENI = {4: "10.0.1.99", 6: "fd00:1::99"}
 INSIDE_PORTS = [1000, 1001, 40000]
 DEST_PORTS = [53, 443]
@@ -99,7 +104,7 @@ EXTRAS = st.one_of(
 OUT_FRAME = st.tuples(st.sampled_from([4, 4, 6]), PROTO, INDEX, INDEX,
                       st.sampled_from(INSIDE_PORTS), st.sampled_from(DEST_PORTS),
                       st.one_of(st.just("S"), FLAGS_ST),
-                      PAYLOAD, TTL, EXTRAS, TCP_NUMBERS)
+                      PAYLOAD, TTL, EXTRAS, TCP_NUMBERS, st.sampled_from([0] * 8 + [1, 2]))
 # (which translation, flags, payload, ttl, extras, wrong ENI?, which ENI)
 REPLY = st.tuples(INDEX, FLAGS_ST, PAYLOAD, TTL, EXTRAS, st.integers(0, 9), INDEX, TCP_NUMBERS)
 # (family, proto, src, ENI address, dport, port, flags, payload, ttl, extras)
@@ -170,7 +175,8 @@ TOPOLOGY = st.tuples(
     st.lists(st.one_of(st.lists(INDEX, min_size=1, max_size=3),
                        st.lists(INDEX, min_size=1, max_size=3), st.just([])),
              min_size=1, max_size=2),
-    st.lists(st.tuples(INDEX, st.sampled_from([True, True, False])), min_size=5, max_size=5),
+    st.lists(st.tuples(INDEX, st.sampled_from([True, True, False]),
+                       st.sampled_from([None, None, 0, 0, 0, 1])), min_size=5, max_size=5),
 )
 
 
@@ -186,8 +192,9 @@ def frame_kw(vnet, proto, family, payload, extras, numbers=None):
         if vnet:
             kw.update(needs_csum=needs_csum, gso_type=gso_type, gso_size=gso_size)
         if ext:
-            if family == 4:
-                kw["ip_options"] = b"\x01\x01\x01\x00"
+            if family == 4:     # a loose source route when the draw has an AH in it
+                kw["ip_options"] = (b"\x83\x07\x04\x0a\x00\x09\x09\x00" if 51 in ext
+                                    else b"\x01\x01\x01\x00")
             else:
                 kw["ext"] = ext
         kw["zero_csum"] = zero and proto == fg.UDP and family == 4
@@ -195,10 +202,11 @@ def frame_kw(vnet, proto, family, payload, extras, numbers=None):
 
 
 def out_frame(spec, vnet):
-    family, proto, src, dst, sport, dport, flags, payload, ttl, extras, numbers = spec
+    family, proto, src, dst, sport, dport, flags, payload, ttl, extras, numbers, mac = spec
     srcs = SOURCES[family] * 4 + [UNKNOWN_SOURCE[family]]
-    return fg.build(pick(srcs, src), pick(DESTS[family], dst), proto, sport, dport, flags=flags,
-                    ttl=ttl, **frame_kw(vnet, proto, family, payload, extras, numbers))
+    return fg.build(pick(srcs, src), pick(OUT_DESTS[family], dst), proto, sport, dport,
+                    flags=flags, ttl=ttl, eth_src=MACS[mac],
+                    **frame_kw(vnet, proto, family, payload, extras, numbers))
 
 
 def mutate(frame, mutations, fix_checksum, vnet):
@@ -260,8 +268,9 @@ class Pair:
             for e in members:
                 self.call("group_add_eni", g, e % len(self.enis))
         self.n_groups = len(groups)
-        for addr, (group, allow_v6) in zip(SOURCES[4] + SOURCES[6], sources):
-            self.call("add_source", addr, group % self.n_groups, allow_v6=allow_v6)
+        for addr, (group, allow_v6, mac) in zip(SOURCES[4] + SOURCES[6], sources):
+            self.call("add_source", addr, group % self.n_groups, allow_v6=allow_v6,
+                      mac=None if mac is None else MACS[mac])
 
     def translate(self, frames, direction, now, eni=0, vnet=False):
         fm = [bytearray(f) for f in frames]
@@ -450,7 +459,7 @@ def any_frame(spec, vnet):
 def test_parse_and_rewrite_agree(seed, vnet, specs, replies):
     pair = Pair(dict(capacity=4, port_range=(1000, 1003), mtu_inside=200, mtu_outside=300,
                      port_seed=seed))
-    pair.build(([(True, True)], [[0]], [(0, True)] * 5))
+    pair.build(([(True, True)], [[0]], [(0, True, None)] * 5))
     res, fm = pair.translate([any_frame(s, vnet) for s in specs], OUT, 0, vnet=vnet)
     # Whatever went out, its reply (and a corrupted reply) must come back through both alike.
     back = []

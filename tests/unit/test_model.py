@@ -54,8 +54,10 @@ class Flow:
     endpoints (each side's next sequence number, and the other's as the ack) unless the
     caller gives seq= or ack=."""
 
-    def __init__(self, nat, proto=fg.TCP, src=SRC, dst=DST, sport=40000, dport=443):
+    def __init__(self, nat, proto=fg.TCP, src=SRC, dst=DST, sport=40000, dport=443,
+                 mac=None):
         self.nat, self.proto = nat, proto
+        self.mac = bytes.fromhex(mac.replace(":", "")) if mac else fg.ETH_SRC
         self.src, self.dst, self.sport, self.dport = src, dst, sport, dport
         self.nat_addr = self.nat_port = None
         self.eni = 0
@@ -81,7 +83,7 @@ class Flow:
     def _send(self, direction, flags, now, **kw):
         if direction == OUT:
             frame = fg.build(self.src, self.dst, self.proto, self.sport, self.dport, flags=flags,
-                             **kw)
+                             eth_src=self.mac, **kw)
             res = out(self.nat, frame, now, vnet=kw.get("vnet", False))
             if res[0] == FORWARD:
                 f = fg.fields(frame, kw.get("vnet", False))
@@ -249,10 +251,14 @@ TRANSITIONS = [
 ]
 
 
+def drive_flow(fl, segments, now=0):
+    for d, flags in segments:
+        assert fl.send(d, flags, now=now)[0] == FORWARD, (d, flags)
+    return fl
+
+
 def drive(nat, path, now=0):
-    fl = Flow(nat)
-    for d, flags in PATHS[path]:
-        assert fl.send(d, flags, now=now)[0] == FORWARD, (path, d, flags)
+    fl = drive_flow(Flow(nat), PATHS[path], now)
     assert fl.conn().state == path.split("/")[0]
     return fl
 
@@ -723,7 +729,7 @@ def test_ipv4_options_and_ipv6_extension_headers_pass(NatClass):
     nat = make(NatClass)
     f4 = fg.tcp(SRC, DST, 1, 2, "S", ip_options=b"\x01\x01\x01\x00", payload=b"abc")
     assert out(nat, f4)[0] == FORWARD and fg.checksums_ok(f4)
-    f6 = fg.tcp(SRC6, DST6, 1, 2, "S", ext=[0, 43, 60, 51], payload=b"abc")
+    f6 = fg.tcp(SRC6, DST6, 1, 2, "S", ext=[0, 43, 60], payload=b"abc")
     assert out(nat, f6)[0] == FORWARD and fg.checksums_ok(f6)
     assert fg.fields(f6)["src"] == ENI6
     eight = fg.udp(SRC6, DST6, 1, 3, ext=[60] * 8)
@@ -1056,6 +1062,8 @@ def test_window_scaling_from_syn_options(NatClass):
     assert fl.send(O, "PA", seq=fl.next_seq[O] + 120000, payload=b"a")[0] == FORWARD
     assert fl.send(O, "PA", seq=fl.next_seq[O] + 200000, payload=b"a") == \
         refused("TCP_OUT_OF_WINDOW")
+    # And the function's window is scaled too (its SYN came first, before the server's).
+    assert fl.send(I, "PA", seq=fl.next_seq[I] + 120000, payload=b"a")[0] == FORWARD
     # One side only offering it: no scaling either way (RFC 7323).
     nat = make(NatClass)
     fl = Flow(nat)
@@ -1142,3 +1150,108 @@ def test_packet_counters_are_64_bit(NatClass):
     for _ in range(4):
         fl.send(OUT, **gso)
     assert fl.conn().packets_out == 4 * 1400
+
+
+# -- anti-spoofing, martians, source routes (section 3) ---------------------------------------
+
+MAC_A, MAC_B = "02:00:00:00:0a:01", "02:00:00:00:0b:01"
+
+
+def make_bound(NatClass):
+    """Two functions with their MACs bound: A (SRC, SRC6) and B (SRC_B)."""
+    nat = NatClass()
+    eni = nat.add_eni(ENI, ENI6)
+    grp = nat.add_group()
+    nat.group_add_eni(grp, eni)
+    nat.add_source(SRC, grp, mac=MAC_A)
+    nat.add_source(SRC6, grp, allow_v6=True, mac=MAC_A)
+    nat.add_source(SRC_B, grp, mac=MAC_B)
+    return nat
+
+
+def from_mac(mac, frame):
+    frame[6:12] = bytes.fromhex(mac.replace(":", ""))
+    return frame
+
+
+def test_a_function_sends_only_with_its_own_mac_and_addresses(NatClass):
+    nat = make_bound(NatClass)
+    assert out(nat, from_mac(MAC_A, fg.udp(SRC, DST, 1, 53)))[0] == FORWARD
+    assert out(nat, from_mac(MAC_A, fg.udp(SRC6, DST6, 1, 53)))[0] == FORWARD
+    assert out(nat, from_mac(MAC_B, fg.udp(SRC_B, DST, 1, 53)))[0] == FORWARD
+    # Another function's address, a forged MAC: on new flows and on existing ones (hits).
+    for mac, src, dst in ((MAC_A, SRC_B, DST), (MAC_B, SRC, DST), (MAC_B, SRC6, DST6),
+                          ("02:00:00:00:66:66", SRC, DST)):
+        for sport in (1, 2):
+            assert out(nat, from_mac(mac, fg.udp(src, dst, sport, 53))) == \
+                refused("SPOOFED_SOURCE")
+    assert nat.counters()["drop.SPOOFED_SOURCE"] == 8
+    assert len(nat) == 3
+    # An address no function has stays UNKNOWN_SOURCE.
+    assert out(nat, from_mac(MAC_A, fg.udp("10.200.0.99", DST, 1, 53))) == \
+        refused("UNKNOWN_SOURCE")
+
+
+def test_a_spoofed_rst_does_not_reach_anothers_connection(NatClass):
+    nat = make_bound(NatClass)
+    fl = drive_flow(Flow(nat, mac=MAC_A), EST)
+    fl.mac = bytes.fromhex(MAC_B.replace(":", ""))        # B forges A's address
+    assert fl.send(O, "R") == refused("SPOOFED_SOURCE")
+    assert fl.send(O, "PA", payload=b"x") == refused("SPOOFED_SOURCE")
+    assert fl.conn().state == "ESTABLISHED" and fl.conn().packets_out == 2
+
+
+def test_connections_record_their_function(NatClass):
+    nat = make_bound(NatClass)
+    out(nat, from_mac(MAC_A, fg.udp(SRC, DST, 1, 53)))
+    out(nat, from_mac(MAC_A, fg.udp(SRC6, DST6, 1, 53)))
+    out(nat, from_mac(MAC_B, fg.udp(SRC_B, DST, 1, 53)))
+    owners = {c.src: c.owner for c in nat.connections()}
+    assert owners[SRC] == owners[SRC6] == 0 and owners[SRC_B] == 2
+
+
+@pytest.mark.parametrize("dst", ["169.254.169.254", "169.254.0.1", "127.0.0.1", "0.0.0.0",
+                                 "224.0.0.251", "239.255.255.250", "255.255.255.255",
+                                 "240.0.0.1"])
+def test_martian_destinations_v4(NatClass, dst):
+    nat = make(NatClass)
+    for frame in (fg.udp(SRC, dst, 1, 53), fg.tcp(SRC, dst, 1, 80, "S")):
+        assert out(nat, frame) == refused("MARTIAN_DST")
+    assert nat.counters()["drop.MARTIAN_DST"] == 2 and len(nat) == 0
+
+
+@pytest.mark.parametrize("dst", ["::1", "::", "fe80::1", "ff02::1", "ff05::1:3",
+                                 "::ffff:10.0.9.9", "fec0::1"])
+def test_martian_destinations_v6(NatClass, dst):
+    nat = make(NatClass)
+    assert out(nat, fg.udp(SRC6, dst, 1, 53)) == refused("MARTIAN_DST")
+
+
+def test_ordinary_destinations_are_not_martians(NatClass):
+    nat = make(NatClass)
+    for dst in ("10.0.9.9", "169.253.1.1", "223.255.255.254", "1.1.1.1"):
+        assert out(nat, fg.udp(SRC, dst, 1, 53))[0] == FORWARD
+    for dst in ("fd00:9::9", "2001:db8::1", "fe00::1"):
+        assert out(nat, fg.udp(SRC6, dst, 1, 53))[0] == FORWARD
+
+
+@pytest.mark.parametrize("option", [b"\x83\x07\x04\x0a\x00\x09\x09\x00",     # LSRR
+                                    b"\x89\x07\x04\x0a\x00\x09\x09\x00",     # SSRR
+                                    b"\x01\x83\x07\x04\x0a\x00\x09\x09"])    # NOP, LSRR
+def test_ipv4_source_routes_are_dropped(NatClass, option):
+    nat = make(NatClass)
+    for direction in (OUT, IN):
+        frame = fg.udp(SRC, DST, 1, 53, ip_options=option)
+        assert nat.translate([frame], direction, 0)[0] == refused("SOURCE_ROUTE")
+    # Other options (record route, 7) pass.
+    assert out(nat, fg.udp(SRC, DST, 1, 53, ip_options=b"\x07\x03\x04\x00"))[0] == FORWARD
+
+
+def test_ipv6_routing_header_with_segments_left_and_ah_are_dropped(NatClass):
+    nat = make(NatClass)
+    routed = fg.udp(SRC6, DST6, 1, 53, ext=[43])
+    rh = 14 + 40
+    routed[rh + 3] = 1                      # segments left
+    assert out(nat, routed) == refused("SOURCE_ROUTE")
+    assert out(nat, fg.udp(SRC6, DST6, 1, 53, ext=[60, 51])) == refused("SOURCE_ROUTE")
+    assert out(nat, fg.udp(SRC6, DST6, 1, 53, ext=[43]))[0] == FORWARD    # 0 segments left

@@ -1018,3 +1018,25 @@ def test_partial_checksums_are_finished_before_quoting_or_fragmenting(env):
     assert len(sent) == 2 and all(v is None for _, _, v in sent)
     whole = reassemble4([Ether(x)[IP] for _, x, _ in sent])
     assert IP(whole).src == ENI4 and l4_checksum_ok(whole)
+
+
+def test_functions_claim_only_their_own_addresses(env):
+    """With the functions' MACs bound, an ARP / NDP claim on the functions' side for another
+    function's address or the gateway's teaches nothing and is counted."""
+    other_mac, other4 = "02:00:00:00:00:12", "10.200.0.12"
+    env.sp.bind_inside(FN4, FN_MAC)
+    env.sp.bind_inside(FN6, FN_MAC)
+    env.sp.bind_inside(other4, other_mac)
+    env.handle(env.punt(arp_req(FN_MAC, FN4, GW4), 0, "ARP"))
+    assert env.dp.neighbor(FN4, 0) == FN_MAC
+    # The other function claims FN4, then the gateway's address (gratuitous ARP and a reply).
+    env.handle(env.punt(arp_req(other_mac, FN4, FN4), 0, "ARP"))
+    env.handle(env.punt(arp_req(other_mac, GW4, FN4, op=2), 0, "ARP"))
+    assert env.dp.neighbor(FN4, 0) == FN_MAC and env.dp.neighbor(GW4, 0) is None
+    # The same over NDP: an NS from FN6 with the other function's MAC.
+    env.handle(env.punt(ns(FN6, GW6, other_mac), 0, "ICMP"))
+    assert env.dp.neighbor(FN6, 0) is None
+    # (The gateway's own address never reaches learning: counted as claims are the other two.)
+    assert env.c("neigh_claim_ignored") == 2
+    env.handle(env.punt(ns(FN6, GW6, FN_MAC), 0, "ICMP"))
+    assert env.dp.neighbor(FN6, 0) == FN_MAC
