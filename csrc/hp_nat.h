@@ -84,9 +84,11 @@ void hp_nat_destroy(hp_nat *nat);
 int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6);
 int hp_nat_add_group(hp_nat *nat);
 int hp_nat_group_add_eni(hp_nat *nat, int group, int eni);
-/* mac: the function's MAC (6 bytes) that every frame from addr must carry, or NULL. */
-int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6,
-                      const uint8_t *mac);
+int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6);
+/* The same with the function's MAC (6 bytes) that every frame from addr must carry; NULL: not
+ * checked. */
+int hp_nat_add_source_mac(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6,
+                          const uint8_t *mac);
 
 /* Translates n frames in place. dir: HP_DIR_OUT for frames from the inside port, HP_DIR_IN for
  * frames from ENI in_eni. vnet: every frame starts with a virtio-net header. */

@@ -131,8 +131,13 @@ int hp_nat_group_add_eni(hp_nat *nat, int group, int eni)
     return 0;
 }
 
-int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6,
-                      const uint8_t *mac)
+int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6)
+{
+    return hp_nat_add_source_mac(nat, family, addr, group, allow_v6, NULL);
+}
+
+int hp_nat_add_source_mac(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6,
+                          const uint8_t *mac)
 {
     if ((family != 4 && family != 6) || group < 0 || (uint32_t)group >= nat->n_groups)
         return -1;

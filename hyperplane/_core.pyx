@@ -106,8 +106,8 @@ cdef class Nat:
     def add_source(self, addr, int group, allow_v6=False, mac=None):
         fam, raw = addr_bytes(addr)
         cdef bytes m = mac_bytes(mac) if mac is not None else None
-        if hp_nat_add_source(self.nat, fam, <const uint8_t *>raw, group, bool(allow_v6),
-                             <const uint8_t *>m if m is not None else NULL) != 0:
+        if hp_nat_add_source_mac(self.nat, fam, <const uint8_t *>raw, group, bool(allow_v6),
+                                 <const uint8_t *>m if m is not None else NULL) != 0:
             raise ValueError(f"cannot add source {addr} to group {group}")
 
     # --- the batch calls -----------------------------------------------------------------

@@ -106,8 +106,8 @@ cdef extern from "hp_nat.h":
     int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6)
     int hp_nat_add_group(hp_nat *nat)
     int hp_nat_group_add_eni(hp_nat *nat, int group, int eni)
-    int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6,
-                          const uint8_t *mac)
+    int hp_nat_add_source_mac(hp_nat *nat, int family, const uint8_t *addr, int group,
+                              int allow_v6, const uint8_t *mac)
     void hp_nat_translate(hp_nat *nat, uint8_t **frames, const uint32_t *lens, uint32_t n,
                           int dir, uint16_t in_eni, int vnet, uint64_t now_ms,
                           hp_result *out) nogil
