@@ -130,13 +130,13 @@ static int parse_ipv6(hp_pkt *pkt, const uint8_t *ip, uint32_t avail, uint32_t *
             return HP_R_IPV6_EXT_TOO_MANY;
         if (p + 8 > end)
             return HP_R_IPV6_EXT_TRUNCATED;
-        if (nh == 51 || (nh == 43 && ip[p + 3] > 0))   /* AH; a route with segments left */
-            return HP_R_SOURCE_ROUTE;
         if (nh == 44)
             return HP_R_FRAGMENT;
         uint32_t hl = nh == 51 ? ((uint32_t)ip[p + 1] + 2) * 4 : ((uint32_t)ip[p + 1] + 1) * 8;
         if (p + hl > end)
             return HP_R_IPV6_EXT_TRUNCATED;
+        if (nh == 51 || (nh == 43 && ip[p + 3] > 0))   /* AH; a route with segments left */
+            return HP_R_SOURCE_ROUTE;
         nh = ip[p];
         p += hl;
     }

@@ -99,6 +99,19 @@ void fz_parse(const uint8_t *f, uint32_t len, int vnet, uint32_t mtu, fz_parsed 
         p->end = l3 + tot;
         if (fold64(add_words(ip, ihl, 0)) != 0xffff)
             DONE(IPV4_BAD_CHECKSUM);
+        for (uint32_t o = 20; o < ihl;) {       /* a loose or strict source route */
+            if (ip[o] == 0)
+                break;
+            if (ip[o] == 1) {
+                o++;
+                continue;
+            }
+            if (ihl - o < 2 || ip[o + 1] < 2 || ip[o + 1] > ihl - o)
+                break;
+            if (ip[o] == 131 || ip[o] == 137)
+                DONE(SOURCE_ROUTE);
+            o += ip[o + 1];
+        }
         if (be16(ip + 6) & 0x3fff)
             DONE(FRAGMENT);
     } else {
@@ -124,6 +137,8 @@ void fz_parse(const uint8_t *f, uint32_t len, int vnet, uint32_t mtu, fz_parsed 
             uint32_t hl = nh == 51 ? (ip[off + 1] + 2u) * 4 : (ip[off + 1] + 1u) * 8;
             if (hl > end - off)
                 DONE(IPV6_EXT_TRUNCATED);
+            if (nh == 51 || (nh == 43 && ip[off + 3] > 0))
+                DONE(SOURCE_ROUTE);
             nh = ip[off];
             off += hl;
         }

@@ -222,8 +222,6 @@ def _parse_ipv6(frame, base: int, l3: int, avail: int):
             return R["IPV6_EXT_TOO_MANY"], None
         if end - p < 8:
             return R["IPV6_EXT_TRUNCATED"], None
-        if next_header == IPV6_AUTH or (next_header == IPV6_ROUTING and frame[base + p + 3] > 0):
-            return R["SOURCE_ROUTE"], None          # AH; a routing header with segments left
         if next_header == IPV6_FRAGMENT:
             return R["FRAGMENT"], None
         if next_header == IPV6_AUTH:
@@ -232,6 +230,8 @@ def _parse_ipv6(frame, base: int, l3: int, avail: int):
             ext_len = (frame[base + p + 1] + 1) * 8
         if p + ext_len > end:
             return R["IPV6_EXT_TRUNCATED"], None
+        if next_header == IPV6_AUTH or (next_header == IPV6_ROUTING and frame[base + p + 3] > 0):
+            return R["SOURCE_ROUTE"], None          # AH; a routing header with segments left
         next_header = frame[base + p]
         p += ext_len
     src = bytes(frame[at + 8:at + 24])
