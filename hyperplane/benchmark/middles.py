@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 from dataclasses import dataclass, field
 
@@ -116,6 +117,7 @@ def _kernel_middle(state: LabState, name: str, short: str, nat: bool, taken_in: 
         sh(["ip", "-n", cns, "link", "set", "eth0", "up"])
         sh(["ip", "-n", cns, "route", "add", "default", "via", inside])
         _client_sysctls(cns)
+    spread_receive(ns, ("kin", "kout"))
     if nat:
         netns.sysctl_write(ns, "net/netfilter/nf_conntrack_udp_timeout", BENCH_UDP_TIMEOUT_S)
         sh(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=(
@@ -129,6 +131,24 @@ def _kernel_middle(state: LabState, name: str, short: str, nat: bool, taken_in: 
     return Middle(name=name, bulk=client_ns[0], conn=client_ns, scale=client_ns[0],
                   seen_as=outside if nat else clients[0], ns=ns,
                   addrs={"inside": inside, "outside": outside, "clients": clients})
+
+
+def other_cpus() -> str | None:
+    """The RPS mask of every CPU but the first (the generator's), None on one CPU."""
+    n = os.cpu_count() or 1
+    return f"{((1 << n) - 1) & ~1:x}" if n > 1 else None
+
+
+def spread_receive(ns: str, ifnames) -> None:
+    """veth runs each hop in the sender's softirq, so the kernel middles would forward on the
+    generator's CPU while Hyperplane's thread has a core of its own: RPS moves their receive
+    processing (routing, NAT, the hops after them) to the other CPUs."""
+    mask = other_cpus()
+    if mask is None:
+        return
+    for ifname in ifnames:
+        sh(["ip", "netns", "exec", ns, "sh", "-c",
+            f"echo {mask} > /sys/class/net/{ifname}/queues/rx-0/rps_cpus"])
 
 
 def build_middles(state: LabState) -> dict[str, Middle]:

@@ -107,8 +107,9 @@ def chart(rows: list[dict], path: Path, title: str) -> str | None:
         unit, higher = METRICS[metric]
         vals = [by[(metric, m)]["value"] if (metric, m) in by else 0 for m in MIDDLES]
         bars = ax.bar(range(len(MIDDLES)), vals, color=[colours[m] for m in MIDDLES])
-        for b, v in zip(bars, vals):
-            ax.annotate(_fmt(v), (b.get_x() + b.get_width() / 2, b.get_height()),
+        for b, m in zip(bars, MIDDLES):
+            ax.annotate(_cell(by, metric, m) if (metric, m) in by else "n/a",
+                        (b.get_x() + b.get_width() / 2, b.get_height()),
                         ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(MIDDLES)), MIDDLES, fontsize=7)
         ax.set_title(metric, fontsize=9)
@@ -117,7 +118,8 @@ def chart(rows: list[dict], path: Path, title: str) -> str | None:
         ax.margins(y=0.15)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    fig.suptitle(title, fontsize=10)
+    note = "\n" + LIMITED_NOTE if any(r.get("limited_by_generator") for r in rows) else ""
+    fig.suptitle(title + note, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

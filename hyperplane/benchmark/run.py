@@ -71,6 +71,17 @@ def _teardown(prefix: str) -> None:
         log(f"WARNING: namespaces still present: {', '.join(left)}")
 
 
+def _keep_dataplane_log(prefix: str, out_dir: Path) -> None:
+    """After a failed measurement the data plane's log goes beside bench.json."""
+    try:
+        from ..cli import log_file
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "dataplane.log").write_bytes(log_file(prefix).read_bytes()[-1_000_000:])
+        log(f"the data plane's log: {out_dir / 'dataplane.log'}")
+    except Exception as e:
+        log(f"the data plane's log could not be kept: {e}")
+
+
 class ConntrackLimit:
     """The kernel's conntrack limit is global (only the first namespace may set it): raised for
     the 1M-connection test when it is lower, and put back."""
@@ -113,6 +124,7 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
     limit = ConntrackLimit()
     lab = Lab(bench_config(prefix, capacity))
     t_start = time.monotonic()
+    errors: list[str] = []
     try:
         log(f"building lab {prefix!r}: three middles between the same functions and server")
         state = lab.up()
@@ -144,37 +156,50 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
                 if t.once and rep:
                     continue
                 for m in order:
+                    rep_s = "once" if t.once else f"{rep + 1}/{repeat}"
                     t0 = time.monotonic()
-                    figures, detail = t.run(ctx, middles[m])
+                    try:
+                        figures, detail = t.run(ctx, middles[m])
+                    except RuntimeError as e:   # one failed measurement: the others go on
+                        procs.kill_all()
+                        errors.append(f"{t.name} through {m} (repeat {rep + 1}): {e}")
+                        ctx.samples.append({"test": t.name, "middle": m, "repeat": rep,
+                                            "error": str(e)})
+                        log(f"[{time.monotonic() - t_start:5.0f}s] {rep_s:>5} {t.name:16} "
+                            f"{m:10} FAILED: {e}")
+                        continue
                     for k, v in figures.items():
                         ctx.record(k, m, v)
                     ctx.samples.append({"test": t.name, "middle": m, "repeat": rep,
                                         "seconds": time.monotonic() - t0, "figures": figures,
                                         **detail})
-                    _progress("once" if t.once else f"{rep + 1}/{repeat}", t.name, m, figures,
-                              time.monotonic() - t_start)
+                    _progress(rep_s, t.name, m, figures, time.monotonic() - t_start)
             order = order[1:] + order[:1]     # who goes first changes every repeat
         rows = report.results(ctx.values, ctx.limited)
         when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         info = machine()
-        head = (f"{'QUICK (not comparable figures) ' if settings.quick else ''}medians over "
+        head = (f"{'QUICK (figures not comparable): ' if settings.quick else ''}medians of "
                 f"{repeat} repeat(s), {when}, {info['cpus']} CPUs {info['cpu_model']}, "
-                f"kernel {info['kernel']}; machine {busy * 100:.0f}% busy before the start")
+                f"kernel {info['kernel']}, machine {busy * 100:.0f}% busy before the start")
         print(head)
         print(report.table(rows))
+        for e in errors:
+            print(f"FAILED: {e}")
         out_dir.mkdir(parents=True, exist_ok=True)
         doc = {"when": when, "quick": settings.quick, "repeat": repeat, "tests": names,
                "settings": vars(settings), "machine": {**info, "busy_before": busy},
                "middles": {k: vars(v) for k, v in middles.items()},
                "duration_s": time.monotonic() - t_start,
-               "results": rows, "samples": ctx.samples}
+               "errors": errors, "results": rows, "samples": ctx.samples}
         (out_dir / "bench.json").write_text(json.dumps(doc, indent=1, default=str))
-        why = report.chart(rows, out_dir / "bench.png", "Hyperplane beside the kernel: " + head)
+        why = report.chart(rows, out_dir / "bench.png", head)
         log(f"wrote {out_dir / 'bench.json'}" +
             (f" and {out_dir / 'bench.png'}" if why is None else f" (no chart: {why})"))
-        return 0
+        return 1 if errors else 0
     finally:
         procs.kill_all()
+        if errors:
+            _keep_dataplane_log(prefix, out_dir)
         _teardown(prefix)
         limit.restore()
 

@@ -188,9 +188,9 @@ def send(ctx: Ctx, m: Middle, flows: Flows, rate: float, seconds: float) -> dict
     start = ctx.cursor.get((m.name, flows.key), 0)
     c0 = sink_count(ctx.server_ns)
     cpu = CpuWindow(ctx.dp_pid if m.name == "hyperplane" else None)
-    r = ctx.procs.run(ns, "send", ctx.server_addr, flows.dport, flows.ndports, SPORT,
-                      flows.nsports, int(rate), seconds, start, PAYLOAD,
-                      timeout=seconds + 15, what="the generator")
+    r = ctx.procs.result(ctx.procs.generator(ns, ctx.server_addr, flows.dport, flows.ndports,
+                                             SPORT, flows.nsports, int(rate), seconds, start,
+                                             PAYLOAD), seconds + 15, "the generator")
     received = _stable_count(ctx, c0)
     used = cpu.stop(r.get("cpu_s", 0.0))
     ctx.cursor[(m.name, flows.key)] = r["next"] % (flows.nsports * flows.ndports)
@@ -201,12 +201,13 @@ def send(ctx: Ctx, m: Middle, flows: Flows, rate: float, seconds: float) -> dict
 
 
 def zero_loss(ctx: Ctx, m: Middle, flows: Flows, hint: float | None = None,
-              max_trials: int | None = None) -> tuple[float, list[dict]]:
+              max_trials: int | None = None, warm: bool = True) -> tuple[float, list[dict]]:
     """RFC 2544-style binary search for the highest offered rate losing under MAX_LOSS; returns
-    it (packets/s) and every trial (the loss curve)."""
+    it (packets/s) and every trial (the loss curve). `warm` first opens every flow."""
     s = ctx.settings
     n = max_trials or s.max_trials
-    send(ctx, m, flows, 50_000, max(0.05, min(flows.n / 50_000, 30)))  # every flow exists
+    if warm:
+        send(ctx, m, flows, 50_000, max(0.05, min(flows.n / 50_000, 30)))
     first = send(ctx, m, flows, 0, s.trial_seconds)
     trials = [first]
     if first["loss"] < MAX_LOSS:
@@ -300,12 +301,13 @@ def scale(key: str):
     def run(ctx: Ctx, m: Middle) -> tuple[dict, dict]:
         n = ctx.settings.scale[key]
         flows = Flows("scale", "scale", n, dport=SINK_PORTS[0] + 1000)
-        fill_rate = 0.5 * (ctx.median("udp64-10kflows-zeroloss", m.name) or 200) * 1e3
-        fill_rate = min(max(fill_rate, 20_000), 300_000)
+        # open every flow at the rate this middle takes 10k flows without loss
+        fill_rate = (ctx.median("udp64-10kflows-zeroloss", m.name) or 100) * 1e3
+        fill_rate = min(max(fill_rate, 20_000), 500_000)
         ctx.cursor[(m.name, "scale")] = 0
         fill = send(ctx, m, flows, fill_rate, min(n / fill_rate, 60))
         live = live_connections(ctx, m)
-        rate, trials = zero_loss(ctx, m, flows)
+        rate, trials = zero_loss(ctx, m, flows, warm=False)
         if trials[0].get("limited_by_generator"):
             ctx.limited.add((f"{key}-zeroloss", m.name))
         return ({f"{key}-zeroloss": rate / 1e3},
@@ -371,8 +373,8 @@ def rtt(loaded: bool):
             if zl is None:     # the small-packet test was not selected: find the rate here
                 zl = zero_loss(ctx, m, Flows("udp64-1flow", "bulk", 1), max_trials=4)[0] / 1e3
             detail["background_pps"] = rate = 0.5 * zl * 1e3
-            load = ctx.procs.tool(m.bulk, "send", ctx.server_addr, SINK_PORTS[0], 1, SPORT, 1,
-                                  int(rate), est + 1, 0, PAYLOAD)
+            load = ctx.procs.generator(m.bulk, ctx.server_addr, SINK_PORTS[0], 1, SPORT, 1,
+                                       int(rate), est + 1, 0, PAYLOAD)
             time.sleep(0.2)
         echo = ctx.procs.tool(ctx.server_ns, "echo", ECHO_PORT, est + 30)
         wait_listening(echo, ctx.server_ns, ECHO_PORT, "u")

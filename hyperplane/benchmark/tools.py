@@ -61,6 +61,11 @@ class Procs:
     def tool(self, ns: str, *args) -> subprocess.Popen:
         return self.start(ns, [self.hpbench, *map(str, args)])
 
+    def generator(self, ns: str, *args) -> subprocess.Popen:
+        """hpbench send on the first CPU (the middles' receive work goes to the others)."""
+        pin = ["taskset", "-c", "0"] if (os.cpu_count() or 1) > 1 else []
+        return self.start(ns, [*pin, self.hpbench, "send", *map(str, args)])
+
     def result(self, p: subprocess.Popen, timeout: float, what: str):
         """Waits for p and returns its output as JSON."""
         try:
