@@ -1,8 +1,9 @@
 /* Traffic tools of `hyperplane bench`, compiled with the system cc on first use.
  *
- *   hpbench send DST DPORT NDPORTS SPORT NSPORTS RATE SECONDS START PAYLOAD
+ *   hpbench send DST DPORT NDPORTS SPORT NSPORTS RATE SECONDS START PAYLOAD [COUNT]
  *       UDP datagrams of PAYLOAD bytes from a raw IPv4 socket (so every datagram can carry
- *       its own source port) at RATE per second (0: as fast as it can) for SECONDS. Datagram
+ *       its own source port) at RATE per second (0: as fast as it can) for SECONDS, or until
+ *       COUNT were offered. Datagram
  *       i (counting from START) goes from port SPORT + i % NSPORTS to DPORT + (i / NSPORTS) %
  *       NDPORTS: the flows cycle. Prints {"offered":..,"sent":..,"errors":..,"elapsed":..}.
  *   hpbench echo PORT SECONDS               UDP echo server
@@ -96,9 +97,10 @@ struct dgram {
 
 static int cmd_send(int argc, char **argv)
 {
-    if (argc != 11)
+    if (argc != 11 && argc != 12)
         return 2;
     struct sockaddr_in dst = addr_of(argv[2], 0);
+    uint64_t count = argc == 12 ? strtoull(argv[11], NULL, 10) : 0;
     uint32_t dport = atoi(argv[3]), ndports = atoi(argv[4]);
     uint32_t sport = atoi(argv[5]), nsports = atoi(argv[6]);
     double rate = atof(argv[7]), seconds = seconds_arg(argv[8]);
@@ -150,7 +152,7 @@ static int cmd_send(int argc, char **argv)
     double start = now(), base = start, end = start + seconds;
     for (;;) {
         double t = now();
-        if (t >= end)
+        if (t >= end || (count && offered >= count))
             break;
         uint64_t due = rate > 0 ? (uint64_t)((t - base) * rate) + 1 : offered + BATCH;
         if (due <= offered) {
@@ -161,6 +163,8 @@ static int cmd_send(int argc, char **argv)
             base += (double)(due - offered - MAX_BURST) / rate;
             due = offered + MAX_BURST;
         }
+        if (count && due > count)
+            due = count;
         unsigned n = due - offered > BATCH ? BATCH : (unsigned)(due - offered);
         for (unsigned i = 0; i < n; i++) {
             uint64_t k = index + offered + i;

@@ -182,15 +182,16 @@ def _stable_count(ctx: Ctx, before: int, deadline_s: float = 1.0) -> int:
     return last - before
 
 
-def send(ctx: Ctx, m: Middle, flows: Flows, rate: float, seconds: float) -> dict:
-    """One trial: `rate` datagrams/s (0: as fast as the generator goes) for `seconds`."""
+def send(ctx: Ctx, m: Middle, flows: Flows, rate: float, seconds: float, count: int = 0) -> dict:
+    """One trial: `rate` datagrams/s (0: as fast as the generator goes) for `seconds` (or until
+    `count` were sent)."""
     ns = getattr(m, flows.ns_attr)
     start = ctx.cursor.get((m.name, flows.key), 0)
     c0 = sink_count(ctx.server_ns)
     cpu = CpuWindow(ctx.dp_pid if m.name == "hyperplane" else None)
     r = ctx.procs.result(ctx.procs.generator(ns, ctx.server_addr, flows.dport, flows.ndports,
                                              SPORT, flows.nsports, int(rate), seconds, start,
-                                             PAYLOAD), seconds + 15, "the generator")
+                                             PAYLOAD, count), seconds + 15, "the generator")
     received = _stable_count(ctx, c0)
     used = cpu.stop(r.get("cpu_s", 0.0))
     ctx.cursor[(m.name, flows.key)] = r["next"] % (flows.nsports * flows.ndports)
@@ -301,11 +302,11 @@ def scale(key: str):
     def run(ctx: Ctx, m: Middle) -> tuple[dict, dict]:
         n = ctx.settings.scale[key]
         flows = Flows("scale", "scale", n, dport=SINK_PORTS[0] + 1000)
-        # open every flow at the rate this middle takes 10k flows without loss
-        fill_rate = (ctx.median("udp64-10kflows-zeroloss", m.name) or 100) * 1e3
+        # open every flow, a little below the rate this middle takes 10k flows without loss
+        fill_rate = 0.8 * (ctx.median("udp64-10kflows-zeroloss", m.name) or 50) * 1e3
         fill_rate = min(max(fill_rate, 20_000), 500_000)
         ctx.cursor[(m.name, "scale")] = 0
-        fill = send(ctx, m, flows, fill_rate, min(n / fill_rate, 60))
+        fill = send(ctx, m, flows, fill_rate, 120, count=n)
         live = live_connections(ctx, m)
         rate, trials = zero_loss(ctx, m, flows, warm=False)
         if trials[0].get("limited_by_generator"):
