@@ -71,6 +71,25 @@ def _teardown(prefix: str) -> None:
         log(f"WARNING: namespaces still present: {', '.join(left)}")
 
 
+def _flatten(d, prefix="") -> dict[str, float]:
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    elif isinstance(d, (int, float)) and not isinstance(d, bool):
+        out[prefix[:-1]] = d
+    return out
+
+
+def dataplane_counters(prefix: str) -> dict[str, float]:
+    """The data plane's counters, flat ("dataplane.drop.TX_FULL": 3, ...); empty when it does
+    not answer within 2 s (a stalled data plane must not stall the run)."""
+    try:
+        return _flatten(control.request(prefix, "stats", timeout=2.0))
+    except Exception:
+        return {}
+
+
 def _keep_dataplane_log(prefix: str, out_dir: Path) -> None:
     """After a failed measurement the data plane's log goes beside bench.json."""
     try:
@@ -151,13 +170,16 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
                 "of its own) most")
         log(f"{'time':>7} {'rep':>5} {'test':16} {'middle':10} figures")
         order = list(MIDDLES)
-        for rep in range(repeat):
-            for t in tests:
-                if t.once and rep:
-                    continue
+        # repeats of the repeated tests, then the table-scale ones (once: the tables they fill
+        # would stay behind every later test)
+        passes = [(rep, [t for t in tests if not t.once]) for rep in range(repeat)]
+        passes.append((0, [t for t in tests if t.once]))
+        for rep, batch in passes:
+            for t in batch:
                 for m in order:
                     rep_s = "once" if t.once else f"{rep + 1}/{repeat}"
                     t0 = time.monotonic()
+                    before = dataplane_counters(prefix) if m == "hyperplane" else {}
                     try:
                         figures, detail = t.run(ctx, middles[m])
                     except RuntimeError as e:   # one failed measurement: the others go on
@@ -168,6 +190,11 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
                         log(f"[{time.monotonic() - t_start:5.0f}s] {rep_s:>5} {t.name:16} "
                             f"{m:10} FAILED: {e}")
                         continue
+                    if m == "hyperplane":
+                        after = dataplane_counters(prefix)
+                        detail["dataplane_counters"] = {k: v - before.get(k, 0)
+                                                        for k, v in after.items()
+                                                        if v != before.get(k, 0)}
                     for k, v in figures.items():
                         ctx.record(k, m, v)
                     ctx.samples.append({"test": t.name, "middle": m, "repeat": rep,
