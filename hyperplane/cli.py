@@ -5,23 +5,36 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from . import __version__, control
+from . import __version__, control, runtime
 from .config import ConfigError, default_config, load_config
-from .lab.topology import RUN_DIR, LabError, LabState
+from .lab.topology import LabError, LabState
 
-EXIT_FAIL = 1
-UP_TIMEOUT_S = 20.0
+# Exit codes (also in `hyperplane --help` and the README).
+EXIT_OK = 0
+EXIT_FAIL = 1            # any failure, one line on stderr
+EXIT_USAGE = 2           # bad arguments (argparse)
+EXIT_NOT_RUNNING = 3     # status, or a question to the data plane: the data plane is not running
+EXIT_INTERRUPTED = 130   # Ctrl-C
+EXIT_PIPE = 141          # the reader of our output went away (`hyperplane conntrack | head`)
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    success (status: the data plane is running)
+  {EXIT_FAIL}    failure (one line on stderr says why)
+  {EXIT_USAGE}    bad arguments
+  {EXIT_NOT_RUNNING}    the data plane is not running (status, conntrack, eni, stats, restart)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_PIPE}  the output pipe was closed (e.g. `hyperplane conntrack | head`)"""
 
 
 class CliError(Exception):
     """A failure the user can act on: printed without a traceback."""
+
+    def __init__(self, message: str, code: int = EXIT_FAIL):
+        super().__init__(message)
+        self.code = code
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -45,15 +58,10 @@ def check_kernel() -> None:
         raise CliError("this kernel lacks " + ", ".join(missing))
 
 
-def running_prefixes(run_dir=None) -> list[str]:
-    d = Path(run_dir or RUN_DIR)
-    return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
-
-
 def resolve_prefix(args) -> str:
     if args.prefix:
         return args.prefix
-    labs = running_prefixes()
+    labs = runtime.prefixes()
     if len(labs) == 1:
         return labs[0]
     if len(labs) > 1:
@@ -71,6 +79,18 @@ def attach_state(prefix: str) -> LabState:
 def ask(prefix: str, command: str, **kw) -> dict:
     try:
         return control.request(prefix, command, **kw)
+    except control.NotRunning as e:
+        raise CliError(str(e), EXIT_NOT_RUNNING) from None
+    except control.ControlError as e:
+        raise CliError(str(e)) from None
+
+
+def ask_listing(prefix: str, command: str, **kw):
+    """The pages of a listing, as they arrive."""
+    try:
+        yield from control.listing(prefix, command, **kw)
+    except control.NotRunning as e:
+        raise CliError(str(e), EXIT_NOT_RUNNING) from None
     except control.ControlError as e:
         raise CliError(str(e)) from None
 
@@ -80,50 +100,7 @@ def print_json(obj) -> None:
     sys.stdout.write("\n")
 
 
-def pid_file(prefix: str) -> Path:
-    return Path(RUN_DIR) / f"{prefix}.pid"
-
-
-def log_file(prefix: str) -> Path:
-    return Path(RUN_DIR) / f"{prefix}-dataplane.log"
-
-
-def flow_log_dir(prefix: str) -> Path:
-    from .flowlog import default_folder
-    return default_folder(RUN_DIR, prefix)
-
-
 # --- up / down ----------------------------------------------------------------------------
-
-def start_dataplane(state: LabState) -> int:
-    from .lab import netns
-    with open(log_file(state.prefix), "ab") as log:     # the child keeps its own copy
-        proc = netns.popen(state.dataplane_ns,
-                           [sys.executable, "-m", "hyperplane.daemon", "--prefix", state.prefix],
-                           stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                           start_new_session=True)
-    pid_file(state.prefix).write_text(str(proc.pid))
-    deadline = time.monotonic() + UP_TIMEOUT_S
-    shown = False
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log_file(state.prefix).read_text(errors="replace").splitlines()[-15:]
-            raise CliError("the data plane exited while starting:\n  " + "\n  ".join(tail))
-        try:
-            control.request(state.prefix, "status", timeout=2.0)
-            if shown:
-                print(" ready", file=sys.stderr)
-            return proc.pid
-        except control.ControlError:
-            if not shown:
-                print("starting the data plane ", end="", file=sys.stderr, flush=True)
-                shown = True
-            print(".", end="", file=sys.stderr, flush=True)
-            time.sleep(0.2)
-    proc.kill()
-    raise CliError(f"the data plane did not answer within {UP_TIMEOUT_S:.0f} s "
-                   f"(log: {log_file(state.prefix)})")
-
 
 def cmd_up(args) -> int:
     need_root("hyperplane up")
@@ -134,84 +111,55 @@ def cmd_up(args) -> int:
             cfg = cfg.with_prefix(args.prefix)
     except ConfigError as e:            # its text starts with the file's name
         raise CliError(f"bad config: {e}") from None
-    from .lab import Lab
-    from .lab.cleanup import find
-    left = find(cfg.prefix)
-    if left:
-        raise CliError(f"lab {cfg.prefix!r} is already up (or left over: "
-                       f"{', '.join(left.namespaces) or ', '.join(left.root_links)}); "
-                       f"run: sudo hyperplane down --prefix {cfg.prefix}")
-    print(f"building lab {cfg.prefix!r}: {len(cfg.functions)} functions, "
-          f"{len(cfg.subnets)} subnets, {len(cfg.hosts)} hosts", file=sys.stderr)
-    lab = Lab(cfg)
-    try:
-        state = lab.up(clean=False)
-        pid = start_dataplane(state)
-    except BaseException:
-        lab.down()
-        raise
+    state, pid = start_lab(cfg)
     from .render import lab_picture
-    print(lab_picture(state, ask(state.prefix, "status")))
-    print(f"data plane pid {pid}; flow logs in {flow_log_dir(state.prefix)}/ "
-          f"(removed by down unless --keep-logs)")
+    print(lab_picture(state, ask(state.prefix, "status"), runtime.restarts(state.prefix)))
+    print(f"data plane pid {pid}, kept running by a supervisor; flow logs in "
+          f"{runtime.paths(state.prefix).flow_logs}/ (removed by down unless --keep-logs)")
     if args.detach:
         return 0
     print("forwarding; press Ctrl-C to stop and remove the lab", file=sys.stderr)
     try:
-        while _alive(pid):
+        while runtime.pid_of(state.prefix, runtime.SUPERVISOR):
             time.sleep(0.5)
-        print("the data plane exited; see " + str(log_file(state.prefix)), file=sys.stderr)
+        print("the supervisor exited; see " + str(runtime.paths(state.prefix).log),
+              file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         return cmd_down(argparse.Namespace(prefix=state.prefix, all=False, keep_logs=False))
+
+
+def start_lab(cfg):
+    """runtime.up with dots while the data plane starts."""
+    shown = []
+
+    def progress():
+        if not shown:
+            print("starting the data plane ", end="", file=sys.stderr, flush=True)
+            shown.append(time.monotonic())
+        elif time.monotonic() - shown[-1] > 0.2:
+            print(".", end="", file=sys.stderr, flush=True)
+            shown.append(time.monotonic())
+    print(f"building lab {cfg.prefix!r}: {len(cfg.functions)} functions, "
+          f"{len(cfg.subnets)} subnets, {len(cfg.hosts)} hosts", file=sys.stderr)
+    try:
+        return runtime.up(cfg, progress=progress,
+                          notice=lambda text: print(text, file=sys.stderr))
     finally:
-        if not args.detach and _alive(pid):
-            lab.down()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie of ours counts as gone
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return True
-
-
-def stop_dataplane(prefix: str, timeout: float = 5.0) -> None:
-    try:
-        pid = int(pid_file(prefix).read_text())
-    except (FileNotFoundError, ValueError):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    pid_file(prefix).unlink(missing_ok=True)
+        if shown:
+            print(file=sys.stderr)
 
 
 def cmd_down(args) -> int:
     need_root("hyperplane down")
-    from .lab.cleanup import cleanup, lab_namespaces
-    prefixes = running_prefixes() if args.all else [resolve_prefix(args)]
+    from .lab.cleanup import lab_namespaces
+    prefixes = runtime.prefixes() if args.all else [resolve_prefix(args)]
     if args.all:
         from .lab import netns
         prefixes = sorted(set(prefixes) | {ns.rsplit("-", 1)[0] for ns in netns.list_namespaces()
                                             if ns.endswith("-hp")})
     for prefix in prefixes:
-        stop_dataplane(prefix)
-        report = cleanup(prefix)
-        control.socket_path(prefix).unlink(missing_ok=True)
-        if not args.keep_logs:
-            log_file(prefix).unlink(missing_ok=True)
-            shutil.rmtree(flow_log_dir(prefix), ignore_errors=True)
+        report = runtime.down(prefix, keep_logs=args.keep_logs)
         if report.removed_anything:
             print(f"lab {prefix!r}: stopped {len(report.killed)} processes, removed "
                   f"{len(report.namespaces)} namespaces and {len(report.links)} links")
@@ -230,21 +178,38 @@ def cmd_down(args) -> int:
 def cmd_status(args) -> int:
     prefix = resolve_prefix(args)
     state = attach_state(prefix)
+    run = runtime.status(prefix)
     try:
-        dp = control.request(prefix, "status", timeout=5.0)
+        dp = control.request(prefix, "status", timeout=5.0) if run["running"] else None
     except control.ControlError:
         dp = None
+    running = dp is not None
     if args.json:
         d = state.to_dict()
-        d["dataplane"] = {"pid": dp["pid"] if dp else None, "running": dp is not None,
-                          "uptime_s": dp["uptime_s"] if dp else None}
+        d["dataplane"] = {"pid": dp["pid"] if dp else None, "running": running,
+                          "uptime_s": dp["uptime_s"] if dp else None,
+                          "supervisor_pid": run["supervisor_pid"],
+                          "restarts": run["restarts"]}
         if dp:
             d["enis"] = dp["enis"]
         print_json(d)
-        return 0
-    from .render import lab_picture
-    print(lab_picture(state, dp))
-    return 0
+    else:
+        from .render import lab_picture
+        print(lab_picture(state, dp, run["restarts"]))
+    return EXIT_OK if running else EXIT_NOT_RUNNING
+
+
+def cmd_restart(args) -> int:
+    need_root("hyperplane restart")
+    prefix = resolve_prefix(args)
+    attach_state(prefix)
+    try:
+        pid = runtime.restart(prefix)
+    except runtime.RuntimeFailure as e:
+        raise CliError(str(e)) from None
+    count = runtime.restarts(prefix)["count"]
+    print(f"data plane restarted: pid {pid} (restarts so far: {count})")
+    return EXIT_OK
 
 
 def cmd_exec(args) -> int:
@@ -262,24 +227,25 @@ def cmd_exec(args) -> int:
 
 
 def cmd_conntrack(args) -> int:
-    from .render import conntrack_table
+    """Prints the listing as its pages arrive: a table, or (--json) one JSON array."""
+    from .render import ConntrackPrinter, JsonArrayPrinter
     prefix = resolve_prefix(args)
     rounds = 0
     while True:
-        conns = ask(prefix, "conntrack")["connections"]
-        if args.json:
-            print_json(conns)
-        else:
-            if args.watch:
-                print("\033[2J\033[H", end="")
-            print(conntrack_table(conns))
+        printer = JsonArrayPrinter(sys.stdout) if args.json else ConntrackPrinter(sys.stdout)
+        if args.watch and not args.json:
+            sys.stdout.write("\033[2J\033[H")
+        for page in ask_listing(prefix, "conntrack"):
+            printer.page(page)
+        printer.end()
+        sys.stdout.flush()
         rounds += 1
         if not args.watch or (args.count and rounds >= args.count):
-            return 0
+            return EXIT_OK
         try:
             time.sleep(args.interval)
-        except KeyboardInterrupt:
-            return 0
+        except KeyboardInterrupt:      # the way to end --watch
+            return EXIT_OK
 
 
 def cmd_eni(args) -> int:
@@ -323,7 +289,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="hyperplane",
         description="A userspace V2N NAT (Lambda's Hyperplane ENI) on network namespaces.",
-        epilog="Start with: sudo hyperplane demo")
+        epilog="Start with: sudo hyperplane demo\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"hyperplane {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--prefix", help="the lab's name prefix (default: the one lab that is "
@@ -340,13 +307,18 @@ def parser() -> argparse.ArgumentParser:
                        help="remove everything the lab made (also after a crash)")
     p.add_argument("--all", action="store_true", help="every lab found, whatever its prefix")
     p.add_argument("--keep-logs", action="store_true",
-                   help="keep the data plane's log and the flow logs in " + str(RUN_DIR))
+                   help=f"keep the data plane's log and the flow logs in {runtime.RUN_DIR}")
     p.set_defaults(fn=cmd_down)
 
     p = sub.add_parser("status", parents=[common],
-                       help="namespaces, addresses, ENIs and the data plane's pid")
+                       help="namespaces, addresses, ENIs, the data plane's pid and restarts "
+                            "(exit 0 running, 3 not running)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("restart", parents=[common],
+                       help="restart the data plane (its supervisor does it and counts it)")
+    p.set_defaults(fn=cmd_restart)
 
     p = sub.add_parser("exec", parents=[common],
                        help="run a command in a function's or host's namespace")
@@ -354,8 +326,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     p.set_defaults(fn=cmd_exec)
 
-    p = sub.add_parser("conntrack", parents=[common], help="the tracked connections")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("conntrack", parents=[common],
+                       help="the tracked connections, printed as they stream in")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON array of connection objects (streamed, in table order)")
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--count", type=int, default=0, help="with --watch: stop after N refreshes")
@@ -390,15 +364,29 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
-        return args.fn(args) or 0
+        code = args.fn(args) or EXIT_OK
+        sys.stdout.flush()
+        return code
     except CliError as e:
-        print(f"hyperplane: {e}", file=sys.stderr)
-        return EXIT_FAIL
-    except (LabError, ConfigError) as e:
-        print(f"hyperplane: {e}", file=sys.stderr)
-        return EXIT_FAIL
+        return _fail(str(e), e.code)
+    except (LabError, ConfigError, control.ControlError, runtime.RuntimeFailure) as e:
+        return _fail(str(e), EXIT_FAIL)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader is gone: nothing more to say, and nothing at exit either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE
+
+
+def _fail(message: str, code: int) -> int:
+    try:
+        print(f"hyperplane: {message}", file=sys.stderr)
+    except OSError:
+        pass
+    return code
 
 
 if __name__ == "__main__":

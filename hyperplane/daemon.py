@@ -3,7 +3,8 @@
 It builds the NAT from the lab's saved state, opens a ring pair on the inside port and on each
 ENI port, and loops: the C loop forwards batches with the GIL released until something is
 punted or 100 ms pass; then Python handles the punts (slow path), expires connections (flow
-logs), grows ENIs whose ports ran out, and answers control requests. Start it with
+logs), grows ENIs whose ports ran out, and runs the control server's calls (the server
+answers clients on threads of its own, see hyperplane.control). Start it with
 `hyperplane up`; it stops on SIGTERM/SIGINT.
 """
 
@@ -15,12 +16,11 @@ import os
 import queue
 import secrets
 import signal
-import socket
 import sys
 import threading
 import time
 
-from . import control, flowlog, metrics
+from . import control, flowlog, metrics, runtime
 from ._core import DataPlane, Nat
 from .lab import Lab
 from .lab.topology import EniInfo, RUN_DIR
@@ -43,7 +43,7 @@ class Daemon:
                        port_seed=secrets.randbits(64))     # RFC 6056: unpredictable ports
         self.dp = DataPlane(self.nat)
         self.started = time.time()
-        self.requests: queue.Queue = queue.Queue()
+        self.calls: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.flow_opts = flowlog.options(state.config)
         self.metrics_opts = metrics.options(state.config)
@@ -136,39 +136,51 @@ class Daemon:
             log.warning("flow log: %d records lost: %s", len(records), e)
 
     # --- control requests ------------------------------------------------------------------
+    # The control server answers on its own threads. Until the table lock (PLAN contract 1)
+    # lands, whatever touches the NAT or the data plane runs on the loop thread between
+    # batches, one short call (one page) at a time, through on_loop().
 
-    def serve_control(self, sock: socket.socket) -> None:
-        """Accepts connections on a thread; the main loop answers them between batches."""
-        sock.settimeout(0.5)
-        while not self.stopping.is_set():
+    def on_loop(self, fn, timeout: float = 5.0):
+        done = threading.Event()
+        box = {}
+
+        def call():
             try:
-                conn, _ = sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
+                box["value"] = fn()
+            except BaseException as e:
+                box["error"] = e
+            finally:
+                done.set()
+        self.calls.put(call)
+        self.dp.wake()
+        if not done.wait(timeout):
+            raise TimeoutError(f"the data plane loop did not answer within {timeout:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                self.calls.get_nowait()()
+            except queue.Empty:
                 return
-            try:
-                req = control.read_request(conn)
-            except Exception as e:  # a bad request must not stop the server
-                control.reply(conn, {"error": f"bad request: {e}"})
-                continue
-            self.requests.put((conn, req))
-            self.dp.wake()
 
-    def answer(self, req: dict) -> dict:
-        cmd = req["command"]
-        if cmd == "status":
-            return self.status()
-        if cmd == "conntrack":
-            return {"connections": [c.to_dict() for c in self.nat.connections()]}
-        if cmd == "stats":
-            return self.stats()
-        if cmd == "eni":
-            return {"enis": self.eni_status()}
-        if cmd == "stop":
-            self.stopping.set()
-            return {"stopping": True}
-        return {"error": f"unknown command {cmd!r}; known: status, conntrack, stats, eni, stop"}
+    def register_control(self, server: control.ControlServer) -> None:
+        server.register("status", lambda req: self.on_loop(self.status))
+        server.register("stats", lambda req: {**self.on_loop(self.stats),
+                                              "control": server.stats()})
+        server.register("eni", lambda req: {"enis": self.on_loop(self.eni_status)})
+        server.register("conntrack", lambda req: control.cursor_pages(
+            lambda cursor, limit: self.on_loop(lambda: connections_page(self.nat, cursor,
+                                                                        limit)),
+            convert=lambda c: c.to_dict(), size=int(req.get("page_size", control.PAGE_SIZE))))
+        server.register("stop", self.request_stop)
+
+    def request_stop(self, req: dict) -> dict:
+        self.stopping.set()
+        self.dp.wake()
+        return {"stopping": True}
 
     def stats(self) -> dict:
         """Counters (punts named punt.<REASON>, apart from drops), ENIs with their pools, ring
@@ -214,8 +226,8 @@ class Daemon:
     # --- the loop ------------------------------------------------------------------------
 
     def run(self) -> None:
-        sock = control.listen(self.prefix, self.run_dir)
-        server = threading.Thread(target=self.serve_control, args=(sock,), daemon=True)
+        server = control.ControlServer(runtime.paths(self.prefix, self.run_dir).socket)
+        self.register_control(server)
         server.start()
         exporter = None
         if self.metrics_opts.enabled:
@@ -241,20 +253,12 @@ class Daemon:
                 if now >= next_flow:
                     self.log_interval(now)
                     next_flow = now + int(self.flow_opts.interval_s * 1000)
-                while not self.requests.empty():
-                    conn, req = self.requests.get_nowait()
-                    try:
-                        answer = self.answer(req)
-                    except Exception as e:
-                        log.exception("control request %r failed", req)
-                        answer = {"error": f"{type(e).__name__}: {e}"}
-                    control.reply(conn, answer)
+                self._run_calls()
         finally:
             self.stopping.set()
             if exporter is not None:
                 exporter.stop()
-            sock.close()
-            control.socket_path(self.prefix, self.run_dir).unlink(missing_ok=True)
+            server.stop()
             self.log_interval(self.dp.now_ms())      # the traffic of the last, short interval
             if self.flows is not None:
                 self.flows.close()
@@ -262,15 +266,28 @@ class Daemon:
             log.info("stopped")
 
 
+def connections_page(nat, cursor: int, limit: int) -> tuple[list, int | None]:
+    """One page of live connections from slot ``cursor`` on, and where the next page starts
+    (None at the end). Nat.connections_page does this in C when the core has it; the scan
+    here visits at most a bounded number of slots per call."""
+    if hasattr(nat, "connections_page"):
+        return nat.connections_page(cursor, limit)
+    out = []
+    end = min(nat.capacity, cursor + max(limit * 64, 65536))
+    i = cursor
+    while i < end and len(out) < limit:
+        c = nat.get(i)
+        if c is not None:
+            out.append(c)
+        i += 1
+    return out, (i if i < nat.capacity else None)
+
+
 def connection_listing(nat):
-    """The live connections, page by page where the Nat can (one locked slice a page)."""
-    page = getattr(nat, "connections_page", None)
-    if page is None:
-        yield from nat.connections()
-        return
+    """The live connections, page by page (one locked slice a page where the Nat can)."""
     cursor = 0
     while cursor is not None:
-        conns, cursor = page(cursor, 1000)
+        conns, cursor = connections_page(nat, cursor, 1000)
         yield from conns
 
 
@@ -293,6 +310,7 @@ def main(argv=None) -> int:
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    os.umask(0o077)                      # everything it writes in the run folder is private
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     daemon = Daemon(args.prefix, args.run_dir)

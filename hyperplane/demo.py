@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
 
-from . import control
+from . import control, runtime
 from .labtools import LineCollector
 from .render import conntrack_table, eni_table, stats_table
 
@@ -34,13 +33,14 @@ def _echo(lab, fn: str, proto: str, host: str, port: int = ECHO_PORT) -> bool:
 
 
 def run_demo(keep: bool = False) -> int:
-    from .cli import cmd_down, cmd_up
+    from .config import default_config
     from .lab import Lab
-    prefix = "hp"
+    from .render import lab_picture
+    cfg = default_config()
+    prefix = cfg.prefix
     _step("building the default lab and starting the data plane")
-    rc = cmd_up(argparse.Namespace(config=None, prefix=None, detach=True))
-    if rc:
-        return rc
+    state, pid = runtime.up(cfg, notice=print)
+    print(lab_picture(state, control.request(prefix, "status"), runtime.restarts(prefix)))
     lab = Lab.attach(prefix)
     st = lab.state
     web, db = st.host("web"), st.host("db")
@@ -90,7 +90,7 @@ def run_demo(keep: bool = False) -> int:
                 _echo(lab, "web", proto, target, 7)
 
         _step("hyperplane conntrack")
-        print(conntrack_table(control.request(prefix, "conntrack")["connections"]))
+        print(conntrack_table(control.request(prefix, "conntrack")["items"]))
         _step("hyperplane eni")
         print(eni_table(control.request(prefix, "eni")["enis"]))
         _step("hyperplane stats")
@@ -104,5 +104,6 @@ def run_demo(keep: bool = False) -> int:
                   "`hyperplane conntrack --watch`; remove it with `hyperplane down`")
         else:
             _step("hyperplane down")
-            cmd_down(argparse.Namespace(prefix=prefix, all=False, keep_logs=False))
+            report = runtime.down(prefix)
+            print(f"  removed {len(report.namespaces)} namespaces")
     return 0

@@ -3,6 +3,9 @@ counters."""
 
 from __future__ import annotations
 
+import json
+import time
+
 from .lab.topology import LabState
 from .metrics import by_reason, split_reasons
 
@@ -17,12 +20,22 @@ def _addr(addr: str, port) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def lab_picture(state: LabState, dp: dict | None) -> str:
+def restarts_line(restarts: dict | None) -> str:
+    if not restarts or not restarts.get("count"):
+        return "never restarted"
+    last = restarts["history"][-1] if restarts.get("history") else {}
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(restarts["last"]))
+    return (f"restarted {restarts['count']} time{'s' if restarts['count'] != 1 else ''}, "
+            f"last at {when}" + (f" ({last['reason']})" if last.get("reason") else ""))
+
+
+def lab_picture(state: LabState, dp: dict | None, restarts: dict | None = None) -> str:
     """Functions on the left, the data plane in the middle, ENIs, subnets and hosts on the
     right: what talks to what, at a glance."""
     ports_in_use = {e["id"]: e.get("ports_in_use", 0) for e in (dp or {}).get("enis", [])}
     out = [f"lab {state.prefix!r}   data plane: "
-           + (f"pid {dp['pid']}, {dp['connections']} connections" if dp else "NOT RUNNING")]
+           + (f"pid {dp['pid']}, {dp['connections']} connections" if dp else "NOT RUNNING")
+           + f"; {restarts_line(restarts)}"]
     ins = state.inside
     out.append("")
     out.append(f"  Lambda side ({ins.cidr4}{', ' + ins.cidr6 if ins.cidr6 else ''})"
@@ -49,17 +62,72 @@ def lab_picture(state: LabState, dp: dict | None) -> str:
     return "\n".join(out)
 
 
+CONNTRACK_HEADER = ["proto", "state", "original", "reply", "eni", "pkts out/in",
+                    "bytes out/in", "assured"]
+
+
+def _conn_row(c: dict) -> list:
+    return [c["protocol"], c["state"],
+            f"{_addr(c['src'], c['sport'])} -> {_addr(c['dst'], c['dport'])}",
+            f"{_addr(c['dst'], c['dport'])} -> {_addr(c['nat_addr'], c['nat_port'])}",
+            c["eni"], f"{c['packets_out']}/{c['packets_in']}",
+            f"{c['bytes_out']}/{c['bytes_in']}", "yes" if c["assured"] else ""]
+
+
 def conntrack_table(conns: list[dict]) -> str:
     if not conns:
         return "no tracked connections"
-    rows = [[c["protocol"], c["state"],
-             f"{_addr(c['src'], c['sport'])} -> {_addr(c['dst'], c['dport'])}",
-             f"{_addr(c['dst'], c['dport'])} -> {_addr(c['nat_addr'], c['nat_port'])}",
-             c["eni"], f"{c['packets_out']}/{c['packets_in']}",
-             f"{c['bytes_out']}/{c['bytes_in']}", "yes" if c["assured"] else ""]
-            for c in sorted(conns, key=lambda c: (c["eni"], c["protocol"], c["src"], c["sport"]))]
-    return _table(rows, ["proto", "state", "original", "reply", "eni", "pkts out/in",
-                         "bytes out/in", "assured"])
+    rows = [_conn_row(c) for c in
+            sorted(conns, key=lambda c: (c["eni"], c["protocol"], c["src"], c["sport"]))]
+    return _table(rows, CONNTRACK_HEADER)
+
+
+class ConntrackPrinter:
+    """The conntrack table, written page by page as a listing streams in: the column widths
+    come from the first page and only grow, rows keep the daemon's table order."""
+
+    def __init__(self, out):
+        self.out = out
+        self.widths: list[int] | None = None
+        self.rows = 0
+
+    def _line(self, row) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(row, self.widths)).rstrip() + "\n"
+
+    def page(self, conns: list[dict]) -> None:
+        rows = [_conn_row(c) for c in conns]
+        if not rows:
+            return
+        if self.widths is None:
+            self.widths = [max(len(str(r[i])) for r in [CONNTRACK_HEADER] + rows)
+                           for i in range(len(CONNTRACK_HEADER))]
+            self.out.write(self._line(CONNTRACK_HEADER)
+                           + self._line(["-" * w for w in self.widths]))
+        else:
+            self.widths = [max(w, *(len(str(r[i])) for r in rows))
+                           for i, w in enumerate(self.widths)]
+        self.out.write("".join(self._line(r) for r in rows))
+        self.rows += len(rows)
+
+    def end(self) -> None:
+        self.out.write(f"{self.rows} connections\n" if self.rows else "no tracked connections\n")
+
+
+class JsonArrayPrinter:
+    """A JSON array written item by item: the whole is valid JSON, nothing is held."""
+
+    def __init__(self, out):
+        self.out = out
+        self.count = 0
+
+    def page(self, items: list) -> None:
+        for item in items:
+            self.out.write(("[\n  " if self.count == 0 else ",\n  ")
+                           + json.dumps(item, default=str))
+            self.count += 1
+
+    def end(self) -> None:
+        self.out.write("[]\n" if self.count == 0 else "\n]\n")
 
 
 def eni_table(enis: list[dict]) -> str:

@@ -1,0 +1,412 @@
+"""The runtime layer: the run folder's paths, and starting, stopping and restarting the data
+plane and its supervisor. The CLI, the demo and the benchmarks call this; it imports no CLI.
+
+Processes of a lab (prefix P, run folder D, default /run/hyperplane):
+
+    supervisor   python -m hyperplane.supervisor --prefix P   (root namespace, own session)
+      data plane   python -m hyperplane.daemon --prefix P     (in the lab's data-plane netns)
+
+Both start with cwd "/" and PYTHONPATH set to the folder holding the package this process
+imported, so they run the same code whatever the caller's working directory. Files in D
+(all 0600, D itself 0700):
+
+    P.json            the lab's saved state          P.sock          control socket
+    P.pid             data plane pid                 P.supervisor.pid  supervisor pid
+    P-dataplane.log   both processes' output         P-flowlogs/     flow logs (0700)
+    P.state           shared-memory connection state P.restarts.json restart count and times
+
+A pid file is trusted only when the process it names is alive and its command line is ours
+(same role, same prefix): a stale pid file, or a pid reused by another program, is never
+signalled. Signals go through a pidfd, so the process checked is the process signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hyperplane
+
+from . import control
+from .lab.topology import RUN_DIR, LabState
+
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 5.0
+DATAPLANE, SUPERVISOR = "daemon", "supervisor"        # module names, also the pid-file roles
+
+
+class RuntimeFailure(Exception):
+    """Starting or stopping failed in a way the user can act on (the message says how)."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    prefix: str
+    dir: Path
+
+    def _f(self, suffix: str) -> Path:
+        return self.dir / f"{self.prefix}{suffix}"
+
+    @property
+    def lab_state(self) -> Path:
+        return self._f(".json")
+
+    @property
+    def socket(self) -> Path:
+        return self._f(".sock")
+
+    @property
+    def pid(self) -> Path:
+        return self._f(".pid")
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self._f(".supervisor.pid")
+
+    @property
+    def log(self) -> Path:
+        return self._f("-dataplane.log")
+
+    @property
+    def flow_logs(self) -> Path:
+        """The flow-log folder (unless the lab's config names another)."""
+        from .flowlog import default_folder
+        return default_folder(self.dir, self.prefix)
+
+    @property
+    def state(self) -> Path:
+        """The shared-memory file the data plane keeps its connection table in."""
+        return self._f(".state")
+
+    @property
+    def restarts(self) -> Path:
+        return self._f(".restarts.json")
+
+    def pid_file(self, role: str) -> Path:
+        return self.pid if role == DATAPLANE else self.supervisor_pid
+
+
+    def runtime_files(self) -> list[Path]:
+        """What a stopped data plane leaves that `down` removes (not the logs, not the lab)."""
+        return [self.socket, self.pid, self.supervisor_pid, self.restarts, self.state]
+
+
+def paths(prefix: str, run_dir: str | Path | None = None) -> RunPaths:
+    return RunPaths(prefix, Path(run_dir or RUN_DIR))
+
+
+def prefixes(run_dir: str | Path | None = None) -> list[str]:
+    """The labs with a saved state in the run folder."""
+    d = Path(run_dir or RUN_DIR)
+    return sorted(p.stem for p in d.glob("*.json")
+                  if not p.name.endswith(".restarts.json")) if d.is_dir() else []
+
+
+# --- private files ------------------------------------------------------------------------
+
+def ensure_run_dir(run_dir: str | Path | None = None) -> Path:
+    d = Path(run_dir or RUN_DIR)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if d == Path(RUN_DIR) or run_dir is None:
+        os.chmod(d, 0o700)
+    return d
+
+
+def private_file(path: Path) -> Path:
+    """Creates ``path`` if missing; either way, mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Writes ``text`` atomically, mode 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# --- our processes ------------------------------------------------------------------------
+
+def package_root() -> Path:
+    """The folder holding the `hyperplane` package this process runs."""
+    return Path(hyperplane.__file__).resolve().parent.parent
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    root = str(package_root())
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    env["PYTHONPATH"] = os.pathsep.join([root] + rest)
+    return env
+
+
+def argv(role: str, prefix: str, run_dir: str | Path | None = None, *extra: str) -> list[str]:
+    a = [sys.executable, "-m", f"hyperplane.{role}", "--prefix", prefix]
+    if run_dir is not None:
+        a += ["--run-dir", str(run_dir)]
+    return a + list(extra)
+
+
+def is_ours(pid: int, role: str, prefix: str) -> bool:
+    """Whether ``pid`` is a live (not zombie) process of this role for this lab."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except (OSError, IndexError):
+        return False
+    want = f"hyperplane.{role}".encode()
+    return want in args and any(a == b"--prefix" and b == prefix.encode()
+                                for a, b in zip(args, args[1:]))
+
+
+class Proc:
+    """A verified process of ours, held by a pidfd (signals reach this process, never one
+    that reused its pid)."""
+
+    def __init__(self, pid: int, fd: int):
+        self.pid, self.fd = pid, fd
+
+    @classmethod
+    def find(cls, prefix: str, role: str, run_dir=None) -> "Proc | None":
+        try:
+            pid = int(paths(prefix, run_dir).pid_file(role).read_text())
+        except (OSError, ValueError):
+            return None
+        return cls.of(pid, role, prefix)
+
+    @classmethod
+    def of(cls, pid: int, role: str, prefix: str) -> "Proc | None":
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        if not is_ours(pid, role, prefix):       # checked after the pidfd pins the process
+            os.close(fd)
+            return None
+        return cls(pid, fd)
+
+    def signal(self, sig: int) -> None:
+        try:
+            signal.pidfd_send_signal(self.fd, sig)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        """True once the process has exited (a zombie counts), False after ``timeout``."""
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        return bool(p.poll(max(0, timeout) * 1000))
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        self.signal(signal.SIGTERM)
+        if not self.wait(timeout):
+            self.signal(signal.SIGKILL)
+            self.wait(timeout)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def pid_of(prefix: str, role: str = DATAPLANE, run_dir=None) -> int | None:
+    """The pid of the lab's data plane (or supervisor) if it runs, else None."""
+    p = Proc.find(prefix, role, run_dir)
+    if p is None:
+        return None
+    p.close()
+    return p.pid
+
+
+def restarts(prefix: str, run_dir=None) -> dict:
+    """``{"count": N, "last": unix time or None, "history": [{"time", "reason", "pid"}]}``."""
+    try:
+        d = json.loads(paths(prefix, run_dir).restarts.read_text())
+        return {"count": int(d["count"]), "last": d.get("last"),
+                "history": list(d.get("history", []))}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"count": 0, "last": None, "history": []}
+
+
+def status(prefix: str, run_dir=None) -> dict:
+    """What runs for the lab, from the run folder (no control request)."""
+    pid = pid_of(prefix, DATAPLANE, run_dir)
+    return {"running": pid is not None, "pid": pid,
+            "supervisor_pid": pid_of(prefix, SUPERVISOR, run_dir),
+            "restarts": restarts(prefix, run_dir)}
+
+
+def log_tail(prefix: str, run_dir=None, lines: int = 15) -> str:
+    try:
+        text = paths(prefix, run_dir).log.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n  ".join(text.splitlines()[-lines:])
+
+
+# --- start / stop / restart ---------------------------------------------------------------
+
+def spawn_dataplane(prefix: str, netns_name: str, run_dir=None, **popen) -> subprocess.Popen:
+    """Starts the data-plane process in its namespace (the supervisor calls this)."""
+    from .lab import netns
+    return netns.popen(netns_name, argv(DATAPLANE, prefix, run_dir), cwd="/", env=child_env(),
+                       stdin=subprocess.DEVNULL, **popen)
+
+
+def wait_ready(prefix: str, run_dir=None, timeout: float = START_TIMEOUT_S, old_pid=None,
+               watch: Proc | None = None, progress=None) -> int:
+    """Waits until a data plane (not ``old_pid``) answers on the control socket; its pid.
+    Fails at once when ``watch`` (the supervisor) exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = pid_of(prefix, DATAPLANE, run_dir)
+        if pid is not None and pid != old_pid:
+            try:
+                answer = control.request(prefix, "status", run_dir=run_dir, timeout=2.0)
+                if answer.get("pid") == pid:
+                    return pid
+            except control.ControlError:
+                pass
+        if watch is not None and watch.wait(0):
+            raise RuntimeFailure("the data plane exited while starting:\n  "
+                                 + log_tail(prefix, run_dir))
+        if time.monotonic() >= deadline:
+            raise RuntimeFailure(f"the data plane did not answer within {timeout:.0f} s "
+                                 f"(log: {paths(prefix, run_dir).log})")
+        if progress:
+            progress()
+        time.sleep(0.1)
+
+
+def start(state: LabState, run_dir=None, timeout: float = START_TIMEOUT_S,
+          progress=None) -> int:
+    """Starts the supervisor, which starts the data plane; returns the data plane's pid once
+    it answers. Fails if one of them already runs."""
+    prefix = state.prefix
+    if pid_of(prefix, SUPERVISOR, run_dir) or pid_of(prefix, DATAPLANE, run_dir):
+        raise RuntimeFailure(f"the data plane of {prefix!r} already runs "
+                             f"(stop it with: hyperplane down --prefix {prefix})")
+    ensure_run_dir(run_dir)
+    p = paths(prefix, run_dir)
+    for f in (p.pid, p.supervisor_pid, p.restarts):
+        f.unlink(missing_ok=True)
+    private_file(p.log)
+    p.flow_logs.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(p.flow_logs, 0o700)
+    with open(p.log, "ab") as log:           # the supervisor keeps its own copy
+        proc = subprocess.Popen(argv(SUPERVISOR, prefix, run_dir, "--netns", state.dataplane_ns),
+                                cwd="/", env=child_env(), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, start_new_session=True)
+    write_private(p.supervisor_pid, f"{proc.pid}\n")
+    sup = Proc.of(proc.pid, SUPERVISOR, prefix)
+    try:
+        if sup is None:
+            proc.wait()
+            raise RuntimeFailure("the supervisor exited at once:\n  " + log_tail(prefix, run_dir))
+        return wait_ready(prefix, run_dir, timeout, watch=sup, progress=progress)
+    except BaseException:
+        stop(prefix, run_dir)
+        raise
+    finally:
+        if sup:
+            sup.close()
+
+
+def stop(prefix: str, run_dir=None, timeout: float = STOP_TIMEOUT_S) -> list[int]:
+    """Stops the supervisor first (so nothing restarts), then the data plane; removes their
+    pid files and socket. Returns the pids stopped. Safe when nothing runs."""
+    stopped = []
+    for role in (SUPERVISOR, DATAPLANE):
+        proc = Proc.find(prefix, role, run_dir)
+        if proc is not None:
+            with proc:
+                proc.stop(timeout)
+            stopped.append(proc.pid)
+    p = paths(prefix, run_dir)
+    for f in (p.pid, p.supervisor_pid, p.socket):
+        f.unlink(missing_ok=True)
+    return stopped
+
+
+def restart(prefix: str, run_dir=None, timeout: float = START_TIMEOUT_S) -> int:
+    """Restarts the data plane on demand: the supervisor does it (and counts it); without a
+    supervisor, one is started. Returns the new data plane's pid once it answers."""
+    old = pid_of(prefix, DATAPLANE, run_dir)
+    sup = Proc.find(prefix, SUPERVISOR, run_dir)
+    if sup is None:
+        try:
+            state = LabState.load(prefix, run_dir)
+        except FileNotFoundError:
+            raise RuntimeFailure(f"lab {prefix!r} is not up (start it with: hyperplane up)") \
+                from None
+        stop(prefix, run_dir)
+        return start(state, run_dir, timeout)
+    with sup:
+        sup.signal(signal.SIGHUP)
+        return wait_ready(prefix, run_dir, timeout, old_pid=old, watch=sup)
+
+
+def remove_files(prefix: str, run_dir=None, keep_logs: bool = False) -> None:
+    p = paths(prefix, run_dir)
+    for f in p.runtime_files():
+        f.unlink(missing_ok=True)
+    if not keep_logs:
+        p.log.unlink(missing_ok=True)
+        shutil.rmtree(p.flow_logs, ignore_errors=True)
+
+
+# --- a whole lab ---------------------------------------------------------------------------
+
+def up(config, run_dir=None, progress=None, notice=lambda text: None) -> tuple[LabState, int]:
+    """Builds the lab of ``config`` and starts its supervised data plane; returns the saved
+    state and the data plane's pid. Refuses when the lab's supervisor or data plane runs;
+    what a crashed lab left (namespaces, stale pid files, state) is removed first."""
+    from .lab import Lab
+    from .lab.cleanup import cleanup, find
+    prefix = config.prefix
+    if pid_of(prefix, SUPERVISOR, run_dir) or pid_of(prefix, DATAPLANE, run_dir):
+        raise RuntimeFailure(f"lab {prefix!r} is already up; run: sudo hyperplane down "
+                             f"--prefix {prefix}")
+    if find(prefix, run_dir):
+        notice(f"removing what an earlier lab {prefix!r} left behind (nothing of it runs)")
+        cleanup(prefix, run_dir)
+    remove_files(prefix, run_dir, keep_logs=True)
+    ensure_run_dir(run_dir)
+    lab = Lab(config, run_dir)
+    try:
+        state = lab.up(clean=False)
+        return state, start(state, run_dir, progress=progress)
+    except BaseException:
+        stop(prefix, run_dir)
+        lab.down()
+        raise
+
+
+def down(prefix: str, run_dir=None, keep_logs: bool = False):
+    """Stops the supervisor and the data plane, removes the lab's namespaces, links and
+    run-folder files; returns the cleanup report. Safe to repeat, also after a crash."""
+    from .lab.cleanup import cleanup
+    stop(prefix, run_dir)
+    report = cleanup(prefix, run_dir)
+    remove_files(prefix, run_dir, keep_logs=keep_logs)
+    return report
