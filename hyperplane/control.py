@@ -351,6 +351,8 @@ def request(prefix: str | None, command: str, run_dir: str | Path | None = None,
     c = _Connection(_path(prefix, run_dir, path), command, args, timeout)
     try:
         first = c.read()
+        if "done" in first:                 # an empty listing
+            return {"items": []}
         if "page" not in first:
             return first
         items = list(first["page"])

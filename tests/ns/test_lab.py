@@ -323,6 +323,10 @@ DATA_PLANE_STANDIN = textwrap.dedent("""
         s.bind((port, 0))
         socks.append(s)
     child = netns.popen({fn_ns!r}, ["sleep", "60"])
+    # `ip netns exec` enters the namespace, then execs: report the child once it is inside
+    deadline = time.monotonic() + 10
+    while child.pid not in netns.pids({fn_ns!r}) and time.monotonic() < deadline:
+        time.sleep(0.005)
     print(child.pid, flush=True)
     time.sleep(60)
 """)
