@@ -177,7 +177,10 @@ def cmd_down(args) -> int:
 
 def cmd_status(args) -> int:
     prefix = resolve_prefix(args)
-    state = attach_state(prefix)
+    try:
+        state = attach_state(prefix)
+    except CliError as e:
+        raise CliError(str(e), EXIT_NOT_RUNNING) from None
     run = runtime.status(prefix)
     try:
         dp = control.request(prefix, "status", timeout=5.0) if run["running"] else None

@@ -258,6 +258,7 @@ class LabState(LabNames):
         p = self.path(self.prefix, run_dir)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.touch(0o600)                   # run-folder files are private (issue 8)
         tmp.write_text(self.to_json())
         os.replace(tmp, p)
         return p

@@ -92,7 +92,7 @@ def test_missing_kernel_feature_is_named(monkeypatch, capsys):
 
 def test_commands_on_a_lab_that_is_not_up(run_dir, capsys):
     code, _, err = run(capsys, "status", "--prefix", "zz9")
-    assert code == cli.EXIT_FAIL and "not up" in err
+    assert code == cli.EXIT_NOT_RUNNING and "not up" in err
     for argv in (["conntrack", "--prefix", "zz9"], ["stats", "--prefix", "zz9"],
                  ["eni", "--prefix", "zz9"]):
         code, _, err = run(capsys, *argv)
