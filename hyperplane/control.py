@@ -40,6 +40,10 @@ class ControlError(RuntimeError):
     """The data plane did not answer, or answered with an error."""
 
 
+class ErrorAnswer(ControlError):
+    """The data plane answered with an error."""
+
+
 class NotRunning(ControlError):
     """Nothing listens on the control socket: the data plane is not running."""
 
@@ -308,6 +312,14 @@ class _Connection:
             raise ControlError(f"the data plane did not take the request within "
                                f"{timeout:g} s") from None
         except OSError as e:
+            # the server may have answered and closed first (e.g. "busy"): say what it said
+            try:
+                self.read()
+            except ErrorAnswer:
+                self.close()
+                raise
+            except ControlError:
+                pass
             self.close()
             raise ControlError(f"sending the request failed: {e.strerror or e}") from None
 
@@ -330,7 +342,7 @@ class _Connection:
         if not isinstance(obj, dict):
             raise ControlError("the data plane's answer is not a JSON object")
         if "error" in obj:
-            raise ControlError(str(obj["error"]))
+            raise ErrorAnswer(str(obj["error"]))
         return obj
 
     def close(self) -> None:
