@@ -20,6 +20,7 @@ import sys
 import time
 
 from . import runtime
+from .lab import netns
 
 log = logging.getLogger("hyperplane.supervisor")
 
@@ -68,6 +69,9 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._on_restart)
         backoff = 0.0
         while not self.stopping:
+            if not netns.exists(self.netns):      # the lab was removed under us
+                log.warning("namespace %s is gone; stopping", self.netns)
+                break
             started = time.monotonic()
             self._spawn()
             if self.stopping or self.restart_requested:   # asked while it was being spawned

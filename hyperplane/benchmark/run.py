@@ -46,18 +46,18 @@ def machine() -> dict:
 
 
 def _start_dataplane(state) -> int:
-    from ..cli import CliError, start_dataplane
+    from .. import runtime
     try:
-        return start_dataplane(state)
-    except CliError as e:
+        return runtime.start(state)
+    except runtime.RuntimeFailure as e:
         raise RuntimeError(f"the data plane did not start: {e}") from None
 
 
 def _teardown(prefix: str) -> None:
-    from ..cli import stop_dataplane
+    from .. import runtime
     from ..lab.cleanup import cleanup
     try:
-        stop_dataplane(prefix)
+        runtime.stop(prefix)
     except Exception as e:
         log(f"stopping the data plane: {e}")
     try:

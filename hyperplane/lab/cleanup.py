@@ -158,10 +158,18 @@ def _cleanup(prefix: str, run_dir: str | Path | None, grace: float) -> CleanupRe
     report = CleanupReport(prefix=prefix)
     names = lab_namespaces(prefix)
 
+    # 0. the supervisor (root namespace) first, or it would start the data plane again
+    from ..runtime import SUPERVISOR, Proc
+    sup = Proc.find(prefix, SUPERVISOR, run_dir)
+    if sup is not None:
+        with sup:
+            sup.stop()
+        report.killed.append(sup.pid)
+
     # 1. processes (all namespaces at once, so one grace period)
     pids = [p for ps in netns.pids_by_namespace(names).values() for p in ps]
     if pids:
-        report.killed = kill_processes(pids, grace=grace, report=report)
+        report.killed += kill_processes(pids, grace=grace, report=report)
         for n, ps in netns.pids_by_namespace(names).items():
             # survived SIGKILL (uninterruptible sleep?): go on anyway, and say so
             if ps := [p for p in ps if p != os.getpid()]:

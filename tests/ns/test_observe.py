@@ -52,7 +52,7 @@ def wait_for(fn, what: str, timeout: float = 15.0):
 def observed():
     """A lab whose data plane logs flows every second and serves metrics; an echo server on
     host web; api sends one IPv4 and one IPv6 UDP flow through the ENI."""
-    from hyperplane import cli
+    from hyperplane import runtime
     from hyperplane.config import loads_config
     from hyperplane.lab import Lab
     prefix = new_prefix()
@@ -63,7 +63,7 @@ def observed():
                            f'[hyperplane.metrics]\nenabled = true\nport = {PORT}\n'
                            f'[hyperplane.flow_logs]\ninterval_s = 1\nformat = "{fields}"\n')
         state = Lab(cfg).up()
-        cli.start_dataplane(state)
+        runtime.start(state)
         lab = Lab.attach(prefix)
         server = lab.popen("web", TOOLS + ["serve", "--udp", str(ECHO)], stdout=subprocess.PIPE,
                            text=True)
