@@ -72,8 +72,12 @@ def test_status_restart_and_down(up):
     assert sup and d["dataplane"]["supervisor_pid"] == sup
 
     # everything in the run folder for this lab is private
-    for f in paths.dir.glob(f"{prefix}*"):
-        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    found = [f for f in paths.dir.glob(f"{prefix}*")]
+    found += [f for f in paths.flow_logs.rglob("*")]
+    assert paths.socket in found and paths.pid in found and paths.log in found
+    for f in found:
+        assert stat.S_IMODE(f.stat().st_mode) == (0o700 if f.is_dir() else 0o600), f
+    assert stat.S_IMODE(paths.dir.stat().st_mode) == 0o700
 
     # kill -9: the supervisor starts a new data plane within a second
     t0 = time.monotonic()
