@@ -36,7 +36,7 @@ from pathlib import Path
 import hyperplane
 
 from . import control
-from .lab.topology import RUN_DIR, LabState
+from .lab.state import RUN_DIR, LabState
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
