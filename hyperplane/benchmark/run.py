@@ -93,9 +93,9 @@ def dataplane_counters(prefix: str) -> dict[str, float]:
 def _keep_dataplane_log(prefix: str, out_dir: Path) -> None:
     """After a failed measurement the data plane's log goes beside bench.json."""
     try:
-        from ..cli import log_file
+        from ..runtime import paths
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "dataplane.log").write_bytes(log_file(prefix).read_bytes()[-1_000_000:])
+        (out_dir / "dataplane.log").write_bytes(paths(prefix).log.read_bytes()[-1_000_000:])
         log(f"the data plane's log: {out_dir / 'dataplane.log'}")
     except Exception as e:
         log(f"the data plane's log could not be kept: {e}")
