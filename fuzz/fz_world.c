@@ -618,6 +618,8 @@ void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, u
     }
     if (n == 1)     /* in a batch, an earlier frame may change the connection legitimately */
         find_hit(w, before[0], lens[0], vnet, dir, in_eni, &hit);
+    uint64_t drops_before[HP_R_COUNT];
+    memcpy(drops_before, w->nat->drops, sizeof drops_before);
     uint64_t fwd_before = w->nat->counters[HP_C_FWD_OUT_PACKETS] +
                           w->nat->counters[HP_C_FWD_IN_PACKETS];
     if (check_mtu)
@@ -651,6 +653,15 @@ void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, u
     if (fwd_after - fwd_before < forwarded)
         fz_fail("%u frames forwarded, packet counters grew by %llu", forwarded,
                 (unsigned long long)(fwd_after - fwd_before));
+    /* Every refused frame is counted once, under its reason. */
+    uint32_t refused[HP_R_COUNT] = { 0 };
+    for (uint32_t i = 0; i < n; i++)
+        if (res[i].verdict != HP_FORWARD)
+            refused[res[i].reason]++;
+    for (int r = 0; r < HP_R_COUNT; r++)
+        if (w->nat->drops[r] - drops_before[r] != refused[r])
+            fz_fail("%u frames refused for %s, its counter grew by %llu", refused[r],
+                    reason_name(r), (unsigned long long)(w->nat->drops[r] - drops_before[r]));
     fz_check_invariants(w);
 }
 
