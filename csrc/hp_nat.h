@@ -7,6 +7,8 @@
 #include "hp_conntrack.h"
 #include "hp_packet.h"
 #include "hp_portalloc.h"
+#include "hp_reject.h"
+#include "hp_secgroup.h"
 
 #define HP_GROUP_MAX_ENIS 64
 
@@ -35,6 +37,7 @@ typedef struct hp_result {
 enum hp_counter {
     HP_C_FWD_OUT_PACKETS, HP_C_FWD_OUT_BYTES, HP_C_FWD_IN_PACKETS, HP_C_FWD_IN_BYTES,
     HP_C_CONN_CREATED, HP_C_CONN_ESTABLISHED, HP_C_CONN_EXPIRED, HP_C_JOURNAL_OVERFLOW,
+    HP_C_REJECT_OVERFLOW, HP_C_RST_SENT, HP_C_RST_LIMITED,
     HP_C_COUNT
 };
 extern const char *const hp_counter_names[HP_C_COUNT];
@@ -54,6 +57,8 @@ typedef struct hp_source {
 typedef struct hp_group {
     uint16_t n_enis;
     uint16_t enis[HP_GROUP_MAX_ENIS];   /* oldest first; the last takes new connections */
+    hp_sg_set *sg;               /* egress rules; NULL allows everything */
+    uint64_t sg_denied;          /* new connections the rules refused */
 } hp_group;
 
 typedef struct hp_eni_pools {
@@ -75,6 +80,9 @@ typedef struct hp_nat {
     uint64_t drops[HP_R_COUNT];  /* drops and punts, by reason */
     hp_conn_record *journal;     /* ring of connections that expired */
     uint32_t j_head, j_count;
+    hp_eni_counters *eni_ctr;    /* [HP_MAX_ENIS] */
+    hp_reject_ring rejects;
+    hp_rate rst_rate;            /* RSTs answering segments of expired connections */
 } hp_nat;
 
 hp_nat *hp_nat_create(const hp_nat_config *cfg);
@@ -116,5 +124,21 @@ size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn_record *o
 void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms);
 
 hp_pool *hp_nat_pool(hp_nat *nat, int eni, int family, int proto);
+
+/* Security groups, reject journal, per-ENI counters (csrc/natsg.c). */
+int hp_nat_obs_init(hp_nat *nat);
+void hp_nat_obs_free(hp_nat *nat);
+/* Installs a group's rule set (NULL: allow all) and returns the old one, for the caller to
+ * free once the table lock is released; (hp_sg_set *)-1 when the group does not exist. */
+hp_sg_set *hp_nat_swap_group_rules(hp_nat *nat, int group, hp_sg_set *set);
+/* HP_R_NONE, or HP_R_SG_DENIED (counted, journaled) for a new connection of group g. */
+int hp_nat_sg_check(hp_nat *nat, hp_group *g, const hp_pkt *pkt, uint64_t now_ms);
+/* A refused packet that made it past parsing: per-ENI drops, the reject journal. */
+void hp_nat_note_refused(hp_nat *nat, const hp_pkt *pkt, int dir, uint16_t in_eni, int reason,
+                         uint64_t now_ms);
+/* A TCP segment from a function that matched no connection (TCP_NOT_SYN): turns it into a
+ * RST back to the function when the rate limit allows; eni: the connection that just expired
+ * on lookup, or HP_ENI_NONE. */
+void hp_nat_idle_rst(hp_nat *nat, hp_pkt *pkt, uint16_t eni, uint64_t now_ms, hp_result *res);
 
 #endif

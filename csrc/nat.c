@@ -13,6 +13,7 @@
 const char *const hp_counter_names[HP_C_COUNT] = {
     "FWD_OUT_PACKETS", "FWD_OUT_BYTES", "FWD_IN_PACKETS", "FWD_IN_BYTES",
     "CONN_CREATED", "CONN_ESTABLISHED", "CONN_EXPIRED", "JOURNAL_OVERFLOW",
+    "REJECT_OVERFLOW", "RST_SENT", "RST_LIMITED",
 };
 
 void hp_nat_config_default(hp_nat_config *cfg)
@@ -38,7 +39,7 @@ hp_nat *hp_nat_create(const hp_nat_config *cfg)
     nat->rng = cfg->port_seed;
     if (cfg->journal_size)
         nat->journal = calloc(cfg->journal_size, sizeof *nat->journal);
-    if ((cfg->journal_size && !nat->journal) ||
+    if ((cfg->journal_size && !nat->journal) || hp_nat_obs_init(nat) != 0 ||
         hp_ct_init(&nat->ct, cfg->capacity, &nat->cfg.hash_seed, nat->eni_addr,
                    &nat->cfg.timeouts) != 0) {
         hp_nat_destroy(nat);
@@ -60,6 +61,7 @@ void hp_nat_destroy(hp_nat *nat)
         free(nat->eni_pools[e]);
     }
     hp_ct_free(&nat->ct);
+    hp_nat_obs_free(nat);
     free(nat->sources);
     free(nat->groups);
     free(nat->journal);
@@ -215,6 +217,7 @@ void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
     const hp_conn *c = &nat->ct.conns[id];
     hp_pool *pool = hp_nat_pool(nat, c->eni, c->family, c->proto);
     hp_pool_unref(pool, c->nat_port, !nat->cfg.per_connection, now_ms, nat->cfg.quarantine_ms);
+    nat->eni_ctr[c->eni].active[c->proto == 17]--;
     hp_ct_delete(&nat->ct, id);
 }
 
@@ -228,6 +231,9 @@ static void expire_conn(hp_nat *nat, uint32_t id, uint64_t now_ms, hp_conn_recor
     else if (!discard)
         journal_push(nat, id);
     nat->counters[HP_C_CONN_EXPIRED]++;
+    const hp_conn *c = &nat->ct.conns[id];
+    if (c->proto == 6 && c->state == HP_S_ESTABLISHED)
+        nat->eni_ctr[c->eni].idle_timeouts++;
     hp_nat_delete_conn(nat, id, now_ms);
 }
 
@@ -258,6 +264,7 @@ static void reopen_conn(hp_nat *nat, uint32_t id, const hp_pkt *pkt, uint64_t no
     journal_push(nat, id);
     nat->counters[HP_C_CONN_EXPIRED]++;
     nat->counters[HP_C_CONN_CREATED]++;
+    nat->eni_ctr[c->eni].attempts[0]++;
     c->flags = 0;
     c->start_s = (uint32_t)(now_ms / 1000);
     hp_conn_stats *st = &nat->ct.stats[id];
@@ -273,9 +280,14 @@ static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, uint64_t now_
                    hp_result *res)
 {
     hp_conn *c = &nat->ct.conns[id];
+    hp_eni_counters *ec = &nat->eni_ctr[c->eni];
     uint8_t old = c->state, state = old;
     if (c->proto == 6) {
         if (hp_tcp_reopens(c, dir, pkt->tcp_flags)) {
+            /* A new connection: the security group's rules of now decide. */
+            const hp_source *src = find_source(nat, &pkt->key);
+            if (src && hp_nat_sg_check(nat, &nat->groups[src->group], pkt, now_ms) != HP_R_NONE)
+                return HP_R_SG_DENIED;
             reopen_conn(nat, id, pkt, now_ms);
             old = c->state;
         }
@@ -286,11 +298,14 @@ static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, uint64_t now_
         if (old == HP_S_SYN_RECV && state == HP_S_ESTABLISHED) {
             c->flags |= HP_F_ASSURED;
             nat->counters[HP_C_CONN_ESTABLISHED]++;
+            ec->established[0]++;
         }
     } else if (dir == HP_DIR_IN && old == HP_S_UDP_FIRST) {
         state = HP_S_UDP_STREAM;
         c->flags |= HP_F_ASSURED;
     }
+    if (c->proto == 17 && dir == HP_DIR_IN && !(c->flags & HP_F_REPLY_SEEN))
+        ec->established[1]++;
     if (dir == HP_DIR_IN)
         c->flags |= HP_F_REPLY_SEEN;
     hp_ct_touch(&nat->ct, id, state, now_ms);
@@ -304,6 +319,8 @@ static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, uint64_t now_
     int fwd = dir == HP_DIR_OUT ? HP_C_FWD_OUT_PACKETS : HP_C_FWD_IN_PACKETS;
     nat->counters[fwd] += packets;
     nat->counters[fwd + 1] += bytes;
+    ec->packets[dir] += packets;
+    ec->bytes[dir] += bytes;
 
     if (dir == HP_DIR_OUT)
         hp_rewrite(pkt, dir, nat->eni_addr[c->eni].addr[c->family == 6], c->nat_port);
@@ -384,6 +401,8 @@ static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_
     if (k->proto == 6 &&
         (pkt->tcp_flags & (HP_TCP_SYN | HP_TCP_ACK | HP_TCP_RST | HP_TCP_FIN)) != HP_TCP_SYN)
         return HP_R_TCP_NOT_SYN;
+    if (hp_nat_sg_check(nat, &nat->groups[src->group], pkt, now_ms) != HP_R_NONE)
+        return HP_R_SG_DENIED;
     if (nat->ct.count == nat->ct.capacity) {
         for (int i = 0; i < HP_FULL_TABLE_REAP; i++) {
             uint32_t old = hp_ct_next_expired(&nat->ct, now_ms);
@@ -397,14 +416,19 @@ static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_
     hp_ct_prefetch_free(&nat->ct);
     uint16_t eni, ext;
     int r = map_port(nat, g, k, now_ms, &eni, &ext);
-    if (r != HP_R_NONE)
+    if (r != HP_R_NONE) {
+        if (g->n_enis)
+            nat->eni_ctr[g->enis[g->n_enis - 1]].port_errors++;
         return r;
+    }
     *id = hp_ct_insert_hashed(&nat->ct, k, hash, eni, ext,
                               k->proto == 6 ? HP_S_SYN_SENT : HP_S_UDP_FIRST, now_ms);
     nat->ct.stats[*id].owner = src->owner;
     if (k->proto == 6)
         hp_tcp_new(&nat->ct.win[*id], pkt);
     nat->counters[HP_C_CONN_CREATED]++;
+    nat->eni_ctr[eni].attempts[k->proto == 17]++;
+    nat->eni_ctr[eni].active[k->proto == 17]++;
     return HP_R_NONE;
 }
 
@@ -445,7 +469,9 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
         return;
     }
     uint32_t id = hp_ct_lookup_hashed(&nat->ct, &pkt->key, hash, dir);
+    uint16_t expired_eni = HP_ENI_NONE;
     if (id != HP_CT_NONE && hp_ct_expired(&nat->ct, &nat->ct.conns[id], now_ms)) {
+        expired_eni = nat->ct.conns[id].eni;
         expire_conn(nat, id, now_ms, NULL, 0);
         id = HP_CT_NONE;
     }
@@ -462,8 +488,12 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
                                    : unsolicited_reason(nat, pkt);
     if (reason == HP_R_NONE)
         reason = forward(nat, id, pkt, dir, now_ms, res);
-    if (reason != HP_R_NONE)
+    if (reason != HP_R_NONE) {
         refuse(nat, reason, res);
+        hp_nat_note_refused(nat, pkt, dir, in_eni, reason, now_ms);
+        if (reason == HP_R_TCP_NOT_SYN)
+            hp_nat_idle_rst(nat, pkt, expired_eni, now_ms, res);
+    }
 }
 
 void hp_nat_translate(hp_nat *nat, uint8_t *const *frames, const uint32_t *lens, uint32_t n,

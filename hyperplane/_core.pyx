@@ -46,6 +46,13 @@ cdef class Nat:
     def __cinit__(self, *args, **kwargs):
         self.nat = NULL
 
+    # The table lock arrives with the data-plane thread (dp); until then a no-op.
+    cdef void _acquire(self) noexcept nogil:
+        pass
+
+    cdef void _release(self) noexcept nogil:
+        pass
+
     def __init__(self, **kwargs):
         p = resolve(**kwargs)
         self.params = p
@@ -266,6 +273,30 @@ cdef class Nat:
         cdef hp_pool *p = hp_nat_pool(self.nat, eni, family, proto)
         return hp_pool_memory(p) if p != NULL else 0
 
+    # --- security groups, rejects, per-ENI counters (_natsg.pxi) -------------------------
+
+    def set_group_rules(self, int group, rules):
+        """Replaces a group's egress rules, (proto, port_lo, port_hi, family, prefix, plen)
+        each (None: allow everything). New connections only: live ones stay."""
+        _set_group_rules(self, group, rules)
+
+    def sg_counters(self, int group):
+        """{"denied": new connections refused, "rules": connections each rule let out, or
+        None without rules}; the rule counters start again with a new rule set."""
+        return _sg_counters(self, group)
+
+    def rejected(self, uint32_t max=HP_REJECT_RING):
+        """Takes up to max records of the reject journal (flowlog.Rejected), oldest first."""
+        return _rejected(self, max)
+
+    def eni_counters(self, int eni):
+        """The NAT-gateway counters of one ENI (docs/observability.md)."""
+        return _eni_counters(self, eni)
+
+    def set_rst_limit(self, uint32_t per_s, uint32_t burst):
+        """RSTs answering segments of expired connections: per_s a second, burst at once."""
+        _set_rst_limit(self, per_s, burst)
+
 
 def pack_key(src, dst, int sport, int dport, int proto):
     """A 40-byte flow key as the C table stores it (for lookup_packed)."""
@@ -277,3 +308,4 @@ def pack_key(src, dst, int sport, int dport, int proto):
 
 
 include "_dataplane.pxi"
+include "_natsg.pxi"

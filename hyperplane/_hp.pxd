@@ -123,3 +123,63 @@ cdef extern from "hp_nat.h":
 cdef extern from "hp_conntrack.h":
     void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, int dir,
                             uint32_t *ids) nogil
+
+cdef extern from "hp_secgroup.h":
+    ctypedef struct hp_sg_rule:
+        uint8_t prefix[16]
+        uint16_t port_lo
+        uint16_t port_hi
+        uint8_t family
+        uint8_t proto
+        uint8_t plen
+    ctypedef struct hp_sg_set:
+        uint32_t n
+        uint64_t *hits
+    hp_sg_set *hp_sg_set_new(const hp_sg_rule *rules, uint32_t n)
+    void hp_sg_set_free(hp_sg_set *s) nogil
+
+cdef extern from "hp_reject.h":
+    enum: HP_ENI_NONE
+    enum: HP_REJECT_RING
+    ctypedef struct hp_reject:
+        uint64_t ms
+        uint8_t src[16]
+        uint8_t dst[16]
+        uint16_t sport
+        uint16_t dport
+        uint16_t eni
+        uint16_t len
+        uint8_t family
+        uint8_t proto
+        uint8_t tcp_flags
+        uint8_t reason
+        uint8_t dir
+    ctypedef struct hp_reject_ring:
+        uint32_t count
+    ctypedef struct hp_rate:
+        uint32_t per_s
+        uint32_t burst
+    ctypedef struct hp_eni_counters:
+        uint64_t packets[2]
+        uint64_t bytes[2]
+        uint64_t attempts[2]
+        uint64_t established[2]
+        uint64_t active[2]
+        uint64_t port_errors
+        uint64_t idle_timeouts
+        uint64_t drops
+        uint64_t rst_sent
+    void hp_rate_init(hp_rate *r, uint32_t per_s, uint32_t burst) nogil
+    uint32_t hp_reject_take(hp_reject_ring *ring, hp_reject *out, uint32_t max) nogil
+
+cdef extern from "hp_nat.h":
+    ctypedef struct hp_group:
+        hp_sg_set *sg
+        uint64_t sg_denied
+    ctypedef struct hp_nat_obs "hp_nat":
+        hp_group *groups
+        uint32_t n_groups
+        hp_eni_counters *eni_ctr
+        hp_reject_ring rejects
+        hp_rate rst_rate
+    hp_sg_set *hp_nat_swap_group_rules(hp_nat *nat, int group, hp_sg_set *set) nogil

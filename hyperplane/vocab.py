@@ -23,6 +23,7 @@ REASONS = (
     "BAD_PORT", "NEIGH_MISS", "NO_ROUTE", "NOT_OUR_MAC", "TX_FULL",
     "TCP_BAD_FLAGS", "TCP_OUT_OF_WINDOW", "TCP_BAD_RST", "SPOOFED_SOURCE", "MARTIAN_DST",
     "SOURCE_ROUTE",
+    "SG_DENIED",
 )
 R = {name: i for i, name in enumerate(REASONS)}
 
@@ -39,6 +40,7 @@ S = {name: i for i, name in enumerate(STATES)}
 COUNTERS = (
     "FWD_OUT_PACKETS", "FWD_OUT_BYTES", "FWD_IN_PACKETS", "FWD_IN_BYTES",
     "CONN_CREATED", "CONN_ESTABLISHED", "CONN_EXPIRED", "JOURNAL_OVERFLOW",
+    "REJECT_OVERFLOW", "RST_SENT", "RST_LIMITED",
 )
 
 # Connection flags.

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..connection import Connection, addr_bytes, mac_bytes
+from ..connection import Connection, addr_bytes, addr_str, mac_bytes
+from ..flowlog import Rejected
 from ..natparams import resolve
 from ..vocab import (COUNTERS, DEFAULT_PORT_RANGE, DROP, F_REPLY_SEEN, FORWARD, IN, OUT, PUNT,
                      PUNT_REASONS, R, REASONS, S)
@@ -18,6 +19,8 @@ from .packet import (PROTO_TCP, PROTO_UDP, TCP_RST, Packet, is_pure_syn, parse, 
                      wire_size)
 from .portalloc import Pool, SplitMix64
 from .tcp import in_window, new_connection_window, reopens, rst_acceptable, valid_flags
+from .natsg import (EniCounters, RateLimit, RejectRing, build_rst, compile_rules, is_rst,
+                    sg_match)
 
 MAX_ENIS = 1024
 GROUP_MAX_ENIS = 64
@@ -81,6 +84,12 @@ class Nat:
         # Connections that expired while nobody was asking (on lookup, or to make room),
         # kept for the next expire() call. Bounded: when full the oldest record goes.
         self.journal: deque[Connection] = deque()
+        # Security groups, rejects, per-ENI counters, the idle RST (model/natsg.py).
+        self.group_rules: list = []                     # per group: RuleSet or None (allow)
+        self.sg_denied: list[int] = []
+        self.eni_ctr: list[EniCounters] = []
+        self.rejects = RejectRing()
+        self.rst_rate = RateLimit()
 
     # -- topology ------------------------------------------------------------------------------
 
@@ -101,10 +110,13 @@ class Nat:
         pools = {(f, proto): Pool(lo, hi) for f in (4, 6) if addrs[f] is not None
                  for proto in (PROTO_TCP, PROTO_UDP)}
         self.enis.append(Eni(addrs, pools))
+        self.eni_ctr.append(EniCounters())
         return len(self.enis) - 1
 
     def add_group(self) -> int:
         self.groups.append([])
+        self.group_rules.append(None)
+        self.sg_denied.append(0)
         return len(self.groups) - 1
 
     def group_add_eni(self, group: int, eni: int) -> None:
@@ -159,12 +171,15 @@ class Nat:
 
     def _outbound(self, frame, pkt: Packet, now_ms: int) -> tuple:
         """A frame from a function, towards the customer VPC."""
-        conn = self._lookup(pkt.key(), ORIG, now_ms)
+        expired = []
+        conn = self._lookup(pkt.key(), ORIG, now_ms, expired)
         if conn is not None and not self._mac_matches(self.owners[conn.owner], frame, pkt):
             return self._refuse(R["SPOOFED_SOURCE"])
         if conn is None:
             conn, reason = self._new_connection(frame, pkt, now_ms)
             if conn is None:
+                if reason == R["TCP_NOT_SYN"]:
+                    return self._idle_rst(frame, pkt, expired[0] if expired else None, now_ms)
                 return self._refuse(reason)
         reason = self._update(conn, ORIG, pkt, now_ms)
         if reason != R["NONE"]:
@@ -176,18 +191,23 @@ class Nat:
         """A frame that arrived on ENI `eni`: only replies of tracked connections pass."""
         conn = self._lookup(pkt.key(), REPLY, now_ms)
         if conn is None or conn.eni != eni:         # a reply must come back the way it left
-            return self._refuse(self._unsolicited_reason(pkt))
+            reason = self._unsolicited_reason(pkt)
+            self._note_refused_inbound(pkt, eni, reason, now_ms)
+            return self._refuse(reason)
         reason = self._update(conn, REPLY, pkt, now_ms)
         if reason != R["NONE"]:
+            self._note_refused_inbound(pkt, eni, reason, now_ms)
             return self._refuse(reason)
         rewrite(frame, pkt, IN, conn.src, conn.sport)
         return (FORWARD, R["NONE"], 0, conn.id)
 
-    def _lookup(self, key: tuple, direction: int, now_ms: int) -> Entry | None:
+    def _lookup(self, key: tuple, direction: int, now_ms: int, expired=None) -> Entry | None:
         """The connection whose tuple in this direction is key. One found expired is removed
-        (and journaled) on the spot, and the lookup is then a miss."""
+        (and journaled) on the spot, and the lookup is then a miss (its ENI goes to expired)."""
         conn = self.table.lookup(key, direction)
         if conn is not None and self.table.is_expired(conn, now_ms):
+            if expired is not None:
+                expired.append(conn.eni)
             self._expire_conn(conn, now_ms, journal=True)
             return None
         return conn
@@ -220,12 +240,16 @@ class Nat:
             return None, R["V6_NOT_ALLOWED"]
         if pkt.proto == PROTO_TCP and not is_pure_syn(pkt.tcp_flags):
             return None, R["TCP_NOT_SYN"]
+        if not self._sg_allows(source.group, pkt, now_ms):
+            return None, R["SG_DENIED"]
         if self.table.full():
             self._expire_some(now_ms, EXPIRE_WHEN_FULL, journal=True)
             if self.table.full():
                 return None, R["TABLE_FULL"]
         eni, port = self._choose_port(group, pkt, now_ms)
         if port is None:
+            if group:
+                self.eni_ctr[group[-1]].port_errors += 1
             return None, R["PORTS_EXHAUSTED"]
         state = S["SYN_SENT"] if pkt.proto == PROTO_TCP else S["UDP_FIRST"]
         conn = self.table.insert(pkt.family, pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport,
@@ -234,6 +258,8 @@ class Nat:
         if pkt.proto == PROTO_TCP:
             conn.win = new_connection_window(pkt)
         self.counter["CONN_CREATED"] += 1
+        self.eni_ctr[eni].attempts[pkt.proto == PROTO_UDP] += 1
+        self.eni_ctr[eni].active[pkt.proto == PROTO_UDP] += 1
         return conn, R["NONE"]
 
     def _v6_allowed(self, source: Source, group: list[int]) -> bool:
@@ -274,6 +300,7 @@ class Nat:
         self._journal_add(conn.snapshot(expired=True))
         self.counter["CONN_EXPIRED"] += 1
         self.counter["CONN_CREATED"] += 1
+        self.eni_ctr[conn.eni].attempts[0] += 1
         conn.flags = 0
         conn.start_s = (now_ms // 1000) & 0xFFFFFFFF
         conn.packets, conn.bytes, conn.win = [0, 0], [0, 0], new_connection_window(pkt)
@@ -284,6 +311,10 @@ class Nat:
         (and nothing changes), or NONE when it goes through."""
         if pkt.proto == PROTO_TCP:
             if reopens(conn.state, d, pkt.tcp_flags, ORIG):
+                # A new connection: the security group's rules of now decide.
+                source = self.sources.get((pkt.family, pkt.src))
+                if source is not None and not self._sg_allows(source.group, pkt, now_ms):
+                    return R["SG_DENIED"]
                 self._reopen(conn, pkt, now_ms)
             if pkt.tcp_flags & TCP_RST:
                 if not rst_acceptable(conn.win, d, pkt):
@@ -296,8 +327,12 @@ class Nat:
             state, flags = tcp_transition(conn.state, conn.flags, tcp_event(pkt.tcp_flags), d)
         else:
             state, flags = udp_transition(conn.state, conn.flags, d)
+        ec = self.eni_ctr[conn.eni]
         if conn.state == S["SYN_RECV"] and state == S["ESTABLISHED"]:
             self.counter["CONN_ESTABLISHED"] += 1
+            ec.established[0] += 1
+        if pkt.proto == PROTO_UDP and d == REPLY and not conn.flags & F_REPLY_SEEN:
+            ec.established[1] += 1
         conn.flags = flags
         self.table.touch(conn, state, now_ms)
 
@@ -309,7 +344,84 @@ class Nat:
         side = "OUT" if d == ORIG else "IN"
         self.counter[f"FWD_{side}_PACKETS"] += packets
         self.counter[f"FWD_{side}_BYTES"] += nbytes
+        ec.packets[d] += packets
+        ec.bytes[d] += nbytes
         return R["NONE"]
+
+    # -- security groups, rejects, the idle RST (section 9) -------------------------------------
+
+    def _sg_allows(self, group: int, pkt: Packet, now_ms: int) -> bool:
+        rs = self.group_rules[group]
+        if rs is None:
+            return True
+        rule = sg_match(rs, pkt.family, pkt.proto, pkt.dst, pkt.dport)
+        if rule >= 0:
+            rs.hits[rule] += 1
+            return True
+        self.sg_denied[group] += 1
+        enis = self.groups[group]
+        if enis:
+            self.eni_ctr[enis[-1]].drops += 1
+            if self.enis[enis[-1]].addr[pkt.family] is not None:   # a record names it
+                self._reject(pkt, OUT, enis[-1], "SG_DENIED", now_ms)
+        return False
+
+    def _note_refused_inbound(self, pkt: Packet, eni: int, reason: int, now_ms: int) -> None:
+        if not 0 <= eni < len(self.enis):
+            return
+        self.eni_ctr[eni].drops += 1
+        if REASONS[reason] in ("IN_UNSOLICITED_SYN", "IN_NO_MATCH_TCP", "IN_NO_MATCH_UDP"):
+            self._reject(pkt, IN, eni, REASONS[reason], now_ms)
+
+    def _reject(self, pkt: Packet, direction: int, eni: int, reason: str, now_ms: int) -> None:
+        fam = pkt.family
+        src, dst = addr_str(fam, pkt.src), addr_str(fam, pkt.dst)
+        length = min(pkt.l3len, 0xFFFF)
+        if direction == OUT:
+            rec = Rejected(eni, "egress", fam, pkt.proto, addr_str(fam, self.enis[eni].addr[fam]),
+                           dst, pkt.sport, pkt.dport, length, now_ms, pkt.tcp_flags, src, reason)
+        else:
+            rec = Rejected(eni, "ingress", fam, pkt.proto, src, dst, pkt.sport, pkt.dport,
+                           length, now_ms, pkt.tcp_flags, "-", reason)
+        if not self.rejects.push(rec):
+            self.counter["REJECT_OVERFLOW"] += 1
+
+    def _idle_rst(self, frame, pkt: Packet, eni, now_ms: int) -> tuple:
+        """A segment from a function that matches no connection (one that idled out, most
+        likely) is dropped and answered with a RST back to it, rate-limited."""
+        result = self._refuse(R["TCP_NOT_SYN"])
+        if is_rst(pkt.tcp_flags):
+            return result
+        if not self.rst_rate.take(now_ms):
+            self.counter["RST_LIMITED"] += 1
+            return result
+        build_rst(frame, pkt)
+        self.counter["RST_SENT"] += 1
+        if eni is not None:
+            self.eni_ctr[eni].rst_sent += 1
+        return (FORWARD, R["TCP_NOT_SYN"], 0, -1)
+
+    def set_group_rules(self, group: int, rules) -> None:
+        if not 0 <= group < len(self.groups):
+            raise ValueError(f"no group {group}")
+        self.group_rules[group] = None if rules is None else compile_rules(list(rules))
+
+    def sg_counters(self, group: int) -> dict:
+        if not 0 <= group < len(self.groups):
+            raise ValueError(f"no group {group}")
+        rs = self.group_rules[group]
+        return {"denied": self.sg_denied[group], "rules": None if rs is None else list(rs.hits)}
+
+    def rejected(self, max=8192) -> list:
+        return self.rejects.take(max)
+
+    def eni_counters(self, eni: int) -> dict:
+        if not 0 <= eni < len(self.enis):
+            raise ValueError(f"no ENI {eni}")
+        return self.eni_ctr[eni].as_dict()
+
+    def set_rst_limit(self, per_s: int, burst: int) -> None:
+        self.rst_rate = RateLimit(per_s, burst)
 
     # -- expiry --------------------------------------------------------------------------------
 
@@ -318,6 +430,10 @@ class Nat:
         journal=True keeps that picture for the next expire() call."""
         record = conn.snapshot(expired=True)
         self.counter["CONN_EXPIRED"] += 1
+        ec = self.eni_ctr[conn.eni]
+        if conn.proto == PROTO_TCP and conn.state == S["ESTABLISHED"]:
+            ec.idle_timeouts += 1
+        ec.active[conn.proto == PROTO_UDP] -= 1
         self.table.delete(conn)
         pool = self.enis[conn.eni].pools[(conn.family, conn.proto)]
         if self.per_connection:

@@ -85,6 +85,10 @@ def pick(items, n):
 # -- strategies: everything a step needs, as plain tuples ------------------------------------
 
 INDEX = st.integers(0, 255)            # picks from a list known only at run time
+# Security-group rules over the universe: (proto, port_lo, port_hi, family, prefix, plen).
+RULES = [(0, 0, 0, 4, "0.0.0.0", 0), (0, 0, 0, 6, "::", 0), (6, 443, 443, 4, "10.0.9.0", 24),
+         (17, 53, 53, 4, "10.0.9.2", 32), (6, 1, 500, 6, "fd00:9::1", 128),
+         (17, 0, 65535, 6, "fd00:9::", 64), (6, 53, 53, 4, "10.0.9.1", 31)]
 BOOL = st.booleans()
 FLAGS_ST = st.one_of(st.sampled_from(FLAGS), st.integers(0, 255))
 TTL = st.sampled_from([64] * 12 + [2, 1, 0, 255])
@@ -138,6 +142,7 @@ STEP = st.one_of(
     st.tuples(st.just("tick"), TICK),
     st.tuples(st.just("expire"), st.sampled_from([None, 0, 1, 2, 8]),
               st.sampled_from([True, True, True, False])),
+    st.tuples(st.just("rules"), INDEX, st.none() | st.lists(st.sampled_from(RULES), max_size=4)),
     st.tuples(st.just("add_eni"), st.sampled_from([(True, True), (True, False), (False, True)]),
               INDEX),
 )
@@ -177,6 +182,7 @@ TOPOLOGY = st.tuples(
              min_size=1, max_size=2),
     st.lists(st.tuples(INDEX, st.sampled_from([True, True, False]),
                        st.sampled_from([None, None, 0, 0, 0, 1])), min_size=5, max_size=5),
+    st.lists(st.none() | st.lists(st.sampled_from(RULES), max_size=4), max_size=2),
 )
 
 
@@ -260,7 +266,7 @@ class Pair:
         return i
 
     def build(self, topology):
-        eni_families, groups, sources = topology
+        eni_families, groups, sources, rule_sets = topology
         for v4, v6 in eni_families:
             self.add_eni(v4, v6)
         for g, members in enumerate(groups):
@@ -268,6 +274,8 @@ class Pair:
             for e in members:
                 self.call("group_add_eni", g, e % len(self.enis))
         self.n_groups = len(groups)
+        for g, rules in enumerate(rule_sets):
+            self.call("set_group_rules", g % self.n_groups, rules)
         for addr, (group, allow_v6, mac) in zip(SOURCES[4] + SOURCES[6], sources):
             self.call("add_source", addr, group % self.n_groups, allow_v6=allow_v6,
                       mac=None if mac is None else MACS[mac])
@@ -293,6 +301,11 @@ class Pair:
         for c in cm:
             assert self.c.get(c.id) == c
         assert self.m.counters() == self.c.counters()
+        assert self.m.rejected() == self.c.rejected()
+        for e in range(len(self.enis)):
+            assert self.m.eni_counters(e) == self.c.eni_counters(e), e
+        for g in range(self.n_groups):
+            assert self.m.sg_counters(g) == self.c.sg_counters(g), g
         for e, addrs in enumerate(self.enis):
             for family in (4, 6):
                 if addrs[family] is not None:
@@ -367,6 +380,8 @@ class Run:
             _, limit, collect = step
             kw = {} if limit is None else {"max": limit}
             pair.call("expire", self.now, collect=collect, **kw)
+        elif op == "rules":
+            pair.call("set_group_rules", step[1] % pair.n_groups, step[2])
         elif op == "add_eni" and len(pair.enis) < MAX_ENIS:
             _, (v4, v6), group = step
             pair.call("group_add_eni", group % pair.n_groups, pair.add_eni(v4, v6))
@@ -459,7 +474,7 @@ def any_frame(spec, vnet):
 def test_parse_and_rewrite_agree(seed, vnet, specs, replies):
     pair = Pair(dict(capacity=4, port_range=(1000, 1003), mtu_inside=200, mtu_outside=300,
                      port_seed=seed))
-    pair.build(([(True, True)], [[0]], [(0, True, None)] * 5))
+    pair.build(([(True, True)], [[0]], [(0, True, None)] * 5, []))
     res, fm = pair.translate([any_frame(s, vnet) for s in specs], OUT, 0, vnet=vnet)
     # Whatever went out, its reply (and a corrupted reply) must come back through both alike.
     back = []
