@@ -57,8 +57,6 @@ class Daemon:
             self.flows = flowlog.FlowLogWriter(
                 self.flow_opts.folder or flowlog.default_folder(self.run_dir, prefix),
                 self.flow_opts.fields, self.flow_opts.max_bytes, self.flow_opts.keep, ctx)
-        # Rejected packets for REJECT records: the C core's drop journal, once it has one.
-        self.rejected_source = getattr(self.nat, "rejected", None)
         self.exhausted_events = 0
 
         ins = state.inside
@@ -67,6 +65,8 @@ class Daemon:
             self.inside_port, ins.mac, gw4=ins.gateway4, gw6=ins.gateway6, cidr4=ins.cidr4,
             cidr6=ins.cidr6, mtu=state.mtu)], on_exhausted=self.grow_eni)
         self.group_ids = {g.key: self.nat.add_group() for g in state.groups}
+        for g in state.groups:      # security groups: the union of the group's egress rules
+            self.nat.set_group_rules(self.group_ids[g.key], state.group_rules(g.key))
         self.eni_ports: dict[int, int] = {}            # ENI id -> data-plane port
         self.interface_ids: dict[int, str] = {}        # ENI id -> eni-... (flow logs, metrics)
         for eni in state.enis:
@@ -119,13 +119,14 @@ class Daemon:
 
     def log_expired(self, conns, now_ms: int) -> None:
         self.flow_tracker.expired(conns, flowlog.wall_clock(now_ms))
+        # REJECT records: the core's reject journal is bounded, so it is drained this often.
+        self.flow_tracker.rejected(self.nat.rejected())
 
     def log_interval(self, now_ms: int) -> None:
         """An aggregation interval ends: a listing of the live connections gives each flow's
         traffic since the last one."""
         wall = flowlog.wall_clock(now_ms)
-        if self.rejected_source is not None:
-            self.flow_tracker.rejected(self.rejected_source())
+        self.flow_tracker.rejected(self.nat.rejected())
         records = self.flow_tracker.tick(connection_listing(self.nat), now_ms, wall)
         if self.flows is None:
             return
@@ -190,9 +191,18 @@ class Daemon:
                 "slowpath": self.slow.counters(), "connections": len(self.nat),
                 "capacity": self.nat.capacity, "enis": self.eni_status(),
                 "ports": self.dp.ports(),
-                "per_eni": self.flow_tracker.published,
+                "per_eni": self.eni_metrics(),
                 "flow_log": {"lost": self.flow_tracker.lost, "write_errors": self.flow_write_errors,
                              "interval_s": self.flow_opts.interval_s}}
+
+    def eni_metrics(self) -> dict:
+        """Per ENI: the core's live counters, and the REJECT packets the flow logs counted."""
+        out = {}
+        for eni in self.lab.state.enis:
+            out[eni.id] = self.nat.eni_counters(eni.id)
+            out[eni.id]["rejected_packets"] = \
+                self.flow_tracker.published.get(eni.id, {}).get("rejected_packets", 0)
+        return out
 
     def scrape(self) -> str:
         """Prometheus text, asked through the control socket like any client (the answer

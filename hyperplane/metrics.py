@@ -103,10 +103,10 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-ZERO_TOTALS = asdict(EniTotals())
+ZERO_TOTALS = {**asdict(EniTotals()), "port_errors": 0, "drops": 0, "rst_sent": 0}
 # (AWS NAT gateway metric, Prometheus type, help, its value from an ENI's totals)
 ENI_METRICS = (
-    ("ActiveConnectionCount", "gauge", "live connections of the ENI at the last listing",
+    ("ActiveConnectionCount", "gauge", "live connections of the ENI",
      lambda t: t["active"]),
     ("ConnectionAttemptCount", "counter", "connections created through the ENI",
      lambda t: t["attempts"]),
@@ -115,6 +115,14 @@ ENI_METRICS = (
      lambda t: t["established"]),
     ("IdleTimeoutCount", "counter", "TCP connections that expired while ESTABLISHED",
      lambda t: t["idle_timeouts"]),
+    ("IdleTimeoutRstCount", "counter",
+     "RSTs sent for segments of connections that expired (not an AWS metric)",
+     lambda t: t["rst_sent"]),
+    ("ErrorPortAllocation", "counter", "new connections that found no free port on the ENI",
+     lambda t: t["port_errors"]),
+    ("PacketsDropCount", "counter",
+     "packets refused on the ENI: inbound on its port, egress security-group denials",
+     lambda t: t["drops"]),
     *((f"{unit}{way}", "counter", f"{unit.lower()} {what}",
        lambda t, k=f"{unit.lower()}_{side}": t[k])
       for unit in ("Packets", "Bytes")
