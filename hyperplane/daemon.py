@@ -65,8 +65,9 @@ class Daemon:
             self.inside_port, ins.mac, gw4=ins.gateway4, gw6=ins.gateway6, cidr4=ins.cidr4,
             cidr6=ins.cidr6, mtu=state.mtu)], on_exhausted=self.grow_eni)
         self.group_ids = {g.key: self.nat.add_group() for g in state.groups}
+        self.group_rules: dict[str, list] = {}
         for g in state.groups:      # security groups: the union of the group's egress rules
-            self.nat.set_group_rules(self.group_ids[g.key], state.group_rules(g.key))
+            self.set_group_rules(g.key, state.group_rules(g.key))
         self.eni_ports: dict[int, int] = {}            # ENI id -> data-plane port
         self.interface_ids: dict[int, str] = {}        # ENI id -> eni-... (flow logs, metrics)
         for eni in state.enis:
@@ -176,12 +177,35 @@ class Daemon:
             lambda cursor, limit: self.on_loop(lambda: connections_page(self.nat, cursor,
                                                                         limit)),
             convert=lambda c: c.to_dict(), size=int(req.get("page_size", control.PAGE_SIZE))))
+        server.register("secgroups", lambda req: {"groups": self.on_loop(self.secgroups)})
+        server.register("set-rules", lambda req: {"groups": self.on_loop(
+            lambda: self.set_group_rules(req["group"], req.get("rules")) or self.secgroups())})
         server.register("stop", self.request_stop)
 
     def request_stop(self, req: dict) -> dict:
         self.stopping.set()
         self.dp.wake()
         return {"stopping": True}
+
+    # --- security groups -------------------------------------------------------------------
+
+    def set_group_rules(self, key: str, rules) -> None:
+        """Replaces the egress rules of an ENI group, (proto, port_lo, port_hi, family,
+        prefix, plen) each, None for allow-all; live connections keep going."""
+        if key not in self.group_ids:
+            raise ValueError(f"no ENI group {key!r}; known: {', '.join(self.group_ids)}")
+        rules = None if rules is None else [tuple(r) for r in rules]
+        self.nat.set_group_rules(self.group_ids[key], rules)
+        self.group_rules[key] = rules
+
+    def secgroups(self) -> list[dict]:
+        out = []
+        for key, gid in self.group_ids.items():
+            c = self.nat.sg_counters(gid)
+            rules = self.group_rules.get(key)
+            out.append({"group": key, "rules": None if rules is None else [list(r) for r in rules],
+                        "denied": c["denied"], "rule_hits": c["rules"]})
+        return out
 
     def stats(self) -> dict:
         """Counters (punts named punt.<REASON>, apart from drops), ENIs with their pools, ring
