@@ -218,7 +218,8 @@ def test_idled_out_connection_gets_a_rst(sg):
     line = f"{sg.fn.ipv4}"
 
     def gone():
-        conns = sg.request("conntrack")["connections"]
+        from hyperplane import control
+        conns = [c for page in control.listing(sg.prefix, "conntrack") for c in page]
         return not any(c["src"] == line and c["dport"] == ALLOWED and c["proto"] == 6
                        and c["state"] == "ESTABLISHED" for c in conns)
 
