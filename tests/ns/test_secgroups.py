@@ -10,12 +10,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
 from conftest import _sweep, new_prefix
-from test_v2n import CLI, TOOLS, cli
+from test_observe import wait_for
+from test_v2n import TOOLS, cli
 
 ALLOWED, DENIED = 7, 8
 IDLE_S = 3
@@ -73,17 +73,6 @@ for line in sys.stdin:
     except OSError as e:
         print(type(e).__name__, flush=True)
 """
-
-
-def wait_for(fn, what: str, timeout: float = 15.0):
-    end = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}; last: {v!r}")
-        time.sleep(0.2)
 
 
 class SgLab:

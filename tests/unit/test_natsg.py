@@ -7,11 +7,10 @@ import pytest
 
 import framegen as fg
 from hyperplane.flowlog import Rejected
+from test_model import DST, DST6, ENI, ENI6, SRC, SRC6, inb, out
+from test_model import make as make_nat
 from hyperplane.vocab import DROP, FORWARD, IN, OUT, PROFILES, R
 
-SRC, SRC6 = "10.200.0.11", "fd00:200::11"
-ENI, ENI6 = "10.0.1.4", "fd00:1::4"
-DST, DST6 = "10.0.9.9", "fd00:9::9"
 OTHER, OTHER6 = "10.0.8.8", "fd00:8::8"
 EST_MS = PROFILES["aws"]["ESTABLISHED"] * 1000
 
@@ -21,25 +20,11 @@ DNS_ANYWHERE = [(17, 53, 53, 4, "0.0.0.0", 0)]
 
 
 def make(NatClass, rules=None, **kw):
-    nat = NatClass(**kw)
-    eni = nat.add_eni(ENI, ENI6)
-    g = nat.add_group()
-    nat.group_add_eni(g, eni)
-    nat.add_source(SRC, g)
-    nat.add_source(SRC6, g, allow_v6=True)
+    """test_model's NAT (one ENI, group 0, SRC and SRC6), with these egress rules."""
+    nat = make_nat(NatClass, **kw)
     if rules is not None:
-        nat.set_group_rules(g, rules)
+        nat.set_group_rules(0, rules)
     return nat
-
-
-def out(nat, frame, now=0):
-    (res,) = nat.translate([frame], OUT, now)
-    return res
-
-
-def inb(nat, frame, now=0, eni=0):
-    (res,) = nat.translate([frame], IN, now, eni=eni)
-    return res
 
 
 def handshake(nat, src, dst, sport, dport, now=0):
