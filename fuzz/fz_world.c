@@ -488,6 +488,55 @@ static void check_dropped(const uint8_t *before, const uint8_t *after, uint32_t 
         fz_fail("a frame not forwarded (%s) was changed", reason_name(r->reason));
 }
 
+static uint32_t be32_at(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* A TCP segment from a function that matched no connection comes back as a RST (FORWARD to
+ * the inside port, reason TCP_NOT_SYN): addresses, ports and MACs swapped, the sequence
+ * numbers RFC 793 gives, every checksum right, no partial checksum or GSO left. */
+static void check_rst_answer(const uint8_t *before, const uint8_t *after, uint32_t len,
+                             const fz_parsed *p, int dir, const hp_result *r)
+{
+    if (dir != HP_DIR_OUT || p->reason != HP_R_NONE || p->proto != 6)
+        fz_fail("a RST answer to a frame that is not a well-formed TCP segment from inside");
+    if (r->port != 0 || r->conn != HP_CT_NONE)
+        fz_fail("a RST answer sent to port %u, connection %u", r->port, r->conn);
+    uint8_t flags = before[p->l4 + 13];
+    if (flags & HP_TCP_RST)
+        fz_fail("a RST answered with a RST");
+    fz_parsed q;
+    fz_parse(after, len, p->vnet, 0, &q);
+    if (q.reason != HP_R_NONE || q.proto != 6 || q.family != p->family || q.partial ||
+        q.gso_type)
+        fz_fail("the RST answer does not parse as a plain TCP segment (%s)",
+                reason_name(q.reason));
+    hp_flow_key in, out;
+    fz_tuple(before, p, &in);
+    fz_tuple(after, &q, &out);
+    if (memcmp(in.src, out.dst, 16) || memcmp(in.dst, out.src, 16) || in.sport != out.dport ||
+        in.dport != out.sport)
+        fz_fail("the RST answer does not go back the way the segment came");
+    if (memcmp(before + p->eth, after + q.eth + 6, 6) ||
+        memcmp(before + p->eth + 6, after + q.eth, 6))
+        fz_fail("the RST answer's MAC addresses are not swapped");
+    if (q.family == 4 && !fz_ipv4_csum_ok(after, &q))
+        fz_fail("the RST answer's IPv4 header checksum does not verify");
+    if (fz_csum_residual(after, &q) != 0)
+        fz_fail("the RST answer's TCP checksum does not verify");
+    const uint8_t *t = after + q.l4;
+    uint32_t seg = p->end - p->l4 - (before[p->l4 + 12] >> 4) * 4u +
+                   !!(flags & HP_TCP_SYN) + !!(flags & HP_TCP_FIN);
+    if (flags & HP_TCP_ACK) {
+        if (t[13] != HP_TCP_RST || be32_at(t + 4) != be32_at(before + p->l4 + 8))
+            fz_fail("the RST answer to an ACK is not RST seq=ack");
+    } else if (t[13] != (HP_TCP_RST | HP_TCP_ACK) ||
+               be32_at(t + 8) != be32_at(before + p->l4 + 4) + seg) {
+        fz_fail("the RST answer to a segment without ACK is not RST|ACK ack=seq+len");
+    }
+}
+
 static void check_forwarded(const fz_world *w, const uint8_t *before, const uint8_t *after,
                             uint32_t len, const fz_parsed *p, int dir, uint16_t in_eni,
                             const hp_result *r)
@@ -633,7 +682,9 @@ void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, u
     for (uint32_t i = 0; i < n; i++) {
         fz_parsed p;
         fz_parse(before[i], lens[i], vnet, mtu, &p);
-        if (res[i].verdict == HP_FORWARD) {
+        if (res[i].verdict == HP_FORWARD && res[i].reason == HP_R_TCP_NOT_SYN) {
+            check_rst_answer(before[i], bufs[i], lens[i], &p, dir, &res[i]);
+        } else if (res[i].verdict == HP_FORWARD) {
             check_forwarded(w, before[i], bufs[i], lens[i], &p, dir, in_eni, &res[i]);
             forwarded++;
         } else if (res[i].verdict == HP_DROP || res[i].verdict == HP_PUNT) {
@@ -656,7 +707,7 @@ void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, u
     /* Every refused frame is counted once, under its reason. */
     uint32_t refused[HP_R_COUNT] = { 0 };
     for (uint32_t i = 0; i < n; i++)
-        if (res[i].verdict != HP_FORWARD)
+        if (res[i].verdict != HP_FORWARD || res[i].reason != HP_R_NONE)   /* RST answers too */
             refused[res[i].reason]++;
     for (int r = 0; r < HP_R_COUNT; r++)
         if (w->nat->drops[r] - drops_before[r] != refused[r])
