@@ -219,6 +219,7 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
                "duration_s": time.monotonic() - t_start,
                "errors": errors, "results": rows, "samples": ctx.samples}
         (out_dir / "bench.json").write_text(json.dumps(doc, indent=1, default=str))
+        (out_dir / "bench.md").write_text(head + "\n\n" + report.markdown(rows) + "\n")
         why = report.chart(rows, out_dir / "bench.png", head)
         log(f"wrote {out_dir / 'bench.json'}" +
             (f" and {out_dir / 'bench.png'}" if why is None else f" (no chart: {why})"))
