@@ -87,8 +87,19 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def chart(rows: list[dict], path: Path, title: str) -> str | None:
-    """One panel per test, the three middles side by side. Returns why not, or None."""
+def loss_curves(samples: list[dict], test: str = "udp64-1flow") -> dict[str, list]:
+    """(offered kpps, loss %) of every search trial of `test`, per middle."""
+    out: dict[str, list] = {}
+    for smp in samples:
+        if smp.get("test") == test:
+            out.setdefault(smp["middle"], []).extend(
+                (t["offered_pps"] / 1e3, t["loss"] * 100) for t in smp.get("trials", []))
+    return out
+
+
+def chart(rows: list[dict], path: Path, title: str, curves: dict | None = None) -> str | None:
+    """One panel per test, the three middles side by side, and the loss curve of the 1-flow
+    small-packet search. Returns why not, or None."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -99,7 +110,7 @@ def chart(rows: list[dict], path: Path, title: str) -> str | None:
     if not metrics:
         return "no results to draw"
     cols = 4
-    nrows = (len(metrics) + cols - 1) // cols
+    nrows = (len(metrics) + bool(curves) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.8 * nrows), squeeze=False)
     colours = {"routing": "#9e9e9e", "kernel-nat": "#4c78a8", "hyperplane": "#f58518"}
     by = {(r["test"], r["middle"]): r for r in rows}
@@ -116,7 +127,23 @@ def chart(rows: list[dict], path: Path, title: str) -> str | None:
         ax.set_ylabel(unit + ("" if higher else " (lower better)"), fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
         ax.margins(y=0.15)
-    for ax in list(axes.flat)[len(metrics):]:
+    rest = list(axes.flat)[len(metrics):]
+    if curves:
+        ax = rest.pop(0)
+        for m in MIDDLES:
+            pts = sorted(curves.get(m, []))
+            if pts:
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colours[m],
+                           label=m, s=9)
+        ax.axhline(0.1, color="black", linewidth=0.5, linestyle=":")
+        ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_ylim(bottom=0)
+        ax.set_title("udp64-1flow: loss of every search trial", fontsize=9)
+        ax.set_xlabel("offered kpps", fontsize=7)
+        ax.set_ylabel("loss % (0.1% dotted)", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    for ax in rest:
         ax.axis("off")
     note = "\n" + LIMITED_NOTE if any(r.get("limited_by_generator") for r in rows) else ""
     fig.suptitle(title + note, fontsize=9)

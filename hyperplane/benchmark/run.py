@@ -220,7 +220,7 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
                "errors": errors, "results": rows, "samples": ctx.samples}
         (out_dir / "bench.json").write_text(json.dumps(doc, indent=1, default=str))
         (out_dir / "bench.md").write_text(head + "\n\n" + report.markdown(rows) + "\n")
-        why = report.chart(rows, out_dir / "bench.png", head)
+        why = report.chart(rows, out_dir / "bench.png", head, report.loss_curves(ctx.samples))
         log(f"wrote {out_dir / 'bench.json'}" +
             (f" and {out_dir / 'bench.png'}" if why is None else f" (no chart: {why})"))
         return 1 if errors else 0
