@@ -118,6 +118,7 @@ def _kernel_middle(state: LabState, name: str, short: str, nat: bool, taken_in: 
         sh(["ip", "-n", cns, "route", "add", "default", "via", inside])
         _client_sysctls(cns)
     spread_receive(ns, ("kin", "kout"))
+    spread_receive(lam, [f"{p}-{short}{i}" for i in range(1, CLIENTS + 1)])
     if nat:
         netns.sysctl_write(ns, "net/netfilter/nf_conntrack_udp_timeout", BENCH_UDP_TIMEOUT_S)
         sh(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=(

@@ -9,8 +9,8 @@ from .middles import MIDDLES
 from .suite import METRICS
 
 
-LIMITED_NOTE = ("* no loss even at the generator's highest rate: the sending CPU, which also "
-                "runs the kernel's side of the path (veth), was the limit, not the middle")
+LIMITED_NOTE = ("* no loss even at the highest rate the generator reached: its CPU was the "
+                "limit (with the first hops of the path, and other processes), not the middle")
 
 
 def results(values: dict, limited: set = frozenset()) -> list[dict]:

@@ -197,11 +197,12 @@ def send(ctx: Ctx, m: Middle, flows: Flows, rate: float, seconds: float, count: 
     ctx.cursor[(m.name, flows.key)] = r["next"] % (flows.nsports * flows.ndports)
     offered = r["offered"]
     return {"rate": rate, "offered": offered, "offered_pps": offered / r["elapsed"],
-            "sender_errors": r["errors"], "received": received,
+            "sent_pps": r["sent"] / r["elapsed"], "sender_errors": r["errors"],
+            "received": received,
             "loss": (offered - received) / offered if offered else 1.0, **used}
 
 
-def zero_loss(ctx: Ctx, m: Middle, flows: Flows, hint: float | None = None,
+def zero_loss(ctx: Ctx, m: Middle, flows: Flows, hint: float | None = None,  # packets/s
               max_trials: int | None = None, warm: bool = True) -> tuple[float, list[dict]]:
     """RFC 2544-style binary search for the highest offered rate losing under MAX_LOSS; returns
     it (packets/s) and every trial (the loss curve). `warm` first opens every flow."""
@@ -214,7 +215,7 @@ def zero_loss(ctx: Ctx, m: Middle, flows: Flows, hint: float | None = None,
     if first["loss"] < MAX_LOSS:
         first["limited_by_generator"] = True
         return first["offered_pps"], trials
-    lo, hi = 0.0, first["offered_pps"]
+    lo, hi = 0.0, first["sent_pps"]      # what the path took in, not the refused rest
     rate = min(hint or first["received"] / s.trial_seconds, hi * 0.95)
     for _ in range(n - 1):
         t = send(ctx, m, flows, rate, s.trial_seconds)
@@ -284,7 +285,8 @@ def tcp_bulk(streams: int, reverse: bool):
 def udp64(key: str, n: int):
     def run(ctx: Ctx, m: Middle) -> tuple[dict, dict]:
         flows = Flows(key, "bulk", n)
-        rate, trials = zero_loss(ctx, m, flows, ctx.median(f"{key}-zeroloss", m.name))
+        earlier = ctx.median(f"{key}-zeroloss", m.name)      # kpps, from earlier repeats
+        rate, trials = zero_loss(ctx, m, flows, earlier * 1e3 if earlier else None)
         out = {f"{key}-zeroloss": rate / 1e3}
         if trials[0].get("limited_by_generator"):
             ctx.limited.add((f"{key}-zeroloss", m.name))
