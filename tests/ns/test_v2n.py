@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +29,16 @@ LAST_ACK = 2
 
 
 def cli(*args, check=True, timeout=60):
-    r = subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout)
+    p = subprocess.Popen(CLI + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGABRT)          # faulthandler: where it was stuck, every thread
+        out, err = p.communicate()
+        raise AssertionError(f"hyperplane {' '.join(args)} took over {timeout} s:\n"
+                             f"{out}\n{err[-6000:]}") from None
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     if check and r.returncode != 0:
         raise AssertionError(f"hyperplane {' '.join(args)} failed ({r.returncode}):\n"
                              f"{r.stdout}\n{r.stderr}")
