@@ -173,14 +173,22 @@ class Daemon:
         server.register("stats", lambda req: {**self.on_loop(self.stats),
                                               "control": server.stats()})
         server.register("eni", lambda req: {"enis": self.on_loop(self.eni_status)})
-        server.register("conntrack", lambda req: control.cursor_pages(
-            lambda cursor, limit: self.on_loop(lambda: connections_page(self.nat, cursor,
-                                                                        limit)),
-            convert=lambda c: c.to_dict(), size=int(req.get("page_size", control.PAGE_SIZE))))
+        server.register("conntrack", self.conntrack_pages)
         server.register("secgroups", lambda req: {"groups": self.on_loop(self.secgroups)})
         server.register("set-rules", lambda req: {"groups": self.on_loop(
             lambda: self.set_group_rules(req["group"], req.get("rules")) or self.secgroups())})
         server.register("stop", self.request_stop)
+
+    def conntrack_pages(self, req: dict):
+        """The connections in pages, each page read when the previous one has been sent."""
+        size = int(req.get("page_size", control.PAGE_SIZE))
+        if hasattr(self.nat, "connections_page"):
+            return control.cursor_pages(
+                lambda cursor, limit: self.on_loop(lambda: self.nat.connections_page(cursor,
+                                                                                     limit)),
+                convert=lambda c: c.to_dict(), size=size)
+        # until the core reads in pages (PLAN contract 3): one snapshot, sent in pages
+        return control.paged((c.to_dict() for c in self.on_loop(self.nat.connections)), size)
 
     def request_stop(self, req: dict) -> dict:
         self.stopping.set()
@@ -300,28 +308,15 @@ class Daemon:
             log.info("stopped")
 
 
-def connections_page(nat, cursor: int, limit: int) -> tuple[list, int | None]:
-    """One page of live connections from slot ``cursor`` on, and where the next page starts
-    (None at the end). Nat.connections_page does this in C when the core has it; the scan
-    here visits at most a bounded number of slots per call."""
-    if hasattr(nat, "connections_page"):
-        return nat.connections_page(cursor, limit)
-    out = []
-    end = min(nat.capacity, cursor + max(limit * 64, 65536))
-    i = cursor
-    while i < end and len(out) < limit:
-        c = nat.get(i)
-        if c is not None:
-            out.append(c)
-        i += 1
-    return out, (i if i < nat.capacity else None)
-
-
 def connection_listing(nat):
-    """The live connections, page by page (one locked slice a page where the Nat can)."""
+    """The live connections, page by page where the Nat can (one locked slice a page)."""
+    page = getattr(nat, "connections_page", None)
+    if page is None:
+        yield from nat.connections()
+        return
     cursor = 0
     while cursor is not None:
-        conns, cursor = connections_page(nat, cursor, 1000)
+        conns, cursor = page(cursor, 1000)
         yield from conns
 
 

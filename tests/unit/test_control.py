@@ -276,3 +276,35 @@ def test_paged_groups_lazily():
     pages = control.paged(items(), size=10)
     assert next(pages) == list(range(10)) and len(taken) == 10
     assert [len(p) for p in pages] == [10, 5]
+
+
+# -- the daemon's conntrack handler on a real table ------------------------------------------
+
+def test_the_daemon_lists_a_real_table_in_pages(tmp_path):
+    """Daemon.conntrack_pages over a C Nat of 20,000 UDP connections: every one listed once,
+    in pages of the asked size (through the core's paging when it has it)."""
+    import struct
+    from types import SimpleNamespace
+
+    import framegen
+    from hyperplane import vocab
+    from hyperplane._core import Nat
+    from hyperplane.daemon import Daemon
+    n = 20_000
+    nat = Nat(capacity=32768, port_seed=7)
+    g = nat.add_group()
+    nat.group_add_eni(g, nat.add_eni("10.0.1.4"))
+    nat.add_source("10.200.0.11", g)
+    template = framegen.udp("10.200.0.11", "10.0.1.10", 1024, 9000, payload=bytes(22))
+    frames = bytearray(template * n)
+    for i in range(n):
+        struct.pack_into("!HH", frames, i * 64 + 34, 1024 + i, 9000)
+        struct.pack_into("!H", frames, i * 64 + 40, 0)              # no UDP checksum
+    assert nat.translate_packed(bytes(frames), bytearray(len(frames)), 64, vocab.OUT, 1000) == n
+    fake = SimpleNamespace(nat=nat, on_loop=lambda fn: fn())
+    with control.ControlServer(tmp_path / "d.sock") as s:
+        s.register("conntrack", lambda req: Daemon.conntrack_pages(fake, req))
+        pages = list(control.listing(None, "conntrack", path=s.path, page_size=700))
+    assert max(len(p) for p in pages) == 700
+    sports = [c["sport"] for p in pages for c in p]
+    assert sorted(sports) == list(range(1024, 1024 + n))
