@@ -200,16 +200,17 @@ def test_rule_change_leaves_live_connections_alone(sg):
     assert sg.echo("tcp", sg.web.ipv4, ALLOWED)
 
 
-def test_idled_out_connection_gets_a_rst(sg):
-    holder = sg.popen("fn", [sys.executable, "-c", HOLDER, sg.web.ipv4, str(ALLOWED)],
+@pytest.mark.parametrize("family", [4, 6])
+def test_idled_out_connection_gets_a_rst(sg, family):
+    web, me = (sg.web.ipv4, sg.fn.ipv4) if family == 4 else (sg.web.ipv6, sg.fn.ipv6)
+    holder = sg.popen("fn", [sys.executable, "-c", HOLDER, web, str(ALLOWED)],
                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "up"
-    line = f"{sg.fn.ipv4}"
 
     def gone():
         from hyperplane import control
         conns = [c for page in control.listing(sg.prefix, "conntrack") for c in page]
-        return not any(c["src"] == line and c["dport"] == ALLOWED and c["proto"] == 6
+        return not any(c["src"] == me and c["dport"] == ALLOWED and c["proto"] == 6
                        and c["state"] == "ESTABLISHED" for c in conns)
 
     wait_for(gone, "the connection to idle out", timeout=IDLE_S + 10)
