@@ -11,6 +11,7 @@
  *   3 tick        step                            8 lookup    sel
  *   4 expire      max | out << 3 | out_max << 4   9 IN batch  n, n x (sel fl m e)
  *  10 restart     n, n x (victim donor split): killed and attached again (fz_world_restart)
+ *  11 rules       k: group 2's security-group rules (fz_world_set_rules)
  * e, the TCP sequence numbers (see set_seq). */
 #include "fz.h"
 
@@ -24,7 +25,7 @@ typedef struct prog { const uint8_t *data; size_t size, at; } prog;
 static uint8_t next(prog *p) { return p->at < p->size ? p->data[p->at++] : 0; }
 
 static const uint16_t sports[4] = { 4000, 4001, 40000, 1024 };
-static const uint16_t dports[4] = { 80, 443, 53, 1024 };
+static const uint16_t dports[4] = { 80, 443, 53, 444 };   /* 444: just past a rule */
 static const uint8_t ttls[4] = { 64, 2, 1, 255 };
 static const uint32_t steps[16] = {
     0, 1, 10, 100, 999, 1000, 5000, 10000, 29999, 30000, 60000, 120000, 180000, 240000,
@@ -194,7 +195,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(seq_next, 0, sizeof seq_next);
     fz_frame_spec specs[FZ_MAX_BATCH];
     for (int ops = 0; ops < MAX_OPS && p.at < p.size; ops++) {
-        uint8_t op = next(&p) % 11, arg, tear[4][3];
+        uint8_t op = next(&p) % 12, arg, tear[4][3];
         uint16_t in_eni = 0;
         uint32_t n;
         switch (op) {
@@ -251,6 +252,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 for (int j = 0; j < 3; j++)
                     tear[i][j] = next(&p);
             fz_world_restart(w, (const uint8_t (*)[3])tear, n);
+            break;
+        case 11:
+            fz_world_set_rules(w, next(&p) & 3);
+            fz_check_invariants(w);
             break;
         }
     }

@@ -97,6 +97,10 @@ typedef struct fz_world {
      * order, and the group each joined. */
     uint32_t n_enis;
     uint8_t eni_v6[FZ_MAX_WORLD_ENIS], eni_group[FZ_MAX_WORLD_ENIS];
+    /* Security-group rule sets of group 2, made once and swapped in and out (op 11);
+     * sg_current indexes them, -1: none (allow all). */
+    struct hp_sg_set *sg[3];
+    int sg_current, snap_sg;
     uint32_t base_enis;          /* ENIs at snapshot time */
     struct fz_region { void *ptr, *copy; size_t len; } *regions;
     size_t n_regions, cap_regions;
@@ -112,6 +116,11 @@ void fz_source_addr(int i, hp_flow_key *k);   /* fills family and src */
 void fz_dst_addr(int i, int family, uint8_t out[16]);
 /* Adds an ENI (at most a few past the base ones) to a group; -1 when none is added. */
 int fz_world_add_eni(fz_world *w, int group, int with_v6);
+
+/* Gives group 2 rule set k (0: TCP to 10.0.9.0/24 ports 80-443, UDP to port 53 anywhere,
+ * anything to fd00:9::/32; 1: TCP port 80 only; 2: no rule, so nothing new goes out), or none
+ * (allow all) when k is 3. */
+void fz_world_set_rules(fz_world *w, int k);
 
 /* Closes the NAT as a killed process would leave it and opens it again from its state file,
  * after n_tear torn writes: tear[i] = (victim, donor, split): the first split % 64 bytes of

@@ -130,6 +130,7 @@ static void snapshot(fz_world *w)
     w->base_enis = nat->n_enis;
     w->snap_now = w->now;
     w->snap_deletes = w->deletes;
+    w->snap_sg = w->sg_current;
 }
 
 static void restore(fz_world *w)
@@ -152,6 +153,7 @@ static void restore(fz_world *w)
         memcpy(w->regions[i].ptr, w->regions[i].copy, w->regions[i].len);
     w->now = w->snap_now;
     w->deletes = w->snap_deletes;
+    w->sg_current = w->snap_sg;     /* the groups array, restored, holds its set again */
 }
 
 /* -- setup ------------------------------------------------------------------------------- */
@@ -243,6 +245,90 @@ static void check_config_api(hp_nat *nat, const hp_nat_config *cfg)
     hp_nat_destroy(other);
 }
 
+#define FZ_SG_GROUP 2
+
+static void make_rule_sets(fz_world *w)
+{
+    hp_sg_rule a[3], b[1];
+    memset(a, 0, sizeof a);
+    memset(b, 0, sizeof b);
+    a[0] = (hp_sg_rule){ .prefix = { 10, 0, 9, 0 }, .port_lo = 80, .port_hi = 443, .family = 4,
+                         .proto = 6, .plen = 24 };
+    a[1] = (hp_sg_rule){ .port_lo = 53, .port_hi = 53, .family = 4, .proto = 17, .plen = 0 };
+    a[2] = (hp_sg_rule){ .prefix = { 0xfd, 0, 0, 9 }, .port_lo = 0, .port_hi = 65535,
+                         .family = 6, .proto = 0, .plen = 32 };
+    b[0] = (hp_sg_rule){ .port_lo = 80, .port_hi = 80, .family = 4, .proto = 6, .plen = 0 };
+    w->sg[0] = hp_sg_set_new(a, 3);
+    w->sg[1] = hp_sg_set_new(b, 1);
+    w->sg[2] = hp_sg_set_new(NULL, 0);
+    hp_sg_rule bad = { .family = 5 };
+    if (!w->sg[0] || !w->sg[1] || !w->sg[2] || hp_sg_set_new(&bad, 1))
+        fz_fail("rule sets");
+}
+
+void fz_world_set_rules(fz_world *w, int k)
+{
+    k = k >= 0 && k < 3 ? k : -1;
+    if (hp_nat_swap_group_rules(w->nat, FZ_SG_GROUP, k < 0 ? NULL : w->sg[k]) == (hp_sg_set *)-1)
+        fz_fail("swap_group_rules");
+    w->sg_current = k;
+}
+
+/* The rules as AWS states them, written apart from secgroup.c: a rule of protocol 0 allows
+ * TCP and UDP to every port; others their protocol within the port range; the destination
+ * within the prefix. */
+static int rules_allow(const hp_sg_set *set, const hp_flow_key *k)
+{
+    for (uint32_t i = 0; set && i < set->n; i++) {
+        const hp_sg_rule *r = &set->rules[i];
+        if (r->family != k->family)
+            continue;
+        if (r->proto && (r->proto != k->proto || k->dport < r->port_lo || k->dport > r->port_hi))
+            continue;
+        int bits = r->plen, ok = 1;
+        for (int b = 0; b < bits && ok; b++)
+            ok = ((r->prefix[b / 8] ^ k->dst[b / 8]) & (0x80 >> (b % 8))) == 0;
+        if (ok)
+            return 1;
+    }
+    return !set;
+}
+
+static int source_group(const hp_flow_key *k)
+{
+    for (int i = 0; i < fz_n_sources; i++)
+        if (sources[i].family == k->family &&
+            memcmp(sources[i].addr, k->src, k->family == 4 ? 4 : 16) == 0)
+            return sources[i].group;
+    return -1;
+}
+
+/* A new connection of group 2 is one its rules allow; a refusal for the rules is one they
+ * deny. new_conn: the frame made a connection (known for single frames only). */
+static void check_rules(const fz_world *w, const uint8_t *f, const fz_parsed *p,
+                        const hp_result *r, int new_conn)
+{
+    if (p->reason != HP_R_NONE)
+        return;
+    hp_flow_key k;
+    fz_tuple(f, p, &k);
+    const hp_sg_set *set = w->sg_current < 0 ? NULL : w->sg[w->sg_current];
+    int mine = source_group(&k) == FZ_SG_GROUP;
+    if (r->reason == HP_R_SG_DENIED && (!mine || rules_allow(set, &k)))
+        fz_fail("a new connection refused by rules that allow it (rule set %d)", w->sg_current);
+    if (new_conn && mine && !rules_allow(set, &k))
+        fz_fail("a new connection the rules deny (rule set %d) went out", w->sg_current);
+}
+
+/* The NAT frees the rule sets its groups hold when destroyed: the world keeps them. */
+static void close_nat(fz_world *w)
+{
+    for (uint32_t g = 0; g < w->nat->n_groups; g++)
+        hp_nat_swap_group_rules(w->nat, (int)g, NULL);
+    hp_nat_destroy(w->nat);
+    w->nat = NULL;
+}
+
 /* Adds ENIs, groups and sources as recorded in w (in order: ENI ids and groups come back the
  * same after a reattach). */
 static void configure(fz_world *w)
@@ -267,6 +353,7 @@ static void configure(fz_world *w)
         if (hp_nat_add_source(nat, sources[i].family, (const uint8_t *)sources[i].addr,
                               sources[i].group, sources[i].allow_v6))
             fz_fail("add_source");
+    fz_world_set_rules(w, w->sg_current);
 }
 
 static hp_nat *open_nat(fz_world *w)
@@ -321,6 +408,8 @@ static fz_world *build(int variant)
 
     if (!(w->nat = open_nat(w)))
         fz_fail("hp_nat_create failed");
+    make_rule_sets(w);
+    w->sg_current = 0;
     w->n_enis = FZ_BASE_ENIS;              /* ENI 1 is IPv4 only; ENI k joins group k */
     for (uint32_t e = 0; e < FZ_BASE_ENIS; e++) {
         w->eni_v6[e] = e != 1;
@@ -337,7 +426,9 @@ static fz_world *build(int variant)
 
 static void world_free(fz_world *w)
 {
-    hp_nat_destroy(w->nat);
+    close_nat(w);
+    for (int k = 0; k < 3; k++)
+        hp_sg_set_free(w->sg[k]);
     unlink(w->path);
     for (size_t i = 0; i < w->n_regions; i++)
         free(w->regions[i].copy);
@@ -400,7 +491,7 @@ void fz_world_restart(fz_world *w, const uint8_t (*tear)[3], uint32_t n_tear)
     }
     memcpy(before, ct->conns, capacity * sizeof *before);
 
-    hp_nat_destroy(w->nat);
+    close_nat(w);
     w->nat = open_nat(w);
     w->dirty = 1;          /* the snapshot points into the old mapping */
     if (!w->nat->attached)
@@ -687,9 +778,12 @@ void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, u
         } else if (res[i].verdict == HP_FORWARD) {
             check_forwarded(w, before[i], bufs[i], lens[i], &p, dir, in_eni, &res[i]);
             forwarded++;
+            if (dir == HP_DIR_OUT)
+                check_rules(w, before[i], &p, &res[i], n == 1 && hit.id == HP_CT_NONE);
         } else if (res[i].verdict == HP_DROP || res[i].verdict == HP_PUNT) {
             check_dropped(before[i], bufs[i], lens[i], &p, &res[i]);
             check_hit_unchanged(w, &hit, &res[i]);
+            check_rules(w, before[i], &p, &res[i], 0);
         } else {
             fz_fail("verdict %u", res[i].verdict);
         }
