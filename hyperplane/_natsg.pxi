@@ -52,15 +52,32 @@ cdef object _sg_counters(Nat self, int group):
     if not 0 <= group < o.n_groups:
         raise ValueError(f"no group {group}")
     cdef hp_sg_set *s
-    with nogil:
-        self._acquire()
+    cdef uint64_t denied
+    cdef uint32_t cap = 0, n = 0, i
+    cdef int has_rules = 0
+    cdef uint64_t *hits = NULL
     try:
-        s = o.groups[group].sg
-        return {"denied": o.groups[group].sg_denied,
-                "rules": None if s == NULL else [s.hits[i] for i in range(s.n)]}
+        while True:     # copied under the lock, built after it (no GIL while it is held)
+            with nogil:
+                self._acquire()
+                s = o.groups[group].sg
+                denied = o.groups[group].sg_denied
+                has_rules = s != NULL
+                n = s.n if has_rules else 0
+                if n <= cap:
+                    for i in range(n):
+                        hits[i] = s.hits[i]
+                self._release()
+            if n <= cap:
+                break
+            free(hits)
+            cap = n
+            hits = <uint64_t *>malloc(cap * sizeof(uint64_t))
+            if hits == NULL:
+                raise MemoryError()
+        return {"denied": denied, "rules": [hits[i] for i in range(n)] if has_rules else None}
     finally:
-        with nogil:
-            self._release()
+        free(hits)
 
 
 cdef object _rejected(Nat self, uint32_t max_records):
