@@ -217,13 +217,13 @@ class Daemon:
 
     def stats(self) -> dict:
         """Counters (punts named punt.<REASON>, apart from drops), ENIs with their pools, ring
-        drops per port, and the per-ENI NAT-gateway figures of the flow tracker."""
+        drops per port, the per-ENI NAT-gateway figures and the security groups' counters."""
         return {"nat": metrics.split_reasons(self.nat.counters()),
                 "dataplane": metrics.split_reasons(self.dp.counters()),
                 "slowpath": self.slow.counters(), "connections": len(self.nat),
                 "capacity": self.nat.capacity, "enis": self.eni_status(),
                 "ports": self.dp.ports(),
-                "per_eni": self.eni_metrics(),
+                "per_eni": self.eni_metrics(), "secgroups": self.secgroups(),
                 "flow_log": {"lost": self.flow_tracker.lost, "write_errors": self.flow_write_errors,
                              "interval_s": self.flow_opts.interval_s}}
 

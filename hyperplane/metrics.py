@@ -201,6 +201,14 @@ def render(stats: Mapping) -> str:
     e.family("hyperplane_packets_drop_count", "counter",
              "PacketsDropCount: packets dropped (all ENIs and the inside port)",
              [({}, sum(by_reason(stats, "drop").values()))])
+    sgs = stats.get("secgroups", [])
+    e.family("hyperplane_security_group_denied", "counter",
+             "new connections an ENI group's egress rules refused (SG_DENIED)",
+             [({"group": g["group"]}, g["denied"]) for g in sgs])
+    e.family("hyperplane_security_group_rule_hits", "counter",
+             "new connections each egress rule let out (first match; a new rule set restarts)",
+             [({"group": g["group"], "rule": i}, n) for g in sgs
+              for i, n in enumerate(g["rule_hits"] or ())])
     fl = stats.get("flow_log", {})
     e.family("hyperplane_flow_log_lost_connections", "counter",
              "connections that vanished between listings without an expiry record",

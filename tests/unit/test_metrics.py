@@ -26,7 +26,11 @@ STATS = {
                "tx_full": 0}],
     "per_eni": {"0": {"packets_out": 7, "packets_in": 6, "bytes_out": 700, "bytes_in": 600,
                       "attempts": {"tcp": 2, "udp": 1}, "established": {"tcp": 1},
-                      "idle_timeouts": 1, "active": {"tcp": 1}, "rejected_packets": 0}},
+                      "idle_timeouts": 1, "active": {"tcp": 1}, "rejected_packets": 0,
+                      "port_errors": 3, "drops": 4, "rst_sent": 2}},
+    "secgroups": [{"group": "a|sg-x", "rules": [[6, 443, 443, 4, "0.0.0.0", 0]], "denied": 5,
+                   "rule_hits": [9]},
+                  {"group": "b|", "rules": None, "denied": 0, "rule_hits": None}],
     "flow_log": {"lost": 0},
 }
 
@@ -51,6 +55,13 @@ def test_exposition_parses_and_has_the_documented_metrics():
     assert got[("hyperplane_eni_connection_established_count_total",
                 frozenset({eni, ("protocol", "tcp")}))] == 1
     assert got[("hyperplane_eni_idle_timeout_count_total", frozenset({eni}))] == 1
+    assert got[("hyperplane_eni_idle_timeout_rst_count_total", frozenset({eni}))] == 2
+    assert got[("hyperplane_eni_error_port_allocation_total", frozenset({eni}))] == 3
+    assert got[("hyperplane_eni_packets_drop_count_total", frozenset({eni}))] == 4
+    assert got[("hyperplane_security_group_denied_total", frozenset({("group", "a|sg-x")}))] == 5
+    assert got[("hyperplane_security_group_denied_total", frozenset({("group", "b|")}))] == 0
+    assert got[("hyperplane_security_group_rule_hits_total",
+                frozenset({("group", "a|sg-x"), ("rule", "0")}))] == 9
     for name, v in (("bytes_out_to_destination", 700), ("bytes_in_from_source", 700),
                     ("bytes_in_from_destination", 600), ("bytes_out_to_source", 600),
                     ("packets_out_to_destination", 7), ("packets_in_from_destination", 6)):
