@@ -319,8 +319,14 @@ def start(state: LabState, run_dir=None, timeout: float = START_TIMEOUT_S,
                                 stderr=log, start_new_session=True)
     write_private(p.supervisor_pid, f"{proc.pid}\n")
     sup = Proc.of(proc.pid, SUPERVISOR, prefix)
+    deadline = time.monotonic() + timeout
+    while sup is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)         # between fork and exec the child still shows our command line
+        sup = Proc.of(proc.pid, SUPERVISOR, prefix)
     try:
         if sup is None:
+            if proc.poll() is None:
+                proc.kill()
             proc.wait()
             raise RuntimeFailure("the supervisor exited at once:\n  " + log_tail(prefix, run_dir))
         return wait_ready(prefix, run_dir, timeout, watch=sup, progress=progress)
