@@ -614,6 +614,14 @@ static void check_rst_answer(const uint8_t *before, const uint8_t *after, uint32
         fz_fail("the RST answer's MAC addresses are not swapped");
     if (q.family == 4 && !fz_ipv4_csum_ok(after, &q))
         fz_fail("the RST answer's IPv4 header checksum does not verify");
+    /* docs/semantics.md 9.2: a fresh IP header, TTL 64, no offload, the rest zeroed. */
+    const uint8_t *ip = after + q.l3;
+    int fresh = q.family == 4 ? ip[0] == 0x45 && ip[8] == 64 : ip[7] == 64;
+    if (!fresh || q.l4 != q.l3 + (q.family == 4 ? 20u : 40u))
+        fz_fail("the RST answer's IP header is not a fresh one with TTL 64");
+    for (uint32_t j = 0; j < len; j++)
+        if ((j < q.eth || j >= q.end) && after[j] != 0)
+            fz_fail("byte %u of the RST answer, outside its headers, is not zero", j);
     if (fz_csum_residual(after, &q) != 0)
         fz_fail("the RST answer's TCP checksum does not verify");
     const uint8_t *t = after + q.l4;
