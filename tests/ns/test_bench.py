@@ -35,8 +35,12 @@ def test_quick_bench_measures_every_test_through_every_middle(tmp_path):
             row = got.get((metric, middle))
             assert row is not None, (metric, middle)
             assert row["unit"] == unit
-            assert row["value"] > 0, (metric, middle, row)
-            if middle == "kernel-nat":
+            # a zero-loss search on a busy machine may find no loss-free rate: 0 is a result
+            if metric.endswith("-zeroloss"):
+                assert row["value"] >= 0, (metric, middle, row)
+            else:
+                assert row["value"] > 0, (metric, middle, row)
+            if middle == "kernel-nat" and row["value"]:
                 assert row["ratio_to_kernel_nat"] == 1.0
     # every table row printed, and a chart drawn
     for metric in METRICS:
