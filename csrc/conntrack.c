@@ -6,75 +6,77 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-
-#define HUGE_PAGE (2u << 20)
-
-/* Zeroed memory for the big arrays, on transparent huge pages where the kernel allows: with
- * a million connections, 4 KB pages make every lookup a TLB miss as well as a cache miss. */
-static void *table_alloc(size_t bytes)
-{
-    size_t rounded = (bytes + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
-    void *p = NULL;
-    if (posix_memalign(&p, HUGE_PAGE, rounded) != 0)
-        return NULL;
-    madvise(p, rounded, MADV_HUGEPAGE);
-    memset(p, 0, rounded);
-    return p;
-}
 
 _Static_assert(sizeof(hp_conn) == 64, "a connection entry is one cache line");
 _Static_assert(sizeof(hp_conn_stats) == 40, "connection counters layout");
 _Static_assert(sizeof(hp_tcp_win) == 40, "TCP window state layout");
 
 /* Keep the index at most 70% full: linear probing stays short, the 32-bit tags filter the rest. */
-static uint32_t index_size(uint32_t capacity)
+uint64_t hp_ct_index_slots(uint64_t capacity)
 {
-    uint64_t want = ((uint64_t)capacity * 2 * 10 + 6) / 7;
+    uint64_t want = (capacity * 2 * 10 + 6) / 7;
     uint64_t n = 16;
     while (n < want)
         n <<= 1;
-    return (uint32_t)n;
+    return n;
 }
 
-int hp_ct_init(hp_ct *ct, uint32_t capacity, const hp_hash_seed *seed,
+#define CT_ALIGN 64
+
+static size_t align_up(size_t n)
+{
+    return (n + CT_ALIGN - 1) & ~(size_t)(CT_ALIGN - 1);
+}
+
+/* Lays the arrays out one after the other: binds them at mem when ct is given, and returns the
+ * bytes they take. */
+static size_t layout(hp_ct *ct, uint32_t capacity, uint8_t *mem)
+{
+    size_t off = 0;
+#define PLACE(type, name)                                        \
+    if (ct)                                                      \
+        ct->name = (type *)(mem + off);                          \
+    off = align_up(off + (size_t)capacity * sizeof(type));
+    HP_CT_ARRAYS(PLACE)
+#undef PLACE
+    if (ct)
+        ct->slots = (hp_ct_slot *)(mem + off);
+    return off + align_up(hp_ct_index_slots(capacity) * sizeof(hp_ct_slot));
+}
+
+size_t hp_ct_region_bytes(uint32_t capacity)
+{
+    return layout(NULL, capacity, NULL);
+}
+
+/* The free list in id order (a fresh table hands out 0, 1, 2, ...) over the free entries. */
+static void link_free(hp_ct *ct)
+{
+    ct->free_head = HP_CT_NONE;
+    for (uint32_t i = ct->capacity; i-- > 0;)
+        if (ct->conns[i].state == HP_S_NONE) {
+            ct->conns[i].lru_next = ct->free_head;
+            ct->free_head = i;
+        }
+}
+
+int hp_ct_init(hp_ct *ct, uint32_t capacity, void *mem, int fresh, const hp_hash_seed *seed,
                const hp_eni_addr *enis, const hp_timeouts *timeouts)
 {
     memset(ct, 0, sizeof *ct);
-    if (capacity == 0 || capacity > (1u << 30))
+    if (capacity == 0 || capacity > HP_MAX_CAPACITY)
         return -1;
-    uint32_t nslots = index_size(capacity);
-    ct->conns = table_alloc((size_t)capacity * sizeof *ct->conns);
-    ct->stats = table_alloc((size_t)capacity * sizeof *ct->stats);
-    ct->win = table_alloc((size_t)capacity * sizeof *ct->win);
-    ct->slots = table_alloc((size_t)nslots * sizeof *ct->slots);
-    if (!ct->conns || !ct->stats || !ct->win || !ct->slots) {
-        hp_ct_free(ct);
-        return -1;
-    }
+    layout(ct, capacity, mem);
     ct->capacity = capacity;
-    ct->mask = nslots - 1;
+    ct->mask = (uint32_t)(hp_ct_index_slots(capacity) - 1);
     ct->seed = *seed;
     ct->enis = enis;
     ct->timeouts = timeouts;
-    for (uint32_t i = 0; i < capacity; i++)
-        ct->conns[i].lru_next = i + 1 < capacity ? i + 1 : HP_CT_NONE;
-    ct->free_head = 0;
     for (int s = 0; s < HP_S_COUNT; s++)
         ct->lru_head[s] = ct->lru_tail[s] = HP_CT_NONE;
+    if (fresh)
+        link_free(ct);
     return 0;
-}
-
-void hp_ct_free(hp_ct *ct)
-{
-    free(ct->conns);
-    free(ct->stats);
-    free(ct->win);
-    free(ct->slots);
-    ct->conns = NULL;
-    ct->stats = NULL;
-    ct->win = NULL;
-    ct->slots = NULL;
 }
 
 void hp_ct_orig_key(const hp_conn *c, hp_flow_key *out)
@@ -209,9 +211,9 @@ uint32_t hp_ct_insert_hashed(hp_ct *ct, const hp_flow_key *orig, uint32_t orig_h
 
     hp_conn *c = &ct->conns[id];
     ct->free_head = c->lru_next;
-    memset(c, 0, sizeof *c);
-    memset(&ct->stats[id], 0, sizeof ct->stats[id]);
-    memset(&ct->win[id], 0, sizeof ct->win[id]);
+#define ZERO(type, name) memset(&ct->name[id], 0, sizeof(type));
+    HP_CT_ARRAYS(ZERO)
+#undef ZERO
     memcpy(c->src, orig->src, 16);
     memcpy(c->dst, orig->dst, 16);
     c->sport = orig->sport;
@@ -276,8 +278,65 @@ uint32_t hp_ct_next_live(const hp_ct *ct, uint32_t from)
 
 size_t hp_ct_memory(const hp_ct *ct)
 {
-    return (size_t)ct->capacity * (sizeof(hp_conn) + sizeof(hp_conn_stats) + sizeof(hp_tcp_win)) +
-           (size_t)(ct->mask + 1) * sizeof(hp_ct_slot);
+    return hp_ct_region_bytes(ct->capacity);
+}
+
+void hp_ct_repair_begin(hp_ct *ct)
+{
+    memset(ct->slots, 0, (size_t)(ct->mask + 1) * sizeof *ct->slots);
+    ct->count = 0;
+}
+
+int hp_ct_repair_taken(const hp_ct *ct, uint32_t id)
+{
+    hp_flow_key k;
+    hp_ct_orig_key(&ct->conns[id], &k);
+    if (hp_ct_lookup(ct, &k, HP_DIR_OUT) != HP_CT_NONE)
+        return 1;
+    hp_ct_reply_key(ct, &ct->conns[id], &k);
+    return hp_ct_lookup(ct, &k, HP_DIR_IN) != HP_CT_NONE;
+}
+
+void hp_ct_repair_adopt(hp_ct *ct, uint32_t id)
+{
+    hp_flow_key k;
+    hp_ct_orig_key(&ct->conns[id], &k);
+    index_insert(ct, hp_ct_hash(ct, &k), (id << 1 | HP_DIR_OUT) + 1);
+    hp_ct_reply_key(ct, &ct->conns[id], &k);
+    index_insert(ct, hp_ct_hash(ct, &k), (id << 1 | HP_DIR_IN) + 1);
+    ct->count++;
+}
+
+static const hp_conn *sort_conns;
+
+static int by_state_then_age(const void *a, const void *b)
+{
+    const hp_conn *x = &sort_conns[*(const uint32_t *)a], *y = &sort_conns[*(const uint32_t *)b];
+    if (x->state != y->state)
+        return x->state < y->state ? -1 : 1;
+    if (x->last_seen_ms != y->last_seen_ms)
+        return x->last_seen_ms < y->last_seen_ms ? -1 : 1;
+    return *(const uint32_t *)a < *(const uint32_t *)b ? -1 : 1;
+}
+
+int hp_ct_repair_finish(hp_ct *ct)
+{
+    uint32_t *ids = malloc(((size_t)ct->count + 1) * sizeof *ids);
+    if (!ids)
+        return -1;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < ct->capacity && n < ct->count; i++)
+        if (ct->conns[i].state != HP_S_NONE)
+            ids[n++] = i;
+    link_free(ct);
+    sort_conns = ct->conns;   /* attach runs once, before any other thread uses the table */
+    qsort(ids, n, sizeof *ids, by_state_then_age);
+    for (int s = 0; s < HP_S_COUNT; s++)
+        ct->lru_head[s] = ct->lru_tail[s] = HP_CT_NONE;
+    for (uint32_t i = 0; i < n; i++)
+        lru_append(ct, ids[i]);
+    free(ids);
+    return 0;
 }
 
 void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, int dir,

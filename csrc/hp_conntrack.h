@@ -7,6 +7,10 @@
 
 #define HP_CT_NONE 0xFFFFFFFFu
 #define HP_MAX_ENIS 1024
+/* The largest table: its index (hp_ct_index_slots) is 2**31 slots, the most a 32-bit mask and
+ * a 32-bit slot reference ((id << 1 | dir) + 1) can address; 2**30 would wrap the index size
+ * to 0. hyperplane.vocab.MAX_CAPACITY holds the same number (a unit test checks). */
+#define HP_MAX_CAPACITY (1u << 29)
 
 /* Both addresses an ENI answers on; the reply tuple is derived from them, not stored. */
 typedef struct hp_eni_addr {
@@ -70,10 +74,17 @@ typedef struct hp_ct_slot {
     uint32_t ref;                /* (id << 1 | dir) + 1; 0 = empty */
 } hp_ct_slot;
 
+/* The arrays indexed by connection id, laid out one after the other in the state region
+ * (csrc/hp_state.h). Adding one is one line here: the field appears in hp_ct, the region makes
+ * room for it, the state file's layout check covers its size, and an insert zeroes it. */
+#define HP_CT_ARRAYS(X) \
+    X(hp_conn, conns) \
+    X(hp_conn_stats, stats) \
+    X(hp_tcp_win, win)
+
+#define HP_CT_ARRAY_FIELD(type, name) type *name;
 typedef struct hp_ct {
-    hp_conn *conns;
-    hp_conn_stats *stats;        /* indexed like conns */
-    hp_tcp_win *win;             /* indexed like conns */
+    HP_CT_ARRAYS(HP_CT_ARRAY_FIELD)
     hp_ct_slot *slots;
     uint32_t capacity, count, mask;
     uint32_t free_head;
@@ -83,9 +94,26 @@ typedef struct hp_ct {
     const hp_timeouts *timeouts;
 } hp_ct;
 
-int hp_ct_init(hp_ct *ct, uint32_t capacity, const hp_hash_seed *seed,
+/* Index slots for a capacity (70% load at most, a power of two); 64-bit so callers can check
+ * the bound. */
+uint64_t hp_ct_index_slots(uint64_t capacity);
+/* Bytes of region memory a table of this capacity needs (entries, side arrays, index). */
+size_t hp_ct_region_bytes(uint32_t capacity);
+/* Points the table at its region memory (hp_ct_region_bytes, 64-byte aligned). fresh: the
+ * memory is zeroed and the table starts empty; else the process-local links (index, free
+ * list, LRU lists, count) are rebuilt by hp_ct_repair_* from the entries the memory holds. */
+int hp_ct_init(hp_ct *ct, uint32_t capacity, void *mem, int fresh, const hp_hash_seed *seed,
                const hp_eni_addr *enis, const hp_timeouts *timeouts);
-void hp_ct_free(hp_ct *ct);
+
+/* Attach: forget the index and count, then adopt the surviving entries one by one. */
+void hp_ct_repair_begin(hp_ct *ct);
+/* Whether an adopted entry already has entry id's original or reply tuple. */
+int hp_ct_repair_taken(const hp_ct *ct, uint32_t id);
+/* Indexes entry id (live, its tuples not taken). */
+void hp_ct_repair_adopt(hp_ct *ct, uint32_t id);
+/* Once every entry was adopted or marked free (state HP_S_NONE): rebuilds the free list and the LRU lists (oldest first by
+ * last_seen_ms). Returns 0, or -1 when out of memory. */
+int hp_ct_repair_finish(hp_ct *ct);
 
 /* Hash of a key as the table computes it; the batch path computes it once and prefetches. */
 static inline uint32_t hp_ct_hash(const hp_ct *ct, const hp_flow_key *key)

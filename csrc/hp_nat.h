@@ -9,6 +9,7 @@
 #include "hp_portalloc.h"
 #include "hp_reject.h"
 #include "hp_secgroup.h"
+#include "hp_state.h"
 
 #define HP_GROUP_MAX_ENIS 64
 
@@ -63,32 +64,62 @@ typedef struct hp_group {
 
 typedef struct hp_eni_pools {
     hp_pool pool[2][2];          /* [family: 0 IPv4, 1 IPv6][proto: 0 TCP, 1 UDP] */
+    void *mem;                   /* their block of the state region */
+    size_t mem_len;
 } hp_eni_pools;
+
+/* What the NAT keeps in its state region (hp_state.h) besides the journal, the table and the
+ * pools. Indices and offsets only. A new persistent field goes here. */
+typedef struct hp_nat_shared {
+    hp_hash_seed hash_seed;
+    uint64_t port_seed;          /* as given when the state was made */
+    uint64_t rng;                /* port choice */
+    uint32_t n_enis;             /* ENIs complete: raised last when one is added */
+    uint32_t j_head, j_count;    /* the journal ring */
+    uint32_t pad;
+    uint64_t end;                /* region bytes in use: the next ENI's pools go there */
+    uint64_t eni_off[HP_MAX_ENIS];   /* where each ENI's pools are in the region */
+    uint64_t counters[HP_C_COUNT];
+    uint64_t drops[HP_R_COUNT];  /* drops and punts, by reason */
+    hp_eni_addr eni_addr[HP_MAX_ENIS];
+    hp_eni_counters eni_ctr[HP_MAX_ENIS];
+} hp_nat_shared;
 
 typedef struct hp_nat {
     hp_nat_config cfg;
     hp_ct ct;
-    hp_eni_addr eni_addr[HP_MAX_ENIS];
+    hp_region state;             /* the region: shared with the next process on this file */
+    hp_nat_shared *sh;
+    hp_eni_addr *eni_addr;       /* sh->eni_addr */
     hp_eni_pools *eni_pools[HP_MAX_ENIS];
-    uint32_t n_enis;
-    hp_source *sources;
+    uint32_t n_enis;             /* sh->n_enis, as this process sees it */
+    uint32_t n_readded;          /* ENIs add_eni returned since attach */
+    hp_source *sources;          /* sources and groups are process-local: re-added at start */
     uint32_t n_sources, cap_sources;
     hp_group *groups;
     uint32_t n_groups, cap_groups;
-    uint64_t rng;
-    uint64_t counters[HP_C_COUNT];
-    uint64_t drops[HP_R_COUNT];  /* drops and punts, by reason */
+    uint64_t *counters;          /* sh->counters */
+    uint64_t *drops;             /* sh->drops */
     hp_conn_record *journal;     /* ring of connections that expired */
-    uint32_t j_head, j_count;
-    hp_eni_counters *eni_ctr;    /* [HP_MAX_ENIS] */
+    hp_eni_counters *eni_ctr;    /* sh->eni_ctr, [HP_MAX_ENIS] */
     hp_reject_ring rejects;
     hp_rate rst_rate;            /* RSTs answering segments of expired connections */
+    uint8_t attached;            /* the state came from a file made before */
+    uint32_t repaired;           /* at attach: torn entries and quarantine records dropped */
 } hp_nat;
 
 hp_nat *hp_nat_create(const hp_nat_config *cfg);
+/* Creates the NAT with its state in the file at path (anonymous memory when path is NULL):
+ * attaches to the state there when the file was made with the same config. Returns 0, or
+ * -EINVAL (not a state file, another config or layout), -EBUSY (another process has it),
+ * -ENOMEM or another -errno, with a message in err. */
+int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *err,
+                size_t errlen);
 void hp_nat_destroy(hp_nat *nat);
 
-/* Returns the new ENI's id, or -1. v4 is 4 bytes, v6 16 bytes; either may be NULL. */
+/* Returns the new ENI's id, or -1. v4 is 4 bytes, v6 16 bytes; either may be NULL. After an
+ * attach, the ENIs of the state come back first, in order: adding one returns its old id when
+ * the addresses are the same, and -2 when they differ. */
 int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6);
 int hp_nat_add_group(hp_nat *nat);
 int hp_nat_group_add_eni(hp_nat *nat, int group, int eni);

@@ -12,22 +12,44 @@ typedef struct hp_port_owner {
     uint32_t refs;               /* live connections using this external port */
 } hp_port_owner;
 
+/* The pool's counters, in the state region with its arrays. */
+typedef struct hp_pool_state {
+    uint32_t nfree;
+    uint32_t q_head, q_count;
+    uint32_t pad;
+} hp_pool_state;
+
+/* A process-local view: the constants and where the region holds the rest. */
 typedef struct hp_pool {
     uint16_t lo, hi;
     uint32_t size;               /* hi - lo + 1 */
+    hp_pool_state *st;
     uint16_t *free;              /* free ports; order matters (the model mirrors it) */
-    uint32_t nfree;
     uint16_t *q_port;            /* quarantine FIFO */
     uint64_t *q_until;
-    uint32_t q_head, q_count;
     hp_port_owner *owner;        /* indexed by port - lo */
     uint16_t *map;               /* (inside addr, port) -> external port; 0 = empty */
     uint32_t map_mask;
     const hp_hash_seed *seed;
 } hp_pool;
 
-int hp_pool_init(hp_pool *p, uint16_t lo, uint16_t hi, const hp_hash_seed *seed);
-void hp_pool_free(hp_pool *p);
+/* Bytes of region memory a pool of ports lo..hi needs. */
+size_t hp_pool_region_bytes(uint16_t lo, uint16_t hi);
+/* Points the pool at its region memory (hp_pool_region_bytes, 64-byte aligned). fresh: the
+ * memory is zeroed and every port starts free; else hp_pool_repair_* rebuild it. */
+int hp_pool_init(hp_pool *p, uint16_t lo, uint16_t hi, const hp_hash_seed *seed, void *mem,
+                 int fresh);
+
+/* Attach: forget who holds what, let each surviving connection claim its port, then rebuild
+ * the free ports from what nobody claimed, keeping the quarantine (less the claimed ports). */
+void hp_pool_repair_begin(hp_pool *p);
+/* -1 (nothing changes) when port is outside the pool, or held by a connection claimed
+ * before and not shareable (mapped: the same inside endpoint shares it). */
+int hp_pool_repair_claim(hp_pool *p, uint16_t port, const uint8_t addr[16], uint16_t sport,
+                         int mapped);
+/* Returns the number of quarantine entries dropped (claimed, duplicate or out of range), or
+ * -1 when out of memory. */
+int hp_pool_repair_finish(hp_pool *p, int mapped);
 
 /* A free port at random (RFC 6056), or 0 when none is free. */
 uint16_t hp_pool_alloc(hp_pool *p, uint64_t *rng, uint64_t now_ms);

@@ -28,78 +28,6 @@ void hp_nat_config_default(hp_nat_config *cfg)
     cfg->journal_size = 4096;
 }
 
-hp_nat *hp_nat_create(const hp_nat_config *cfg)
-{
-    hp_nat *nat = calloc(1, sizeof *nat);
-    if (!nat)
-        return NULL;
-    nat->cfg = *cfg;
-    if (nat->cfg.hash_seed.k0 == 0 && nat->cfg.hash_seed.k1 == 0)
-        hp_random_seed(&nat->cfg.hash_seed);
-    nat->rng = cfg->port_seed;
-    if (cfg->journal_size)
-        nat->journal = calloc(cfg->journal_size, sizeof *nat->journal);
-    if ((cfg->journal_size && !nat->journal) || hp_nat_obs_init(nat) != 0 ||
-        hp_ct_init(&nat->ct, cfg->capacity, &nat->cfg.hash_seed, nat->eni_addr,
-                   &nat->cfg.timeouts) != 0) {
-        hp_nat_destroy(nat);
-        return NULL;
-    }
-    return nat;
-}
-
-void hp_nat_destroy(hp_nat *nat)
-{
-    if (!nat)
-        return;
-    for (uint32_t e = 0; e < nat->n_enis; e++) {
-        if (!nat->eni_pools[e])
-            continue;
-        for (int f = 0; f < 2; f++)
-            for (int p = 0; p < 2; p++)
-                hp_pool_free(&nat->eni_pools[e]->pool[f][p]);
-        free(nat->eni_pools[e]);
-    }
-    hp_ct_free(&nat->ct);
-    hp_nat_obs_free(nat);
-    free(nat->sources);
-    free(nat->groups);
-    free(nat->journal);
-    free(nat);
-}
-
-int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6)
-{
-    if (nat->n_enis >= HP_MAX_ENIS || (!v4 && !v6))
-        return -1;
-    uint32_t e = nat->n_enis;
-    hp_eni_addr *a = &nat->eni_addr[e];
-    memset(a, 0, sizeof *a);
-    hp_eni_pools *pools = calloc(1, sizeof *pools);
-    if (!pools)
-        return -1;
-    const uint8_t *addrs[2] = { v4, v6 };
-    for (int f = 0; f < 2; f++) {
-        if (!addrs[f])
-            continue;
-        memcpy(a->addr[f], addrs[f], f ? 16 : 4);
-        a->has[f] = 1;
-        for (int p = 0; p < 2; p++) {
-            if (hp_pool_init(&pools->pool[f][p], nat->cfg.port_lo, nat->cfg.port_hi,
-                             &nat->cfg.hash_seed) != 0) {
-                for (int ff = 0; ff < 2; ff++)
-                    for (int pp = 0; pp < 2; pp++)
-                        hp_pool_free(&pools->pool[ff][pp]);
-                free(pools);
-                return -1;
-            }
-        }
-    }
-    nat->eni_pools[e] = pools;
-    nat->n_enis++;
-    return (int)e;
-}
-
 /* Grows an array of elements of size elem to hold one more; returns 0 on success. */
 static int grow(void **arr, uint32_t n, uint32_t *cap, size_t elem)
 {
@@ -201,15 +129,15 @@ static void record(const hp_nat *nat, uint32_t id, hp_conn_record *out)
 static void journal_push(hp_nat *nat, uint32_t id)
 {
     uint32_t size = nat->cfg.journal_size;
-    if (nat->j_count == size) {
+    if (nat->sh->j_count == size) {
         nat->counters[HP_C_JOURNAL_OVERFLOW]++;
         if (size == 0)
             return;
-        nat->j_head = (nat->j_head + 1) % size;   /* the oldest record gives way */
-        nat->j_count--;
+        nat->sh->j_head = (nat->sh->j_head + 1) % size;   /* the oldest record gives way */
+        nat->sh->j_count--;
     }
-    record(nat, id, &nat->journal[(nat->j_head + nat->j_count) % size]);
-    nat->j_count++;
+    record(nat, id, &nat->journal[(nat->sh->j_head + nat->sh->j_count) % size]);
+    nat->sh->j_count++;
 }
 
 void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
@@ -241,10 +169,10 @@ size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn_record *o
                      size_t out_max)
 {
     size_t written = 0;
-    while (out && nat->j_count > 0 && written < out_max) {
-        out[written++] = nat->journal[nat->j_head];
-        nat->j_head = (nat->j_head + 1) % nat->cfg.journal_size;
-        nat->j_count--;
+    while (out && nat->sh->j_count > 0 && written < out_max) {
+        out[written++] = nat->journal[nat->sh->j_head];
+        nat->sh->j_head = (nat->sh->j_head + 1) % nat->cfg.journal_size;
+        nat->sh->j_count--;
     }
     for (size_t removed = 0; removed < max; removed++) {
         uint32_t id = hp_ct_next_expired(&nat->ct, now_ms);
@@ -353,7 +281,7 @@ static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, uint64
         return HP_R_PORTS_EXHAUSTED;
     *eni = g->enis[g->n_enis - 1];
     hp_pool *pool = hp_nat_pool(nat, *eni, k->family, k->proto);
-    *ext = pool ? hp_pool_alloc(pool, &nat->rng, now_ms) : 0;
+    *ext = pool ? hp_pool_alloc(pool, &nat->sh->rng, now_ms) : 0;
     if (*ext == 0)
         return HP_R_PORTS_EXHAUSTED;
     if (!nat->cfg.per_connection)

@@ -10,17 +10,16 @@
 
 int hp_nat_obs_init(hp_nat *nat)
 {
-    nat->eni_ctr = calloc(HP_MAX_ENIS, sizeof *nat->eni_ctr);
+    /* nat->eni_ctr lives in the state region (hp_nat_shared): it outlives the process. */
     nat->rejects.rec = calloc(HP_REJECT_RING, sizeof *nat->rejects.rec);
     hp_rate_init(&nat->rst_rate, HP_RST_PER_S, HP_RST_BURST);
-    return nat->eni_ctr && nat->rejects.rec ? 0 : -1;
+    return nat->rejects.rec ? 0 : -1;
 }
 
 void hp_nat_obs_free(hp_nat *nat)
 {
     for (uint32_t g = 0; g < nat->n_groups; g++)
         hp_sg_set_free(nat->groups[g].sg);
-    free(nat->eni_ctr);
     free(nat->rejects.rec);
 }
 

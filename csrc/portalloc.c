@@ -8,7 +8,44 @@
 
 #define HP_QUARANTINE_MOVES 64   /* ports released from quarantine per allocation, at most */
 
-int hp_pool_init(hp_pool *p, uint16_t lo, uint16_t hi, const hp_hash_seed *seed)
+static size_t align_up(size_t n)
+{
+    return (n + 63) & ~(size_t)63;
+}
+
+static uint32_t map_slots(uint32_t size)
+{
+    uint32_t nmap = 16;
+    while (nmap < 2 * size)
+        nmap <<= 1;
+    return nmap;
+}
+
+/* Lays the pool out in mem (when p is given); returns the bytes it takes. */
+static size_t layout(hp_pool *p, uint32_t size, uint8_t *mem)
+{
+    size_t off = 0;
+#define PLACE(field, bytes)                       \
+    if (p)                                        \
+        p->field = (void *)(mem + off);           \
+    off = align_up(off + (bytes));
+    PLACE(st, sizeof(hp_pool_state))
+    PLACE(free, size * sizeof(uint16_t))
+    PLACE(q_port, size * sizeof(uint16_t))
+    PLACE(q_until, size * sizeof(uint64_t))
+    PLACE(owner, size * sizeof(hp_port_owner))
+    PLACE(map, map_slots(size) * sizeof(uint16_t))
+#undef PLACE
+    return off;
+}
+
+size_t hp_pool_region_bytes(uint16_t lo, uint16_t hi)
+{
+    return hi < lo ? 0 : layout(NULL, (uint32_t)hi - lo + 1, NULL);
+}
+
+int hp_pool_init(hp_pool *p, uint16_t lo, uint16_t hi, const hp_hash_seed *seed, void *mem,
+                 int fresh)
 {
     memset(p, 0, sizeof *p);
     if (lo == 0 || hi < lo)
@@ -16,68 +53,44 @@ int hp_pool_init(hp_pool *p, uint16_t lo, uint16_t hi, const hp_hash_seed *seed)
     p->lo = lo;
     p->hi = hi;
     p->size = (uint32_t)hi - lo + 1;
-    uint32_t nmap = 16;
-    while (nmap < 2 * p->size)
-        nmap <<= 1;
-    p->free = malloc(p->size * sizeof *p->free);
-    p->q_port = malloc(p->size * sizeof *p->q_port);
-    p->q_until = malloc(p->size * sizeof *p->q_until);
-    p->owner = malloc(p->size * sizeof *p->owner);
-    p->map = malloc(nmap * sizeof *p->map);
-    if (!p->free || !p->q_port || !p->q_until || !p->owner || !p->map) {
-        hp_pool_free(p);
-        return -1;
-    }
-    /* Written now rather than zeroed lazily by the kernel: the data path never page-faults. */
-    memset(p->owner, 0, p->size * sizeof *p->owner);
-    memset(p->map, 0, nmap * sizeof *p->map);
-    memset(p->q_port, 0, p->size * sizeof *p->q_port);
-    memset(p->q_until, 0, p->size * sizeof *p->q_until);
-    p->map_mask = nmap - 1;
+    layout(p, p->size, mem);
+    p->map_mask = map_slots(p->size) - 1;
     p->seed = seed;
-    for (uint32_t i = 0; i < p->size; i++)
-        p->free[i] = (uint16_t)(lo + i);
-    p->nfree = p->size;
+    if (fresh) {
+        for (uint32_t i = 0; i < p->size; i++)
+            p->free[i] = (uint16_t)(lo + i);
+        p->st->nfree = p->size;
+    }
     return 0;
-}
-
-void hp_pool_free(hp_pool *p)
-{
-    free(p->free);
-    free(p->q_port);
-    free(p->q_until);
-    free(p->owner);
-    free(p->map);
-    memset(p, 0, sizeof *p);
 }
 
 uint16_t hp_pool_alloc(hp_pool *p, uint64_t *rng, uint64_t now_ms)
 {
-    for (int moved = 0; moved < HP_QUARANTINE_MOVES && p->q_count > 0 &&
-                        p->q_until[p->q_head] <= now_ms; moved++) {
-        p->free[p->nfree++] = p->q_port[p->q_head];
-        p->q_head = (p->q_head + 1) % p->size;
-        p->q_count--;
+    for (int moved = 0; moved < HP_QUARANTINE_MOVES && p->st->q_count > 0 &&
+                        p->q_until[p->st->q_head] <= now_ms; moved++) {
+        p->free[p->st->nfree++] = p->q_port[p->st->q_head];
+        p->st->q_head = (p->st->q_head + 1) % p->size;
+        p->st->q_count--;
     }
-    if (p->nfree == 0)
+    if (p->st->nfree == 0)
         return 0;
     uint64_t r = hp_splitmix64(rng);
-    uint32_t i = (uint32_t)(((r >> 32) * p->nfree) >> 32);
+    uint32_t i = (uint32_t)(((r >> 32) * p->st->nfree) >> 32);
     uint16_t port = p->free[i];
-    p->free[i] = p->free[--p->nfree];
+    p->free[i] = p->free[--p->st->nfree];
     return port;
 }
 
 void hp_pool_release(hp_pool *p, uint16_t port, uint64_t now_ms, uint64_t quarantine_ms)
 {
     if (quarantine_ms == 0) {
-        p->free[p->nfree++] = port;
+        p->free[p->st->nfree++] = port;
         return;
     }
-    uint32_t tail = (p->q_head + p->q_count) % p->size;
+    uint32_t tail = (p->st->q_head + p->st->q_count) % p->size;
     p->q_port[tail] = port;
     p->q_until[tail] = now_ms + quarantine_ms;
-    p->q_count++;
+    p->st->q_count++;
 }
 
 uint32_t hp_pool_endpoint_hash(const hp_hash_seed *seed, const uint8_t addr[16], uint16_t port)
@@ -156,17 +169,80 @@ void hp_pool_unref(hp_pool *p, uint16_t ext, int mapped, uint64_t now_ms, uint64
 
 uint32_t hp_pool_in_use(const hp_pool *p)
 {
-    return p->size - p->nfree - p->q_count;
+    return p->size - p->st->nfree - p->st->q_count;
 }
 
 uint32_t hp_pool_quarantined(const hp_pool *p)
 {
-    return p->q_count;
+    return p->st->q_count;
 }
 
 size_t hp_pool_memory(const hp_pool *p)
 {
-    return (size_t)p->size * (sizeof *p->free + sizeof *p->q_port + sizeof *p->q_until +
-                              sizeof *p->owner) +
-           (size_t)(p->map_mask + 1) * sizeof *p->map;
+    return hp_pool_region_bytes(p->lo, p->hi);
+}
+
+void hp_pool_repair_begin(hp_pool *p)
+{
+    memset(p->owner, 0, p->size * sizeof *p->owner);
+    memset(p->map, 0, (p->map_mask + 1) * sizeof *p->map);
+}
+
+int hp_pool_repair_claim(hp_pool *p, uint16_t port, const uint8_t addr[16], uint16_t sport,
+                         int mapped)
+{
+    if (port < p->lo || port > p->hi)
+        return -1;
+    hp_port_owner *o = &p->owner[port - p->lo];
+    if (o->refs == 0) {
+        if (mapped)
+            hp_pool_map_add(p, port, addr, sport, endpoint_hash(p, addr, sport));
+        else
+            o->refs = 1;      /* a marker until repair_finish */
+        return 0;
+    }
+    if (!mapped || o->port != sport || memcmp(o->addr, addr, 16) != 0)
+        return -1;
+    o->refs++;
+    return 0;
+}
+
+int hp_pool_repair_finish(hp_pool *p, int mapped)
+{
+    uint8_t *quarantined = calloc(p->size, 1);
+    uint16_t *q_port = malloc(p->size * sizeof *q_port);
+    uint64_t *q_until = malloc(p->size * sizeof *q_until);
+    if (!quarantined || !q_port || !q_until) {
+        free(quarantined);
+        free(q_port);
+        free(q_until);
+        return -1;
+    }
+    /* Keep the quarantine in order, less what a connection holds or is there twice. */
+    hp_pool_state *st = p->st;
+    uint32_t kept = 0, count = st->q_head < p->size && st->q_count <= p->size ? st->q_count : 0;
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t at = (st->q_head + i) % p->size;
+        uint16_t port = p->q_port[at];
+        if (port < p->lo || port > p->hi || p->owner[port - p->lo].refs > 0 ||
+            quarantined[port - p->lo])
+            continue;
+        quarantined[port - p->lo] = 1;
+        q_port[kept] = port;
+        q_until[kept++] = p->q_until[at];
+    }
+    memcpy(p->q_port, q_port, kept * sizeof *q_port);
+    memcpy(p->q_until, q_until, kept * sizeof *q_until);
+    st->q_head = 0;
+    st->q_count = kept;
+    st->nfree = 0;
+    for (uint32_t i = 0; i < p->size; i++)
+        if (p->owner[i].refs == 0 && !quarantined[i])
+            p->free[st->nfree++] = (uint16_t)(p->lo + i);
+    if (!mapped)
+        memset(p->owner, 0, p->size * sizeof *p->owner);
+    free(quarantined);
+    free(q_port);
+    free(q_until);
+    return (int)(count - kept);
 }

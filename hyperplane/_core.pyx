@@ -8,6 +8,9 @@ from libc.string cimport memcpy, memset
 
 from hyperplane._hp cimport *
 
+import errno as errnum
+import os
+
 from .connection import Connection, addr_bytes, addr_str, mac_bytes
 from .natparams import resolve
 from . import vocab
@@ -16,6 +19,12 @@ REASONS = tuple(hp_reason_names[i].decode() for i in range(HP_R_COUNT))
 STATES = tuple(hp_state_names[i].decode() for i in range(HP_S_COUNT))
 COUNTERS = tuple(hp_counter_names[i].decode() for i in range(HP_C_COUNT))
 SIZEOF_CONN = sizeof(hp_conn) + sizeof(hp_conn_stats) + sizeof(hp_tcp_win)
+MAX_CAPACITY = HP_MAX_CAPACITY
+
+
+def index_slots(uint64_t capacity):
+    """Index slots the C table gives this capacity (for the bound's test)."""
+    return hp_ct_index_slots(capacity)
 
 
 cdef class _Batch:
@@ -53,7 +62,9 @@ cdef class Nat:
     cdef void _release(self) noexcept nogil:
         pass
 
-    def __init__(self, **kwargs):
+    def __init__(self, state_path=None, **kwargs):
+        """state_path: keep the table, pools and counters in this file (csrc/hp_state.h),
+        attaching to what a previous process left there; None keeps them in private memory."""
         p = resolve(**kwargs)
         self.params = p
         cdef hp_nat_config cfg
@@ -71,9 +82,18 @@ cdef class Nat:
             cfg.timeouts.ms[s] = ms
         if p.hash_seed is not None:
             cfg.hash_seed.k0, cfg.hash_seed.k1 = p.hash_seed
-        self.nat = hp_nat_create(&cfg)
-        if self.nat == NULL:
-            raise MemoryError(f"cannot allocate a NAT for {p.capacity} connections")
+        cdef char err[512]
+        cdef bytes path = None if state_path is None else os.fsencode(state_path)
+        cdef int r = hp_nat_open(&cfg, NULL if path is None else <const char *>path, &self.nat,
+                                 err, sizeof(err))
+        if r == 0:
+            return
+        msg = err.decode(errors="replace")
+        if r == -errnum.ENOMEM:
+            raise MemoryError(msg or f"cannot allocate a NAT for {p.capacity} connections")
+        if r == -errnum.EINVAL:
+            raise ValueError(msg)
+        raise OSError(-r, msg)
 
     def __dealloc__(self):
         hp_nat_destroy(self.nat)
@@ -82,6 +102,7 @@ cdef class Nat:
 
     def add_eni(self, v4=None, v6=None):
         cdef bytes b4 = None, b6 = None
+        cdef const hp_eni_addr *old
         if v4 is not None:
             fam, raw = addr_bytes(v4)
             if fam != 4:
@@ -96,6 +117,12 @@ cdef class Nat:
             raise ValueError("an ENI needs an IPv4 or an IPv6 address")
         e = hp_nat_add_eni(self.nat, <const uint8_t *>b4 if b4 is not None else NULL,
                            <const uint8_t *>b6 if b6 is not None else NULL)
+        if e == -2:
+            old = &self.nat.eni_addr[self.nat.n_readded]
+            have = " ".join([addr_str(4 if f == 0 else 6, old.addr[f][:16])
+                             for f in range(2) if old.has[f]])
+            raise ValueError(f"ENI {self.nat.n_readded} of the state file has {have}; ENIs "
+                             "must come back in the same order with the same addresses")
         if e < 0:
             raise RuntimeError("cannot add an ENI (limit reached or out of memory)")
         return e
@@ -183,7 +210,7 @@ cdef class Nat:
             return self.nat.counters[6] - before
         out = []
         while True:
-            j = self.nat.j_count
+            j = self.nat.sh.j_count
             chunk = remaining if remaining < 4096 else 4096
             buf = <hp_conn_record *>malloc((j + chunk + 1) * sizeof(hp_conn_record))
             if not buf:
@@ -250,6 +277,16 @@ cdef class Nat:
     def capacity(self):
         return self.nat.ct.capacity
 
+    @property
+    def attached(self):
+        """True when the state came from a file a previous process made."""
+        return bool(self.nat.attached)
+
+    @property
+    def repaired(self):
+        """At attach: torn entries and quarantine records the repair pass dropped."""
+        return self.nat.repaired
+
     def counters(self):
         d = {COUNTERS[i]: self.nat.counters[i] for i in range(HP_C_COUNT)}
         for i in range(HP_R_COUNT):
@@ -260,7 +297,7 @@ cdef class Nat:
         cdef hp_pool *p = hp_nat_pool(self.nat, eni, family, proto)
         if p == NULL:
             raise ValueError(f"ENI {eni} has no IPv{family} pool")
-        return {"size": p.size, "free": p.nfree, "in_use": hp_pool_in_use(p),
+        return {"size": p.size, "free": p.st.nfree, "in_use": hp_pool_in_use(p),
                 "quarantined": hp_pool_quarantined(p)}
 
     def memory(self):

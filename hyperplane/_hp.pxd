@@ -27,6 +27,8 @@ cdef extern from "hp_flow.h":
 
 cdef extern from "hp_conntrack.h":
     enum: HP_CT_NONE
+    enum: HP_MAX_CAPACITY
+    uint64_t hp_ct_index_slots(uint64_t capacity)
     ctypedef struct hp_eni_addr:
         uint8_t addr[2][16]
         uint8_t has[2]
@@ -64,9 +66,11 @@ cdef extern from "hp_conntrack.h":
     size_t hp_ct_memory(const hp_ct *ct)
 
 cdef extern from "hp_portalloc.h":
+    ctypedef struct hp_pool_state:
+        uint32_t nfree
     ctypedef struct hp_pool:
         uint32_t size
-        uint32_t nfree
+        hp_pool_state *st
     uint32_t hp_pool_in_use(const hp_pool *p)
     uint32_t hp_pool_quarantined(const hp_pool *p)
     size_t hp_pool_memory(const hp_pool *p)
@@ -91,17 +95,24 @@ cdef extern from "hp_nat.h":
         uint8_t reason
         uint16_t port
         uint32_t conn
+    ctypedef struct hp_nat_shared:
+        uint32_t j_count
     ctypedef struct hp_nat:
         hp_nat_config cfg
         hp_ct ct
-        hp_eni_addr eni_addr[1024]
+        hp_nat_shared *sh
+        hp_eni_addr *eni_addr
         uint32_t n_enis
+        uint32_t n_readded
         uint32_t n_groups
-        uint64_t counters[8]
-        uint64_t drops[64]
-        uint32_t j_count
+        uint64_t *counters
+        uint64_t *drops
+        uint8_t attached
+        uint32_t repaired
     void hp_nat_config_default(hp_nat_config *cfg)
     hp_nat *hp_nat_create(const hp_nat_config *cfg)
+    int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *err,
+                    size_t errlen)
     void hp_nat_destroy(hp_nat *nat)
     int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6)
     int hp_nat_add_group(hp_nat *nat)

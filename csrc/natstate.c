@@ -1,0 +1,266 @@
+/* The NAT's life over its state region (hp_state.h): making or attaching the region, adding
+ * ENIs (their pools appended to it), the repair pass of an attach, and the end. */
+#include "hp_nat.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PAGE 4096u
+#define HUGE_PAGE ((size_t)2 << 20)
+
+static size_t round_up(size_t n, size_t to)
+{
+    return (n + to - 1) / to * to;
+}
+
+/* Where the parts of the fixed region go. */
+typedef struct layout {
+    size_t shared, journal, table, fixed;
+} layout;
+
+static layout place(const hp_nat_config *cfg)
+{
+    layout l;
+    size_t table_bytes = hp_ct_region_bytes(cfg->capacity);
+    l.shared = PAGE;
+    l.journal = round_up(l.shared + sizeof(hp_nat_shared), 64);
+    size_t end = l.journal + (size_t)cfg->journal_size * sizeof(hp_conn_record);
+    l.table = round_up(end, table_bytes >= HUGE_PAGE ? HUGE_PAGE : PAGE);
+    l.fixed = round_up(l.table + table_bytes, PAGE);
+    return l;
+}
+
+/* The header a state file of this config and this build has. */
+static void header(const hp_nat_config *cfg, hp_state_hdr *h)
+{
+    memset(h, 0, sizeof *h);
+    memcpy(h->magic, HP_STATE_MAGIC, 8);
+    h->version = HP_STATE_VERSION;
+    uint64_t layout_sizes[] = {
+        sizeof(hp_state_hdr), sizeof(hp_nat_shared), sizeof(hp_conn_record),
+        sizeof(hp_ct_slot), sizeof(hp_pool_state), sizeof(hp_port_owner),
+        HP_S_COUNT, HP_C_COUNT, HP_R_COUNT, HP_MAX_ENIS,
+#define SIZE(type, name) sizeof(type),
+        HP_CT_ARRAYS(SIZE)
+#undef SIZE
+    };
+    _Static_assert(sizeof layout_sizes <= sizeof h->layout, "room for the layout sizes");
+    h->n_layout = sizeof layout_sizes / sizeof layout_sizes[0];
+    memcpy(h->layout, layout_sizes, sizeof layout_sizes);
+    h->fixed_bytes = place(cfg).fixed;
+    hp_state_config *c = &h->config;
+    c->capacity = cfg->capacity;
+    c->port_lo = cfg->port_lo;
+    c->port_hi = cfg->port_hi;
+    c->per_connection = cfg->per_connection;
+    c->journal_size = cfg->journal_size;
+    c->quarantine_ms = cfg->quarantine_ms;
+    for (int s = 0; s < HP_S_COUNT; s++)
+        c->timeouts_ms[s] = cfg->timeouts.ms[s];
+}
+
+/* The families an ENI has, as the number of its pools' blocks. */
+static size_t eni_bytes(const hp_nat *nat, const hp_eni_addr *a)
+{
+    size_t pool = hp_pool_region_bytes(nat->cfg.port_lo, nat->cfg.port_hi);
+    return round_up((size_t)(a->has[0] + a->has[1]) * 2 * pool, PAGE);
+}
+
+/* Maps ENI e's block and points its pools at it (fresh: all ports free). */
+static int map_eni(hp_nat *nat, uint32_t e, int fresh)
+{
+    const hp_eni_addr *a = &nat->eni_addr[e];
+    hp_eni_pools *pools = calloc(1, sizeof *pools);
+    if (!pools)
+        return -1;
+    pools->mem_len = eni_bytes(nat, a);
+    pools->mem = hp_region_map(&nat->state, nat->sh->eni_off[e], pools->mem_len, fresh);
+    if (!pools->mem) {
+        free(pools);
+        return -1;
+    }
+    uint8_t *at = pools->mem;
+    size_t pool = hp_pool_region_bytes(nat->cfg.port_lo, nat->cfg.port_hi);
+    for (int f = 0; f < 2; f++)
+        for (int p = 0; a->has[f] && p < 2; p++, at += pool)
+            hp_pool_init(&pools->pool[f][p], nat->cfg.port_lo, nat->cfg.port_hi,
+                         &nat->cfg.hash_seed, at, fresh);
+    nat->eni_pools[e] = pools;
+    return 0;
+}
+
+static int entry_valid(const hp_nat *nat, const hp_conn *c)
+{
+    int udp = c->state == HP_S_UDP_FIRST || c->state == HP_S_UDP_STREAM;
+    return c->state < HP_S_COUNT && (c->family == 4 || c->family == 6) &&
+           (c->proto == 17) == udp && (c->proto == 6 || c->proto == 17) &&
+           c->eni < nat->n_enis && nat->eni_addr[c->eni].has[c->family == 6];
+}
+
+/* The attach's repair pass (hp_state.h): keeps every live entry that is whole, unique and
+ * holds a port nobody else holds; rebuilds the rest from them. */
+static int repair(hp_nat *nat)
+{
+    hp_nat_shared *sh = nat->sh;
+    if (nat->cfg.journal_size == 0 || sh->j_head >= nat->cfg.journal_size ||
+        sh->j_count > nat->cfg.journal_size)
+        sh->j_head = sh->j_count = 0;
+    int mapped = !nat->cfg.per_connection;
+    for (uint32_t e = 0; e < nat->n_enis; e++)
+        for (int f = 0; f < 2; f++)
+            for (int p = 0; nat->eni_addr[e].has[f] && p < 2; p++)
+                hp_pool_repair_begin(&nat->eni_pools[e]->pool[f][p]);
+    hp_ct *ct = &nat->ct;
+    hp_ct_repair_begin(ct);
+    for (uint32_t id = 0; id < ct->capacity; id++) {
+        hp_conn *c = &ct->conns[id];
+        if (c->state == HP_S_NONE)
+            continue;
+        if (!entry_valid(nat, c) || hp_ct_repair_taken(ct, id) ||
+            hp_pool_repair_claim(hp_nat_pool(nat, c->eni, c->family, c->proto), c->nat_port,
+                                 c->src, c->sport, mapped) != 0) {
+            c->state = HP_S_NONE;
+            nat->repaired++;
+            continue;
+        }
+        hp_ct_repair_adopt(ct, id);
+    }
+    if (hp_ct_repair_finish(ct) != 0)
+        return -1;
+    for (uint32_t e = 0; e < nat->n_enis; e++)
+        for (int f = 0; f < 2; f++)
+            for (int p = 0; nat->eni_addr[e].has[f] && p < 2; p++) {
+                int dropped = hp_pool_repair_finish(&nat->eni_pools[e]->pool[f][p], mapped);
+                if (dropped < 0)
+                    return -1;
+                nat->repaired += (uint32_t)dropped;
+            }
+    return 0;
+}
+
+int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *err,
+                size_t errlen)
+{
+    *out = NULL;
+    if (err && errlen)
+        err[0] = 0;
+    if (cfg->capacity == 0 || cfg->capacity > HP_MAX_CAPACITY || cfg->port_lo == 0 ||
+        cfg->port_hi < cfg->port_lo) {
+        snprintf(err, errlen, "capacity must be in 1..%u and ports in 1..65535",
+                 HP_MAX_CAPACITY);
+        return -EINVAL;
+    }
+    hp_nat *nat = calloc(1, sizeof *nat);
+    if (!nat)
+        return -ENOMEM;
+    nat->cfg = *cfg;
+    hp_state_hdr want;
+    header(cfg, &want);
+    int r = hp_region_open(&nat->state, path, &want, err, errlen);
+    if (r != 0) {
+        free(nat);
+        return r;
+    }
+    layout l = place(cfg);
+    uint8_t *base = nat->state.base;
+    hp_nat_shared *sh = nat->sh = (hp_nat_shared *)(base + l.shared);
+    nat->eni_addr = sh->eni_addr;
+    nat->counters = sh->counters;
+    nat->drops = sh->drops;
+    nat->eni_ctr = sh->eni_ctr;
+    nat->journal = (hp_conn_record *)(base + l.journal);
+    int fresh = nat->state.fresh;
+    if (fresh) {
+        if (nat->cfg.hash_seed.k0 == 0 && nat->cfg.hash_seed.k1 == 0)
+            hp_random_seed(&nat->cfg.hash_seed);
+        sh->hash_seed = nat->cfg.hash_seed;
+        sh->port_seed = sh->rng = cfg->port_seed;
+        sh->end = l.fixed;
+    } else {
+        /* The keys the entries were hashed and the ports chosen with. */
+        nat->cfg.hash_seed = sh->hash_seed;
+        nat->cfg.port_seed = sh->port_seed;
+        nat->attached = 1;
+    }
+    r = -ENOMEM;
+    if (hp_nat_obs_init(nat) != 0)
+        goto fail;
+    if (hp_ct_init(&nat->ct, cfg->capacity, base + l.table, fresh, &nat->cfg.hash_seed,
+                   nat->eni_addr, &nat->cfg.timeouts) != 0)
+        goto fail;
+    if (!fresh) {
+        nat->n_enis = sh->n_enis <= HP_MAX_ENIS ? sh->n_enis : HP_MAX_ENIS;
+        for (uint32_t e = 0; e < nat->n_enis; e++)
+            if (map_eni(nat, e, 0) != 0) {
+                snprintf(err, errlen, "cannot map the pools of ENI %u of state file %s", e,
+                         path);
+                goto fail;
+            }
+        if (repair(nat) != 0)
+            goto fail;
+    } else if (path) {
+        hp_region_commit(&nat->state, &want);
+    }
+    *out = nat;
+    return 0;
+fail:
+    hp_nat_destroy(nat);
+    return r;
+}
+
+hp_nat *hp_nat_create(const hp_nat_config *cfg)
+{
+    hp_nat *nat;
+    return hp_nat_open(cfg, NULL, &nat, NULL, 0) == 0 ? nat : NULL;
+}
+
+void hp_nat_destroy(hp_nat *nat)
+{
+    if (!nat)
+        return;
+    for (uint32_t e = 0; e < nat->n_enis; e++) {
+        if (!nat->eni_pools[e])
+            continue;
+        hp_region_unmap(nat->eni_pools[e]->mem, nat->eni_pools[e]->mem_len);
+        free(nat->eni_pools[e]);
+    }
+    hp_nat_obs_free(nat);
+    hp_region_close(&nat->state);
+    free(nat->sources);
+    free(nat->groups);
+    free(nat);
+}
+
+int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6)
+{
+    if (!v4 && !v6)
+        return -1;
+    hp_eni_addr a;
+    memset(&a, 0, sizeof a);
+    const uint8_t *addrs[2] = { v4, v6 };
+    for (int f = 0; f < 2; f++)
+        if (addrs[f]) {
+            memcpy(a.addr[f], addrs[f], f ? 16 : 4);
+            a.has[f] = 1;
+        }
+    if (nat->n_readded < nat->n_enis) {    /* an ENI of the state file, coming back */
+        if (memcmp(&nat->eni_addr[nat->n_readded], &a, sizeof a) != 0)
+            return -2;
+        return (int)nat->n_readded++;
+    }
+    if (nat->n_enis >= HP_MAX_ENIS)
+        return -1;
+    uint32_t e = nat->n_enis;
+    hp_nat_shared *sh = nat->sh;
+    nat->eni_addr[e] = a;
+    sh->eni_off[e] = sh->end;
+    if (map_eni(nat, e, 1) != 0)
+        return -1;
+    /* Complete before it counts: a process killed here leaves the ENI out, not half in. */
+    sh->end += nat->eni_pools[e]->mem_len;
+    __atomic_store_n(&sh->n_enis, e + 1, __ATOMIC_RELEASE);
+    nat->n_enis = nat->n_readded = e + 1;
+    return (int)e;
+}
