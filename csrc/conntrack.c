@@ -287,23 +287,31 @@ void hp_ct_repair_begin(hp_ct *ct)
     ct->count = 0;
 }
 
-int hp_ct_repair_taken(const hp_ct *ct, uint32_t id)
+void hp_ct_repair_hash(const hp_ct *ct, uint32_t id, uint32_t hash[2])
 {
     hp_flow_key k;
     hp_ct_orig_key(&ct->conns[id], &k);
-    if (hp_ct_lookup(ct, &k, HP_DIR_OUT) != HP_CT_NONE)
-        return 1;
+    hash[HP_DIR_OUT] = hp_ct_hash(ct, &k);
+    hp_ct_prefetch_slot(ct, hash[HP_DIR_OUT]);
     hp_ct_reply_key(ct, &ct->conns[id], &k);
-    return hp_ct_lookup(ct, &k, HP_DIR_IN) != HP_CT_NONE;
+    hash[HP_DIR_IN] = hp_ct_hash(ct, &k);
+    hp_ct_prefetch_slot(ct, hash[HP_DIR_IN]);
 }
 
-void hp_ct_repair_adopt(hp_ct *ct, uint32_t id)
+int hp_ct_repair_taken(const hp_ct *ct, uint32_t id, const uint32_t hash[2])
 {
     hp_flow_key k;
     hp_ct_orig_key(&ct->conns[id], &k);
-    index_insert(ct, hp_ct_hash(ct, &k), (id << 1 | HP_DIR_OUT) + 1);
+    if (hp_ct_lookup_hashed(ct, &k, hash[HP_DIR_OUT], HP_DIR_OUT) != HP_CT_NONE)
+        return 1;
     hp_ct_reply_key(ct, &ct->conns[id], &k);
-    index_insert(ct, hp_ct_hash(ct, &k), (id << 1 | HP_DIR_IN) + 1);
+    return hp_ct_lookup_hashed(ct, &k, hash[HP_DIR_IN], HP_DIR_IN) != HP_CT_NONE;
+}
+
+void hp_ct_repair_adopt(hp_ct *ct, uint32_t id, const uint32_t hash[2])
+{
+    index_insert(ct, hash[HP_DIR_OUT], (id << 1 | HP_DIR_OUT) + 1);
+    index_insert(ct, hash[HP_DIR_IN], (id << 1 | HP_DIR_IN) + 1);
     ct->count++;
 }
 

@@ -7,10 +7,11 @@
 
 #define HP_CT_NONE 0xFFFFFFFFu
 #define HP_MAX_ENIS 1024
-/* The largest table: its index (hp_ct_index_slots) is 2**31 slots, the most a 32-bit mask and
- * a 32-bit slot reference ((id << 1 | dir) + 1) can address; 2**30 would wrap the index size
- * to 0. hyperplane.vocab.MAX_CAPACITY holds the same number (a unit test checks). */
-#define HP_MAX_CAPACITY (1u << 29)
+/* The largest table (hyperplane.vocab.MAX_CAPACITY holds the same number; a unit test checks):
+ * about 7.5 GB with its index of 2**28 slots, far below where 32-bit slot references
+ * ((id << 1 | dir) + 1) and the index mask overflow (2**31 slots, a capacity of ~751 million;
+ * at 2**30 the index size wraps to 0). */
+#define HP_MAX_CAPACITY (1u << 26)
 
 /* Both addresses an ENI answers on; the reply tuple is derived from them, not stored. */
 typedef struct hp_eni_addr {
@@ -107,10 +108,13 @@ int hp_ct_init(hp_ct *ct, uint32_t capacity, void *mem, int fresh, const hp_hash
 
 /* Attach: forget the index and count, then adopt the surviving entries one by one. */
 void hp_ct_repair_begin(hp_ct *ct);
+/* The hashes of entry id's original and reply tuples (its ENI must exist), prefetching
+ * their index slots: repair hashes a batch first so the cache misses overlap. */
+void hp_ct_repair_hash(const hp_ct *ct, uint32_t id, uint32_t hash[2]);
 /* Whether an adopted entry already has entry id's original or reply tuple. */
-int hp_ct_repair_taken(const hp_ct *ct, uint32_t id);
+int hp_ct_repair_taken(const hp_ct *ct, uint32_t id, const uint32_t hash[2]);
 /* Indexes entry id (live, its tuples not taken). */
-void hp_ct_repair_adopt(hp_ct *ct, uint32_t id);
+void hp_ct_repair_adopt(hp_ct *ct, uint32_t id, const uint32_t hash[2]);
 /* Once every entry was adopted or marked free (state HP_S_NONE): rebuilds the free list and the LRU lists (oldest first by
  * last_seen_ms). Returns 0, or -1 when out of memory. */
 int hp_ct_repair_finish(hp_ct *ct);

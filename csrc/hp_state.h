@@ -14,7 +14,7 @@
  * what is derived from the entries: the index, the table's free and LRU lists, and each pool's
  * owners, mappings and free ports (keeping its quarantine). A process killed in the middle of
  * an update thus loses at most the connection it was writing, never a port a live connection
- * holds. See docs/semantics.md section 9. */
+ * holds. See docs/semantics.md section 10. */
 #ifndef HP_STATE_H
 #define HP_STATE_H
 

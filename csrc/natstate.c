@@ -114,18 +114,35 @@ static int repair(hp_nat *nat)
                 hp_pool_repair_begin(&nat->eni_pools[e]->pool[f][p]);
     hp_ct *ct = &nat->ct;
     hp_ct_repair_begin(ct);
-    for (uint32_t id = 0; id < ct->capacity; id++) {
-        hp_conn *c = &ct->conns[id];
-        if (c->state == HP_S_NONE)
-            continue;
-        if (!entry_valid(nat, c) || hp_ct_repair_taken(ct, id) ||
-            hp_pool_repair_claim(hp_nat_pool(nat, c->eni, c->family, c->proto), c->nat_port,
-                                 c->src, c->sport, mapped) != 0) {
-            c->state = HP_S_NONE;
-            nat->repaired++;
-            continue;
+    enum { BATCH = 64 };
+    uint32_t hash[BATCH][2];
+    for (uint32_t base = 0; base < ct->capacity; base += BATCH) {
+        uint32_t n = ct->capacity - base < BATCH ? ct->capacity - base : BATCH;
+        for (uint32_t i = 0; i < n; i++) {      /* hash the batch, prefetching index slots */
+            hp_conn *c = &ct->conns[base + i];
+            if (c->state == HP_S_NONE)
+                continue;
+            if (!entry_valid(nat, c)) {
+                c->state = HP_S_NONE;
+                nat->repaired++;
+                continue;
+            }
+            hp_ct_repair_hash(ct, base + i, hash[i]);
         }
-        hp_ct_repair_adopt(ct, id);
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t id = base + i;
+            hp_conn *c = &ct->conns[id];
+            if (c->state == HP_S_NONE)
+                continue;
+            if (hp_ct_repair_taken(ct, id, hash[i]) ||
+                hp_pool_repair_claim(hp_nat_pool(nat, c->eni, c->family, c->proto),
+                                     c->nat_port, c->src, c->sport, mapped) != 0) {
+                c->state = HP_S_NONE;
+                nat->repaired++;
+                continue;
+            }
+            hp_ct_repair_adopt(ct, id, hash[i]);
+        }
     }
     if (hp_ct_repair_finish(ct) != 0)
         return -1;

@@ -72,10 +72,13 @@ static int config_differs(const hp_state_config *have, const hp_state_config *wa
     DIFF(per_connection, "per-connection mapping")
     DIFF(journal_size, "journal size")
     DIFF(quarantine_ms, "quarantine_ms")
-    for (int s = 0; s < HP_S_COUNT; s++) {
-        DIFF(timeouts_ms[s], "a timeout (ms) of state")
-    }
 #undef DIFF
+    for (int s = 0; s < HP_S_COUNT; s++)
+        if (have->timeouts_ms[s] != want->timeouts_ms[s])
+            return fail(err, errlen, -EINVAL,
+                        "state file %s was made with timeout %s %llu ms, not %llu", path,
+                        hp_state_names[s], (unsigned long long)have->timeouts_ms[s],
+                        (unsigned long long)want->timeouts_ms[s]);
     return 0;
 }
 

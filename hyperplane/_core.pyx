@@ -84,8 +84,10 @@ cdef class Nat:
             cfg.hash_seed.k0, cfg.hash_seed.k1 = p.hash_seed
         cdef char err[512]
         cdef bytes path = None if state_path is None else os.fsencode(state_path)
-        cdef int r = hp_nat_open(&cfg, NULL if path is None else <const char *>path, &self.nat,
-                                 err, sizeof(err))
+        cdef const char *cpath = NULL
+        if path is not None:
+            cpath = path
+        cdef int r = hp_nat_open(&cfg, cpath, &self.nat, err, sizeof(err))
         if r == 0:
             return
         msg = err.decode(errors="replace")

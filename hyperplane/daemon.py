@@ -40,7 +40,12 @@ class Daemon:
         state = self.lab.state
         self.config = state.config                     # the typed value, validated at `up`
         self.nat = Nat(**self.config.nat_args(),
-                       port_seed=secrets.randbits(64))     # RFC 6056: unpredictable ports
+                       port_seed=secrets.randbits(64),     # RFC 6056: unpredictable ports
+                       # connections, ports and counters outlive this process (cleanup removes it)
+                       state_path=os.path.join(self.run_dir, f"{prefix}.state"))
+        if self.nat.attached:
+            log.info("attached to the state of a previous data plane: %d connections, %d "
+                     "repaired", len(self.nat), self.nat.repaired)
         self.dp = DataPlane(self.nat)
         self.started = time.time()
         self.calls: queue.Queue = queue.Queue()

@@ -1,0 +1,370 @@
+"""The NAT's state in a file (csrc/hp_state.h): a process that dies, however it dies, leaves
+its connections, ports and counters to the next one, which attaches and carries on.
+
+A "crash" is a forked child that builds the NAT on the file, sends traffic and then calls
+os._exit() or is killed with SIGKILL in the middle of its traffic; the test process attaches.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import stat
+import struct
+import time
+
+import pytest
+
+import framegen as fg
+from hyperplane import vocab
+from hyperplane.vocab import FORWARD, IN, OUT, R
+
+core = pytest.importorskip("hyperplane._core")
+Nat = core.Nat
+
+SRCS = ["10.200.0.11", "10.200.0.12"]
+SRC6 = "fd00:200::11"
+ENIS = [("10.0.2.4", None), ("10.0.1.4", "fd00:1::4")]
+DST, DST6 = "10.0.9.9", "fd00:9::9"
+KW = dict(capacity=4096, port_range=(1000, 1063), hash_seed=None, port_seed=7)
+
+
+def attach_topology(nat):
+    """What the daemon does at every start: ENIs in order, then groups and sources (those are
+    process-local). ENI 1 takes the group's new connections."""
+    enis = [nat.add_eni(v4, v6) for v4, v6 in ENIS]
+    grp = nat.add_group()
+    for e in enis:
+        nat.group_add_eni(grp, e)
+    for s in SRCS:
+        nat.add_source(s, grp)
+    nat.add_source(SRC6, grp, allow_v6=True)
+    return enis
+
+
+def seg(src, dst, sport, dport, flags, seq, ack, payload=b""):
+    """A TCP segment with these sequence numbers (framegen builds seq=1000, ack=0)."""
+    frame = fg.tcp(src, dst, sport, dport, flags, payload=payload)
+    f = fg.fields(frame)
+    struct.pack_into("!II", frame, f["l4"] + 4, seq, ack)
+    struct.pack_into("!H", frame, f["l4"] + 16, 0)
+    l4 = bytes(frame[f["l4"]:f["end"]])
+    csum = fg.checksum(l4, fg.pseudo_sum(fg.packed(src), fg.packed(dst), fg.TCP, len(l4)))
+    struct.pack_into("!H", frame, f["l4"] + 16, csum)
+    return frame
+
+
+def send(nat, frame, direction, now, eni=0):
+    (res,) = nat.translate([frame], direction, now, eni=eni)
+    return res, fg.fields(frame)
+
+
+class TcpFlow:
+    """An established TCP connection: handshake, then data either way."""
+
+    def __init__(self, nat, src, sport, now, dst=DST):
+        self.src, self.sport, self.dst = src, sport, dst
+        self.seq, self.rseq = 1000, 900000
+        res, f = send(nat, seg(src, dst, sport, 443, "S", self.seq, 0), OUT, now)
+        assert res[0] == FORWARD, res
+        self.eni, self.nat_addr, self.nat_port = res[2] - 1, f["src"], f["sport"]
+        self.seq += 1
+        res, _ = self.reply(nat, "SA", now, syn=True)
+        assert res[0] == FORWARD, res
+        self.rseq += 1
+        assert self.data(nat, now)[0][0] == FORWARD
+
+    def data(self, nat, now, payload=b"data"):
+        res, f = send(nat, seg(self.src, self.dst, self.sport, 443, "PA", self.seq, self.rseq,
+                               payload), OUT, now)
+        self.seq += len(payload)
+        return res, f
+
+    def reply(self, nat, flags, now, payload=b"", syn=False):
+        res, f = send(nat, seg(self.dst, self.nat_addr, 443, self.nat_port, flags, self.rseq,
+                               self.seq, payload), IN, now, eni=self.eni)
+        self.rseq += len(payload)
+        return res, f
+
+    def state(self):
+        return dict(src=self.src, sport=self.sport, dst=self.dst, eni=self.eni,
+                    nat_addr=self.nat_addr, nat_port=self.nat_port, seq=self.seq,
+                    rseq=self.rseq)
+
+    @classmethod
+    def restore(cls, d):
+        flow = cls.__new__(cls)
+        flow.__dict__.update(d)
+        return flow
+
+
+def udp_flow(nat, src, sport, now, dst=DST):
+    res, f = send(nat, fg.udp(src, dst, sport, 53, payload=b"q"), OUT, now)
+    assert res[0] == FORWARD, res
+    back, g = send(nat, fg.udp(dst, f["src"], 53, f["sport"], payload=b"a"), IN, now,
+                   eni=res[2] - 1)
+    assert back[0] == FORWARD and (g["dst"], g["dport"]) == (src, sport)
+    return dict(src=src, sport=sport, dst=dst, eni=res[2] - 1, nat_addr=f["src"],
+                nat_port=f["sport"])
+
+
+def in_child(fn):
+    """Runs fn() in a forked child that then dies without cleanup; returns (pid, read end)
+    of the pipe fn writes to."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(r)
+            fn(w)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def read_json(r, timeout=30.0):
+    """One JSON line from the child, with a deadline."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        assert time.monotonic() < deadline, "the child did not report in time"
+        chunk = os.read(r, 65536)
+        assert chunk, "the child died before it reported"
+        buf += chunk
+    return json.loads(buf)
+
+
+def held_ports(nat):
+    """(eni, family, proto, nat_port) -> inside endpoints holding it."""
+    held = {}
+    for c in nat.connections():
+        held.setdefault((c.eni, c.family, c.proto, c.nat_port), set()).add((c.src, c.sport))
+    return held
+
+
+def test_the_bound_agrees_and_fits_the_index():
+    assert core.MAX_CAPACITY == vocab.MAX_CAPACITY
+    # The index of the largest table: its mask and every slot reference ((id << 1 | dir) + 1)
+    # fit in 32 bits with room to spare; the overflow starts at 2**31 slots.
+    slots = core.index_slots(vocab.MAX_CAPACITY)
+    assert slots == 1 << 28 and slots * 0.7 >= 2 * vocab.MAX_CAPACITY
+    assert ((vocab.MAX_CAPACITY - 1) << 1 | 1) + 1 < 1 << 32
+    assert core.index_slots(1 << 30) == 1 << 32          # the core's old bound wrapped a uint32
+    with pytest.raises(ValueError, match="capacity"):
+        Nat(capacity=vocab.MAX_CAPACITY + 1)
+
+
+@pytest.mark.skipif(not os.environ.get("HP_BIG_TESTS"),
+                    reason="needs about 8 GB of memory for a few seconds: set HP_BIG_TESTS=1")
+def test_a_table_at_the_bound_works():
+    nat = Nat(capacity=vocab.MAX_CAPACITY, port_seed=1)
+    attach_topology(nat)
+    assert nat.capacity == vocab.MAX_CAPACITY
+    assert nat.memory()["table_bytes"] > 7 << 30
+    flow = udp_flow(nat, SRCS[0], 5000, 0)
+    assert len(nat) == 1 and nat.lookup(flow["src"], DST, 5000, 53, fg.UDP, OUT, 0) is not None
+
+
+def test_anonymous_state_is_not_attached(tmp_path):
+    nat = Nat(**KW)
+    assert not nat.attached
+    fresh = Nat(state_path=tmp_path / "s.state", **KW)
+    assert not fresh.attached
+    assert stat.S_IMODE(os.stat(tmp_path / "s.state").st_mode) == 0o600
+
+
+def test_connections_survive_a_crash(tmp_path):
+    path = str(tmp_path / "nat.state")
+
+    def child(w):
+        nat = Nat(state_path=path, **KW)
+        assert not nat.attached
+        attach_topology(nat)
+        tcp = [TcpFlow(nat, SRCS[i % 2], 40000 + i, 1_000) for i in range(6)]
+        udp = [udp_flow(nat, SRCS[0], 50000 + i, 1_000) for i in range(4)]
+        v6 = udp_flow(nat, SRC6, 5353, 1_000, dst=DST6)
+        os.write(w, (json.dumps(dict(tcp=[t.state() for t in tcp], udp=udp, v6=v6,
+                                     counters=nat.counters(),
+                                     conns=[dataclasses.asdict(c) for c in nat.connections()],
+                                     pools=nat.pool_stats(1, 4, 6))) + "\n").encode())
+        os._exit(0)      # no destructor, no unmapping: as a crash leaves it
+
+    pid, r = in_child(child)
+    before = read_json(r)
+    assert os.waitpid(pid, 0)[1] == 0
+
+    nat = Nat(state_path=path, **KW)
+    assert nat.attached and nat.repaired == 0
+    assert attach_topology(nat) == [0, 1]
+    assert [dataclasses.asdict(c) for c in nat.connections()] == before["conns"]
+    assert nat.counters() == before["counters"]
+    assert nat.pool_stats(1, 4, 6) == before["pools"]
+
+    now = 2_000
+    for d in before["tcp"]:
+        flow = TcpFlow.restore(d)
+        res, f = flow.data(nat, now)
+        assert res[0] == FORWARD and (f["src"], f["sport"]) == (flow.nat_addr, flow.nat_port)
+        res, f = flow.reply(nat, "A", now, payload=b"back")
+        assert res[0] == FORWARD and (f["dst"], f["dport"]) == (flow.src, flow.sport)
+    for d in before["udp"] + [before["v6"]]:
+        res, f = send(nat, fg.udp(d["src"], d["dst"], d["sport"], 53), OUT, now)
+        assert res[0] == FORWARD and (f["src"], f["sport"]) == (d["nat_addr"], d["nat_port"])
+        res, f = send(nat, fg.udp(d["dst"], d["nat_addr"], 53, d["nat_port"]), IN, now,
+                      eni=d["eni"])
+        assert res[0] == FORWARD and (f["dst"], f["dport"]) == (d["src"], d["sport"])
+    c = nat.counters()
+    assert c["CONN_CREATED"] == before["counters"]["CONN_CREATED"]
+    assert c["FWD_OUT_PACKETS"] == before["counters"]["FWD_OUT_PACKETS"] + 11
+    assert c["FWD_IN_PACKETS"] == before["counters"]["FWD_IN_PACKETS"] + 11
+    assert all(conn.state in ("ESTABLISHED", "UDP_STREAM") for conn in nat.connections())
+
+    # New connections from other endpoints take only ports nobody holds, until none is left.
+    old = held_ports(nat)
+    new_ports = set()
+    for sport in range(20000, 20200):
+        res, f = send(nat, fg.udp(SRCS[1], DST, sport, 53), OUT, now)
+        if res[0] != FORWARD:
+            assert res[1] == R["PORTS_EXHAUSTED"]
+            break
+        key = (1, 4, fg.UDP, f["sport"])
+        assert key not in old and f["sport"] not in new_ports
+        new_ports.add(f["sport"])
+    held_before = {k[3] for k in old if k[:3] == (1, 4, fg.UDP)}
+    assert new_ports | held_before == set(range(1000, 1064))
+
+
+def test_a_sigkill_in_the_middle_of_traffic_loses_no_port(tmp_path):
+    path = str(tmp_path / "nat.state")
+    kw = dict(KW, port_range=(1000, 1299), quarantine_ms=0)
+
+    def child(w):
+        nat = Nat(state_path=path, **kw)
+        attach_topology(nat)
+        flow = TcpFlow(nat, SRCS[0], 40000, 1_000)
+        # New flows and expiries, as fast as it goes, until the parent kills us.
+        i, now = 0, 1_000
+        while True:
+            sport = 10000 + i % 20000
+            nat.translate([fg.udp(SRCS[1], DST, sport, 53)], OUT, now)
+            if i % 7 == 0:
+                now += 5_000
+                nat.translate([seg(flow.src, flow.dst, flow.sport, 443, "A", flow.seq,
+                                   flow.rseq)], OUT, now)
+                nat.expire(now, 50)
+            i += 1
+            if i == 2000:   # well under way: the parent kills us while we go on
+                os.write(w, (json.dumps(flow.state()) + "\n").encode())
+
+    pid, r = in_child(child)
+    flow = TcpFlow.restore(read_json(r))
+    os.kill(pid, signal.SIGKILL)
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+
+    nat = Nat(state_path=path, **kw)
+    assert nat.attached
+    assert nat.repaired <= 1     # at most the connection being written
+    attach_topology(nat)
+    conns = nat.connections()
+    assert conns and len(nat) == len(conns)
+    held = held_ports(nat)
+    assert all(len(owners) == 1 for owners in held.values())     # no port held twice
+    udp_held = {k[3] for k in held if k[:3] == (1, 4, fg.UDP)}
+    p = nat.pool_stats(1, 4, fg.UDP)
+    assert p["in_use"] == len(udp_held) and p["free"] + p["in_use"] == p["size"]
+
+    # The established connection carries on with its port.
+    now = max(c.last_seen_ms for c in conns) + 1
+    res, f = flow.data(nat, now)
+    assert res[0] == FORWARD and (f["src"], f["sport"]) == (flow.nat_addr, flow.nat_port)
+    res, f = flow.reply(nat, "A", now, payload=b"ok")
+    assert res[0] == FORWARD and (f["dst"], f["dport"]) == (flow.src, flow.sport)
+    # New connections never get a held port.
+    for sport in range(30000, 30000 + p["free"]):
+        res, f = send(nat, fg.udp(SRCS[0], DST, sport, 53), OUT, now)
+        assert res[0] == FORWARD and f["sport"] not in udp_held
+    res, _ = send(nat, fg.udp(SRCS[0], DST, 1, 53), OUT, now)
+    assert res[1] == R["PORTS_EXHAUSTED"]
+    # Expiry works on the rebuilt lists.
+    live = len(nat)
+    assert len(nat.expire(now + 10**9)) >= live and len(nat) == 0 and nat.connections() == []
+
+
+def test_quarantine_and_journal_survive(tmp_path):
+    path = str(tmp_path / "nat.state")
+    kw = dict(KW, quarantine_ms=60_000)
+
+    def one_way(nat, sport, now):
+        res, f = send(nat, fg.udp(SRCS[0], DST, sport, 53), OUT, now)
+        assert res[0] == FORWARD
+        return f["sport"]
+
+    def child(w):
+        nat = Nat(state_path=path, **kw)
+        attach_topology(nat)
+        a = one_way(nat, 5000, 0)
+        assert nat.expire(31_000, collect=False) == 1     # a: quarantined until 91 s
+        b = one_way(nat, 5001, 40_000)
+        one_way(nat, 5001, 400_000)   # b's connection found expired: journal, quarantine
+        os.write(w, (json.dumps([a, b]) + "\n").encode())
+        os._exit(0)
+
+    pid, r = in_child(child)
+    a, b = read_json(r)
+    os.waitpid(pid, 0)
+    nat = Nat(state_path=path, **kw)
+    attach_topology(nat)
+    p = nat.pool_stats(1, 4, fg.UDP)
+    assert (p["quarantined"], p["in_use"], p["free"]) == (1, 1, 62)   # the 400 s alloc freed a
+    assert [(c.sport, c.nat_port, c.state) for c in nat.expire(100_000)] == \
+        [(5001, b, "UDP_FIRST")]
+    ports = {one_way(nat, sport, 100_000) for sport in range(6000, 6062)}
+    assert a in ports and b not in ports      # b is in quarantine until 460 s
+    res, _ = send(nat, fg.udp(SRCS[0], DST, 7000, 53), OUT, 100_000)
+    assert res[1] == R["PORTS_EXHAUSTED"]
+
+
+def test_a_mismatching_config_is_refused(tmp_path):
+    path = tmp_path / "nat.state"
+    nat = Nat(state_path=path, **KW)
+    attach_topology(nat)
+    del nat
+    for change, word in ((dict(capacity=8192), "capacity 4096, not 8192"),
+                         (dict(port_range=(1000, 1099)), "highest port 1063, not 1099"),
+                         (dict(mapping="per-connection"), "per-connection"),
+                         (dict(timeouts={"ESTABLISHED": 100}),
+                          "timeout ESTABLISHED 350000 ms, not 100000")):
+        with pytest.raises(ValueError, match=word):
+            Nat(state_path=path, **dict(KW, **change))
+    nat = Nat(state_path=path, **KW)
+    assert nat.attached
+    with pytest.raises(ValueError, match="ENI 0 of the state file has 10.0.2.4;"):
+        nat.add_eni("10.0.7.4")
+
+
+def test_one_process_at_a_time_and_only_state_files(tmp_path):
+    path = tmp_path / "nat.state"
+    nat = Nat(state_path=path, **KW)
+    with pytest.raises(OSError, match="in use by another process"):
+        Nat(state_path=path, **KW)
+    del nat
+    assert Nat(state_path=path, **KW).attached
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not a state file" * 100)
+    with pytest.raises(ValueError, match="not a Hyperplane state file"):
+        Nat(state_path=junk, **KW)
+
+
+def test_a_file_never_completed_starts_afresh(tmp_path):
+    path = tmp_path / "nat.state"
+    path.write_bytes(b"\0" * 10000)      # made by a process that died before the header
+    nat = Nat(state_path=path, **KW)
+    assert not nat.attached
+    attach_topology(nat)
+    del nat
+    assert Nat(state_path=path, **KW).attached
