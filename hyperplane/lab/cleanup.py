@@ -198,8 +198,9 @@ def _cleanup(prefix: str, run_dir: str | Path | None, grace: float) -> CleanupRe
                     if e.code not in (errno.ENODEV, errno.ENOENT):
                         report.errors.append(f"{name}: {e}")
 
-    # 5. the saved state
+    # 5. the saved state, and the NAT's (connections, ports: csrc/hp_state.h)
     sf = LabState.path(prefix, run_dir)
+    (sf.parent / f"{prefix}.state").unlink(missing_ok=True)
     try:
         sf.unlink()
         report.state_file = str(sf)
