@@ -108,6 +108,8 @@ static int repair(hp_nat *nat)
         sh->j_count > nat->cfg.journal_size)
         sh->j_head = sh->j_count = 0;
     int mapped = !nat->cfg.per_connection;
+    for (uint32_t e = 0; e < nat->n_enis; e++)     /* counted again from the adopted entries */
+        memset(nat->eni_ctr[e].active, 0, sizeof nat->eni_ctr[e].active);
     for (uint32_t e = 0; e < nat->n_enis; e++)
         for (int f = 0; f < 2; f++)
             for (int p = 0; nat->eni_addr[e].has[f] && p < 2; p++)
@@ -142,6 +144,7 @@ static int repair(hp_nat *nat)
                 continue;
             }
             hp_ct_repair_adopt(ct, id, hash[i]);
+            nat->eni_ctr[c->eni].active[c->proto == 17]++;
         }
     }
     if (hp_ct_repair_finish(ct) != 0)

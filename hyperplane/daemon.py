@@ -42,7 +42,7 @@ class Daemon:
         self.nat = Nat(**self.config.nat_args(),
                        port_seed=secrets.randbits(64),     # RFC 6056: unpredictable ports
                        # connections, ports and counters outlive this process (cleanup removes it)
-                       state_path=os.path.join(self.run_dir, f"{prefix}.state"))
+                       state_path=runtime.paths(prefix, self.run_dir).state)
         if self.nat.attached:
             log.info("attached to the state of a previous data plane: %d connections, %d "
                      "repaired", len(self.nat), self.nat.repaired)

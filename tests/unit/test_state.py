@@ -191,7 +191,8 @@ def test_connections_survive_a_crash(tmp_path):
         os.write(w, (json.dumps(dict(tcp=[t.state() for t in tcp], udp=udp, v6=v6,
                                      counters=nat.counters(),
                                      conns=[dataclasses.asdict(c) for c in nat.connections()],
-                                     pools=nat.pool_stats(1, 4, 6))) + "\n").encode())
+                                     pools=nat.pool_stats(1, 4, 6),
+                                     eni=nat.eni_counters(1))) + "\n").encode())
         os._exit(0)      # no destructor, no unmapping: as a crash leaves it
 
     pid, r = in_child(child)
@@ -204,6 +205,7 @@ def test_connections_survive_a_crash(tmp_path):
     assert [dataclasses.asdict(c) for c in nat.connections()] == before["conns"]
     assert nat.counters() == before["counters"]
     assert nat.pool_stats(1, 4, 6) == before["pools"]
+    assert nat.eni_counters(1) == before["eni"]            # per-ENI counters live there too
 
     now = 2_000
     for d in before["tcp"]:
@@ -274,6 +276,7 @@ def test_a_sigkill_in_the_middle_of_traffic_loses_no_port(tmp_path):
     assert conns and len(nat) == len(conns)
     held = held_ports(nat)
     assert all(len(owners) == 1 for owners in held.values())     # no port held twice
+    assert sum(nat.eni_counters(1)["active"].values()) == len(conns)   # counted again
     udp_held = {k[3] for k in held if k[:3] == (1, 4, fg.UDP)}
     p = nat.pool_stats(1, 4, fg.UDP)
     assert p["in_use"] == len(udp_held) and p["free"] + p["in_use"] == p["size"]
