@@ -43,6 +43,9 @@ uint16_t hp_csum_fold_sum(const uint8_t *data, size_t len, uint32_t initial);
 /* Rewrites the source (OUT) or destination (IN) address and port, decrements TTL / hop
  * limit and fixes every checksum. addr is 4 or 16 bytes as the family says. */
 void hp_rewrite(hp_pkt *pkt, int dir, const uint8_t *addr, uint16_t port);
+/* The same, with the TTL / hop limit left alone when dec_ttl is 0 (a hairpinned frame's
+ * second pass through the NAT). */
+void hp_rewrite_ex(hp_pkt *pkt, int dir, const uint8_t *addr, uint16_t port, int dec_ttl);
 
 /* Number of wire packets and bytes the frame stands for (GSO frames are several). */
 void hp_pkt_wire_size(const hp_pkt *pkt, uint32_t *packets, uint64_t *bytes);

@@ -51,6 +51,7 @@ enum {
     HP_F_CLOSER_REPLY = 4,   /* the first FIN came from the reply side */
     HP_F_FIN_SEEN = 8,       /* a FIN has been seen (closer is valid) */
     HP_F_SYN_REPLY = 16,     /* a SYN came from the reply side: simultaneous open (SYN_SENT2) */
+    HP_F_HAIRPIN = 32,       /* between two functions through an ENI address (hairpinning) */
 };
 
 /* Timeouts for every state, in milliseconds. */

@@ -193,7 +193,7 @@ static void reopen_conn(hp_nat *nat, uint32_t id, const hp_pkt *pkt, uint64_t no
     nat->counters[HP_C_CONN_EXPIRED]++;
     nat->counters[HP_C_CONN_CREATED]++;
     nat->eni_ctr[c->eni].attempts[0]++;
-    c->flags = 0;
+    c->flags &= HP_F_HAIRPIN;
     c->start_s = (uint32_t)(now_ms / 1000);
     hp_conn_stats *st = &nat->ct.stats[id];
     memset(st->bytes, 0, sizeof st->bytes);
@@ -204,8 +204,8 @@ static void reopen_conn(hp_nat *nat, uint32_t id, const hp_pkt *pkt, uint64_t no
 
 /* A packet of connection id in direction dir: TCP tracking, then state, timers, counters and
  * rewrite. Returns the reason to drop it (nothing changed then), or HP_R_NONE. */
-static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, uint64_t now_ms,
-                   hp_result *res)
+static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, int dec_ttl,
+                   uint64_t now_ms, hp_result *res)
 {
     hp_conn *c = &nat->ct.conns[id];
     hp_eni_counters *ec = &nat->eni_ctr[c->eni];
@@ -251,9 +251,9 @@ static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, uint64_t now_
     ec->bytes[dir] += bytes;
 
     if (dir == HP_DIR_OUT)
-        hp_rewrite(pkt, dir, nat->eni_addr[c->eni].addr[c->family == 6], c->nat_port);
+        hp_rewrite_ex(pkt, dir, nat->eni_addr[c->eni].addr[c->family == 6], c->nat_port, dec_ttl);
     else
-        hp_rewrite(pkt, dir, c->src, c->sport);
+        hp_rewrite_ex(pkt, dir, c->src, c->sport, dec_ttl);
     res->verdict = HP_FORWARD;
     res->reason = HP_R_NONE;
     res->port = dir == HP_DIR_OUT ? (uint16_t)(c->eni + 1) : 0;
@@ -310,6 +310,30 @@ static int is_martian(int family, const uint8_t *a)
            || a[0] == 0xff;                                                  /* multicast */
 }
 
+/* Whether the table has room for one more connection, expiring a few to make some. */
+static int make_room(hp_nat *nat, uint64_t now_ms)
+{
+    if (nat->ct.count < nat->ct.capacity)
+        return 1;
+    for (int i = 0; i < HP_FULL_TABLE_REAP; i++) {
+        uint32_t old = hp_ct_next_expired(&nat->ct, now_ms);
+        if (old == HP_CT_NONE)
+            break;
+        expire_conn(nat, old, now_ms, NULL, 0);
+    }
+    return nat->ct.count < nat->ct.capacity;
+}
+
+/* The ENI whose address of this family addr is, or -1. */
+static int eni_of_addr(const hp_nat *nat, int family, const uint8_t *addr)
+{
+    int f = family == 6;
+    for (uint32_t e = 0; e < nat->n_enis; e++)
+        if (nat->eni_addr[e].has[f] && memcmp(nat->eni_addr[e].addr[f], addr, 16) == 0)
+            return (int)e;
+    return -1;
+}
+
 /* Section 3, direction OUT, after a lookup miss: a new connection or the reason for none. */
 static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_t now_ms,
                           uint32_t *id)
@@ -331,16 +355,8 @@ static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_
         return HP_R_TCP_NOT_SYN;
     if (hp_nat_sg_check(nat, &nat->groups[src->group], pkt, now_ms) != HP_R_NONE)
         return HP_R_SG_DENIED;
-    if (nat->ct.count == nat->ct.capacity) {
-        for (int i = 0; i < HP_FULL_TABLE_REAP; i++) {
-            uint32_t old = hp_ct_next_expired(&nat->ct, now_ms);
-            if (old == HP_CT_NONE)
-                break;
-            expire_conn(nat, old, now_ms, NULL, 0);
-        }
-        if (nat->ct.count == nat->ct.capacity)
-            return HP_R_TABLE_FULL;
-    }
+    if (!make_room(nat, now_ms))
+        return HP_R_TABLE_FULL;
     hp_ct_prefetch_free(&nat->ct);
     uint16_t eni, ext;
     int r = map_port(nat, g, k, now_ms, &eni, &ext);
@@ -354,6 +370,8 @@ static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_
     nat->ct.stats[*id].owner = src->owner;
     if (k->proto == 6)
         hp_tcp_new(&nat->ct.win[*id], pkt);
+    if (eni_of_addr(nat, k->family, k->dst) >= 0)
+        nat->ct.conns[*id].flags |= HP_F_HAIRPIN;
     nat->counters[HP_C_CONN_CREATED]++;
     nat->eni_ctr[eni].attempts[k->proto == 17]++;
     nat->eni_ctr[eni].active[k->proto == 17]++;
@@ -369,24 +387,95 @@ static void refuse(hp_nat *nat, int reason, hp_result *res)
     nat->drops[reason]++;
 }
 
-static int is_eni_addr(const hp_nat *nat, const hp_flow_key *k)
+static int is_pure_syn(const hp_pkt *pkt)
 {
-    int f = k->family == 6;
-    for (uint32_t e = 0; e < nat->n_enis; e++)
-        if (nat->eni_addr[e].has[f] && memcmp(nat->eni_addr[e].addr[f], k->dst, 16) == 0)
-            return 1;
-    return 0;
+    return (pkt->tcp_flags & (HP_TCP_SYN | HP_TCP_ACK | HP_TCP_RST | HP_TCP_FIN)) == HP_TCP_SYN;
+}
+
+/* Why an IN frame to an ENI address matches no connection. */
+static int no_match_reason(const hp_pkt *pkt)
+{
+    if (pkt->proto == 17)
+        return HP_R_IN_NO_MATCH_UDP;
+    return is_pure_syn(pkt) ? HP_R_IN_UNSOLICITED_SYN : HP_R_IN_NO_MATCH_TCP;
 }
 
 static int unsolicited_reason(const hp_nat *nat, const hp_pkt *pkt)
 {
-    if (!is_eni_addr(nat, &pkt->key))
+    if (eni_of_addr(nat, pkt->key.family, pkt->key.dst) < 0)
         return HP_R_IN_NOT_ENI_ADDR;
-    if (pkt->proto == 17)
-        return HP_R_IN_NO_MATCH_UDP;
-    if ((pkt->tcp_flags & (HP_TCP_SYN | HP_TCP_ACK | HP_TCP_RST | HP_TCP_FIN)) == HP_TCP_SYN)
-        return HP_R_IN_UNSOLICITED_SYN;
-    return HP_R_IN_NO_MATCH_TCP;
+    return no_match_reason(pkt);
+}
+
+/* A live connection whose tuple in direction dir is key; one found expired is removed (and
+ * journaled) and the lookup is a miss. */
+static uint32_t lookup_live(hp_nat *nat, const hp_flow_key *key, uint32_t hash, int dir,
+                            uint64_t now_ms, uint16_t *expired_eni)
+{
+    uint32_t id = hp_ct_lookup_hashed(&nat->ct, key, hash, dir);
+    if (id != HP_CT_NONE && hp_ct_expired(&nat->ct, &nat->ct.conns[id], now_ms)) {
+        if (expired_eni)
+            *expired_eni = nat->ct.conns[id].eni;
+        expire_conn(nat, id, now_ms, NULL, 0);
+        id = HP_CT_NONE;
+    }
+    return id;
+}
+
+/* The receiving side of a hairpinned frame (k: the frame as translated, from one ENI's
+ * address and port to ENI e's address and port dport), when it has no connection yet: the
+ * inside endpoint that owns that external port (an endpoint-independent mapping) gets a
+ * connection whose original tuple goes to the sender's ENI address and port. Only a pure SYN
+ * opens a TCP one. */
+static int hairpin_receiver(hp_nat *nat, const hp_pkt *pkt, const hp_flow_key *k, int e,
+                            uint64_t now_ms, uint32_t *id)
+{
+    int miss = no_match_reason(pkt);
+    hp_pool *pool = e >= 0 ? hp_nat_pool(nat, e, k->family, k->proto) : NULL;
+    if (!pool || nat->cfg.per_connection || (k->proto == 6 && !is_pure_syn(pkt)) ||
+        k->dport < pool->lo || k->dport > pool->hi || pool->owner[k->dport - pool->lo].refs == 0)
+        return miss;
+    const hp_port_owner *o = &pool->owner[k->dport - pool->lo];
+    hp_flow_key orig = *k;
+    memcpy(orig.src, o->addr, 16);
+    memcpy(orig.dst, k->src, 16);
+    orig.sport = o->port;
+    orig.dport = k->sport;
+    const hp_source *src = find_source(nat, &orig);
+    if (!src || lookup_live(nat, &orig, hp_ct_hash(&nat->ct, &orig), HP_DIR_OUT, now_ms, NULL) !=
+                    HP_CT_NONE)
+        return miss;
+    if (!make_room(nat, now_ms))
+        return HP_R_TABLE_FULL;
+    hp_pool_ref(pool, k->dport);
+    *id = hp_ct_insert(&nat->ct, &orig, (uint16_t)e, k->dport,
+                       k->proto == 6 ? HP_S_SYN_SENT : HP_S_UDP_FIRST, now_ms);
+    nat->ct.conns[*id].flags |= HP_F_HAIRPIN;
+    nat->ct.stats[*id].owner = src->owner;
+    nat->counters[HP_C_CONN_CREATED]++;
+    nat->eni_ctr[e].attempts[k->proto == 17]++;
+    nat->eni_ctr[e].active[k->proto == 17]++;
+    return HP_R_NONE;
+}
+
+/* Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): a frame from a function to an ENI address,
+ * its source already translated by connection a, comes back in on that ENI as a reply to the
+ * receiver's connection and goes to the inside port. The TTL was decremented once, on the
+ * way out. */
+static int hairpin(hp_nat *nat, hp_pkt *pkt, uint32_t a_id, uint64_t now_ms, hp_result *res)
+{
+    const hp_conn *a = &nat->ct.conns[a_id];
+    hp_flow_key k = pkt->key;
+    memcpy(k.src, nat->eni_addr[a->eni].addr[a->family == 6], 16);
+    k.sport = a->nat_port;
+    int e = eni_of_addr(nat, k.family, k.dst);
+    uint32_t id = lookup_live(nat, &k, hp_ct_hash(&nat->ct, &k), HP_DIR_IN, now_ms, NULL);
+    if (id == HP_CT_NONE) {
+        int r = hairpin_receiver(nat, pkt, &k, e, now_ms, &id);
+        if (r != HP_R_NONE)
+            return r;
+    }
+    return forward(nat, id, pkt, HP_DIR_IN, 0, now_ms, res);
 }
 
 static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint16_t in_eni,
@@ -396,14 +485,11 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
         refuse(nat, HP_R_TCP_BAD_FLAGS, res);
         return;
     }
-    uint32_t id = hp_ct_lookup_hashed(&nat->ct, &pkt->key, hash, dir);
     uint16_t expired_eni = HP_ENI_NONE;
-    if (id != HP_CT_NONE && hp_ct_expired(&nat->ct, &nat->ct.conns[id], now_ms)) {
-        expired_eni = nat->ct.conns[id].eni;
-        expire_conn(nat, id, now_ms, NULL, 0);
-        id = HP_CT_NONE;
-    }
-    if (id != HP_CT_NONE && dir == HP_DIR_IN && nat->ct.conns[id].eni != in_eni)
+    uint32_t id = lookup_live(nat, &pkt->key, hash, dir, now_ms, &expired_eni);
+    /* A reply comes back the way it left; a hairpin connection's replies only from inside. */
+    if (id != HP_CT_NONE && dir == HP_DIR_IN &&
+        (nat->ct.conns[id].eni != in_eni || (nat->ct.conns[id].flags & HP_F_HAIRPIN)))
         id = HP_CT_NONE;
     if (id != HP_CT_NONE && dir == HP_DIR_OUT &&
         !mac_matches(&nat->sources[nat->ct.stats[id].owner], pkt)) {
@@ -415,7 +501,9 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
         reason = dir == HP_DIR_OUT ? new_connection(nat, pkt, hash, now_ms, &id)
                                    : unsolicited_reason(nat, pkt);
     if (reason == HP_R_NONE)
-        reason = forward(nat, id, pkt, dir, now_ms, res);
+        reason = forward(nat, id, pkt, dir, 1, now_ms, res);
+    if (reason == HP_R_NONE && dir == HP_DIR_OUT && (nat->ct.conns[id].flags & HP_F_HAIRPIN))
+        reason = hairpin(nat, pkt, id, now_ms, res);
     if (reason != HP_R_NONE) {
         refuse(nat, reason, res);
         hp_nat_note_refused(nat, pkt, dir, in_eni, reason, now_ms);

@@ -222,6 +222,11 @@ int hp_parse(uint8_t *frame, uint32_t len, int vnet, hp_pkt *pkt)
 
 void hp_rewrite(hp_pkt *pkt, int dir, const uint8_t *addr, uint16_t port)
 {
+    hp_rewrite_ex(pkt, dir, addr, port, 1);
+}
+
+void hp_rewrite_ex(hp_pkt *pkt, int dir, const uint8_t *addr, uint16_t port, int dec_ttl)
+{
     uint8_t *ip = pkt->eth + pkt->l3;
     uint8_t *l4 = pkt->eth + pkt->l4;
     int v4 = pkt->family == 4;
@@ -246,13 +251,13 @@ void hp_rewrite(hp_pkt *pkt, int dir, const uint8_t *addr, uint16_t port)
 
     if (v4) {
         uint8_t ttl_old[2] = { ip[8], ip[9] };
-        uint8_t ttl_new[2] = { (uint8_t)(ip[8] - 1), ip[9] };
+        uint8_t ttl_new[2] = { (uint8_t)(ip[8] - dec_ttl), ip[9] };
         uint32_t s = sum_delta((uint16_t)~hp_be16(ip + 10), a, addr, alen);
         s = sum_delta(s, ttl_old, ttl_new, 2);
         hp_put_be16(ip + 10, (uint16_t)~fold(s));
-        ip[8]--;
+        ip[8] = ttl_new[0];
     } else {
-        ip[7]--;
+        ip[7] = (uint8_t)(ip[7] - dec_ttl);
     }
     memcpy(a, addr, alen);
     memcpy(pp, newport, 2);

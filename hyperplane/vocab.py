@@ -44,7 +44,7 @@ COUNTERS = (
 )
 
 # Connection flags.
-F_REPLY_SEEN, F_ASSURED, F_CLOSER_REPLY, F_FIN_SEEN, F_SYN_REPLY = 1, 2, 4, 8, 16
+F_REPLY_SEEN, F_ASSURED, F_CLOSER_REPLY, F_FIN_SEEN, F_SYN_REPLY, F_HAIRPIN = 1, 2, 4, 8, 16, 32
 
 # Timeout profiles in seconds (docs/semantics.md 2.1).
 PROFILES = {

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from ..connection import Connection, addr_bytes, addr_str, mac_bytes
 from ..flowlog import Rejected
 from ..natparams import resolve
-from ..vocab import (COUNTERS, DEFAULT_PORT_RANGE, DROP, F_REPLY_SEEN, FORWARD, IN, OUT, PUNT,
-                     PUNT_REASONS, R, REASONS, S)
+from ..vocab import (COUNTERS, DEFAULT_PORT_RANGE, DROP, F_HAIRPIN, F_REPLY_SEEN, FORWARD, IN,
+                     OUT, PUNT, PUNT_REASONS, R, REASONS, S)
 from .conntrack import ORIG, REPLY, ConnTable, Entry, tcp_event, tcp_transition, udp_transition
 from .packet import (PROTO_TCP, PROTO_UDP, TCP_RST, Packet, is_pure_syn, parse, rewrite,
                      wire_size)
@@ -185,12 +185,63 @@ class Nat:
         if reason != R["NONE"]:
             return self._refuse(reason)
         rewrite(frame, pkt, OUT, conn.nat_addr, conn.nat_port)
+        if conn.flags & F_HAIRPIN:
+            return self._hairpin(frame, pkt, conn, now_ms)
         return (FORWARD, R["NONE"], conn.eni + 1, conn.id)
+
+    def _hairpin(self, frame, pkt: Packet, sender: Entry, now_ms: int) -> tuple:
+        """Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): a frame from a function to an ENI
+        address, its source already translated, comes back in on that ENI as a reply to the
+        receiver's connection and goes to the inside port (the TTL was decremented once)."""
+        key = (pkt.family, pkt.proto, sender.nat_addr, pkt.dst, sender.nat_port, pkt.dport)
+        eni = self._eni_of(pkt.family, pkt.dst)
+        conn = self._lookup(key, REPLY, now_ms)
+        if conn is None:
+            conn, reason = self._hairpin_receiver(pkt, key, eni, now_ms)
+            if conn is None:
+                return self._refuse(reason)
+        reason = self._update(conn, REPLY, pkt, now_ms)
+        if reason != R["NONE"]:
+            return self._refuse(reason)
+        rewrite(frame, pkt, IN, conn.src, conn.sport, dec_ttl=0)
+        return (FORWARD, R["NONE"], 0, conn.id)
+
+    def _hairpin_receiver(self, pkt: Packet, key: tuple, eni, now_ms: int):
+        """The receiving side's connection when it has none yet: the inside endpoint that owns
+        the external port (an endpoint-independent mapping) gets one whose original tuple goes
+        to the sender's ENI address and port. Only a pure SYN opens a TCP one."""
+        family, proto, src, dst, sport, dport = key
+        miss = self._no_match_reason(pkt)
+        pool = self.enis[eni].pools.get((family, proto)) if eni is not None else None
+        owner = pool.owner.get(dport) if pool is not None else None
+        if (owner is None or self.per_connection
+                or (proto == PROTO_TCP and not is_pure_syn(pkt.tcp_flags))):
+            return None, miss
+        orig = (family, proto, owner.addr, src, owner.port, sport)
+        source = self.sources.get((family, owner.addr))
+        if source is None or self._lookup(orig, ORIG, now_ms) is not None:
+            return None, miss
+        if not self._make_room(now_ms):
+            return None, R["TABLE_FULL"]
+        pool.ref(dport)
+        state = S["SYN_SENT"] if proto == PROTO_TCP else S["UDP_FIRST"]
+        conn = self.table.insert(family, proto, owner.addr, src, owner.port, sport, eni, dst,
+                                 dport, state, now_ms)
+        conn.flags |= F_HAIRPIN
+        conn.owner = source.owner
+        self.counter["CONN_CREATED"] += 1
+        self.eni_ctr[eni].attempts[proto == PROTO_UDP] += 1
+        self.eni_ctr[eni].active[proto == PROTO_UDP] += 1
+        return conn, R["NONE"]
+
+    def _eni_of(self, family: int, addr: bytes):
+        return next((i for i, e in enumerate(self.enis) if e.addr[family] == addr), None)
 
     def _inbound(self, frame, pkt: Packet, now_ms: int, eni: int) -> tuple:
         """A frame that arrived on ENI `eni`: only replies of tracked connections pass."""
         conn = self._lookup(pkt.key(), REPLY, now_ms)
-        if conn is None or conn.eni != eni:         # a reply must come back the way it left
+        # A reply must come back the way it left; a hairpin connection's only from inside.
+        if conn is None or conn.eni != eni or conn.flags & F_HAIRPIN:
             reason = self._unsolicited_reason(pkt)
             self._note_refused_inbound(pkt, eni, reason, now_ms)
             return self._refuse(reason)
@@ -213,8 +264,12 @@ class Nat:
         return conn
 
     def _unsolicited_reason(self, pkt: Packet) -> int:
-        if not any(e.addr[pkt.family] == pkt.dst for e in self.enis):
+        if self._eni_of(pkt.family, pkt.dst) is None:
             return R["IN_NOT_ENI_ADDR"]
+        return self._no_match_reason(pkt)
+
+    @staticmethod
+    def _no_match_reason(pkt: Packet) -> int:
         if pkt.proto == PROTO_UDP:
             return R["IN_NO_MATCH_UDP"]
         if is_pure_syn(pkt.tcp_flags):
@@ -242,10 +297,8 @@ class Nat:
             return None, R["TCP_NOT_SYN"]
         if not self._sg_allows(source.group, pkt, now_ms):
             return None, R["SG_DENIED"]
-        if self.table.full():
-            self._expire_some(now_ms, EXPIRE_WHEN_FULL, journal=True)
-            if self.table.full():
-                return None, R["TABLE_FULL"]
+        if not self._make_room(now_ms):
+            return None, R["TABLE_FULL"]
         eni, port = self._choose_port(group, pkt, now_ms)
         if port is None:
             if group:
@@ -257,10 +310,18 @@ class Nat:
         conn.owner = source.owner
         if pkt.proto == PROTO_TCP:
             conn.win = new_connection_window(pkt)
+        if self._eni_of(pkt.family, pkt.dst) is not None:
+            conn.flags |= F_HAIRPIN
         self.counter["CONN_CREATED"] += 1
         self.eni_ctr[eni].attempts[pkt.proto == PROTO_UDP] += 1
         self.eni_ctr[eni].active[pkt.proto == PROTO_UDP] += 1
         return conn, R["NONE"]
+
+    def _make_room(self, now_ms: int) -> bool:
+        """Whether the table has room for one more connection, expiring a few to make some."""
+        if self.table.full():
+            self._expire_some(now_ms, EXPIRE_WHEN_FULL, journal=True)
+        return not self.table.full()
 
     def _v6_allowed(self, source: Source, group: list[int]) -> bool:
         if not source.allow_v6:
@@ -301,7 +362,7 @@ class Nat:
         self.counter["CONN_EXPIRED"] += 1
         self.counter["CONN_CREATED"] += 1
         self.eni_ctr[conn.eni].attempts[0] += 1
-        conn.flags = 0
+        conn.flags &= F_HAIRPIN
         conn.start_s = (now_ms // 1000) & 0xFFFFFFFF
         conn.packets, conn.bytes, conn.win = [0, 0], [0, 0], new_connection_window(pkt)
         self.table.touch(conn, S["SYN_SENT"], now_ms)

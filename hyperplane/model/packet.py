@@ -307,8 +307,9 @@ def partial_replace(check: int, old_words, new_words) -> int:
 # Rewriting (section 4): OUT rewrites the source address and port, IN the destination ones.
 # ---------------------------------------------------------------------------------------------
 
-def rewrite(frame, pkt: Packet, direction: int, addr: bytes, port: int) -> None:
-    """Rewrites the frame in place. addr is 16 bytes (flow-key layout) or 4 for IPv4."""
+def rewrite(frame, pkt: Packet, direction: int, addr: bytes, port: int, dec_ttl=1) -> None:
+    """Rewrites the frame in place. addr is 16 bytes (flow-key layout) or 4 for IPv4.
+    dec_ttl=0 leaves the TTL / hop limit alone (a hairpinned frame's second pass)."""
     l3 = pkt.base + pkt.l3
     l4 = pkt.base + pkt.l4
     n = pkt.addr_len
@@ -328,13 +329,13 @@ def rewrite(frame, pkt: Packet, direction: int, addr: bytes, port: int) -> None:
     # TTL / hop limit. Only IPv4 has a header checksum; it covers the TTL and the address.
     if pkt.family == 4:
         old_ttl_word = u16(frame, l3 + 8)           # TTL and protocol share one word
-        frame[l3 + 8] -= 1
+        frame[l3 + 8] -= dec_ttl
         new_ttl_word = u16(frame, l3 + 8)
         check = u16(frame, l3 + 10)
         put_u16(frame, l3 + 10, csum_replace(check, words(old_addr) + [old_ttl_word],
                                              words(new_addr) + [new_ttl_word]))
     else:
-        frame[l3 + 7] -= 1
+        frame[l3 + 7] -= dec_ttl
 
     # The L4 checksum covers the addresses (through the pseudo header) and the ports.
     check_at = l4 + (16 if pkt.proto == PROTO_TCP else 6)

@@ -138,6 +138,10 @@ STEP = st.one_of(
     st.tuples(st.just("malformed"), st.sampled_from(fg.MALFORMED_KINDS), DIRECTION),
     st.tuples(st.just("corrupt"), VNET, st.just(OUT), OUT_FRAME, MUTATIONS, BOOL),
     st.tuples(st.just("corrupt"), VNET, st.just(IN), REPLY, MUTATIONS, BOOL),
+    # function to function through an ENI address (hairpinning): (seen, src, sport, flags, ...)
+    st.tuples(st.just("hairpin"), VNET, INDEX, INDEX, st.sampled_from(INSIDE_PORTS),
+              st.one_of(st.sampled_from(["S", "SA", "A", "PA"]), FLAGS_ST), TCP_NUMBERS,
+              st.sampled_from([64, 2])),
     st.tuples(st.just("tick"), TICK),
     st.tuples(st.just("tick"), TICK),
     st.tuples(st.just("expire"), st.sampled_from([None, 0, 1, 2, 8]),
@@ -362,6 +366,13 @@ class Run:
             pair.translate(frames, IN, self.now, eni=eni % (len(pair.enis) + 1), vnet=vnet)
         elif op == "session":
             self.session(*step[1:])
+        elif op == "hairpin" and self.seen:
+            _, vnet, which, src, sport, flags, numbers, ttl = step
+            family, proto, nat_addr, nat_port, _, _, _ = pick(self.seen, which)
+            frame = fg.build(pick(SOURCES[family], src), nat_addr, proto, sport, nat_port,
+                             flags=flags, ttl=ttl,
+                             **frame_kw(vnet, proto, family, (3, 7), None, numbers))
+            self.remember(*pair.translate([frame], OUT, self.now, vnet=vnet), vnet)
         elif op == "malformed":
             _, kind, direction = step
             frame, vnet = fg.malformed(kind)

@@ -1259,3 +1259,91 @@ def test_ipv6_routing_header_with_segments_left_and_ah_are_dropped(NatClass):
     assert out(nat, routed) == refused("SOURCE_ROUTE")
     assert out(nat, fg.udp(SRC6, DST6, 1, 53, ext=[60, 51])) == refused("SOURCE_ROUTE")
     assert out(nat, fg.udp(SRC6, DST6, 1, 53, ext=[43]))[0] == FORWARD    # 0 segments left
+
+
+# -- hairpinning (section 3) --------------------------------------------------------------------
+
+def make_two_enis(NatClass, **kw):
+    """SRC and SRC6 (group 0) on ENI 0, SRC_B on ENI 1 (group 1); and SRC_C beside SRC."""
+    nat = NatClass(**kw)
+    e0, e1 = nat.add_eni(ENI, ENI6), nat.add_eni(ENI_B, ENI_B6)
+    g0, g1 = nat.add_group(), nat.add_group()
+    nat.group_add_eni(g0, e0)
+    nat.group_add_eni(g1, e1)
+    nat.add_source(SRC, g0)
+    nat.add_source(SRC6, g0, allow_v6=True)
+    nat.add_source("10.200.0.13", g0)
+    nat.add_source("fd00:200::13", g0, allow_v6=True)
+    nat.add_source(SRC_B, g1)
+    nat.add_source("fd00:200::12", g1, allow_v6=True)
+    return nat
+
+
+def mapped(nat, src, sport, proto=fg.UDP, dst=DST):
+    """The (ENI address, external port) the NAT gives src:sport, by sending once."""
+    frame = fg.build(src, dst, proto, sport, 9, flags="S")
+    assert out(nat, frame)[0] == FORWARD
+    f = fg.fields(frame)
+    return f["src"], f["sport"]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("proto", [fg.UDP, fg.TCP])
+@pytest.mark.parametrize("receiver", ["same ENI", "other ENI"])
+def test_hairpinning(NatClass, family, proto, receiver):
+    nat = make_two_enis(NatClass)
+    sender = SRC if family == 4 else SRC6
+    recv = {("same ENI", 4): "10.200.0.13", ("same ENI", 6): "fd00:200::13",
+            ("other ENI", 4): SRC_B, ("other ENI", 6): "fd00:200::12"}[receiver, family]
+    sender_ext = mapped(nat, sender, 5000, proto)
+    recv_ext = mapped(nat, recv, 6000, proto)
+    # The sender writes to the receiver's external address and port...
+    frame = fg.build(sender, recv_ext[0], proto, 5000, recv_ext[1], flags="S", payload=b"hi",
+                     ttl=10)
+    res = out(nat, frame)
+    assert res[:3] == (FORWARD, R["NONE"], 0)             # back to the inside port
+    f = fg.fields(frame)
+    # ... and the receiver sees the sender's external address and port.
+    assert (f["src"], f["sport"], f["dst"], f["dport"]) == (*sender_ext, recv, 6000)
+    assert f["ttl"] == 9 and fg.checksums_ok(frame)
+    # The answer goes back the same way.
+    back = fg.build(recv, sender_ext[0], proto, 6000, sender_ext[1], flags="SA", ttl=10,
+                    seq=5000, ack=1001)
+    res = out(nat, back)
+    assert res[:3] == (FORWARD, R["NONE"], 0)
+    b = fg.fields(back)
+    assert (b["src"], b["sport"], b["dst"], b["dport"]) == (*recv_ext, sender, 5000)
+    assert fg.checksums_ok(back)
+    if proto == fg.TCP:                                   # the handshake completes on both
+        fin = fg.build(sender, recv_ext[0], proto, 5000, recv_ext[1], flags="A", seq=1001,
+                       ack=5001)
+        assert out(nat, fin)[:3] == (FORWARD, R["NONE"], 0)
+        states = {(c.src, c.dst): c.state for c in nat.connections()}
+        assert states[sender, recv_ext[0]] == "ESTABLISHED"
+        assert states[recv, sender_ext[0]] == "SYN_RECV"
+
+
+def test_hairpin_needs_a_mapping(NatClass):
+    nat = make_two_enis(NatClass)
+    ext = mapped(nat, SRC, 5000)
+    assert out(nat, fg.udp(SRC, ENI, 5000, 999)) == refused("IN_NO_MATCH_UDP")
+    assert out(nat, fg.tcp(SRC, ENI_B, 5001, 999, "S")) == refused("IN_UNSOLICITED_SYN")
+    # TCP to a mapped UDP port, or not a SYN: no.
+    assert out(nat, fg.tcp(SRC_B, ext[0], 1, ext[1], "S")) == refused("IN_UNSOLICITED_SYN")
+    assert out(nat, fg.tcp(SRC_B, ext[0], 2, ext[1], "A")) == refused("TCP_NOT_SYN")
+
+
+def test_hairpin_connections_take_no_replies_from_outside(NatClass):
+    nat = make_two_enis(NatClass)
+    a = mapped(nat, SRC, 5000)
+    b = mapped(nat, SRC_B, 6000)
+    assert out(nat, fg.udp(SRC, b[0], 5000, b[1]))[0] == FORWARD
+    # A frame from the customer side forging one ENI's address as its source: not a reply.
+    assert inb(nat, fg.udp(a[0], b[0], a[1], b[1]), eni=1) == refused("IN_NO_MATCH_UDP")
+    assert inb(nat, fg.udp(b[0], a[0], b[1], a[1]), eni=0) == refused("IN_NO_MATCH_UDP")
+
+
+def test_no_hairpin_in_per_connection_mode(NatClass):
+    nat = make_two_enis(NatClass, mapping="per-connection")
+    b = mapped(nat, SRC_B, 6000)
+    assert out(nat, fg.udp(SRC, b[0], 5000, b[1])) == refused("IN_NO_MATCH_UDP")
