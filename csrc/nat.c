@@ -500,10 +500,24 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
     if (id == HP_CT_NONE)
         reason = dir == HP_DIR_OUT ? new_connection(nat, pkt, hash, now_ms, &id)
                                    : unsolicited_reason(nat, pkt);
-    if (reason == HP_R_NONE)
+    if (reason == HP_R_NONE && dir == HP_DIR_OUT && (nat->ct.conns[id].flags & HP_F_HAIRPIN)) {
+        /* A frame refused on the way back in leaves as it came: keep what the way out
+         * rewrites (the IP header and the start of the L4 header). */
+        uint8_t ip[40], l4[20];
+        uint8_t *l3p = pkt->eth + pkt->l3, *l4p = pkt->eth + pkt->l4;
+        size_t iplen = pkt->family == 4 ? 20 : 40, l4len = pkt->proto == 6 ? 18 : 8;
+        memcpy(ip, l3p, iplen);
+        memcpy(l4, l4p, l4len);
         reason = forward(nat, id, pkt, dir, 1, now_ms, res);
-    if (reason == HP_R_NONE && dir == HP_DIR_OUT && (nat->ct.conns[id].flags & HP_F_HAIRPIN))
-        reason = hairpin(nat, pkt, id, now_ms, res);
+        if (reason == HP_R_NONE)
+            reason = hairpin(nat, pkt, id, now_ms, res);
+        if (reason != HP_R_NONE) {
+            memcpy(l3p, ip, iplen);
+            memcpy(l4p, l4, l4len);
+        }
+    } else if (reason == HP_R_NONE) {
+        reason = forward(nat, id, pkt, dir, 1, now_ms, res);
+    }
     if (reason != HP_R_NONE) {
         refuse(nat, reason, res);
         hp_nat_note_refused(nat, pkt, dir, in_eni, reason, now_ms);

@@ -655,6 +655,19 @@ static void check_forwarded(const fz_world *w, const uint8_t *before, const uint
     fz_tuple(before, p, &in);
     fz_tuple(after, p, &out);
     if (dir == HP_DIR_OUT) {
+        if (r->port == 0) {
+            /* Hairpinned: it went out on the sender's connection and came back in on the
+             * receiver's (c): from c's destination (the sender's ENI address and port) to c's
+             * inside endpoint. Both addresses and ports change, so the byte checks below do
+             * not apply. */
+            if (!(c->flags & HP_F_HAIRPIN))
+                fz_fail("OUT frame sent to the inside on a connection that is no hairpin");
+            key_expect(&in, in.src, eni, in.sport, c->nat_port, "hairpin before");
+            key_expect(&out, c->dst, c->src, c->dport, c->sport, "hairpin after");
+            if (p->family == 4 && !fz_ipv4_csum_ok(after, p))
+                fz_fail("IPv4 header checksum does not verify after hairpinning");
+            return;
+        }
         key_expect(&in, c->src, c->dst, c->sport, c->dport, "OUT before");
         key_expect(&out, eni, c->dst, c->nat_port, c->dport, "OUT after");
         if (r->port != c->eni + 1)
@@ -737,7 +750,9 @@ static void find_hit(const fz_world *w, const uint8_t *f, uint32_t len, int vnet
 static void check_hit_unchanged(const fz_world *w, const fz_hit *h, const hp_result *r)
 {
     const hp_ct *ct = &w->nat->ct;
-    if (h->id == HP_CT_NONE || r->verdict == HP_FORWARD)
+    /* A hairpinned frame refused on its way back in keeps the update of its way out
+     * (docs/semantics.md 3, hairpinning). */
+    if (h->id == HP_CT_NONE || r->verdict == HP_FORWARD || (h->conns.flags & HP_F_HAIRPIN))
         return;
 #define FZ_HIT_CHECK(type, name) \
     if (memcmp(&ct->name[h->id], &h->name, sizeof(type)) != 0) \

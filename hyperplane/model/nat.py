@@ -184,10 +184,15 @@ class Nat:
         reason = self._update(conn, ORIG, pkt, now_ms)
         if reason != R["NONE"]:
             return self._refuse(reason)
+        if not conn.flags & F_HAIRPIN:
+            rewrite(frame, pkt, OUT, conn.nat_addr, conn.nat_port)
+            return (FORWARD, R["NONE"], conn.eni + 1, conn.id)
+        before = bytes(frame)
         rewrite(frame, pkt, OUT, conn.nat_addr, conn.nat_port)
-        if conn.flags & F_HAIRPIN:
-            return self._hairpin(frame, pkt, conn, now_ms)
-        return (FORWARD, R["NONE"], conn.eni + 1, conn.id)
+        result = self._hairpin(frame, pkt, conn, now_ms)
+        if result[0] != FORWARD:
+            frame[:] = before           # refused on the way back in: it leaves as it came
+        return result
 
     def _hairpin(self, frame, pkt: Packet, sender: Entry, now_ms: int) -> tuple:
         """Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): a frame from a function to an ENI

@@ -1326,7 +1326,10 @@ def test_hairpinning(NatClass, family, proto, receiver):
 def test_hairpin_needs_a_mapping(NatClass):
     nat = make_two_enis(NatClass)
     ext = mapped(nat, SRC, 5000)
-    assert out(nat, fg.udp(SRC, ENI, 5000, 999)) == refused("IN_NO_MATCH_UDP")
+    frame = fg.udp(SRC, ENI, 5000, 999)
+    copy = bytes(frame)
+    assert out(nat, frame) == refused("IN_NO_MATCH_UDP")
+    assert bytes(frame) == copy                 # refused on the way back in: left as it came
     assert out(nat, fg.tcp(SRC, ENI_B, 5001, 999, "S")) == refused("IN_UNSOLICITED_SYN")
     # TCP to a mapped UDP port, or not a SYN: no.
     assert out(nat, fg.tcp(SRC_B, ext[0], 1, ext[1], "S")) == refused("IN_UNSOLICITED_SYN")
