@@ -48,10 +48,10 @@ def cli(*args, check=True, timeout=60):
 class Running:
     """A lab with its data plane, built by the CLI."""
 
-    def __init__(self, prefix, tmp_path):
+    def __init__(self, prefix, tmp_path, timeouts=SHORT_TIMEOUTS):
         from hyperplane.lab import Lab
         cfg = tmp_path / "lab.toml"
-        cfg.write_text(f'prefix = "{prefix}"\n' + SHORT_TIMEOUTS + TEST_LAB)
+        cfg.write_text(f'prefix = "{prefix}"\n' + timeouts + TEST_LAB)
         self.prefix = prefix
         cli("up", "--detach", "-c", str(cfg))
         self.lab = Lab.attach(prefix)
@@ -86,12 +86,12 @@ class Running:
 
 
 @contextlib.contextmanager
-def running_lab(tmp_path):
+def running_lab(tmp_path, timeouts=SHORT_TIMEOUTS):
     """A lab up through the CLI with an echo server on host web; down afterwards, always."""
     prefix = new_prefix()
     r = None
     try:
-        r = Running(prefix, tmp_path)
+        r = Running(prefix, tmp_path, timeouts)
         echo = r.serve("web", *TOOLS, "serve", "--tcp", str(ECHO), "--udp", str(ECHO))
         assert echo.stdout.readline().strip() == "ready"
         from hyperplane.labtools import LineCollector

@@ -1,0 +1,221 @@
+"""Packets prove themselves (issue 7) in a running lab: blind RSTs and segments outside the
+window from the customer host are dropped and counted while the connection keeps working
+(also past the CLOSE timeout) and a real RST closes it; hairpinning between two functions on
+one ENI; spoofed sources and forged MACs reach nothing; martian destinations are dropped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_v2n import ECHO, TOOLS, running_lab
+
+# CLOSE is short, so "past the CLOSE timeout" takes 2 s; ESTABLISHED long enough for a test.
+TIMEOUTS = """
+[nat.timeouts]
+CLOSE = 2
+TIME_WAIT = 1
+SYN_SENT = 2
+ESTABLISHED = 120
+"""
+
+# Holds one TCP connection to the echo server: "up" once connected, then per stdin line an
+# echo ("ok", "closed" or the error's name); the line "rst" closes with an RST (linger 0).
+HOLDER = """
+import socket, struct, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((host, port), timeout=5)
+s.sendall(b"a"); s.recv(100)
+print("up", s.getsockname()[1], flush=True)
+for line in sys.stdin:
+    if line.strip() == "rst":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        print("reset", flush=True)
+        continue
+    try:
+        s.sendall(b"b")
+        print("ok" if s.recv(100) else "closed", flush=True)
+    except OSError as e:
+        print(type(e).__name__, flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    with running_lab(tmp_path_factory.mktemp("tcp"), timeouts=TIMEOUTS) as r:
+        yield r
+
+
+def nat_counters(run):
+    return run.stats()["nat"]
+
+
+def wait_for(fn, what, timeout=10.0):
+    end = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}; last: {v!r}")
+        time.sleep(0.1)
+
+
+def scapy(run, host, code):
+    r = run.exec(host, [sys.executable, "-c", "from scapy.all import *\nconf.verb = 0\n" + code])
+    assert r.returncode == 0, r.stderr
+
+
+class Holder:
+    def __init__(self, run, fn, host, port):
+        self.p = run.lab.popen(fn, [sys.executable, "-c", HOLDER, host, str(port)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        run.servers.append(self.p)
+        first = self.p.stdout.readline().split()
+        assert first and first[0] == "up", first
+        self.sport = int(first[1])
+
+    def ask(self, line="x"):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+        return self.p.stdout.readline().strip()
+
+
+def conn_of(run, sport, dport=ECHO):
+    found = [c for c in run.conntrack() if c["protocol"] == "tcp" and c["sport"] == sport
+             and c["dport"] == dport]
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_blind_segments_are_dropped_and_a_real_rst_closes(run, family):
+    web = run.state.host("web")
+    eni = run.state.enis_of(run.state.function("api").group)[0]
+    dst = web.ipv4 if family == 4 else web.ipv6
+    h = Holder(run, "api", dst, ECHO)
+    c = wait_for(lambda: conn_of(run, h.sport), "the connection in conntrack")
+    assert c["state"] == "ESTABLISHED"
+    before = nat_counters(run)
+    ip = (f"IP(src='{web.ipv4}', dst='{c['nat_addr']}')" if family == 4
+          else f"IPv6(src='{web.ipv6}', dst='{c['nat_addr']}')")
+    seg = f"Ether(dst='{eni.mac}')/{ip}/TCP(sport={ECHO}, dport={c['nat_port']}, "
+    # A blind RST, data far outside the window, and flag combinations no stack sends.
+    scapy(run, "web", f"sendp([{seg}flags='R', seq=0xdeadbeef), {seg}flags='RA', seq=12345),"
+                      f" {seg}flags='PA', seq=0x7fff0000, ack=1)/Raw(b'evil'),"
+                      f" {seg}flags='SF'), {seg}flags=''), {seg}flags='SR')], iface='eth0')")
+    after = wait_for(lambda: (lambda n: n if n["drop.TCP_BAD_FLAGS"] >= before["drop.TCP_BAD_FLAGS"] + 3 else None)(nat_counters(run)), "the drops counted")
+    assert after["drop.TCP_BAD_RST"] >= before["drop.TCP_BAD_RST"] + 2
+    assert after["drop.TCP_OUT_OF_WINDOW"] >= before["drop.TCP_OUT_OF_WINDOW"] + 1
+    assert conn_of(run, h.sport)["state"] == "ESTABLISHED"
+    time.sleep(2.5)                                   # past the CLOSE timeout
+    assert h.ask() == "ok"
+    assert conn_of(run, h.sport)["state"] == "ESTABLISHED"
+    # The function's own kernel resets the connection: exact sequence number, it closes.
+    assert h.ask("rst") == "reset"
+    wait_for(lambda: (conn_of(run, h.sport) or {}).get("state") == "CLOSE", "CLOSE")
+
+
+def test_udp_hairpin_between_functions_on_one_eni(run):
+    """worker listens on a UDP port it has used once (so it has a mapping); api sends to the
+    ENI address and worker's external port; worker sees api's ENI address and port."""
+    web = run.state.host("web")
+    api, worker = run.state.function("api"), run.state.function("worker")
+    eni = run.state.enis_of(api.group)[0]
+    listener = run.lab.popen("worker", [sys.executable, "-c", f"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 40123))
+s.sendto(b"hello", ("{web.ipv4}", {ECHO}))
+s.recvfrom(100)
+print("mapped", flush=True)
+data, peer = s.recvfrom(100)
+print(data.decode(), peer[0], peer[1], flush=True)
+s.sendto(b"back", peer)
+"""], stdout=subprocess.PIPE, text=True)
+    run.servers.append(listener)
+    assert listener.stdout.readline().strip() == "mapped"
+    w = wait_for(lambda: [c for c in run.conntrack() if c["protocol"] == "udp"
+                          and c["src"] == worker.ipv4 and c["sport"] == 40123], "worker's mapping")[0]
+    r = run.exec("api", [sys.executable, "-c", f"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 40777))
+s.settimeout(3)
+s.sendto(b"via-hairpin", ("{w['nat_addr']}", {w['nat_port']}))
+data, peer = s.recvfrom(100)
+print(data.decode(), peer[0], peer[1])
+"""])
+    assert r.returncode == 0, r.stderr
+    got, peer_addr, peer_port = listener.stdout.readline().split()
+    assert got == "via-hairpin" and peer_addr == eni.ipv4
+    a = [c for c in run.conntrack() if c["protocol"] == "udp" and c["src"] == api.ipv4
+         and c["sport"] == 40777][0]
+    assert int(peer_port) == a["nat_port"]            # api's external port, as outside sees it
+    assert r.stdout.split() == ["back", w["nat_addr"], str(w["nat_port"])]
+
+
+def test_tcp_hairpin_between_functions_on_one_eni(run):
+    api, worker = run.state.function("api"), run.state.function("worker")
+    web = run.state.host("web")
+    eni = run.state.enis_of(api.group)[0]
+    # worker holds a connection from port 40321 to web (its mapping) and listens on it too.
+    server = run.lab.popen("worker", [sys.executable, "-c", f"""
+import socket
+c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+c.bind(("0.0.0.0", 40321)); c.connect(("{web.ipv4}", {ECHO})); c.sendall(b"m"); c.recv(10)
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+l.bind(("0.0.0.0", 40321)); l.listen(4)
+print("ready", flush=True)
+conn, peer = l.accept()
+conn.sendall(conn.recv(100) + b" " + peer[0].encode() + b" " + str(peer[1]).encode())
+"""], stdout=subprocess.PIPE, text=True)
+    run.servers.append(server)
+    assert server.stdout.readline().strip() == "ready"
+    w = wait_for(lambda: [c for c in run.conntrack() if c["protocol"] == "tcp"
+                          and c["src"] == worker.ipv4 and c["sport"] == 40321], "worker's mapping")[0]
+    r = run.exec("api", [sys.executable, "-c", f"""
+import socket
+s = socket.create_connection(("{w['nat_addr']}", {w['nat_port']}), timeout=3)
+s.sendall(b"tcp-hairpin")
+print(s.recv(200).decode(), s.getsockname()[1])
+"""])
+    assert r.returncode == 0, r.stderr
+    text, peer_addr, peer_port, api_port = r.stdout.split()
+    assert text == "tcp-hairpin" and peer_addr == eni.ipv4
+    a = [c for c in run.conntrack() if c["protocol"] == "tcp" and c["src"] == api.ipv4
+         and c["sport"] == int(api_port)][0]
+    assert int(peer_port) == a["nat_port"]
+
+
+def test_spoofed_sources_and_forged_macs_reach_nothing(run):
+    from conftest import Tap
+    api, report = run.state.function("api"), run.state.function("report")
+    web = run.state.host("web")
+    gw = run.state.inside
+    before = nat_counters(run)["drop.SPOOFED_SOURCE"]
+    tap = Tap(web.ns, "eth0")
+    frames = [f"Ether(dst='{gw.mac}', src='{api.mac}')/IP(src='{report.ipv4}', dst='{web.ipv4}')/UDP(sport=999, dport={ECHO})/Raw(b'spoof4')",
+              f"Ether(dst='{gw.mac}', src='02:00:00:00:66:66')/IP(src='{api.ipv4}', dst='{web.ipv4}')/UDP(sport=998, dport={ECHO})/Raw(b'spoof-mac')"]
+    if api.ipv6 and report.ipv6:
+        frames.append(f"Ether(dst='{gw.mac}', src='{api.mac}')/IPv6(src='{report.ipv6}', dst='{web.ipv6}')/UDP(sport=997, dport={ECHO})/Raw(b'spoof6')")
+    scapy(run, "api", f"sendp([{', '.join(frames)}], iface='eth0')")
+    leaked = [f for f in tap.frames(1.0) if b"spoof" in f]
+    tap.close()
+    assert not leaked, "a spoofed frame reached the customer host"
+    assert nat_counters(run)["drop.SPOOFED_SOURCE"] >= before + len(frames)
+
+
+@pytest.mark.parametrize("dst", ["169.254.169.254", "224.0.0.251"])
+def test_martian_destinations_are_dropped_and_counted(run, dst):
+    api = run.state.function("api")
+    gw = run.state.inside
+    before = nat_counters(run)["drop.MARTIAN_DST"]
+    scapy(run, "api", f"sendp(Ether(dst='{gw.mac}', src='{api.mac}')/IP(src='{api.ipv4}', "
+                      f"dst='{dst}')/UDP(sport=996, dport=80), iface='eth0')")
+    wait_for(lambda: nat_counters(run)["drop.MARTIAN_DST"] > before, "MARTIAN_DST")
