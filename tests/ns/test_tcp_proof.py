@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from test_v2n import ECHO, TOOLS, running_lab
+from test_observe import wait_for
+from test_v2n import ECHO, running_lab
 
 # CLOSE is short, so "past the CLOSE timeout" takes 2 s; ESTABLISHED long enough for a test.
 TIMEOUTS = """
@@ -52,17 +53,6 @@ def run(tmp_path_factory):
 
 def nat_counters(run):
     return run.stats()["nat"]
-
-
-def wait_for(fn, what, timeout=10.0):
-    end = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}; last: {v!r}")
-        time.sleep(0.1)
 
 
 def scapy(run, host, code):
