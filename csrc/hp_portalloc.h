@@ -17,6 +17,8 @@ typedef struct hp_pool_state {
     uint32_t nfree;
     uint32_t q_head, q_count;
     uint32_t pad;
+    hp_hash_seed key;            /* this pool's secret: port choice is SipHash(key, draws) */
+    uint64_t draws;              /* the counter the PRF runs over (RFC 6056 algorithm 4-like) */
 } hp_pool_state;
 
 /* A process-local view: the constants and where the region holds the rest. */
@@ -52,7 +54,9 @@ int hp_pool_repair_claim(hp_pool *p, uint16_t port, const uint8_t addr[16], uint
 int hp_pool_repair_finish(hp_pool *p, int mapped);
 
 /* A free port at random (RFC 6056), or 0 when none is free. */
-uint16_t hp_pool_alloc(hp_pool *p, uint64_t *rng, uint64_t now_ms);
+uint16_t hp_pool_alloc(hp_pool *p, uint64_t now_ms);
+/* Sets a fresh pool's secret key (the NAT draws one per pool from its seeded generator). */
+void hp_pool_set_key(hp_pool *p, uint64_t k0, uint64_t k1);
 /* Hands a port back, into quarantine when quarantine_ms > 0. */
 void hp_pool_release(hp_pool *p, uint16_t port, uint64_t now_ms, uint64_t quarantine_ms);
 

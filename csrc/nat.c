@@ -281,7 +281,7 @@ static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, uint64
         return HP_R_PORTS_EXHAUSTED;
     *eni = g->enis[g->n_enis - 1];
     hp_pool *pool = hp_nat_pool(nat, *eni, k->family, k->proto);
-    *ext = pool ? hp_pool_alloc(pool, &nat->sh->rng, now_ms) : 0;
+    *ext = pool ? hp_pool_alloc(pool, now_ms) : 0;
     if (*ext == 0)
         return HP_R_PORTS_EXHAUSTED;
     if (!nat->cfg.per_connection)

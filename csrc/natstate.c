@@ -85,8 +85,14 @@ static int map_eni(hp_nat *nat, uint32_t e, int fresh)
     size_t pool = hp_pool_region_bytes(nat->cfg.port_lo, nat->cfg.port_hi);
     for (int f = 0; f < 2; f++)
         for (int p = 0; a->has[f] && p < 2; p++, at += pool)
+        {
             hp_pool_init(&pools->pool[f][p], nat->cfg.port_lo, nat->cfg.port_hi,
                          &nat->cfg.hash_seed, at, fresh);
+            if (fresh) {            /* each pool's key: two draws of the NAT's generator */
+                uint64_t k0 = hp_splitmix64(&nat->sh->rng);
+                hp_pool_set_key(&pools->pool[f][p], k0, hp_splitmix64(&nat->sh->rng));
+            }
+        }
     nat->eni_pools[e] = pools;
     return 0;
 }

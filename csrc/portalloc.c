@@ -64,7 +64,14 @@ int hp_pool_init(hp_pool *p, uint16_t lo, uint16_t hi, const hp_hash_seed *seed,
     return 0;
 }
 
-uint16_t hp_pool_alloc(hp_pool *p, uint64_t *rng, uint64_t now_ms)
+void hp_pool_set_key(hp_pool *p, uint64_t k0, uint64_t k1)
+{
+    p->st->key.k0 = k0;
+    p->st->key.k1 = k1;
+    p->st->draws = 0;
+}
+
+uint16_t hp_pool_alloc(hp_pool *p, uint64_t now_ms)
 {
     for (int moved = 0; moved < HP_QUARANTINE_MOVES && p->st->q_count > 0 &&
                         p->q_until[p->st->q_head] <= now_ms; moved++) {
@@ -74,7 +81,13 @@ uint16_t hp_pool_alloc(hp_pool *p, uint64_t *rng, uint64_t now_ms)
     }
     if (p->st->nfree == 0)
         return 0;
-    uint64_t r = hp_splitmix64(rng);
+    /* A keyed PRF over a per-pool counter: a function that learns its own ports learns
+     * nothing about its neighbours' (one key per pool), nor about the next ones. */
+    uint8_t draw[8];
+    for (int b = 0; b < 8; b++)
+        draw[b] = (uint8_t)(p->st->draws >> (8 * b));
+    p->st->draws++;
+    uint64_t r = hp_siphash13(&p->st->key, draw, sizeof draw);
     uint32_t i = (uint32_t)(((r >> 32) * p->st->nfree) >> 32);
     uint16_t port = p->free[i];
     p->free[i] = p->free[--p->st->nfree];

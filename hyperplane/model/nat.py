@@ -107,8 +107,9 @@ class Nat:
             raise RuntimeError("cannot add an ENI (limit reached)")
         # A pool per protocol for each family the ENI has an address in.
         lo, hi = self.port_range
-        pools = {(f, proto): Pool(lo, hi) for f in (4, 6) if addrs[f] is not None
-                 for proto in (PROTO_TCP, PROTO_UDP)}
+        # Each pool's secret key: two draws of the NAT's seeded generator, in this order.
+        pools = {(f, proto): Pool(lo, hi, (self.rng.next(), self.rng.next()))
+                 for f in (4, 6) if addrs[f] is not None for proto in (PROTO_TCP, PROTO_UDP)}
         self.enis.append(Eni(addrs, pools))
         self.eni_ctr.append(EniCounters())
         return len(self.enis) - 1
@@ -352,7 +353,7 @@ class Nat:
             return None, None
         newest = group[-1]
         pool = self.enis[newest].pools.get(pool_key)
-        ext = pool.alloc(self.rng, now_ms) if pool else None
+        ext = pool.alloc(now_ms) if pool else None
         if ext is None:
             return newest, None
         if not self.per_connection:

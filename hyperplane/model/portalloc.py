@@ -30,6 +30,44 @@ class SplitMix64:
         return z ^ (z >> 31)
 
 
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & MASK64
+
+
+def siphash13(k0: int, k1: int, data: bytes) -> int:
+    """SipHash-1-3 of data with the key (k0, k1), as csrc/flow.c computes it."""
+    v0, v1 = 0x736F6D6570736575 ^ k0, 0x646F72616E646F6D ^ k1
+    v2, v3 = 0x6C7967656E657261 ^ k0, 0x7465646279746573 ^ k1
+
+    def sipround():
+        nonlocal v0, v1, v2, v3
+        v0 = (v0 + v1) & MASK64
+        v1 = _rotl(v1, 13) ^ v0
+        v0 = _rotl(v0, 32)
+        v2 = (v2 + v3) & MASK64
+        v3 = _rotl(v3, 16) ^ v2
+        v0 = (v0 + v3) & MASK64
+        v3 = _rotl(v3, 21) ^ v0
+        v2 = (v2 + v1) & MASK64
+        v1 = _rotl(v1, 17) ^ v2
+        v2 = _rotl(v2, 32)
+
+    whole = len(data) & ~7
+    for i in range(0, whole, 8):
+        m = int.from_bytes(data[i:i + 8], "little")
+        v3 ^= m
+        sipround()
+        v0 ^= m
+    b = (len(data) << 56) & MASK64 | int.from_bytes(data[whole:], "little")
+    v3 ^= b
+    sipround()
+    v0 ^= b
+    v2 ^= 0xFF
+    for _ in range(3):
+        sipround()
+    return v0 ^ v1 ^ v2 ^ v3
+
+
 class Owner:
     """Who an endpoint-independent mapping belongs to, and how many connections use it."""
     __slots__ = ("addr", "port", "refs")
@@ -39,8 +77,12 @@ class Owner:
 
 
 class Pool:
-    def __init__(self, lo: int, hi: int):
+    def __init__(self, lo: int, hi: int, key: tuple[int, int]):
         self.lo, self.hi = lo, hi
+        # Port choice is a keyed PRF over a counter, one secret key per pool (RFC 6056
+        # algorithm 4-like): a function that learns its own ports learns nothing of others'.
+        self.key = key
+        self.draws = 0
         self.size = hi - lo + 1
         self.free = list(range(lo, hi + 1))     # order matters: draws index into it
         self.quarantine = deque()               # (port, release time in ms), oldest first
@@ -50,7 +92,7 @@ class Pool:
 
     # -- allocation --------------------------------------------------------------------------
 
-    def alloc(self, rng: SplitMix64, now_ms: int) -> int | None:
+    def alloc(self, now_ms: int) -> int | None:
         """A free port at random, or None when every port is taken or in quarantine."""
         moved = 0
         while (moved < QUARANTINE_MOVES_PER_ALLOC and self.quarantine
@@ -59,7 +101,8 @@ class Pool:
             moved += 1
         if not self.free:
             return None
-        r = rng.next()
+        r = siphash13(*self.key, self.draws.to_bytes(8, "little"))
+        self.draws += 1
         # Scale the top 32 bits of the draw into [0, len(free)): no modulo bias worth noting.
         i = ((r >> 32) * len(self.free)) >> 32
         port = self.free[i]

@@ -467,23 +467,53 @@ def splitmix64(state):
     return state, z ^ (z >> 31)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 0xDEADBEEF])
-def test_port_choice_follows_splitmix64(NatClass, seed):
-    lo, hi = 1000, 1099
-    nat = make(NatClass, port_seed=seed, port_range=(lo, hi), mapping="per-connection")
-    free, state, want = list(range(lo, hi + 1)), seed, []
-    for _ in range(5):
-        state, r = splitmix64(state)
+def test_siphash13_is_cpythons():
+    """The model's SipHash-1-3 against an independent one: CPython hashes bytes with it, with
+    a zero key when PYTHONHASHSEED=0."""
+    import subprocess
+    import sys
+    from hyperplane.model.portalloc import siphash13
+    data = [b"a", b"12345678", b"port draw 123456789"]   # (CPython hashes b"" to 0)
+    out = subprocess.run([sys.executable, "-c", f"print([hash(d) for d in {data!r}])"],
+                         env={"PYTHONHASHSEED": "0"}, capture_output=True, text=True, check=True)
+    want = eval(out.stdout)
+    got = [siphash13(0, 0, d) for d in data]
+    got = [g - 2**64 if g >= 2**63 else g for g in got]
+    assert got == [w if w != -2 else -1 for w in want]
+
+
+def pool_draws(seed, which, n, lo, hi):
+    """The first n ports of the which-th pool created (keys: two SplitMix64 draws each)."""
+    from hyperplane.model.portalloc import siphash13
+    state = seed
+    for _ in range(2 * which):
+        state, _ = splitmix64(state)
+    state, k0 = splitmix64(state)
+    state, k1 = splitmix64(state)
+    free, want = list(range(lo, hi + 1)), []
+    for draw in range(n):
+        r = siphash13(k0, k1, draw.to_bytes(8, "little"))
         i = ((r >> 32) * len(free)) >> 32
         want.append(free[i])
         free[i] = free[-1]
         free.pop()
-    got = []
+    return want
+
+
+@pytest.mark.parametrize("seed", [0, 1, 0xDEADBEEF])
+def test_port_choice_is_a_keyed_prf_per_pool(NatClass, seed):
+    lo, hi = 1000, 1099
+    nat = make(NatClass, port_seed=seed, port_range=(lo, hi), mapping="per-connection")
+    got = {proto: [] for proto in (fg.TCP, fg.UDP)}
     for k in range(5):
-        fl = Flow(nat, proto=fg.UDP, sport=k + 1)
-        fl.send(OUT)
-        got.append(fl.nat_port)
-    assert got == want
+        for proto in (fg.UDP, fg.TCP):       # interleaved: each pool runs its own counter
+            fl = Flow(nat, proto=proto, sport=k + 1)
+            fl.send(OUT, "S")
+            got[proto].append(fl.nat_port)
+    # Pools are made in order IPv4 TCP, IPv4 UDP, IPv6 TCP, IPv6 UDP.
+    assert got[fg.TCP] == pool_draws(seed, 0, 5, lo, hi)
+    assert got[fg.UDP] == pool_draws(seed, 1, 5, lo, hi)
+    assert got[fg.TCP] != got[fg.UDP]
 
 
 def test_port_exhaustion_punts(NatClass):
