@@ -209,3 +209,50 @@ def test_martian_destinations_are_dropped_and_counted(run, dst):
     scapy(run, "api", f"sendp(Ether(dst='{gw.mac}', src='{api.mac}')/IP(src='{api.ipv4}', "
                       f"dst='{dst}')/UDP(sport=996, dport=80), iface='eth0')")
     wait_for(lambda: nat_counters(run)["drop.MARTIAN_DST"] > before, "MARTIAN_DST")
+
+
+def test_simultaneous_open_is_established_assured_and_outlives_syn_sent(run):
+    """api connects to web:40500 from port 40600 while web connects to api's external address
+    and port from 40500: both SYNs cross (web's kernel must not reset api's first SYN, so an
+    nft rule in web's namespace drops its RSTs). Then idle past the SYN_SENT timeout (2 s)."""
+    web = run.state.host("web")
+    api = run.state.function("api")
+    nft = ("table inet tcpproof {\n chain out {\n  type filter hook output priority 0;\n"
+           "  tcp flags rst drop\n }\n}\n")
+    r = subprocess.run(["ip", "netns", "exec", web.ns, "nft", "-f", "-"], input=nft,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    try:
+        client = run.lab.popen("api", [sys.executable, "-c", f"""
+import socket, sys, time
+s = socket.socket(); s.bind(("0.0.0.0", 40600)); s.settimeout(10)
+s.connect(("{web.ipv4}", 40500))
+print("connected", flush=True)
+s.sendall(b"one"); print(s.recv(10).decode(), flush=True)
+sys.stdin.readline()
+s.sendall(b"two"); print(s.recv(10).decode(), flush=True)
+sys.stdin.readline()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        run.servers.append(client)
+        c = wait_for(lambda: [x for x in run.conntrack() if x["protocol"] == "tcp"
+                              and x["src"] == api.ipv4 and x["sport"] == 40600], "api's SYN")[0]
+        peer = run.lab.popen("web", [sys.executable, "-c", f"""
+import socket
+s = socket.socket(); s.bind(("0.0.0.0", 40500)); s.settimeout(10)
+s.connect(("{c['nat_addr']}", {c['nat_port']}))
+while data := s.recv(10):
+    s.sendall(data)
+"""], stdout=subprocess.PIPE, text=True)
+        run.servers.append(peer)
+        assert client.stdout.readline().strip() == "connected"
+        assert client.stdout.readline().strip() == "one"
+        c = wait_for(lambda: [x for x in run.conntrack() if x["id"] == c["id"]
+                              and x["state"] == "ESTABLISHED" and x["assured"]], "ESTABLISHED")[0]
+        time.sleep(3)                                 # longer than SYN_SENT (2 s)
+        client.stdin.write("\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "two"
+        assert [x for x in run.conntrack() if x["id"] == c["id"]][0]["state"] == "ESTABLISHED"
+    finally:
+        subprocess.run(["ip", "netns", "exec", web.ns, "nft", "delete", "table", "inet",
+                        "tcpproof"], capture_output=True)
