@@ -43,15 +43,19 @@ void hp_dp_set_clock(hp_dp *dp, hp_dp_clock_fn fn, void *ctx)
     dp->clock_ctx = ctx;
 }
 
-/* ---- creation ---------------------------------------------------------------------------- */
-
-static uint32_t pow2_at_least(uint32_t n)
+static void dp_lock(hp_dp *dp)
 {
-    uint32_t p = 16;
-    while (p < n && p < (1u << 30))
-        p <<= 1;
-    return p;
+    if (dp->lock)
+        pthread_mutex_lock(dp->lock);
 }
+
+static void dp_unlock(hp_dp *dp)
+{
+    if (dp->lock)
+        pthread_mutex_unlock(dp->lock);
+}
+
+/* ---- creation ---------------------------------------------------------------------------- */
 
 hp_dp *hp_dp_create(hp_nat *nat, uint32_t neigh_cap, uint32_t punt_cap, uint32_t punt_bytes)
 {
@@ -60,27 +64,23 @@ hp_dp *hp_dp_create(hp_nat *nat, uint32_t neigh_cap, uint32_t punt_cap, uint32_t
         return NULL;
     dp->nat = nat;
     dp->inside = -1;
-    dp->wake_fd = -1;
+    dp->wake_fd = dp->punt_fd = -1;
     dp->linear_max = HP_DP_LINEAR_MAX;
+    pthread_mutex_init(&dp->punt_lock, NULL);
     for (uint32_t e = 0; e < HP_MAX_ENIS; e++)
         dp->eni_port[e] = -1;
-    if (!neigh_cap)
-        neigh_cap = 4096;
-    if (!punt_cap)
-        punt_cap = 1024;
-    if (!punt_bytes)
-        punt_bytes = 4u << 20;
-    /* At most half full, so probe chains stay short. */
-    uint32_t slots = pow2_at_least(neigh_cap * 2);
-    dp->neigh = calloc(slots, sizeof(*dp->neigh));
-    dp->neigh_mask = slots - 1;
-    dp->punts = calloc(punt_cap, sizeof(*dp->punts));
-    dp->punt_cap = punt_cap;
-    dp->arena = malloc(punt_bytes);
-    dp->arena_cap = punt_bytes;
+    dp->punt_cap = punt_cap ? punt_cap : 1024;
+    dp->arena_cap = punt_bytes ? punt_bytes : 4u << 20;
+    int ok = hp_neigh_init(&dp->neigh, neigh_cap) == 0;
+    for (int b = 0; b < 2; b++) {
+        dp->buf[b].punts = calloc(dp->punt_cap, sizeof(hp_dp_punt));
+        dp->buf[b].arena = malloc(dp->arena_cap);
+        ok &= dp->buf[b].punts && dp->buf[b].arena;
+    }
     dp->scratch = malloc(HP_RING_FRAME_SIZE);
     dp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (!dp->neigh || !dp->punts || !dp->arena || !dp->scratch || dp->wake_fd < 0) {
+    dp->punt_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (!ok || !dp->scratch || dp->wake_fd < 0 || dp->punt_fd < 0) {
         hp_dp_destroy(dp);
         return NULL;
     }
@@ -91,40 +91,49 @@ void hp_dp_destroy(hp_dp *dp)
 {
     if (!dp)
         return;
+    hp_dp_stop(dp);
     for (uint32_t i = 0; i < dp->n_ports; i++)
         hp_ring_close(dp->ports[i].ring);
     if (dp->wake_fd >= 0)
         close(dp->wake_fd);
-    free(dp->neigh);
-    free(dp->punts);
-    free(dp->arena);
+    if (dp->punt_fd >= 0)
+        close(dp->punt_fd);
+    hp_neigh_free(&dp->neigh);
+    for (int b = 0; b < 2; b++) {
+        free(dp->buf[b].punts);
+        free(dp->buf[b].arena);
+    }
     free(dp->scratch);
+    pthread_mutex_destroy(&dp->punt_lock);
     free(dp);
 }
 
-int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t mac[6], int role, int eni,
-                   uint32_t rx_frames, uint32_t tx_frames, int qdisc_bypass)
+void hp_dp_set_lock(hp_dp *dp, pthread_mutex_t *lock)
+{
+    dp->lock = lock;
+}
+
+/* Wakes the loop's poll() without making hp_dp_run() return (the loop re-reads its ports). */
+static void poke(hp_dp *dp)
+{
+    uint64_t one = 1;
+    ssize_t r = write(dp->wake_fd, &one, sizeof(one));
+    (void)r;
+}
+
+static int attach_port(hp_dp *dp, hp_ring *ring, int ifindex, const uint8_t mac[6], int role,
+                       int eni)
 {
     if (dp->n_ports >= HP_DP_MAX_PORTS)
         return -ENOSPC;
-    if (role == HP_DP_INSIDE) {
-        if (dp->inside >= 0)
-            return -EEXIST;
-    } else if (role == HP_DP_ENI) {
-        if (eni < 0 || eni >= HP_MAX_ENIS)
-            return -EINVAL;
-        if (dp->eni_port[eni] >= 0)
-            return -EEXIST;
-    } else {
-        return -EINVAL;
-    }
+    if (role == HP_DP_INSIDE && dp->inside >= 0)
+        return -EEXIST;
+    if (role == HP_DP_ENI && dp->eni_port[eni] >= 0)
+        return -EEXIST;
     for (uint32_t i = 0; i < dp->n_ports; i++)
         if (dp->ports[i].ifindex == ifindex)
             return -EEXIST;
-    hp_ring *ring = hp_ring_open(ifindex, rx_frames, tx_frames, 1, qdisc_bypass);
-    if (!ring)
-        return errno ? -errno : -ENOMEM;
-    int idx = (int)dp->n_ports++;
+    int idx = (int)dp->n_ports;
     hp_dp_port *p = &dp->ports[idx];
     memset(p, 0, sizeof(*p));
     p->ring = ring;
@@ -137,18 +146,43 @@ int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t mac[6], int role, int e
         p->eni = (uint16_t)eni;
         dp->eni_port[eni] = (int16_t)idx;
     }
+    /* The loop reads ports[] below n_ports without the lock: publish the entry first. */
+    __atomic_store_n(&dp->n_ports, (uint32_t)idx + 1, __ATOMIC_RELEASE);
+    return idx;
+}
+
+int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t mac[6], int role, int eni,
+                   uint32_t rx_frames, uint32_t tx_frames, int qdisc_bypass)
+{
+    if (role != HP_DP_INSIDE && role != HP_DP_ENI)
+        return -EINVAL;
+    if (role == HP_DP_ENI && (eni < 0 || eni >= HP_MAX_ENIS))
+        return -EINVAL;
+    /* Opening a ring (socket, mmap of megabytes) takes milliseconds: not under the lock. */
+    hp_ring *ring = hp_ring_open(ifindex, rx_frames, tx_frames, 1, qdisc_bypass);
+    if (!ring)
+        return errno ? -errno : -ENOMEM;
+    dp_lock(dp);
+    int idx = attach_port(dp, ring, ifindex, mac, role, eni);
+    dp_unlock(dp);
+    if (idx < 0)
+        hp_ring_close(ring);
+    else
+        poke(dp);
     return idx;
 }
 
 int hp_dp_set_subnet(hp_dp *dp, int port, int family, const uint8_t *prefix, int plen,
                      const uint8_t *gateway)
 {
-    if (port < 0 || (uint32_t)port >= dp->n_ports || (family != 4 && family != 6))
+    if (port < 0 || (uint32_t)port >= __atomic_load_n(&dp->n_ports, __ATOMIC_ACQUIRE) ||
+        (family != 4 && family != 6))
         return -EINVAL;
     int f = family == 6;
     int alen = f ? 16 : 4;
     if (plen < 0 || plen > alen * 8)
         return -EINVAL;
+    dp_lock(dp);
     hp_dp_port *p = &dp->ports[port];
     memset(p->net[f], 0, 16);
     memset(p->gw[f], 0, 16);
@@ -164,162 +198,131 @@ int hp_dp_set_subnet(hp_dp *dp, int port, int family, const uint8_t *prefix, int
     if (gateway)
         memcpy(p->gw[f], gateway, (size_t)alen);
     p->nh_valid = 0;
+    dp_unlock(dp);
     return 0;
 }
 
-/* ---- neighbour table ----------------------------------------------------------------------- */
+/* ---- neighbour table (csrc/neigh.c) --------------------------------------------------------- */
 
-static inline uint32_t neigh_hash(int family, uint16_t port, const uint8_t *addr)
-{
-    /* Entries come from the control plane; lookups from forwarded traffic stop at the first
-     * empty slot of a half-empty table, so a plain multiplicative hash is enough. */
-    uint64_t h = 0x9E3779B97F4A7C15ull * (uint64_t)(family * 65536u + port + 1);
-    int n = family == 6 ? 16 : 4;
-    for (int i = 0; i < n; i += 4) {
-        uint32_t w;
-        memcpy(&w, addr + i, 4);
-        h = (h ^ w) * 0xBF58476D1CE4E5B9ull;
-    }
-    return (uint32_t)(h >> 32);
-}
-
-static hp_dp_neigh *neigh_find(const hp_dp *dp, uint16_t port, int family, const uint8_t *addr)
-{
-    int n = family == 6 ? 16 : 4;
-    uint32_t i = neigh_hash(family, port, addr) & dp->neigh_mask;
-    for (uint32_t probes = 0; probes <= dp->neigh_mask; probes++) {
-        hp_dp_neigh *e = &dp->neigh[i];
-        if (e->used == 0)
-            return NULL;
-        if (e->used == 1 && e->port == port && e->family == family && memcmp(e->addr, addr, n) == 0)
-            return e;
-        i = (i + 1) & dp->neigh_mask;
-    }
-    return NULL;
-}
-
-static void neigh_invalidate_caches(hp_dp *dp)
+static void invalidate_next_hops(hp_dp *dp)
 {
     for (uint32_t i = 0; i < dp->n_ports; i++)
         dp->ports[i].nh_valid = 0;
 }
 
-/* Rebuilds the table without deleted slots. */
-static void neigh_rehash(hp_dp *dp)
+/* Checks port and family and builds the 16-byte key. */
+static int neigh_key(const hp_dp *dp, int port, int family, const uint8_t *addr, uint16_t *pt,
+                     uint8_t key[16])
 {
-    uint32_t slots = dp->neigh_mask + 1;
-    hp_dp_neigh *old = malloc(slots * sizeof(*old));
-    if (!old)
-        return;
-    memcpy(old, dp->neigh, slots * sizeof(*old));
-    memset(dp->neigh, 0, slots * sizeof(*old));
-    dp->neigh_used = 0;
-    for (uint32_t s = 0; s < slots; s++) {
-        if (old[s].used != 1)
-            continue;
-        uint32_t i = neigh_hash(old[s].family, old[s].port, old[s].addr) & dp->neigh_mask;
-        while (dp->neigh[i].used)
-            i = (i + 1) & dp->neigh_mask;
-        dp->neigh[i] = old[s];
-        dp->neigh_used++;
-    }
-    free(old);
-}
-
-static int norm_port(const hp_dp *dp, int port, uint16_t *out)
-{
-    if (port < 0 || port == HP_DP_PORT_NONE) {
-        *out = HP_DP_PORT_NONE;
-        return 0;
-    }
-    if ((uint32_t)port >= dp->n_ports)
+    if (family != 4 && family != 6)
         return -EINVAL;
-    *out = (uint16_t)port;
+    if (port < 0 || port == HP_DP_PORT_NONE)
+        *pt = HP_DP_PORT_NONE;
+    else if ((uint32_t)port < __atomic_load_n(&dp->n_ports, __ATOMIC_ACQUIRE))
+        *pt = (uint16_t)port;
+    else
+        return -EINVAL;
+    memset(key, 0, 16);
+    memcpy(key, addr, family == 6 ? 16 : 4);
     return 0;
 }
 
 int hp_dp_set_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, const uint8_t mac[6])
 {
     uint16_t pt;
-    if ((family != 4 && family != 6) || norm_port(dp, port, &pt))
+    uint8_t key[16];
+    if (neigh_key(dp, port, family, addr, &pt, key))
         return -EINVAL;
-    uint8_t key[16] = { 0 };
-    memcpy(key, addr, family == 6 ? 16 : 4);
-    neigh_invalidate_caches(dp);
-    hp_dp_neigh *e = neigh_find(dp, pt, family, key);
-    if (e) {
-        memcpy(e->mac, mac, 6);
-        return 0;
-    }
-    uint32_t slots = dp->neigh_mask + 1;
-    if (dp->neigh_count + 1 > slots / 2)
-        return -ENOSPC;
-    if (dp->neigh_used + 1 > slots / 4 * 3)
-        neigh_rehash(dp);
-    uint32_t i = neigh_hash(family, pt, key) & dp->neigh_mask;
-    while (dp->neigh[i].used == 1)
-        i = (i + 1) & dp->neigh_mask;
-    e = &dp->neigh[i];
-    if (e->used == 0)
-        dp->neigh_used++;
-    e->used = 1;
-    e->family = (uint8_t)family;
-    e->port = pt;
-    memcpy(e->addr, key, 16);
-    memcpy(e->mac, mac, 6);
-    dp->neigh_count++;
-    return 0;
+    dp_lock(dp);
+    invalidate_next_hops(dp);
+    int rc = hp_neigh_set(&dp->neigh, pt, family, key, mac);
+    dp_unlock(dp);
+    return rc;
 }
 
 int hp_dp_del_neigh(hp_dp *dp, int port, int family, const uint8_t *addr)
 {
     uint16_t pt;
-    if ((family != 4 && family != 6) || norm_port(dp, port, &pt))
+    uint8_t key[16];
+    if (neigh_key(dp, port, family, addr, &pt, key))
         return -EINVAL;
-    uint8_t key[16] = { 0 };
-    memcpy(key, addr, family == 6 ? 16 : 4);
-    hp_dp_neigh *e = neigh_find(dp, pt, family, key);
-    if (!e)
-        return -ENOENT;
-    e->used = 2;
-    dp->neigh_count--;
-    neigh_invalidate_caches(dp);
-    return 0;
+    dp_lock(dp);
+    int rc = hp_neigh_del(&dp->neigh, pt, family, key);
+    if (rc == 0)
+        invalidate_next_hops(dp);
+    dp_unlock(dp);
+    return rc;
 }
 
 void hp_dp_clear_neigh(hp_dp *dp)
 {
-    memset(dp->neigh, 0, (size_t)(dp->neigh_mask + 1) * sizeof(*dp->neigh));
-    dp->neigh_count = dp->neigh_used = 0;
-    neigh_invalidate_caches(dp);
+    dp_lock(dp);
+    hp_neigh_clear(&dp->neigh);
+    invalidate_next_hops(dp);
+    dp_unlock(dp);
 }
 
-/* addr: 16 bytes, IPv4 in the first 4 and the rest zero. */
-static inline const uint8_t *neigh_lookup(const hp_dp *dp, uint16_t port, int family,
-                                          const uint8_t *addr)
-{
-    const hp_dp_neigh *e = neigh_find(dp, port, family, addr);
-    if (!e)
-        e = neigh_find(dp, HP_DP_PORT_NONE, family, addr);
-    return e ? e->mac : NULL;
-}
-
-const uint8_t *hp_dp_get_neigh(const hp_dp *dp, int port, int family, const uint8_t *addr)
+int hp_dp_get_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, uint8_t mac[6])
 {
     uint16_t pt;
-    if ((family != 4 && family != 6) || norm_port(dp, port, &pt))
-        return NULL;
-    uint8_t key[16] = { 0 };
-    memcpy(key, addr, family == 6 ? 16 : 4);
-    return neigh_lookup(dp, pt, family, key);
+    uint8_t key[16];
+    if (neigh_key(dp, port, family, addr, &pt, key))
+        return -EINVAL;
+    dp_lock(dp);
+    const uint8_t *m = hp_neigh_lookup(&dp->neigh, pt, family, key);
+    if (m)
+        memcpy(mac, m, 6);
+    dp_unlock(dp);
+    return m ? 0 : -ENOENT;
 }
 
 /* ---- punt queue ---------------------------------------------------------------------------- */
 
-void hp_dp_punt_clear(hp_dp *dp)
+uint32_t hp_dp_punt_pending(hp_dp *dp)
 {
-    dp->n_punts = 0;
-    dp->arena_used = 0;
+    pthread_mutex_lock(&dp->punt_lock);
+    uint32_t n = dp->buf[dp->fill].n;
+    pthread_mutex_unlock(&dp->punt_lock);
+    return n;
+}
+
+uint32_t hp_dp_punt_take(hp_dp *dp)
+{
+    pthread_mutex_lock(&dp->punt_lock);
+    /* The side the reader had is done with: empty it and hand it to the loop. */
+    hp_dp_punt_buf *old = &dp->buf[dp->fill ^ 1];
+    old->n = old->arena_used = 0;
+    dp->fill ^= 1;
+    uint32_t n = dp->buf[dp->fill ^ 1].n;
+    pthread_mutex_unlock(&dp->punt_lock);
+    return n;
+}
+
+uint32_t hp_dp_punt_wait(hp_dp *dp, int timeout_ms)
+{
+    uint64_t v;
+    ssize_t r = read(dp->punt_fd, &v, sizeof(v));   /* a stale wake-up from an earlier batch */
+    (void)r;
+    /* Armed before looking, so a punt queued after the look writes the eventfd. */
+    __atomic_store_n(&dp->punt_armed, 1, __ATOMIC_SEQ_CST);
+    uint32_t n = hp_dp_punt_pending(dp);
+    if (!n && timeout_ms != 0) {
+        struct pollfd pfd = { .fd = dp->punt_fd, .events = POLLIN };
+        poll(&pfd, 1, timeout_ms);
+        n = hp_dp_punt_pending(dp);
+    }
+    __atomic_store_n(&dp->punt_armed, 0, __ATOMIC_SEQ_CST);
+    return n;
+}
+
+/* After a batch that punted: wakes a waiting reader (one write per wait, not per batch). */
+static void punt_notify(hp_dp *dp)
+{
+    if (__atomic_exchange_n(&dp->punt_armed, 0, __ATOMIC_SEQ_CST)) {
+        uint64_t one = 1;
+        ssize_t r = write(dp->punt_fd, &one, sizeof(one));
+        (void)r;
+    }
 }
 
 /* f points at the virtio-net header (len counts it). */
@@ -327,11 +330,14 @@ static void punt(hp_dp *dp, uint16_t in_port, uint16_t out_port, uint8_t reason,
                  const uint8_t *f, uint32_t len)
 {
     uint32_t flen = len > VNET_LEN ? len - VNET_LEN : 0;
-    if (dp->n_punts >= dp->punt_cap || flen > dp->arena_cap - dp->arena_used) {
+    pthread_mutex_lock(&dp->punt_lock);
+    hp_dp_punt_buf *b = &dp->buf[dp->fill];
+    if (b->n >= dp->punt_cap || flen > dp->arena_cap - b->arena_used) {
+        pthread_mutex_unlock(&dp->punt_lock);
         dp->counters[HP_DP_C_PUNT_OVERFLOW]++;
         return;
     }
-    hp_dp_punt *p = &dp->punts[dp->n_punts++];
+    hp_dp_punt *p = &b->punts[b->n++];
     p->in_port = in_port;
     p->out_port = out_port;
     p->reason = reason;
@@ -341,13 +347,15 @@ static void punt(hp_dp *dp, uint16_t in_port, uint16_t out_port, uint8_t reason,
         memcpy(p->vnet, f, VNET_LEN);
     else
         memset(p->vnet, 0, VNET_LEN);
-    p->off = dp->arena_used;
+    p->off = b->arena_used;
     p->len = flen;
-    memcpy(dp->arena + p->off, f + VNET_LEN, flen);
-    dp->arena_used += (flen + 7u) & ~7u;
-    if (dp->arena_used > dp->arena_cap)
-        dp->arena_used = dp->arena_cap;
+    memcpy(b->arena + p->off, f + VNET_LEN, flen);
+    b->arena_used += (flen + 7u) & ~7u;
+    if (b->arena_used > dp->arena_cap)
+        b->arena_used = dp->arena_cap;
+    pthread_mutex_unlock(&dp->punt_lock);
     dp->counters[HP_DP_C_PUNTED]++;
+    dp->punted = 1;
 }
 
 /* ---- forwarding ---------------------------------------------------------------------------- */
@@ -385,7 +393,7 @@ static inline const uint8_t *next_hop_mac(hp_dp *dp, uint16_t q, int family, con
     }
     if (p->nh_valid && p->nh_family == family && memcmp(p->nh_addr, nh, 16) == 0)
         return p->nh_mac;
-    const uint8_t *mac = neigh_lookup(dp, q, family, nh);
+    const uint8_t *mac = hp_neigh_lookup(&dp->neigh, q, family, nh);
     if (!mac) {
         *reason = HP_R_NEIGH_MISS;
         return NULL;
@@ -548,10 +556,8 @@ static void flush_dirty(hp_dp *dp)
 
 void hp_dp_wake(hp_dp *dp)
 {
-    uint64_t one = 1;
     __atomic_store_n(&dp->wake_flag, 1, __ATOMIC_RELEASE);
-    ssize_t r = write(dp->wake_fd, &one, sizeof(one));
-    (void)r;
+    poke(dp);
 }
 
 /* Consumes a pending wake-up: the flag is checked every round, the eventfd only wakes poll. */
@@ -566,10 +572,25 @@ static int take_wake(hp_dp *dp)
     return 1;
 }
 
-int64_t hp_dp_run(hp_dp *dp, int timeout_ms, uint32_t max_batches)
+static uint32_t poll_set(hp_dp *dp, struct pollfd *pfd)
+{
+    uint32_t np = __atomic_load_n(&dp->n_ports, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < np; i++) {
+        pfd[i].fd = dp->ports[i].ring->fd;
+        pfd[i].events = POLLIN;
+    }
+    pfd[np].fd = dp->wake_fd;
+    pfd[np].events = POLLIN;
+    return np;
+}
+
+/* The loop. until_punt: return after a batch that queued punts (hp_dp_run); else run until
+ * woken (the forwarding thread). Rx rings are the loop's alone, so peeking and releasing them
+ * need no lock; translating and everything tx happen under the table lock, one batch per
+ * hold, so other threads wait at most one batch. */
+static int64_t loop(hp_dp *dp, int timeout_ms, uint32_t max_batches, int until_punt)
 {
     struct pollfd pfd[HP_DP_MAX_PORTS + 1];
-    uint32_t np = dp->n_ports;
     int64_t frames = 0;
     uint32_t batches = 0;
     uint64_t start = hp_dp_now_ms();
@@ -577,24 +598,22 @@ int64_t hp_dp_run(hp_dp *dp, int timeout_ms, uint32_t max_batches)
     uint64_t spin_until = 0;
 
     dp->counters[HP_DP_C_RUNS]++;
-    for (uint32_t i = 0; i < np; i++) {
-        pfd[i].fd = dp->ports[i].ring->fd;
-        pfd[i].events = POLLIN;
-    }
-    pfd[np].fd = dp->wake_fd;
-    pfd[np].events = POLLIN;
-
+    uint32_t np = poll_set(dp, pfd);
     if (take_wake(dp))
         return 0;
     for (;;) {
         int work = 0;
+        if (__atomic_load_n(&dp->n_ports, __ATOMIC_ACQUIRE) != np)
+            np = poll_set(dp, pfd);     /* a port was added while we ran */
         uint64_t now = dp_now(dp);
         for (uint32_t i = 0; i < np; i++) {
             hp_ring *r = dp->ports[i].ring;
             uint32_t n = hp_ring_rx_peek(r, dp->frames, dp->lens, HP_DP_BATCH);
             if (n) {
+                dp_lock(dp);
                 process_batch(dp, (uint16_t)i, dp->frames, dp->lens, n, now);
                 flush_dirty(dp);
+                dp_unlock(dp);
                 frames += n;
                 batches++;
                 work = 1;
@@ -604,15 +623,21 @@ int64_t hp_dp_run(hp_dp *dp, int timeout_ms, uint32_t max_batches)
             if (max_batches && batches >= max_batches)
                 goto out;
         }
+        if (dp->punted) {
+            dp->punted = 0;
+            punt_notify(dp);
+        }
         /* Frames the kernel could not take yet (socket buffer, peer backlog). */
         int tx_pending = 0;
         for (uint32_t i = 0; i < np; i++) {
-            if (dp->ports[i].ring->tx_queued) {
+            if (__atomic_load_n(&dp->ports[i].ring->tx_queued, __ATOMIC_RELAXED)) {
+                dp_lock(dp);
                 hp_ring_tx_flush(dp->ports[i].ring);
                 tx_pending |= dp->ports[i].ring->tx_queued != 0;
+                dp_unlock(dp);
             }
         }
-        if (dp->n_punts || take_wake(dp))
+        if ((until_punt && hp_dp_punt_pending(dp)) || take_wake(dp))
             goto out;
         /* Checked every round, so a loaded loop still returns to the slow path on time. */
         uint64_t t = hp_dp_now_ms();
@@ -649,35 +674,88 @@ out:
     return frames;
 }
 
+int64_t hp_dp_run(hp_dp *dp, int timeout_ms, uint32_t max_batches)
+{
+    if (__atomic_load_n(&dp->thread_running, __ATOMIC_ACQUIRE))
+        return -EBUSY;
+    return loop(dp, timeout_ms, max_batches, 1);
+}
+
+static void *forwarding_thread(void *arg)
+{
+    hp_dp *dp = arg;
+    while (!__atomic_load_n(&dp->stop_flag, __ATOMIC_ACQUIRE)) {
+        if (loop(dp, -1, 0, 0) < 0) {
+            /* poll() failed (EBADF, ENOMEM): back off rather than spin, keep forwarding. */
+            struct timespec ts = { 0, 1000000 };
+            nanosleep(&ts, NULL);
+        }
+    }
+    return NULL;
+}
+
+int hp_dp_start(hp_dp *dp)
+{
+    if (dp->thread_running)
+        return -EALREADY;
+    __atomic_store_n(&dp->stop_flag, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&dp->thread_running, 1, __ATOMIC_RELEASE);
+    int rc = pthread_create(&dp->thread, NULL, forwarding_thread, dp);
+    if (rc) {
+        __atomic_store_n(&dp->thread_running, 0, __ATOMIC_RELEASE);
+        return -rc;
+    }
+    return 0;
+}
+
+void hp_dp_stop(hp_dp *dp)
+{
+    if (!dp->thread_running)
+        return;
+    __atomic_store_n(&dp->stop_flag, 1, __ATOMIC_RELEASE);
+    hp_dp_wake(dp);
+    pthread_join(dp->thread, NULL);
+    __atomic_store_n(&dp->thread_running, 0, __ATOMIC_RELEASE);
+}
+
 /* ---- frames from the slow path ------------------------------------------------------------ */
 
 int hp_dp_inject(hp_dp *dp, int port, const uint8_t *frame, uint32_t len, const uint8_t *vnet_hdr)
 {
+    int rc;
+    dp_lock(dp);
     if (port < 0 || (uint32_t)port >= dp->n_ports) {
         dp->drops[HP_R_BAD_PORT]++;
-        return -EINVAL;
+        rc = -EINVAL;
+        goto out;
     }
     hp_ring *r = dp->ports[port].ring;
-    int rc = hp_ring_tx_copy(r, vnet_hdr, frame, len);
+    rc = hp_ring_tx_copy(r, vnet_hdr, frame, len);
     if (rc == -ENOBUFS) {
         hp_ring_tx_flush(r);
         rc = hp_ring_tx_copy(r, vnet_hdr, frame, len);
     }
     if (rc < 0) {
         dp->counters[HP_DP_C_INJECT_FAILED]++;
-        return rc;
+        goto out;
     }
     dp->counters[HP_DP_C_INJECTED]++;
-    return hp_ring_tx_flush(r);
+    rc = hp_ring_tx_flush(r);
+out:
+    dp_unlock(dp);
+    return rc;
 }
 
 int hp_dp_input(hp_dp *dp, int port, const uint8_t *frame, uint32_t len,
                 const uint8_t *vnet_hdr, hp_result *result)
 {
-    if (port < 0 || (uint32_t)port >= dp->n_ports)
-        return -EINVAL;
     if (len + VNET_LEN > HP_RING_FRAME_SIZE)
         return -EMSGSIZE;
+    dp_lock(dp);
+    if (port < 0 || (uint32_t)port >= dp->n_ports) {
+        dp_unlock(dp);
+        return -EINVAL;
+    }
     uint8_t *f = dp->scratch;
     if (vnet_hdr)
         memcpy(f, vnet_hdr, VNET_LEN);
@@ -694,6 +772,11 @@ int hp_dp_input(hp_dp *dp, int port, const uint8_t *frame, uint32_t len,
     else if (res.verdict == HP_PUNT)
         punt(dp, (uint16_t)port, HP_DP_PORT_NONE, res.reason, res.conn, f, flen);
     flush_dirty(dp);
+    int punted = dp->punted;
+    dp->punted = 0;
+    dp_unlock(dp);
+    if (punted)
+        punt_notify(dp);
     if (result)
         *result = res;
     return res.verdict;
@@ -701,6 +784,8 @@ int hp_dp_input(hp_dp *dp, int port, const uint8_t *frame, uint32_t len,
 
 void hp_dp_update_stats(hp_dp *dp)
 {
+    dp_lock(dp);
     for (uint32_t i = 0; i < dp->n_ports; i++)
         hp_ring_update_stats(dp->ports[i].ring);
+    dp_unlock(dp);
 }

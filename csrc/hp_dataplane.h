@@ -4,19 +4,26 @@
  * forwarded (egress port's MAC, the next hop's from the neighbour table), copy it to the egress
  * port's tx ring and flush each tx ring once. What the NAT punts (ARP, ICMP, NDP, neighbour
  * misses, ...) and broadcast / multicast ARP and ICMP go to a bounded punt queue that the
- * caller (the Python slow path) drains between runs.
+ * slow path drains (full: counted PUNT_OVERFLOW, never waited on).
  *
- * Not thread-safe: configure between hp_dp_run() calls; only hp_dp_wake() may be called while
- * another thread runs the loop. */
+ * Threads (docs/semantics.md, "Threads and the table lock"): the loop runs on a thread of its
+ * own (hp_dp_start) or on the caller's (hp_dp_run). The table lock (hp_dp_set_lock; owned by
+ * whoever owns the NAT) is held by the loop for one batch at a time, and taken by every other
+ * call here that touches the NAT, the tx rings, the ports or the neighbour table, so they are
+ * safe from any thread while the loop runs: none may be called with the lock already held.
+ * Punts pass through a double buffer swapped under a small punt lock of its own. */
 #ifndef HP_DATAPLANE_H
 #define HP_DATAPLANE_H
 
+#include <pthread.h>
+
 #include "hp_nat.h"
+#include "hp_neigh.h"
 #include "hp_ring.h"
 
 #define HP_DP_MAX_PORTS 64
 #define HP_DP_BATCH 64
-#define HP_DP_PORT_NONE 0xFFFFu  /* a neighbour entry valid on any port; no egress port */
+#define HP_DP_PORT_NONE HP_NEIGH_ANY_PORT  /* a neighbour entry valid on any port; no egress port */
 #define HP_DP_LINEAR_MAX 2048    /* default hp_dp.linear_max */
 
 enum hp_dp_role { HP_DP_INSIDE = 0, HP_DP_ENI = 1 };
@@ -50,15 +57,6 @@ typedef struct hp_dp_port {
     uint8_t nh_mac[6];
 } hp_dp_port;
 
-typedef struct hp_dp_neigh {
-    uint8_t used;                /* 0 empty, 1 live, 2 deleted */
-    uint8_t family;              /* 4 or 6 */
-    uint16_t port;               /* port index, or HP_DP_PORT_NONE for any port */
-    uint8_t addr[16];
-    uint8_t mac[6];
-    uint8_t pad[2];
-} hp_dp_neigh;
-
 /* One punted frame: the Ethernet frame (no virtio-net header) is in the punt arena. */
 typedef struct hp_dp_punt {
     uint16_t in_port;            /* port it arrived on (or was given to hp_dp_input) */
@@ -70,6 +68,14 @@ typedef struct hp_dp_punt {
     uint32_t off, len;           /* the frame's bytes in the arena */
 } hp_dp_punt;
 
+/* One side of the punt double buffer. */
+typedef struct hp_dp_punt_buf {
+    hp_dp_punt *punts;
+    uint32_t n;
+    uint32_t arena_used;
+    uint8_t *arena;
+} hp_dp_punt_buf;
+
 typedef uint64_t (*hp_dp_clock_fn)(void *ctx);
 
 typedef struct hp_dp {
@@ -78,14 +84,21 @@ typedef struct hp_dp {
     uint32_t n_ports;
     int inside;                  /* port index of the inside port, -1 until added */
     int16_t eni_port[HP_MAX_ENIS];
-    hp_dp_neigh *neigh;
-    uint32_t neigh_mask, neigh_count, neigh_used;   /* used: live + deleted slots */
-    hp_dp_punt *punts;
-    uint32_t punt_cap, n_punts;
-    uint8_t *arena;
-    uint32_t arena_cap, arena_used;
+    hp_neigh_table neigh;
+    pthread_mutex_t *lock;       /* the table lock (NULL: none, single-threaded use) */
+    /* Punts: the loop fills buf[fill] under punt_lock; hp_dp_punt_take() swaps the sides. */
+    pthread_mutex_t punt_lock;
+    hp_dp_punt_buf buf[2];
+    uint32_t fill;
+    uint32_t punt_cap, arena_cap;
+    int punt_fd;                 /* eventfd: written when punts arrive and a reader is armed */
+    int punt_armed;              /* a reader waits in hp_dp_punt_wait() */
     int wake_fd;                 /* eventfd: hp_dp_wake() makes a run return */
     int wake_flag;               /* set by hp_dp_wake(), checked every round */
+    int stop_flag;               /* hp_dp_stop(): the forwarding thread ends */
+    int punted;                  /* the loop queued punts since it last notified */
+    int thread_running;
+    pthread_t thread;
     uint32_t spin_us;            /* busy-poll this long before sleeping in poll() */
     uint32_t linear_max;         /* non-GSO frames up to this size are sent as one linear skb */
     hp_dp_clock_fn clock;
@@ -103,9 +116,14 @@ typedef struct hp_dp {
 hp_dp *hp_dp_create(hp_nat *nat, uint32_t neigh_cap, uint32_t punt_cap, uint32_t punt_bytes);
 void hp_dp_destroy(hp_dp *dp);
 
-/* Opens a ring pair on ifindex. role HP_DP_INSIDE (once) or HP_DP_ENI (eni: its id in the NAT,
- * one port per ENI). rx_frames / tx_frames: ring slots (0: defaults). Returns the port index
- * or -errno. */
+/* The table lock the loop holds per batch and every other call here takes (call before the
+ * loop first runs; NULL: no locking). */
+void hp_dp_set_lock(hp_dp *dp, pthread_mutex_t *lock);
+
+/* Opens a ring pair on ifindex (outside the lock) and attaches it (under it): safe while the
+ * loop runs, which picks the port up within a round. role HP_DP_INSIDE (once) or HP_DP_ENI
+ * (eni: its id in the NAT, one port per ENI). rx_frames / tx_frames: ring slots (0: defaults).
+ * Returns the port index or -errno. */
 int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t mac[6], int role, int eni,
                    uint32_t rx_frames, uint32_t tx_frames, int qdisc_bypass);
 /* An ENI port's subnet for one family (4 or 6): prefix (4 or 16 bytes) / plen, and the
@@ -117,25 +135,39 @@ int hp_dp_set_subnet(hp_dp *dp, int port, int family, const uint8_t *prefix, int
  * wins. addr is 4 or 16 bytes. Returns 0, -ENOSPC when full, -EINVAL. */
 int hp_dp_set_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, const uint8_t mac[6]);
 int hp_dp_del_neigh(hp_dp *dp, int port, int family, const uint8_t *addr);
-/* The MAC for addr as the loop sees it from port (own entry, then any-port entry), or NULL. */
-const uint8_t *hp_dp_get_neigh(const hp_dp *dp, int port, int family, const uint8_t *addr);
+/* Copies into mac the MAC for addr as the loop sees it from port (own entry, then any-port
+ * entry). Returns 0, -ENOENT or -EINVAL. */
+int hp_dp_get_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, uint8_t mac[6]);
 void hp_dp_clear_neigh(hp_dp *dp);
 
-/* Runs the loop until the punt queue is non-empty (after the batch that filled it), timeout_ms
- * passes (< 0: no timeout), max_batches batches ran (0: no limit), or hp_dp_wake().
- * Returns the number of frames received, or -errno (poll failed). */
+/* Runs the loop on the calling thread until a punt is queued (after the batch that queued it),
+ * timeout_ms passes (< 0: no timeout), max_batches batches ran (0: no limit), or hp_dp_wake().
+ * Returns the number of frames received, -EBUSY when the forwarding thread runs, or -errno
+ * (poll failed). */
 int64_t hp_dp_run(hp_dp *dp, int timeout_ms, uint32_t max_batches);
 /* Thread-safe: makes the current (or next) hp_dp_run return. */
 void hp_dp_wake(hp_dp *dp);
 
-/* The punt queue: entries in arrival order, cleared by hp_dp_punt_clear(). */
-static inline uint32_t hp_dp_punt_count(const hp_dp *dp) { return dp->n_punts; }
-static inline const hp_dp_punt *hp_dp_punt_get(const hp_dp *dp, uint32_t i) { return &dp->punts[i]; }
+/* The forwarding thread: runs the loop until hp_dp_stop() (which joins it). start returns 0,
+ * -EALREADY or -errno. */
+int hp_dp_start(hp_dp *dp);
+void hp_dp_stop(hp_dp *dp);
+
+/* The punt queue, for one reader thread at a time. hp_dp_punt_wait() blocks up to timeout_ms
+ * until punts are queued and returns how many; hp_dp_punt_take() takes everything queued (in
+ * arrival order) and returns the count: read them with hp_dp_punt_get/_data until the next
+ * take. */
+uint32_t hp_dp_punt_pending(hp_dp *dp);
+uint32_t hp_dp_punt_wait(hp_dp *dp, int timeout_ms);
+uint32_t hp_dp_punt_take(hp_dp *dp);
+static inline const hp_dp_punt *hp_dp_punt_get(const hp_dp *dp, uint32_t i)
+{
+    return &dp->buf[dp->fill ^ 1].punts[i];
+}
 static inline const uint8_t *hp_dp_punt_data(const hp_dp *dp, const hp_dp_punt *p)
 {
-    return dp->arena + p->off;
+    return dp->buf[dp->fill ^ 1].arena + p->off;
 }
-void hp_dp_punt_clear(hp_dp *dp);
 
 /* Sends an Ethernet frame out of a port as is (vnet_hdr: its 10-byte virtio-net header, NULL:
  * zeroed), flushed at once. Returns 0 or -errno (-ENOBUFS: tx ring full). */
@@ -150,7 +182,7 @@ int hp_dp_input(hp_dp *dp, int port, const uint8_t *frame, uint32_t len,
 uint64_t hp_dp_now_ms(void);
 void hp_dp_set_clock(hp_dp *dp, hp_dp_clock_fn fn, void *ctx);
 
-/* Refreshes every port's kernel drop count (PACKET_STATISTICS). */
+/* Refreshes every port's kernel drop count (PACKET_STATISTICS). Takes the lock. */
 void hp_dp_update_stats(hp_dp *dp);
 
 #endif

@@ -1,12 +1,14 @@
 # cython: language_level=3
 """Thin bindings over the C core: own the C objects, expose batch calls, release the GIL."""
 
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 
 from hyperplane._hp cimport *
+from hyperplane._lock cimport (pthread_mutex_t, pthread_mutex_init, pthread_mutex_destroy,
+                               pthread_mutex_lock, pthread_mutex_unlock, mono_ns)
 
 import errno as errnum
 import os
@@ -25,6 +27,17 @@ MAX_CAPACITY = HP_MAX_CAPACITY
 def index_slots(uint64_t capacity):
     """Index slots the C table gives this capacity (for the bound's test)."""
     return hp_ct_index_slots(capacity)
+
+# Work per hold of the table lock, so that no caller keeps the forwarding thread waiting for
+# more than ~200 us (docs/semantics.md, "Threads and the table lock").
+DEF CHUNK_FRAMES = 64           # frames translated per hold (the loop's batch)
+DEF CHUNK_EXPIRE = 256          # connections expired per hold, at most
+DEF STEP_EXPIRE = 16            # ... in steps, checking the clock between them
+DEF CHUNK_SCAN = 16384          # table slots a listing scans per hold, at most
+DEF STEP_SCAN = 512             # ... in steps, checking the clock between them
+DEF CHUNK_LOOKUPS = 1024        # packed keys looked up per hold
+DEF HOLD_BUDGET_NS = 100000     # a hold ends after the step that passes this
+DEF LOCK_BUDGET_NS = 200000     # the contract: longer holds are counted (lock_stats)
 
 
 cdef class _Batch:
@@ -51,9 +64,42 @@ cdef class Nat:
 
     cdef hp_nat *nat
     cdef readonly object params
+    # The table lock: the data plane's loop holds it per batch, everything here per chunk.
+    cdef pthread_mutex_t lock
+    cdef uint64_t hold_start_ns, hold_max_ns, hold_total_ns, holds, holds_over
 
     def __cinit__(self, *args, **kwargs):
         self.nat = NULL
+        pthread_mutex_init(&self.lock, NULL)
+
+    # Callers hold no GIL (acquire waits without blocking other Python threads) and take no
+    # GIL before _release().
+    cdef void _acquire(self) noexcept nogil:
+        pthread_mutex_lock(&self.lock)
+        self.hold_start_ns = mono_ns()
+
+    cdef void _release(self) noexcept nogil:
+        cdef uint64_t held = mono_ns() - self.hold_start_ns
+        self.holds += 1
+        self.hold_total_ns += held
+        self.holds_over += held > LOCK_BUDGET_NS
+        if held > self.hold_max_ns:
+            self.hold_max_ns = held
+        pthread_mutex_unlock(&self.lock)
+
+    def lock_stats(self, bint reset=False):
+        """How long this object's calls held the table lock (not the forwarding loop's
+        batches): holds, over_budget (holds longer than 200 us: preemption, or a chunk too
+        big), max_hold_us, total_hold_us. reset: start counting again."""
+        cdef uint64_t holds, over, mx, total
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            holds, over, mx, total = self.holds, self.holds_over, self.hold_max_ns, self.hold_total_ns
+            if reset:
+                self.holds = self.holds_over = self.hold_max_ns = self.hold_total_ns = 0
+            pthread_mutex_unlock(&self.lock)
+        return {"holds": holds, "over_budget": over, "max_hold_us": mx / 1000.0,
+                "total_hold_us": total / 1000.0}
 
     # The table lock arrives with the data-plane thread (dp); until then a no-op.
     cdef void _acquire(self) noexcept nogil:
@@ -99,6 +145,7 @@ cdef class Nat:
 
     def __dealloc__(self):
         hp_nat_destroy(self.nat)
+        pthread_mutex_destroy(&self.lock)
 
     # --- configuration -------------------------------------------------------------------
 
@@ -117,9 +164,14 @@ cdef class Nat:
             b6 = raw
         if b4 is None and b6 is None:
             raise ValueError("an ENI needs an IPv4 or an IPv6 address")
-        e = hp_nat_add_eni(self.nat, <const uint8_t *>b4 if b4 is not None else NULL,
-                           <const uint8_t *>b6 if b6 is not None else NULL)
-        if e == -2:
+        cdef const uint8_t *p4 = <const uint8_t *>b4 if b4 is not None else NULL
+        cdef const uint8_t *p6 = <const uint8_t *>b6 if b6 is not None else NULL
+        cdef int e
+        with nogil:
+            self._acquire()
+            e = hp_nat_add_eni(self.nat, p4, p6)
+            self._release()
+        if e == -2:     # ENIs are added once, in order: nothing changes these entries now
             old = &self.nat.eni_addr[self.nat.n_readded]
             have = " ".join([addr_str(4 if f == 0 else 6, old.addr[f][:16])
                              for f in range(2) if old.has[f]])
@@ -130,42 +182,74 @@ cdef class Nat:
         return e
 
     def add_group(self):
-        g = hp_nat_add_group(self.nat)
+        cdef int g
+        with nogil:
+            self._acquire()
+            g = hp_nat_add_group(self.nat)
+            self._release()
         if g < 0:
             raise MemoryError("cannot add a group")
         return g
 
     def group_add_eni(self, int group, int eni):
-        if hp_nat_group_add_eni(self.nat, group, eni) != 0:
+        cdef int rc
+        with nogil:
+            self._acquire()
+            rc = hp_nat_group_add_eni(self.nat, group, eni)
+            self._release()
+        if rc != 0:
             raise ValueError(f"cannot add ENI {eni} to group {group}")
 
     def add_source(self, addr, int group, allow_v6=False, mac=None):
         fam, raw = addr_bytes(addr)
         cdef bytes m = mac_bytes(mac) if mac is not None else None
-        if hp_nat_add_source_mac(self.nat, fam, <const uint8_t *>raw, group, bool(allow_v6),
-                                 <const uint8_t *>m if m is not None else NULL) != 0:
+        cdef int family = fam, v6 = bool(allow_v6), rc
+        cdef const uint8_t *a = <const uint8_t *>raw
+        cdef const uint8_t *mp = <const uint8_t *>m if m is not None else NULL
+        with nogil:
+            self._acquire()
+            rc = hp_nat_add_source_mac(self.nat, family, a, group, v6, mp)
+            self._release()
+        if rc != 0:
             raise ValueError(f"cannot add source {addr} to group {group}")
 
     # --- the batch calls -----------------------------------------------------------------
 
     def translate(self, frames, int direction, uint64_t now_ms, int eni=0, bint vnet=False,
                   bint check_mtu=True):
-        """Translates bytearrays in place; returns (verdict, reason, port, conn) per frame."""
-        cdef Py_ssize_t n = len(frames), i
+        """Translates bytearrays in place; returns (verdict, reason, port, conn) per frame.
+        The bytearrays cannot be resized while it runs (it holds their buffers)."""
+        cdef Py_ssize_t n = len(frames), i, held = 0, at, m
         if direction not in (vocab.OUT, vocab.IN):
             raise ValueError("direction must be vocab.OUT or vocab.IN")
         if n == 0:
             return []
         cdef _Batch b = _Batch(n)
-        for i in range(n):
-            f = frames[i]
-            if type(f) is not bytearray:
-                raise TypeError("frames must be bytearrays (they are rewritten in place)")
-            b.ptrs[i] = <uint8_t *>PyByteArray_AS_STRING(f)
-            b.lens[i] = PyByteArray_GET_SIZE(f)
-        with nogil:
-            hp_nat_translate_ex(self.nat, b.ptrs, b.lens, n, direction, eni, vnet, check_mtu,
-                                now_ms, b.res)
+        cdef Py_buffer *views = <Py_buffer *>calloc(n, sizeof(Py_buffer))
+        if not views:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                f = frames[i]
+                if type(f) is not bytearray:
+                    raise TypeError("frames must be bytearrays (they are rewritten in place)")
+                PyObject_GetBuffer(f, &views[i], PyBUF_WRITABLE)
+                held += 1
+                b.ptrs[i] = <uint8_t *>views[i].buf
+                b.lens[i] = views[i].len
+            with nogil:
+                at = 0
+                while at < n:
+                    m = min(n - at, CHUNK_FRAMES)
+                    self._acquire()
+                    hp_nat_translate_ex(self.nat, b.ptrs + at, b.lens + at, m, direction, eni,
+                                        vnet, check_mtu, now_ms, b.res + at)
+                    self._release()
+                    at += m
+        finally:
+            for i in range(held):
+                PyBuffer_Release(&views[i])
+            free(views)
         return [(b.res[i].verdict, b.res[i].reason, b.res[i].port,
                  -1 if b.res[i].conn == HP_CT_NONE else b.res[i].conn) for i in range(n)]
 
@@ -173,7 +257,7 @@ cdef class Nat:
                          int direction, uint64_t now_ms, int eni=0, bint vnet=False):
         """Copies template into work and translates the frames packed in it every stride bytes.
         For benchmarks: one call, no Python per frame. Returns the number forwarded."""
-        cdef uint32_t n = template.shape[0] // stride, i, forwarded = 0
+        cdef uint32_t n = template.shape[0] // stride, i, forwarded = 0, at, m
         if work.shape[0] < template.shape[0] or n == 0:
             raise ValueError("work must be at least as large as template, holding >= 1 frame")
         cdef _Batch b = _Batch(n)
@@ -182,51 +266,83 @@ cdef class Nat:
             for i in range(n):
                 b.ptrs[i] = &work[i * stride]
                 b.lens[i] = stride
-            hp_nat_translate(self.nat, b.ptrs, b.lens, n, direction, eni, vnet, now_ms, b.res)
+            at = 0
+            while at < n:
+                m = min(n - at, CHUNK_FRAMES)
+                self._acquire()
+                hp_nat_translate(self.nat, b.ptrs + at, b.lens + at, m, direction, eni, vnet,
+                                 now_ms, b.res + at)
+                self._release()
+                at += m
             for i in range(n):
                 forwarded += b.res[i].verdict == 0
         return forwarded
 
     def lookup_packed(self, const uint8_t[::1] keys, int direction):
         """Looks up packed 40-byte flow keys (pack_key) in one batch; returns how many hit."""
-        cdef uint32_t n = keys.shape[0] // sizeof(hp_flow_key), i, hits = 0
+        cdef uint32_t n = keys.shape[0] // sizeof(hp_flow_key), i, hits = 0, at, m
         cdef uint32_t *ids = <uint32_t *>malloc(max(n, 1) * sizeof(uint32_t))
+        cdef const hp_flow_key *k = <const hp_flow_key *>&keys[0]
         if not ids:
             raise MemoryError()
         with nogil:
-            hp_ct_lookup_batch(&self.nat.ct, <const hp_flow_key *>&keys[0], n, direction, ids)
+            at = 0
+            while at < n:
+                m = min(n - at, CHUNK_LOOKUPS)
+                self._acquire()
+                hp_ct_lookup_batch(&self.nat.ct, k + at, m, direction, ids + at)
+                self._release()
+                at += m
             for i in range(n):
                 hits += ids[i] != HP_CT_NONE
         free(ids)
         return hits
 
     def expire(self, uint64_t now_ms, max=1 << 30, bint collect=True):
-        """Removes expired connections. With collect, returns them as Connection objects
-        (those found expired during lookups first); without, returns how many were removed."""
-        cdef size_t remaining = max, chunk, got, j, i
-        cdef hp_conn_record *buf
-        if not collect:
-            before = self.nat.counters[6]
-            with nogil:
-                hp_nat_expire(self.nat, now_ms, remaining, NULL, 0)
-            return self.nat.counters[6] - before
-        out = []
-        while True:
-            j = self.nat.sh.j_count
-            chunk = remaining if remaining < 4096 else 4096
-            buf = <hp_conn_record *>malloc((j + chunk + 1) * sizeof(hp_conn_record))
+        """Removes up to max expired connections, in holds of the table lock bounded by work
+        and time. With collect, returns them as Connection objects (those found expired during
+        lookups first); without, returns how many were removed."""
+        cdef size_t remaining = max, chunk, got, step, g, r, jc, removed
+        cdef size_t cap = self.nat.cfg.journal_size + CHUNK_EXPIRE
+        cdef hp_conn_record *buf = NULL
+        cdef uint64_t before
+        cdef bint drained = False
+        if collect:
+            buf = <hp_conn_record *>malloc(cap * sizeof(hp_conn_record))
             if not buf:
                 raise MemoryError()
-            try:
+        out = [] if collect else 0
+        try:
+            while remaining and not drained:
+                chunk = remaining if remaining < CHUNK_EXPIRE else CHUNK_EXPIRE
+                got = removed = 0
                 with nogil:
-                    got = hp_nat_expire(self.nat, now_ms, chunk, buf, j + chunk)
-                for i in range(got):
-                    out.append(self._conn(&buf[i].conn, &buf[i].stats, 0xFFFFFFFF))
-            finally:
-                free(buf)
-            remaining -= got - j
-            if got - j < chunk or remaining == 0:
-                return out
+                    self._acquire()
+                    while True:
+                        step = chunk - removed if chunk - removed < STEP_EXPIRE else STEP_EXPIRE
+                        before, jc = self.nat.counters[6], self.nat.sh.j_count
+                        if collect:
+                            g = hp_nat_expire(self.nat, now_ms, step, buf + got, cap - got)
+                            r = g - jc          # the journal is copied first
+                            got += g
+                        else:
+                            hp_nat_expire(self.nat, now_ms, step, NULL, 0)
+                            r = self.nat.counters[6] - before
+                        removed += r
+                        drained = r < step
+                        if (drained or removed == chunk
+                                or mono_ns() - self.hold_start_ns > HOLD_BUDGET_NS):
+                            break
+                    self._release()
+                if collect:
+                    for i in range(got):
+                        out.append(self._conn(&buf[i].conn, &buf[i].stats, 0xFFFFFFFF))
+                else:
+                    out += removed
+                remaining -= removed
+            return out
+        finally:
+            free(buf)
 
     def lookup(self, src, dst, int sport, int dport, int proto, int direction, uint64_t now_ms):
         """The live connection whose original (OUT) or reply (IN) tuple this is, or None."""
@@ -239,13 +355,18 @@ cdef class Nat:
         memcpy(key.src, <const uint8_t *>s, 16)
         memcpy(key.dst, <const uint8_t *>d, 16)
         key.sport, key.dport, key.family, key.proto = sport, dport, fam, proto
-        cdef uint32_t cid = hp_nat_lookup(self.nat, &key, direction, now_ms)
-        return None if cid == HP_CT_NONE else self._live(cid)
+        cdef uint32_t cid
+        cdef hp_conn_record rec
+        with nogil:
+            self._acquire()
+            cid = hp_nat_lookup(self.nat, &key, direction, now_ms)
+            if cid != HP_CT_NONE:
+                rec.conn = self.nat.ct.conns[cid]
+                rec.stats = self.nat.ct.stats[cid]
+            self._release()
+        return None if cid == HP_CT_NONE else self._conn(&rec.conn, &rec.stats, cid)
 
     # --- introspection -------------------------------------------------------------------
-
-    cdef object _live(self, uint32_t cid):
-        return self._conn(&self.nat.ct.conns[cid], &self.nat.ct.stats[cid], cid)
 
     cdef object _conn(self, const hp_conn *c, const hp_conn_stats *st, uint32_t cid):
         fam = c.family
@@ -259,18 +380,62 @@ cdef class Nat:
             bytes_out=st.bytes[0], bytes_in=st.bytes[1],
             start_s=c.start_s, last_seen_ms=c.last_seen_ms, owner=st.owner)
 
+    def connections_page(self, cursor=0, int limit=1000):
+        """Up to limit live connections from table slot cursor on, in one hold of the table
+        lock (which scans at most CHUNK_SCAN slots, so a page may come back short): returns
+        (connections, next cursor or None at the end of the table)."""
+        cdef uint32_t cap = self.nat.ct.capacity, i, end, got = 0
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        if cursor is None or cursor < 0:
+            raise ValueError("cursor must be a non-negative integer")
+        if cursor >= cap:
+            return [], None
+        i = cursor
+        cdef hp_conn_record *buf = <hp_conn_record *>malloc(limit * sizeof(hp_conn_record))
+        cdef uint32_t *ids = <uint32_t *>malloc(limit * sizeof(uint32_t))
+        try:
+            if not buf or not ids:
+                raise MemoryError()
+            end = cap if cap - i < CHUNK_SCAN else i + CHUNK_SCAN
+            with nogil:
+                self._acquire()
+                while i < end and got < <uint32_t>limit:
+                    if self.nat.ct.conns[i].state != 0:
+                        buf[got].conn = self.nat.ct.conns[i]
+                        buf[got].stats = self.nat.ct.stats[i]
+                        ids[got] = i
+                        got += 1
+                    i += 1
+                    if i % STEP_SCAN == 0 and mono_ns() - self.hold_start_ns > HOLD_BUDGET_NS:
+                        break
+                self._release()
+            page = [self._conn(&buf[k].conn, &buf[k].stats, ids[k]) for k in range(got)]
+        finally:
+            free(buf)
+            free(ids)
+        return page, (i if i < cap else None)
+
     def connections(self):
+        """Every live connection, read page by page (the table may change between pages)."""
         out = []
-        cdef uint32_t i = hp_ct_next_live(&self.nat.ct, 0)
-        while i != HP_CT_NONE:
-            out.append(self._live(i))
-            i = hp_ct_next_live(&self.nat.ct, i + 1)
+        cursor = 0
+        while cursor is not None:
+            page, cursor = self.connections_page(cursor, 4096)
+            out.extend(page)
         return out
 
     def get(self, long conn_id):
-        if conn_id < 0 or conn_id >= self.nat.ct.capacity or self.nat.ct.conns[conn_id].state == 0:
+        if conn_id < 0 or conn_id >= self.nat.ct.capacity:
             return None
-        return self._live(conn_id)
+        cdef uint32_t cid = conn_id
+        cdef hp_conn_record rec
+        with nogil:
+            self._acquire()
+            rec.conn = self.nat.ct.conns[cid]
+            rec.stats = self.nat.ct.stats[cid]
+            self._release()
+        return None if rec.conn.state == 0 else self._conn(&rec.conn, &rec.stats, cid)
 
     def __len__(self):
         return self.nat.ct.count
@@ -296,11 +461,18 @@ cdef class Nat:
         return d
 
     def pool_stats(self, int eni, int family, int proto):
-        cdef hp_pool *p = hp_nat_pool(self.nat, eni, family, proto)
+        cdef hp_pool *p
+        cdef uint32_t size = 0, nfree = 0, in_use = 0, quarantined = 0
+        with nogil:
+            self._acquire()
+            p = hp_nat_pool(self.nat, eni, family, proto)
+            if p != NULL:
+                size, nfree = p.size, p.st.nfree
+                in_use, quarantined = hp_pool_in_use(p), hp_pool_quarantined(p)
+            self._release()
         if p == NULL:
             raise ValueError(f"ENI {eni} has no IPv{family} pool")
-        return {"size": p.size, "free": p.st.nfree, "in_use": hp_pool_in_use(p),
-                "quarantined": hp_pool_quarantined(p)}
+        return {"size": size, "free": nfree, "in_use": in_use, "quarantined": quarantined}
 
     def memory(self):
         """Bytes the connection table holds (entries and both index entries per connection)."""

@@ -1,7 +1,9 @@
 # The packet I/O and the data-plane loop (csrc/hp_ring.h, csrc/hp_dataplane.h).
 # Included at the end of _core.pyx, after `cdef class Nat` (which has `cdef hp_nat *nat`).
-# Nothing here runs per packet on the fast path: DataPlane.run() is one C call without the GIL.
+# Nothing here runs per packet on the fast path: the loop runs in C without the GIL, on a thread
+# of its own (DataPlane.start) or the caller's (DataPlane.run).
 
+cimport cython
 cimport hyperplane._ring_decl as rd
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
@@ -13,6 +15,7 @@ import ipaddress as _dp_ipaddress
 import os as _dp_os
 import socket as _dp_socket
 import struct as _dp_struct
+import threading as _dp_threading
 
 # A punted frame with everything the slow path may need: the port it came in on, the reason
 # (an index into vocab.REASONS), the Ethernet frame, the egress port of a NEIGH_MISS (else
@@ -187,6 +190,7 @@ cdef class Ring:
                 "tx_sends": s.tx_sends, "tx_errors": s.tx_errors}
 
 
+@cython.no_gc_clear      # the loop uses the Nat until close(): keep the reference to the end
 cdef class DataPlane:
     """The C loop over one inside port and one port per ENI, translating through a Nat.
 
@@ -196,19 +200,23 @@ cdef class DataPlane:
                          v4_gateway="10.0.1.1")
         dp.set_neighbor("10.200.0.11", "02:00:00:00:00:11", port=inside)
         dp.set_neighbor("10.0.1.1", "02:00:00:00:01:01", port=p1)
+        dp.start()                       # the forwarding thread (C, no GIL)
         while True:
-            dp.run(100)                  # GIL released; returns on punts or timeout
-            for port, reason, frame in dp.punts():
-                ...                      # ARP / NDP / ICMP / neighbour misses
-            nat.expire(DataPlane.now_ms())
+            slow.handle(dp.punts(100))   # waits up to 100 ms without the GIL
+        dp.stop()
 
-    Configure only between run() calls; wake(), counters() and ports() may be called from
-    any thread at any time. The Nat must not be used by another thread while run() runs.
+    Or drive the loop by hand: dp.run(100) forwards on the calling thread until something is
+    punted or the timeout, then dp.punts() drains the queue.
+
+    Every method is safe from any thread while the loop runs: those that touch the NAT, the
+    rings or the neighbour table take the Nat's table lock (which the loop holds per batch)
+    with the GIL released. punts() is for one reader thread at a time.
     """
     cdef rd.hp_dp *dp
     cdef readonly object nat
     cdef list _info
     cdef bint _running
+    cdef object _reader          # serialises punts() callers: the read side is not shared
 
     def __cinit__(self, Nat nat not None, neigh_capacity=4096, punt_capacity=1024,
                   punt_bytes=4 << 20, spin_us=0):
@@ -217,23 +225,45 @@ cdef class DataPlane:
         self.dp = rd.hp_dp_create(<void *>nat.nat, neigh_capacity, punt_capacity, punt_bytes)
         if self.dp == NULL:
             raise MemoryError("hp_dp_create")
+        rd.hp_dp_set_lock(self.dp, &nat.lock)
         self.dp.spin_us = spin_us
         self.nat = nat
         self._info = []
         self._running = False
+        self._reader = _dp_threading.Lock()
 
     def __dealloc__(self):
         if self.dp != NULL:
-            rd.hp_dp_destroy(self.dp)
+            with nogil:
+                rd.hp_dp_destroy(self.dp)     # stops the forwarding thread first
             self.dp = NULL
 
     def close(self):
-        """Closes every port's socket now (also done when the object goes away)."""
+        """Stops the forwarding thread and closes every port's socket now (also done when the
+        object goes away)."""
+        cdef rd.hp_dp *dp = self.dp
         if self._running:
             raise RuntimeError("DataPlane is running")
-        if self.dp != NULL:
-            rd.hp_dp_destroy(self.dp)
+        if dp != NULL:
             self.dp = NULL
+            with nogil:
+                rd.hp_dp_destroy(dp)
+
+    def start(self):
+        """Starts the forwarding thread: the loop runs in C, without the GIL, until stop()."""
+        cdef rd.hp_dp *dp = self._idle()
+        _dp_check(rd.hp_dp_start(dp), "start")
+
+    def stop(self):
+        """Stops the forwarding thread and waits for it (at most one round of the loop)."""
+        cdef rd.hp_dp *dp = self._live()
+        with nogil:
+            rd.hp_dp_stop(dp)
+
+    @property
+    def forwarding(self):
+        """True while the forwarding thread runs."""
+        return self.dp != NULL and self.dp.thread_running != 0
 
     cdef rd.hp_dp *_live(self) except NULL:
         if self.dp == NULL:
@@ -241,10 +271,11 @@ cdef class DataPlane:
         return self.dp
 
     cdef rd.hp_dp *_idle(self) except NULL:
+        """The loop must not be running (run() by hand, or start())."""
         if self.dp == NULL:
             raise ValueError("DataPlane is closed")
-        if self._running:
-            raise RuntimeError("DataPlane is running; configure it between run() calls")
+        if self._running or self.dp.thread_running:
+            raise RuntimeError("DataPlane is running")
         return self.dp
 
     @staticmethod
@@ -257,7 +288,7 @@ cdef class DataPlane:
         def __get__(self):
             return self.dp.spin_us if self.dp != NULL else 0
         def __set__(self, value):
-            self._idle().spin_us = value
+            self._live().spin_us = value
 
     property linear_max:
         """Non-GSO frames up to this many bytes leave as one linear skb (the kernel copies
@@ -265,7 +296,7 @@ cdef class DataPlane:
         def __get__(self):
             return self.dp.linear_max if self.dp != NULL else 0
         def __set__(self, value):
-            self._idle().linear_max = value
+            self._live().linear_max = value
 
     def add_port(self, iface, role="inside", eni=None, mac=None, v4_subnet=None,
                  v4_gateway=None, v6_subnet=None, v6_gateway=None, frames=0, tx_frames=0,
@@ -275,9 +306,13 @@ cdef class DataPlane:
         mac: the port's MAC (default: the interface's; a MAC of its own is cheaper, the
         namespace's kernel then drops the frames as PACKET_OTHERHOST at once). Subnets /
         gateways: ENI next hops. frames / tx_frames: ring slots, 0 for the defaults (rx 1024
-        inside, 512 on an ENI; tx 128); each slot takes 68 KB of kernel memory."""
-        cdef rd.hp_dp *dp = self._idle()
+        inside, 512 on an ENI; tx 128); each slot takes 68 KB of kernel memory. Safe while
+        the loop runs: the ring is opened outside the table lock and attached under it."""
+        cdef rd.hp_dp *dp = self._live()
         cdef bytes mb
+        cdef int c_ifindex, c_role, c_eni, rc
+        cdef uint32_t c_frames, c_tx
+        cdef int c_bypass = 1 if qdisc_bypass else 0
         ifindex, ifname = _dp_ifindex(iface)
         if role not in _DP_ROLES:
             raise ValueError(f"role must be one of {sorted(_DP_ROLES)}")
@@ -286,10 +321,17 @@ cdef class DataPlane:
         mb = _dp_mac_bytes(mac) if mac is not None else _dp_iface_mac(ifname)
         if not frames:
             frames = _DP_DEFAULT_RX[role]
-        port = _dp_check(rd.hp_dp_add_port(dp, ifindex, mb, _DP_ROLES[role],
-                                           -1 if eni is None else eni, frames, tx_frames,
-                                           1 if qdisc_bypass else 0), f"add_port({ifname})")
-        self._info.append({"ifname": ifname})
+        c_ifindex, c_role, c_eni = ifindex, _DP_ROLES[role], -1 if eni is None else eni
+        c_frames, c_tx = frames, tx_frames
+        cdef const uint8_t *mp = mb
+        with nogil:
+            rc = rd.hp_dp_add_port(dp, c_ifindex, mp, c_role, c_eni, c_frames, c_tx, c_bypass)
+        port = _dp_check(rc, f"add_port({ifname})")
+        # Ports are only appended, and _info is read by index: its order is the ports' order
+        # as long as add_port() is not called from two threads at once.
+        while len(self._info) <= port:
+            self._info.append(None)
+        self._info[port] = {"ifname": ifname}
         if v4_subnet is not None:
             self.set_subnet(port, v4_subnet, v4_gateway)
         if v6_subnet is not None:
@@ -298,8 +340,11 @@ cdef class DataPlane:
 
     def set_subnet(self, int port, subnet, gateway=None):
         """An ENI port's on-link prefix for one family, and the gateway for the rest."""
-        cdef rd.hp_dp *dp = self._idle()
+        cdef rd.hp_dp *dp = self._live()
         cdef bytes pb, gb
+        cdef const uint8_t *gp = NULL
+        cdef const uint8_t *pp
+        cdef int fam, plen, rc
         net = _dp_ipaddress.ip_network(subnet, strict=False)
         pb = net.network_address.packed
         if gateway is not None:
@@ -307,27 +352,36 @@ cdef class DataPlane:
             if gw.version != net.version:
                 raise ValueError("gateway and subnet are of different families")
             gb = gw.packed
-            _dp_check(rd.hp_dp_set_subnet(dp, port, net.version, pb, net.prefixlen, gb),
-                      "set_subnet")
-        else:
-            _dp_check(rd.hp_dp_set_subnet(dp, port, net.version, pb, net.prefixlen, NULL),
-                      "set_subnet")
+            gp = gb
+        pp, fam, plen = pb, net.version, net.prefixlen
+        with nogil:
+            rc = rd.hp_dp_set_subnet(dp, port, fam, pp, plen, gp)
+        _dp_check(rc, "set_subnet")
 
     def set_neighbor(self, addr, mac, port=None):
         """addr is at mac (on port; None: on any port, a port's own entry wins)."""
-        cdef rd.hp_dp *dp = self._idle()
+        cdef rd.hp_dp *dp = self._live()
         cdef bytes ab, mb
+        cdef int c_port = -1 if port is None else port, c_fam, rc
         fam, ab = _dp_addr(addr)
         mb = _dp_mac_bytes(mac)
-        _dp_check(rd.hp_dp_set_neigh(dp, -1 if port is None else port, fam, ab, mb),
-                  f"set_neighbor({addr})")
+        cdef const uint8_t *ap = ab
+        cdef const uint8_t *mp = mb
+        c_fam = fam
+        with nogil:
+            rc = rd.hp_dp_set_neigh(dp, c_port, c_fam, ap, mp)
+        _dp_check(rc, f"set_neighbor({addr})")
 
     def del_neighbor(self, addr, port=None):
         """Removes an entry; False when there was none."""
-        cdef rd.hp_dp *dp = self._idle()
+        cdef rd.hp_dp *dp = self._live()
         cdef bytes ab
+        cdef int c_port = -1 if port is None else port, c_fam, rc
         fam, ab = _dp_addr(addr)
-        rc = rd.hp_dp_del_neigh(dp, -1 if port is None else port, fam, ab)
+        cdef const uint8_t *ap = ab
+        c_fam = fam
+        with nogil:
+            rc = rd.hp_dp_del_neigh(dp, c_port, c_fam, ap)
         if rc == -2:
             return False
         _dp_check(rc, "del_neighbor")
@@ -335,19 +389,26 @@ cdef class DataPlane:
 
     def neighbor(self, addr, port=None):
         """The MAC the loop would use for addr on port (own entry, then any-port), or None."""
-        cdef rd.hp_dp *dp = self._idle()
+        cdef rd.hp_dp *dp = self._live()
         cdef bytes ab
-        cdef const uint8_t *m
+        cdef uint8_t m[6]
+        cdef int c_port = -1 if port is None else port, c_fam, rc
         fam, ab = _dp_addr(addr)
-        m = rd.hp_dp_get_neigh(dp, -1 if port is None else port, fam, ab)
-        return None if m == NULL else _dp_mac_str(m)
+        cdef const uint8_t *ap = ab
+        c_fam = fam
+        with nogil:
+            rc = rd.hp_dp_get_neigh(dp, c_port, c_fam, ap, m)
+        return None if rc != 0 else _dp_mac_str(m)
 
     def clear_neighbors(self):
-        rd.hp_dp_clear_neigh(self._idle())
+        cdef rd.hp_dp *dp = self._live()
+        with nogil:
+            rd.hp_dp_clear_neigh(dp)
 
     def run(self, int timeout_ms=100, unsigned int max_batches=0):
-        """Forwards until frames were punted, timeout_ms passed (-1: none), max_batches ran
-        (0: no limit) or wake(). Returns the number of frames received."""
+        """Runs the loop on this thread until frames were punted, timeout_ms passed (-1: none),
+        max_batches ran (0: no limit) or wake(). Returns the number of frames received. Not
+        while the forwarding thread runs (start())."""
         cdef rd.hp_dp *dp = self._idle()
         cdef int64_t n
         self._running = True
@@ -366,57 +427,78 @@ cdef class DataPlane:
             rd.hp_dp_wake(self.dp)
 
     def pending_punts(self):
-        return rd.hp_dp_punt_count(self.dp) if self.dp != NULL else 0
+        cdef rd.hp_dp *dp = self.dp
+        if dp == NULL:
+            return 0
+        with nogil:
+            n = rd.hp_dp_punt_pending(dp)
+        return n
 
-    def punts(self, bint full=False):
-        """Drains the punt queue: a list of (port, reason, frame), or of Punt when full."""
-        cdef rd.hp_dp *dp = self._idle()
-        cdef uint32_t i, n = rd.hp_dp_punt_count(dp)
+    def punts(self, int timeout_ms=0, bint full=True):
+        """Takes what was punted: a list of Punt (full) or (port, reason, frame) tuples, in
+        arrival order. timeout_ms: when nothing is queued, wait up to this long without the
+        GIL (-1: until something is; 0: do not wait). One reader thread at a time."""
+        cdef rd.hp_dp *dp = self._live()
+        cdef uint32_t i, n
         cdef const rd.hp_dp_punt *p
         cdef const uint8_t *d
         out = []
-        for i in range(n):
-            p = rd.hp_dp_punt_get(dp, i)
-            d = rd.hp_dp_punt_data(dp, p)
-            frame = d[:p.len]
-            if full:
-                out.append(Punt(p.in_port, p.reason, frame,
-                                None if p.out_port == rd.HP_DP_PORT_NONE else p.out_port,
-                                -1 if p.conn == 0xFFFFFFFF else p.conn,
-                                p.vnet[:10]))
-            else:
-                out.append((p.in_port, p.reason, frame))
-        rd.hp_dp_punt_clear(dp)
+        with self._reader:
+            with nogil:
+                if timeout_ms != 0:
+                    rd.hp_dp_punt_wait(dp, timeout_ms)
+                n = rd.hp_dp_punt_take(dp)
+            for i in range(n):
+                p = rd.hp_dp_punt_get(dp, i)
+                d = rd.hp_dp_punt_data(dp, p)
+                frame = d[:p.len]
+                if full:
+                    out.append(Punt(p.in_port, p.reason, frame,
+                                    None if p.out_port == rd.HP_DP_PORT_NONE else p.out_port,
+                                    -1 if p.conn == 0xFFFFFFFF else p.conn,
+                                    p.vnet[:10]))
+                else:
+                    out.append((p.in_port, p.reason, frame))
         return out
 
     def inject(self, int port, frame, vnet=None):
         """Sends an Ethernet frame out of port as is (vnet: its 10-byte virtio-net header,
         for a GSO frame or a partial checksum; None: none)."""
-        cdef rd.hp_dp *dp = self._idle()
+        cdef rd.hp_dp *dp = self._live()
         cdef bytes fb = bytes(frame)
         cdef bytes vb
-        if vnet is not None:
-            vb = bytes(vnet)
-            if len(vb) != 10:
-                raise ValueError("a virtio-net header is 10 bytes")
-            _dp_check(rd.hp_dp_inject(dp, port, fb, len(fb), vb), "inject")
-        else:
-            _dp_check(rd.hp_dp_inject(dp, port, fb, len(fb), NULL), "inject")
-
-    def input(self, int port, frame, vnet=None):
-        """Processes an Ethernet frame as if it had arrived on port (translate, then forward
-        or punt). Returns (verdict, reason, egress, conn) as Nat.translate does."""
-        cdef rd.hp_dp *dp = self._idle()
-        cdef bytes fb = bytes(frame)
-        cdef bytes vb
-        cdef rd.hp_result res
         cdef const uint8_t *vp = NULL
+        cdef const uint8_t *fp = fb
+        cdef uint32_t n = len(fb)
+        cdef int rc
         if vnet is not None:
             vb = bytes(vnet)
             if len(vb) != 10:
                 raise ValueError("a virtio-net header is 10 bytes")
             vp = vb
-        _dp_check(rd.hp_dp_input(dp, port, fb, len(fb), vp, &res), "input")
+        with nogil:
+            rc = rd.hp_dp_inject(dp, port, fp, n, vp)
+        _dp_check(rc, "inject")
+
+    def input(self, int port, frame, vnet=None):
+        """Processes an Ethernet frame as if it had arrived on port (translate, then forward
+        or punt). Returns (verdict, reason, egress, conn) as Nat.translate does."""
+        cdef rd.hp_dp *dp = self._live()
+        cdef bytes fb = bytes(frame)
+        cdef bytes vb
+        cdef rd.hp_result res
+        cdef const uint8_t *vp = NULL
+        cdef const uint8_t *fp = fb
+        cdef uint32_t n = len(fb)
+        cdef int rc
+        if vnet is not None:
+            vb = bytes(vnet)
+            if len(vb) != 10:
+                raise ValueError("a virtio-net header is 10 bytes")
+            vp = vb
+        with nogil:
+            rc = rd.hp_dp_input(dp, port, fp, n, vp, &res)
+        _dp_check(rc, "input")
         return (res.verdict, res.reason, res.port, -1 if res.conn == 0xFFFFFFFF else res.conn)
 
     def counters(self):
@@ -437,7 +519,8 @@ cdef class DataPlane:
         cdef rd.hp_dp *dp = self._live()
         cdef rd.hp_dp_port *p
         cdef uint32_t i
-        rd.hp_dp_update_stats(dp)
+        with nogil:
+            rd.hp_dp_update_stats(dp)
         out = []
         for i in range(dp.n_ports):
             p = &dp.ports[i]

@@ -71,8 +71,8 @@ cdef extern from "hp_portalloc.h":
     ctypedef struct hp_pool:
         uint32_t size
         hp_pool_state *st
-    uint32_t hp_pool_in_use(const hp_pool *p)
-    uint32_t hp_pool_quarantined(const hp_pool *p)
+    uint32_t hp_pool_in_use(const hp_pool *p) nogil
+    uint32_t hp_pool_quarantined(const hp_pool *p) nogil
     size_t hp_pool_memory(const hp_pool *p)
 
 cdef extern from "hp_nat.h":
@@ -114,22 +114,22 @@ cdef extern from "hp_nat.h":
     int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *err,
                     size_t errlen)
     void hp_nat_destroy(hp_nat *nat)
-    int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6)
-    int hp_nat_add_group(hp_nat *nat)
-    int hp_nat_group_add_eni(hp_nat *nat, int group, int eni)
+    int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6) nogil
+    int hp_nat_add_group(hp_nat *nat) nogil
+    int hp_nat_group_add_eni(hp_nat *nat, int group, int eni) nogil
     int hp_nat_add_source_mac(hp_nat *nat, int family, const uint8_t *addr, int group,
-                              int allow_v6, const uint8_t *mac)
+                              int allow_v6, const uint8_t *mac) nogil
     void hp_nat_translate(hp_nat *nat, uint8_t **frames, const uint32_t *lens, uint32_t n,
                           int dir, uint16_t in_eni, int vnet, uint64_t now_ms,
                           hp_result *out) nogil
     void hp_nat_translate_ex(hp_nat *nat, uint8_t **frames, const uint32_t *lens, uint32_t n,
                              int dir, uint16_t in_eni, int vnet, int check_mtu, uint64_t now_ms,
                              hp_result *out) nogil
-    uint32_t hp_nat_lookup(const hp_nat *nat, const hp_flow_key *key, int dir, uint64_t now_ms)
+    uint32_t hp_nat_lookup(const hp_nat *nat, const hp_flow_key *key, int dir, uint64_t now_ms) nogil
     size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn_record *out,
                          size_t out_max) nogil
     void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms) nogil
-    hp_pool *hp_nat_pool(hp_nat *nat, int eni, int family, int proto)
+    hp_pool *hp_nat_pool(hp_nat *nat, int eni, int family, int proto) nogil
 
 cdef extern from "hp_conntrack.h":
     void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, int dir,

@@ -3,6 +3,8 @@
 # with the NAT's declarations in _hp.pxd).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 
+from hyperplane._lock cimport pthread_mutex_t
+
 cdef extern from "hp_types.h" nogil:
     enum: HP_R_COUNT
     const char *const hp_reason_names[]
@@ -87,9 +89,9 @@ cdef extern from "hp_dataplane.h" nogil:
         hp_dp_port ports[64]
         uint32_t n_ports
         int inside
-        uint32_t neigh_count
         uint32_t spin_us
         uint32_t linear_max
+        int thread_running
         uint64_t counters[32]
         uint64_t drops[64]
 
@@ -102,14 +104,18 @@ cdef extern from "hp_dataplane.h" nogil:
                          const uint8_t *gateway)
     int hp_dp_set_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, const uint8_t *mac)
     int hp_dp_del_neigh(hp_dp *dp, int port, int family, const uint8_t *addr)
-    const uint8_t *hp_dp_get_neigh(const hp_dp *dp, int port, int family, const uint8_t *addr)
+    int hp_dp_get_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, uint8_t *mac)
     void hp_dp_clear_neigh(hp_dp *dp)
+    void hp_dp_set_lock(hp_dp *dp, pthread_mutex_t *lock)
     int64_t hp_dp_run(hp_dp *dp, int timeout_ms, uint32_t max_batches)
     void hp_dp_wake(hp_dp *dp)
-    uint32_t hp_dp_punt_count(const hp_dp *dp)
+    int hp_dp_start(hp_dp *dp)
+    void hp_dp_stop(hp_dp *dp)
+    uint32_t hp_dp_punt_pending(hp_dp *dp)
+    uint32_t hp_dp_punt_wait(hp_dp *dp, int timeout_ms)
+    uint32_t hp_dp_punt_take(hp_dp *dp)
     const hp_dp_punt *hp_dp_punt_get(const hp_dp *dp, uint32_t i)
     const uint8_t *hp_dp_punt_data(const hp_dp *dp, const hp_dp_punt *p)
-    void hp_dp_punt_clear(hp_dp *dp)
     int hp_dp_inject(hp_dp *dp, int port, const uint8_t *frame, uint32_t len,
                      const uint8_t *vnet_hdr)
     int hp_dp_input(hp_dp *dp, int port, const uint8_t *frame, uint32_t len,
