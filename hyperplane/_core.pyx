@@ -101,13 +101,6 @@ cdef class Nat:
         return {"holds": holds, "over_budget": over, "max_hold_us": mx / 1000.0,
                 "total_hold_us": total / 1000.0}
 
-    # The table lock arrives with the data-plane thread (dp); until then a no-op.
-    cdef void _acquire(self) noexcept nogil:
-        pass
-
-    cdef void _release(self) noexcept nogil:
-        pass
-
     def __init__(self, state_path=None, **kwargs):
         """state_path: keep the table, pools and counters in this file (csrc/hp_state.h),
         attaching to what a previous process left there; None keeps them in private memory."""

@@ -1,13 +1,17 @@
 """The data-plane process: runs inside the lab's data-plane namespace.
 
 It builds the NAT from the lab's saved state, opens a ring pair on the inside port and on each
-ENI port, and loops: the C loop forwards batches with the GIL released until something is
-punted or 100 ms pass; then Python handles the punts (slow path), expires connections (flow
-logs), grows ENIs whose ports ran out, and runs the control server's calls (the server
-answers clients on threads of its own, see hyperplane.control). Start it with
-`hyperplane up`; it stops on SIGTERM/SIGINT.
-"""
+ENI port, and runs these threads (docs/semantics.md, "Threads and the table lock"):
 
+- forwarding: the C loop (DataPlane.start), never waits on Python;
+- slow path: takes punts (ARP, NDP, ICMP, neighbour misses, fragments, ...) and ticks;
+- housekeeping: expires connections in bounded slices, flow-log intervals;
+- ENI worker: creates the ENIs the slow path asks for when a group's ports run out;
+- control: the control server's threads (hyperplane.control) call the handlers registered
+  here, which use only thread-safe calls of the Nat and the DataPlane.
+
+Start it with `hyperplane up`; it stops on SIGTERM/SIGINT or the `stop` command.
+"""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +34,7 @@ log = logging.getLogger("hyperplane.daemon")
 
 EXPIRE_EVERY_MS = 1000
 TICK_EVERY_MS = 100
+ENI_WAIT_S = 2.0            # how long the slow path waits for an ENI it asked for
 
 
 class Daemon:
@@ -48,7 +53,6 @@ class Daemon:
                      "repaired", len(self.nat), self.nat.repaired)
         self.dp = DataPlane(self.nat)
         self.started = time.time()
-        self.calls: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.flow_opts = flowlog.options(state.config)
         self.metrics_opts = metrics.options(state.config)
@@ -63,6 +67,12 @@ class Daemon:
                 self.flow_opts.folder or flowlog.default_folder(self.run_dir, prefix),
                 self.flow_opts.fields, self.flow_opts.max_bytes, self.flow_opts.keep, ctx)
         self.exhausted_events = 0
+        # Group key -> set when the group's next ENI is attached (or failed); queued once.
+        self.eni_requests: queue.Queue = queue.Queue()
+        self._growing: dict[str, threading.Event] = {}
+        self._growing_ok: dict[str, bool] = {}
+        self._growing_lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
 
         ins = state.inside
         self.inside_port = self.dp.add_port(ins.ifname, role="inside", mac=ins.mac)
@@ -92,31 +102,59 @@ class Daemon:
     # --- ENIs ----------------------------------------------------------------------------
 
     def attach_eni(self, eni: EniInfo) -> None:
+        """Adds an ENI to the NAT, its port to the loop and the slow path, and only then to its
+        group: the forwarding thread sees a ready port appear. Safe while forwarding."""
         nat_id = self.nat.add_eni(eni.ipv4, eni.ipv6)
         if nat_id != eni.id:
             raise RuntimeError(f"ENI ids out of step: lab {eni.id}, NAT {nat_id}")
-        self.nat.group_add_eni(self.group_ids[eni.group], nat_id)
         port = self.dp.add_port(eni.ifname, role="eni", eni=nat_id, mac=eni.mac,
                                 v4_subnet=eni.cidr4, v4_gateway=eni.gateway4,
                                 v6_subnet=eni.cidr6, v6_gateway=eni.gateway6)
-        self.eni_ports[eni.id] = port
+        # The slow path belongs to the slow-path thread, which may be waiting in grow_eni()
+        # for this very ENI: add_port() only assigns dict items, atomic under the GIL.
+        self.slow.add_port(PortInfo.for_eni(port, eni.id, eni.mac, addr4=eni.ipv4,
+                                            addr6=eni.ipv6, cidr4=eni.cidr4, cidr6=eni.cidr6,
+                                            gw4=eni.gateway4, gw6=eni.gateway6,
+                                            mtu=self.lab.state.mtu))
+        self.nat.group_add_eni(self.group_ids[eni.group], nat_id)
         self.interface_ids[eni.id] = getattr(eni, "eni_id", None) or flowlog.eni_name(eni.id)
-        self.slow.add_port(PortInfo.for_eni(port, eni.id, eni.mac, addr4=eni.ipv4, addr6=eni.ipv6,
-                                            cidr4=eni.cidr4, cidr6=eni.cidr6, gw4=eni.gateway4,
-                                            gw6=eni.gateway6, mtu=self.lab.state.mtu))
+        self.eni_ports[eni.id] = port
         log.info("ENI %d (%s, %s) on %s", eni.id, eni.ipv4, eni.ipv6 or "-", eni.ifname)
 
     def grow_eni(self, frame: bytes, in_port: int) -> bool:
-        """The newest ENI of the sending function's group ran out of ports: add one (Lambda
-        does the same when an ENI's 65,000 ports are exhausted); it takes the new connections."""
+        """The slow path's on_exhausted: the newest ENI of the sending function's group ran out
+        of ports. Asks the ENI worker for one more (Lambda does the same when an ENI's 65,000
+        ports are exhausted) and waits for it on the slow-path thread (forwarding goes on);
+        True: the ENI is attached, the slow path re-runs the frame with its offload header."""
         key = self.function_group.get(source_address(frame))
         if key is None:
             return False
-        group = self.lab.state.group(key)
-        eni = self.lab.add_eni(group.subnet, group.security_groups)
-        self.attach_eni(eni)
-        self.exhausted_events += 1
-        return True
+        with self._growing_lock:
+            done = self._growing.get(key)
+            if done is None:
+                done = self._growing[key] = threading.Event()
+                self.eni_requests.put(key)
+        return done.wait(ENI_WAIT_S) and self._growing_ok.pop(key, False)
+
+    def eni_worker(self) -> None:
+        """Creates requested ENIs (veth, addresses, rings: tens of ms each) off the forwarding
+        thread."""
+        while not self.stopping.is_set():
+            try:
+                key = self.eni_requests.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            ok = False
+            try:
+                group = self.lab.state.group(key)
+                self.attach_eni(self.lab.add_eni(group.subnet, group.security_groups))
+                self.exhausted_events += 1
+                ok = True
+            except Exception:
+                log.exception("cannot add an ENI for group %s", key)
+            with self._growing_lock:
+                self._growing_ok[key] = ok
+                self._growing.pop(key).set()
 
     def interface_id(self, eni: int) -> str:
         return self.interface_ids.get(eni) or flowlog.eni_name(eni)
@@ -142,62 +180,26 @@ class Daemon:
             self.flow_write_errors += 1
             log.warning("flow log: %d records lost: %s", len(records), e)
 
-    # --- control requests ------------------------------------------------------------------
-    # The control server answers on its own threads. Until the table lock (PLAN contract 1)
-    # lands, whatever touches the NAT or the data plane runs on the loop thread between
-    # batches, one short call (one page) at a time, through on_loop().
-
-    def on_loop(self, fn, timeout: float = 5.0):
-        done = threading.Event()
-        box = {}
-
-        def call():
-            try:
-                box["value"] = fn()
-            except BaseException as e:
-                box["error"] = e
-            finally:
-                done.set()
-        self.calls.put(call)
-        self.dp.wake()
-        if not done.wait(timeout):
-            raise TimeoutError(f"the data plane loop did not answer within {timeout:g} s")
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    def _run_calls(self) -> None:
-        while True:
-            try:
-                self.calls.get_nowait()()
-            except queue.Empty:
-                return
+    # --- control requests (on the control server's threads) --------------------------------
 
     def register_control(self, server: control.ControlServer) -> None:
-        server.register("status", lambda req: self.on_loop(self.status))
-        server.register("stats", lambda req: {**self.on_loop(self.stats),
-                                              "control": server.stats()})
-        server.register("eni", lambda req: {"enis": self.on_loop(self.eni_status)})
+        server.register("status", lambda req: self.status())
+        server.register("stats", lambda req: {**self.stats(), "control": server.stats()})
+        server.register("eni", lambda req: {"enis": self.eni_status()})
         server.register("conntrack", self.conntrack_pages)
-        server.register("secgroups", lambda req: {"groups": self.on_loop(self.secgroups)})
-        server.register("set-rules", lambda req: {"groups": self.on_loop(
-            lambda: self.set_group_rules(req["group"], req.get("rules")) or self.secgroups())})
+        server.register("secgroups", lambda req: {"groups": self.secgroups()})
+        server.register("set-rules", lambda req: {"groups": self.set_group_rules(
+            req["group"], req.get("rules")) or self.secgroups()})
         server.register("stop", self.request_stop)
 
     def conntrack_pages(self, req: dict):
-        """The connections in pages, each page read when the previous one has been sent."""
-        size = int(req.get("page_size", control.PAGE_SIZE))
-        if hasattr(self.nat, "connections_page"):
-            return control.cursor_pages(
-                lambda cursor, limit: self.on_loop(lambda: self.nat.connections_page(cursor,
-                                                                                     limit)),
-                convert=lambda c: c.to_dict(), size=size)
-        # until the core reads in pages (PLAN contract 3): one snapshot, sent in pages
-        return control.paged((c.to_dict() for c in self.on_loop(self.nat.connections)), size)
+        """The connections in pages, each read (one short hold of the table lock) when the
+        previous one has been sent."""
+        return control.cursor_pages(self.nat.connections_page, convert=lambda c: c.to_dict(),
+                                    size=int(req.get("page_size", control.PAGE_SIZE)))
 
     def request_stop(self, req: dict) -> dict:
         self.stopping.set()
-        self.dp.wake()
         return {"stopping": True}
 
     # --- security groups -------------------------------------------------------------------
@@ -225,6 +227,7 @@ class Daemon:
         drops per port, the per-ENI NAT-gateway figures and the security groups' counters."""
         return {"nat": metrics.split_reasons(self.nat.counters()),
                 "dataplane": metrics.split_reasons(self.dp.counters()),
+                # One C-level dict copy: atomic under the GIL, no lock with the slow path.
                 "slowpath": self.slow.counters(), "connections": len(self.nat),
                 "capacity": self.nat.capacity, "enis": self.eni_status(),
                 "ports": self.dp.ports(),
@@ -235,20 +238,21 @@ class Daemon:
     def eni_metrics(self) -> dict:
         """Per ENI: the core's live counters, and the REJECT packets the flow logs counted."""
         out = {}
-        for eni in self.lab.state.enis:
-            out[eni.id] = self.nat.eni_counters(eni.id)
-            out[eni.id]["rejected_packets"] = \
-                self.flow_tracker.published.get(eni.id, {}).get("rejected_packets", 0)
+        for eni_id in list(self.eni_ports):         # attached ones (the worker may be adding)
+            out[eni_id] = self.nat.eni_counters(eni_id)
+            out[eni_id]["rejected_packets"] = \
+                self.flow_tracker.published.get(eni_id, {}).get("rejected_packets", 0)
         return out
 
     def scrape(self) -> str:
-        """Prometheus text, asked through the control socket like any client (the answer
-        is made on the thread that owns the NAT)."""
+        """Prometheus text, asked through the control socket like any client."""
         return metrics.render(control.request(self.prefix, "stats", self.run_dir))
 
     def eni_status(self) -> list[dict]:
         out = []
-        for eni in self.lab.state.enis:
+        for eni in list(self.lab.state.enis):
+            if eni.id not in self.eni_ports:
+                continue        # being created by the ENI worker
             ports = {}
             for fam in (4, 6):
                 if (eni.ipv4 if fam == 4 else eni.ipv6) is None:
@@ -270,42 +274,67 @@ class Daemon:
                 "connections": len(self.nat), "enis": self.eni_status(),
                 "ports": self.dp.ports(), "eni_growths": self.exhausted_events}
 
-    # --- the loop ------------------------------------------------------------------------
+    # --- the threads ---------------------------------------------------------------------
+
+    def slow_path(self) -> None:
+        next_tick = 0
+        while not self.stopping.is_set():
+            punts = self.dp.punts(timeout_ms=TICK_EVERY_MS)
+            now = self.dp.now_ms()
+            if punts:
+                self.slow.handle(punts)
+            if now >= next_tick:
+                self.slow.tick()
+                next_tick = now + TICK_EVERY_MS
+
+    def housekeeping(self) -> None:
+        """Expiry (in slices of the table lock) and flow-log intervals."""
+        interval_ms = int(self.flow_opts.interval_s * 1000)
+        next_flow = self.dp.now_ms() + interval_ms
+        while not self.stopping.wait(EXPIRE_EVERY_MS / 1000):
+            now = self.dp.now_ms()
+            self.log_expired(self.nat.expire(now, max=65536), now)
+            if now >= next_flow:
+                self.log_interval(now)
+                next_flow = now + interval_ms
+
+    def _thread(self, name: str, target) -> None:
+        def run():
+            try:
+                target()
+            except BaseException:
+                log.exception("thread %s failed; stopping", name)
+                self.stopping.set()
+        t = threading.Thread(target=run, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
 
     def run(self) -> None:
         server = control.ControlServer(runtime.paths(self.prefix, self.run_dir).socket)
         self.register_control(server)
-        server.start()
         exporter = None
-        if self.metrics_opts.enabled:
-            exporter = metrics.MetricsServer(self.scrape, self.metrics_opts.port,
-                                             self.metrics_opts.address).start()
-            log.info("metrics on http://%s:%d/metrics", self.metrics_opts.address, exporter.port)
-        next_expire = next_tick = 0
-        next_flow = self.dp.now_ms() + int(self.flow_opts.interval_s * 1000)
+        self.dp.start()
         log.info("forwarding (pid %d)", os.getpid())
         try:
-            while not self.stopping.is_set():
-                self.dp.run(timeout_ms=TICK_EVERY_MS)
-                punts = self.dp.punts(full=True)
-                if punts:
-                    self.slow.handle(punts)
-                now = self.dp.now_ms()
-                if now >= next_tick:
-                    self.slow.tick()
-                    next_tick = now + TICK_EVERY_MS
-                if now >= next_expire:
-                    self.log_expired(self.nat.expire(now, max=65536), now)
-                    next_expire = now + EXPIRE_EVERY_MS
-                if now >= next_flow:
-                    self.log_interval(now)
-                    next_flow = now + int(self.flow_opts.interval_s * 1000)
-                self._run_calls()
+            self._thread("slow-path", self.slow_path)
+            self._thread("housekeeping", self.housekeeping)
+            self._thread("eni-worker", self.eni_worker)
+            server.start()
+            if self.metrics_opts.enabled:
+                exporter = metrics.MetricsServer(self.scrape, self.metrics_opts.port,
+                                                 self.metrics_opts.address).start()
+                log.info("metrics on http://%s:%d/metrics", self.metrics_opts.address,
+                         exporter.port)
+            while not self.stopping.wait(0.5):     # wakes for signal handlers too
+                pass
         finally:
             self.stopping.set()
             if exporter is not None:
                 exporter.stop()
             server.stop()
+            for t in self.threads:
+                t.join(timeout=5)
+            self.dp.stop()
             self.log_interval(self.dp.now_ms())      # the traffic of the last, short interval
             if self.flows is not None:
                 self.flows.close()
@@ -314,14 +343,10 @@ class Daemon:
 
 
 def connection_listing(nat):
-    """The live connections, page by page where the Nat can (one locked slice a page)."""
-    page = getattr(nat, "connections_page", None)
-    if page is None:
-        yield from nat.connections()
-        return
+    """The live connections, page by page (one short hold of the table lock a page)."""
     cursor = 0
     while cursor is not None:
-        conns, cursor = page(cursor, 1000)
+        conns, cursor = nat.connections_page(cursor, 1000)
         yield from conns
 
 
@@ -349,7 +374,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     daemon = Daemon(args.prefix, args.run_dir)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: (daemon.stopping.set(), daemon.dp.wake()))
+        signal.signal(sig, lambda *_: daemon.stopping.set())
     daemon.run()
     return 0
 
