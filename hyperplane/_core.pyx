@@ -306,7 +306,7 @@ cdef class Nat:
                 raise MemoryError()
         out = [] if collect else 0
         try:
-            while remaining and not drained:
+            while True:         # once at least: the journal is returned even for max=0
                 chunk = remaining if remaining < CHUNK_EXPIRE else CHUNK_EXPIRE
                 got = removed = 0
                 with nogil:
@@ -333,7 +333,8 @@ cdef class Nat:
                 else:
                     out += removed
                 remaining -= removed
-            return out
+                if drained or remaining == 0:
+                    return out
         finally:
             free(buf)
 

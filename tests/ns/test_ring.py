@@ -332,6 +332,7 @@ class NatLab:
     # it at once instead of routing it (cheaper for the sender's core).
     PORT_MACS = ("02:68:70:00:00:01", "02:68:70:00:00:02")
     RX_FRAMES = 0                   # the defaults
+    CAPACITY = 4096                 # connections
 
     def __init__(self, lab, own_macs=True):
         self.lab = lab
@@ -371,7 +372,7 @@ class NatLab:
         ipn(self.srv, "neigh", "add", "fd00:1::4", "lladdr", smac_b, "dev", self.sa,
             "nud", "permanent")
 
-        self.nat = Nat(capacity=4096)
+        self.nat = Nat(capacity=self.CAPACITY)
         self.eni = self.nat.add_eni("10.0.1.4", "fd00:1::4")
         grp = self.nat.add_group()
         self.nat.group_add_eni(grp, self.eni)
