@@ -25,11 +25,16 @@ uint64_t hp_dp_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static uint64_t now_us(void)
+static uint64_t now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_us(void)
+{
+    return now_ns() / 1000u;
 }
 
 static inline uint64_t dp_now(const hp_dp *dp)
@@ -47,6 +52,20 @@ static void dp_lock(hp_dp *dp)
 {
     if (dp->lock)
         pthread_mutex_lock(dp->lock);
+}
+
+/* The loop's lock: free in the common case (trylock); a wait is timed and counted. */
+static void dp_lock_batch(hp_dp *dp)
+{
+    if (!dp->lock || pthread_mutex_trylock(dp->lock) == 0)
+        return;
+    uint64_t t0 = now_ns();
+    pthread_mutex_lock(dp->lock);
+    uint64_t waited = now_ns() - t0;
+    dp->counters[HP_DP_C_LOCK_WAITS]++;
+    dp->counters[HP_DP_C_LOCK_WAIT_NS] += waited;
+    if (waited > dp->counters[HP_DP_C_LOCK_WAIT_MAX_NS])
+        dp->counters[HP_DP_C_LOCK_WAIT_MAX_NS] = waited;
 }
 
 static void dp_unlock(hp_dp *dp)
@@ -610,7 +629,7 @@ static int64_t loop(hp_dp *dp, int timeout_ms, uint32_t max_batches, int until_p
             hp_ring *r = dp->ports[i].ring;
             uint32_t n = hp_ring_rx_peek(r, dp->frames, dp->lens, HP_DP_BATCH);
             if (n) {
-                dp_lock(dp);
+                dp_lock_batch(dp);
                 process_batch(dp, (uint16_t)i, dp->frames, dp->lens, n, now);
                 flush_dirty(dp);
                 dp_unlock(dp);

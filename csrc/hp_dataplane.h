@@ -28,11 +28,14 @@
 
 enum hp_dp_role { HP_DP_INSIDE = 0, HP_DP_ENI = 1 };
 
-/* Loop counters (the loop's drops and punts by reason are in hp_dp.drops). */
+/* Loop counters (the loop's drops and punts by reason are in hp_dp.drops). LOCK_WAITS: batches
+ * that found the table lock held by another thread; LOCK_WAIT_NS: their total wait;
+ * LOCK_WAIT_MAX_NS: the longest (a gauge). */
 #define HP_DP_COUNTERS(X) \
     X(RX_FRAMES) X(RX_BYTES) X(TX_FRAMES) X(TX_BYTES) \
     X(FORWARDED) X(NAT_DROPPED) X(PUNTED) X(PUNT_OVERFLOW) X(MCAST_IGNORED) \
-    X(INJECTED) X(INJECT_FAILED) X(BATCHES) X(POLLS) X(RUNS)
+    X(INJECTED) X(INJECT_FAILED) X(BATCHES) X(POLLS) X(RUNS) \
+    X(LOCK_WAITS) X(LOCK_WAIT_NS) X(LOCK_WAIT_MAX_NS)
 #define HP_DP_COUNTER_ENUM(name) HP_DP_C_##name,
 enum hp_dp_counter { HP_DP_COUNTERS(HP_DP_COUNTER_ENUM) HP_DP_C_COUNT };
 #undef HP_DP_COUNTER_ENUM
