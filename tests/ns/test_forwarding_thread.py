@@ -1,7 +1,8 @@
 """The forwarding thread never waits on Python (issue 6): while UDP flows at a fixed rate
 through the data plane, a Python thread holding the GIL in a busy loop, a listing of 100,000
-connections and a flood of punted frames together make no gap in forwarding longer than 50 ms,
-and lose no more than 0.1% of the packets.
+connections, a flood of punted frames and three new ENI ports attached to the running loop
+together make no gap in forwarding longer than 50 ms, and lose no more than 0.1% of the
+packets.
 
 Sender and receiver are processes of their own (a busy GIL here must not slow them): each
 datagram carries its sequence number and send time, the receiver takes the kernel's receive
@@ -20,7 +21,7 @@ import time
 
 import pytest
 
-from test_ring import NatLab, lab  # noqa: F401 (lab is a fixture)
+from test_ring import NatLab, lab, netns, sh  # noqa: F401 (lab is a fixture)
 
 pytestmark = pytest.mark.ns
 
@@ -119,6 +120,21 @@ def fill_table(nat, n):
     return nat.translate_packed(bytes(frames), work, size, vocab.OUT, DataPlane.now_ms())
 
 
+def add_enis(nl, n):
+    """n ENIs as the daemon's ENI worker adds them: a veth, then the NAT's ENI and the loop's
+    port, then the ENI joins a group."""
+    group = nl.nat.add_group()
+    for k in range(n):
+        ifname = f"{nl.lab.prefix}x{k}"
+        sh("ip", "-n", nl.mid, "link", "add", ifname, "type", "veth", "peer", "name",
+           ifname + "p")
+        sh("ip", "-n", nl.mid, "link", "set", ifname, "up")
+        eni = nl.nat.add_eni(f"10.0.2.{4 + k}")
+        with netns(nl.mid):
+            nl.dp.add_port(ifname, role="eni", eni=eni, v4_subnet="10.0.2.0/24")
+        nl.nat.group_add_eni(group, eni)
+
+
 def test_forwarding_goes_on_while_python_is_busy(lab):  # noqa: F811
     nl = BigNatLab(lab)
     receiver = sender = flooder = drain = None
@@ -152,18 +168,22 @@ def test_forwarding_goes_on_while_python_is_busy(lab):  # noqa: F811
 
         busy = threading.Thread(target=hog)
         busy.start()
+        enis = threading.Thread(target=add_enis, args=(nl, 3))
+        enis.start()
         try:
             t0 = time.monotonic()
             listed = [c.to_dict() for c in nl.nat.connections()]
             list_s = time.monotonic() - t0
         finally:
             busy.join()
+            enis.join(30)
             sys.setswitchinterval(switch)
         flood_sent = int(flooder.communicate(timeout=30)[0])
         assert len(listed) >= LISTED
         sender.wait(timeout=SECONDS * 4)
         got = {int(k): v for k, v in json.loads(receiver.communicate(timeout=30)[0]).items()}
         counters = nl.dp.counters()
+        assert len(nl.dp.ports()) == 5             # inside, the ENI, three new ones
         ring_drops = {p["ifname"]: p["rx_kernel_drops"] for p in nl.dp.ports()}
         holds = nl.nat.lock_stats()
     finally:
