@@ -10,28 +10,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Where the core keeps a pool's counters and the journal's head: in the shared-memory state
- * region when it has one (csrc/hp_state.h), in the structures themselves before. */
-#ifdef HP_STATE_H
-#define FZ_POOL_ST(p) ((p)->st)
-#define FZ_NAT_SH(nat) ((nat)->sh)
-#else
-#define FZ_POOL_ST(p) (p)
-#define FZ_NAT_SH(nat) (nat)
-#endif
-
-/* The arrays the table indexes by connection id (entries, counters, TCP windows, ...). */
-#if __has_include("hp_tcp.h")
-#include "hp_tcp.h"
-#endif
-#if defined(HP_CT_ARRAYS)
-#define FZ_CT_ARRAYS HP_CT_ARRAYS
-#elif defined(HP_TCP_H)
-#define FZ_CT_ARRAYS(X) X(hp_conn, conns) X(hp_conn_stats, stats) X(hp_tcp_win, win)
-#else
-#define FZ_CT_ARRAYS(X) X(hp_conn, conns) X(hp_conn_stats, stats)
-#endif
-
 #define FZ_VARIANTS 3
 #define FZ_MAX_BATCH 16
 #define FZ_MAX_FRAME 2048

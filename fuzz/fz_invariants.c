@@ -142,21 +142,21 @@ static void check_pool(const fz_world *w, uint32_t e, int f, int proto)
         fz_fail("ENI %u family %d: no pool", e, f ? 6 : 4);
     if (p->lo != nat->cfg.port_lo || p->hi != nat->cfg.port_hi || p->size != p->hi - p->lo + 1u)
         fz_fail("pool bounds changed");
-    if (FZ_POOL_ST(p)->nfree > p->size || FZ_POOL_ST(p)->q_count > p->size || (p->size && FZ_POOL_ST(p)->q_head >= p->size))
-        fz_fail("pool counters out of range: free %u quarantined %u head %u size %u", FZ_POOL_ST(p)->nfree,
-                FZ_POOL_ST(p)->q_count, FZ_POOL_ST(p)->q_head, p->size);
+    if (p->st->nfree > p->size || p->st->q_count > p->size || (p->size && p->st->q_head >= p->size))
+        fz_fail("pool counters out of range: free %u quarantined %u head %u size %u", p->st->nfree,
+                p->st->q_count, p->st->q_head, p->size);
     enum { FREE = 1, QUAR = 2 };
     uint8_t *where = scratch(SCR_WHERE, p->size);
     uint32_t *refs = scratch(SCR_REFS, p->size * sizeof *refs);
-    for (uint32_t i = 0; i < FZ_POOL_ST(p)->nfree; i++) {
+    for (uint32_t i = 0; i < p->st->nfree; i++) {
         uint16_t port = p->free[i];
         if (port < p->lo || port > p->hi || where[port - p->lo])
             fz_fail("free array: port %u out of range or twice", port);
         where[port - p->lo] = FREE;
     }
     uint64_t until = 0;
-    for (uint32_t i = 0; i < FZ_POOL_ST(p)->q_count; i++) {
-        uint32_t at = (FZ_POOL_ST(p)->q_head + i) % p->size;
+    for (uint32_t i = 0; i < p->st->q_count; i++) {
+        uint32_t at = (p->st->q_head + i) % p->size;
         uint16_t port = p->q_port[at];
         if (port < p->lo || port > p->hi || where[port - p->lo])
             fz_fail("quarantine: port %u out of range, twice or also free", port);
@@ -198,7 +198,7 @@ static void check_pool(const fz_world *w, uint32_t e, int f, int proto)
             }
         }
     }
-    if (hp_pool_in_use(p) != used || hp_pool_quarantined(p) != FZ_POOL_ST(p)->q_count)
+    if (hp_pool_in_use(p) != used || hp_pool_quarantined(p) != p->st->q_count)
         fz_fail("pool says %u in use, %u ports have connections", hp_pool_in_use(p), used);
     uint32_t map_used = 0;
     for (uint32_t i = 0; i <= p->map_mask; i++) {
@@ -238,13 +238,26 @@ void fz_check_invariants(const fz_world *w)
                 for (int proto = 0; proto < 2; proto++)
                     check_pool(w, e, f, proto);
 
+    /* Per-ENI live connection counts (metrics) agree with the table. */
+    for (uint32_t e = 0; e < nat->n_enis; e++) {
+        uint64_t live[2] = { 0, 0 };
+        for (uint32_t id = 0; id < ct->capacity; id++)
+            if (ct->conns[id].state != HP_S_NONE && ct->conns[id].eni == e)
+                live[ct->conns[id].proto == 17]++;
+        if (nat->eni_ctr[e].active[0] != live[0] || nat->eni_ctr[e].active[1] != live[1])
+            fz_fail("ENI %u counts %llu TCP / %llu UDP active, the table holds %llu / %llu", e,
+                    (unsigned long long)nat->eni_ctr[e].active[0],
+                    (unsigned long long)nat->eni_ctr[e].active[1],
+                    (unsigned long long)live[0], (unsigned long long)live[1]);
+    }
+
     uint64_t created = nat->counters[HP_C_CONN_CREATED];
     uint64_t gone = nat->counters[HP_C_CONN_EXPIRED] + w->deletes;
     if (created - gone != ct->count)
         fz_fail("created %llu - expired/deleted %llu != %u live", (unsigned long long)created,
                 (unsigned long long)gone, ct->count);
-    if (FZ_NAT_SH(nat)->j_count > nat->cfg.journal_size ||
-        (nat->cfg.journal_size && FZ_NAT_SH(nat)->j_head >= nat->cfg.journal_size))
-        fz_fail("journal: %u records, head %u, size %u", FZ_NAT_SH(nat)->j_count, FZ_NAT_SH(nat)->j_head,
+    if (nat->sh->j_count > nat->cfg.journal_size ||
+        (nat->cfg.journal_size && nat->sh->j_head >= nat->cfg.journal_size))
+        fz_fail("journal: %u records, head %u, size %u", nat->sh->j_count, nat->sh->j_head,
                 nat->cfg.journal_size);
 }

@@ -90,16 +90,6 @@ static void add_region(fz_world *w, void *ptr, size_t len)
     memcpy(r->copy, ptr, len);
 }
 
-#ifndef HP_STATE_H
-static void add_pool_regions(fz_world *w, hp_pool *p)
-{
-    add_region(w, p->free, p->size * sizeof *p->free);
-    add_region(w, p->q_port, p->size * sizeof *p->q_port);
-    add_region(w, p->q_until, p->size * sizeof *p->q_until);
-    add_region(w, p->owner, p->size * sizeof *p->owner);
-    add_region(w, p->map, (p->map_mask + 1) * sizeof *p->map);
-}
-#endif
 
 /* Everything translation, expiry and deletion can write, as it is now. */
 static void snapshot(fz_world *w)
@@ -107,26 +97,12 @@ static void snapshot(fz_world *w)
     hp_nat *nat = w->nat;
     add_region(w, nat, sizeof *nat);
     add_region(w, nat->groups, nat->cap_groups * sizeof *nat->groups);
-#ifdef HP_STATE_H
     /* The state region: its fixed part (table, journal, counters), then a block per ENI. */
     add_region(w, nat->state.base, nat->state.size);
     for (uint32_t e = 0; e < nat->n_enis; e++) {
         add_region(w, nat->eni_pools[e], sizeof *nat->eni_pools[e]);
         add_region(w, nat->eni_pools[e]->mem, nat->eni_pools[e]->mem_len);
     }
-#else
-#define FZ_SNAP_ARRAY(type, name) add_region(w, nat->ct.name, nat->ct.capacity * sizeof(type));
-    FZ_CT_ARRAYS(FZ_SNAP_ARRAY)
-#undef FZ_SNAP_ARRAY
-    add_region(w, nat->ct.slots, (nat->ct.mask + 1) * sizeof *nat->ct.slots);
-    add_region(w, nat->journal, nat->cfg.journal_size * sizeof *nat->journal);
-    for (uint32_t e = 0; e < nat->n_enis; e++) {
-        add_region(w, nat->eni_pools[e], sizeof *nat->eni_pools[e]);
-        for (int f = 0; f < 2; f++)
-            for (int p = 0; p < 2; p++)
-                add_pool_regions(w, &nat->eni_pools[e]->pool[f][p]);
-    }
-#endif
     w->base_enis = nat->n_enis;
     w->snap_now = w->now;
     w->snap_deletes = w->deletes;
@@ -137,16 +113,10 @@ static void restore(fz_world *w)
 {
     hp_nat *nat = w->nat;
     for (uint32_t e = w->base_enis; e < nat->n_enis; e++) {   /* ENIs added since */
-#ifdef HP_STATE_H
         /* Past the snapshot's end of the state file: as new file space, zero (an ENI added
          * again maps the same place and expects it so). */
         memset(nat->eni_pools[e]->mem, 0, nat->eni_pools[e]->mem_len);
         hp_region_unmap(nat->eni_pools[e]->mem, nat->eni_pools[e]->mem_len);
-#else
-        for (int f = 0; f < 2; f++)
-            for (int p = 0; p < 2; p++)
-                hp_pool_free(&nat->eni_pools[e]->pool[f][p]);
-#endif
         free(nat->eni_pools[e]);
     }
     for (size_t i = 0; i < w->n_regions; i++)
@@ -358,16 +328,12 @@ static void configure(fz_world *w)
 
 static hp_nat *open_nat(fz_world *w)
 {
-#ifdef HP_STATE_H
     hp_nat *nat = NULL;
     char err[256];
     int r = hp_nat_open(&w->cfg, w->path, &nat, err, sizeof err);
     if (r != 0)
         fz_fail("hp_nat_open(%s): %d %s", w->path, r, err);
     return nat;
-#else
-    return hp_nat_create(&w->cfg);
-#endif
 }
 
 static void remove_state_files(void)
@@ -471,7 +437,6 @@ int fz_world_add_eni(fz_world *w, int group, int with_v6)
 
 void fz_world_restart(fz_world *w, const uint8_t (*tear)[3], uint32_t n_tear)
 {
-#ifdef HP_STATE_H
     hp_ct *ct = &w->nat->ct;
     uint32_t capacity = ct->capacity;
     hp_conn *before = malloc(capacity * sizeof *before);
@@ -519,9 +484,6 @@ void fz_world_restart(fz_world *w, const uint8_t (*tear)[3], uint32_t n_tear)
     uint64_t created = w->nat->counters[HP_C_CONN_CREATED];
     w->deletes = created - w->nat->counters[HP_C_CONN_EXPIRED] - ct->count;
     fz_check_invariants(w);
-#else
-    (void)w, (void)tear, (void)n_tear;
-#endif
 }
 
 /* -- oracles over frames ---------------------------------------------------------------- */
@@ -723,7 +685,7 @@ static void check_forwarded(const fz_world *w, const uint8_t *before, const uint
 #define FZ_HIT_FIELD(type, name) type name;
 typedef struct fz_hit {
     uint32_t id;
-    FZ_CT_ARRAYS(FZ_HIT_FIELD)
+    HP_CT_ARRAYS(FZ_HIT_FIELD)
 } fz_hit;
 #undef FZ_HIT_FIELD
 
@@ -743,7 +705,7 @@ static void find_hit(const fz_world *w, const uint8_t *f, uint32_t len, int vnet
         return;
     h->id = id;
 #define FZ_HIT_SAVE(type, name) h->name = ct->name[id];
-    FZ_CT_ARRAYS(FZ_HIT_SAVE)
+    HP_CT_ARRAYS(FZ_HIT_SAVE)
 #undef FZ_HIT_SAVE
 }
 
@@ -758,7 +720,7 @@ static void check_hit_unchanged(const fz_world *w, const fz_hit *h, const hp_res
     if (memcmp(&ct->name[h->id], &h->name, sizeof(type)) != 0) \
         fz_fail("a frame refused for %s changed %s of its connection %u", \
                 reason_name(r->reason), #name, h->id);
-    FZ_CT_ARRAYS(FZ_HIT_CHECK)
+    HP_CT_ARRAYS(FZ_HIT_CHECK)
 #undef FZ_HIT_CHECK
 }
 
@@ -883,7 +845,7 @@ void fz_expire_checked(fz_world *w, size_t max, size_t out_max, int with_out)
     hp_conn_record out[OUT_CAP];
     if (out_max > OUT_CAP)
         out_max = OUT_CAP;
-    uint32_t count = nat->ct.count, journal = FZ_NAT_SH(nat)->j_count;
+    uint32_t count = nat->ct.count, journal = nat->sh->j_count;
     uint64_t exp_before = nat->counters[HP_C_CONN_EXPIRED];
     size_t got = hp_nat_expire(nat, w->now, max, with_out ? out : NULL, out_max);
     uint32_t removed = count - nat->ct.count;
