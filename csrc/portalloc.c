@@ -208,10 +208,16 @@ int hp_pool_repair_claim(hp_pool *p, uint16_t port, const uint8_t addr[16], uint
         return -1;
     hp_port_owner *o = &p->owner[port - p->lo];
     if (o->refs == 0) {
-        if (mapped)
-            hp_pool_map_add(p, port, addr, sport, endpoint_hash(p, addr, sport));
-        else
+        if (mapped) {
+            /* One port per inside endpoint: a second (torn) entry claiming another port for
+             * an endpoint already mapped would leave two mappings, one never found. */
+            uint32_t hash = endpoint_hash(p, addr, sport);
+            if (hp_pool_map_find(p, addr, sport, hash) != 0)
+                return -1;
+            hp_pool_map_add(p, port, addr, sport, hash);
+        } else {
             o->refs = 1;      /* a marker until repair_finish */
+        }
         return 0;
     }
     if (!mapped || o->port != sport || memcmp(o->addr, addr, 16) != 0)
