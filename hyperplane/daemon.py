@@ -7,6 +7,8 @@ ENI port, and runs these threads (docs/semantics.md, "Threads and the table lock
 - slow path: takes punts (ARP, NDP, ICMP, neighbour misses, fragments, ...) and ticks;
 - housekeeping: expires connections in bounded slices, flow-log intervals;
 - ENI worker: creates the ENIs the slow path asks for when a group's ports run out;
+- exhausted frames: holds the frames that found no free port until their group has a new ENI,
+  then re-runs them (the slow path hands them over and goes on answering ARP, NDP, ...);
 - control: the control server's threads (hyperplane.control) call the handlers registered
   here, which use only thread-safe calls of the Nat and the DataPlane.
 
@@ -34,7 +36,9 @@ log = logging.getLogger("hyperplane.daemon")
 
 EXPIRE_EVERY_MS = 1000
 TICK_EVERY_MS = 100
-ENI_WAIT_S = 2.0            # how long the slow path waits for an ENI it asked for
+ENI_WAIT_S = 2.0            # how long an exhausted frame waits for the ENI it asked for
+BACKGROUND_NICE = 10        # the Python threads yield the CPU to forwarding on a busy machine
+PARKED_MAX = 1024           # exhausted frames waiting for an ENI; more are dropped (counted)
 
 
 class Daemon:
@@ -72,13 +76,16 @@ class Daemon:
         self._growing: dict[str, threading.Event] = {}
         self._growing_ok: dict[str, bool] = {}
         self._growing_lock = threading.Lock()
+        self.parked: queue.Queue = queue.Queue(PARKED_MAX)
+        self.parked_dropped = 0
+        self.eni_generation = 0                        # ENIs attached so far (any group)
         self.threads: list[threading.Thread] = []
 
         ins = state.inside
         self.inside_port = self.dp.add_port(ins.ifname, role="inside", mac=ins.mac)
         self.slow = SlowPath(self.nat, self.dp, clock=self.dp.now_ms, ports=[PortInfo.inside(
             self.inside_port, ins.mac, gw4=ins.gateway4, gw6=ins.gateway6, cidr4=ins.cidr4,
-            cidr6=ins.cidr6, mtu=state.mtu)], on_exhausted=self.grow_eni)
+            cidr6=ins.cidr6, mtu=state.mtu)], on_exhausted=self.park_exhausted)
         self.group_ids = {g.key: self.nat.add_group() for g in state.groups}
         self.group_rules: dict[str, list] = {}
         for g in state.groups:      # security groups: the union of the group's egress rules
@@ -119,13 +126,42 @@ class Daemon:
         self.nat.group_add_eni(self.group_ids[eni.group], nat_id)
         self.interface_ids[eni.id] = getattr(eni, "eni_id", None) or flowlog.eni_name(eni.id)
         self.eni_ports[eni.id] = port
+        self.eni_generation += 1
         log.info("ENI %d (%s, %s) on %s", eni.id, eni.ipv4, eni.ipv6 or "-", eni.ifname)
+
+    def park_exhausted(self, frame: bytes, in_port: int) -> bool | None:
+        """The slow path's on_exhausted: the frame waits on the exhausted-frames thread, so
+        that the slow path never waits for an ENI. None: taken; False: too many wait."""
+        try:
+            self.parked.put_nowait((frame, in_port, self.eni_generation))
+        except queue.Full:
+            self.parked_dropped += 1
+            return False
+        return None
+
+    def rerun_exhausted(self) -> None:
+        """Re-runs parked frames: at once if an ENI was attached since the frame was parked
+        (the frames that queued up behind one scale-out take its ports instead of asking for
+        one ENI each), else once the ENI it asks for is ready. A frame that finds no port again
+        comes back here through the slow path, with the newer generation."""
+        while not self.stopping.is_set():
+            try:
+                frame, in_port, generation = self.parked.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if generation == self.eni_generation and not self.grow_eni(frame, in_port):
+                self.parked_dropped += 1
+                continue
+            try:
+                self.dp.input(in_port, frame)
+            except OSError:
+                self.parked_dropped += 1
 
     def grow_eni(self, frame: bytes, in_port: int) -> bool:
         """The slow path's on_exhausted: the newest ENI of the sending function's group ran out
         of ports. Asks the ENI worker for one more (Lambda does the same when an ENI's 65,000
-        ports are exhausted) and waits for it on the slow-path thread (forwarding goes on);
-        True: the ENI is attached, the slow path re-runs the frame with its offload header."""
+        ports are exhausted) and waits for it (on the exhausted-frames thread); True: the ENI
+        is attached."""
         key = self.function_group.get(source_address(frame))
         if key is None:
             return False
@@ -183,14 +219,17 @@ class Daemon:
     # --- control requests (on the control server's threads) --------------------------------
 
     def register_control(self, server: control.ControlServer) -> None:
-        server.register("status", lambda req: self.status())
-        server.register("stats", lambda req: {**self.stats(), "control": server.stats()})
-        server.register("eni", lambda req: {"enis": self.eni_status()})
-        server.register("conntrack", self.conntrack_pages)
-        server.register("secgroups", lambda req: {"groups": self.secgroups()})
-        server.register("set-rules", lambda req: {"groups": self.set_group_rules(
-            req["group"], req.get("rules")) or self.secgroups()})
-        server.register("stop", self.request_stop)
+        handlers = {
+            "status": lambda req: self.status(),
+            "stats": lambda req: {**self.stats(), "control": server.stats()},
+            "eni": lambda req: {"enis": self.eni_status()},
+            "conntrack": self.conntrack_pages,
+            "secgroups": lambda req: {"groups": self.secgroups()},
+            "set-rules": lambda req: {"groups": self.set_group_rules(
+                req["group"], req.get("rules")) or self.secgroups()},
+            "stop": self.request_stop}
+        for name, handler in handlers.items():
+            server.register(name, in_background(handler))
 
     def conntrack_pages(self, req: dict):
         """The connections in pages, each read (one short hold of the table lock) when the
@@ -228,7 +267,9 @@ class Daemon:
         return {"nat": metrics.split_reasons(self.nat.counters()),
                 "dataplane": metrics.split_reasons(self.dp.counters()),
                 # One C-level dict copy: atomic under the GIL, no lock with the slow path.
-                "slowpath": self.slow.counters(), "connections": len(self.nat),
+                "slowpath": {**self.slow.counters(),
+                             "exhausted_parked_dropped": self.parked_dropped},
+                "connections": len(self.nat),
                 "capacity": self.nat.capacity, "enis": self.eni_status(),
                 "ports": self.dp.ports(),
                 "per_eni": self.eni_metrics(), "secgroups": self.secgroups(),
@@ -298,9 +339,11 @@ class Daemon:
                 self.log_interval(now)
                 next_flow = now + interval_ms
 
-    def _thread(self, name: str, target) -> None:
+    def _thread(self, name: str, target, background: bool = True) -> None:
         def run():
             try:
+                if background:
+                    lower_priority()
                 target()
             except BaseException:
                 log.exception("thread %s failed; stopping", name)
@@ -316,9 +359,11 @@ class Daemon:
         self.dp.start()
         log.info("forwarding (pid %d)", os.getpid())
         try:
-            self._thread("slow-path", self.slow_path)
+            # ARP / NDP answers keep the normal priority, like the forwarding thread.
+            self._thread("slow-path", self.slow_path, background=False)
             self._thread("housekeeping", self.housekeeping)
             self._thread("eni-worker", self.eni_worker)
+            self._thread("exhausted-frames", self.rerun_exhausted)
             server.start()
             if self.metrics_opts.enabled:
                 exporter = metrics.MetricsServer(self.scrape, self.metrics_opts.port,
@@ -340,6 +385,23 @@ class Daemon:
                 self.flows.close()
             self.dp.close()
             log.info("stopped")
+
+
+def lower_priority() -> None:
+    """This thread (and the commands it starts) runs at BACKGROUND_NICE: listings, expiry and
+    ENI creation take what CPU the forwarding thread leaves (Linux: nice is per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except OSError:
+        pass
+
+
+def in_background(handler):
+    """A control handler that runs (and streams its pages) at background priority."""
+    def run(req):
+        lower_priority()
+        return handler(req)
+    return run
 
 
 def connection_listing(nat):

@@ -24,7 +24,9 @@ What it does with each punt reason:
 - TTL_EXCEEDED / TOO_BIG: ICMP time exceeded / fragmentation needed / packet too big
   (rate-limited by a token bucket); IPv4 without DF is translated and fragmented instead.
 - FRAGMENT: reassembled (bounded), translated whole, fragmented again to the egress MTU.
-- PORTS_EXHAUSTED: on_exhausted(frame, in_port) -> True re-runs the frame through dp.input once.
+- PORTS_EXHAUSTED: on_exhausted(frame, in_port) -> True re-runs the frame through dp.input once;
+  None: the callback took the frame (it re-runs it itself once an ENI is ready: the slow path
+  never waits for an ENI); False: dropped.
 
 counters() says what happened, by name; state() gives the gauges.
 """

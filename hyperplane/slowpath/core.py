@@ -233,8 +233,11 @@ class SlowPath(NeighbourMixin, IcmpMixin, DatagramMixin):
         if seen is not None and now - seen < self.exhausted_window_ms:
             self._count("exhausted_dropped")   # re-run once: it came back exhausted again
             return
-        cb = self.on_exhausted
-        if cb is None or not cb(frame, info.port):
+        taken = self.on_exhausted(frame, info.port) if self.on_exhausted else False
+        if taken is None:
+            self._count("exhausted_parked")     # the callback re-runs it when it can
+            return
+        if not taken:
             self._count("exhausted_dropped")
             return
         self._exhausted_recent[key] = now

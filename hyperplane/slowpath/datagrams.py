@@ -46,8 +46,10 @@ class DatagramMixin:
             # Punts happen before any rewrite: the frame is still the original.
             if name == "PORTS_EXHAUSTED" and not retried:
                 self._count("exhausted")
-                cb = self.on_exhausted
-                if cb is not None and cb(original, info.port):
+                taken = self.on_exhausted(original, info.port) if self.on_exhausted else False
+                if taken is None:
+                    self._count("exhausted_parked")
+                elif taken:
                     self._count("exhausted_retried")
                     self._translate_and_send(info, bytearray(original), what, frag_size, ident,
                                              unfrag_len, retried=True)

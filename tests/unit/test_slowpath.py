@@ -810,6 +810,20 @@ def test_ports_exhausted_calls_back_and_reruns_once(make_env):
     assert env.c("exhausted_dropped") == 2
 
 
+def test_exhausted_frame_taken_by_the_callback_is_left_to_it(make_env):
+    """on_exhausted returning None took the frame (the daemon re-runs it once an ENI is
+    ready): the slow path neither re-runs nor drops it, and does not wait."""
+    env = make_env(nat={"port_range": (1000, 1000)})
+    env.outbound("udp", sport=1)
+    frame = from_fn(4, FAR4, sport=2)
+    env.sp.on_exhausted = lambda f, port: env.exhausted_calls.append((f, port))
+    p = env.punt(frame, 0, "PORTS_EXHAUSTED")
+    env.handle(p)
+    env.handle(p)                       # each time it comes back: taken again, never dropped
+    assert env.exhausted_calls == [(frame, 0), (frame, 0)] and env.dp.inputs == []
+    assert env.c("exhausted_parked") == 2 and env.c("exhausted_dropped") == 0
+
+
 # -- robustness ------------------------------------------------------------------------------
 
 def valid_frames(env):
