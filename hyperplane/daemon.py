@@ -61,6 +61,8 @@ class Daemon:
         self.flow_opts = flowlog.options(state.config)
         self.metrics_opts = metrics.options(state.config)
         self.flow_tracker = flowlog.FlowTracker(int(self.flow_opts.interval_s * 1000))
+        if self.nat.attached:          # a restart: the previous data plane logged these
+            self.flow_tracker.resume(connection_listing(self.nat), self.dp.now_ms())
         self.flows = None
         self.flow_write_errors = 0
         if self.flow_opts.enabled:
@@ -434,7 +436,11 @@ def main(argv=None) -> int:
     os.umask(0o077)                      # everything it writes in the run folder is private
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    daemon = Daemon(args.prefix, args.run_dir)
+    try:
+        daemon = Daemon(args.prefix, args.run_dir)
+    except ValueError as e:          # the config or the state file: restarting will not help
+        log.error("%s%s", runtime.CANNOT_START, e)
+        return runtime.EXIT_CANNOT_START
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stopping.set())
     daemon.run()

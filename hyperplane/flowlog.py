@@ -284,6 +284,15 @@ class FlowTracker:
                               pkt_dstaddr=c.src, tcp_flags=flags, family=c.family))
         return out
 
+    def resume(self, listing: Iterable[Connection], now_ms: int) -> None:
+        """A data plane restarted on the state of the previous one: the connections it finds
+        were logged up to that one's last interval, so their next records carry only the
+        traffic since (no second SYN record, no counts from the start again)."""
+        for c in listing:
+            self.seen[conn_key(c)] = _Seen(c.packets_out, c.packets_in, c.bytes_out,
+                                           c.bytes_in, _established(c))
+        self.window_start_ms = now_ms
+
     def expired(self, connections: Iterable[Connection], wall_of: Callable[[int], int]) -> None:
         """Connections removed by expiry: their remaining traffic goes out at the next tick."""
         for c in connections:

@@ -41,6 +41,10 @@ from .lab.state import RUN_DIR, LabState
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
 DATAPLANE, SUPERVISOR = "daemon", "supervisor"        # module names, also the pid-file roles
+# The data plane's exit code when it cannot start for a reason a restart would not change (its
+# config, its state file): the supervisor does not restart it. Its log's last line says why.
+EXIT_CANNOT_START = 78                                  # EX_CONFIG
+CANNOT_START = "cannot start: "
 
 
 class RuntimeFailure(Exception):
@@ -264,6 +268,17 @@ def log_tail(prefix: str, run_dir=None, lines: int = 15) -> str:
     return "\n  ".join(text.splitlines()[-lines:])
 
 
+def start_failure(prefix: str, run_dir=None) -> str:
+    """Why the data plane exited while starting: its one-line reason when it gave one, else
+    the log's tail."""
+    tail = log_tail(prefix, run_dir)
+    reasons = [line.split(CANNOT_START, 1)[1] for line in tail.splitlines()
+               if CANNOT_START in line]
+    if reasons:
+        return f"the data plane cannot start: {reasons[-1]}"
+    return "the data plane exited while starting:\n  " + tail
+
+
 # --- start / stop / restart ---------------------------------------------------------------
 
 def spawn_dataplane(prefix: str, netns_name: str, run_dir=None, **popen) -> subprocess.Popen:
@@ -288,8 +303,7 @@ def wait_ready(prefix: str, run_dir=None, timeout: float = START_TIMEOUT_S, old_
             except control.ControlError:
                 pass
         if watch is not None and watch.wait(0):
-            raise RuntimeFailure("the data plane exited while starting:\n  "
-                                 + log_tail(prefix, run_dir))
+            raise RuntimeFailure(start_failure(prefix, run_dir))
         if time.monotonic() >= deadline:
             raise RuntimeFailure(f"the data plane did not answer within {timeout:.0f} s "
                                  f"(log: {paths(prefix, run_dir).log})")

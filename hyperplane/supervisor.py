@@ -80,6 +80,9 @@ class Supervisor:
             old = self.child.pid
             if self.stopping:
                 break
+            if code == runtime.EXIT_CANNOT_START and not self.restart_requested:
+                log.error("data plane (pid %d) cannot start; not restarting it", old)
+                break
             if self.restart_requested:
                 reason, backoff = "requested", 0.0
                 self.restart_requested = False

@@ -140,3 +140,37 @@ def test_tcp_and_udp_survive_a_sigkill_of_the_data_plane(tmp_path):
         cli("down", "--prefix", prefix, check=False)
         _sweep(prefix)
         assert not runtime.paths(prefix).state.exists()
+
+
+def test_a_data_plane_that_cannot_start_is_not_restarted_forever(tmp_path):
+    """A state file that does not match (here: overwritten while no data plane ran) makes the
+    restarted data plane exit with its one-line reason; the supervisor stops instead of
+    restarting it again and again, and `status` says it does not run."""
+    from hyperplane import runtime
+    prefix = new_prefix()
+    cfg = tmp_path / "lab.toml"
+    cfg.write_text(f'prefix = "{prefix}"\n' + TEST_LAB)
+    sup = None
+    try:
+        cli("up", "--detach", "-c", str(cfg))
+        state = runtime.paths(prefix).state
+        sup = runtime.Proc.find(prefix, runtime.SUPERVISOR)
+        sup.signal(signal.SIGSTOP)                  # no restart while the file is replaced
+        os.kill(runtime.pid_of(prefix), signal.SIGKILL)
+        size = state.stat().st_size
+        state.unlink()
+        state.write_bytes(os.urandom(size))
+        sup.signal(signal.SIGCONT)
+        assert sup.wait(30), "the supervisor kept restarting a data plane that cannot start"
+        restarts = runtime.restarts(prefix)["count"]
+        assert restarts == 1, restarts
+        assert "cannot start: " in runtime.log_tail(prefix)
+        assert runtime.start_failure(prefix).startswith("the data plane cannot start: ")
+        assert len(runtime.start_failure(prefix).splitlines()) == 1
+        st = cli("status", "--prefix", prefix, check=False)
+        assert st.returncode == 3, st
+    finally:
+        if sup is not None:
+            sup.close()
+        cli("down", "--prefix", prefix, check=False)
+        _sweep(prefix)

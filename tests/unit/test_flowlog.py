@@ -92,6 +92,20 @@ def test_an_interval_logs_the_traffic_of_that_interval_both_ways():
     assert t.tick([c2], 104_000, wall) == []
 
 
+def test_a_restarted_data_plane_logs_only_the_traffic_since_the_previous_one():
+    """After a restart (connections kept in the state file) the new tracker resumes from the
+    connections' counters: no second SYN record, no traffic counted twice."""
+    c = conn(packets_out=3, packets_in=2, bytes_out=180, bytes_in=120, start_s=100,
+             last_seen_ms=100_700)
+    t = FlowTracker(1000)
+    t.resume([c], 101_000)
+    assert t.tick([c], 102_000, wall) == []
+    c2 = replace(c, packets_out=4, bytes_out=240, last_seen_ms=102_500)
+    recs = t.tick([c2], 103_000, wall)
+    assert [(r.direction, r.packets, r.bytes, r.tcp_flags) for r in recs] == [
+        ("egress", 1, 60, 0)]
+
+
 def test_expiry_gives_the_last_record_at_the_next_tick_ending_at_the_last_packet():
     t = FlowTracker(1000)
     c = conn(packets_out=1, bytes_out=60, last_seen_ms=100_000)
