@@ -28,6 +28,13 @@ LAST_ACK = 2
 """
 
 
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+
+
 def cli(*args, check=True, timeout=60):
     p = subprocess.Popen(CLI + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
@@ -264,22 +271,28 @@ def test_late_reply_after_timeout_is_dropped(run):
 
 
 def test_closed_tcp_connection_times_out_then_late_segments_drop(run):
+    """Waits for conditions, not for time: the control socket's listing (no CLI start-up, so
+    the closed connection is seen within its 1 s TIME_WAIT even on a busy machine)."""
+    from hyperplane import control
+
+    def echo_conns():
+        return {(c["sport"], c["nat_port"]): c for c in control.request(
+            run.prefix, "conntrack")["items"] if c["protocol"] == "tcp" and c["dport"] == ECHO}
+
     web = run.state.host("web")
+    before = set(echo_conns())
     assert run.echo("api", "tcp", web.ipv4, text="short-lived").returncode == 0
-    time.sleep(0.3)
-    mine = [c for c in run.conntrack() if c["protocol"] == "tcp" and c["dport"] == ECHO]
-    assert mine and all(c["state"] in ("TIME_WAIT", "CLOSE", "LAST_ACK", "FIN_WAIT", "CLOSE_WAIT")
-                        for c in mine), mine
-    c = mine[-1]
-    time.sleep(3.5)                       # TIME_WAIT 1 s, LAST_ACK 2 s in this lab
-    assert not [x for x in run.conntrack() if x["protocol"] == "tcp" and x["sport"] == c["sport"]
-                and x["dport"] == ECHO]
+    new = {k: c for k, c in echo_conns().items() if k not in before}
+    assert len(new) == 1, new
+    (key, c), = new.items()
+    assert c["state"] in ("TIME_WAIT", "CLOSE", "LAST_ACK", "FIN_WAIT", "CLOSE_WAIT"), c
+    wait_for(lambda: key not in echo_conns(), 15, "the closed connection expired")
     before = run.stats()["nat"]["drop.IN_NO_MATCH_TCP"]
     eni = eni_of(run, "api")
     _send_frames(run, "web", f"[Ether(dst='{eni.mac}')/IP(src='{web.ipv4}', dst='{c['nat_addr']}')"
                              f"/TCP(sport={ECHO}, dport={c['nat_port']}, flags='A')]")
-    time.sleep(0.3)
-    assert run.stats()["nat"]["drop.IN_NO_MATCH_TCP"] > before
+    wait_for(lambda: run.stats()["nat"]["drop.IN_NO_MATCH_TCP"] > before, 10,
+             "the late segment dropped as IN_NO_MATCH_TCP")
 
 
 def test_status_json_describes_the_lab(run):
