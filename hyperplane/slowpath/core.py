@@ -12,7 +12,7 @@ from collections import Counter, OrderedDict
 
 from .. import vocab
 from ._frag import Reassembler, fragment4, fragment6
-from ._wire import mac_bytes, parse_ip
+from ._wire import complete_partial_csum, mac_bytes, parse_ip
 from .datagrams import DatagramMixin
 from .icmp import IcmpMixin
 from .neighbours import NeighbourMixin, Pending
@@ -233,6 +233,12 @@ class SlowPath(NeighbourMixin, IcmpMixin, DatagramMixin):
         if seen is not None and now - seen < self.exhausted_window_ms:
             self._count("exhausted_dropped")   # re-run once: it came back exhausted again
             return
+        if vnet is not None and not vnet[1]:
+            # Not a GSO batch: finish an offloaded checksum, so that the frame is whole without
+            # its virtio-net header (a callback that takes it re-runs it without one).
+            buf = bytearray(frame)
+            if complete_partial_csum(buf, vnet):
+                frame, vnet = bytes(buf), None
         taken = self.on_exhausted(frame, info.port) if self.on_exhausted else False
         if taken is None:
             self._count("exhausted_parked")     # the callback re-runs it when it can
