@@ -42,7 +42,7 @@ typedef struct hp_conn_stats {
     uint64_t bytes[2];           /* [HP_DIR_OUT], [HP_DIR_IN] */
     uint64_t packets[2];
     uint32_t owner;              /* the function (hp_source.owner) the connection belongs to */
-    uint32_t pad;
+    uint32_t reply_ms;           /* UDP: now_ms of the first reply, mod 2**32 */
 } hp_conn_stats;
 
 /* TCP window tracking of one direction (the sender's view), as Linux's ip_ct_tcp_state. */

@@ -123,6 +123,9 @@ void hp_nat_destroy(hp_nat *nat);
 int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6);
 int hp_nat_add_group(hp_nat *nat);
 int hp_nat_group_add_eni(hp_nat *nat, int group, int eni);
+/* Takes an ENI out of its group (no new connection picks it) when it has no connection:
+ * 0, -2 while it has some (nothing changes), -1 when it is not in the group. */
+int hp_nat_group_retire_eni(hp_nat *nat, int group, int eni);
 int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6);
 /* The same with the function's MAC (6 bytes) that every frame from addr must carry; NULL: not
  * checked. */

@@ -54,6 +54,10 @@ enum {
     HP_F_HAIRPIN = 32,       /* between two functions through an ENI address (hairpinning) */
 };
 
+/* A UDP flow becomes a stream (UDP_STREAM's timeout) when a packet comes this long after its
+ * first reply (Linux's 2 s): a lone query and answer keep UDP_FIRST's short timeout. */
+#define HP_UDP_STREAM_MS 2000u
+
 /* Timeouts for every state, in milliseconds. */
 typedef struct hp_timeouts {
     uint64_t ms[HP_S_COUNT];

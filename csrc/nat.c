@@ -61,6 +61,22 @@ int hp_nat_group_add_eni(hp_nat *nat, int group, int eni)
     return 0;
 }
 
+int hp_nat_group_retire_eni(hp_nat *nat, int group, int eni)
+{
+    if (group < 0 || (uint32_t)group >= nat->n_groups || eni < 0 || (uint32_t)eni >= nat->n_enis)
+        return -1;
+    if (nat->eni_ctr[eni].active[0] || nat->eni_ctr[eni].active[1])
+        return -2;
+    hp_group *g = &nat->groups[group];
+    for (uint32_t i = 0; i < g->n_enis; i++)
+        if (g->enis[i] == eni) {
+            memmove(&g->enis[i], &g->enis[i + 1], (g->n_enis - i - 1) * sizeof g->enis[0]);
+            g->n_enis--;
+            return 0;
+        }
+    return -1;
+}
+
 int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6)
 {
     return hp_nat_add_source_mac(nat, family, addr, group, allow_v6, NULL);
@@ -144,7 +160,10 @@ void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
 {
     const hp_conn *c = &nat->ct.conns[id];
     hp_pool *pool = hp_nat_pool(nat, c->eni, c->family, c->proto);
-    hp_pool_unref(pool, c->nat_port, !nat->cfg.per_connection, now_ms, nat->cfg.quarantine_ms);
+    /* Only a TCP connection that reached ESTABLISHED can have late segments worth keeping
+     * its port from a new peer (TIME_WAIT's job); any other port is free at once. */
+    uint64_t quarantine = c->proto == 6 && (c->flags & HP_F_ASSURED) ? nat->cfg.quarantine_ms : 0;
+    hp_pool_unref(pool, c->nat_port, !nat->cfg.per_connection, now_ms, quarantine);
     nat->eni_ctr[c->eni].active[c->proto == 17]--;
     hp_ct_delete(&nat->ct, id);
 }
@@ -228,9 +247,17 @@ static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, int dec_ttl,
             nat->counters[HP_C_CONN_ESTABLISHED]++;
             ec->established[0]++;
         }
-    } else if (dir == HP_DIR_IN && old == HP_S_UDP_FIRST) {
-        state = HP_S_UDP_STREAM;
-        c->flags |= HP_F_ASSURED;
+    } else if (old == HP_S_UDP_FIRST) {
+        /* A stream (longer timeout) only once it stayed active HP_UDP_STREAM_MS after its
+         * first reply, as Linux: a query and its answer keep the short timeout. */
+        hp_conn_stats *st = &nat->ct.stats[id];
+        if (!(c->flags & HP_F_REPLY_SEEN)) {
+            if (dir == HP_DIR_IN)
+                st->reply_ms = (uint32_t)now_ms;
+        } else if ((uint32_t)((uint32_t)now_ms - st->reply_ms) >= HP_UDP_STREAM_MS) {
+            state = HP_S_UDP_STREAM;
+            c->flags |= HP_F_ASSURED;
+        }
     }
     if (c->proto == 17 && dir == HP_DIR_IN && !(c->flags & HP_F_REPLY_SEEN))
         ec->established[1]++;
@@ -279,14 +306,19 @@ static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, uint64
     }
     if (g->n_enis == 0)     /* no ENI yet: the control plane creates the first one */
         return HP_R_PORTS_EXHAUSTED;
-    *eni = g->enis[g->n_enis - 1];
-    hp_pool *pool = hp_nat_pool(nat, *eni, k->family, k->proto);
-    *ext = pool ? hp_pool_alloc(pool, now_ms) : 0;
-    if (*ext == 0)
-        return HP_R_PORTS_EXHAUSTED;
-    if (!nat->cfg.per_connection)
-        hp_pool_map_add(pool, *ext, k->src, k->sport, ep_hash);
-    return HP_R_NONE;
+    /* The newest ENI with a free port: scale-out adds ENIs before the newest fills up, and an
+     * older one whose ports came back still serves while the newest is full. */
+    for (uint32_t i = g->n_enis; i-- > 0;) {
+        hp_pool *pool = hp_nat_pool(nat, g->enis[i], k->family, k->proto);
+        *ext = pool ? hp_pool_alloc(pool, now_ms) : 0;
+        if (*ext == 0)
+            continue;
+        *eni = g->enis[i];
+        if (!nat->cfg.per_connection)
+            hp_pool_map_add(pool, *ext, k->src, k->sport, ep_hash);
+        return HP_R_NONE;
+    }
+    return HP_R_PORTS_EXHAUSTED;
 }
 
 uint32_t hp_nat_lookup(const hp_nat *nat, const hp_flow_key *key, int dir, uint64_t now_ms)

@@ -193,6 +193,18 @@ cdef class Nat:
         if rc != 0:
             raise ValueError(f"cannot add ENI {eni} to group {group}")
 
+    def group_retire_eni(self, int group, int eni):
+        """Takes an ENI without connections out of its group (no new connection picks it);
+        False, and nothing changes, while it has connections."""
+        cdef int rc
+        with nogil:
+            self._acquire()
+            rc = hp_nat_group_retire_eni(self.nat, group, eni)
+            self._release()
+        if rc == -1:
+            raise ValueError(f"ENI {eni} is not in group {group}")
+        return rc == 0
+
     def add_source(self, addr, int group, allow_v6=False, mac=None):
         fam, raw = addr_bytes(addr)
         cdef bytes m = mac_bytes(mac) if mac is not None else None

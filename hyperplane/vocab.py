@@ -46,6 +46,9 @@ COUNTERS = (
 # Connection flags.
 F_REPLY_SEEN, F_ASSURED, F_CLOSER_REPLY, F_FIN_SEEN, F_SYN_REPLY, F_HAIRPIN = 1, 2, 4, 8, 16, 32
 
+# A UDP flow becomes a stream when a packet comes this long after its first reply (Linux's 2 s).
+UDP_STREAM_MS = 2000
+
 # Timeout profiles in seconds (docs/semantics.md 2.1).
 PROFILES = {
     "aws": {"SYN_SENT": 120, "SYN_RECV": 60, "ESTABLISHED": 350, "FIN_WAIT": 120,

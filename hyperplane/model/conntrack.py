@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..connection import Connection, addr_str
-from ..vocab import F_ASSURED, F_CLOSER_REPLY, F_FIN_SEEN, F_SYN_REPLY, IN, OUT, S, STATES
+from ..vocab import UDP_STREAM_MS, F_REPLY_SEEN, F_ASSURED, F_CLOSER_REPLY, F_FIN_SEEN, F_SYN_REPLY, IN, OUT, S, STATES
 from .packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 from .tcp import new_window
 
@@ -42,6 +42,7 @@ class Entry:
     bytes: list = field(default_factory=lambda: [0, 0])
     win: list = field(default_factory=new_window)              # TCP: [ORIG, REPLY] TcpDir
     owner: int = 0          # the function (Source.owner) the connection belongs to
+    reply_ms: int = 0       # UDP: the first reply's now_ms, mod 2**32
 
     def orig_key(self) -> tuple:
         return (self.family, self.proto, self.src, self.dst, self.sport, self.dport)
@@ -198,8 +199,15 @@ def tcp_transition(state: int, flags: int, event: str, d: int) -> tuple[int, int
     return state, flags                         # NONE: no flags we act on
 
 
-def udp_transition(state: int, flags: int, d: int) -> tuple[int, int]:
-    """UDP has two states: no reply yet, and a stream (both sides have spoken)."""
-    if state == S["UDP_FIRST"] and d == REPLY:
-        return S["UDP_STREAM"], flags | F_ASSURED
-    return state, flags
+def udp_transition(state: int, flags: int, d: int, reply_ms: int,
+                   now_ms: int) -> tuple[int, int, int]:
+    """UDP has two states: no stream yet, and a stream, once a packet comes UDP_STREAM_MS
+    after the first reply (a lone query and its answer stay UDP_FIRST). Returns (state, flags,
+    reply_ms): the first reply's time, mod 2**32 as the core keeps it."""
+    if state != S["UDP_FIRST"]:
+        return state, flags, reply_ms
+    if not flags & F_REPLY_SEEN:
+        return state, flags, (now_ms & 0xFFFFFFFF) if d == REPLY else reply_ms
+    if ((now_ms - reply_ms) & 0xFFFFFFFF) >= UDP_STREAM_MS:
+        return S["UDP_STREAM"], flags | F_ASSURED, reply_ms
+    return state, flags, reply_ms

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from ..connection import Connection, addr_bytes, addr_str, mac_bytes
 from ..flowlog import Rejected
 from ..natparams import resolve
-from ..vocab import (COUNTERS, DEFAULT_PORT_RANGE, DROP, F_HAIRPIN, F_REPLY_SEEN, FORWARD, IN,
-                     OUT, PUNT, PUNT_REASONS, R, REASONS, S)
+from ..vocab import (COUNTERS, DEFAULT_PORT_RANGE, DROP, F_ASSURED, F_HAIRPIN, F_REPLY_SEEN, FORWARD,
+                     IN, OUT, PUNT, PUNT_REASONS, R, REASONS, S)
 from .conntrack import ORIG, REPLY, ConnTable, Entry, tcp_event, tcp_transition, udp_transition
 from .packet import (PROTO_TCP, PROTO_UDP, TCP_RST, Packet, is_pure_syn, parse, rewrite,
                      wire_size)
@@ -125,6 +125,14 @@ class Nat:
                 or len(self.groups[group]) >= GROUP_MAX_ENIS):
             raise ValueError(f"cannot add ENI {eni} to group {group}")
         self.groups[group].append(eni)      # the newest ENI takes new connections
+
+    def group_retire_eni(self, group: int, eni: int) -> bool:
+        if not 0 <= group < len(self.groups) or eni not in self.groups[group]:
+            raise ValueError(f"ENI {eni} is not in group {group}")
+        if any(self.eni_ctr[eni].active):
+            return False
+        self.groups[group].remove(eni)
+        return True
 
     def add_source(self, addr: str, group: int, allow_v6=False, mac=None) -> None:
         if not 0 <= group < len(self.groups):
@@ -349,16 +357,16 @@ class Nat:
                 if ext is not None:
                     pool.ref(ext)
                     return eni, ext
-        if not group:
-            return None, None
-        newest = group[-1]
-        pool = self.enis[newest].pools.get(pool_key)
-        ext = pool.alloc(now_ms) if pool else None
-        if ext is None:
-            return newest, None
-        if not self.per_connection:
-            pool.map_add(ext, pkt.src, pkt.sport)
-        return newest, ext
+        # The newest ENI with a free port; an older one when the newest is full.
+        for eni in reversed(group):
+            pool = self.enis[eni].pools.get(pool_key)
+            ext = pool.alloc(now_ms) if pool else None
+            if ext is None:
+                continue
+            if not self.per_connection:
+                pool.map_add(ext, pkt.src, pkt.sport)
+            return eni, ext
+        return (group[-1] if group else None), None
 
     def _reopen(self, conn: Entry, pkt: Packet, now_ms: int) -> None:
         """A SYN reopens a closed connection (2.2): the old one ends (its record goes to the
@@ -393,7 +401,8 @@ class Nat:
                 conn.win = win
             state, flags = tcp_transition(conn.state, conn.flags, tcp_event(pkt.tcp_flags), d)
         else:
-            state, flags = udp_transition(conn.state, conn.flags, d)
+            state, flags, conn.reply_ms = udp_transition(conn.state, conn.flags, d,
+                                                         conn.reply_ms, now_ms)
         ec = self.eni_ctr[conn.eni]
         if conn.state == S["SYN_RECV"] and state == S["ESTABLISHED"]:
             self.counter["CONN_ESTABLISHED"] += 1
@@ -503,10 +512,13 @@ class Nat:
         ec.active[conn.proto == PROTO_UDP] -= 1
         self.table.delete(conn)
         pool = self.enis[conn.eni].pools[(conn.family, conn.proto)]
+        # Only a TCP connection that reached ESTABLISHED quarantines its port (TIME_WAIT).
+        quarantine = self.quarantine_ms if (conn.proto == PROTO_TCP
+                                            and conn.flags & F_ASSURED) else 0
         if self.per_connection:
-            pool.release(conn.nat_port, now_ms, self.quarantine_ms)
+            pool.release(conn.nat_port, now_ms, quarantine)
         else:
-            pool.unref(conn.nat_port, now_ms, self.quarantine_ms)
+            pool.unref(conn.nat_port, now_ms, quarantine)
         if journal:
             self._journal_add(record)
         return record

@@ -11,7 +11,7 @@ import pytest
 import framegen as fg
 from hyperplane.connection import Connection
 from hyperplane.vocab import (COUNTERS, DROP, F_ASSURED, F_CLOSER_REPLY, F_FIN_SEEN, F_REPLY_SEEN,
-                              FORWARD, IN, OUT, PROFILES, PUNT, R, REASONS)
+                              FORWARD, IN, OUT, PROFILES, PUNT, R, REASONS, UDP_STREAM_MS)
 
 SRC, SRC6 = "10.200.0.11", "fd00:200::11"       # a function, both families
 SRC_B = "10.200.0.12"
@@ -321,15 +321,27 @@ def test_conn_established_counted_once(NatClass):
 
 
 def test_udp_first_then_stream(NatClass):
+    # A stream only once a packet comes 2 s (UDP_STREAM_MS) after the first reply, as Linux:
+    # a query and its answer keep UDP_FIRST's short timeout.
     nat = make(NatClass)
     fl = Flow(nat, proto=fg.UDP)
-    fl.send(OUT)
-    fl.send(OUT)
-    c = fl.conn()
-    assert (c.state, c.flags) == ("UDP_FIRST", 0)
-    fl.send(IN)
-    c = fl.conn()
-    assert (c.state, c.flags) == ("UDP_STREAM", F_ASSURED | F_REPLY_SEEN)
+    fl.send(OUT, now=0)
+    fl.send(OUT, now=10)
+    assert (fl.conn().state, fl.conn().flags) == ("UDP_FIRST", 0)
+    fl.send(IN, now=100)
+    fl.send(OUT, now=100 + UDP_STREAM_MS - 1)
+    fl.send(IN, now=100 + UDP_STREAM_MS - 1)
+    assert (fl.conn().state, fl.conn().flags) == ("UDP_FIRST", F_REPLY_SEEN)
+    fl.send(OUT, now=100 + UDP_STREAM_MS)
+    assert (fl.conn().state, fl.conn().flags) == ("UDP_STREAM", F_ASSURED | F_REPLY_SEEN)
+
+
+def test_udp_query_and_answer_expire_as_first(NatClass):
+    nat = make(NatClass)
+    fl = Flow(nat, proto=fg.UDP)
+    fl.send(OUT, now=0)
+    fl.send(IN, now=5)
+    assert [c.state for c in nat.expire(5 + AWS["UDP_FIRST"])] == ["UDP_FIRST"]
 
 
 # -- timeouts and expiry (2.1) -----------------------------------------------------------------
@@ -362,15 +374,18 @@ def test_udp_timeouts(NatClass, profile):
     first.send(OUT, now=0)
     stream.send(OUT, now=0)
     stream.send(IN, now=0)
+    stream.send(OUT, now=UDP_STREAM_MS)
+    first.send(OUT, now=UDP_STREAM_MS)
+    assert stream.conn().state == "UDP_STREAM"
     t_first = PROFILES[profile]["UDP_FIRST"] * 1000
     t_stream = PROFILES[profile]["UDP_STREAM"] * 1000
-    assert nat.expire(t_first - 1) == []
-    got = nat.expire(t_first)
+    assert nat.expire(UDP_STREAM_MS + t_first - 1) == []
+    got = nat.expire(UDP_STREAM_MS + t_first)
     assert [c.state for c in got] == (["UDP_FIRST", "UDP_STREAM"] if t_first == t_stream
                                       else ["UDP_FIRST"])
     if t_first != t_stream:
-        assert nat.expire(t_stream - 1) == []
-        assert [c.state for c in nat.expire(t_stream)] == ["UDP_STREAM"]
+        assert nat.expire(UDP_STREAM_MS + t_stream - 1) == []
+        assert [c.state for c in nat.expire(UDP_STREAM_MS + t_stream)] == ["UDP_STREAM"]
 
 
 def test_timeouts_override(NatClass):
@@ -531,42 +546,62 @@ def test_port_exhaustion_punts(NatClass):
     assert nat.pool_stats(0, 6, 6)["in_use"] == 1
 
 
+def established_then_expired(nat, sport=1):
+    """A TCP connection that reached ESTABLISHED, expired: the time it expired at."""
+    drive_flow(Flow(nat, sport=sport), PATHS["ESTABLISHED"])
+    assert len(nat.expire(AWS["ESTABLISHED"])) == 1
+    return AWS["ESTABLISHED"]
+
+
 def test_quarantine_delays_reuse(NatClass):
     q = 2 * AWS["TIME_WAIT"]           # the default
     nat = make(NatClass, port_range=(7000, 7000))
-    fl = Flow(nat, proto=fg.UDP, sport=1)
-    fl.send(OUT, now=0)
-    assert fl.nat_port == 7000
-    t = AWS["UDP_FIRST"]
-    assert len(nat.expire(t)) == 1
-    assert nat.pool_stats(0, 4, 17) == {"size": 1, "free": 0, "in_use": 0, "quarantined": 1}
-    other = Flow(nat, proto=fg.UDP, sport=2)
-    assert other.send(OUT, now=t + q - 1) == refused("PORTS_EXHAUSTED")
-    assert other.send(OUT, now=t + q)[0] == FORWARD
+    t = established_then_expired(nat)
+    assert nat.pool_stats(0, 4, 6) == {"size": 1, "free": 0, "in_use": 0, "quarantined": 1}
+    other = Flow(nat, sport=2)
+    assert other.send(OUT, "S", now=t + q - 1) == refused("PORTS_EXHAUSTED")
+    assert other.send(OUT, "S", now=t + q)[0] == FORWARD
     assert other.nat_port == 7000
-    assert nat.pool_stats(0, 4, 17) == {"size": 1, "free": 0, "in_use": 1, "quarantined": 0}
+    assert nat.pool_stats(0, 4, 6) == {"size": 1, "free": 0, "in_use": 1, "quarantined": 0}
+
+
+def test_only_established_tcp_is_quarantined(NatClass):
+    # A UDP flow (even a stream) or a TCP connection that never reached ESTABLISHED gives its
+    # port back at once: nothing late can be mistaken for a new peer's traffic.
+    nat = make(NatClass, port_range=(7000, 7000))
+    udp = Flow(nat, proto=fg.UDP, sport=1)
+    udp.send(OUT, now=0)
+    udp.send(IN, now=0)
+    udp.send(OUT, now=UDP_STREAM_MS)
+    assert udp.conn().state == "UDP_STREAM"
+    t = UDP_STREAM_MS + AWS["UDP_STREAM"]
+    assert len(nat.expire(t)) == 1
+    assert nat.pool_stats(0, 4, 17) == {"size": 1, "free": 1, "in_use": 0, "quarantined": 0}
+    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=t)[0] == FORWARD
+    syn = Flow(nat, sport=3)
+    syn.send(OUT, "S", now=0)
+    assert len(nat.expire(AWS["SYN_SENT"])) == 1
+    assert nat.pool_stats(0, 4, 6)["free"] == 1
+    assert Flow(nat, sport=4).send(OUT, "S", now=AWS["SYN_SENT"])[0] == FORWARD
 
 
 def test_quarantine_custom_and_zero(NatClass):
     nat = make(NatClass, port_range=(7000, 7000), quarantine_ms=0)
-    Flow(nat, proto=fg.UDP, sport=1).send(OUT, now=0)
-    nat.expire(AWS["UDP_FIRST"])
-    assert nat.pool_stats(0, 4, 17)["free"] == 1
-    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=AWS["UDP_FIRST"])[0] == FORWARD
+    t = established_then_expired(nat)
+    assert nat.pool_stats(0, 4, 6)["free"] == 1
+    assert Flow(nat, sport=2).send(OUT, "S", now=t)[0] == FORWARD
 
     nat = make(NatClass, port_range=(7000, 7000), quarantine_ms=5)
-    Flow(nat, proto=fg.UDP, sport=1).send(OUT, now=0)
-    nat.expire(AWS["UDP_FIRST"])
-    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=AWS["UDP_FIRST"] + 4)[0] == PUNT
-    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=AWS["UDP_FIRST"] + 5)[0] == FORWARD
+    t = established_then_expired(nat)
+    assert Flow(nat, sport=2).send(OUT, "S", now=t + 4)[0] == PUNT
+    assert Flow(nat, sport=2).send(OUT, "S", now=t + 5)[0] == FORWARD
 
 
 def test_default_quarantine_follows_time_wait(NatClass):
     nat = make(NatClass, port_range=(7000, 7000), timeouts={"TIME_WAIT": 1})
-    Flow(nat, proto=fg.UDP, sport=1).send(OUT, now=0)
-    nat.expire(AWS["UDP_FIRST"])
-    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=AWS["UDP_FIRST"] + 1999)[0] == PUNT
-    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=AWS["UDP_FIRST"] + 2000)[0] == FORWARD
+    t = established_then_expired(nat)
+    assert Flow(nat, sport=2).send(OUT, "S", now=t + 1999)[0] == PUNT
+    assert Flow(nat, sport=2).send(OUT, "S", now=t + 2000)[0] == FORWARD
 
 
 def test_endpoint_independent_mapping(NatClass):
@@ -617,6 +652,46 @@ def test_new_enis_take_new_connections_and_eim_sticks_to_old(NatClass):
     assert b.send(IN)[0] == FORWARD
     frame = fg.udp(DST, ENI_B, 443, 7000)
     assert inb(nat, frame, eni=0) == refused("IN_NO_MATCH_UDP")
+
+
+def test_older_eni_serves_while_the_newest_is_full(NatClass):
+    # New connections go to the newest ENI with a free port: an older one whose ports came
+    # back takes them while the newest is full; nothing is refused while any has ports.
+    nat = make(NatClass, port_range=(7000, 7001), quarantine_ms=0)
+    eni_b = nat.add_eni(ENI_B, ENI_B6)
+    nat.group_add_eni(0, eni_b)
+    flows = [Flow(nat, proto=fg.UDP, sport=s) for s in range(1, 5)]
+    for fl in flows:
+        assert fl.send(OUT, now=0)[0] == FORWARD
+    assert [fl.eni for fl in flows] == [eni_b, eni_b, 0, 0]
+    assert Flow(nat, proto=fg.UDP, sport=9).send(OUT, now=0) == refused("PORTS_EXHAUSTED")
+    for fl in flows[:2] + flows[3:]:            # all but one of ENI 0's flows go on
+        fl.send(OUT, now=10)
+    assert len(nat.expire(AWS["UDP_FIRST"])) == 1
+    older = Flow(nat, proto=fg.UDP, sport=10)
+    assert older.send(OUT, now=AWS["UDP_FIRST"])[0] == FORWARD
+    assert older.eni == 0                       # the newest is full, the older has a port
+    assert len(nat.expire(10 + AWS["UDP_FIRST"])) == 3
+    newest = Flow(nat, proto=fg.UDP, sport=11)
+    assert newest.send(OUT, now=10 + AWS["UDP_FIRST"])[0] == FORWARD
+    assert newest.eni == eni_b                  # the newest again, its ports came back
+
+
+def test_retired_eni_takes_no_new_connection(NatClass):
+    nat = make(NatClass, quarantine_ms=0)
+    eni_b = nat.add_eni(ENI_B, ENI_B6)
+    nat.group_add_eni(0, eni_b)
+    fl = Flow(nat, proto=fg.UDP, sport=1)
+    fl.send(OUT, now=0)
+    assert fl.eni == eni_b
+    assert nat.group_retire_eni(0, eni_b) is False          # it has a connection
+    nat.expire(AWS["UDP_FIRST"])
+    assert nat.group_retire_eni(0, eni_b) is True
+    with pytest.raises(ValueError):
+        nat.group_retire_eni(0, eni_b)                      # no longer in the group
+    fl2 = Flow(nat, proto=fg.UDP, sport=2)
+    fl2.send(OUT, now=AWS["UDP_FIRST"])
+    assert fl2.eni == 0
 
 
 # -- table capacity ----------------------------------------------------------------------------
