@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import functools
 import os
@@ -328,13 +329,15 @@ class Lab:
         return self.state
 
     @_outside_event_loop
-    def add_eni(self, subnet: str, security_groups: Iterable[str] = ()) -> EniInfo:
+    def add_eni(self, subnet: str, security_groups: Iterable[str] = (), status: str = "Active",
+                scale_out: bool = False) -> EniInfo:
         """Adds an ENI port to the running lab for (subnet, security groups): the next ENI id,
         the next free address of the subnet from .4, its own MAC; the veth ``p-eN`` in the
         data-plane namespace with its peer on the subnet's bridge. Saves the new state."""
         with self._lock:
             state = self._require_state()
-            eni = state.next_eni(subnet, security_groups)
+            eni = dataclasses.replace(state.next_eni(subnet, security_groups), status=status,
+                                      scale_out=scale_out)
             spec = eni_veth(self.prefix, eni, state.subnet(subnet))
             socks = _Sockets()
             try:
@@ -362,6 +365,27 @@ class Lab:
                     ipr.link("del", index=found[0])
             state.without_eni(eni_id)
             state.save(self.run_dir)
+            return eni
+
+    @_outside_event_loop
+    def delete_eni(self, eni_id: int) -> EniInfo:
+        """Deletes an ENI's veth (its peer goes with it) and records it Deleted: its id and
+        addresses are not handed out again (the NAT's ENI ids only grow)."""
+        with self._lock:
+            state = self._require_state()
+            with netns.iproute(state.dataplane_ns) as ipr:
+                found = ipr.link_lookup(ifname=state.eni(eni_id).ifname)
+                if found:
+                    ipr.link("del", index=found[0])
+            eni = state.with_eni_status(eni_id, "Deleted")
+            state.save(self.run_dir)
+            return eni
+
+    @_outside_event_loop
+    def set_eni_status(self, eni_id: int, status: str) -> EniInfo:
+        with self._lock:
+            eni = self._require_state().with_eni_status(eni_id, status)
+            self.state.save(self.run_dir)
             return eni
 
     def exec(self, name: str, argv, **kwargs):

@@ -7,7 +7,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+import secrets
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -103,6 +104,14 @@ class EniInfo:
     cidr6: str | None
     group: str
     security_groups: tuple[str, ...]
+    eni_id: str = ""                            # "eni-" + 17 hex digits, as AWS names them
+    status: str = "Active"                      # Pending, Active, Idle or Deleted
+    scale_out: bool = False                     # added because the group's pool ran high
+
+
+def new_eni_id() -> str:
+    """An AWS-shaped interface id: eni- and 17 hex digits."""
+    return "eni-" + secrets.token_hex(9)[:17]
 
 
 @dataclass(frozen=True)
@@ -158,8 +167,8 @@ class LabState(LabNames):
         return _find(self.enis, "id", eni_id, "ENI")
 
     def enis_of(self, group_key: str) -> list[EniInfo]:
-        """The group's ENIs, oldest first (the last takes new connections)."""
-        return [e for e in self.enis if e.group == group_key]
+        """The group's ENIs that exist (not Deleted), oldest first."""
+        return [e for e in self.enis if e.group == group_key and e.status != "Deleted"]
 
     def namespace_of(self, name: str) -> str:
         """The namespace of a function or host by its name, or a namespace name itself."""
@@ -208,6 +217,13 @@ class LabState(LabNames):
 
     def without_eni(self, eni_id: int) -> None:
         self.enis = [e for e in self.enis if e.id != eni_id]
+
+    def with_eni_status(self, eni_id: int, status: str) -> EniInfo:
+        """Records an ENI's new status. A Deleted one keeps its record (ids only grow, in step
+        with the NAT's, and its addresses are not handed out again)."""
+        eni = replace(self.eni(eni_id), status=status)
+        self.enis = [eni if e.id == eni_id else e for e in self.enis]
+        return eni
 
     # -- JSON ----------------------------------------------------------------------------------
 
@@ -307,7 +323,8 @@ def make_eni(prefix: str, eni_id: int, sn: SubnetInfo, off: int, group: str,
                    ipv4=str(n4.network_address + off),
                    ipv6=str(n6.network_address + off) if n6 is not None else None,
                    subnet=sn.name, gateway4=sn.gateway4, gateway6=sn.gateway6,
-                   cidr4=sn.cidr4, cidr6=sn.cidr6, group=group, security_groups=sgs)
+                   cidr4=sn.cidr4, cidr6=sn.cidr6, group=group, security_groups=sgs,
+                   eni_id=new_eni_id())
 
 
 def next_offset(sn: SubnetInfo, candidates, taken4: set[int], taken6: set[int]) -> int | None:
