@@ -191,6 +191,24 @@ int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t mac[6], int role, int e
     return idx;
 }
 
+int hp_dp_remove_port(hp_dp *dp, int port)
+{
+    if (port < 0 || (uint32_t)port >= __atomic_load_n(&dp->n_ports, __ATOMIC_ACQUIRE))
+        return -EINVAL;
+    dp_lock(dp);
+    hp_dp_port *p = &dp->ports[port];
+    int rc = p->role == HP_DP_ENI && !p->removed ? 0 : -EINVAL;
+    if (rc == 0) {
+        dp->eni_port[p->eni] = -1;
+        __atomic_store_n(&p->removed, 1, __ATOMIC_RELEASE);
+        __atomic_add_fetch(&dp->ports_gen, 1, __ATOMIC_RELEASE);
+    }
+    dp_unlock(dp);
+    if (rc == 0)
+        poke(dp);
+    return rc;
+}
+
 int hp_dp_set_subnet(hp_dp *dp, int port, int family, const uint8_t *prefix, int plen,
                      const uint8_t *gateway)
 {
@@ -595,7 +613,9 @@ static uint32_t poll_set(hp_dp *dp, struct pollfd *pfd)
 {
     uint32_t np = __atomic_load_n(&dp->n_ports, __ATOMIC_ACQUIRE);
     for (uint32_t i = 0; i < np; i++) {
-        pfd[i].fd = dp->ports[i].ring->fd;
+        /* A removed port's interface may be gone: its socket would report POLLERR forever. */
+        pfd[i].fd = __atomic_load_n(&dp->ports[i].removed, __ATOMIC_ACQUIRE) ? -1
+                                                                             : dp->ports[i].ring->fd;
         pfd[i].events = POLLIN;
     }
     pfd[np].fd = dp->wake_fd;
@@ -617,15 +637,21 @@ static int64_t loop(hp_dp *dp, int timeout_ms, uint32_t max_batches, int until_p
     uint64_t spin_until = 0;
 
     dp->counters[HP_DP_C_RUNS]++;
+    uint32_t gen = __atomic_load_n(&dp->ports_gen, __ATOMIC_ACQUIRE);
     uint32_t np = poll_set(dp, pfd);
     if (take_wake(dp))
         return 0;
     for (;;) {
         int work = 0;
-        if (__atomic_load_n(&dp->n_ports, __ATOMIC_ACQUIRE) != np)
-            np = poll_set(dp, pfd);     /* a port was added while we ran */
+        if (__atomic_load_n(&dp->n_ports, __ATOMIC_ACQUIRE) != np ||
+            __atomic_load_n(&dp->ports_gen, __ATOMIC_ACQUIRE) != gen) {
+            gen = __atomic_load_n(&dp->ports_gen, __ATOMIC_ACQUIRE);
+            np = poll_set(dp, pfd);     /* a port was added or removed while we ran */
+        }
         uint64_t now = dp_now(dp);
         for (uint32_t i = 0; i < np; i++) {
+            if (pfd[i].fd < 0)
+                continue;
             hp_ring *r = dp->ports[i].ring;
             uint32_t n = hp_ring_rx_peek(r, dp->frames, dp->lens, HP_DP_BATCH);
             if (n) {

@@ -47,6 +47,7 @@ typedef struct hp_dp_port {
     uint8_t mac[6];
     uint8_t role;                /* enum hp_dp_role */
     uint8_t dirty;               /* tx committed during this batch */
+    uint8_t removed;             /* hp_dp_remove_port(): not polled, no route to it */
     uint16_t eni;                /* ENI id (role ENI) */
     /* Role ENI: destinations inside the prefix are on-link, others go to the gateway. A family
      * without a prefix is all on-link. [0] IPv4 (first 4 bytes), [1] IPv6. */
@@ -85,6 +86,7 @@ typedef struct hp_dp {
     hp_nat *nat;
     hp_dp_port ports[HP_DP_MAX_PORTS];
     uint32_t n_ports;
+    uint32_t ports_gen;          /* bumped when a port is removed: the loop re-reads its set */
     int inside;                  /* port index of the inside port, -1 until added */
     int16_t eni_port[HP_MAX_ENIS];
     hp_neigh_table neigh;
@@ -129,6 +131,10 @@ void hp_dp_set_lock(hp_dp *dp, pthread_mutex_t *lock);
  * Returns the port index or -errno. */
 int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t mac[6], int role, int eni,
                    uint32_t rx_frames, uint32_t tx_frames, int qdisc_bypass);
+/* Retires an ENI port (its ENI reclaimed): no route leads to it any more and the loop stops
+ * polling it, so its interface may be deleted. The slot and its ring stay until destroy (the
+ * loop reads ports[] without the lock). Returns 0 or -EINVAL. */
+int hp_dp_remove_port(hp_dp *dp, int port);
 /* An ENI port's subnet for one family (4 or 6): prefix (4 or 16 bytes) / plen, and the
  * gateway (NULL: none, off-link destinations are then dropped NO_ROUTE). */
 int hp_dp_set_subnet(hp_dp *dp, int port, int family, const uint8_t *prefix, int plen,

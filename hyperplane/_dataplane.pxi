@@ -298,6 +298,15 @@ cdef class DataPlane:
         def __set__(self, value):
             self._live().linear_max = value
 
+    def remove_port(self, int port):
+        """Retires an ENI port (its ENI reclaimed): nothing is routed to it, the loop stops
+        polling it, and its interface may then be deleted. Safe while the loop runs."""
+        cdef rd.hp_dp *dp = self._live()
+        cdef int rc
+        with nogil:
+            rc = rd.hp_dp_remove_port(dp, port)
+        _dp_check(rc, f"remove_port({port})")
+
     def add_port(self, iface, role="inside", eni=None, mac=None, v4_subnet=None,
                  v4_gateway=None, v6_subnet=None, v6_gateway=None, frames=0, tx_frames=0,
                  qdisc_bypass=True):
@@ -526,7 +535,7 @@ cdef class DataPlane:
             p = &dp.ports[i]
             d = {"index": i, "ifname": self._info[i]["ifname"], "ifindex": p.ifindex,
                  "mac": _dp_mac_str(p.mac), "role": _DP_ROLE_NAMES[p.role],
-                 "eni": p.eni if p.role == rd.HP_DP_ENI else None}
+                 "eni": p.eni if p.role == rd.HP_DP_ENI else None, "removed": bool(p.removed)}
             for f, ver, alen in ((0, "v4", 4), (1, "v6", 16)):
                 if p.has_net[f]:
                     net = _dp_ipaddress.ip_address(p.net[f][:alen])

@@ -69,6 +69,7 @@ cdef extern from "hp_dataplane.h" nogil:
         int ifindex
         uint8_t mac[6]
         uint8_t role
+        uint8_t removed
         uint16_t eni
         uint8_t has_net[2]
         uint8_t has_gw[2]
@@ -98,6 +99,7 @@ cdef extern from "hp_dataplane.h" nogil:
     # nat is an hp_nat * (declared void * here so this module needs no NAT declarations).
     hp_dp *hp_dp_create(void *nat, uint32_t neigh_cap, uint32_t punt_cap, uint32_t punt_bytes)
     void hp_dp_destroy(hp_dp *dp)
+    int hp_dp_remove_port(hp_dp *dp, int port) nogil
     int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t *mac, int role, int eni,
                        uint32_t rx_frames, uint32_t tx_frames, int qdisc_bypass)
     int hp_dp_set_subnet(hp_dp *dp, int port, int family, const uint8_t *prefix, int plen,

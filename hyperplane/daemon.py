@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import queue
 import secrets
 import signal
 import sys
@@ -30,6 +29,7 @@ from . import control, flowlog, metrics, runtime
 from ._core import DataPlane, Nat
 from .lab import Lab
 from .lab.topology import EniInfo, RUN_DIR
+from .enimanager import EniManager
 from .slowpath import PortInfo, SlowPath
 
 log = logging.getLogger("hyperplane.daemon")
@@ -39,6 +39,11 @@ TICK_EVERY_MS = 100
 ENI_WAIT_S = 2.0            # how long an exhausted frame waits for the ENI it asked for
 BACKGROUND_NICE = 10        # the Python threads yield the CPU to forwarding on a busy machine
 PARKED_MAX = 1024           # exhausted frames waiting for an ENI; more are dropped (counted)
+# Ring slots of an ENI port (68 KB each, rounded up to 15-slot blocks): 135 rx + 75 tx, about
+# 14 MB an ENI instead of 44 MB, so 16 ENIs fit in ~230 MB. Replies and GSO super-frames of a
+# busy ENI still have 8 MB of rx ring to land in while the loop is busy elsewhere.
+ENI_RX_FRAMES = 128
+ENI_TX_FRAMES = 64
 
 
 class Daemon:
@@ -72,15 +77,12 @@ class Daemon:
             self.flows = flowlog.FlowLogWriter(
                 self.flow_opts.folder or flowlog.default_folder(self.run_dir, prefix),
                 self.flow_opts.fields, self.flow_opts.max_bytes, self.flow_opts.keep, ctx)
-        self.exhausted_events = 0
-        # Group key -> set when the group's next ENI is attached (or failed); queued once.
-        self.eni_requests: queue.Queue = queue.Queue()
-        self._growing: dict[str, threading.Event] = {}
-        self._growing_ok: dict[str, bool] = {}
-        self._growing_lock = threading.Lock()
         self.parked: queue.Queue = queue.Queue(PARKED_MAX)
         self.parked_dropped = 0
         self.eni_generation = 0                        # ENIs attached so far (any group)
+        hp = state.config.hyperplane
+        self.enis = EniManager(_EniBackend(self), high_water=hp.eni_high_water,
+                               limit=hp.eni_limit, idle_reclaim_s=hp.eni_idle_reclaim_s)
         self.threads: list[threading.Thread] = []
 
         ins = state.inside
@@ -95,7 +97,11 @@ class Daemon:
         self.eni_ports: dict[int, int] = {}            # ENI id -> data-plane port
         self.interface_ids: dict[int, str] = {}        # ENI id -> eni-... (flow logs, metrics)
         for eni in state.enis:
-            self.attach_eni(eni)
+            if eni.status == "Deleted":
+                self.nat.add_eni(eni.ipv4, eni.ipv6)    # keeps the NAT's ids in step
+            else:
+                self.attach_eni(eni)
+            self.enis.adopt(eni, "Active" if eni.status == "Pending" else eni.status)
         for f in state.functions:
             # A function's frames must carry its MAC and one of its addresses (anti-spoofing),
             # and only it may claim its addresses in ARP / NDP on the functions' side.
@@ -118,7 +124,8 @@ class Daemon:
             raise RuntimeError(f"ENI ids out of step: lab {eni.id}, NAT {nat_id}")
         port = self.dp.add_port(eni.ifname, role="eni", eni=nat_id, mac=eni.mac,
                                 v4_subnet=eni.cidr4, v4_gateway=eni.gateway4,
-                                v6_subnet=eni.cidr6, v6_gateway=eni.gateway6)
+                                v6_subnet=eni.cidr6, v6_gateway=eni.gateway6,
+                                frames=ENI_RX_FRAMES, tx_frames=ENI_TX_FRAMES)
         # The slow path belongs to the slow-path thread, which may be waiting in grow_eni()
         # for this very ENI: add_port() only assigns dict items, atomic under the GIL.
         self.slow.add_port(PortInfo.for_eni(port, eni.id, eni.mac, addr4=eni.ipv4,
@@ -159,40 +166,22 @@ class Daemon:
             except OSError:
                 self.parked_dropped += 1
 
+    def detach_eni(self, eni: EniInfo) -> None:
+        """Undoes attach_eni but for the NAT's record (ids only grow): the slow path forgets
+        the port, the loop stops polling it (its veth may go)."""
+        port = self.eni_ports.pop(eni.id, None)
+        if port is not None:
+            self.slow.remove_port(port)
+            self.dp.remove_port(port)
+
     def grow_eni(self, frame: bytes, in_port: int) -> bool:
-        """The slow path's on_exhausted: the newest ENI of the sending function's group ran out
-        of ports. Asks the ENI worker for one more (Lambda does the same when an ENI's 65,000
-        ports are exhausted) and waits for it (on the exhausted-frames thread); True: the ENI
-        is attached."""
+        """The slow path's on_exhausted: no ENI of the sending function's group has a free
+        port (or the group has none, all reclaimed). Asks the ENI manager for one and waits
+        (on the exhausted-frames thread); True: the frame can be re-run."""
         key = self.function_group.get(source_address(frame))
         if key is None:
             return False
-        with self._growing_lock:
-            done = self._growing.get(key)
-            if done is None:
-                done = self._growing[key] = threading.Event()
-                self.eni_requests.put(key)
-        return done.wait(ENI_WAIT_S) and self._growing_ok.pop(key, False)
-
-    def eni_worker(self) -> None:
-        """Creates requested ENIs (veth, addresses, rings: tens of ms each) off the forwarding
-        thread."""
-        while not self.stopping.is_set():
-            try:
-                key = self.eni_requests.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            ok = False
-            try:
-                group = self.lab.state.group(key)
-                self.attach_eni(self.lab.add_eni(group.subnet, group.security_groups))
-                self.exhausted_events += 1
-                ok = True
-            except Exception:
-                log.exception("cannot add an ENI for group %s", key)
-            with self._growing_lock:
-                self._growing_ok[key] = ok
-                self._growing.pop(key).set()
+        return self.enis.request(key, ENI_WAIT_S)
 
     def interface_id(self, eni: int) -> str:
         return self.interface_ids.get(eni) or flowlog.eni_name(eni)
@@ -273,6 +262,7 @@ class Daemon:
                              "exhausted_parked_dropped": self.parked_dropped},
                 "connections": len(self.nat),
                 "capacity": self.nat.capacity, "enis": self.eni_status(),
+                "eni_manager": dict(self.enis.counters),
                 "ports": self.dp.ports(),
                 "per_eni": self.eni_metrics(), "secgroups": self.secgroups(),
                 "flow_log": {"lost": self.flow_tracker.lost, "write_errors": self.flow_write_errors,
@@ -292,30 +282,17 @@ class Daemon:
         return metrics.render(control.request(self.prefix, "stats", self.run_dir))
 
     def eni_status(self) -> list[dict]:
-        out = []
-        for eni in list(self.lab.state.enis):
-            if eni.id not in self.eni_ports:
-                continue        # being created by the ENI worker
-            ports = {}
-            for fam in (4, 6):
-                if (eni.ipv4 if fam == 4 else eni.ipv6) is None:
-                    continue
-                for proto, name in ((6, "tcp"), (17, "udp")):
-                    ports[f"{name}{fam}"] = self.nat.pool_stats(eni.id, fam, proto)
-            d = {k: getattr(eni, k) for k in ("id", "ifname", "mac", "ipv4", "ipv6", "subnet",
-                                               "group", "security_groups")}
-            d["status"] = "Active"
-            d["eni_id"] = self.interface_id(eni.id)
-            d["port"] = self.eni_ports.get(eni.id)
-            d["ports"] = ports
-            d["ports_in_use"] = sum(p["in_use"] for p in ports.values())
-            out.append(d)
+        """Every ENI the manager knows (Deleted ones too), with its pools and data-plane port."""
+        out = self.enis.listing()
+        for d in out:
+            d["eni_id"] = d["id"]
+            d["port"] = self.eni_ports.get(d["index"])
         return out
 
     def status(self) -> dict:
         return {"pid": os.getpid(), "prefix": self.prefix, "uptime_s": time.time() - self.started,
                 "connections": len(self.nat), "enis": self.eni_status(),
-                "ports": self.dp.ports(), "eni_growths": self.exhausted_events}
+                "ports": self.dp.ports(), "eni_manager": dict(self.enis.counters)}
 
     # --- the threads ---------------------------------------------------------------------
 
@@ -364,7 +341,10 @@ class Daemon:
             # ARP / NDP answers keep the normal priority, like the forwarding thread.
             self._thread("slow-path", self.slow_path, background=False)
             self._thread("housekeeping", self.housekeeping)
-            self._thread("eni-worker", self.eni_worker)
+            # Scale-out must be ready before the newest ENI's last 10% of ports go: the ENI
+            # worker (a round every 50 ms, creation now and then) keeps the normal priority.
+            self._thread("eni-worker", lambda: self.enis.run(self.stopping, known_groups=list(
+                self.group_ids)), background=False)
             self._thread("exhausted-frames", self.rerun_exhausted)
             server.start()
             if self.metrics_opts.enabled:
@@ -449,3 +429,43 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class _EniBackend:
+    """What the ENI manager's decisions do to the lab, the NAT and the data plane."""
+
+    def __init__(self, daemon: Daemon):
+        self.d = daemon
+
+    def create(self, group: str, scale_out: bool) -> EniInfo:
+        g = self.d.lab.state.group(group)
+        return self.d.lab.add_eni(g.subnet, g.security_groups, status="Pending",
+                                  scale_out=scale_out)
+
+    def attach(self, eni: EniInfo) -> None:
+        self.d.attach_eni(eni)
+
+    def pools(self, eni: EniInfo) -> dict:
+        out = {}
+        for fam, addr in ((4, eni.ipv4), (6, eni.ipv6)):
+            if addr is not None:
+                for proto, name in ((6, "tcp"), (17, "udp")):
+                    out[f"{name}{fam}"] = self.d.nat.pool_stats(eni.id, fam, proto)
+        return out
+
+    def usage(self, eni: EniInfo) -> float:
+        return max((p["size"] - p["free"]) / p["size"] for p in self.pools(eni).values())
+
+    def connections(self, eni: EniInfo) -> int:
+        return sum(self.d.nat.eni_counters(eni.id)["active"].values())
+
+    def retire(self, eni: EniInfo) -> bool:
+        return self.d.nat.group_retire_eni(self.d.group_ids[eni.group], eni.id)
+
+    def destroy(self, eni: EniInfo) -> None:
+        self.d.detach_eni(eni)
+        self.d.lab.delete_eni(eni.id)
+
+    def set_status(self, eni: EniInfo, status: str) -> None:
+        if status != "Deleted":          # delete_eni records that one with the veth gone
+            self.d.lab.set_eni_status(eni.id, status)

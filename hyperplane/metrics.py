@@ -133,11 +133,16 @@ ENI_METRICS = (
 )
 
 
+def eni_index(x: Mapping) -> int:
+    """An ENI's id in the NAT: `index` in the daemon's listing (`id` is its eni-... name)."""
+    return int(x["index"] if "index" in x else x["id"])
+
+
 def render(stats: Mapping) -> str:
     """The `stats` answer of the daemon as Prometheus text."""
     e = Exposition()
     enis = stats.get("enis", [])
-    eni_label = {int(x["id"]): x.get("eni_id") or eni_name(int(x["id"])) for x in enis}
+    eni_label = {eni_index(x): x.get("eni_id") or eni_name(eni_index(x)) for x in enis}
 
     def label(eni) -> dict:
         return {"eni": eni_label.get(int(eni), eni_name(int(eni)))}
@@ -168,7 +173,7 @@ def render(stats: Mapping) -> str:
 
     pools = [(x, key, p) for x in enis for key, p in sorted(x.get("ports", {}).items())]
     def pool_labels(x, key):
-        return {**label(x["id"]), "family": "ipv" + key[-1], "protocol": key[:-1]}
+        return {**label(eni_index(x)), "family": "ipv" + key[-1], "protocol": key[:-1]}
     e.family("hyperplane_pool_size", "gauge", "ports in the ENI's pool",
              [(pool_labels(x, k), p["size"]) for x, k, p in pools])
     e.family("hyperplane_pool_ports", "gauge", "ports of the ENI's pool by use",
@@ -181,7 +186,7 @@ def render(stats: Mapping) -> str:
              [({"state": s}, n) for s, n in states.items()])
 
     # Every ENI gets every metric, zero until its first connection.
-    per_eni = {int(x["id"]): {} for x in enis}
+    per_eni = {eni_index(x): {} for x in enis if x.get("status") != "Deleted"}
     per_eni.update({int(k): v for k, v in stats.get("per_eni", {}).items()})
     for aws, kind, help_, get in ENI_METRICS:
         samples = []

@@ -32,7 +32,8 @@ def restarts_line(restarts: dict | None) -> str:
 def lab_picture(state: LabState, dp: dict | None, restarts: dict | None = None) -> str:
     """Functions on the left, the data plane in the middle, ENIs, subnets and hosts on the
     right: what talks to what, at a glance."""
-    ports_in_use = {e["id"]: e.get("ports_in_use", 0) for e in (dp or {}).get("enis", [])}
+    ports_in_use = {e.get("index", e["id"]): e.get("ports_in_use", 0)
+                    for e in (dp or {}).get("enis", [])}
     out = [f"lab {state.prefix!r}   data plane: "
            + (f"pid {dp['pid']}, {dp['connections']} connections" if dp else "NOT RUNNING")
            + f"; {restarts_line(restarts)}"]
