@@ -369,6 +369,46 @@ class Daemon:
             log.info("stopped")
 
 
+class _EniBackend:
+    """What the ENI manager's decisions do to the lab, the NAT and the data plane."""
+
+    def __init__(self, daemon: Daemon):
+        self.d = daemon
+
+    def create(self, group: str, scale_out: bool) -> EniInfo:
+        g = self.d.lab.state.group(group)
+        return self.d.lab.add_eni(g.subnet, g.security_groups, status="Pending",
+                                  scale_out=scale_out)
+
+    def attach(self, eni: EniInfo) -> None:
+        self.d.attach_eni(eni)
+
+    def pools(self, eni: EniInfo) -> dict:
+        out = {}
+        for fam, addr in ((4, eni.ipv4), (6, eni.ipv6)):
+            if addr is not None:
+                for proto, name in ((6, "tcp"), (17, "udp")):
+                    out[f"{name}{fam}"] = self.d.nat.pool_stats(eni.id, fam, proto)
+        return out
+
+    def usage(self, eni: EniInfo) -> float:
+        return max((p["size"] - p["free"]) / p["size"] for p in self.pools(eni).values())
+
+    def connections(self, eni: EniInfo) -> int:
+        return sum(self.d.nat.eni_counters(eni.id)["active"].values())
+
+    def retire(self, eni: EniInfo) -> bool:
+        return self.d.nat.group_retire_eni(self.d.group_ids[eni.group], eni.id)
+
+    def destroy(self, eni: EniInfo) -> None:
+        self.d.detach_eni(eni)
+        self.d.lab.delete_eni(eni.id)
+
+    def set_status(self, eni: EniInfo, status: str) -> None:
+        if status != "Deleted":          # delete_eni records that one with the veth gone
+            self.d.lab.set_eni_status(eni.id, status)
+
+
 def lower_priority() -> None:
     """This thread (and the commands it starts) runs at BACKGROUND_NICE: listings, expiry and
     ENI creation take what CPU the forwarding thread leaves (Linux: nice is per thread)."""
@@ -430,42 +470,3 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-class _EniBackend:
-    """What the ENI manager's decisions do to the lab, the NAT and the data plane."""
-
-    def __init__(self, daemon: Daemon):
-        self.d = daemon
-
-    def create(self, group: str, scale_out: bool) -> EniInfo:
-        g = self.d.lab.state.group(group)
-        return self.d.lab.add_eni(g.subnet, g.security_groups, status="Pending",
-                                  scale_out=scale_out)
-
-    def attach(self, eni: EniInfo) -> None:
-        self.d.attach_eni(eni)
-
-    def pools(self, eni: EniInfo) -> dict:
-        out = {}
-        for fam, addr in ((4, eni.ipv4), (6, eni.ipv6)):
-            if addr is not None:
-                for proto, name in ((6, "tcp"), (17, "udp")):
-                    out[f"{name}{fam}"] = self.d.nat.pool_stats(eni.id, fam, proto)
-        return out
-
-    def usage(self, eni: EniInfo) -> float:
-        return max((p["size"] - p["free"]) / p["size"] for p in self.pools(eni).values())
-
-    def connections(self, eni: EniInfo) -> int:
-        return sum(self.d.nat.eni_counters(eni.id)["active"].values())
-
-    def retire(self, eni: EniInfo) -> bool:
-        return self.d.nat.group_retire_eni(self.d.group_ids[eni.group], eni.id)
-
-    def destroy(self, eni: EniInfo) -> None:
-        self.d.detach_eni(eni)
-        self.d.lab.delete_eni(eni.id)
-
-    def set_status(self, eni: EniInfo, status: str) -> None:
-        if status != "Deleted":          # delete_eni records that one with the veth gone
-            self.d.lab.set_eni_status(eni.id, status)

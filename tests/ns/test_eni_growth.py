@@ -1,68 +1,243 @@
-"""When the newest ENI of a (subnet, security groups) pair runs out of ports, the data plane
-adds an ENI to the running lab and the new connections go out through it — what Lambda does
-past 65,000 connections, shown here with a pool of four ports."""
+"""The ENI manager in a running lab (issue 9.2): scale-out before exhaustion with 70,000 UDP
+flows, the group limit with a 10-port range, and an ENI's lifecycle (Pending, Active, Idle,
+Deleted) with its veth gone after the idle time."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 from conftest import _sweep, new_prefix
+from hyperplane.lab.state import LabState
 from test_v2n import ECHO, TOOLS, cli
 
-SMALL_POOL = """
+SINK_PORT = 9000
+# A UDP sink in the customer host: counts datagrams and distinct (address, port) sources (one
+# per flow after the NAT) until `count` distinct ones or the deadline; prints them as JSON.
+SINK = r"""
+import json, socket, sys, time
+want, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+s.bind(("0.0.0.0", %d))
+s.settimeout(0.2)
+print("ready", flush=True)
+seen, total = set(), 0
+while len(seen) < want and time.monotonic() < deadline:
+    try:
+        _, src = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    seen.add(src)
+    total += 1
+print(json.dumps({"flows": len(seen), "datagrams": total,
+                  "sources": sorted({a for a, _ in seen})}), flush=True)
+""" % SINK_PORT
+
+
+def lab_config(prefix: str, hyperplane: str, timeouts: str = "") -> str:
+    return f"""
+prefix = "{prefix}"
 [inside]
 cidr4 = "10.200.0.0/24"
-[nat]
-port_range = [60000, 60003]
-[[subnets]]
-name = "app"
+cidr6 = ""
+[hyperplane]
+{hyperplane}
+[hyperplane.quotas]
+ports_share = 1.0
+{timeouts}
+[vpc.subnets.app]
 cidr4 = "10.0.1.0/24"
-[[hosts]]
-name = "web"
+[vpc.security_groups.sg-web]
+[hosts.web]
 subnet = "app"
-[[functions]]
-name = "api"
-subnets = ["app"]
-security_groups = ["sg-web"]
-[[functions]]
-name = "worker"
-subnets = ["app"]
-security_groups = ["sg-web"]
+[functions.api]
+subnet_ids = ["app"]
+security_group_ids = ["sg-web"]
+[functions.worker]
+subnet_ids = ["app"]
+security_group_ids = ["sg-web"]
 """
 
 
-def test_exhausted_eni_gets_a_successor(tmp_path):
-    from hyperplane.lab import Lab
-    from hyperplane.labtools import LineCollector
-    import subprocess
-    prefix = new_prefix()
-    cfg = tmp_path / "lab.toml"
-    cfg.write_text(f'prefix = "{prefix}"\n' + SMALL_POOL)
-    server = None
-    try:
-        cli("up", "--detach", "-c", str(cfg))
-        lab = Lab.attach(prefix)
-        server = lab.popen("web", TOOLS + ["serve", "--udp", str(ECHO)], stdout=subprocess.PIPE,
+class Lab:
+    """A lab up for one test, down afterwards whatever happens."""
+
+    def __init__(self, tmp_path, hyperplane: str, timeouts: str = ""):
+        self.prefix = new_prefix()
+        self.cfg = tmp_path / "lab.toml"
+        self.cfg.write_text(lab_config(self.prefix, hyperplane, timeouts))
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self):
+        from hyperplane.lab import Lab as LabApi
+        try:
+            cli("up", "--detach", "-c", str(self.cfg))
+            self.lab = LabApi.attach(self.prefix)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        cli("down", "--prefix", self.prefix, check=False)
+        _sweep(self.prefix)
+
+    def popen(self, name, argv):
+        p = self.lab.popen(name, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
+        self.procs.append(p)
+        return p
+
+    def enis(self) -> list[dict]:
+        return json.loads(cli("eni", "--json", "--prefix", self.prefix).stdout)
+
+    def stats(self) -> dict:
+        return json.loads(cli("stats", "--json", "--prefix", self.prefix).stdout)
+
+    def log(self) -> str:
+        from hyperplane import runtime
+        return runtime.paths(self.prefix).log.read_text(errors="replace")
+
+    def sink(self, want: int, seconds: float) -> subprocess.Popen:
+        p = self.popen("web", [sys.executable, "-c", SINK, str(want), str(seconds)])
+        assert p.stdout.readline().strip() == "ready"
+        return p
+
+    def send(self, fn: str, sport: int, flows: int, rate: int, seconds: float):
+        """hpbench: one datagram per flow, flows from sport.. to the sink, at rate per s."""
+        from hyperplane.benchmark.tools import hpbench_binary
+        web = self.lab.state.host("web").ipv4
+        return self.popen(fn, [hpbench_binary(), "send", web, str(SINK_PORT), "1", str(sport),
+                               str(flows), str(rate), str(seconds), "0", "16", str(flows)])
+
+
+def wait_for(what, fn, timeout=20.0, every=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def live(enis):
+    return [e for e in enis if e["status"] != "Deleted"]
+
+
+def test_70000_udp_flows_scale_out_to_exactly_two_enis(tmp_path):
+    # 65,000 ports per ENI: past 90% (58,500) one more ENI is made ready before the first runs
+    # out; 35,000 flows from each of two functions of one pair at a steady 3,500 flows/s.
+    with Lab(tmp_path, "eni_high_water = 0.9\ncapacity = 131072") as lab:
+        per_fn, rate = 35_000, 1_750
+        sink = lab.sink(2 * per_fn, 60)
+        senders = [lab.send(fn, 20_000, per_fn, rate, 40) for fn in ("api", "worker")]
+        for s in senders:
+            out, err = s.communicate(timeout=60)
+            assert s.returncode == 0, err
+            assert json.loads(out)["sent"] == per_fn, out
+        out, _ = sink.communicate(timeout=60)
+        got = json.loads(out.splitlines()[-1])
+        enis = lab.enis()
+        stats = lab.stats()
+        lost = {k: v for part in ("nat", "dataplane") for k, v in stats[part].items()
+                if v and ("drop" in k or "punt" in k)}
+        rings = {p["ifname"]: (p["rx_kernel_drops"], p["tx_full"], p["tx_errors"])
+                 for p in stats["ports"]}
+        assert got["flows"] == 2 * per_fn, (got, lost, rings, stats["slowpath"])
+        assert len(live(enis)) == 2, enis
+        first, second = live(enis)
+        assert second["scale_out"] and [h["status"] for h in second["history"]][:2] == \
+            ["Pending", "Active"]
+        assert set(got["sources"]) == {first["ipv4"], second["ipv4"]}
+        assert first["ports"]["udp4"]["in_use"] >= 0.9 * 65_000
+        assert stats["nat"].get("punt.PORTS_EXHAUSTED", 0) == 0
+        assert all(c["port_errors"] == 0 for c in stats["per_eni"].values())
+        assert stats["eni_manager"]["scale_outs"] == 1
+        assert stats["eni_manager"]["create_errors"] == 0
+
+
+def test_ten_port_range_stops_at_the_group_limit(tmp_path):
+    # 800 flows against 10 ports per ENI: the group grows to its limit of 3, then stops with
+    # one logged error and a counter; the subnet keeps its addresses; once the flows time out,
+    # both functions reach the customer through the ENIs the group has.
+    with Lab(tmp_path, "port_range = [60000, 60009]\neni_limit = 3",
+             "[hyperplane.timeouts]\nUDP_FIRST = 3\nUDP_STREAM = 3") as lab:
+        sink = lab.sink(800, 15)
+        senders = [lab.send(fn, 20_000, 400, 200, 10) for fn in ("api", "worker")]
+        for s in senders:
+            out, err = s.communicate(timeout=30)
+            assert s.returncode == 0, err
+        enis = wait_for("3 ENIs", lambda: len(live(lab.enis())) == 3 and lab.enis())
+        stats = lab.stats()
+        assert stats["eni_manager"]["limit_reached"] == 1
+        assert stats["eni_manager"]["create_errors"] == 0
+        assert lab.log().count("is at its limit of 3 ENIs") == 1
+        assert len(live(enis)) == 3 and len(enis) == 3      # nothing created and thrown away
+        sink.communicate(timeout=30)
+        # The subnet (a /24) keeps free addresses: three ENIs and the host use four.
+        state = LabState.load(lab.prefix)
+        assert len(state.enis) == 3
+        spare = state.next_eni("app", ("sg-web",))        # raises when the subnet is full
+        assert spare.ipv4 not in {e.ipv4 for e in state.enis}
+        web = lab.lab.state.host("web").ipv4
+        server = lab.popen("web", TOOLS + ["serve", "--udp", str(ECHO)])
         assert server.stdout.readline().strip() == "ready"
-        peers = LineCollector(server)
-        web = lab.state.host("web").ipv4
-        for i in range(6):        # six flows, four ports per ENI: the fifth needs a new ENI
-            fn = "api" if i % 2 else "worker"
-            r = lab.exec(fn, TOOLS + ["echo", "--udp", web, str(ECHO), f"flow {i}"])
-            assert r.returncode == 0, r.stderr
-        enis = json.loads(cli("eni", "--json", "--prefix", prefix).stdout)
-        assert [e["ipv4"] for e in enis] == ["10.0.1.4", "10.0.1.5"]
-        assert enis[0]["ports_in_use"] == 4 and enis[1]["ports_in_use"] == 2
-        assert enis[0]["group"] == enis[1]["group"]
-        seen = [line.split()[1] for line in peers.take()]
-        assert seen.count("10.0.1.4") == 4 and seen.count("10.0.1.5") == 2, seen
-        stats = json.loads(cli("stats", "--json", "--prefix", prefix).stdout)
-        assert stats["nat"]["punt.PORTS_EXHAUSTED"] == 1
-        assert json.loads(cli("status", "--json", "--prefix", prefix).stdout)["enis"][1]["id"] == 1
-    finally:
-        if server:
-            server.kill()
-            server.wait()
-        cli("down", "--prefix", prefix, check=False)
-        _sweep(prefix)
+        for fn in ("api", "worker"):
+            def echo():
+                r = lab.lab.exec(fn, TOOLS + ["echo", "--udp", web, str(ECHO), f"hi {fn}"])
+                return r.returncode == 0
+            wait_for(f"{fn} to reach the customer", echo, timeout=20, every=0.5)
+        assert len(live(lab.enis())) == 3
+
+
+def test_idle_eni_is_reclaimed_and_made_again_on_demand(tmp_path):
+    from hyperplane.lab import netns
+    with Lab(tmp_path, "eni_idle_reclaim_s = 1",
+             "[hyperplane.timeouts]\nUDP_FIRST = 1\nUDP_STREAM = 1") as lab:
+        seen: list[tuple[str, str]] = []
+
+        def statuses():
+            enis = lab.enis()
+            for e in enis:
+                if (e["id"], e["status"]) not in seen:
+                    seen.append((e["id"], e["status"]))
+            return enis
+
+        def deleted(eni_id):
+            return lambda: any(e["id"] == eni_id and e["status"] == "Deleted"
+                               for e in statuses())
+
+        (first,) = statuses()
+        # No connection: Idle, and Deleted one idle time later, its veth gone.
+        wait_for("the first ENI reclaimed", deleted(first["id"]))
+        with netns.iproute(lab.lab.state.dataplane_ns) as ipr:
+            assert not ipr.link_lookup(ifname=first["ifname"])
+        with netns.iproute(lab.lab.state.vpc_ns) as ipr:
+            assert not ipr.link_lookup(ifname=lab.lab.state.eni(first["index"]).peer)
+        assert [e.status for e in LabState.load(lab.prefix).enis] == ["Deleted"]
+        # A function's next connection gets a new ENI: Pending, then Active, on demand.
+        web = lab.lab.state.host("web").ipv4
+        server = lab.popen("web", TOOLS + ["serve", "--udp", str(ECHO)])
+        assert server.stdout.readline().strip() == "ready"
+        r = lab.lab.exec("api", TOOLS + ["echo", "--udp", web, str(ECHO), "wake up"])
+        assert r.returncode == 0, r.stderr
+        enis = statuses()
+        second = enis[-1]
+        assert second["id"] != first["id"] and second["id"].startswith("eni-")
+        assert second["ipv4"] != first["ipv4"]      # a Deleted ENI's address is not reused
+        wait_for("the second ENI reclaimed", deleted(second["id"]))
+        history = [h["status"] for h in lab.enis()[-1]["history"]]
+        assert history[:2] == ["Pending", "Active"] and history[-1] == "Deleted"
+        assert "Idle" in history
+        polled = {s for i, s in seen if i == second["id"]}
+        assert {"Active", "Idle", "Deleted"} <= polled, seen
+        assert lab.stats()["eni_manager"]["reclaimed"] == 2
