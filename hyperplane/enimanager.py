@@ -157,6 +157,7 @@ class EniManager:
             return False
         if self.clock() < self._retry_at.get(group, 0):
             return False
+        started = time.monotonic()
         try:
             info = self.backend.create(group, scale_out)
         except Exception as e:
@@ -174,8 +175,8 @@ class EniManager:
         self._set(info, ACTIVE, scale_out)
         self.counters["created"] += 1
         self.counters["scale_outs" if scale_out else "on_demand"] += 1
-        log.info("ENI %s (%s) of group %s is Active%s", info.eni_id, info.ipv4, group,
-                 " (scale-out)" if scale_out else "")
+        log.info("ENI %s (%s) of group %s is Active%s, made in %.3f s", info.eni_id, info.ipv4,
+                 group, " (scale-out)" if scale_out else "", time.monotonic() - started)
         return True
 
     def _failed(self, group: str, message: str) -> bool:
