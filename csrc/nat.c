@@ -479,6 +479,8 @@ static int hairpin_receiver(hp_nat *nat, const hp_pkt *pkt, const hp_flow_key *k
         return miss;
     if (!make_room(nat, now_ms))
         return HP_R_TABLE_FULL;
+    if (o->refs == 0)           /* making room expired the owner's last connection */
+        return miss;
     hp_pool_ref(pool, k->dport);
     *id = hp_ct_insert(&nat->ct, &orig, (uint16_t)e, k->dport,
                        k->proto == 6 ? HP_S_SYN_SENT : HP_S_UDP_FIRST, now_ms);

@@ -237,6 +237,8 @@ class Nat:
             return None, miss
         if not self._make_room(now_ms):
             return None, R["TABLE_FULL"]
+        if dport not in pool.owner:             # making room expired the owner's last one
+            return None, miss
         pool.ref(dport)
         state = S["SYN_SENT"] if proto == PROTO_TCP else S["UDP_FIRST"]
         conn = self.table.insert(family, proto, owner.addr, src, owner.port, sport, eni, dst,

@@ -143,7 +143,7 @@ def scrape(lab) -> dict:
 def test_metrics_endpoint_serves_valid_text_matching_the_traffic(observed):
     lab, flows = observed
     api = lab.state.function("api")
-    eni_label = ("eni", f"eni-{lab.state.enis_of(api.group)[0].id:017x}")
+    eni_label = ("eni", lab.state.enis_of(api.group)[0].eni_id)
     out_bytes = DATAGRAMS * (20 + 8 + PAYLOAD) + DATAGRAMS * (40 + 8 + PAYLOAD)
 
     def matched():
