@@ -394,8 +394,7 @@ class _EniBackend:
 
     def create(self, group: str, scale_out: bool) -> EniInfo:
         g = self.d.lab.state.group(group)
-        return self.d.lab.add_eni(g.subnet, g.security_groups, status="Pending",
-                                  scale_out=scale_out)
+        return self.d.lab.add_eni(g.subnet, g.security_groups, scale_out=scale_out)
 
     def attach(self, eni: EniInfo) -> None:
         self.d.attach_eni(eni)
@@ -420,10 +419,6 @@ class _EniBackend:
     def destroy(self, eni: EniInfo) -> None:
         self.d.detach_eni(eni)
         self.d.lab.delete_eni(eni.id)
-
-    def set_status(self, eni: EniInfo, status: str) -> None:
-        if status != "Deleted":          # delete_eni records that one with the veth gone
-            self.d.lab.set_eni_status(eni.id, status)
 
 
 def lower_priority() -> None:

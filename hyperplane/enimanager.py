@@ -44,9 +44,8 @@ class Backend(Protocol):
     def retire(self, eni) -> bool:
         """Takes it out of its group if it has no connection (atomically); False otherwise."""
     def destroy(self, eni) -> None:
-        """Detaches its port, deletes its veth, records it Deleted in the lab."""
-    def set_status(self, eni, status: str) -> None:
-        """Records the status in the lab's state."""
+        """Detaches its port, deletes its veth, records it Deleted in the lab (the lab keeps
+        no other status: the manager's listing is where statuses live)."""
 
 
 @dataclass
@@ -192,10 +191,6 @@ class EniManager:
                 r = self.records[info.id] = Record(info, status, bool(scale_out), self.clock())
             r.status, r.since = status, self.clock()
             r.history.append((status, time.time()))
-        try:
-            self.backend.set_status(info, status)
-        except Exception:
-            log.exception("cannot record ENI %s as %s", info.eni_id, status)
 
     def _idle_and_reclaim(self) -> None:
         now = self.clock()

@@ -329,14 +329,14 @@ class Lab:
         return self.state
 
     @_outside_event_loop
-    def add_eni(self, subnet: str, security_groups: Iterable[str] = (), status: str = "Active",
+    def add_eni(self, subnet: str, security_groups: Iterable[str] = (),
                 scale_out: bool = False) -> EniInfo:
         """Adds an ENI port to the running lab for (subnet, security groups): the next ENI id,
         the next free address of the subnet from .4, its own MAC; the veth ``p-eN`` in the
         data-plane namespace with its peer on the subnet's bridge. Saves the new state."""
         with self._lock:
             state = self._require_state()
-            eni = dataclasses.replace(state.next_eni(subnet, security_groups), status=status,
+            eni = dataclasses.replace(state.next_eni(subnet, security_groups),
                                       scale_out=scale_out)
             spec = eni_veth(self.prefix, eni, state.subnet(subnet))
             socks = _Sockets()
@@ -379,13 +379,6 @@ class Lab:
                     ipr.link("del", index=found[0])
             eni = state.with_eni_status(eni_id, "Deleted")
             state.save(self.run_dir)
-            return eni
-
-    @_outside_event_loop
-    def set_eni_status(self, eni_id: int, status: str) -> EniInfo:
-        with self._lock:
-            eni = self._require_state().with_eni_status(eni_id, status)
-            self.state.save(self.run_dir)
             return eni
 
     def exec(self, name: str, argv, **kwargs):

@@ -5,9 +5,9 @@ that ``status``, ``exec`` and the data plane can find it."""
 from __future__ import annotations
 
 import ipaddress
+import hashlib
 import json
 import os
-import secrets
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Iterable
@@ -105,13 +105,14 @@ class EniInfo:
     group: str
     security_groups: tuple[str, ...]
     eni_id: str = ""                            # "eni-" + 17 hex digits, as AWS names them
-    status: str = "Active"                      # Pending, Active, Idle or Deleted
+    status: str = "Active"                      # "Deleted" once reclaimed (live status: daemon)
     scale_out: bool = False                     # added because the group's pool ran high
 
 
-def new_eni_id() -> str:
-    """An AWS-shaped interface id: eni- and 17 hex digits."""
-    return "eni-" + secrets.token_hex(9)[:17]
+def eni_name(prefix: str, eni_id: int, ipv4: str) -> str:
+    """An AWS-shaped interface id, eni- and 17 hex digits: derived from what makes the ENI
+    (ids only grow in a lab), so that the same config builds the same lab."""
+    return "eni-" + hashlib.sha256(f"{prefix}/{eni_id}/{ipv4}".encode()).hexdigest()[:17]
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,7 @@ def make_eni(prefix: str, eni_id: int, sn: SubnetInfo, off: int, group: str,
                    ipv6=str(n6.network_address + off) if n6 is not None else None,
                    subnet=sn.name, gateway4=sn.gateway4, gateway6=sn.gateway6,
                    cidr4=sn.cidr4, cidr6=sn.cidr6, group=group, security_groups=sgs,
-                   eni_id=new_eni_id())
+                   eni_id=eni_name(prefix, eni_id, str(n4.network_address + off)))
 
 
 def next_offset(sn: SubnetInfo, candidates, taken4: set[int], taken6: set[int]) -> int | None:

@@ -159,7 +159,8 @@ def test_metrics_endpoint_serves_valid_text_matching_the_traffic(observed):
     assert m[("hyperplane_eni_bytes_out_to_destination_total", key)] == out_bytes
     assert m[("hyperplane_eni_connection_attempt_count_total",
               frozenset({eni_label, ("protocol", "udp")}))] == 2
-    assert m[("hyperplane_enis", frozenset({("state", "Active")}))] == len(lab.state.enis)
+    assert sum(m[("hyperplane_enis", frozenset({("state", s)}))]      # Idle: no connection now
+               for s in ("Active", "Idle")) == len(lab.state.enis)
     assert m[("hyperplane_nat_fwd_out_packets_total", frozenset())] == 2 * DATAGRAMS
     names = {name for name, _ in m}
     for family in ("hyperplane_ring_rx_kernel_drops_total", "hyperplane_pool_ports",

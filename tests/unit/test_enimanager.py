@@ -35,7 +35,6 @@ class FakeLab:
         self.in_use: dict[int, int] = {}
         self.conns: dict[int, int] = {}
         self.in_group: set[int] = set()
-        self.statuses: list[tuple[int, str]] = []
         self.fail_attach = False
 
     def add(self, group, scale_out=False):
@@ -76,9 +75,6 @@ class FakeLab:
     def destroy(self, eni):
         self.in_group.discard(eni.id)
         self.addresses += 1
-
-    def set_status(self, eni, status):
-        self.statuses.append((eni.id, status))
 
 
 class Clock:
@@ -126,9 +122,10 @@ def test_scale_out_once_past_high_water_then_the_new_one_fills():
     lab.in_use[0] = 90
     for _ in range(5):                          # exactly one, however many rounds
         m.step()
-    assert [e["status"] for e in m.listing()] == [ACTIVE, IDLE]   # the new one: no conns yet
-    assert (0, PENDING) not in lab.statuses and (1, PENDING) in lab.statuses
-    assert lab.statuses.index((1, PENDING)) < lab.statuses.index((1, ACTIVE))
+    listing = m.listing()
+    assert [e["status"] for e in listing] == [ACTIVE, IDLE]   # the new one: no conns yet
+    assert [h["status"] for h in listing[0]["history"]] == [ACTIVE]
+    assert [h["status"] for h in listing[1]["history"]] == [PENDING, ACTIVE, IDLE]
     assert lab.in_group == {0, 1} and m.counters["scale_outs"] == 1
     lab.conns[1], lab.in_use[1] = 5, 90          # the new one past high water: one more
     m.step()
