@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from conftest import _sweep, new_prefix
 from hyperplane.lab.state import LabState
+from test_observe import wait_for
 from test_v2n import ECHO, TOOLS, cli
 
 SINK_PORT = 9000
@@ -122,17 +122,6 @@ class Lab:
                                str(flows), str(rate), str(seconds), "0", "16", str(flows)])
 
 
-def wait_for(what, fn, timeout=20.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
-
-
 def live(enis):
     return [e for e in enis if e["status"] != "Deleted"]
 
@@ -189,7 +178,7 @@ def test_ten_port_range_stops_at_the_group_limit(tmp_path):
         for s in senders:
             out, err = s.communicate(timeout=30)
             assert s.returncode == 0, err
-        enis = wait_for("3 ENIs", lambda: len(live(lab.enis())) == 3 and lab.enis())
+        enis = wait_for(lambda: len(live(lab.enis())) == 3 and lab.enis(), "3 ENIs")
         stats = lab.stats()
         assert stats["eni_manager"]["limit_reached"] == 1
         assert stats["eni_manager"]["create_errors"] == 0
@@ -208,7 +197,7 @@ def test_ten_port_range_stops_at_the_group_limit(tmp_path):
             def echo():
                 r = lab.lab.exec(fn, TOOLS + ["echo", "--udp", web, str(ECHO), f"hi {fn}"])
                 return r.returncode == 0
-            wait_for(f"{fn} to reach the customer", echo, timeout=20, every=0.5)
+            wait_for(echo, f"{fn} to reach the customer", timeout=20)
         assert len(live(lab.enis())) == 3
 
 
@@ -231,7 +220,7 @@ def test_idle_eni_is_reclaimed_and_made_again_on_demand(tmp_path):
 
         (first,) = statuses()
         # No connection: Idle, and Deleted one idle time later, its veth gone.
-        wait_for("the first ENI reclaimed", deleted(first["id"]))
+        wait_for(deleted(first["id"]), "the first ENI reclaimed", timeout=20)
         with netns.iproute(lab.lab.state.dataplane_ns) as ipr:
             assert not ipr.link_lookup(ifname=first["ifname"])
         with netns.iproute(lab.lab.state.vpc_ns) as ipr:
@@ -247,7 +236,7 @@ def test_idle_eni_is_reclaimed_and_made_again_on_demand(tmp_path):
         second = enis[-1]
         assert second["id"] != first["id"] and second["id"].startswith("eni-")
         assert second["ipv4"] != first["ipv4"]      # a Deleted ENI's address is not reused
-        wait_for("the second ENI reclaimed", deleted(second["id"]))
+        wait_for(deleted(second["id"]), "the second ENI reclaimed", timeout=20)
         history = [h["status"] for h in lab.enis()[-1]["history"]]
         assert history[:2] == ["Pending", "Active"] and history[-1] == "Deleted"
         assert "Idle" in history

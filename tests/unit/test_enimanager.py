@@ -6,7 +6,6 @@ import logging
 import threading
 from dataclasses import dataclass
 
-import pytest
 
 from hyperplane.enimanager import ACTIVE, DELETED, IDLE, PENDING, EniManager
 
