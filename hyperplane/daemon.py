@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import secrets
 import signal
 import sys
