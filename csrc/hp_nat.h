@@ -127,6 +127,10 @@ int hp_nat_group_add_eni(hp_nat *nat, int group, int eni);
  * 0, -2 while it has some (nothing changes), -1 when it is not in the group. */
 int hp_nat_group_retire_eni(hp_nat *nat, int group, int eni);
 int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6);
+/* Moves every source with this address to another group (a function's config changed): its
+ * new connections take that group's ENIs, live ones keep theirs. 0, or -1 (no such source or
+ * group). */
+int hp_nat_set_source_group(hp_nat *nat, int family, const uint8_t *addr, int group);
 /* The same with the function's MAC (6 bytes) that every frame from addr must carry; NULL: not
  * checked. */
 int hp_nat_add_source_mac(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6,

@@ -77,6 +77,21 @@ int hp_nat_group_retire_eni(hp_nat *nat, int group, int eni)
     return -1;
 }
 
+int hp_nat_set_source_group(hp_nat *nat, int family, const uint8_t *addr, int group)
+{
+    if (group < 0 || (uint32_t)group >= nat->n_groups)
+        return -1;
+    int found = 0;
+    for (uint32_t i = 0; i < nat->n_sources; i++) {
+        hp_source *s = &nat->sources[i];
+        if (s->family == family && memcmp(s->addr, addr, family == 4 ? 4 : 16) == 0) {
+            s->group = (uint16_t)group;
+            found = 1;
+        }
+    }
+    return found ? 0 : -1;
+}
+
 int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6)
 {
     return hp_nat_add_source_mac(nat, family, addr, group, allow_v6, NULL);

@@ -218,6 +218,19 @@ cdef class Nat:
         if rc != 0:
             raise ValueError(f"cannot add source {addr} to group {group}")
 
+    def set_source_group(self, addr, int group):
+        """Moves a function's address to another group: its new connections take that group's
+        ENIs; live ones keep theirs."""
+        fam, raw = addr_bytes(addr)
+        cdef int family = fam, rc
+        cdef const uint8_t *a = <const uint8_t *>raw
+        with nogil:
+            self._acquire()
+            rc = hp_nat_set_source_group(self.nat, family, a, group)
+            self._release()
+        if rc != 0:
+            raise ValueError(f"cannot move source {addr} to group {group}")
+
     # --- the batch calls -----------------------------------------------------------------
 
     def translate(self, frames, int direction, uint64_t now_ms, int eni=0, bint vnet=False,

@@ -118,6 +118,7 @@ cdef extern from "hp_nat.h":
     int hp_nat_add_group(hp_nat *nat) nogil
     int hp_nat_group_add_eni(hp_nat *nat, int group, int eni) nogil
     int hp_nat_group_retire_eni(hp_nat *nat, int group, int eni) nogil
+    int hp_nat_set_source_group(hp_nat *nat, int family, const uint8_t *addr, int group) nogil
     int hp_nat_add_source_mac(hp_nat *nat, int family, const uint8_t *addr, int group,
                               int allow_v6, const uint8_t *mac) nogil
     void hp_nat_translate(hp_nat *nat, uint8_t **frames, const uint32_t *lens, uint32_t n,

@@ -258,6 +258,14 @@ def cmd_eni(args) -> int:
     return 0
 
 
+def cmd_set_function(args) -> int:
+    sgs = [s for s in args.security_groups.split(",") if s]
+    got = ask(resolve_prefix(args), "set-function", function=args.function, subnet=args.subnet,
+              security_groups=sgs)
+    print(f"{got['function']}: new connections on the ENIs of {got['group']}")
+    return 0
+
+
 def cmd_stats(args) -> int:
     from .render import stats_table
     stats = ask(resolve_prefix(args), "stats")
@@ -341,6 +349,14 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eni", parents=[common], help="the ENIs and the ports they use")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_eni)
+
+    p = sub.add_parser("set-function", parents=[common],
+                       help="change a running function's subnet and security groups: its new "
+                            "connections open on that pair's ENI")
+    p.add_argument("function")
+    p.add_argument("--subnet", required=True)
+    p.add_argument("--security-groups", default="", help="comma-separated ids")
+    p.set_defaults(fn=cmd_set_function)
 
     p = sub.add_parser("stats", parents=[common],
                        help="counters: forwarded, dropped by reason, NAT-gateway metrics")

@@ -85,6 +85,7 @@ class Daemon:
         self.enis = EniManager(_EniBackend(self), high_water=hp.eni_high_water,
                                limit=hp.eni_limit, idle_reclaim_s=hp.eni_idle_reclaim_s)
         self.threads: list[threading.Thread] = []
+        self._functions_lock = threading.Lock()        # set-function calls, one at a time
 
         ins = state.inside
         self.inside_port = self.dp.add_port(ins.ifname, role="inside", mac=ins.mac)
@@ -236,6 +237,7 @@ class Daemon:
             "secgroups": lambda req: {"groups": self.secgroups()},
             "set-rules": lambda req: {"groups": self.set_group_rules(
                 req["group"], req.get("rules")) or self.secgroups()},
+            "set-function": self.set_function,
             "stop": self.request_stop}
         for name, handler in handlers.items():
             server.register(name, in_background(handler))
@@ -245,6 +247,26 @@ class Daemon:
         previous one has been sent."""
         return control.cursor_pages(self.nat.connections_page, convert=lambda c: c.to_dict(),
                                     size=int(req.get("page_size", control.PAGE_SIZE)))
+
+    def set_function(self, req: dict) -> dict:
+        """A running function's VPC config changes ({"function", "subnet", "security_groups"}):
+        its new connections open on the new pair's ENI (made on demand by the ENI manager);
+        live ones stay on the ENI they have until they end."""
+        with self._functions_lock:
+            try:
+                key = self.lab.move_function(req["function"], req["subnet"],
+                                             req.get("security_groups", ()))
+            except KeyError as e:
+                raise ValueError(f"set-function: unknown {e.args[0] if e.args else e}") from None
+            if key not in self.group_ids:
+                self.group_ids[key] = self.nat.add_group()
+                self.set_group_rules(key, self.lab.state.group_rules(key))
+            fn = self.lab.state.function(req["function"])
+            for addr in filter(None, (fn.ipv4, fn.ipv6)):
+                self.nat.set_source_group(addr, self.group_ids[key])
+                self.function_group[addr] = key
+        log.info("function %s now in group %s", fn.name, key)
+        return {"function": fn.name, "group": key}
 
     def request_stop(self, req: dict) -> dict:
         self.stopping.set()

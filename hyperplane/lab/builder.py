@@ -381,6 +381,14 @@ class Lab:
             state.save(self.run_dir)
             return eni
 
+    def move_function(self, name: str, subnet: str, security_groups=()) -> str:
+        """A function's (subnet, security groups) changed: records it (and the ENI group,
+        when new) and saves; returns the group key."""
+        with self._lock:
+            key = self._require_state().with_function_pair(name, subnet, security_groups)
+            self.state.save(self.run_dir)
+            return key
+
     def exec(self, name: str, argv, **kwargs):
         """Runs a command in a function's, host's or named namespace (netns.exec)."""
         return netns.exec(self._require_state().namespace_of(name), argv, **kwargs)

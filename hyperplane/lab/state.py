@@ -219,6 +219,27 @@ class LabState(LabNames):
     def without_eni(self, eni_id: int) -> None:
         self.enis = [e for e in self.enis if e.id != eni_id]
 
+    def with_function_pair(self, name: str, subnet: str, security_groups) -> str:
+        """Moves a function to (subnet, security groups), adding that ENI group when new;
+        returns the group key. Raises KeyError for an unknown function, subnet or group."""
+        sgs = tuple(sorted(set(security_groups)))
+        fn = self.function(name)
+        self.subnet(subnet)
+        for sg in sgs:
+            self.config.security_group(sg)
+        key = eni_group_key(subnet, sgs)
+        groups = []
+        for g in self.groups:
+            members = tuple(f for f in g.functions if f != name)
+            groups.append(replace(g, functions=members + ((name,) if g.key == key else ())))
+        if not any(g.key == key for g in groups):
+            groups.append(GroupInfo(index=len(groups), key=key, subnet=subnet,
+                                    security_groups=sgs, functions=(name,)))
+        self.groups = groups
+        moved = replace(fn, group=key, subnets=(subnet,), security_groups=sgs)
+        self.functions = [moved if f.name == name else f for f in self.functions]
+        return key
+
     def with_eni_status(self, eni_id: int, status: str) -> EniInfo:
         """Records an ENI's new status. A Deleted one keeps its record (ids only grow, in step
         with the NAT's, and its addresses are not handed out again)."""

@@ -147,6 +147,12 @@ class Nat:
         self.sources.setdefault(key, Source(group, bool(allow_v6), mac, owner))
         self.owners.setdefault(owner, mac)
 
+    def set_source_group(self, addr: str, group: int) -> None:
+        source = self.sources.get(addr_bytes(addr))
+        if source is None or not 0 <= group < len(self.groups):
+            raise ValueError(f"cannot move source {addr} to group {group}")
+        source.group = group
+
     # -- the data path -------------------------------------------------------------------------
 
     def translate(self, frames, direction, now_ms, eni=0, vnet=False,

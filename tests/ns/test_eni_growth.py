@@ -1,6 +1,6 @@
 """The ENI manager in a running lab (issue 9.2): scale-out before exhaustion with 70,000 UDP
-flows, the group limit with a 10-port range, and an ENI's lifecycle (Pending, Active, Idle,
-Deleted) with its veth gone after the idle time."""
+flows, the group limit with a 10-port range, an ENI's lifecycle (Pending, Active, Idle,
+Deleted) with its veth gone after the idle time, and a function moved to another pair."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ ports_share = 1.0
 [vpc.subnets.app]
 cidr4 = "10.0.1.0/24"
 [vpc.security_groups.sg-web]
+[vpc.security_groups.sg-db]
 [hosts.web]
 subnet = "app"
 [functions.api]
@@ -245,3 +246,38 @@ def test_idle_eni_is_reclaimed_and_made_again_on_demand(tmp_path):
         polled = {s for i, s in seen if i == second["id"]}
         assert {"Active", "Idle", "Deleted"} <= polled, seen
         assert lab.stats()["eni_manager"]["reclaimed"] == 2
+
+
+def test_a_function_moved_to_another_pair_opens_new_connections_on_its_eni(tmp_path):
+    from hyperplane import control
+    from hyperplane.labtools import LineCollector
+    with Lab(tmp_path, "") as lab:
+        web = lab.lab.state.host("web").ipv4
+        server = lab.popen("web", TOOLS + ["serve", "--udp", str(ECHO)])
+        assert server.stdout.readline().strip() == "ready"
+        peers = LineCollector(server)
+
+        def echo(fn, text):
+            r = lab.lab.exec(fn, TOOLS + ["echo", "--udp", web, str(ECHO), text])
+            assert r.returncode == 0, r.stderr
+
+        echo("api", "before")
+        (shared,) = live(lab.enis())
+        out = cli("set-function", "api", "--subnet", "app", "--security-groups", "sg-db",
+                  "--prefix", lab.prefix).stdout
+        assert out.strip() == "api: new connections on the ENIs of app|sg-db"
+        echo("api", "after")            # the new pair's first connection: its ENI on demand
+        echo("worker", "still")
+        enis = live(lab.enis())
+        assert [e["group"] for e in enis] == ["app|sg-web", "app|sg-db"]
+        moved = enis[1]
+        assert moved["security_groups"] == ["sg-db"] and not moved["scale_out"]
+        seen = [line.split()[1] for line in peers.take()]
+        assert seen == [shared["ipv4"], moved["ipv4"], shared["ipv4"]], seen
+        assert LabState.load(lab.prefix).function("api").group == "app|sg-db"
+        try:
+            control.request(lab.prefix, "set-function", function="api", subnet="nowhere")
+        except control.ControlError as e:
+            assert "unknown" in str(e) and "nowhere" in str(e)
+        else:
+            raise AssertionError("an unknown subnet was accepted")

@@ -677,6 +677,21 @@ def test_older_eni_serves_while_the_newest_is_full(NatClass):
     assert newest.eni == eni_b                  # the newest again, its ports came back
 
 
+def test_a_function_moved_to_another_group_takes_its_enis(NatClass):
+    nat = make(NatClass, quarantine_ms=0)
+    other = nat.add_group()
+    eni_b = nat.add_eni(ENI_B, ENI_B6)
+    nat.group_add_eni(other, eni_b)
+    old = Flow(nat, proto=fg.UDP, sport=1)
+    assert old.send(OUT)[0] == FORWARD and old.eni == 0
+    nat.set_source_group(SRC, other)
+    new = Flow(nat, proto=fg.UDP, sport=2)
+    assert new.send(OUT)[0] == FORWARD and new.eni == eni_b
+    assert old.send(OUT)[0] == FORWARD and old.eni == 0         # live ones keep their ENI
+    with pytest.raises(ValueError):
+        nat.set_source_group("10.9.9.9", other)
+
+
 def test_retired_eni_takes_no_new_connection(NatClass):
     nat = make(NatClass, quarantine_ms=0)
     eni_b = nat.add_eni(ENI_B, ENI_B6)
