@@ -39,6 +39,7 @@ enum hp_counter {
     HP_C_FWD_OUT_PACKETS, HP_C_FWD_OUT_BYTES, HP_C_FWD_IN_PACKETS, HP_C_FWD_IN_BYTES,
     HP_C_CONN_CREATED, HP_C_CONN_ESTABLISHED, HP_C_CONN_EXPIRED, HP_C_JOURNAL_OVERFLOW,
     HP_C_REJECT_OVERFLOW, HP_C_RST_SENT, HP_C_RST_LIMITED,
+    HP_C_CONN_EARLY_DROPPED,
     HP_C_COUNT
 };
 extern const char *const hp_counter_names[HP_C_COUNT];
@@ -85,6 +86,8 @@ typedef struct hp_nat_shared {
     hp_eni_counters eni_ctr[HP_MAX_ENIS];
 } hp_nat_shared;
 
+struct hp_func;
+
 typedef struct hp_nat {
     hp_nat_config cfg;
     hp_ct ct;
@@ -98,6 +101,8 @@ typedef struct hp_nat {
     uint32_t n_sources, cap_sources;
     hp_group *groups;
     uint32_t n_groups, cap_groups;
+    struct hp_func *funcs;       /* per function, indexed like sources (hp_quota.h) */
+    uint32_t cap_funcs;
     uint64_t *counters;          /* sh->counters */
     uint64_t *drops;             /* sh->drops */
     hp_conn_record *journal;     /* ring of connections that expired */

@@ -2,6 +2,7 @@
  * and the batch translation loop: parse and hash a whole batch first, prefetching index
  * slots, then look up and rewrite, so memory latency overlaps across frames. */
 #include "hp_nat.h"
+#include "hp_quota.h"
 #include "hp_tcp.h"
 
 #include <stdlib.h>
@@ -14,6 +15,7 @@ const char *const hp_counter_names[HP_C_COUNT] = {
     "FWD_OUT_PACKETS", "FWD_OUT_BYTES", "FWD_IN_PACKETS", "FWD_IN_BYTES",
     "CONN_CREATED", "CONN_ESTABLISHED", "CONN_EXPIRED", "JOURNAL_OVERFLOW",
     "REJECT_OVERFLOW", "RST_SENT", "RST_LIMITED",
+    "CONN_EARLY_DROPPED",
 };
 
 void hp_nat_config_default(hp_nat_config *cfg)
@@ -102,7 +104,8 @@ int hp_nat_add_source_mac(hp_nat *nat, int family, const uint8_t *addr, int grou
 {
     if ((family != 4 && family != 6) || group < 0 || (uint32_t)group >= nat->n_groups)
         return -1;
-    if (grow((void **)&nat->sources, nat->n_sources, &nat->cap_sources, sizeof *nat->sources))
+    if (grow((void **)&nat->sources, nat->n_sources, &nat->cap_sources, sizeof *nat->sources) ||
+        hp_quota_reserve(nat, nat->cap_sources))
         return -1;
     uint32_t i = nat->n_sources++;
     hp_source *s = &nat->sources[i];
@@ -175,6 +178,12 @@ void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
 {
     const hp_conn *c = &nat->ct.conns[id];
     hp_pool *pool = hp_nat_pool(nat, c->eni, c->family, c->proto);
+    hp_func *f = hp_quota_func(nat, nat->ct.stats[id].owner);
+    if (f) {
+        f->conns -= f->conns > 0;
+        if (nat->cfg.per_connection || pool->owner[c->nat_port - pool->lo].refs == 1)
+            hp_quota_port_add(f, c->eni, c->family, c->proto, -1);   /* the port goes back */
+    }
     /* Only a TCP connection that reached ESTABLISHED can have late segments worth keeping
      * its port from a new peer (TIME_WAIT's job); any other port is free at once. */
     uint64_t quarantine = c->proto == 6 && (c->flags & HP_F_ASSURED) ? nat->cfg.quarantine_ms : 0;
@@ -304,8 +313,8 @@ static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, int dec_ttl,
 }
 
 /* Picks the ENI and external port for a new connection; returns the reason it can't. */
-static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, uint64_t now_ms,
-                    uint16_t *eni, uint16_t *ext)
+static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, hp_func *f,
+                    uint64_t now_ms, uint16_t *eni, uint16_t *ext)
 {
     uint32_t ep_hash = 0;
     if (!nat->cfg.per_connection) {
@@ -322,18 +331,25 @@ static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, uint64
     if (g->n_enis == 0)     /* no ENI yet: the control plane creates the first one */
         return HP_R_PORTS_EXHAUSTED;
     /* The newest ENI with a free port: scale-out adds ENIs before the newest fills up, and an
-     * older one whose ports came back still serves while the newest is full. */
+     * older one whose ports came back still serves while the newest is full. A pool the
+     * function holds its quota of (section 13) is passed over. */
+    int over_quota = 0;
     for (uint32_t i = g->n_enis; i-- > 0;) {
+        if (!hp_quota_port_ok(f, g->enis[i], k->family, k->proto)) {
+            over_quota = 1;
+            continue;
+        }
         hp_pool *pool = hp_nat_pool(nat, g->enis[i], k->family, k->proto);
         *ext = pool ? hp_pool_alloc(pool, now_ms) : 0;
         if (*ext == 0)
             continue;
         *eni = g->enis[i];
+        hp_quota_port_add(f, *eni, k->family, k->proto, 1);
         if (!nat->cfg.per_connection)
             hp_pool_map_add(pool, *ext, k->src, k->sport, ep_hash);
         return HP_R_NONE;
     }
-    return HP_R_PORTS_EXHAUSTED;
+    return over_quota ? HP_R_FUNCTION_LIMIT : HP_R_PORTS_EXHAUSTED;
 }
 
 uint32_t hp_nat_lookup(const hp_nat *nat, const hp_flow_key *key, int dir, uint64_t now_ms)
@@ -357,7 +373,8 @@ static int is_martian(int family, const uint8_t *a)
            || a[0] == 0xff;                                                  /* multicast */
 }
 
-/* Whether the table has room for one more connection, expiring a few to make some. */
+/* Whether the table has room for one more connection (section 10): expired connections go
+ * first, then the oldest unassured one, as Linux's early_drop. */
 static int make_room(hp_nat *nat, uint64_t now_ms)
 {
     if (nat->ct.count < nat->ct.capacity)
@@ -368,7 +385,28 @@ static int make_room(hp_nat *nat, uint64_t now_ms)
             break;
         expire_conn(nat, old, now_ms, NULL, 0);
     }
-    return nat->ct.count < nat->ct.capacity;
+    if (nat->ct.count < nat->ct.capacity)
+        return 1;
+    uint32_t victim = hp_quota_early_drop_victim(&nat->ct);
+    if (victim == HP_CT_NONE)
+        return 0;
+    journal_push(nat, victim);
+    nat->counters[HP_C_CONN_EARLY_DROPPED]++;
+    hp_func *f = hp_quota_func(nat, nat->ct.stats[victim].owner);
+    if (f)
+        f->counters[HP_FC_EARLY_DROPPED]++;
+    hp_nat_delete_conn(nat, victim, now_ms);
+    return 1;
+}
+
+/* A refusal for lack of resources, counted for the function that asked. */
+static int refused_for(hp_func *f, int reason)
+{
+    if (reason == HP_R_TABLE_FULL)
+        f->counters[HP_FC_TABLE_FULL]++;
+    else if (reason == HP_R_PORTS_EXHAUSTED)
+        f->counters[HP_FC_PORTS_EXHAUSTED]++;
+    return reason;
 }
 
 /* The ENI whose address of this family addr is, or -1. */
@@ -402,19 +440,28 @@ static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_
         return HP_R_TCP_NOT_SYN;
     if (hp_nat_sg_check(nat, &nat->groups[src->group], pkt, now_ms) != HP_R_NONE)
         return HP_R_SG_DENIED;
+    hp_func *f = &nat->funcs[src->owner];
+    if (!hp_quota_conn_ok(f)) {
+        f->counters[HP_FC_REFUSED_CONNECTIONS]++;
+        return HP_R_FUNCTION_LIMIT;
+    }
     if (!make_room(nat, now_ms))
-        return HP_R_TABLE_FULL;
+        return refused_for(f, HP_R_TABLE_FULL);
     hp_ct_prefetch_free(&nat->ct);
     uint16_t eni, ext;
-    int r = map_port(nat, g, k, now_ms, &eni, &ext);
+    int r = map_port(nat, g, k, f, now_ms, &eni, &ext);
+    if (r == HP_R_FUNCTION_LIMIT)
+        f->counters[HP_FC_REFUSED_PORTS]++;
     if (r != HP_R_NONE) {
-        if (g->n_enis)
+        if (r == HP_R_PORTS_EXHAUSTED && g->n_enis)
             nat->eni_ctr[g->enis[g->n_enis - 1]].port_errors++;
-        return r;
+        return refused_for(f, r);
     }
     *id = hp_ct_insert_hashed(&nat->ct, k, hash, eni, ext,
                               k->proto == 6 ? HP_S_SYN_SENT : HP_S_UDP_FIRST, now_ms);
     nat->ct.stats[*id].owner = src->owner;
+    f->conns++;
+    f->counters[HP_FC_CREATED]++;
     if (k->proto == 6)
         hp_tcp_new(&nat->ct.win[*id], pkt);
     if (eni_of_addr(nat, k->family, k->dst) >= 0)
@@ -501,6 +548,7 @@ static int hairpin_receiver(hp_nat *nat, const hp_pkt *pkt, const hp_flow_key *k
                        k->proto == 6 ? HP_S_SYN_SENT : HP_S_UDP_FIRST, now_ms);
     nat->ct.conns[*id].flags |= HP_F_HAIRPIN;
     nat->ct.stats[*id].owner = src->owner;
+    nat->funcs[src->owner].conns++;
     nat->counters[HP_C_CONN_CREATED]++;
     nat->eni_ctr[e].attempts[k->proto == 17]++;
     nat->eni_ctr[e].active[k->proto == 17]++;

@@ -255,6 +255,7 @@ void hp_nat_destroy(hp_nat *nat)
     hp_nat_obs_free(nat);
     hp_region_close(&nat->state);
     free(nat->sources);
+    free(nat->funcs);
     free(nat->groups);
     free(nat);
 }

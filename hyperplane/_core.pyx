@@ -20,6 +20,7 @@ from . import vocab
 REASONS = tuple(hp_reason_names[i].decode() for i in range(HP_R_COUNT))
 STATES = tuple(hp_state_names[i].decode() for i in range(HP_S_COUNT))
 COUNTERS = tuple(hp_counter_names[i].decode() for i in range(HP_C_COUNT))
+FUNC_COUNTERS = tuple(hp_func_counter_names[i].decode().lower() for i in range(HP_FC_COUNT))
 SIZEOF_CONN = sizeof(hp_conn) + sizeof(hp_conn_stats) + sizeof(hp_tcp_win)
 MAX_CAPACITY = HP_MAX_CAPACITY
 
@@ -230,6 +231,43 @@ cdef class Nat:
             self._release()
         if rc != 0:
             raise ValueError(f"cannot move source {addr} to group {group}")
+
+    def set_quota(self, addr, max_connections=0, max_ports=0):
+        """Quotas of the function that owns source addr: connections in the table and ports
+        of each ENI pool (0: none). docs/semantics.md section 10."""
+        fam, raw = addr_bytes(addr)
+        if not (0 <= max_connections < 1 << 32 and 0 <= max_ports < 1 << 32):
+            raise ValueError("quotas are 0 .. 2**32-1")
+        if hp_quota_set(self.nat, fam, <const uint8_t *>raw, max_connections, max_ports) != 0:
+            raise ValueError(f"no source {addr}")
+
+    def recount_quotas(self):
+        """Recounts every function's connections and ports from the table (after the sources
+        were added again to state this NAT attached to)."""
+        with nogil:
+            hp_quota_recount(self.nat)
+
+    def function_stats(self):
+        """One dict per function (owner index, its first address, quotas, connections and
+        ports held, counters by FUNC_COUNTERS name), in source order."""
+        out = []
+        cdef uint32_t i, j
+        cdef hp_func *f
+        cdef const hp_source *s
+        for i in range(self.nat.n_sources):
+            s = &self.nat.sources[i]
+            if s.owner != i:
+                continue
+            f = hp_quota_func(self.nat, i)
+            d = {"owner": i, "addr": addr_str(s.family, s.addr[:16]),
+                 "max_connections": f.max_conns, "max_ports": f.max_ports,
+                 "connections": f.conns,
+                 "ports": sum(f.pools[j].held[a][b] for j in range(f.n_pools)
+                              for a in range(2) for b in range(2))}
+            for j in range(HP_FC_COUNT):
+                d[FUNC_COUNTERS[j]] = f.counters[j]
+            out.append(d)
+        return out
 
     # --- the batch calls -----------------------------------------------------------------
 

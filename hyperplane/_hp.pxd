@@ -90,6 +90,10 @@ cdef extern from "hp_nat.h":
         uint64_t port_seed
         hp_hash_seed hash_seed
         hp_timeouts timeouts
+    ctypedef struct hp_source:
+        uint8_t addr[16]
+        uint8_t family
+        uint32_t owner
     ctypedef struct hp_result:
         uint8_t verdict
         uint8_t reason
@@ -105,6 +109,8 @@ cdef extern from "hp_nat.h":
         uint32_t n_enis
         uint32_t n_readded
         uint32_t n_groups
+        hp_source *sources
+        uint32_t n_sources
         uint64_t *counters
         uint64_t *drops
         uint8_t attached
@@ -132,6 +138,25 @@ cdef extern from "hp_nat.h":
                          size_t out_max) nogil
     void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms) nogil
     hp_pool *hp_nat_pool(hp_nat *nat, int eni, int family, int proto) nogil
+
+cdef extern from "hp_quota.h":
+    enum: HP_FC_COUNT
+    enum: HP_GROUP_MAX_ENIS
+    const char *const hp_func_counter_names[]
+    ctypedef struct hp_func_pool:
+        uint32_t eni
+        uint32_t held[2][2]
+    ctypedef struct hp_func:
+        uint32_t max_conns
+        uint32_t max_ports
+        uint32_t conns
+        uint32_t n_pools
+        uint64_t counters[16]
+        hp_func_pool pools[64]
+    int hp_quota_set(hp_nat *nat, int family, const uint8_t *addr, uint32_t max_conns,
+                     uint32_t max_ports)
+    hp_func *hp_quota_func(hp_nat *nat, uint32_t owner)
+    void hp_quota_recount(hp_nat *nat) nogil
 
 cdef extern from "hp_conntrack.h":
     void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, int dir,

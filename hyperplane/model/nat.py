@@ -18,6 +18,7 @@ from .conntrack import ORIG, REPLY, ConnTable, Entry, tcp_event, tcp_transition,
 from .packet import (PROTO_TCP, PROTO_UDP, TCP_RST, Packet, is_pure_syn, parse, rewrite,
                      wire_size)
 from .portalloc import Pool, SplitMix64
+from .quota import Func, early_drop_victim
 from .tcp import in_window, new_connection_window, reopens, rst_acceptable, valid_flags
 from .natsg import (EniCounters, RateLimit, RejectRing, build_rst, compile_rules, is_rst,
                     sg_match)
@@ -79,6 +80,8 @@ class Nat:
         self.n_sources = 0                              # registrations, duplicates included
         self.mac_owner: dict[bytes, int] = {}           # function MAC -> its owner index
         self.owners: dict[int, bytes | None] = {}       # owner index -> the function's MAC
+        self.funcs: dict[int, Func] = {}                # owner index -> quotas and counts
+        self.owner_addr: dict[int, str] = {}            # owner index -> its first address
         self.counter = dict.fromkeys(COUNTERS, 0)
         self.drops = [0] * len(REASONS)                 # drops and punts, by reason
         # Connections that expired while nobody was asking (on lookup, or to make room),
@@ -146,6 +149,25 @@ class Nat:
         # C core searches its source list in order).
         self.sources.setdefault(key, Source(group, bool(allow_v6), mac, owner))
         self.owners.setdefault(owner, mac)
+        if owner == index:
+            self.funcs[owner] = Func()
+            self.owner_addr[owner] = addr_str(*key)
+
+    def set_quota(self, addr, max_connections=0, max_ports=0) -> None:
+        """Quotas of the function that owns source addr (0: none), section 10."""
+        if not (0 <= max_connections < 1 << 32 and 0 <= max_ports < 1 << 32):
+            raise ValueError("quotas are 0 .. 2**32-1")
+        source = self.sources.get(addr_bytes(addr))
+        if source is None:
+            raise ValueError(f"no source {addr}")
+        func = self.funcs[source.owner]
+        func.max_connections, func.max_ports = max_connections, max_ports
+
+    def recount_quotas(self) -> None:
+        """The model's counts are never lost (the C core recounts after attaching)."""
+
+    def function_stats(self) -> list[dict]:
+        return [self.funcs[o].stats(o, self.owner_addr[o]) for o in sorted(self.funcs)]
 
     def set_source_group(self, addr: str, group: int) -> None:
         source = self.sources.get(addr_bytes(addr))
@@ -251,6 +273,7 @@ class Nat:
                                  dport, state, now_ms)
         conn.flags |= F_HAIRPIN
         conn.owner = source.owner
+        self.funcs[source.owner].connections += 1
         self.counter["CONN_CREATED"] += 1
         self.eni_ctr[eni].attempts[proto == PROTO_UDP] += 1
         self.eni_ctr[eni].active[proto == PROTO_UDP] += 1
@@ -319,17 +342,28 @@ class Nat:
             return None, R["TCP_NOT_SYN"]
         if not self._sg_allows(source.group, pkt, now_ms):
             return None, R["SG_DENIED"]
+        func = self.funcs[source.owner]
+        if not func.conn_ok():
+            func.counters["refused_connections"] += 1
+            return None, R["FUNCTION_LIMIT"]
         if not self._make_room(now_ms):
+            func.counters["table_full"] += 1
             return None, R["TABLE_FULL"]
-        eni, port = self._choose_port(group, pkt, now_ms)
+        eni, port = self._choose_port(group, pkt, func, now_ms)
         if port is None:
+            if eni == "quota":
+                func.counters["refused_ports"] += 1
+                return None, R["FUNCTION_LIMIT"]
             if group:
                 self.eni_ctr[group[-1]].port_errors += 1
+            func.counters["ports_exhausted"] += 1
             return None, R["PORTS_EXHAUSTED"]
         state = S["SYN_SENT"] if pkt.proto == PROTO_TCP else S["UDP_FIRST"]
         conn = self.table.insert(pkt.family, pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport,
                                  eni, self.enis[eni].addr[pkt.family], port, state, now_ms)
         conn.owner = source.owner
+        func.connections += 1
+        func.counters["created"] += 1
         if pkt.proto == PROTO_TCP:
             conn.win = new_connection_window(pkt)
         if self._eni_of(pkt.family, pkt.dst) is not None:
@@ -339,12 +373,6 @@ class Nat:
         self.eni_ctr[eni].active[pkt.proto == PROTO_UDP] += 1
         return conn, R["NONE"]
 
-    def _make_room(self, now_ms: int) -> bool:
-        """Whether the table has room for one more connection, expiring a few to make some."""
-        if self.table.full():
-            self._expire_some(now_ms, EXPIRE_WHEN_FULL, journal=True)
-        return not self.table.full()
-
     def _v6_allowed(self, source: Source, group: list[int]) -> bool:
         if not source.allow_v6:
             return False
@@ -352,9 +380,27 @@ class Nat:
         # the control plane creates its first ENI.
         return not group or self.enis[group[-1]].addr[6] is not None
 
-    def _choose_port(self, group: list[int], pkt: Packet, now_ms: int):
+    def _make_room(self, now_ms: int) -> bool:
+        """Whether the table has room for one more connection (section 10): expired
+        connections go first, then the oldest unassured one (Linux's early_drop)."""
+        if not self.table.full():
+            return True
+        self._expire_some(now_ms, EXPIRE_WHEN_FULL, journal=True)
+        if not self.table.full():
+            return True
+        victim = early_drop_victim(self.table)
+        if victim is None:
+            return False
+        self._journal_add(victim.snapshot(expired=True))
+        self.counter["CONN_EARLY_DROPPED"] += 1
+        self.funcs[victim.owner].counters["early_dropped"] += 1
+        self._delete(victim, now_ms)
+        return True
+
+    def _choose_port(self, group: list[int], pkt: Packet, func: Func, now_ms: int):
         """(ENI, external port) for a new connection; port None when none is free (or the
-        group has no ENI, or its newest ENI no address, so no pool, in this family)."""
+        group has no ENI, or its newest ENI no address, so no pool, in this family), and ENI
+        "quota" when the function holds its quota of the pool's ports."""
         pool_key = (pkt.family, pkt.proto)
         if not self.per_connection:
             # Endpoint-independent: an inside endpoint keeps its external port, whatever the
@@ -365,15 +411,23 @@ class Nat:
                 if ext is not None:
                     pool.ref(ext)
                     return eni, ext
-        # The newest ENI with a free port; an older one when the newest is full.
+        # The newest ENI with a free port; an older one when the newest is full. A pool the
+        # function holds its quota of is passed over: "quota" when that left none.
+        over_quota = False
         for eni in reversed(group):
+            if not func.port_ok((eni,) + pool_key):
+                over_quota = True
+                continue
             pool = self.enis[eni].pools.get(pool_key)
             ext = pool.alloc(now_ms) if pool else None
             if ext is None:
                 continue
+            func.port_add((eni,) + pool_key, 1)
             if not self.per_connection:
                 pool.map_add(ext, pkt.src, pkt.sport)
             return eni, ext
+        if over_quota:
+            return "quota", None
         return (group[-1] if group else None), None
 
     def _reopen(self, conn: Entry, pkt: Packet, now_ms: int) -> None:
@@ -514,22 +568,30 @@ class Nat:
         journal=True keeps that picture for the next expire() call."""
         record = conn.snapshot(expired=True)
         self.counter["CONN_EXPIRED"] += 1
-        ec = self.eni_ctr[conn.eni]
         if conn.proto == PROTO_TCP and conn.state == S["ESTABLISHED"]:
-            ec.idle_timeouts += 1
-        ec.active[conn.proto == PROTO_UDP] -= 1
+            self.eni_ctr[conn.eni].idle_timeouts += 1
+        self._delete(conn, now_ms)
+        if journal:
+            self._journal_add(record)
+        return record
+
+    def _delete(self, conn: Entry, now_ms: int) -> None:
+        """Removes a connection, handing back its port and its place in its function's quota."""
+        self.eni_ctr[conn.eni].active[conn.proto == PROTO_UDP] -= 1
         self.table.delete(conn)
         pool = self.enis[conn.eni].pools[(conn.family, conn.proto)]
         # Only a TCP connection that reached ESTABLISHED quarantines its port (TIME_WAIT).
         quarantine = self.quarantine_ms if (conn.proto == PROTO_TCP
                                             and conn.flags & F_ASSURED) else 0
+        func = self.funcs.get(conn.owner)
+        if func is not None:
+            func.connections = max(func.connections - 1, 0)
+            if self.per_connection or pool.owner[conn.nat_port].refs == 1:
+                func.port_add((conn.eni, conn.family, conn.proto), -1)
         if self.per_connection:
             pool.release(conn.nat_port, now_ms, quarantine)
         else:
             pool.unref(conn.nat_port, now_ms, quarantine)
-        if journal:
-            self._journal_add(record)
-        return record
 
     def _journal_add(self, record: Connection) -> None:
         if len(self.journal) >= self.journal_size:

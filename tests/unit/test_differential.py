@@ -149,6 +149,8 @@ STEP = st.one_of(
     st.tuples(st.just("rules"), INDEX, st.none() | st.lists(st.sampled_from(RULES), max_size=4)),
     st.tuples(st.just("add_eni"), st.sampled_from([(True, True), (True, False), (False, True)]),
               INDEX),
+    # (source, max connections, max ports per pool): 0 is no quota
+    st.tuples(st.just("quota"), INDEX, st.integers(0, 3), st.integers(0, 2)),
 )
 
 
@@ -310,6 +312,7 @@ class Pair:
             assert self.m.eni_counters(e) == self.c.eni_counters(e), e
         for g in range(self.n_groups):
             assert self.m.sg_counters(g) == self.c.sg_counters(g), g
+        assert self.m.function_stats() == self.c.function_stats()
         for e, addrs in enumerate(self.enis):
             for family in (4, 6):
                 if addrs[family] is not None:
@@ -393,6 +396,11 @@ class Run:
             pair.call("expire", self.now, collect=collect, **kw)
         elif op == "rules":
             pair.call("set_group_rules", step[1] % pair.n_groups, step[2])
+        elif op == "quota":
+            _, source, conns, ports = step
+            addrs = SOURCES[4] + SOURCES[6]
+            pair.call("set_quota", addrs[source % len(addrs)], max_connections=conns,
+                      max_ports=ports)
         elif op == "add_eni" and len(pair.enis) < MAX_ENIS:
             _, (v4, v6), group = step
             pair.call("group_add_eni", group % pair.n_groups, pair.add_eni(v4, v6))

@@ -712,18 +712,22 @@ def test_retired_eni_takes_no_new_connection(NatClass):
 # -- table capacity ----------------------------------------------------------------------------
 
 def test_full_table_drops_and_never_overwrites(NatClass):
+    """A table full of assured connections refuses new ones (unassured ones would be dropped
+    early: test_quota.py)."""
     nat = make(NatClass, capacity=2)
     a = Flow(nat, sport=1)
     b = Flow(nat, sport=2)
-    a.send(OUT, "S", now=0)
-    b.send(OUT, "S", now=0)
+    for flow in (a, b):
+        flow.send(OUT, "S", now=0)
+        flow.send(IN, "SA", now=0)
+        flow.send(OUT, "A", now=0)
     before = nat.connections()
     assert Flow(nat, sport=3).send(OUT, "S", now=1000) == refused("TABLE_FULL")
     assert Flow(nat, proto=fg.UDP, sport=3).send(OUT, now=1000) == refused("TABLE_FULL")
     assert sorted(nat.connections(), key=lambda c: c.id) == sorted(before, key=lambda c: c.id)
     assert nat.counters()["drop.TABLE_FULL"] == 2
     # Known connections still pass.
-    assert a.send(IN, "SA", now=1000)[0] == FORWARD
+    assert a.send(IN, "A", now=1000)[0] == FORWARD
 
 
 def test_full_table_expires_to_make_room(NatClass):

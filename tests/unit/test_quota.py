@@ -1,0 +1,149 @@
+"""Per-function quotas and early drop (docs/semantics.md section 10), against the model and
+the C core alike (NatClass)."""
+
+import framegen as fg
+import pytest
+from test_model import DST, ENI, ENI_B, SRC, SRC_B, Flow, make, refused
+from hyperplane.vocab import F_ASSURED, FORWARD, IN, OUT, R
+
+MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+
+
+def two_functions(NatClass, **kw):
+    """SRC (function A, with SRC's IPv6 address too) and SRC_B (function B) in one group."""
+    nat = make(NatClass, **kw)
+    nat.add_source(SRC_B, 0)
+    return nat
+
+
+def stats_of(nat, addr):
+    (s,) = [s for s in nat.function_stats() if s["addr"] == addr]
+    return s
+
+
+def established(flow, now=0):
+    assert flow.send(OUT, "S", now=now)[0] == FORWARD
+    assert flow.send(IN, "SA", now=now)[0] == FORWARD
+    assert flow.send(OUT, "A", now=now)[0] == FORWARD
+    assert flow.conn().flags & F_ASSURED
+
+
+def test_connection_quota_refuses_only_the_function_over_it(NatClass):
+    nat = two_functions(NatClass)
+    nat.set_quota(SRC, max_connections=3)
+    for sport in range(1, 4):
+        assert Flow(nat, sport=sport).send(OUT, "S")[0] == FORWARD
+    assert Flow(nat, sport=4).send(OUT, "S") == refused("FUNCTION_LIMIT")
+    assert Flow(nat, proto=fg.UDP, sport=4).send(OUT) == refused("FUNCTION_LIMIT")
+    # The other function is not limited; known connections of the first still pass.
+    assert Flow(nat, src=SRC_B, sport=4).send(OUT, "S")[0] == FORWARD
+    assert Flow(nat, sport=1).send(OUT, "S")[0] == FORWARD
+    a = stats_of(nat, SRC)
+    assert (a["connections"], a["created"], a["refused_connections"]) == (3, 3, 2)
+    assert stats_of(nat, SRC_B)["refused_connections"] == 0
+    assert nat.counters()["drop.FUNCTION_LIMIT"] == 2
+
+
+def test_a_functions_addresses_share_one_quota(NatClass):
+    nat = NatClass()
+    nat.group_add_eni(nat.add_group(), nat.add_eni(ENI, "fd00:1::4"))
+    nat.add_source(SRC, 0, mac=MAC_A)
+    nat.add_source("fd00:200::11", 0, allow_v6=True, mac=MAC_A)
+    nat.set_quota("fd00:200::11", max_connections=1)
+    assert Flow(nat, sport=1, mac=MAC_A).send(OUT, "S")[0] == FORWARD
+    six = Flow(nat, src="fd00:200::11", dst="fd00:9::9", sport=2, mac=MAC_A)
+    assert six.send(OUT, "S") == refused("FUNCTION_LIMIT")
+    (only,) = nat.function_stats()
+    assert (only["addr"], only["connections"], only["max_connections"]) == (SRC, 1, 1)
+
+
+def test_expiry_gives_the_quota_back(NatClass):
+    nat = two_functions(NatClass)
+    nat.set_quota(SRC, max_connections=1)
+    Flow(nat, proto=fg.UDP, sport=1).send(OUT, now=0)
+    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=0) == refused("FUNCTION_LIMIT")
+    assert len(nat.expire(10**9)) == 1
+    assert stats_of(nat, SRC)["connections"] == 0
+    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT, now=10**9)[0] == FORWARD
+
+
+def test_port_quota_per_pool(NatClass):
+    """max_ports counts the ports a function holds in one pool: a mapped port shared by
+    several connections (endpoint-independent) counts once; another pool counts apart."""
+    nat = two_functions(NatClass, port_range=(7000, 7009))
+    nat.set_quota(SRC, max_ports=2)
+    for sport in (1, 2):
+        assert Flow(nat, proto=fg.UDP, sport=sport).send(OUT)[0] == FORWARD
+    # The same inside endpoint to another destination reuses its mapping: no new port.
+    assert Flow(nat, proto=fg.UDP, sport=1, dst="10.0.9.10").send(OUT)[0] == FORWARD
+    assert Flow(nat, proto=fg.UDP, sport=3).send(OUT) == refused("FUNCTION_LIMIT")
+    assert Flow(nat, proto=fg.TCP, sport=3).send(OUT, "S")[0] == FORWARD     # TCP pool
+    assert Flow(nat, proto=fg.UDP, src=SRC_B, sport=3).send(OUT)[0] == FORWARD
+    a = stats_of(nat, SRC)
+    assert (a["ports"], a["refused_ports"], a["connections"]) == (3, 1, 4)
+    # A new ENI in the group is a fresh pool for the function.
+    nat.group_add_eni(0, nat.add_eni(ENI_B))
+    assert Flow(nat, proto=fg.UDP, sport=3).send(OUT)[0] == FORWARD
+
+
+def test_port_quota_per_connection_mapping(NatClass):
+    nat = two_functions(NatClass, port_range=(7000, 7009), mapping="per-connection")
+    nat.set_quota(SRC, max_ports=1)
+    assert Flow(nat, proto=fg.UDP, sport=1).send(OUT, now=0)[0] == FORWARD
+    assert Flow(nat, proto=fg.UDP, sport=1, dst="10.0.9.10").send(OUT) == \
+        refused("FUNCTION_LIMIT")
+    nat.expire(10**9)
+    assert stats_of(nat, SRC)["ports"] == 0
+    assert Flow(nat, proto=fg.UDP, sport=1, dst="10.0.9.10").send(OUT, now=10**9)[0] == FORWARD
+
+
+def test_full_table_drops_the_oldest_unassured_first(NatClass):
+    nat = two_functions(NatClass, capacity=4)
+    keep = Flow(nat, src=SRC_B, sport=1)
+    established(keep, now=0)
+    old = Flow(nat, proto=fg.UDP, sport=2)
+    old.send(OUT, now=10)
+    young = Flow(nat, sport=3)
+    young.send(OUT, "S", now=20)
+    answered = Flow(nat, proto=fg.UDP, sport=4)
+    answered.send(OUT, now=5)
+    answered.send(IN, now=5)                     # a reply: assured
+    assert len(nat) == 4
+    newcomer = Flow(nat, src=SRC_B, sport=5)
+    assert newcomer.send(OUT, "S", now=30)[0] == FORWARD
+    alive = {c.sport for c in nat.connections()}
+    assert alive == {1, 3, 4, 5}                 # the UDP flow seen at 10 went
+    assert nat.counters()["CONN_EARLY_DROPPED"] == 1
+    assert stats_of(nat, SRC)["early_dropped"] == 1
+    (record,) = nat.expire(30)                   # its record went to the journal
+    assert record.sport == 2
+    # Then the SYN seen at 20; then only assured connections are left: refused.
+    assert Flow(nat, src=SRC_B, sport=6).send(OUT, "S", now=40)[0] == FORWARD
+    assert {c.sport for c in nat.connections()} == {1, 4, 5, 6}
+    newcomer.send(IN, "SA", now=41)
+    newcomer.send(OUT, "A", now=41)              # assured: only 6 is left to drop
+    assert Flow(nat, src=SRC_B, sport=7).send(OUT, "S", now=50)[0] == FORWARD   # took 6
+    assert Flow(nat, src=SRC_B, sport=8).send(OUT, "S", now=60)[0] == FORWARD   # took 7
+    assert {c.sport for c in nat.connections()} == {1, 4, 5, 8}
+
+
+def test_full_table_of_assured_connections_refuses(NatClass):
+    nat = two_functions(NatClass, capacity=2)
+    established(Flow(nat, sport=1))
+    established(Flow(nat, src=SRC_B, sport=2))
+    assert Flow(nat, src=SRC_B, sport=3).send(OUT, "S", now=1) == refused("TABLE_FULL")
+    assert stats_of(nat, SRC_B)["table_full"] == 1
+    assert nat.counters()["CONN_EARLY_DROPPED"] == 0
+
+
+def test_quota_arguments(NatClass):
+    nat = make(NatClass)
+    with pytest.raises(ValueError):
+        nat.set_quota("10.1.1.1", max_connections=1)
+    with pytest.raises(ValueError):
+        nat.set_quota(SRC, max_connections=-1)
+    nat.set_quota(SRC, max_connections=5, max_ports=6)
+    s = stats_of(nat, SRC)
+    assert (s["max_connections"], s["max_ports"]) == (5, 6)
+    nat.recount_quotas()
+    assert stats_of(nat, SRC)["connections"] == 0
