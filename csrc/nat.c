@@ -374,8 +374,8 @@ static int is_martian(int family, const uint8_t *a)
 }
 
 /* Whether the table has room for one more connection (section 10): expired connections go
- * first, then the oldest unassured one, as Linux's early_drop. */
-static int make_room(hp_nat *nat, uint64_t now_ms)
+ * first, then (may_drop) the oldest unassured one, as Linux's early_drop. */
+static int make_room(hp_nat *nat, int may_drop, uint64_t now_ms)
 {
     if (nat->ct.count < nat->ct.capacity)
         return 1;
@@ -387,7 +387,7 @@ static int make_room(hp_nat *nat, uint64_t now_ms)
     }
     if (nat->ct.count < nat->ct.capacity)
         return 1;
-    uint32_t victim = hp_quota_early_drop_victim(&nat->ct);
+    uint32_t victim = may_drop ? hp_quota_early_drop_victim(&nat->ct) : HP_CT_NONE;
     if (victim == HP_CT_NONE)
         return 0;
     journal_push(nat, victim);
@@ -445,7 +445,9 @@ static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_
         f->counters[HP_FC_REFUSED_CONNECTIONS]++;
         return HP_R_FUNCTION_LIMIT;
     }
-    if (!make_room(nat, now_ms))
+    /* No early drop when the group has no pool to take a port from: no connection anyway. */
+    int may_drop = g->n_enis && hp_nat_pool(nat, g->enis[g->n_enis - 1], k->family, k->proto);
+    if (!make_room(nat, may_drop, now_ms))
         return refused_for(f, HP_R_TABLE_FULL);
     hp_ct_prefetch_free(&nat->ct);
     uint16_t eni, ext;
@@ -539,7 +541,7 @@ static int hairpin_receiver(hp_nat *nat, const hp_pkt *pkt, const hp_flow_key *k
     if (!src || lookup_live(nat, &orig, hp_ct_hash(&nat->ct, &orig), HP_DIR_OUT, now_ms, NULL) !=
                     HP_CT_NONE)
         return miss;
-    if (!make_room(nat, now_ms))
+    if (!make_room(nat, 1, now_ms))
         return HP_R_TABLE_FULL;
     if (o->refs == 0)           /* making room expired the owner's last connection */
         return miss;

@@ -346,7 +346,9 @@ class Nat:
         if not func.conn_ok():
             func.counters["refused_connections"] += 1
             return None, R["FUNCTION_LIMIT"]
-        if not self._make_room(now_ms):
+        # No early drop when the group has no pool to take a port from: no connection anyway.
+        may_drop = bool(group) and (pkt.family, pkt.proto) in self.enis[group[-1]].pools
+        if not self._make_room(now_ms, may_drop):
             func.counters["table_full"] += 1
             return None, R["TABLE_FULL"]
         eni, port = self._choose_port(group, pkt, func, now_ms)
@@ -380,15 +382,15 @@ class Nat:
         # the control plane creates its first ENI.
         return not group or self.enis[group[-1]].addr[6] is not None
 
-    def _make_room(self, now_ms: int) -> bool:
+    def _make_room(self, now_ms: int, may_drop=True) -> bool:
         """Whether the table has room for one more connection (section 10): expired
-        connections go first, then the oldest unassured one (Linux's early_drop)."""
+        connections go first, then (may_drop) the oldest unassured one (Linux's early_drop)."""
         if not self.table.full():
             return True
         self._expire_some(now_ms, EXPIRE_WHEN_FULL, journal=True)
         if not self.table.full():
             return True
-        victim = early_drop_victim(self.table)
+        victim = early_drop_victim(self.table) if may_drop else None
         if victim is None:
             return False
         self._journal_add(victim.snapshot(expired=True))
