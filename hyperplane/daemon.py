@@ -113,6 +113,11 @@ class Daemon:
             if f.ipv6:
                 self.nat.add_source(f.ipv6, gid, allow_v6=f.ipv6_allowed, mac=f.mac)
                 self.slow.bind_inside(f.ipv6, f.mac)
+            quota = self.config.function(f.name)       # shares already resolved to numbers
+            self.nat.set_quota(f.ipv4, quota.max_connections, quota.max_ports_per_pool)
+        self.function_names = {f.ipv4: f.name for f in state.functions}
+        if getattr(self.nat, "attached", False):   # state kept across a restart: count it
+            self.nat.recount_quotas()
         self.function_group = {f.ipv4: f.group for f in state.functions}
         self.function_group.update({f.ipv6: f.group for f in state.functions if f.ipv6})
 
@@ -303,6 +308,8 @@ class Daemon:
                 "connections": len(self.nat),
                 "capacity": self.nat.capacity, "enis": self.eni_status(),
                 "eni_manager": dict(self.enis.counters),
+                "functions": [{"name": self.function_names.get(s["addr"], s["addr"]), **s}
+                              for s in self.nat.function_stats()],
                 "ports": self.dp.ports(),
                 "per_eni": self.eni_metrics(), "secgroups": self.secgroups(),
                 "flow_log": {"lost": self.flow_tracker.lost, "write_errors": self.flow_write_errors,

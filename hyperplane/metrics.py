@@ -164,6 +164,14 @@ def render(stats: Mapping) -> str:
     e.family("hyperplane_slowpath_events", "counter", "slow-path events, by name",
              [({"event": k}, v) for k, v in sorted(stats.get("slowpath", {}).items())])
 
+    functions = stats.get("functions", [])
+    e.family("hyperplane_function_connections", "gauge", "connections a function holds",
+             [({"function": f["name"]}, f["connections"]) for f in functions])
+    e.family("hyperplane_function_refused", "counter",
+             "new connections of a function refused for lack of resources, by kind",
+             [({"function": f["name"], "kind": k}, f[k]) for f in functions
+              for k in ("refused_connections", "refused_ports", "table_full", "ports_exhausted")])
+
     ports = stats.get("ports", [])
     for field, help_ in (("rx_kernel_drops", "frames the kernel dropped because a ring was full"),
                          ("tx_full", "frames not sent because a tx ring was full")):

@@ -153,6 +153,21 @@ METRICS = [
 ]
 
 
+def function_rows(functions: list[dict]) -> list[str]:
+    """Per function: connections and ports against their quotas, what it was refused."""
+    if not functions:
+        return []
+    def quota(n):
+        return n or "-"
+    rows = [[f["name"], f"{f['connections']}/{quota(f['max_connections'])}",
+             f"{f['ports']} (max {quota(f['max_ports'])}/pool)", f["created"],
+             f["refused_connections"] + f["refused_ports"], f["table_full"],
+             f["ports_exhausted"], f["early_dropped"]] for f in functions]
+    table = _table(rows, ["function", "connections", "ports", "created", "over quota",
+                          "table full", "ports exhausted", "early dropped"])
+    return ["functions"] + ["  " + line for line in table.splitlines()]
+
+
 def stats_table(stats: dict) -> str:
     out = ["metrics"]
     out += [f"  {name:<28} {fn(stats)}" for name, fn in METRICS]
@@ -163,6 +178,7 @@ def stats_table(stats: dict) -> str:
             for k, v in sorted(split_reasons(stats[src]).items()):
                 if k.startswith(kind + ".") and v:
                     out.append(f"  {src:<9} {k[len(kind) + 1:]:<21} {v}")
+    out += function_rows(stats.get("functions", []))
     out.append("data plane")
     out += [f"  {k:<28} {v}" for k, v in stats["dataplane"].items() if "." not in k and v]
     out.append("slow path")

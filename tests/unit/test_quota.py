@@ -147,3 +147,14 @@ def test_quota_arguments(NatClass):
     assert (s["max_connections"], s["max_ports"]) == (5, 6)
     nat.recount_quotas()
     assert stats_of(nat, SRC)["connections"] == 0
+
+
+def test_stats_show_who_was_refused():
+    from hyperplane.render import function_rows
+    rows = function_rows([{"name": "flood", "addr": SRC, "owner": 0, "max_connections": 32,
+                           "max_ports": 0, "connections": 32, "ports": 32, "created": 40,
+                           "refused_connections": 7, "refused_ports": 0, "table_full": 1,
+                           "ports_exhausted": 0, "early_dropped": 8}])
+    assert rows[0] == "functions"
+    assert rows[3].split() == ["flood", "32/32", "32", "(max", "-/pool)", "40", "7", "1", "0",
+                               "8"]
