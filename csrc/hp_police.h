@@ -1,5 +1,5 @@
 /* Token buckets for what the data plane does on its own initiative: refusals sent to the
- * functions and frames punted to the slow path (docs/semantics.md section 10). */
+ * functions and frames punted to the slow path (docs/semantics.md section 12). */
 #ifndef HP_POLICE_H
 #define HP_POLICE_H
 
@@ -32,7 +32,7 @@ static inline int hp_bucket_take(hp_bucket *b, uint64_t now_ms)
     return 1;
 }
 
-/* The answer to a refused new connection (section 10): for a TCP SYN a RST from the
+/* The answer to a refused new connection (section 12): for a TCP SYN a RST from the
  * destination, for anything else an ICMP destination unreachable, administratively prohibited
  * (RFC 5508 REQ-8: type 3 code 13, ICMPv6 type 1 code 1) from the destination's address,
  * quoting the refused datagram. frame is an Ethernet frame without virtio-net header; the

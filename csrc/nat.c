@@ -373,7 +373,7 @@ static int is_martian(int family, const uint8_t *a)
            || a[0] == 0xff;                                                  /* multicast */
 }
 
-/* Whether the table has room for one more connection (section 10): expired connections go
+/* Whether the table has room for one more connection (section 12): expired connections go
  * first, then (may_drop) the oldest unassured one, as Linux's early_drop. */
 static int make_room(hp_nat *nat, int may_drop, uint64_t now_ms)
 {
@@ -625,6 +625,30 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
     }
 }
 
+/* Frames from an ENI the parser would punt (section 12): one with TTL <= 1 only when it belongs
+ * to a tracked flow (else the IN miss reason), a fragment only when it is addressed to an ENI.
+ * Changes nothing. */
+static int in_punt_reason(const hp_nat *nat, const hp_pkt *pkt, int reason, uint16_t in_eni,
+                          uint64_t now_ms)
+{
+    if (reason == HP_R_TTL_EXCEEDED) {
+        uint32_t id = hp_nat_lookup(nat, &pkt->key, HP_DIR_IN, now_ms);
+        if (id == HP_CT_NONE || nat->ct.conns[id].eni != in_eni)
+            return unsolicited_reason(nat, pkt);
+        return reason;
+    }
+    if (reason == HP_R_FRAGMENT) {
+        hp_flow_key k;
+        int v6 = hp_be16(pkt->eth + 12) == 0x86DD;
+        memset(&k, 0, sizeof k);
+        k.family = v6 ? 6 : 4;
+        memcpy(k.dst, pkt->eth + pkt->l3 + (v6 ? 24 : 16), v6 ? 16 : 4);
+        if (!is_eni_addr(nat, &k))
+            return HP_R_IN_NOT_ENI_ADDR;
+    }
+    return reason;
+}
+
 void hp_nat_translate(hp_nat *nat, uint8_t *const *frames, const uint32_t *lens, uint32_t n,
                       int dir, uint16_t in_eni, int vnet, uint64_t now_ms, hp_result *out)
 {
@@ -661,11 +685,12 @@ void hp_nat_translate_ex(hp_nat *nat, uint8_t *const *frames, const uint32_t *le
             hp_result *res = &out[base + i];
             res->port = 0;
             res->conn = HP_CT_NONE;
-            if (reasons[i] == HP_R_NONE) {
+            if (reasons[i] == HP_R_NONE)
                 translate_one(nat, &pkts[i], hashes[i], dir, in_eni, now_ms, res);
-            } else {
+            else if (dir == HP_DIR_IN && hp_reason_is_punt(reasons[i]))
+                refuse(nat, in_punt_reason(nat, &pkts[i], reasons[i], in_eni, now_ms), res);
+            else
                 refuse(nat, reasons[i], res);
-            }
         }
     }
 }

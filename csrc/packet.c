@@ -210,13 +210,13 @@ int hp_parse(uint8_t *frame, uint32_t len, int vnet, hp_pkt *pkt)
             return HP_R_VNET_BAD_CSUM;
         pkt->partial_csum = 1;
     }
-    if (ttl <= 1)
-        return HP_R_TTL_EXCEEDED;
     pkt->key.sport = hp_be16(l4);
     pkt->key.dport = hp_be16(l4 + 2);
     pkt->key.family = pkt->family;
     pkt->key.proto = pkt->proto;
     pkt->key.pad = 0;
+    if (ttl <= 1)            /* with the key: from an ENI, only a tracked flow's is punted */
+        return HP_R_TTL_EXCEEDED;
     return HP_R_NONE;
 }
 

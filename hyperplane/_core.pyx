@@ -234,7 +234,7 @@ cdef class Nat:
 
     def set_quota(self, addr, max_connections=0, max_ports=0):
         """Quotas of the function that owns source addr: connections in the table and ports
-        of each ENI pool (0: none). docs/semantics.md section 10."""
+        of each ENI pool (0: none). docs/semantics.md section 12."""
         fam, raw = addr_bytes(addr)
         if not (0 <= max_connections < 1 << 32 and 0 <= max_ports < 1 << 32):
             raise ValueError("quotas are 0 .. 2**32-1")
@@ -568,7 +568,7 @@ cdef class Nat:
 
 def refusal(const uint8_t[::1] frame):
     """The answer the data plane sends a function whose new connection it refused (RST or
-    ICMP administratively prohibited; docs/semantics.md section 10), or None."""
+    ICMP administratively prohibited; docs/semantics.md section 12), or None."""
     cdef uint8_t out[1600]
     if frame.shape[0] == 0:
         return None

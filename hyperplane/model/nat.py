@@ -15,8 +15,8 @@ from ..natparams import resolve
 from ..vocab import (COUNTERS, DEFAULT_PORT_RANGE, DROP, F_ASSURED, F_HAIRPIN, F_REPLY_SEEN, FORWARD,
                      IN, OUT, PUNT, PUNT_REASONS, R, REASONS, S)
 from .conntrack import ORIG, REPLY, ConnTable, Entry, tcp_event, tcp_transition, udp_transition
-from .packet import (PROTO_TCP, PROTO_UDP, TCP_RST, Packet, is_pure_syn, parse, rewrite,
-                     wire_size)
+from .packet import (PROTO_TCP, PROTO_UDP, TCP_RST, Packet, ip_dst, is_pure_syn, parse,
+                     rewrite, wire_size)
 from .portalloc import Pool, SplitMix64
 from .quota import Func, early_drop_victim
 from .tcp import in_window, new_connection_window, reopens, rst_acceptable, valid_flags
@@ -154,7 +154,7 @@ class Nat:
             self.owner_addr[owner] = addr_str(*key)
 
     def set_quota(self, addr, max_connections=0, max_ports=0) -> None:
-        """Quotas of the function that owns source addr (0: none), section 10."""
+        """Quotas of the function that owns source addr (0: none), section 12."""
         if not (0 <= max_connections < 1 << 32 and 0 <= max_ports < 1 << 32):
             raise ValueError("quotas are 0 .. 2**32-1")
         source = self.sources.get(addr_bytes(addr))
@@ -192,7 +192,9 @@ class Nat:
 
     def _translate_one(self, frame, direction, now_ms, eni, vnet, mtu) -> tuple:
         reason, pkt = parse(frame, vnet, mtu)
-        if pkt is None:
+        if direction == IN and reason in (R["TTL_EXCEEDED"], R["FRAGMENT"]):
+            return self._refuse(self._in_punt_reason(frame, vnet, reason, pkt, now_ms, eni))
+        if reason != R["NONE"]:
             return self._refuse(reason)
         if pkt.proto == PROTO_TCP and not valid_flags(pkt.tcp_flags):
             return self._refuse(R["TCP_BAD_FLAGS"])
@@ -297,6 +299,19 @@ class Nat:
         rewrite(frame, pkt, IN, conn.src, conn.sport)
         return (FORWARD, R["NONE"], 0, conn.id)
 
+    def _in_punt_reason(self, frame, vnet, reason: int, pkt, now_ms: int, eni: int) -> int:
+        """From an ENI (section 12): TTL <= 1 is punted only for a tracked flow, a fragment
+        only when addressed to an ENI. Changes nothing."""
+        if reason == R["TTL_EXCEEDED"]:
+            conn = self.table.lookup(pkt.key(), REPLY)
+            if conn is None or self.table.is_expired(conn, now_ms) or conn.eni != eni:
+                return self._unsolicited_reason(pkt)
+            return reason
+        family, dst = ip_dst(frame, vnet)
+        if not any(e.addr[family] == dst for e in self.enis):
+            return R["IN_NOT_ENI_ADDR"]
+        return reason
+
     def _lookup(self, key: tuple, direction: int, now_ms: int, expired=None) -> Entry | None:
         """The connection whose tuple in this direction is key. One found expired is removed
         (and journaled) on the spot, and the lookup is then a miss (its ENI goes to expired)."""
@@ -383,7 +398,7 @@ class Nat:
         return not group or self.enis[group[-1]].addr[6] is not None
 
     def _make_room(self, now_ms: int, may_drop=True) -> bool:
-        """Whether the table has room for one more connection (section 10): expired
+        """Whether the table has room for one more connection (section 12): expired
         connections go first, then (may_drop) the oldest unassured one (Linux's early_drop)."""
         if not self.table.full():
             return True

@@ -146,13 +146,11 @@ def parse(frame, vnet: bool, mtu: int | None) -> tuple[int, Packet | None]:
         if csum_start != l4 or csum_offset != want_offset:
             return R["VNET_BAD_CSUM"], None
 
-    # Steps 17-18: what the slow path must answer with ICMP.
-    if ttl <= 1:
-        return R["TTL_EXCEEDED"], None
-    if mtu is not None and gso_type == GSO_NONE and l3len > mtu:
+    # Steps 17-18: what the slow path must answer with ICMP. TTL_EXCEEDED comes with the
+    # packet: from an ENI, only a tracked flow's is punted (section 12).
+    if mtu is not None and gso_type == GSO_NONE and l3len > mtu and ttl > 1:
         return R["TOO_BIG"], None
-
-    return R["NONE"], Packet(
+    return R["TTL_EXCEEDED"] if ttl <= 1 else R["NONE"], Packet(
         base=base, family=family, proto=proto, l3=l3, l4=l4, l3len=l3len, l4hdr=l4hdr,
         src=src, dst=dst, sport=u16(frame, at), dport=u16(frame, at + 2),
         tcp_flags=tcp_flags, tcp_seq=tcp_seq, tcp_ack=tcp_ack, tcp_win=tcp_win,
@@ -238,6 +236,14 @@ def _parse_ipv6(frame, base: int, l3: int, avail: int):
     dst = bytes(frame[at + 24:at + 40])
     hop_limit = frame[at + 7]
     return R["NONE"], (6, next_header, p, end - p, 40 + payload_len, src, dst, hop_limit)
+
+
+def ip_dst(frame, vnet: bool) -> tuple[int, bytes]:
+    """(family, 16-byte destination) of a frame whose IP header parsed (a fragment's)."""
+    at = (VNET_HDR_LEN if vnet else 0) + ETH_HDR_LEN
+    if u16(frame, at - 2) == ETH_P_IPV6:
+        return 6, bytes(frame[at + 24:at + 40])
+    return 4, pad16(frame[at + 16:at + 20])
 
 
 def is_pure_syn(tcp_flags: int) -> bool:

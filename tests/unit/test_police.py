@@ -1,4 +1,4 @@
-"""The C core's refusals and token buckets (docs/semantics.md section 10)."""
+"""The C core's refusals and token buckets (docs/semantics.md section 12)."""
 
 from socket import AF_INET, AF_INET6, inet_pton
 

@@ -1,9 +1,9 @@
-"""Per-function quotas and early drop (docs/semantics.md section 10), against the model and
+"""Per-function quotas and early drop (docs/semantics.md section 12), against the model and
 the C core alike (NatClass)."""
 
 import framegen as fg
 import pytest
-from test_model import DST, ENI, ENI_B, SRC, SRC_B, Flow, make, refused
+from test_model import DST, ENI, ENI_B, SRC, SRC_B, Flow, inb, make, out, refused
 from hyperplane.vocab import F_ASSURED, FORWARD, IN, OUT, R
 
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
@@ -158,3 +158,35 @@ def test_stats_show_who_was_refused():
     assert rows[0] == "functions"
     assert rows[3].split() == ["flood", "32/32", "32", "(max", "-/pool)", "40", "7", "1", "0",
                                "8"]
+
+
+# -- frames from an ENI the slow path would see (section 12) -----------------------------------
+
+def test_ttl_expiring_from_an_eni_is_punted_only_for_a_tracked_flow(NatClass):
+    nat = make(NatClass)
+    flow = Flow(nat, proto=fg.UDP, sport=1)
+    flow.send(OUT)
+    tracked = fg.udp(DST, ENI, 443, flow.nat_port, ttl=1)
+    assert inb(nat, tracked) == refused("TTL_EXCEEDED")
+    assert inb(nat, fg.udp(DST, ENI, 443, flow.nat_port + 1, ttl=1)) == \
+        refused("IN_NO_MATCH_UDP")
+    assert inb(nat, fg.tcp(DST, ENI, 443, 9, "S", ttl=1)) == refused("IN_UNSOLICITED_SYN")
+    assert inb(nat, fg.udp(DST, "10.0.7.7", 443, flow.nat_port, ttl=1)) == \
+        refused("IN_NOT_ENI_ADDR")
+    nat.group_add_eni(0, nat.add_eni(ENI_B))
+    assert inb(nat, tracked, eni=1) == refused("IN_NO_MATCH_UDP")     # not its ENI
+    # From the functions' side TTL <= 1 is still the slow path's (time exceeded).
+    assert out(nat, fg.udp(SRC, DST, 2, 3, ttl=1)) == refused("TTL_EXCEEDED")
+    # Nothing changed: the flow goes on; an expired flow is not tracked.
+    assert len(nat) == 1 and flow.send(IN)[0] == FORWARD
+    assert inb(nat, tracked, now=10**9) == refused("IN_NO_MATCH_UDP")
+
+
+def test_fragments_from_an_eni_must_be_addressed_to_one(NatClass):
+    nat = make(NatClass)
+    assert inb(nat, fg.udp(DST, ENI, 443, 9, frag=0x2000)) == refused("FRAGMENT")
+    assert inb(nat, fg.udp(DST, "10.0.7.7", 443, 9, frag=0x2000)) == refused("IN_NOT_ENI_ADDR")
+    assert inb(nat, fg.udp("fd00:9::9", "fd00:7::7", 443, 9, ext=(44,))) == \
+        refused("IN_NOT_ENI_ADDR")
+    assert inb(nat, fg.udp("fd00:9::9", "fd00:1::4", 443, 9, ext=(44,))) == refused("FRAGMENT")
+    assert out(nat, fg.udp(SRC, "10.0.7.7", 1, 2, frag=0x2000)) == refused("FRAGMENT")

@@ -26,7 +26,7 @@ from hyperplane import vocab  # noqa: E402
 from hyperplane.slowpath import PortInfo, SlowPath  # noqa: E402
 from hyperplane.slowpath._frag import Reassembler, fragment4, fragment6 as hp_fragment6  # noqa: E402
 from hyperplane.slowpath._wire import parse_ip  # noqa: E402
-from hyperplane.vocab import FORWARD, IN, OUT, PUNT, R  # noqa: E402
+from hyperplane.vocab import DROP, FORWARD, IN, OUT, PUNT, R  # noqa: E402
 
 Punt = core.Punt
 
@@ -622,7 +622,12 @@ def test_ttl_exceeded_from_customer_only_for_tracked_flows(env):
     conn = env.nat.connections()[0]
     tracked = from_customer(IP(src=FAR4, dst=ENI4, ttl=1) / UDP(sport=53, dport=conn.nat_port))
     other = from_customer(IP(src=FAR4, dst=ENI4, ttl=1) / UDP(sport=53, dport=conn.nat_port ^ 1))
-    sent = env.handle(env.punt(tracked, 1, "TTL_EXCEEDED"), env.punt(other, 1, "TTL_EXCEEDED"))
+    # The core drops the untracked one itself (docs/semantics.md 10); the slow path, handed
+    # it anyway, drops it too.
+    res = env.nat.translate([bytearray(bytes(other))], IN, env.now[0], eni=env.eni)[0]
+    assert res[:2] == (DROP, R["IN_NO_MATCH_UDP"])
+    untracked = Punt(1, R["TTL_EXCEEDED"], bytes(other), None, -1, bytes(10))
+    sent = env.handle(env.punt(tracked, 1, "TTL_EXCEEDED"), untracked)
     assert len(sent) == 1 and sent[0][0] == 1
     pkt = Ether(sent[0][1])
     assert pkt[IP].src == ENI4 and pkt[IP].dst == FAR4 and pkt.dst == DB_MAC
