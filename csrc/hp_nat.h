@@ -39,7 +39,7 @@ enum hp_counter {
     HP_C_FWD_OUT_PACKETS, HP_C_FWD_OUT_BYTES, HP_C_FWD_IN_PACKETS, HP_C_FWD_IN_BYTES,
     HP_C_CONN_CREATED, HP_C_CONN_ESTABLISHED, HP_C_CONN_EXPIRED, HP_C_JOURNAL_OVERFLOW,
     HP_C_REJECT_OVERFLOW, HP_C_RST_SENT, HP_C_RST_LIMITED,
-    HP_C_CONN_EARLY_DROPPED,
+    HP_C_CONN_EARLY_DROPPED, HP_C_REFUSAL_SENT, HP_C_REFUSAL_LIMITED,
     HP_C_COUNT
 };
 extern const char *const hp_counter_names[HP_C_COUNT];
@@ -111,6 +111,7 @@ typedef struct hp_nat {
     hp_rate rst_rate;            /* RSTs answering segments of expired connections */
     uint8_t attached;            /* the state came from a file made before */
     uint32_t repaired;           /* at attach: torn entries and quarantine records dropped */
+    hp_rate refusal_rate;        /* answers to refused new connections (hp_police.h) */
 } hp_nat;
 
 hp_nat *hp_nat_create(const hp_nat_config *cfg);

@@ -2,6 +2,7 @@
  * and the batch translation loop: parse and hash a whole batch first, prefetching index
  * slots, then look up and rewrite, so memory latency overlaps across frames. */
 #include "hp_nat.h"
+#include "hp_police.h"
 #include "hp_quota.h"
 #include "hp_tcp.h"
 
@@ -15,7 +16,7 @@ const char *const hp_counter_names[HP_C_COUNT] = {
     "FWD_OUT_PACKETS", "FWD_OUT_BYTES", "FWD_IN_PACKETS", "FWD_IN_BYTES",
     "CONN_CREATED", "CONN_ESTABLISHED", "CONN_EXPIRED", "JOURNAL_OVERFLOW",
     "REJECT_OVERFLOW", "RST_SENT", "RST_LIMITED",
-    "CONN_EARLY_DROPPED",
+    "CONN_EARLY_DROPPED", "REFUSAL_SENT", "REFUSAL_LIMITED",
 };
 
 void hp_nat_config_default(hp_nat_config *cfg)
@@ -622,6 +623,8 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
         hp_nat_note_refused(nat, pkt, dir, in_eni, reason, now_ms);
         if (reason == HP_R_TCP_NOT_SYN)
             hp_nat_idle_rst(nat, pkt, expired_eni, now_ms, res);
+        else if (reason == HP_R_FUNCTION_LIMIT || reason == HP_R_TABLE_FULL)
+            hp_nat_refusal(nat, pkt, now_ms, res);
     }
 }
 
@@ -643,7 +646,7 @@ static int in_punt_reason(const hp_nat *nat, const hp_pkt *pkt, int reason, uint
         memset(&k, 0, sizeof k);
         k.family = v6 ? 6 : 4;
         memcpy(k.dst, pkt->eth + pkt->l3 + (v6 ? 24 : 16), v6 ? 16 : 4);
-        if (!is_eni_addr(nat, &k))
+        if (eni_of_addr(nat, k.family, k.dst) < 0)
             return HP_R_IN_NOT_ENI_ADDR;
     }
     return reason;

@@ -1,6 +1,7 @@
 /* The NAT's life over its state region (hp_state.h): making or attaching the region, adding
  * ENIs (their pools appended to it), the repair pass of an attach, and the end. */
 #include "hp_nat.h"
+#include "hp_police.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -213,6 +214,7 @@ int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *
     r = -ENOMEM;
     if (hp_nat_obs_init(nat) != 0)
         goto fail;
+    hp_rate_init(&nat->refusal_rate, HP_REFUSAL_PER_S, HP_REFUSAL_BURST);
     if (hp_ct_init(&nat->ct, cfg->capacity, base + l.table, fresh, &nat->cfg.hash_seed,
                    nat->eni_addr, &nat->cfg.timeouts) != 0)
         goto fail;

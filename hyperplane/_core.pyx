@@ -566,24 +566,6 @@ cdef class Nat:
         _set_rst_limit(self, per_s, burst)
 
 
-def refusal(const uint8_t[::1] frame):
-    """The answer the data plane sends a function whose new connection it refused (RST or
-    ICMP administratively prohibited; docs/semantics.md section 12), or None."""
-    cdef uint8_t out[1600]
-    if frame.shape[0] == 0:
-        return None
-    cdef uint32_t n = hp_refusal_build(&frame[0], frame.shape[0], out, sizeof(out))
-    return out[:n] if n else None
-
-
-def bucket_takes(uint32_t rate, uint32_t burst, times_ms):
-    """Which of the takes at times_ms (non-decreasing) a fresh token bucket grants: for
-    tests of the policer's arithmetic."""
-    cdef hp_bucket b
-    hp_bucket_init(&b, rate, burst, times_ms[0] if times_ms else 0)
-    return [bool(hp_bucket_take(&b, t)) for t in times_ms]
-
-
 def pack_key(src, dst, int sport, int dport, int proto):
     """A 40-byte flow key as the C table stores it (for lookup_packed)."""
     fam, s = addr_bytes(src)

@@ -139,13 +139,6 @@ cdef extern from "hp_nat.h":
     void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms) nogil
     hp_pool *hp_nat_pool(hp_nat *nat, int eni, int family, int proto) nogil
 
-cdef extern from "hp_police.h":
-    ctypedef struct hp_bucket:
-        uint64_t milli
-    void hp_bucket_init(hp_bucket *b, uint32_t rate, uint32_t burst, uint64_t now_ms)
-    int hp_bucket_take(hp_bucket *b, uint64_t now_ms)
-    uint32_t hp_refusal_build(const uint8_t *frame, uint32_t len, uint8_t *out, uint32_t cap)
-
 cdef extern from "hp_quota.h":
     enum: HP_FC_COUNT
     enum: HP_GROUP_MAX_ENIS

@@ -18,7 +18,7 @@ from .conntrack import ORIG, REPLY, ConnTable, Entry, tcp_event, tcp_transition,
 from .packet import (PROTO_TCP, PROTO_UDP, TCP_RST, Packet, ip_dst, is_pure_syn, parse,
                      rewrite, wire_size)
 from .portalloc import Pool, SplitMix64
-from .quota import Func, early_drop_victim
+from .quota import REFUSAL_BURST, REFUSAL_PER_S, Func, build_unreach, early_drop_victim
 from .tcp import in_window, new_connection_window, reopens, rst_acceptable, valid_flags
 from .natsg import (EniCounters, RateLimit, RejectRing, build_rst, compile_rules, is_rst,
                     sg_match)
@@ -93,6 +93,7 @@ class Nat:
         self.eni_ctr: list[EniCounters] = []
         self.rejects = RejectRing()
         self.rst_rate = RateLimit()
+        self.refusal_rate = RateLimit(REFUSAL_PER_S, REFUSAL_BURST)
 
     # -- topology ------------------------------------------------------------------------------
 
@@ -219,6 +220,8 @@ class Nat:
             if conn is None:
                 if reason == R["TCP_NOT_SYN"]:
                     return self._idle_rst(frame, pkt, expired[0] if expired else None, now_ms)
+                if reason in (R["FUNCTION_LIMIT"], R["TABLE_FULL"]):
+                    return self._refusal(frame, pkt, reason, now_ms)
                 return self._refuse(reason)
         reason = self._update(conn, ORIG, pkt, now_ms)
         if reason != R["NONE"]:
@@ -540,6 +543,20 @@ class Nat:
                            length, now_ms, pkt.tcp_flags, "-", reason)
         if not self.rejects.push(rec):
             self.counter["REJECT_OVERFLOW"] += 1
+
+    def _refusal(self, frame, pkt: Packet, reason: int, now_ms: int) -> tuple:
+        """A new connection refused for lack of resources is answered at once (section 10): a
+        SYN with a RST, a datagram with ICMP administratively prohibited, rate-limited."""
+        result = self._refuse(reason)
+        if not self.refusal_rate.take(now_ms):
+            self.counter["REFUSAL_LIMITED"] += 1
+            return result
+        if pkt.proto == PROTO_TCP:
+            build_rst(frame, pkt)
+        elif not build_unreach(frame, pkt):
+            return result
+        self.counter["REFUSAL_SENT"] += 1
+        return (FORWARD, reason, 0, -1)
 
     def _idle_rst(self, frame, pkt: Packet, eni, now_ms: int) -> tuple:
         """A segment from a function that matches no connection (one that idled out, most

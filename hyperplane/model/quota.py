@@ -8,12 +8,16 @@ unassured connection, looking at the first EARLY_DROP_SCAN entries of each state
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 from ..vocab import F_ASSURED
 from .conntrack import ConnTable, Entry
+from .packet import Packet, ones_sum, put_u16
 
 EARLY_DROP_SCAN = 8
+REFUSAL_PER_S, REFUSAL_BURST = 1000, 100        # answers to refused new connections
+QUOTE_MAX = {4: 576 - 20 - 8, 6: 1280 - 40 - 8}
 FUNC_COUNTERS = ("created", "refused_connections", "refused_ports", "table_full",
                  "ports_exhausted", "early_dropped")
 
@@ -55,3 +59,35 @@ def early_drop_victim(table: ConnTable) -> Entry | None:
                     victim = conn
                 break
     return victim
+
+
+def build_unreach(frame, pkt: Packet) -> bool:
+    """The datagram becomes ICMP destination unreachable, administratively prohibited (type 3
+    code 13; ICMPv6 type 1 code 1) from its destination to its source, quoting what fits in
+    the frame, as hp_unreach_build. False (frame unchanged) when the frame is too short."""
+    b, v4 = pkt.base, pkt.family == 4
+    ip = b + pkt.l3
+    hl = 20 if v4 else 40
+    room = len(frame) - ip
+    if room < hl + 8 + (pkt.l4 - pkt.l3) + 8:
+        return False
+    quote = min(pkt.l3len, room - hl - 8, QUOTE_MAX[pkt.family])
+    n = 4 if v4 else 16
+    src, dst = pkt.src[:n], pkt.dst[:n]
+    frame[b:b + 12] = frame[b + 6:b + 12] + frame[b:b + 6]
+    if b:
+        frame[0:b] = bytes(b)
+    quoted = bytes(frame[ip:ip + quote])
+    if v4:
+        hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, hl + 8 + quote, 0, 0, 64, 1, 0,
+                                    dst, src))
+        put_u16(hdr, 10, ~ones_sum(hdr) & 0xFFFF)
+        icmp = bytearray([3, 13, 0, 0, 0, 0, 0, 0]) + quoted
+        pseudo = b""
+    else:
+        hdr = bytearray(struct.pack("!IHBB16s16s", 0x60000000, 8 + quote, 58, 64, dst, src))
+        icmp = bytearray([1, 1, 0, 0, 0, 0, 0, 0]) + quoted
+        pseudo = dst + src + struct.pack("!IxxxB", 8 + quote, 58)
+    put_u16(icmp, 2, ~ones_sum(pseudo + bytes(icmp)) & 0xFFFF)
+    frame[ip:] = hdr + icmp + bytes(room - hl - 8 - quote)
+    return True

@@ -1,98 +1,98 @@
-"""The C core's refusals and token buckets (docs/semantics.md section 12)."""
+"""Refusals answered at once (docs/semantics.md section 12), against the model and the C core."""
 
 from socket import AF_INET, AF_INET6, inet_pton
 
-import pytest
-from scapy.utils import checksum
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
 from scapy.layers.l2 import Ether
+from scapy.utils import checksum
 
-core = pytest.importorskip("hyperplane._core")
-
-FN_MAC, GW_MAC = "02:00:00:00:00:11", "02:00:00:00:00:01"
-
-
-def answer(pkt):
-    out = core.refusal(bytes(Ether(src=FN_MAC, dst=GW_MAC) / pkt))
-    return None if out is None else Ether(out)
+import framegen as fg
+from test_model import DST, SRC, Flow, make, out
+from hyperplane.vocab import DROP, FORWARD, IN, OUT, R
 
 
 def checksums_verify(pkt):
     """Every checksum of the answer sums to all ones, computed over its raw bytes."""
     ip = pkt.payload
-    raw = bytes(ip.payload)
+    raw = bytes(ip.payload)[:(ip.len - 20) if isinstance(ip, IP) else ip.plen]
     if isinstance(ip, IP):
-        ok = checksum(bytes(ip)[:20]) == 0
+        if checksum(bytes(ip)[:20]) != 0:
+            return False
+        if ip.proto == 1:
+            return checksum(raw) == 0
         pseudo = inet_pton(AF_INET, ip.src) + inet_pton(AF_INET, ip.dst) + bytes([0, ip.proto])
     else:
-        ok = True
         pseudo = inet_pton(AF_INET6, ip.src) + inet_pton(AF_INET6, ip.dst) + bytes([0, ip.nh])
-    pseudo += len(raw).to_bytes(2, "big")
-    if isinstance(ip, IP) and ip.proto == 1:
-        return ok and checksum(raw) == 0
-    return ok and checksum(pseudo + raw) == 0
+    return checksum(pseudo + len(raw).to_bytes(2, "big") + raw) == 0
 
 
-def test_syn_gets_a_rst_from_the_destination():
-    a = answer(IP(src="10.200.0.11", dst="10.0.9.9", ttl=64)
-               / TCP(sport=40000, dport=443, flags="S", seq=1000, options=[("MSS", 1460)]))
-    assert (a.src, a.dst) == (GW_MAC, FN_MAC)
-    assert (a[IP].src, a[IP].dst, a[TCP].sport, a[TCP].dport) == ("10.0.9.9", "10.200.0.11",
-                                                                  443, 40000)
-    assert (str(a[TCP].flags), a[TCP].seq, a[TCP].ack) == ("RA", 0, 1001)
+def full_nat(NatClass, **kw):
+    """A NAT whose one function is at its quota of one connection."""
+    nat = make(NatClass, **kw)
+    nat.set_quota(SRC, max_connections=1)
+    assert out(nat, fg.udp(SRC, DST, 1, 53))[0] == FORWARD
+    return nat
+
+
+def test_refused_syn_gets_a_rst_from_the_destination(NatClass):
+    nat = full_nat(NatClass)
+    frame = fg.tcp(SRC, DST, 40000, 443, "S", seq=1000, payload=b"x" * 5)
+    assert out(nat, frame) == (FORWARD, R["FUNCTION_LIMIT"], 0, -1)
+    a = Ether(bytes(frame))
+    assert (a.src, a.dst) == ("02:00:00:00:00:01", "02:00:00:00:00:02")     # swapped
+    assert (a[IP].src, a[IP].dst, a[TCP].sport, a[TCP].dport) == (DST, SRC, 443, 40000)
+    assert (str(a[TCP].flags), a[TCP].seq, a[TCP].ack) == ("RA", 0, 1006)
+    assert checksums_verify(a)
+    c = nat.counters()
+    assert (c["REFUSAL_SENT"], c["drop.FUNCTION_LIMIT"]) == (1, 1)
+
+
+def test_refused_datagram_gets_icmp_admin_prohibited(NatClass):
+    nat = full_nat(NatClass)
+    frame = fg.udp(SRC, DST, 5000, 53, payload=b"q" * 40)
+    sent = bytes(Ether(bytes(frame))[IP])
+    assert out(nat, frame) == (FORWARD, R["FUNCTION_LIMIT"], 0, -1)
+    a = Ether(bytes(frame))
+    assert (a[IP].src, a[IP].dst, a[ICMP].type, a[ICMP].code) == (DST, SRC, 3, 13)
+    quoted = bytes(a[ICMP].payload)[:a[IP].len - 28]
+    assert len(quoted) == len(sent) - 28 and sent.startswith(quoted)   # what fits in the frame
     assert checksums_verify(a)
 
 
-def test_syn6_gets_a_rst():
-    a = answer(IPv6(src="fd00:200::11", dst="fd00:9::9") / TCP(sport=1, dport=2, flags="S",
-                                                                seq=5))
-    assert (a[IPv6].src, a[IPv6].dst, str(a[TCP].flags), a[TCP].ack) == (
-        "fd00:9::9", "fd00:200::11", "RA", 6)
+def test_refused_datagram6_gets_icmpv6_admin_prohibited(NatClass):
+    nat = make(NatClass)
+    nat.set_quota("fd00:200::11", max_connections=1)
+    assert out(nat, fg.udp("fd00:200::11", "fd00:9::9", 1, 53))[0] == FORWARD
+    frame = fg.udp("fd00:200::11", "fd00:9::9", 5000, 53, payload=b"q" * 60)
+    assert out(nat, frame) == (FORWARD, R["FUNCTION_LIMIT"], 0, -1)
+    a = Ether(bytes(frame))
+    assert (a[IPv6].dst, a[ICMPv6DestUnreach].type, a[ICMPv6DestUnreach].code) == (
+        "fd00:200::11", 1, 1)
     assert checksums_verify(a)
 
 
-def test_udp_gets_icmp_admin_prohibited_quoting_it():
-    sent = IP(src="10.200.0.11", dst="10.0.9.9") / UDP(sport=5000, dport=53) / (b"q" * 30)
-    a = answer(sent)
-    assert (a[IP].src, a[IP].dst, a[ICMP].type, a[ICMP].code) == ("10.0.9.9", "10.200.0.11",
-                                                                   3, 13)
-    assert bytes(a[ICMP].payload) == bytes(sent)
-    assert checksums_verify(a)
+def test_a_datagram_too_short_to_quote_is_only_dropped(NatClass):
+    nat = full_nat(NatClass)
+    frame = fg.udp(SRC, DST, 5000, 53, payload=b"q")
+    before = bytes(frame)
+    assert out(nat, frame) == (DROP, R["FUNCTION_LIMIT"], 0, -1)
+    assert bytes(frame) == before and nat.counters()["REFUSAL_SENT"] == 0
 
 
-def test_udp6_gets_icmpv6_admin_prohibited():
-    sent = IPv6(src="fd00:200::11", dst="fd00:9::9") / UDP(sport=5000, dport=53) / (b"x" * 2000)
-    a = answer(sent)
-    assert (a[ICMPv6DestUnreach].type, a[ICMPv6DestUnreach].code) == (1, 1)
-    assert len(a[IPv6]) <= 1280                  # quotes what fits in the minimum MTU
-    assert checksums_verify(a)
+def test_refusals_are_rate_limited(NatClass):
+    nat = full_nat(NatClass)
+    verdicts = [out(nat, fg.tcp(SRC, DST, 2000 + i, 443, "S"), now=0)[0] for i in range(150)]
+    assert verdicts.count(FORWARD) == 100                     # the burst
+    assert nat.counters()["REFUSAL_LIMITED"] == 50
+    assert out(nat, fg.tcp(SRC, DST, 3000, 443, "S"), now=10)[0] == FORWARD   # 1 per ms
 
 
-@pytest.mark.parametrize("pkt", [
-    IP(src="10.200.0.11", dst="10.0.9.9") / TCP(flags="A"),          # not a SYN
-    IP(src="10.200.0.11", dst="10.0.9.9") / TCP(flags="R"),
-    IP(src="10.200.0.11", dst="10.0.9.9") / TCP(flags="SA"),
-    IP(src="10.200.0.11", dst="10.0.9.9", frag=10) / UDP(),         # a later fragment
-    IP(src="10.200.0.11", dst="10.0.9.9") / ICMP(),
-])
-def test_no_answer(pkt):
-    assert answer(pkt) is None
-
-
-def test_truncated_frames_get_no_answer():
-    whole = bytes(Ether(src=FN_MAC, dst=GW_MAC) / IP(src="10.200.0.11", dst="10.0.9.9")
-                  / TCP(flags="S"))
-    for n in range(len(whole)):
-        assert core.refusal(whole[:n]) is None
-
-
-def test_bucket_grants_the_burst_then_the_rate():
-    # 10 per second, burst 3: three at once, then one every 100 ms.
-    times = [0, 0, 0, 0, 50, 100, 150, 200, 200, 10_000, 10_000, 10_000, 10_000]
-    assert core.bucket_takes(10, 3, times) == [True, True, True, False, False, True, False,
-                                               True, False, True, True, True, False]
-
-
-def test_bucket_rate_zero_is_unlimited():
-    assert all(core.bucket_takes(0, 1, [0] * 100))
+def test_table_full_is_answered_too(NatClass):
+    nat = make(NatClass, capacity=1)
+    flow = Flow(nat, sport=1)
+    for direction, flags in ((OUT, "S"), (IN, "SA"), (OUT, "A")):     # assured: kept
+        assert flow.send(direction, flags)[0] == FORWARD
+    assert out(nat, fg.tcp(SRC, DST, 2, 443, "S")) == (FORWARD, R["TABLE_FULL"], 0, -1)
+    assert out(nat, fg.udp("10.200.0.99", DST, 2, 53, payload=b"z" * 40)) == \
+        (DROP, R["UNKNOWN_SOURCE"], 0, -1)                             # not a resource refusal

@@ -16,6 +16,11 @@ def two_functions(NatClass, **kw):
     return nat
 
 
+def answered(reason):
+    """A refusal answered at once (test_police.py): the frame goes back to the inside."""
+    return (FORWARD, R[reason], 0, -1)
+
+
 def stats_of(nat, addr):
     (s,) = [s for s in nat.function_stats() if s["addr"] == addr]
     return s
@@ -33,7 +38,7 @@ def test_connection_quota_refuses_only_the_function_over_it(NatClass):
     nat.set_quota(SRC, max_connections=3)
     for sport in range(1, 4):
         assert Flow(nat, sport=sport).send(OUT, "S")[0] == FORWARD
-    assert Flow(nat, sport=4).send(OUT, "S") == refused("FUNCTION_LIMIT")
+    assert Flow(nat, sport=4).send(OUT, "S") == answered("FUNCTION_LIMIT")   # a RST
     assert Flow(nat, proto=fg.UDP, sport=4).send(OUT) == refused("FUNCTION_LIMIT")
     # The other function is not limited; known connections of the first still pass.
     assert Flow(nat, src=SRC_B, sport=4).send(OUT, "S")[0] == FORWARD
@@ -52,7 +57,7 @@ def test_a_functions_addresses_share_one_quota(NatClass):
     nat.set_quota("fd00:200::11", max_connections=1)
     assert Flow(nat, sport=1, mac=MAC_A).send(OUT, "S")[0] == FORWARD
     six = Flow(nat, src="fd00:200::11", dst="fd00:9::9", sport=2, mac=MAC_A)
-    assert six.send(OUT, "S") == refused("FUNCTION_LIMIT")
+    assert six.send(OUT, "S") == answered("FUNCTION_LIMIT")
     (only,) = nat.function_stats()
     assert (only["addr"], only["connections"], only["max_connections"]) == (SRC, 1, 1)
 
@@ -131,7 +136,7 @@ def test_full_table_of_assured_connections_refuses(NatClass):
     nat = two_functions(NatClass, capacity=2)
     established(Flow(nat, sport=1))
     established(Flow(nat, src=SRC_B, sport=2))
-    assert Flow(nat, src=SRC_B, sport=3).send(OUT, "S", now=1) == refused("TABLE_FULL")
+    assert Flow(nat, src=SRC_B, sport=3).send(OUT, "S", now=1) == answered("TABLE_FULL")
     assert stats_of(nat, SRC_B)["table_full"] == 1
     assert nat.counters()["CONN_EARLY_DROPPED"] == 0
 
