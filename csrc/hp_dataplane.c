@@ -86,6 +86,7 @@ hp_dp *hp_dp_create(hp_nat *nat, uint32_t neigh_cap, uint32_t punt_cap, uint32_t
     dp->wake_fd = dp->punt_fd = -1;
     dp->linear_max = HP_DP_LINEAR_MAX;
     pthread_mutex_init(&dp->punt_lock, NULL);
+    hp_police_init(&dp->police, HP_PUNT_PER_S, HP_PUNT_BURST);
     for (uint32_t e = 0; e < HP_MAX_ENIS; e++)
         dp->eni_port[e] = -1;
     dp->punt_cap = punt_cap ? punt_cap : 1024;
@@ -368,6 +369,12 @@ static void punt(hp_dp *dp, uint16_t in_port, uint16_t out_port, uint8_t reason,
 {
     uint32_t flen = len > VNET_LEN ? len - VNET_LEN : 0;
     pthread_mutex_lock(&dp->punt_lock);
+    /* Policed under the punt lock: the forwarding thread and hp_dp_input's callers both punt. */
+    if (!hp_police_punt(&dp->police, in_port, reason, dp_now(dp))) {
+        pthread_mutex_unlock(&dp->punt_lock);
+        dp->counters[HP_DP_C_PUNT_POLICED]++;
+        return;
+    }
     hp_dp_punt_buf *b = &dp->buf[dp->fill];
     if (b->n >= dp->punt_cap || flen > dp->arena_cap - b->arena_used) {
         pthread_mutex_unlock(&dp->punt_lock);

@@ -19,9 +19,11 @@
 
 #include "hp_nat.h"
 #include "hp_neigh.h"
+#include "hp_police.h"
 #include "hp_ring.h"
 
 #define HP_DP_MAX_PORTS 64
+_Static_assert(HP_DP_MAX_PORTS <= HP_POLICE_PORTS, "a punt bucket per port");
 #define HP_DP_BATCH 64
 #define HP_DP_PORT_NONE HP_NEIGH_ANY_PORT  /* a neighbour entry valid on any port; no egress port */
 #define HP_DP_LINEAR_MAX 2048    /* default hp_dp.linear_max */
@@ -35,7 +37,7 @@ enum hp_dp_role { HP_DP_INSIDE = 0, HP_DP_ENI = 1 };
     X(RX_FRAMES) X(RX_BYTES) X(TX_FRAMES) X(TX_BYTES) \
     X(FORWARDED) X(NAT_DROPPED) X(PUNTED) X(PUNT_OVERFLOW) X(MCAST_IGNORED) \
     X(INJECTED) X(INJECT_FAILED) X(BATCHES) X(POLLS) X(RUNS) \
-    X(LOCK_WAITS) X(LOCK_WAIT_NS) X(LOCK_WAIT_MAX_NS)
+    X(LOCK_WAITS) X(LOCK_WAIT_NS) X(LOCK_WAIT_MAX_NS) X(PUNT_POLICED)
 #define HP_DP_COUNTER_ENUM(name) HP_DP_C_##name,
 enum hp_dp_counter { HP_DP_COUNTERS(HP_DP_COUNTER_ENUM) HP_DP_C_COUNT };
 #undef HP_DP_COUNTER_ENUM
@@ -110,6 +112,7 @@ typedef struct hp_dp {
     void *clock_ctx;
     uint64_t counters[HP_DP_C_COUNT];
     uint64_t drops[HP_R_COUNT];  /* the loop's own drops and punts, by reason */
+    hp_punt_police police;       /* punts per (port, reason), hp_police.h */
     uint8_t *scratch;            /* hp_dp_input's copy of a frame */
     uint8_t *frames[HP_DP_BATCH];
     uint32_t lens[HP_DP_BATCH];

@@ -4,9 +4,32 @@
 #define HP_POLICE_H
 
 #include "hp_nat.h"
+#include "hp_reject.h"
 
 #define HP_REFUSAL_PER_S 1000
 #define HP_REFUSAL_BURST 100
+#define HP_PUNT_PER_S 200        /* punts per second of one reason from one port ... */
+#define HP_PUNT_BURST 100        /* ... and at once */
+#define HP_POLICE_PORTS 64       /* = HP_DP_MAX_PORTS */
+
+/* A token bucket per (port, punt reason): the slow path gets at most so many frames of a kind
+ * from a port, whatever floods it; the rest is dropped in C and counted by reason. */
+typedef struct hp_punt_police {
+    hp_rate rate[HP_POLICE_PORTS][HP_R_COUNT];
+    uint64_t policed[HP_R_COUNT];
+} hp_punt_police;
+
+void hp_police_init(hp_punt_police *p, uint32_t per_s, uint32_t burst);
+/* Whether a frame of reason from port may be punted now; counts it in policed when not. */
+static inline int hp_police_punt(hp_punt_police *p, uint32_t port, int reason, uint64_t now_ms)
+{
+    if (port >= HP_POLICE_PORTS || reason < 0 || reason >= HP_R_COUNT)
+        return 1;
+    if (hp_rate_take(&p->rate[port][reason], now_ms))
+        return 1;
+    p->policed[reason]++;
+    return 0;
+}
 
 /* Turns a refused datagram into the ICMP destination unreachable, administratively prohibited
  * (RFC 5508 REQ-8: type 3 code 13; ICMPv6 type 1 code 1) from its destination back to its

@@ -7,6 +7,14 @@
 #define QUOTE4_MAX (576 - 20 - 8)      /* RFC 1812 4.3.2.3: the error fits in 576 bytes */
 #define QUOTE6_MAX (1280 - 40 - 8)     /* RFC 4443 2.4(c): within the minimum MTU */
 
+void hp_police_init(hp_punt_police *p, uint32_t per_s, uint32_t burst)
+{
+    for (int q = 0; q < HP_POLICE_PORTS; q++)
+        for (int r = 0; r < HP_R_COUNT; r++)
+            hp_rate_init(&p->rate[q][r], per_s, burst);
+    memset(p->policed, 0, sizeof p->policed);
+}
+
 int hp_unreach_build(hp_pkt *pkt)
 {
     uint8_t *eth = pkt->eth, *ip = eth + pkt->l3;

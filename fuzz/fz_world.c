@@ -598,6 +598,30 @@ static void check_rst_answer(const uint8_t *before, const uint8_t *after, uint32
     }
 }
 
+/* A datagram refused for lack of resources comes back as ICMP destination unreachable,
+ * administratively prohibited (docs/semantics.md section 10): to the inside port, addresses and
+ * MACs swapped, the quote starting with the datagram's own IP header. */
+static void check_unreach_answer(const uint8_t *before, const uint8_t *after, const fz_parsed *p,
+                                 int dir, const hp_result *r)
+{
+    if (dir != HP_DIR_OUT || p->reason != HP_R_NONE || p->proto != 17)
+        fz_fail("an ICMP answer to a frame that is not a well-formed UDP datagram from inside");
+    if (r->port != 0 || r->conn != HP_CT_NONE)
+        fz_fail("an ICMP answer sent to port %u, connection %u", r->port, r->conn);
+    int v4 = p->family == 4;
+    const uint8_t *ip = after + p->l3, *icmp = ip + (v4 ? 20 : 40);
+    uint32_t alen = v4 ? 4 : 16, src = v4 ? 12 : 8;
+    if (ip[v4 ? 9 : 6] != (v4 ? 1 : 58) || icmp[0] != (v4 ? 3 : 1) || icmp[1] != (v4 ? 13 : 1))
+        fz_fail("the answer to a refused datagram is not ICMP administratively prohibited");
+    if (memcmp(ip + src, before + p->l3 + src + alen, alen) ||
+        memcmp(ip + src + alen, before + p->l3 + src, alen) ||
+        memcmp(icmp + 8, before + p->l3, v4 ? 20 : 40))
+        fz_fail("the ICMP answer does not go back the way the datagram came, quoting it");
+    if (memcmp(before + p->eth, after + p->eth + 6, 6) ||
+        memcmp(before + p->eth + 6, after + p->eth, 6))
+        fz_fail("the ICMP answer's MAC addresses are not swapped");
+}
+
 static void check_forwarded(const fz_world *w, const uint8_t *before, const uint8_t *after,
                             uint32_t len, const fz_parsed *p, int dir, uint16_t in_eni,
                             const hp_result *r)
@@ -758,8 +782,10 @@ void fz_translate_checked(fz_world *w, uint8_t **frames, const uint32_t *lens, u
     for (uint32_t i = 0; i < n; i++) {
         fz_parsed p;
         fz_parse(before[i], lens[i], vnet, mtu, &p);
-        if (res[i].verdict == HP_FORWARD && res[i].reason == HP_R_TCP_NOT_SYN) {
-            check_rst_answer(before[i], bufs[i], lens[i], &p, dir, &res[i]);
+        if (res[i].verdict == HP_FORWARD && res[i].reason != HP_R_NONE && p.proto == 17) {
+            check_unreach_answer(before[i], bufs[i], &p, dir, &res[i]);
+        } else if (res[i].verdict == HP_FORWARD && res[i].reason != HP_R_NONE) {
+            check_rst_answer(before[i], bufs[i], lens[i], &p, dir, &res[i]);   /* idle, refused */
         } else if (res[i].verdict == HP_FORWARD) {
             check_forwarded(w, before[i], bufs[i], lens[i], &p, dir, in_eni, &res[i]);
             forwarded++;

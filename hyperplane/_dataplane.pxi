@@ -520,7 +520,16 @@ cdef class DataPlane:
             out[rd.hp_dp_counter_names[i].decode()] = dp.counters[i]
         for i in range(rd.HP_R_COUNT):
             out["drop." + rd.hp_reason_names[i].decode()] = dp.drops[i]
+        for i in range(rd.HP_R_COUNT):
+            out["policed." + rd.hp_reason_names[i].decode()] = dp.police.policed[i]
         return out
+
+    def set_punt_limit(self, uint32_t per_s, uint32_t burst):
+        """Punts let through per second and at once, per (port, reason) (docs/semantics.md
+        section 10; default 200 and 100). Before start(): the buckets are not locked."""
+        if per_s == 0 or burst == 0:
+            raise ValueError("per_s and burst must be positive")
+        rd.hp_police_init(&self._live().police, per_s, burst)
 
     def ports(self):
         """One dict per port: index, ifname, ifindex, mac, role, eni, subnets and ring stats.
@@ -551,3 +560,17 @@ cdef class DataPlane:
                       "tx_ring_frames": p.ring.tx_nr})
             out.append(d)
         return out
+
+
+def police_takes(uint32_t per_s, uint32_t burst, events):
+    """Which punts of events [(port, reason, now_ms), ...] a fresh policer lets through, and
+    the count it policed by reason index: for tests of the C buckets."""
+    cdef rd.hp_punt_police *p = <rd.hp_punt_police *>malloc(sizeof(rd.hp_punt_police))
+    if not p:
+        raise MemoryError()
+    try:
+        rd.hp_police_init(p, per_s, burst)
+        passed = [bool(rd.hp_police_punt(p, port, reason, now)) for port, reason, now in events]
+        return passed, {i: p.policed[i] for i in range(rd.HP_R_COUNT) if p.policed[i]}
+    finally:
+        free(p)

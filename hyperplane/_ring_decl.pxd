@@ -55,6 +55,12 @@ cdef extern from "hp_ring.h" nogil:
     int hp_ring_tx_copy(hp_ring *r, const uint8_t *vnet_hdr, const uint8_t *frame, uint32_t len)
     void hp_ring_update_stats(hp_ring *r)
 
+cdef extern from "hp_police.h" nogil:
+    ctypedef struct hp_punt_police:
+        uint64_t policed[64]
+    void hp_police_init(hp_punt_police *p, uint32_t per_s, uint32_t burst)
+    int hp_police_punt(hp_punt_police *p, uint32_t port, int reason, uint64_t now_ms)
+
 cdef extern from "hp_dataplane.h" nogil:
     enum: HP_DP_MAX_PORTS
     enum: HP_DP_BATCH
@@ -95,6 +101,7 @@ cdef extern from "hp_dataplane.h" nogil:
         int thread_running
         uint64_t counters[32]
         uint64_t drops[64]
+        hp_punt_police police
 
     # nat is an hp_nat * (declared void * here so this module needs no NAT declarations).
     hp_dp *hp_dp_create(void *nat, uint32_t neigh_cap, uint32_t punt_cap, uint32_t punt_bytes)

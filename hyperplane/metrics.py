@@ -161,6 +161,9 @@ def render(stats: Mapping) -> str:
     e.family("hyperplane_punts", "counter",
              "packets handed to the slow path, by reason (not drops: many are forwarded)",
              [({"reason": r}, v) for r, v in sorted(by_reason(stats, "punt").items())])
+    e.family("hyperplane_punts_policed", "counter",
+             "frames the data plane's policer kept from the slow path, by punt reason",
+             [({"reason": r}, v) for r, v in sorted(by_reason(stats, "policed").items())])
     e.family("hyperplane_slowpath_events", "counter", "slow-path events, by name",
              [({"event": k}, v) for k, v in sorted(stats.get("slowpath", {}).items())])
 

@@ -172,7 +172,8 @@ def stats_table(stats: dict) -> str:
     out = ["metrics"]
     out += [f"  {name:<28} {fn(stats)}" for name, fn in METRICS]
     for kind, title in (("drop", "drops by reason"),
-                        ("punt", "punts to the slow path by reason (not drops)")):
+                        ("punt", "punts to the slow path by reason (not drops)"),
+                        ("policed", "punts dropped by the policer in C, by reason")):
         out.append(title)
         for src in ("nat", "dataplane"):
             for k, v in sorted(split_reasons(stats[src]).items()):

@@ -1,7 +1,9 @@
-"""Refusals answered at once (docs/semantics.md section 12), against the model and the C core."""
+"""Refusals answered at once and the punt policer (docs/semantics.md section 12); the
+refusals against the model and the C core alike."""
 
 from socket import AF_INET, AF_INET6, inet_pton
 
+import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
 from scapy.layers.l2 import Ether
@@ -96,3 +98,14 @@ def test_table_full_is_answered_too(NatClass):
     assert out(nat, fg.tcp(SRC, DST, 2, 443, "S")) == (FORWARD, R["TABLE_FULL"], 0, -1)
     assert out(nat, fg.udp("10.200.0.99", DST, 2, 53, payload=b"z" * 40)) == \
         (DROP, R["UNKNOWN_SOURCE"], 0, -1)                             # not a resource refusal
+
+
+def test_punt_policer_keeps_a_bucket_per_port_and_reason():
+    core = pytest.importorskip("hyperplane._core")
+    icmp, arp = R["ICMP"], R["ARP"]
+    # 10 per second, burst 3: a flood of ICMP on port 1 takes only its own tokens.
+    events = ([(1, icmp, 0)] * 5 + [(1, arp, 0)] * 3 + [(2, icmp, 0)] * 3
+              + [(1, icmp, 100), (1, icmp, 100), (1, icmp, 1000)])
+    passed, policed = core.police_takes(10, 3, events)
+    assert passed == [True] * 3 + [False] * 2 + [True] * 6 + [True, False, True]
+    assert policed == {icmp: 3}
