@@ -252,9 +252,10 @@ void fz_check_invariants(const fz_world *w)
     }
 
     uint64_t created = nat->counters[HP_C_CONN_CREATED];
-    uint64_t gone = nat->counters[HP_C_CONN_EXPIRED] + w->deletes;
+    uint64_t gone = nat->counters[HP_C_CONN_EXPIRED] + nat->counters[HP_C_CONN_EARLY_DROPPED] +
+                    w->deletes;
     if (created - gone != ct->count)
-        fz_fail("created %llu - expired/deleted %llu != %u live", (unsigned long long)created,
+        fz_fail("created %llu - expired/dropped/deleted %llu != %u live", (unsigned long long)created,
                 (unsigned long long)gone, ct->count);
     if (nat->sh->j_count > nat->cfg.journal_size ||
         (nat->cfg.journal_size && nat->sh->j_head >= nat->cfg.journal_size))

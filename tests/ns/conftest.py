@@ -13,8 +13,10 @@ import random
 import shutil
 import socket
 import string
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -125,6 +127,23 @@ def lab_config(prefix: str):
 def _sweep(prefix: str) -> None:
     from hyperplane.lab.cleanup import cleanup
     cleanup(prefix)
+
+
+@contextmanager
+def detached_lab(make):
+    """The lab ``make(prefix)`` starts (``hyperplane up --detach``) under a fresh prefix; it is
+    closed, brought down and swept afterwards, whether the test passed or not."""
+    prefix = new_prefix()
+    lab = None
+    try:
+        lab = make(prefix)
+        yield lab
+    finally:
+        if lab:
+            lab.close()
+        subprocess.run([sys.executable, "-m", "hyperplane.cli", "down", "--prefix", prefix],
+                       capture_output=True, timeout=120)
+        _sweep(prefix)
 
 
 @pytest.fixture(scope="session", autouse=True)

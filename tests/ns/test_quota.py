@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from conftest import _sweep, new_prefix
+from conftest import detached_lab
+from test_secgroups import SgLab
 from test_v2n import TOOLS, cli
 
 ECHO = 7
@@ -75,7 +76,9 @@ sys.stdin.read()
 """
 
 
-class QuotaLab:
+class QuotaLab(SgLab):
+    """SgLab's helpers (popen, request, close) over this file's lab."""
+
     def __init__(self, prefix, tmp_path, capacity):
         from hyperplane.lab import Lab
         cfg = tmp_path / "lab.toml"
@@ -90,33 +93,14 @@ class QuotaLab:
                        stdout=subprocess.PIPE, text=True)
         assert p.stdout.readline().strip() == "ready"
 
-    def popen(self, name, argv, **kw):
-        p = self.lab.popen(name, argv, **kw)
-        self.procs.append(p)
-        return p
-
     def stats(self):
-        from hyperplane import control
-        return control.request(self.prefix, "stats")
-
-    def close(self):
-        for p in self.procs:
-            p.kill()
-            p.wait()
+        return self.request("stats")
 
 
 @pytest.fixture
 def quota_lab(tmp_path):
-    prefix = new_prefix()
-    lab = None
-    try:
-        lab = QuotaLab(prefix, tmp_path, CAPACITY)
+    with detached_lab(lambda prefix: QuotaLab(prefix, tmp_path, CAPACITY)) as lab:
         yield lab
-    finally:
-        if lab:
-            lab.close()
-        cli("down", "--prefix", prefix, check=False)
-        _sweep(prefix)
 
 
 def test_a_flooding_function_is_refused_fast_and_others_still_connect(quota_lab):

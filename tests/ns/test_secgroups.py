@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import _sweep, new_prefix
+from conftest import detached_lab
 from test_observe import wait_for
 from test_v2n import TOOLS, cli
 
@@ -119,16 +119,8 @@ class SgLab:
 
 @pytest.fixture(scope="module")
 def sg(tmp_path_factory):
-    prefix = new_prefix()
-    lab = None
-    try:
-        lab = SgLab(prefix, tmp_path_factory.mktemp("sg"))
+    with detached_lab(lambda prefix: SgLab(prefix, tmp_path_factory.mktemp("sg"))) as lab:
         yield lab
-    finally:
-        if lab:
-            lab.close()
-        cli("down", "--prefix", prefix, check=False)
-        _sweep(prefix)
 
 
 def flow_records(lab):
