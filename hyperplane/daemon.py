@@ -116,7 +116,7 @@ class Daemon:
             quota = self.config.function(f.name)       # shares already resolved to numbers
             self.nat.set_quota(f.ipv4, quota.max_connections, quota.max_ports_per_pool)
         self.function_names = {f.ipv4: f.name for f in state.functions}
-        if getattr(self.nat, "attached", False):   # state kept across a restart: count it
+        if self.nat.attached:                      # state kept across a restart: count it
             self.nat.recount_quotas()
         self.function_group = {f.ipv4: f.group for f in state.functions}
         self.function_group.update({f.ipv6: f.group for f in state.functions if f.ipv6})

@@ -545,7 +545,7 @@ class Nat:
             self.counter["REJECT_OVERFLOW"] += 1
 
     def _refusal(self, frame, pkt: Packet, reason: int, now_ms: int) -> tuple:
-        """A new connection refused for lack of resources is answered at once (section 10): a
+        """A new connection refused for lack of resources is answered at once (section 12): a
         SYN with a RST, a datagram with ICMP administratively prohibited, rate-limited."""
         result = self._refuse(reason)
         if not self.refusal_rate.take(now_ms):
