@@ -482,7 +482,8 @@ void fz_world_restart(fz_world *w, const uint8_t (*tear)[3], uint32_t n_tear)
         fz_fail("attach repaired %u things in a state nothing tore", w->nat->repaired);
     /* Entries the repair dropped were neither expired nor deleted: count them as deleted. */
     uint64_t created = w->nat->counters[HP_C_CONN_CREATED];
-    w->deletes = created - w->nat->counters[HP_C_CONN_EXPIRED] - ct->count;
+    w->deletes = created - w->nat->counters[HP_C_CONN_EXPIRED] -
+                 w->nat->counters[HP_C_CONN_EARLY_DROPPED] - ct->count;
     fz_check_invariants(w);
 }
 
