@@ -542,7 +542,8 @@ static int hairpin_receiver(hp_nat *nat, const hp_pkt *pkt, const hp_flow_key *k
     if (!src || lookup_live(nat, &orig, hp_ct_hash(&nat->ct, &orig), HP_DIR_OUT, now_ms, NULL) !=
                     HP_CT_NONE)
         return miss;
-    if (!make_room(nat, 1, now_ms))
+    /* No early drop here: the victim could be the connection that holds this mapping. */
+    if (!make_room(nat, 0, now_ms))
         return HP_R_TABLE_FULL;
     if (o->refs == 0)           /* making room expired the owner's last connection */
         return miss;

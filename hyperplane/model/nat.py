@@ -268,7 +268,8 @@ class Nat:
         source = self.sources.get((family, owner.addr))
         if source is None or self._lookup(orig, ORIG, now_ms) is not None:
             return None, miss
-        if not self._make_room(now_ms):
+        # No early drop here: the victim could be the connection that holds this mapping.
+        if not self._make_room(now_ms, may_drop=False):
             return None, R["TABLE_FULL"]
         if dport not in pool.owner:             # making room expired the owner's last one
             return None, miss
