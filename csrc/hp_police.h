@@ -1,4 +1,4 @@
-/* Fast, visible refusals (docs/semantics.md section 12): a new connection refused for lack of
+/* Fast, visible refusals (docs/semantics.md section 13): a new connection refused for lack of
  * resources is answered at once, in place of the frame that asked, rate-limited. */
 #ifndef HP_POLICE_H
 #define HP_POLICE_H

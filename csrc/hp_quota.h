@@ -1,4 +1,4 @@
-/* Per-function quotas (docs/semantics.md section 12): connections in the table and ports held
+/* Per-function quotas (docs/semantics.md section 13): connections in the table and ports held
  * in each ENI pool, counted per function (the owner index of hp_source), checked when a
  * connection is created; and early drop of unassured connections when the table is full. */
 #ifndef HP_QUOTA_H

@@ -374,7 +374,7 @@ static int is_martian(int family, const uint8_t *a)
            || a[0] == 0xff;                                                  /* multicast */
 }
 
-/* Whether the table has room for one more connection (section 12): expired connections go
+/* Whether the table has room for one more connection (section 13): expired connections go
  * first, then (may_drop) the oldest unassured one, as Linux's early_drop. */
 static int make_room(hp_nat *nat, int may_drop, uint64_t now_ms)
 {
@@ -629,7 +629,7 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
     }
 }
 
-/* Frames from an ENI the parser would punt (section 12): one with TTL <= 1 only when it belongs
+/* Frames from an ENI the parser would punt (section 13): one with TTL <= 1 only when it belongs
  * to a tracked flow (else the IN miss reason), a fragment only when it is addressed to an ENI.
  * Changes nothing. */
 static int in_punt_reason(const hp_nat *nat, const hp_pkt *pkt, int reason, uint16_t in_eni,

@@ -600,7 +600,7 @@ static void check_rst_answer(const uint8_t *before, const uint8_t *after, uint32
 }
 
 /* A datagram refused for lack of resources comes back as ICMP destination unreachable,
- * administratively prohibited (docs/semantics.md section 12): to the inside port, addresses and
+ * administratively prohibited (docs/semantics.md section 13): to the inside port, addresses and
  * MACs swapped, the quote starting with the datagram's own IP header. */
 static void check_unreach_answer(const uint8_t *before, const uint8_t *after, const fz_parsed *p,
                                  int dir, const hp_result *r)
@@ -901,7 +901,7 @@ void fz_expire_checked(fz_world *w, size_t max, size_t out_max, int with_out)
          * expired: they ended all the same. */
         int reopened = i < journal && c->proto == 6 &&
                        (c->state == HP_S_TIME_WAIT || c->state == HP_S_CLOSE);
-        /* And the unassured ones a full table dropped early (semantics section 12). */
+        /* And the unassured ones a full table dropped early (semantics section 13). */
         int dropped = i < journal && !(c->flags & HP_F_ASSURED);
         if (c->state == HP_S_NONE || c->state >= HP_S_COUNT ||
             (!expired(nat, c, w->now) && !reopened && !dropped))

@@ -234,40 +234,64 @@ cdef class Nat:
 
     def set_quota(self, addr, max_connections=0, max_ports=0):
         """Quotas of the function that owns source addr: connections in the table and ports
-        of each ENI pool (0: none). docs/semantics.md section 12."""
+        of each ENI pool (0: none). docs/semantics.md section 13."""
         fam, raw = addr_bytes(addr)
         if not (0 <= max_connections < 1 << 32 and 0 <= max_ports < 1 << 32):
             raise ValueError("quotas are 0 .. 2**32-1")
-        if hp_quota_set(self.nat, fam, <const uint8_t *>raw, max_connections, max_ports) != 0:
+        cdef int family = fam, rc
+        cdef const uint8_t *a = <const uint8_t *>raw
+        cdef uint32_t conns = max_connections, ports = max_ports
+        with nogil:
+            self._acquire()
+            rc = hp_quota_set(self.nat, family, a, conns, ports)
+            self._release()
+        if rc != 0:
             raise ValueError(f"no source {addr}")
 
     def recount_quotas(self):
         """Recounts every function's connections and ports from the table (after the sources
-        were added again to state this NAT attached to)."""
+        were added again to state this NAT attached to). One hold: at start, before traffic."""
         with nogil:
+            self._acquire()
             hp_quota_recount(self.nat)
+            self._release()
 
     def function_stats(self):
         """One dict per function (owner index, its first address, quotas, connections and
-        ports held, counters by FUNC_COUNTERS name), in source order."""
-        out = []
-        cdef uint32_t i, j
-        cdef hp_func *f
-        cdef const hp_source *s
-        for i in range(self.nat.n_sources):
-            s = &self.nat.sources[i]
-            if s.owner != i:
-                continue
-            f = hp_quota_func(self.nat, i)
-            d = {"owner": i, "addr": addr_str(s.family, s.addr[:16]),
-                 "max_connections": f.max_conns, "max_ports": f.max_ports,
-                 "connections": f.conns,
-                 "ports": sum(f.pools[j].held[a][b] for j in range(f.n_pools)
-                              for a in range(2) for b in range(2))}
-            for j in range(HP_FC_COUNT):
-                d[FUNC_COUNTERS[j]] = f.counters[j]
-            out.append(d)
-        return out
+        ports held, counters by FUNC_COUNTERS name), in source order: copied under the table
+        lock, turned into Python after."""
+        cdef uint32_t n = 0, i, j
+        cdef hp_func *funcs = NULL
+        cdef hp_source *srcs = NULL
+        with nogil:
+            self._acquire()
+            n = self.nat.n_sources
+            funcs = <hp_func *>malloc((n if n else 1) * sizeof(hp_func))
+            srcs = <hp_source *>malloc((n if n else 1) * sizeof(hp_source))
+            if funcs != NULL and srcs != NULL:
+                memcpy(srcs, self.nat.sources, n * sizeof(hp_source))
+                for i in range(n):
+                    memcpy(&funcs[i], hp_quota_func(self.nat, i), sizeof(hp_func))
+            self._release()
+        try:
+            if funcs == NULL or srcs == NULL:
+                raise MemoryError()
+            out = []
+            for i in range(n):
+                if srcs[i].owner != i:
+                    continue
+                d = {"owner": i, "addr": addr_str(srcs[i].family, srcs[i].addr[:16]),
+                     "max_connections": funcs[i].max_conns, "max_ports": funcs[i].max_ports,
+                     "connections": funcs[i].conns,
+                     "ports": sum(funcs[i].pools[j].held[a][b] for j in range(funcs[i].n_pools)
+                                  for a in range(2) for b in range(2))}
+                for j in range(HP_FC_COUNT):
+                    d[FUNC_COUNTERS[j]] = funcs[i].counters[j]
+                out.append(d)
+            return out
+        finally:
+            free(funcs)
+            free(srcs)
 
     # --- the batch calls -----------------------------------------------------------------
 

@@ -526,7 +526,7 @@ cdef class DataPlane:
 
     def set_punt_limit(self, uint32_t per_s, uint32_t burst):
         """Punts let through per second and at once, per (port, reason) (docs/semantics.md
-        section 12; default 200 and 100). Before start(): the buckets are not locked."""
+        section 13; default 200 and 100). Before start(): the buckets are not locked."""
         if per_s == 0 or burst == 0:
             raise ValueError("per_s and burst must be positive")
         rd.hp_police_init(&self._live().police, per_s, burst)

@@ -154,8 +154,8 @@ cdef extern from "hp_quota.h":
         uint64_t counters[16]
         hp_func_pool pools[64]
     int hp_quota_set(hp_nat *nat, int family, const uint8_t *addr, uint32_t max_conns,
-                     uint32_t max_ports)
-    hp_func *hp_quota_func(hp_nat *nat, uint32_t owner)
+                     uint32_t max_ports) nogil
+    hp_func *hp_quota_func(hp_nat *nat, uint32_t owner) nogil
     void hp_quota_recount(hp_nat *nat) nogil
 
 cdef extern from "hp_conntrack.h":

@@ -155,7 +155,7 @@ class Nat:
             self.owner_addr[owner] = addr_str(*key)
 
     def set_quota(self, addr, max_connections=0, max_ports=0) -> None:
-        """Quotas of the function that owns source addr (0: none), section 12."""
+        """Quotas of the function that owns source addr (0: none), section 13."""
         if not (0 <= max_connections < 1 << 32 and 0 <= max_ports < 1 << 32):
             raise ValueError("quotas are 0 .. 2**32-1")
         source = self.sources.get(addr_bytes(addr))
@@ -304,7 +304,7 @@ class Nat:
         return (FORWARD, R["NONE"], 0, conn.id)
 
     def _in_punt_reason(self, frame, vnet, reason: int, pkt, now_ms: int, eni: int) -> int:
-        """From an ENI (section 12): TTL <= 1 is punted only for a tracked flow, a fragment
+        """From an ENI (section 13): TTL <= 1 is punted only for a tracked flow, a fragment
         only when addressed to an ENI. Changes nothing."""
         if reason == R["TTL_EXCEEDED"]:
             conn = self.table.lookup(pkt.key(), REPLY)
@@ -402,7 +402,7 @@ class Nat:
         return not group or self.enis[group[-1]].addr[6] is not None
 
     def _make_room(self, now_ms: int, may_drop=True) -> bool:
-        """Whether the table has room for one more connection (section 12): expired
+        """Whether the table has room for one more connection (section 13): expired
         connections go first, then (may_drop) the oldest unassured one (Linux's early_drop)."""
         if not self.table.full():
             return True
@@ -546,7 +546,7 @@ class Nat:
             self.counter["REJECT_OVERFLOW"] += 1
 
     def _refusal(self, frame, pkt: Packet, reason: int, now_ms: int) -> tuple:
-        """A new connection refused for lack of resources is answered at once (section 12): a
+        """A new connection refused for lack of resources is answered at once (section 13): a
         SYN with a RST, a datagram with ICMP administratively prohibited, rate-limited."""
         result = self._refuse(reason)
         if not self.refusal_rate.take(now_ms):

@@ -147,7 +147,7 @@ def parse(frame, vnet: bool, mtu: int | None) -> tuple[int, Packet | None]:
             return R["VNET_BAD_CSUM"], None
 
     # Steps 17-18: what the slow path must answer with ICMP. TTL_EXCEEDED comes with the
-    # packet: from an ENI, only a tracked flow's is punted (section 12).
+    # packet: from an ENI, only a tracked flow's is punted (section 13).
     if mtu is not None and gso_type == GSO_NONE and l3len > mtu and ttl > 1:
         return R["TOO_BIG"], None
     return R["TTL_EXCEEDED"] if ttl <= 1 else R["NONE"], Packet(

@@ -1,5 +1,5 @@
 """No one takes more than a share (issue 8): per-function quotas with fast refusals, in a
-running lab (docs/semantics.md section 12).
+running lab (docs/semantics.md section 13).
 
 - A small table (64 connections, each function at most half): `flood` opens connections until
   it is refused; its refused connects fail at once (a RST: ECONNREFUSED; an ICMP administratively

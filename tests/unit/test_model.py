@@ -835,7 +835,7 @@ def test_malformed(NatClass, kind, direction):
     frame, vnet = fg.malformed(kind)
     original = bytes(frame)
     res = nat.translate([frame], direction, 0, vnet=vnet)
-    # From an ENI, what would be punted must be addressed to an ENI first (section 12).
+    # From an ENI, what would be punted must be addressed to an ENI first (section 13).
     if direction == IN and kind in ("FRAGMENT", "TTL_EXCEEDED"):
         kind = "IN_NOT_ENI_ADDR"
     assert res == [refused(kind)]

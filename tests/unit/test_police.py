@@ -1,4 +1,4 @@
-"""Refusals answered at once and the punt policer (docs/semantics.md section 12); the
+"""Refusals answered at once and the punt policer (docs/semantics.md section 13); the
 refusals against the model and the C core alike."""
 
 from socket import AF_INET, AF_INET6, inet_pton

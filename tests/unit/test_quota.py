@@ -1,4 +1,4 @@
-"""Per-function quotas and early drop (docs/semantics.md section 12), against the model and
+"""Per-function quotas and early drop (docs/semantics.md section 13), against the model and
 the C core alike (NatClass)."""
 
 import framegen as fg
@@ -165,7 +165,7 @@ def test_stats_show_who_was_refused():
                                "8"]
 
 
-# -- frames from an ENI the slow path would see (section 12) -----------------------------------
+# -- frames from an ENI the slow path would see (section 13) -----------------------------------
 
 def test_ttl_expiring_from_an_eni_is_punted_only_for_a_tracked_flow(NatClass):
     nat = make(NatClass)
