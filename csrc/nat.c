@@ -597,10 +597,14 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
         refuse(nat, HP_R_SPOOFED_SOURCE, res);
         return;
     }
-    int reason = HP_R_NONE;
-    if (id == HP_CT_NONE)
+    int reason = HP_R_NONE, answer = 0;
+    if (id == HP_CT_NONE) {
         reason = dir == HP_DIR_OUT ? new_connection(nat, pkt, hash, now_ms, &id)
                                    : unsolicited_reason(nat, pkt);
+        /* A new connection refused for lack of resources is answered (section 13). */
+        answer = dir == HP_DIR_OUT &&
+                 (reason == HP_R_FUNCTION_LIMIT || reason == HP_R_TABLE_FULL);
+    }
     if (reason == HP_R_NONE && dir == HP_DIR_OUT && (nat->ct.conns[id].flags & HP_F_HAIRPIN)) {
         /* A frame refused on the way back in leaves as it came: keep what the way out
          * rewrites (the IP header and the start of the L4 header). */
@@ -624,7 +628,7 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
         hp_nat_note_refused(nat, pkt, dir, in_eni, reason, now_ms);
         if (reason == HP_R_TCP_NOT_SYN)
             hp_nat_idle_rst(nat, pkt, expired_eni, now_ms, res);
-        else if (reason == HP_R_FUNCTION_LIMIT || reason == HP_R_TABLE_FULL)
+        else if (answer)
             hp_nat_refusal(nat, pkt, now_ms, res);
     }
 }
