@@ -110,9 +110,7 @@ def test_full_table_drops_the_oldest_unassured_first(NatClass):
     old.send(OUT, now=10)
     young = Flow(nat, sport=3)
     young.send(OUT, "S", now=20)
-    answered = Flow(nat, proto=fg.UDP, sport=4)
-    answered.send(OUT, now=5)
-    answered.send(IN, now=5)                     # a reply: assured
+    established(Flow(nat, sport=4), now=5)       # assured
     assert len(nat) == 4
     newcomer = Flow(nat, src=SRC_B, sport=5)
     assert newcomer.send(OUT, "S", now=30)[0] == FORWARD
