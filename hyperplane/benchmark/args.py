@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 # what --tests selects, in the order they run (suite.TESTS holds the same names)
-TEST_NAMES = ("tcp-1", "tcp-1-reverse", "tcp-4", "tcp-4-reverse", "udp64-1flow",
+TEST_NAMES = ("tcp-1", "tcp-1-conntrack-poll", "tcp-1-reverse", "tcp-4", "tcp-4-reverse", "udp64-1flow",
               "udp64-10kflows", "tcp-conn-rate", "udp-flow-rate", "rtt-idle", "rtt-loaded",
               "scale-10k", "scale-100k", "scale-1m")
 

@@ -27,6 +27,7 @@ SPORT = 10000          # the generator's first source port
 # metric -> (unit, higher is better)
 METRICS = {
     "tcp-1": ("Gbit/s", True), "tcp-1-reverse": ("Gbit/s", True),
+    "tcp-1-conntrack-poll": ("Gbit/s", True), "conntrack-poll-ratio": ("x tcp-1", True),
     "tcp-4": ("Gbit/s", True), "tcp-4-reverse": ("Gbit/s", True),
     "udp64-1flow-zeroloss": ("kpps", True), "udp64-10kflows-zeroloss": ("kpps", True),
     "tcp-conn-rate": ("conn/s", True), "udp-flow-rate": ("flows/s", True),
@@ -286,6 +287,40 @@ def tcp_bulk(streams: int, reverse: bool):
     return name, run
 
 
+# What polls each middle's connection table, over and over, like `conntrack --watch`: the
+# Hyperplane CLI through the control socket; the kernel's table for the kernel NAT; routing
+# keeps no table (its figure is plain tcp-1).
+POLL_INTERVAL_S = 0.1
+KERNEL_POLL = f"while :; do cat /proc/net/nf_conntrack > /dev/null; sleep {POLL_INTERVAL_S}; done"
+
+
+def tcp_conntrack_poll(ctx: Ctx, m: Middle) -> tuple[dict, dict]:
+    """tcp-1 while the middle's connection table is listed continuously; the ratio to tcp-1's
+    median so far (issue 6: listing never slows forwarding down)."""
+    import subprocess
+    import sys
+    poller = None
+    if m.name == "hyperplane":
+        poller = subprocess.Popen([sys.executable, "-m", "hyperplane.cli", "conntrack", "--watch",
+                                   "--interval", str(POLL_INTERVAL_S), "--prefix", ctx.prefix],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, start_new_session=True)
+        ctx.procs.procs.append(poller)
+    elif m.name == "kernel-nat":
+        poller = ctx.procs.start(m.ns, ["sh", "-c", KERNEL_POLL])
+    try:
+        end, used = _iperf(ctx, m, 1, False)
+    finally:
+        if poller is not None:
+            ctx.procs.kill(poller)
+    gbit = end["bits_per_second"] / 1e9
+    out = {"tcp-1-conntrack-poll": gbit}
+    base = ctx.median("tcp-1", m.name)
+    if base:
+        out["conntrack-poll-ratio"] = gbit / base
+    return out, {"bytes": end["bytes"], "poll_interval_s": POLL_INTERVAL_S, **used}
+
+
 def udp64(key: str, n: int):
     def run(ctx: Ctx, m: Middle) -> tuple[dict, dict]:
         flows = Flows(key, "bulk", n)
@@ -405,7 +440,8 @@ class Test:
 
 
 def _tests() -> list[Test]:
-    out = [Test(*tcp_bulk(1, False)), Test(*tcp_bulk(1, True)), Test(*tcp_bulk(4, False)),
+    out = [Test(*tcp_bulk(1, False)), Test("tcp-1-conntrack-poll", tcp_conntrack_poll),
+           Test(*tcp_bulk(1, True)), Test(*tcp_bulk(4, False)),
            Test(*tcp_bulk(4, True)), Test(*udp64("udp64-1flow", 1)),
            Test(*udp64("udp64-10kflows", 10_000)), Test(*conn_rate("tcp")),
            Test(*conn_rate("udp")), Test(*rtt(False)), Test(*rtt(True))]
