@@ -26,7 +26,7 @@ import time
 import pytest
 
 from conftest import _sweep, new_prefix
-from test_forwarding_thread import MAX_GAP_MS, MAX_LOSS, RECEIVER, SENDER
+from test_forwarding_thread import CANARY, MAX_GAP_MS, MAX_LOSS, RECEIVER, SENDER
 from test_v2n import CLI, cli
 
 RATE = 2000                 # datagrams per second
@@ -83,22 +83,6 @@ for i in range(n):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.sendto(b"flow %d" % i, (dst, port))
     socks.append(s)
-"""
-
-
-# The machine's own scheduling delay, for the report: a process that asks to sleep 2 ms at a
-# time notes how late it wakes (on a busy 2-core machine, every thread can wait its turn).
-CANARY = r"""
-import json, sys, time
-end = time.monotonic() + float(sys.argv[1])
-worst, at = 0.0, 0
-while time.monotonic() < end:
-    t0 = time.monotonic()
-    time.sleep(0.002)
-    late = time.monotonic() - t0 - 0.002
-    if late > worst:
-        worst, at = late, time.time_ns()
-print(json.dumps({"late_ms": worst * 1e3, "at_ns": at}))
 """
 
 

@@ -87,6 +87,22 @@ print(n)
 """
 
 
+# The machine's own scheduling delay, for the report: a process that asks to sleep 2 ms at a
+# time notes how late it wakes (on a busy 2-core machine, every thread can wait its turn).
+CANARY = r"""
+import json, sys, time
+end = time.monotonic() + float(sys.argv[1])
+worst, at = 0.0, 0
+while time.monotonic() < end:
+    t0 = time.monotonic()
+    time.sleep(0.002)
+    late = time.monotonic() - t0 - 0.002
+    if late > worst:
+        worst, at = late, time.time_ns()
+print(json.dumps({"late_ms": worst * 1e3, "at_ns": at}))
+"""
+
+
 class BigNatLab(NatLab):
     CAPACITY = 131072
 
@@ -157,6 +173,7 @@ def test_forwarding_goes_on_while_python_is_busy(lab):  # noqa: F811
         time.sleep(0.5)                                  # traffic first, then the load
 
         flooder = in_ns(nl.fn, FLOODER, "10.0.1.20", 2.0, 10_000)
+        canary = subprocess.Popen([PY, "-c", CANARY, "3.0"], stdout=subprocess.PIPE, text=True)
         switch = sys.getswitchinterval()
         sys.setswitchinterval(0.2)      # the busy thread keeps the GIL 200 ms at a time
 
@@ -179,6 +196,7 @@ def test_forwarding_goes_on_while_python_is_busy(lab):  # noqa: F811
             enis.join(30)
             sys.setswitchinterval(switch)
         flood_sent = int(flooder.communicate(timeout=30)[0])
+        late = json.loads(canary.communicate(timeout=30)[0])["late_ms"]
         assert len(listed) >= LISTED
         sender.wait(timeout=SECONDS * 4)
         got = {int(k): v for k, v in json.loads(receiver.communicate(timeout=30)[0]).items()}
@@ -207,7 +225,7 @@ def test_forwarding_goes_on_while_python_is_busy(lab):  # noqa: F811
               f"{sum(punted)} taken; rx ring drops {ring_drops}; the loop waited for the table "
               f"lock {counters['LOCK_WAITS']} times, {counters['LOCK_WAIT_NS'] / 1e6:.1f} ms in "
               f"all, {counters['LOCK_WAIT_MAX_NS'] / 1e6:.2f} ms at most; other threads' holds "
-              f"{holds}")
+              f"{holds}; meanwhile a process sleeping 2 ms woke up to {late:.0f} ms late")
     print(report)
     assert counters["PUNTED"] + counters["PUNT_OVERFLOW"] >= flood_sent // 2, report
     # What the data plane owns: the loop never waited long for another thread's hold.
