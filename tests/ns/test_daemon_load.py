@@ -100,24 +100,38 @@ def wait_until(what, predicate, timeout):
         time.sleep(0.2)
 
 
-def fill(lab, prefix, n):
+def fill(lab, prefix, n, rounds=3):
     """n more UDP connections from the function "worker", sent by hpbench: a few source ports
-    (endpoint-independent mapping: a NAT port each) times many destination ports. Returns the
-    daemon's connection count once it holds them all."""
+    (endpoint-independent mapping: a NAT port each) times many destination ports. The sender
+    never blocks, so a busy machine loses some: the same flows are sent again (at most
+    `rounds` times) until the daemon holds them all. Returns its connection count."""
     from hyperplane.benchmark.tools import hpbench_binary
     before = stats(prefix)["connections"]
     web = lab.state.host("web").ipv4
     nsports = max(4, -(-n // FILL_DPORTS))
     ndports = -(-n // nsports)
-    rate = 50_000
-    r = lab.exec("worker", [hpbench_binary(), "send", web, str(SINK_PORT), str(ndports),
-                            str(FILL_SPORT), str(nsports), str(rate), str(n / rate * 4 + 10), "0",
-                            "16", str(n)], timeout=n / rate * 4 + 60)
-    assert r.returncode == 0, r.stderr
-    sent = json.loads(r.stdout)
-    assert sent["sent"] == n, sent
-    return wait_until("the table filled", lambda: (c := stats(prefix)["connections"])
-                      >= before + n * 0.999 and c, 60)
+    rate = 30_000
+    for _ in range(rounds):
+        r = lab.exec("worker", [hpbench_binary(), "send", web, str(SINK_PORT), str(ndports),
+                                str(FILL_SPORT), str(nsports), str(rate), str(n / rate * 4 + 10),
+                                "0", "16", str(n)], timeout=n / rate * 4 + 60)
+        assert r.returncode == 0, r.stderr
+        count = settled_connections(prefix)
+        if count >= before + n:
+            return count
+    raise AssertionError(f"the table holds {count - before} of the {n} connections sent")
+
+
+def settled_connections(prefix, deadline_s=30):
+    """The daemon's connection count once it stops growing (frames in flight arrived)."""
+    last, still = stats(prefix)["connections"], 0
+    deadline = time.monotonic() + deadline_s
+    while still < 3 and time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = stats(prefix)["connections"]
+        still = still + 1 if now == last else 0
+        last = now
+    return last
 
 
 def rss_kb(pid, kind="RssAnon"):
@@ -246,7 +260,7 @@ def test_forwarding_goes_on_through_control_load_listing_and_new_enis(daemon_lab
               f"{(late['at_ns'] - load_ns) / 1e9:.1f} s); slow path "
               f"{ {k: v for k, v in st['slowpath'].items() if 'exhaust' in k} }")
     print(report)
-    assert n_listed >= filled >= 100_000 * 0.999, report
+    assert n_listed >= filled >= 100_000, report
     assert len(enis) >= enis_before + NEW_ENIS, report
     assert runtime.pid_of(prefix) == pid and st["connections"] >= 100_000, report
     assert lost <= count * MAX_LOSS, report
@@ -281,6 +295,6 @@ def test_conntrack_of_a_million_connections_in_bounded_memory(daemon_lab):
               f"VmRSS {total_before / 1024:.0f} MB before, {rss_kb(pid, 'VmRSS') / 1024:.0f} MB "
               f"after (the state's pages touched)")
     print(report)
-    assert n_listed >= filled >= 1_000_000 * 0.999, report
+    assert n_listed >= filled >= 1_000_000, report
     assert growth_mb < MAX_RSS_GROWTH_MB, report
 
