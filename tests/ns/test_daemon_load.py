@@ -46,6 +46,9 @@ cidr4 = "10.200.0.0/24"
 [nat]
 port_range = [{port_lo}, 65535]
 capacity = {capacity}
+[nat.quotas]                # one function fills the table, another scales a pool out
+connections_share = 1.0
+ports_share = 1.0
 [nat.flow_logs]
 interval_s = {flow_interval_s}
 [nat.timeouts]
