@@ -61,6 +61,30 @@ def filled_c_nat(n):
     return nat, frames
 
 
+def filled_tcp_nat(n):
+    """A C NAT holding n ESTABLISHED TCP connections of one function (its MAC bound, as the
+    daemon binds it), and the packed frames of one ACK with 10 bytes of data on each: every
+    frame passes the window check and the MAC check, and sending them again keeps them so."""
+    nat = make_nat(Nat, 0, capacity=max(n, 1024))
+    eni = nat.add_eni("10.0.1.4")
+    g = nat.add_group()
+    nat.group_add_eni(g, eni)
+    src = function_addr(0)
+    nat.add_source(src, g, mac=framegen.ETH_SRC.hex(":"))
+    acks = []
+    for i in range(n):
+        sport = 1024 + i
+        syn = framegen.tcp(src, SERVER, sport, 443, "S", seq=1000)
+        assert nat.translate([syn], vocab.OUT, 0)[0][0] == vocab.FORWARD
+        f = framegen.fields(syn)
+        synack = framegen.tcp(SERVER, f["src"], 443, f["sport"], "SA", seq=5000, ack=1001)
+        assert nat.translate([synack], vocab.IN, 0)[0][0] == vocab.FORWARD
+        acks.append(framegen.tcp(src, SERVER, sport, 443, "A", seq=1001, ack=5001,
+                                 payload=bytes(10)))
+    size = max(len(f) for f in acks)           # padding: the IP length keeps the real size
+    return nat, b"".join(bytes(f) + bytes(size - len(f)) for f in acks), size
+
+
 def shuffled_keys(frames, n):
     """Packed 40-byte original-direction keys of the n flows, in random order."""
     from hyperplane._core import pack_key

@@ -13,8 +13,8 @@ import pytest
 from hyperplane import vocab
 from hyperplane._core import Nat
 
-from setups import (FRAME, make_nat, model_nat_with_flows, packed_flows,
-                      per_op, shuffled_keys, udp64, function_addr)
+from setups import (FRAME, filled_tcp_nat, make_nat, model_nat_with_flows, packed_flows,
+                    per_op, shuffled_keys, udp64, function_addr)
 
 MODEL_N = 2000
 
@@ -77,6 +77,16 @@ def test_translate_64_byte_frames(benchmark, nat_10k):
     assert benchmark(nat.translate_packed, frames, work, FRAME, vocab.OUT, 2000) == n
     ns = per_op(benchmark, n, "ns per frame")
     benchmark.extra_info["M frames/s"] = round(1e3 / ns, 2)
+
+
+def test_translate_tcp_established(benchmark):
+    """Established TCP flows, OUT direction: as above plus the window check (csrc/tcp.c) and
+    the owner's MAC check, 10,000 flows."""
+    nat, frames, size = filled_tcp_nat(10_000)
+    work = bytearray(len(frames))
+    n = len(frames) // size
+    assert benchmark(nat.translate_packed, frames, work, size, vocab.OUT, 2000) == n
+    per_op(benchmark, n, "ns per frame")
 
 
 def test_translate_model(benchmark):

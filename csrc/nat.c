@@ -16,7 +16,7 @@ const char *const hp_counter_names[HP_C_COUNT] = {
     "FWD_OUT_PACKETS", "FWD_OUT_BYTES", "FWD_IN_PACKETS", "FWD_IN_BYTES",
     "CONN_CREATED", "CONN_ESTABLISHED", "CONN_EXPIRED", "JOURNAL_OVERFLOW",
     "REJECT_OVERFLOW", "RST_SENT", "RST_LIMITED",
-    "CONN_EARLY_DROPPED", "REFUSAL_SENT", "REFUSAL_LIMITED",
+    "CONN_EARLY_DROPPED", "REFUSAL_SENT", "REFUSAL_LIMITED", "HAIRPIN_PACKETS",
 };
 
 void hp_nat_config_default(hp_nat_config *cfg)
@@ -616,7 +616,12 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
         reason = forward(nat, id, pkt, dir, 1, now_ms, res);
         if (reason == HP_R_NONE)
             reason = hairpin(nat, pkt, id, now_ms, res);
-        if (reason != HP_R_NONE) {
+        if (reason == HP_R_NONE) {
+            uint32_t packets;
+            uint64_t bytes;
+            hp_pkt_wire_size(pkt, &packets, &bytes);
+            nat->counters[HP_C_HAIRPIN_PACKETS] += packets;
+        } else {
             memcpy(l3p, ip, iplen);
             memcpy(l4p, l4, l4len);
         }

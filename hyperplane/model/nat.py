@@ -251,6 +251,7 @@ class Nat:
         if reason != R["NONE"]:
             return self._refuse(reason)
         rewrite(frame, pkt, IN, conn.src, conn.sport, dec_ttl=0)
+        self.counter["HAIRPIN_PACKETS"] += wire_size(pkt)[0]
         return (FORWARD, R["NONE"], 0, conn.id)
 
     def _hairpin_receiver(self, pkt: Packet, key: tuple, eni, now_ms: int):

@@ -1427,8 +1427,10 @@ def test_hairpinning(NatClass, family, proto, receiver):
     # The sender writes to the receiver's external address and port...
     frame = fg.build(sender, recv_ext[0], proto, 5000, recv_ext[1], flags="S", payload=b"hi",
                      ttl=10)
+    assert nat.counters()["HAIRPIN_PACKETS"] == 0
     res = out(nat, frame)
     assert res[:3] == (FORWARD, R["NONE"], 0)             # back to the inside port
+    assert nat.counters()["HAIRPIN_PACKETS"] == 1          # counted apart, too
     f = fg.fields(frame)
     # ... and the receiver sees the sender's external address and port.
     assert (f["src"], f["sport"], f["dst"], f["dport"]) == (*sender_ext, recv, 6000)
@@ -1441,6 +1443,7 @@ def test_hairpinning(NatClass, family, proto, receiver):
     b = fg.fields(back)
     assert (b["src"], b["sport"], b["dst"], b["dport"]) == (*recv_ext, sender, 5000)
     assert fg.checksums_ok(back)
+    assert nat.counters()["HAIRPIN_PACKETS"] == 2
     if proto == fg.TCP:                                   # the handshake completes on both
         fin = fg.build(sender, recv_ext[0], proto, 5000, recv_ext[1], flags="A", seq=1001,
                        ack=5001)
@@ -1457,6 +1460,7 @@ def test_hairpin_needs_a_mapping(NatClass):
     copy = bytes(frame)
     assert out(nat, frame) == refused("IN_NO_MATCH_UDP")
     assert bytes(frame) == copy                 # refused on the way back in: left as it came
+    assert nat.counters()["HAIRPIN_PACKETS"] == 0
     assert out(nat, fg.tcp(SRC, ENI_B, 5001, 999, "S")) == refused("IN_UNSOLICITED_SYN")
     # TCP to a mapped UDP port, or not a SYN: no.
     assert out(nat, fg.tcp(SRC_B, ext[0], 1, ext[1], "S")) == refused("IN_UNSOLICITED_SYN")
