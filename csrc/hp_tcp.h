@@ -7,14 +7,31 @@
 #include "hp_conntrack.h"
 #include "hp_packet.h"
 
+#define HP_TCP_URG 32
+
 /* Whether the flags are a combination a TCP stack sends (Linux's tcp_valid_flags): PSH, ECE
  * and CWR aside, one of SYN, SYN|ACK, RST, RST|ACK, FIN|ACK, ACK, each also with URG where
- * Linux allows it. */
-int hp_tcp_valid_flags(uint8_t flags);
+ * Linux allows it. Inline, as the next one: every TCP packet asks. */
+static inline int hp_tcp_valid_flags(uint8_t flags)
+{
+    switch (flags & (HP_TCP_FIN | HP_TCP_SYN | HP_TCP_RST | HP_TCP_ACK | HP_TCP_URG)) {
+    case HP_TCP_SYN: case HP_TCP_SYN | HP_TCP_URG: case HP_TCP_SYN | HP_TCP_ACK:
+    case HP_TCP_RST: case HP_TCP_RST | HP_TCP_ACK:
+    case HP_TCP_FIN | HP_TCP_ACK: case HP_TCP_FIN | HP_TCP_ACK | HP_TCP_URG:
+    case HP_TCP_ACK: case HP_TCP_ACK | HP_TCP_URG:
+        return 1;
+    default:
+        return 0;
+    }
+}
 
 /* Whether this segment is a SYN that reopens a TIME_WAIT or CLOSE connection: the entry is
  * replaced by a new connection. */
-int hp_tcp_reopens(const hp_conn *c, int dir, uint8_t flags);
+static inline int hp_tcp_reopens(const hp_conn *c, int dir, uint8_t flags)
+{
+    return dir == HP_DIR_OUT && (flags & (HP_TCP_SYN | HP_TCP_ACK)) == HP_TCP_SYN &&
+           (c->state == HP_S_TIME_WAIT || c->state == HP_S_CLOSE);
+}
 
 /* The window state of a new connection from its first SYN (Linux tcp_new): the inside's
  * side is known, the other not yet; the SYN then goes through hp_tcp_track as any segment. */

@@ -4,7 +4,6 @@
 
 #include <string.h>
 
-#define TCP_URG 32
 #define TCP_MAX_WSCALE 14
 #define MAXACKWINCONST 66000    /* Linux: the ack may lag td_end by this much at least */
 
@@ -18,25 +17,6 @@ static inline uint32_t be32(const uint8_t *p)
 /* Sequence number order, modulo 2^32. */
 static inline int before(uint32_t a, uint32_t b) { return (int32_t)(a - b) < 0; }
 static inline int after(uint32_t a, uint32_t b) { return before(b, a); }
-
-int hp_tcp_valid_flags(uint8_t flags)
-{
-    switch (flags & (HP_TCP_FIN | HP_TCP_SYN | HP_TCP_RST | HP_TCP_ACK | TCP_URG)) {
-    case HP_TCP_SYN: case HP_TCP_SYN | TCP_URG: case HP_TCP_SYN | HP_TCP_ACK:
-    case HP_TCP_RST: case HP_TCP_RST | HP_TCP_ACK:
-    case HP_TCP_FIN | HP_TCP_ACK: case HP_TCP_FIN | HP_TCP_ACK | TCP_URG:
-    case HP_TCP_ACK: case HP_TCP_ACK | TCP_URG:
-        return 1;
-    default:
-        return 0;
-    }
-}
-
-int hp_tcp_reopens(const hp_conn *c, int dir, uint8_t flags)
-{
-    return dir == HP_DIR_OUT && (flags & (HP_TCP_SYN | HP_TCP_ACK)) == HP_TCP_SYN &&
-           (c->state == HP_S_TIME_WAIT || c->state == HP_S_CLOSE);
-}
 
 /* The next well-formed option at or after *i, walking as Linux does: EOL ends, NOP is one
  * byte, any other needs a length >= 2 that fits, else the walk stops. Returns 0 at the end,
@@ -97,7 +77,7 @@ typedef struct seg {
     uint32_t optlen;
 } seg;
 
-static void read_segment(const hp_pkt *pkt, seg *s)
+static inline void read_segment(const hp_pkt *pkt, seg *s)
 {
     const uint8_t *th = pkt->eth + pkt->l4;
     uint32_t datalen = pkt->l3len - (uint32_t)(pkt->l4 - pkt->l3) - pkt->l4hdr;
@@ -110,17 +90,29 @@ static void read_segment(const hp_pkt *pkt, seg *s)
     s->optlen = pkt->l4hdr - 20u;
 }
 
-/* Linux tcp_in_window on a copy of the state: 1 and w updated when acceptable. */
+/* Linux tcp_in_window: 1 and w updated when acceptable, else 0 and w unchanged. */
 static int in_window(hp_tcp_win *w, uint8_t state, uint8_t conn_flags, int dir, const seg *s)
 {
-    hp_tcp_win t = *w;
-    hp_tcp_dir *snd = &t.dir[dir], *rcv = &t.dir[!dir];
+    hp_tcp_dir *snd = &w->dir[dir], *rcv = &w->dir[!dir];
     uint32_t ack = s->ack, sack = s->ack, win = s->win;
     int syn = s->flags & HP_TCP_SYN, has_ack = s->flags & HP_TCP_ACK;
 
     if (rcv->flags & HP_TW_SACK_PERM)
         parse_sack(s->opt, s->optlen, &sack);
-    if (snd->td_maxwin == 0) {
+    /* A side seen for the first time, or a SYN sent again, changes the state before the
+     * check: then work on a copy, kept only if the segment passes. Every other segment (the
+     * established flow's) is checked in place: nothing is written before the check. */
+    hp_tcp_win t;
+    int first = snd->td_maxwin == 0;
+    int restart = !first &&
+        ((state == HP_S_SYN_SENT && dir == HP_DIR_OUT && !(conn_flags & HP_F_SYN_REPLY)) ||
+         (state == HP_S_SYN_RECV && dir == HP_DIR_IN)) && after(s->end, snd->td_end);
+    if (first || restart) {
+        t = *w;
+        snd = &t.dir[dir];
+        rcv = &t.dir[!dir];
+    }
+    if (first) {
         if (syn) {                          /* the first SYN (or SYN|ACK) of this side */
             snd->td_end = snd->td_maxend = s->end;
             snd->td_maxwin = win ? win : 1;
@@ -142,8 +134,7 @@ static int in_window(hp_tcp_win *w, uint8_t state, uint8_t conn_flags, int dir, 
             else if (sack == rcv->td_end + 1)
                 rcv->td_end++;              /* the answer to a keepalive */
         }
-    } else if (((state == HP_S_SYN_SENT && dir == HP_DIR_OUT && !(conn_flags & HP_F_SYN_REPLY)) ||
-                (state == HP_S_SYN_RECV && dir == HP_DIR_IN)) && after(s->end, snd->td_end)) {
+    } else if (restart) {
         /* A SYN sent again with a new initial sequence number (RFC 793 restart). */
         snd->td_end = snd->td_maxend = s->end;
         snd->td_maxwin = win ? win : 1;
@@ -180,7 +171,8 @@ static int in_window(hp_tcp_win *w, uint8_t state, uint8_t conn_flags, int dir, 
         if (win == 0)
             rcv->td_maxend++;
     }
-    *w = t;
+    if (first || restart)
+        *w = t;
     return 1;
 }
 

@@ -5,6 +5,7 @@ one ENI; spoofed sources and forged MACs reach nothing; martian destinations are
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from test_observe import wait_for
-from test_v2n import ECHO, running_lab
+from test_v2n import ECHO, TOOLS, running_lab
 
 # CLOSE is short, so "past the CLOSE timeout" takes 2 s; ESTABLISHED long enough for a test.
 TIMEOUTS = """
@@ -21,6 +22,20 @@ CLOSE = 2
 TIME_WAIT = 1
 SYN_SENT = 2
 ESTABLISHED = 120
+"""
+# Two more IPv6 functions for hairpinning over IPv6: peer6 on api's ENI, far6 on its own.
+EXTRA_FUNCTIONS = """
+[[functions]]
+name = "peer6"
+subnets = ["app"]
+security_groups = ["sg-web"]
+ipv6 = true
+
+[[functions]]
+name = "far6"
+subnets = ["cache"]
+security_groups = ["sg-web"]
+ipv6 = true
 """
 
 # Holds one TCP connection to the echo server: "up" once connected, then per stdin line an
@@ -47,7 +62,10 @@ for line in sys.stdin:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    with running_lab(tmp_path_factory.mktemp("tcp"), timeouts=TIMEOUTS) as r:
+    with running_lab(tmp_path_factory.mktemp("tcp"), timeouts=TIMEOUTS + EXTRA_FUNCTIONS) as r:
+        for host in ("db", "cache"):        # where the other ENIs' functions get mappings
+            echo = r.serve(host, *TOOLS, "serve", "--tcp", str(ECHO), "--udp", str(ECHO))
+            assert echo.stdout.readline().strip() == "ready"
         yield r
 
 
@@ -109,17 +127,46 @@ def test_blind_segments_are_dropped_and_a_real_rst_closes(run, family):
     wait_for(lambda: (conn_of(run, h.sport) or {}).get("state") == "CLOSE", "CLOSE")
 
 
-def test_udp_hairpin_between_functions_on_one_eni(run):
-    """worker listens on a UDP port it has used once (so it has a mapping); api sends to the
-    ENI address and worker's external port; worker sees api's ENI address and port."""
-    web = run.state.host("web")
-    api, worker = run.state.function("api"), run.state.function("worker")
-    eni = run.state.enis_of(api.group)[0]
-    listener = run.lab.popen("worker", [sys.executable, "-c", f"""
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 40123))
-s.sendto(b"hello", ("{web.ipv4}", {ECHO}))
+# Hairpin receivers by (family, ENI): worker shares api's ENI, report has its own (subnet
+# data); peer6 and far6 (added to this lab) are the IPv6 pair. Each receiver gets its mapping
+# from a host in its own subnet, then listens on the same port.
+HAIRPIN_RECEIVERS = {(4, "same ENI"): ("worker", "web"), (4, "other ENI"): ("report", "db"),
+                     (6, "same ENI"): ("peer6", "web"), (6, "other ENI"): ("far6", "cache")}
+HAIRPIN_CASES = sorted(HAIRPIN_RECEIVERS)
+
+
+def same_addr(a, b):
+    return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+
+
+def mapping_of(run, fn, family, proto, sport):
+    f = run.state.function(fn)
+    src = f.ipv4 if family == 4 else f.ipv6
+    return wait_for(lambda: [c for c in run.conntrack() if c["protocol"] == proto
+                             and same_addr(c["src"], src) and c["sport"] == sport],
+                    f"{fn}'s {proto} mapping")[0]
+
+
+def hairpin_setup(run, family, where):
+    fn, host = HAIRPIN_RECEIVERS[family, where]
+    h = run.state.host(host)
+    eni_fn = run.state.enis_of(run.state.function("api").group)[0]
+    wildcard, af = ("0.0.0.0", "AF_INET") if family == 4 else ("::", "AF_INET6")
+    return fn, (h.ipv4 if family == 4 else h.ipv6), eni_fn, wildcard, af
+
+
+@pytest.mark.parametrize("family,where", HAIRPIN_CASES)
+def test_udp_hairpin_between_functions(run, family, where):
+    """The receiver listens on a UDP port it has used once (so it has a mapping); api sends to
+    the receiver's ENI address and external port; the receiver sees api's ENI address and
+    external port, and its answer comes back the same way."""
+    fn, host_addr, api_eni, wildcard, af = hairpin_setup(run, family, where)
+    port = 40100 + HAIRPIN_CASES.index((family, where))
+    listener = run.lab.popen(fn, [sys.executable, "-c", f"""
+import socket
+s = socket.socket(socket.{af}, socket.SOCK_DGRAM)
+s.bind(("{wildcard}", {port}))
+s.sendto(b"hello", ("{host_addr}", {ECHO}))
 s.recvfrom(100)
 print("mapped", flush=True)
 data, peer = s.recvfrom(100)
@@ -128,12 +175,12 @@ s.sendto(b"back", peer)
 """], stdout=subprocess.PIPE, text=True)
     run.servers.append(listener)
     assert listener.stdout.readline().strip() == "mapped"
-    w = wait_for(lambda: [c for c in run.conntrack() if c["protocol"] == "udp"
-                          and c["src"] == worker.ipv4 and c["sport"] == 40123], "worker's mapping")[0]
+    w = mapping_of(run, fn, family, "udp", port)
+    before = nat_counters(run)["HAIRPIN_PACKETS"]
     r = run.exec("api", [sys.executable, "-c", f"""
 import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 40777))
+s = socket.socket(socket.{af}, socket.SOCK_DGRAM)
+s.bind(("{wildcard}", {port + 100}))
 s.settimeout(3)
 s.sendto(b"via-hairpin", ("{w['nat_addr']}", {w['nat_port']}))
 data, peer = s.recvfrom(100)
@@ -141,34 +188,38 @@ print(data.decode(), peer[0], peer[1])
 """])
     assert r.returncode == 0, r.stderr
     got, peer_addr, peer_port = listener.stdout.readline().split()
-    assert got == "via-hairpin" and peer_addr == eni.ipv4
-    a = [c for c in run.conntrack() if c["protocol"] == "udp" and c["src"] == api.ipv4
-         and c["sport"] == 40777][0]
+    assert got == "via-hairpin"
+    assert same_addr(peer_addr, api_eni.ipv4 if family == 4 else api_eni.ipv6)
+    a = mapping_of(run, "api", family, "udp", port + 100)
     assert int(peer_port) == a["nat_port"]            # api's external port, as outside sees it
-    assert r.stdout.split() == ["back", w["nat_addr"], str(w["nat_port"])]
+    back, addr, back_port = r.stdout.split()
+    assert back == "back" and same_addr(addr, w["nat_addr"]) and int(back_port) == w["nat_port"]
+    wait_for(lambda: nat_counters(run)["HAIRPIN_PACKETS"] >= before + 2, "HAIRPIN_PACKETS")
 
 
-def test_tcp_hairpin_between_functions_on_one_eni(run):
-    api, worker = run.state.function("api"), run.state.function("worker")
-    web = run.state.host("web")
-    eni = run.state.enis_of(api.group)[0]
-    # worker holds a connection from port 40321 to web (its mapping) and listens on it too.
-    server = run.lab.popen("worker", [sys.executable, "-c", f"""
+@pytest.mark.parametrize("family,where", HAIRPIN_CASES)
+def test_tcp_hairpin_between_functions(run, family, where):
+    fn, host_addr, api_eni, wildcard, af = hairpin_setup(run, family, where)
+    port = 40300 + HAIRPIN_CASES.index((family, where))
+    # The receiver holds a connection from its port to a host (its mapping) and listens on it.
+    server = run.lab.popen(fn, [sys.executable, "-c", f"""
 import socket
-c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-c.bind(("0.0.0.0", 40321)); c.connect(("{web.ipv4}", {ECHO})); c.sendall(b"m"); c.recv(10)
-l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-l.bind(("0.0.0.0", 40321)); l.listen(4)
+def bound():
+    s = socket.socket(socket.{af})
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("{wildcard}", {port}))
+    return s
+c = bound(); c.connect(("{host_addr}", {ECHO})); c.sendall(b"m"); c.recv(10)
+l = bound(); l.listen(4)
 print("ready", flush=True)
 conn, peer = l.accept()
 conn.sendall(conn.recv(100) + b" " + peer[0].encode() + b" " + str(peer[1]).encode())
 """], stdout=subprocess.PIPE, text=True)
     run.servers.append(server)
     assert server.stdout.readline().strip() == "ready"
-    w = wait_for(lambda: [c for c in run.conntrack() if c["protocol"] == "tcp"
-                          and c["src"] == worker.ipv4 and c["sport"] == 40321], "worker's mapping")[0]
+    w = mapping_of(run, fn, family, "tcp", port)
+    before = nat_counters(run)["HAIRPIN_PACKETS"]
     r = run.exec("api", [sys.executable, "-c", f"""
 import socket
 s = socket.create_connection(("{w['nat_addr']}", {w['nat_port']}), timeout=3)
@@ -177,10 +228,11 @@ print(s.recv(200).decode(), s.getsockname()[1])
 """])
     assert r.returncode == 0, r.stderr
     text, peer_addr, peer_port, api_port = r.stdout.split()
-    assert text == "tcp-hairpin" and peer_addr == eni.ipv4
-    a = [c for c in run.conntrack() if c["protocol"] == "tcp" and c["src"] == api.ipv4
-         and c["sport"] == int(api_port)][0]
-    assert int(peer_port) == a["nat_port"]
+    assert text == "tcp-hairpin"
+    assert same_addr(peer_addr, api_eni.ipv4 if family == 4 else api_eni.ipv6)
+    assert int(peer_port) == mapping_of(run, "api", family, "tcp", int(api_port))["nat_port"]
+    # SYN, SYN|ACK, ACK, data both ways at least.
+    wait_for(lambda: nat_counters(run)["HAIRPIN_PACKETS"] >= before + 5, "HAIRPIN_PACKETS")
 
 
 def test_spoofed_sources_and_forged_macs_reach_nothing(run):
@@ -199,6 +251,75 @@ def test_spoofed_sources_and_forged_macs_reach_nothing(run):
     tap.close()
     assert not leaked, "a spoofed frame reached the customer host"
     assert nat_counters(run)["drop.SPOOFED_SOURCE"] >= before + len(frames)
+
+
+def slowpath_counters(run):
+    return run.stats()["slowpath"]
+
+
+def test_forged_arp_and_ndp_claims_divert_nothing(run):
+    """api claims worker's IPv4 and peer6's IPv6 address (gratuitous ARP, unsolicited NA with
+    the override flag) and the gateway's: the claims are ignored and counted, and the replies
+    of worker's and peer6's traffic still go to their own MACs, none to api's. The claims go
+    to the data plane's MAC only: the functions' bridge is plain L2, so broadcast claims for
+    the gateway would poison the other functions' own ARP caches (not the NAT's to defend)."""
+    from conftest import Tap
+    api, worker, peer6 = (run.state.function(n) for n in ("api", "worker", "peer6"))
+    gw, web = run.state.inside, run.state.host("web")
+    before = slowpath_counters(run)
+
+    def garp(addr):
+        return (f"Ether(src='{api.mac}', dst='{gw.mac}')/ARP(op=2, hwsrc='{api.mac}', "
+                f"psrc='{addr}', hwdst='ff:ff:ff:ff:ff:ff', pdst='{addr}')")
+
+    def unsolicited_na(addr):
+        return (f"Ether(src='{api.mac}', dst='{gw.mac}')/IPv6(src='{addr}', "
+                f"dst='ff02::1', hlim=255)/ICMPv6ND_NA(tgt='{addr}', R=0, S=0, O=1)"
+                f"/ICMPv6NDOptDstLLAddr(lladdr='{api.mac}')")
+    claims = [garp(worker.ipv4), garp(gw.gateway4), unsolicited_na(peer6.ipv6),
+              unsolicited_na(gw.gateway6)]
+    tap = Tap(api.ns, "eth0")
+    try:
+        scapy(run, "api", f"sendp([{', '.join(claims)}], iface='eth0')")
+        after = wait_for(lambda: (lambda c: c if c.get("neigh_claim_ignored", 0)
+                                  >= before.get("neigh_claim_ignored", 0) + 2 else None)(
+            slowpath_counters(run)), "the claims counted")
+        assert after.get("arp_conflict", 0) > before.get("arp_conflict", 0)
+        assert after.get("nd_conflict", 0) > before.get("nd_conflict", 0)
+        for fn, dst in (("worker", web.ipv4), ("peer6", web.ipv6)):
+            for proto in ("udp", "tcp"):
+                r = run.echo(fn, proto, dst, text=f"claimed-{fn}-{proto}")
+                assert r.returncode == 0, (fn, proto, r.stderr)
+                assert r.stdout.strip() == f"claimed-{fn}-{proto}"
+        api_mac = bytes.fromhex(api.mac.replace(":", ""))
+        diverted = [f for f in tap.frames(0.5) if f[:6] == api_mac and b"claimed-" in f]
+        assert not diverted, "a reply went to the MAC that forged the claim"
+    finally:
+        tap.close()
+
+
+def test_classic_stun_client_reports_hairpinning(run):
+    """RFC 3489 STUN (Debian's stun-client / stun-server): the server on host web with a
+    second address, the client in api; it finds an endpoint-independent mapping and that the
+    NAT hairpins (its own mapped address reaches it)."""
+    web = run.state.host("web")
+    second = str(ipaddress.ip_address(web.ipv4) + 1)
+    r = subprocess.run(["ip", "-n", web.ns, "addr", "add", f"{second}/24", "dev", web.ifname],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    try:
+        server = run.serve("web", "stund", "-h", web.ipv4, "-a", second)
+        wait_for(lambda: subprocess.run(["ip", "netns", "exec", web.ns, "ss", "-lun"],
+                                        capture_output=True, text=True).stdout.count(":3478")
+                 >= 2, "stund listening")
+        assert server.poll() is None
+        r = run.exec("api", ["stun", web.ipv4, "-v"], timeout=30)
+        report = r.stdout + r.stderr
+        assert "hairpin = 1" in report, report[-2000:]
+        assert "Independent Mapping" in report and "will hairpin" in report, report[-2000:]
+    finally:
+        subprocess.run(["ip", "-n", web.ns, "addr", "del", f"{second}/24", "dev", web.ifname],
+                       capture_output=True)
 
 
 @pytest.mark.parametrize("dst", ["169.254.169.254", "224.0.0.251"])
