@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..config import Config, default_config
-from . import netns
+from . import netns, portguard
 from .cleanup import CleanupReport, cleanup, find
 from .topology import (BridgeSpec, EniInfo, LabError, LabState, LinkEnd, NamespaceSpec,
                        RouteSpec, Topology, VethSpec, build_topology, eni_veth)
@@ -307,6 +307,7 @@ class Lab:
                 cleanup(self.prefix, self.run_dir)
             try:
                 apply(self.topology)
+                portguard.install(self.prefix, self.topology.functions)
                 state = self.topology.state()
                 state.save(self.run_dir)
             except BaseException:

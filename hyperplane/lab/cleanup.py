@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import netns
+from . import netns, portguard
+from .names import ns_lambda
 from .topology import LabState, is_lab_link, is_lab_namespace
 
 
@@ -175,7 +176,10 @@ def _cleanup(prefix: str, run_dir: str | Path | None, grace: float) -> CleanupRe
             if ps := [p for p in ps if p != os.getpid()]:
                 report.errors.append(f"{n}: processes still inside: {ps}")
 
-    # 2-3. links inside, then the names
+    # 2-3. the functions' port filter (it would go with its namespace; said explicitly so a
+    # namespace kept alive by a straggler holds no rules), links inside, then the names
+    if ns_lambda(prefix) in names and portguard.remove(prefix):
+        report.links.append(f"{ns_lambda(prefix)}/nft {portguard.table_name(prefix)}")
     for n in names:
         _delete_links_in(n, report)
     for n in names:

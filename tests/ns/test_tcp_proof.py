@@ -6,6 +6,7 @@ one ENI; spoofed sources and forged MACs reach nothing; martian destinations are
 from __future__ import annotations
 
 import ipaddress
+import json
 import subprocess
 import sys
 import time
@@ -76,6 +77,23 @@ def nat_counters(run):
 def scapy(run, host, code):
     r = run.exec(host, [sys.executable, "-c", "from scapy.all import *\nconf.verb = 0\n" + code])
     assert r.returncode == 0, r.stderr
+
+
+def send_behind_guard(run, frames):
+    """Sends frames from the functions' bridge device itself, past the lab's per-port guard
+    (hyperplane/lab/portguard.py): what the data plane does with them if one got through."""
+    from hyperplane.lab import netns
+    from hyperplane.lab.names import if_lambda_bridge, ns_lambda
+    code = (f"from scapy.all import *\nconf.verb = 0\n"
+            f"sendp([{', '.join(frames)}], iface='{if_lambda_bridge(run.prefix)}')")
+    r = netns.exec(ns_lambda(run.prefix), [sys.executable, "-c", code], timeout=20)
+    assert r.returncode == 0, r.stderr
+
+
+def guard_drops(run, fn):
+    from hyperplane.lab import portguard
+    index = [f.name for f in run.state.functions].index(fn)
+    return portguard.drops(run.prefix)[index]
 
 
 class Holder:
@@ -246,9 +264,14 @@ def test_spoofed_sources_and_forged_macs_reach_nothing(run):
               f"Ether(dst='{gw.mac}', src='02:00:00:00:66:66')/IP(src='{api.ipv4}', dst='{web.ipv4}')/UDP(sport=998, dport={ECHO})/Raw(b'spoof-mac')"]
     if api.ipv6 and report.ipv6:
         frames.append(f"Ether(dst='{gw.mac}', src='{api.mac}')/IPv6(src='{report.ipv6}', dst='{web.ipv6}')/UDP(sport=997, dport={ECHO})/Raw(b'spoof6')")
-    scapy(run, "api", f"sendp([{', '.join(frames)}], iface='eth0')")
-    leaked = [f for f in tap.frames(1.0) if b"spoof" in f]
-    tap.close()
+    guarded = guard_drops(run, "api")
+    try:
+        scapy(run, "api", f"sendp([{', '.join(frames)}], iface='eth0')")
+        assert guard_drops(run, "api") == guarded + len(frames), "the port guard let one pass"
+        send_behind_guard(run, frames)
+        leaked = [f for f in tap.frames(1.0) if b"spoof" in f]
+    finally:
+        tap.close()
     assert not leaked, "a spoofed frame reached the customer host"
     assert nat_counters(run)["drop.SPOOFED_SOURCE"] >= before + len(frames)
 
@@ -261,8 +284,8 @@ def test_forged_arp_and_ndp_claims_divert_nothing(run):
     """api claims worker's IPv4 and peer6's IPv6 address (gratuitous ARP, unsolicited NA with
     the override flag) and the gateway's: the claims are ignored and counted, and the replies
     of worker's and peer6's traffic still go to their own MACs, none to api's. The claims go
-    to the data plane's MAC only: the functions' bridge is plain L2, so broadcast claims for
-    the gateway would poison the other functions' own ARP caches (not the NAT's to defend)."""
+    to the data plane's MAC only and from the bridge itself, past the port guard (which would
+    drop them: see test_port_guard_keeps_the_functions_neighbour_caches)."""
     from conftest import Tap
     api, worker, peer6 = (run.state.function(n) for n in ("api", "worker", "peer6"))
     gw, web = run.state.inside, run.state.host("web")
@@ -280,7 +303,7 @@ def test_forged_arp_and_ndp_claims_divert_nothing(run):
               unsolicited_na(gw.gateway6)]
     tap = Tap(api.ns, "eth0")
     try:
-        scapy(run, "api", f"sendp([{', '.join(claims)}], iface='eth0')")
+        send_behind_guard(run, claims)
         after = wait_for(lambda: (lambda c: c if c.get("neigh_claim_ignored", 0)
                                   >= before.get("neigh_claim_ignored", 0) + 2 else None)(
             slowpath_counters(run)), "the claims counted")
@@ -296,6 +319,56 @@ def test_forged_arp_and_ndp_claims_divert_nothing(run):
         assert not diverted, "a reply went to the MAC that forged the claim"
     finally:
         tap.close()
+
+
+def neighbours(run, fn):
+    """(address, MAC) of each neighbour entry on a function's eth0 that has a MAC."""
+    r = run.exec(fn, ["ip", "-j", "neigh", "show", "dev", "eth0"])
+    assert r.returncode == 0, r.stderr
+    return {(n["dst"], n["lladdr"]) for n in json.loads(r.stdout) if "lladdr" in n}
+
+
+def test_port_guard_keeps_the_functions_neighbour_caches(run):
+    """api broadcasts claims for the gateway's and the other functions' addresses (gratuitous
+    ARP requests and replies, unsolicited NAs with the override flag to all nodes): the lab's
+    port guard drops each one at api's bridge port and counts it, worker's and peer6's
+    neighbour entries (for the gateway, made by traffic first) keep their MACs, and their
+    traffic still reaches the customer through the NAT."""
+    api, worker, peer6 = (run.state.function(n) for n in ("api", "worker", "peer6"))
+    gw, web = run.state.inside, run.state.host("web")
+    for fn, dst in (("worker", web.ipv4), ("peer6", web.ipv6)):
+        assert run.echo(fn, "udp", dst, text="warm").returncode == 0
+    cache = {fn: neighbours(run, fn) for fn in ("worker", "peer6")}
+    assert (gw.gateway4, gw.mac) in cache["worker"], cache
+    assert (gw.gateway6, gw.mac) in cache["peer6"], cache
+
+    def garp(op, addr):
+        return (f"Ether(src='{api.mac}', dst='ff:ff:ff:ff:ff:ff')/ARP(op={op}, hwsrc='{api.mac}', "
+                f"psrc='{addr}', hwdst='00:00:00:00:00:00', pdst='{addr}')")
+
+    def unsolicited_na(addr):
+        return (f"Ether(src='{api.mac}', dst='33:33:00:00:00:01')/IPv6(src='{addr}', "
+                f"dst='ff02::1', hlim=255)/ICMPv6ND_NA(tgt='{addr}', R=1, S=0, O=1)"
+                f"/ICMPv6NDOptDstLLAddr(lladdr='{api.mac}')")
+
+    def na_from_own_address(addr):   # api's own source, a target it does not own
+        return (f"Ether(src='{api.mac}', dst='33:33:00:00:00:01')/IPv6(src='{api.ipv6}', "
+                f"dst='ff02::1', hlim=255)/ICMPv6ND_NA(tgt='{addr}', R=1, S=0, O=1)"
+                f"/ICMPv6NDOptDstLLAddr(lladdr='{api.mac}')")
+    claims = [garp(op, a) for op in (1, 2) for a in (gw.gateway4, worker.ipv4)]
+    claims += [make(a) for make in (unsolicited_na, na_from_own_address)
+               for a in (gw.gateway6, peer6.ipv6)]
+    before = guard_drops(run, "api")
+    scapy(run, "api", f"sendp([{', '.join(claims)}], iface='eth0')")
+    assert guard_drops(run, "api") == before + len(claims)
+    for fn in ("worker", "peer6"):
+        now = neighbours(run, fn)
+        assert cache[fn] <= now and not any(mac == api.mac for _, mac in now), (fn, now)
+    for fn, dst in (("worker", web.ipv4), ("peer6", web.ipv6)):
+        for proto in ("udp", "tcp"):
+            r = run.echo(fn, proto, dst, text=f"guarded-{fn}-{proto}")
+            assert r.returncode == 0, (fn, proto, r.stderr)
+            assert r.stdout.strip() == f"guarded-{fn}-{proto}"
 
 
 def test_classic_stun_client_reports_hairpinning(run):
