@@ -20,7 +20,7 @@ import sys
 import pytest
 
 from conftest import detached_lab
-from test_quota import CAPACITY, ECHO, QuotaLab
+from test_function_quota import CAPACITY, ECHO, QuotaLab
 
 FLOOD_FRAMES = 100_000
 
