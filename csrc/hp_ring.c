@@ -22,22 +22,33 @@
 #define HP_VNET_LEN 10
 #define SLL_OFF TPACKET_ALIGN(sizeof(struct tpacket2_hdr))
 
-#define PER_BLOCK (HP_RING_BLOCK_SIZE / HP_RING_FRAME_SIZE)
+#ifndef PACKET_COPY_THRESH
+#define PACKET_COPY_THRESH 7
+#endif
 
-/* Frames never straddle blocks: frame i is in block i / PER_BLOCK. */
-static inline size_t slot_off(uint32_t i)
+#define TX_PER_BLOCK (HP_RING_BLOCK_SIZE / HP_RING_FRAME_SIZE)
+#define RX_PER_BLOCK (HP_RING_BLOCK_SIZE / HP_RING_RX_SLOT_SIZE)
+_Static_assert(HP_RING_BLOCK_SIZE % HP_RING_RX_SLOT_SIZE == 0, "rx slots fill their blocks");
+
+/* Copied frames wait in the socket's receive queue: room for a batch of GSO super-frames
+ * (their skbs' true size is well above 64 KB). When it is full the kernel cuts the frame short
+ * instead, and rx_peek counts it as truncated. */
+#define COPY_RCVBUF (32u << 20)
+
+/* Frames never straddle blocks: frame i is in block i / per_block. */
+static inline size_t slot_off(uint32_t i, uint32_t per_block, uint32_t size)
 {
-    return (size_t)(i / PER_BLOCK) * HP_RING_BLOCK_SIZE + (size_t)(i % PER_BLOCK) * HP_RING_FRAME_SIZE;
+    return (size_t)(i / per_block) * HP_RING_BLOCK_SIZE + (size_t)(i % per_block) * size;
 }
 
 static inline struct tpacket2_hdr *rx_hdr(const hp_ring *r, uint32_t i)
 {
-    return (struct tpacket2_hdr *)(r->rx + slot_off(i));
+    return (struct tpacket2_hdr *)(r->rx + slot_off(i, RX_PER_BLOCK, HP_RING_RX_SLOT_SIZE));
 }
 
 static inline struct tpacket2_hdr *tx_hdr(const hp_ring *r, uint32_t i)
 {
-    return (struct tpacket2_hdr *)(r->tx + slot_off(i));
+    return (struct tpacket2_hdr *)(r->tx + slot_off(i, TX_PER_BLOCK, HP_RING_FRAME_SIZE));
 }
 
 static inline uint32_t status_load(const struct tpacket2_hdr *h)
@@ -70,10 +81,14 @@ hp_ring *hp_ring_open(int ifindex, uint32_t rx_frames, uint32_t tx_frames, int v
         errno = EINVAL;
         goto fail;
     }
-    uint32_t rx_blocks = (rx_frames + PER_BLOCK - 1) / PER_BLOCK;
-    uint32_t tx_blocks = (tx_frames + PER_BLOCK - 1) / PER_BLOCK;
-    r->rx_nr = rx_blocks * PER_BLOCK;
-    r->tx_nr = tx_blocks * PER_BLOCK;
+    uint32_t rx_blocks = (rx_frames + RX_PER_BLOCK - 1) / RX_PER_BLOCK;
+    uint32_t tx_blocks = (tx_frames + TX_PER_BLOCK - 1) / TX_PER_BLOCK;
+    r->rx_nr = rx_blocks * RX_PER_BLOCK;
+    r->tx_nr = tx_blocks * TX_PER_BLOCK;
+    /* Untouched until a big frame arrives: pages come as the copy path first uses them. */
+    r->copy = malloc((size_t)HP_RING_COPY_BUFS * HP_RING_FRAME_SIZE);
+    if (!r->copy)
+        goto fail;
 
     /* Protocol 0: nothing is queued to the socket before the rings exist and bind() runs. */
     r->fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
@@ -97,17 +112,24 @@ hp_ring *hp_ring_open(int ifindex, uint32_t rx_frames, uint32_t tx_frames, int v
     int sndbuf = (int)(tx_bytes > (1u << 30) ? (1u << 30) : tx_bytes);
     if (setsockopt(r->fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
         (void)setsockopt(r->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    /* Frames bigger than an rx slot go whole to the receive queue (see hp_ring.h). */
+    if (setsockopt(r->fd, SOL_PACKET, PACKET_COPY_THRESH, &one, sizeof(one)) < 0)
+        goto fail;
+    int rcvbuf = COPY_RCVBUF;
+    if (setsockopt(r->fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf)) < 0)
+        (void)setsockopt(r->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
 
     struct tpacket_req req = {
         .tp_block_size = HP_RING_BLOCK_SIZE,
         .tp_block_nr = rx_blocks,
-        .tp_frame_size = HP_RING_FRAME_SIZE,
+        .tp_frame_size = HP_RING_RX_SLOT_SIZE,
         .tp_frame_nr = r->rx_nr,
     };
     if (setsockopt(r->fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) < 0)
         goto fail;
     req.tp_block_nr = tx_blocks;
     req.tp_frame_nr = r->tx_nr;
+    req.tp_frame_size = HP_RING_FRAME_SIZE;
     if (setsockopt(r->fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof(req)) < 0)
         goto fail;
 
@@ -146,7 +168,23 @@ void hp_ring_close(hp_ring *r)
         munmap(r->map, r->map_len);
     if (r->fd >= 0)
         close(r->fd);
+    free(r->copy);
     free(r);
+}
+
+/* A slot marked TP_STATUS_COPY: its whole frame is the next one on the receive queue. Reads it
+ * into a copy buffer (keep) or drops it; returns its length, 0 when it cannot be had. */
+static uint32_t take_copy(hp_ring *r, int keep, uint8_t **data)
+{
+    uint8_t *buf = r->copy + (size_t)r->copy_held * HP_RING_FRAME_SIZE;
+    ssize_t got = recv(r->fd, keep ? buf : NULL, keep ? HP_RING_FRAME_SIZE : 0,
+                       MSG_DONTWAIT | (keep ? 0 : MSG_TRUNC));
+    if (got <= 0 || !keep)
+        return 0;
+    r->copy_held++;
+    r->st.rx_copied++;
+    *data = buf;
+    return (uint32_t)got;
 }
 
 uint32_t hp_ring_rx_peek(hp_ring *r, uint8_t **data, uint32_t *lens, uint32_t max)
@@ -160,18 +198,43 @@ uint32_t hp_ring_rx_peek(hp_ring *r, uint8_t **data, uint32_t *lens, uint32_t ma
         uint32_t status = status_load(h);
         if (!(status & TP_STATUS_USER))
             break;
+        int copied = (status & TP_STATUS_COPY) != 0;
+        if (copied && r->copy_held >= HP_RING_COPY_BUFS)
+            break;                      /* the caller releases, then peeks again */
         r->rx_held++;
         if (++idx == r->rx_nr)
             idx = 0;
         /* Warm the next slot's header while this one is inspected. */
         __builtin_prefetch(rx_hdr(r, idx));
         const struct sockaddr_ll *sll = (const struct sockaddr_ll *)((uint8_t *)h + SLL_OFF);
+        int unwanted = sll->sll_pkttype == PACKET_OUTGOING || (status & TP_STATUS_VLAN_VALID);
+        if (copied) {
+            /* Read (or drop) the queued frame whatever the slot says, so the queue stays in
+             * step with the ring. */
+            uint8_t *p = NULL;
+            uint32_t len = take_copy(r, !unwanted, &p);
+            if (unwanted) {
+                r->st.rx_outgoing += sll->sll_pkttype == PACKET_OUTGOING;
+                r->st.rx_truncated += sll->sll_pkttype != PACKET_OUTGOING;
+                continue;
+            }
+            if (!len) {
+                r->st.rx_truncated++;
+                continue;
+            }
+            data[n] = p;
+            lens[n] = len;
+            r->st.rx_bytes += len;
+            n++;
+            continue;
+        }
         if (sll->sll_pkttype == PACKET_OUTGOING) {
             r->st.rx_outgoing++;
             continue;
         }
         if (h->tp_snaplen < h->tp_len || (status & TP_STATUS_VLAN_VALID)) {
-            /* Cut short by the slot size, or a VLAN tag the kernel took off: neither is ours. */
+            /* Cut short (the copy path was full), or a VLAN tag the kernel took off: neither
+             * is ours. */
             r->st.rx_truncated++;
             continue;
         }
@@ -202,6 +265,7 @@ void hp_ring_rx_release(hp_ring *r)
     }
     r->rx_head = idx;
     r->rx_held = 0;
+    r->copy_held = 0;
 }
 
 int hp_ring_rx_ready(const hp_ring *r)

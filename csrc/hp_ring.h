@@ -3,9 +3,15 @@
  * by a 10-byte virtio-net header (GSO super-frames up to 64 KB, partial checksums), and every tx
  * frame starts with one.
  *
- * RX: hp_ring_rx_peek() hands out pointers INTO the ring (to the virtio-net header when vnet,
- * else to the Ethernet header); they stay valid, and writable, until hp_ring_rx_release().
- * Frames we sent ourselves (PACKET_OUTGOING) and truncated frames are skipped and counted.
+ * RX: small slots, many of them. A flood of small frames (pings, fragments, TTL 1) must find
+ * room while the loop is not scheduled, so the rx ring counts slots, not bytes: 2 KB slots hold
+ * every frame up to the MTU, and a bigger frame (a GSO super-frame) takes the kernel's copy path
+ * (PACKET_COPY_THRESH): its slot is marked TP_STATUS_COPY and the whole frame waits on the
+ * socket's receive queue, in the same order, where rx_peek reads it into a buffer of the ring's.
+ * hp_ring_rx_peek() hands out pointers INTO the ring or into those buffers (to the virtio-net
+ * header when vnet, else to the Ethernet header); they stay valid, and writable, until
+ * hp_ring_rx_release(). Frames we sent ourselves (PACKET_OUTGOING) and truncated frames are
+ * skipped and counted.
  *
  * TX: hp_ring_tx_slot() returns the data area of the next free slot (NULL when the ring is
  * full); write the frame (virtio-net header first when vnet) and hp_ring_tx_commit() its
@@ -16,16 +22,22 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define HP_RING_DEFAULT_FRAMES 256       /* rx: absorbs the loop's scheduling hiccups */
+#define HP_RING_DEFAULT_FRAMES 2048      /* rx: absorbs the loop's scheduling hiccups */
 #define HP_RING_DEFAULT_TX_FRAMES 128    /* tx: flushed every batch, freed as sent */
-/* A slot holds a 64 KB GSO super-frame with its headers: 15 frames in every 1 MB block. */
 #define HP_RING_BLOCK_SIZE (1u << 20)
+/* A tx slot (and a copy buffer) holds a 64 KB GSO super-frame with its headers: 15 in every
+ * 1 MB block. */
 #define HP_RING_FRAME_SIZE 69904u
+/* An rx slot holds a frame up to 1972 bytes after its headers: 512 in every 1 MB block. */
+#define HP_RING_RX_SLOT_SIZE 2048u
+/* Copied (big) frames handed out between two releases; a peek stops at this many. */
+#define HP_RING_COPY_BUFS 64
 
 typedef struct hp_ring_stats {
     uint64_t rx_frames, rx_bytes;       /* frames handed out by rx_peek */
     uint64_t rx_outgoing;               /* PACKET_OUTGOING frames skipped */
-    uint64_t rx_truncated;              /* frames larger than a slot, skipped */
+    uint64_t rx_truncated;              /* frames cut short (copy path refused), skipped */
+    uint64_t rx_copied;                 /* big frames read from the socket (copy path) */
     uint64_t rx_kernel_drops;           /* ring full in the kernel (PACKET_STATISTICS) */
     uint64_t tx_frames, tx_bytes;       /* frames committed */
     uint64_t tx_full;                   /* tx_slot found no free slot */
@@ -36,7 +48,7 @@ typedef struct hp_ring {
     int fd;
     int ifindex;
     int vnet;
-    uint32_t frame_size;
+    uint32_t frame_size;                /* tx slot size */
     uint32_t rx_nr, tx_nr;              /* frames in each ring */
     uint8_t *map;
     size_t map_len;
@@ -46,6 +58,8 @@ typedef struct hp_ring {
     uint32_t tx_head;                   /* next slot to fill */
     uint32_t tx_queued;                 /* committed since the last flush */
     uint32_t tx_data_off;               /* slot start -> frame data */
+    uint32_t copy_held;                 /* copy buffers handed out since the last release */
+    uint8_t *copy;                      /* HP_RING_COPY_BUFS buffers of HP_RING_FRAME_SIZE */
     hp_ring_stats st;
 } hp_ring;
 

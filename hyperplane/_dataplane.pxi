@@ -26,10 +26,9 @@ _DP_ROLES = {"inside": rd.HP_DP_INSIDE, "eni": rd.HP_DP_ENI}
 _DP_ROLE_NAMES = {rd.HP_DP_INSIDE: "inside", rd.HP_DP_ENI: "eni"}
 _SIOCGIFHWADDR = 0x8927
 # Default rx ring slots by role: the inside port takes every function's traffic. A slot is
-# 68 KB of kernel memory (it holds a 64 KB GSO frame); more slots ride out longer scheduling
-# stalls of the loop without drops (measured on a busy 2-core box: 1024 inside slots cut rx
-# ring drops by 3-10x against 256).
-_DP_DEFAULT_RX = {"inside": 1024, "eni": 512}
+# 2 KB (bigger frames take the copy path, csrc/hp_ring.h); more slots ride out longer
+# scheduling stalls of the loop without drops.
+_DP_DEFAULT_RX = {"inside": 4096, "eni": 2048}
 
 
 def _dp_ifindex(iface):
@@ -185,7 +184,8 @@ cdef class Ring:
         rd.hp_ring_update_stats(r)
         s = r.st
         return {"rx_frames": s.rx_frames, "rx_bytes": s.rx_bytes, "rx_outgoing": s.rx_outgoing,
-                "rx_truncated": s.rx_truncated, "rx_kernel_drops": s.rx_kernel_drops,
+                "rx_truncated": s.rx_truncated, "rx_copied": s.rx_copied,
+                "rx_kernel_drops": s.rx_kernel_drops,
                 "tx_frames": s.tx_frames, "tx_bytes": s.tx_bytes, "tx_full": s.tx_full,
                 "tx_sends": s.tx_sends, "tx_errors": s.tx_errors}
 
@@ -554,6 +554,7 @@ cdef class DataPlane:
             s = p.ring.st
             d.update({"rx_frames": s.rx_frames, "rx_bytes": s.rx_bytes,
                       "rx_outgoing": s.rx_outgoing, "rx_truncated": s.rx_truncated,
+                      "rx_copied": s.rx_copied,
                       "rx_kernel_drops": s.rx_kernel_drops, "tx_frames": s.tx_frames,
                       "tx_bytes": s.tx_bytes, "tx_full": s.tx_full, "tx_sends": s.tx_sends,
                       "tx_errors": s.tx_errors, "ring_frames": p.ring.rx_nr,

@@ -25,6 +25,7 @@ cdef extern from "hp_ring.h" nogil:
         uint64_t rx_bytes
         uint64_t rx_outgoing
         uint64_t rx_truncated
+        uint64_t rx_copied
         uint64_t rx_kernel_drops
         uint64_t tx_frames
         uint64_t tx_bytes

@@ -40,10 +40,11 @@ TICK_EVERY_MS = 100
 ENI_WAIT_S = 2.0            # how long an exhausted frame waits for the ENI it asked for
 BACKGROUND_NICE = 10        # the Python threads yield the CPU to forwarding on a busy machine
 PARKED_MAX = 1024           # exhausted frames waiting for an ENI; more are dropped (counted)
-# Ring slots of an ENI port (68 KB each, rounded up to 15-slot blocks): 135 rx + 75 tx, about
-# 14 MB an ENI instead of 44 MB, so 16 ENIs fit in ~230 MB. Replies and GSO super-frames of a
-# busy ENI still have 8 MB of rx ring to land in while the loop is busy elsewhere.
-ENI_RX_FRAMES = 128
+# Ring slots of an ENI port: 2048 rx slots of 2 KB (4 MB: a flood of small frames from the
+# customer side finds room for ~10 ms at 200k frames/s while the loop is not scheduled; GSO
+# super-frames take the copy path, csrc/hp_ring.h) and 64 tx slots of 68 KB (rounded up to 75,
+# 5 MB): about 9 MB an ENI, so 16 ENIs fit in ~150 MB.
+ENI_RX_FRAMES = 2048
 ENI_TX_FRAMES = 64
 
 
