@@ -155,13 +155,21 @@ def _recv_all(ring, want, timeout=3.0, keep=lambda f: True):
     return got
 
 
-def test_ring_rx_tx_both_ways(lab):
+def _ring_and_raw(lab, frames, mtu=None):
+    """A veth pair: a rx/tx ring on b, a raw socket of protocol ETH_P_TEST on a; their MACs."""
     ns, a, b = _pair(lab)
+    if mtu:
+        for ifn in (a, b):
+            sh("ip", "-n", ns, "link", "set", ifn, "mtu", str(mtu))
     with netns(ns):
-        ring = Ring(b, frames=32, vnet=True)
+        ring = Ring(b, frames=frames, vnet=True)
         raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_TEST))
         raw.bind((a, ETH_P_TEST))
-        mac_a, mac_b = mac_bytes(lab.mac(ns, a)), mac_bytes(lab.mac(ns, b))
+        return ring, raw, mac_bytes(lab.mac(ns, a)), mac_bytes(lab.mac(ns, b))
+
+
+def test_ring_rx_tx_both_ways(lab):
+    ring, raw, mac_a, mac_b = _ring_and_raw(lab, 32)
     try:
         assert ring.vnet and ring.frames >= 32
         is_test = lambda f: f[VNET_LEN + 12:VNET_LEN + 14] == struct.pack("!H", ETH_P_TEST)
@@ -240,14 +248,7 @@ def test_ring_small_and_big_frames_arrive_in_order(lab):
     copy path. Mixed, and more of them than a batch, they come out of the ring in the order
     they were sent; a burst of small frames far larger than the old 128-slot rings fits
     without a kernel drop."""
-    ns, a, b = _pair(lab)
-    sh("ip", "-n", ns, "link", "set", a, "mtu", "9000")
-    sh("ip", "-n", ns, "link", "set", b, "mtu", "9000")
-    with netns(ns):
-        ring = Ring(b, frames=2048, vnet=True)
-        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_TEST))
-        raw.bind((a, ETH_P_TEST))
-        mac_a, mac_b = mac_bytes(lab.mac(ns, a)), mac_bytes(lab.mac(ns, b))
+    ring, raw, mac_a, mac_b = _ring_and_raw(lab, 2048, mtu=9000)
     try:
         head = mac_b + mac_a + struct.pack("!H", ETH_P_TEST)
         sizes = [60 if i % 3 else 8000 for i in range(300)] + [1514, 1972, 1973, 2100]
