@@ -53,6 +53,8 @@ int hp_pool_repair_claim(hp_pool *p, uint16_t port, const uint8_t addr[16], uint
  * -1 when out of memory. */
 int hp_pool_repair_finish(hp_pool *p, int mapped);
 
+/* Whether hp_pool_alloc would find a port (free, or out of quarantine); changes nothing. */
+int hp_pool_has_free(const hp_pool *p, uint64_t now_ms);
 /* A free port at random (RFC 6056), or 0 when none is free. */
 uint16_t hp_pool_alloc(hp_pool *p, uint64_t now_ms);
 /* Sets a fresh pool's secret key (the NAT draws one per pool from its seeded generator). */

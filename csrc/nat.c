@@ -333,15 +333,19 @@ static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, hp_fun
         return HP_R_PORTS_EXHAUSTED;
     /* The newest ENI with a free port: scale-out adds ENIs before the newest fills up, and an
      * older one whose ports came back still serves while the newest is full. A pool the
-     * function holds its quota of (section 13) is passed over. */
+     * function holds its quota of (section 13) is passed over; that is FUNCTION_LIMIT only
+     * when the pool still has a port for the others: a pool the function filled alone
+     * (ports_share 1.0) is exhausted like any full pool, so the group grows. */
     int over_quota = 0;
     for (uint32_t i = g->n_enis; i-- > 0;) {
+        hp_pool *pool = hp_nat_pool(nat, g->enis[i], k->family, k->proto);
+        if (!pool)
+            continue;
         if (!hp_quota_port_ok(f, g->enis[i], k->family, k->proto)) {
-            over_quota = 1;
+            over_quota |= hp_pool_has_free(pool, now_ms);
             continue;
         }
-        hp_pool *pool = hp_nat_pool(nat, g->enis[i], k->family, k->proto);
-        *ext = pool ? hp_pool_alloc(pool, now_ms) : 0;
+        *ext = hp_pool_alloc(pool, now_ms);
         if (*ext == 0)
             continue;
         *eni = g->enis[i];

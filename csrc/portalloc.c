@@ -71,6 +71,11 @@ void hp_pool_set_key(hp_pool *p, uint64_t k0, uint64_t k1)
     p->st->draws = 0;
 }
 
+int hp_pool_has_free(const hp_pool *p, uint64_t now_ms)
+{
+    return p->st->nfree > 0 || (p->st->q_count > 0 && p->q_until[p->st->q_head] <= now_ms);
+}
+
 uint16_t hp_pool_alloc(hp_pool *p, uint64_t now_ms)
 {
     for (int moved = 0; moved < HP_QUARANTINE_MOVES && p->st->q_count > 0 &&

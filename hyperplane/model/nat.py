@@ -434,14 +434,17 @@ class Nat:
                     pool.ref(ext)
                     return eni, ext
         # The newest ENI with a free port; an older one when the newest is full. A pool the
-        # function holds its quota of is passed over: "quota" when that left none.
+        # function holds its quota of is passed over: "quota" when that left none and such a
+        # pool still had a port for others (one the function filled alone is just full).
         over_quota = False
         for eni in reversed(group):
-            if not func.port_ok((eni,) + pool_key):
-                over_quota = True
-                continue
             pool = self.enis[eni].pools.get(pool_key)
-            ext = pool.alloc(now_ms) if pool else None
+            if pool is None:
+                continue
+            if not func.port_ok((eni,) + pool_key):
+                over_quota = over_quota or pool.has_free(now_ms)
+                continue
+            ext = pool.alloc(now_ms)
             if ext is None:
                 continue
             func.port_add((eni,) + pool_key, 1)

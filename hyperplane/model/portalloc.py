@@ -92,6 +92,10 @@ class Pool:
 
     # -- allocation --------------------------------------------------------------------------
 
+    def has_free(self, now_ms: int) -> bool:
+        """Whether alloc() would find a port; changes nothing."""
+        return bool(self.free) or bool(self.quarantine and self.quarantine[0][1] <= now_ms)
+
     def alloc(self, now_ms: int) -> int | None:
         """A free port at random, or None when every port is taken or in quarantine."""
         moved = 0

@@ -91,6 +91,38 @@ def test_port_quota_per_pool(NatClass):
     assert Flow(nat, proto=fg.UDP, sport=3).send(OUT)[0] == FORWARD
 
 
+def test_a_pool_the_function_filled_alone_is_exhausted_not_over_quota(NatClass):
+    """A quota of the whole pool (ports_share = 1.0): the function that took every port of
+    its group's only ENI is short of ports, not over its share. The NAT says so
+    (PORTS_EXHAUSTED, a punt: the control plane adds an ENI) rather than refusing it
+    (FUNCTION_LIMIT, answered with ICMP: nothing would grow the group), and the next flow
+    takes the new ENI's ports. Issue 6's load test found this: its group never scaled out."""
+    nat = make(NatClass, port_range=(7000, 7003))
+    nat.set_quota(SRC, max_ports=4)
+    for sport in range(1, 5):
+        assert Flow(nat, proto=fg.UDP, sport=sport).send(OUT)[0] == FORWARD
+    assert Flow(nat, proto=fg.UDP, sport=5).send(OUT) == refused("PORTS_EXHAUSTED")
+    assert Flow(nat, sport=5).send(OUT, "S")[0] == FORWARD       # TCP: a pool of its own
+    a = stats_of(nat, SRC)
+    assert (a["refused_ports"], a["ports_exhausted"]) == (0, 1)
+    nat.group_add_eni(0, nat.add_eni(ENI_B))
+    for sport in range(5, 9):
+        assert Flow(nat, proto=fg.UDP, sport=sport).send(OUT)[0] == FORWARD
+    assert {c.eni for c in nat.connections() if c.sport >= 5 and c.proto == fg.UDP} == {1}
+    # Both pools full, both at its quota: exhausted again (the group grows once more).
+    assert Flow(nat, proto=fg.UDP, sport=9).send(OUT) == refused("PORTS_EXHAUSTED")
+    # A pool with a port left that the function may not take is its quota, as before.
+    nat2 = two_functions(NatClass, port_range=(7000, 7003))
+    nat2.set_quota(SRC, max_ports=2)
+    for sport in (1, 2):
+        assert Flow(nat2, proto=fg.UDP, sport=sport).send(OUT)[0] == FORWARD
+    assert Flow(nat2, proto=fg.UDP, sport=3).send(OUT) == refused("FUNCTION_LIMIT")
+    for sport in (1, 2):
+        assert Flow(nat2, proto=fg.UDP, src=SRC_B, sport=sport).send(OUT)[0] == FORWARD
+    # Now full, with the others' ports in it: the group is out of ports, for everyone.
+    assert Flow(nat2, proto=fg.UDP, sport=3).send(OUT) == refused("PORTS_EXHAUSTED")
+
+
 def test_port_quota_per_connection_mapping(NatClass):
     nat = two_functions(NatClass, port_range=(7000, 7009), mapping="per-connection")
     nat.set_quota(SRC, max_ports=1)
