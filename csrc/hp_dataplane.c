@@ -85,7 +85,12 @@ hp_dp *hp_dp_create(hp_nat *nat, uint32_t neigh_cap, uint32_t punt_cap, uint32_t
     dp->inside = -1;
     dp->wake_fd = dp->punt_fd = -1;
     dp->linear_max = HP_DP_LINEAR_MAX;
-    pthread_mutex_init(&dp->punt_lock, NULL);
+    /* Priority-inheriting: the slow path holding it must not keep the realtime loop waiting. */
+    pthread_mutexattr_t pi;
+    pthread_mutexattr_init(&pi);
+    pthread_mutexattr_setprotocol(&pi, PTHREAD_PRIO_INHERIT);
+    pthread_mutex_init(&dp->punt_lock, &pi);
+    pthread_mutexattr_destroy(&pi);
     hp_police_init(&dp->police, HP_PUNT_PER_S, HP_PUNT_BURST);
     for (uint32_t e = 0; e < HP_MAX_ENIS; e++)
         dp->eni_port[e] = -1;
@@ -757,6 +762,7 @@ int hp_dp_start(hp_dp *dp)
         __atomic_store_n(&dp->thread_running, 0, __ATOMIC_RELEASE);
         return -rc;
     }
+    pthread_setname_np(dp->thread, "hp-forward");    /* for top -H, perf, /proc */
     return 0;
 }
 

@@ -127,6 +127,20 @@ void hp_nat_destroy(hp_nat *nat);
  * attach, the ENIs of the state come back first, in order: adding one returns its old id when
  * the addresses are the same, and -2 when they differ. */
 int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6);
+/* hp_nat_add_eni in two steps, so that the slow one runs without the table lock
+ * (docs/semantics.md section 12): prepare maps and fills the new ENI's pools, which nothing
+ * sees yet (0, or -1 / -2 as above); commit makes it the NAT's and returns its id. Calls of
+ * prepare and commit (and add_eni) must not overlap one another: the caller serializes them.
+ * A prepared ENI that is not committed is discarded (nothing in the region counts it). */
+typedef struct hp_eni_prep {
+    hp_eni_addr addr;
+    uint32_t id;
+    uint64_t off;
+    hp_eni_pools *pools;         /* NULL: an ENI of the state file, coming back */
+} hp_eni_prep;
+int hp_nat_eni_prepare(hp_nat *nat, const uint8_t *v4, const uint8_t *v6, hp_eni_prep *out);
+int hp_nat_eni_commit(hp_nat *nat, hp_eni_prep *prep);
+void hp_nat_eni_discard(hp_eni_prep *prep);
 int hp_nat_add_group(hp_nat *nat);
 int hp_nat_group_add_eni(hp_nat *nat, int group, int eni);
 /* Takes an ENI out of its group (no new connection picks it) when it has no connection:

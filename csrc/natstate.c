@@ -69,18 +69,18 @@ static size_t eni_bytes(const hp_nat *nat, const hp_eni_addr *a)
     return round_up((size_t)(a->has[0] + a->has[1]) * 2 * pool, PAGE);
 }
 
-/* Maps ENI e's block and points its pools at it (fresh: all ports free). */
-static int map_eni(hp_nat *nat, uint32_t e, int fresh)
+/* Maps the block at off of an ENI with addresses a and points its pools at it (fresh: all
+ * ports free, each pool's key drawn). Returns them, not yet the NAT's; NULL when it cannot. */
+static hp_eni_pools *map_eni(hp_nat *nat, const hp_eni_addr *a, uint64_t off, int fresh)
 {
-    const hp_eni_addr *a = &nat->eni_addr[e];
     hp_eni_pools *pools = calloc(1, sizeof *pools);
     if (!pools)
-        return -1;
+        return NULL;
     pools->mem_len = eni_bytes(nat, a);
-    pools->mem = hp_region_map(&nat->state, nat->sh->eni_off[e], pools->mem_len, fresh);
+    pools->mem = hp_region_map(&nat->state, off, pools->mem_len, fresh);
     if (!pools->mem) {
         free(pools);
-        return -1;
+        return NULL;
     }
     uint8_t *at = pools->mem;
     size_t pool = hp_pool_region_bytes(nat->cfg.port_lo, nat->cfg.port_hi);
@@ -94,8 +94,7 @@ static int map_eni(hp_nat *nat, uint32_t e, int fresh)
                 hp_pool_set_key(&pools->pool[f][p], k0, hp_splitmix64(&nat->sh->rng));
             }
         }
-    nat->eni_pools[e] = pools;
-    return 0;
+    return pools;
 }
 
 static int entry_valid(const hp_nat *nat, const hp_conn *c)
@@ -221,7 +220,7 @@ int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *
     if (!fresh) {
         nat->n_enis = sh->n_enis <= HP_MAX_ENIS ? sh->n_enis : HP_MAX_ENIS;
         for (uint32_t e = 0; e < nat->n_enis; e++)
-            if (map_eni(nat, e, 0) != 0) {
+            if (!(nat->eni_pools[e] = map_eni(nat, &nat->eni_addr[e], sh->eni_off[e], 0))) {
                 snprintf(err, errlen, "cannot map the pools of ENI %u of state file %s", e,
                          path);
                 goto fail;
@@ -262,34 +261,61 @@ void hp_nat_destroy(hp_nat *nat)
     free(nat);
 }
 
-int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6)
+int hp_nat_eni_prepare(hp_nat *nat, const uint8_t *v4, const uint8_t *v6, hp_eni_prep *out)
 {
+    memset(out, 0, sizeof *out);
     if (!v4 && !v6)
         return -1;
-    hp_eni_addr a;
-    memset(&a, 0, sizeof a);
+    hp_eni_addr *a = &out->addr;
     const uint8_t *addrs[2] = { v4, v6 };
     for (int f = 0; f < 2; f++)
         if (addrs[f]) {
-            memcpy(a.addr[f], addrs[f], f ? 16 : 4);
-            a.has[f] = 1;
+            memcpy(a->addr[f], addrs[f], f ? 16 : 4);
+            a->has[f] = 1;
         }
-    if (nat->n_readded < nat->n_enis) {    /* an ENI of the state file, coming back */
-        if (memcmp(&nat->eni_addr[nat->n_readded], &a, sizeof a) != 0)
-            return -2;
-        return (int)nat->n_readded++;
-    }
+    out->id = nat->n_readded;
+    if (nat->n_readded < nat->n_enis)      /* an ENI of the state file, coming back */
+        return memcmp(&nat->eni_addr[nat->n_readded], a, sizeof *a) != 0 ? -2 : 0;
     if (nat->n_enis >= HP_MAX_ENIS)
         return -1;
-    uint32_t e = nat->n_enis;
+    /* Appended at the region's end: the file grows, the block is mapped and every port of
+     * its pools written (milliseconds for 65,000-port pools), none of it seen by anyone yet. */
+    out->off = nat->sh->end;
+    out->pools = map_eni(nat, a, out->off, 1);
+    return out->pools ? 0 : -1;
+}
+
+int hp_nat_eni_commit(hp_nat *nat, hp_eni_prep *prep)
+{
+    uint32_t e = prep->id;
+    if (!prep->pools) {                    /* coming back: it is there already */
+        nat->n_readded = e + 1;
+        return (int)e;
+    }
     hp_nat_shared *sh = nat->sh;
-    nat->eni_addr[e] = a;
-    sh->eni_off[e] = sh->end;
-    if (map_eni(nat, e, 1) != 0)
-        return -1;
+    nat->eni_addr[e] = prep->addr;
+    sh->eni_off[e] = prep->off;
+    nat->eni_pools[e] = prep->pools;
+    prep->pools = NULL;
     /* Complete before it counts: a process killed here leaves the ENI out, not half in. */
-    sh->end += nat->eni_pools[e]->mem_len;
+    sh->end = prep->off + nat->eni_pools[e]->mem_len;
     __atomic_store_n(&sh->n_enis, e + 1, __ATOMIC_RELEASE);
     nat->n_enis = nat->n_readded = e + 1;
     return (int)e;
+}
+
+void hp_nat_eni_discard(hp_eni_prep *prep)
+{
+    if (prep->pools) {
+        hp_region_unmap(prep->pools->mem, prep->pools->mem_len);
+        free(prep->pools);
+        prep->pools = NULL;
+    }
+}
+
+int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6)
+{
+    hp_eni_prep prep;
+    int r = hp_nat_eni_prepare(nat, v4, v6, &prep);
+    return r < 0 ? r : hp_nat_eni_commit(nat, &prep);
 }

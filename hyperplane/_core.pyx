@@ -8,7 +8,7 @@ from libc.string cimport memcpy, memset
 
 from hyperplane._hp cimport *
 from hyperplane._lock cimport (pthread_mutex_t, pthread_mutex_init, pthread_mutex_destroy,
-                               pthread_mutex_lock, pthread_mutex_unlock, mono_ns)
+                               pthread_mutex_lock, pthread_mutex_unlock, mono_ns, pi_mutex_init)
 
 import errno as errnum
 import os
@@ -67,11 +67,14 @@ cdef class Nat:
     cdef readonly object params
     # The table lock: the data plane's loop holds it per batch, everything here per chunk.
     cdef pthread_mutex_t lock
+    # add_eni calls, one at a time (the slow half of each runs without the table lock)
+    cdef pthread_mutex_t eni_lock
     cdef uint64_t hold_start_ns, hold_max_ns, hold_total_ns, holds, holds_over
 
     def __cinit__(self, *args, **kwargs):
         self.nat = NULL
-        pthread_mutex_init(&self.lock, NULL)
+        pi_mutex_init(&self.lock)
+        pthread_mutex_init(&self.eni_lock, NULL)
 
     # Callers hold no GIL (acquire waits without blocking other Python threads) and take no
     # GIL before _release().
@@ -140,6 +143,7 @@ cdef class Nat:
     def __dealloc__(self):
         hp_nat_destroy(self.nat)
         pthread_mutex_destroy(&self.lock)
+        pthread_mutex_destroy(&self.eni_lock)
 
     # --- configuration -------------------------------------------------------------------
 
@@ -161,10 +165,17 @@ cdef class Nat:
         cdef const uint8_t *p4 = <const uint8_t *>b4 if b4 is not None else NULL
         cdef const uint8_t *p6 = <const uint8_t *>b6 if b6 is not None else NULL
         cdef int e
+        cdef hp_eni_prep prep
         with nogil:
-            self._acquire()
-            e = hp_nat_add_eni(self.nat, p4, p6)
-            self._release()
+            pthread_mutex_lock(&self.eni_lock)
+            # The pools are mapped and filled (ms) before the table lock, which only sees
+            # them appear.
+            e = hp_nat_eni_prepare(self.nat, p4, p6, &prep)
+            if e == 0:
+                self._acquire()
+                e = hp_nat_eni_commit(self.nat, &prep)
+                self._release()
+            pthread_mutex_unlock(&self.eni_lock)
         if e == -2:     # ENIs are added once, in order: nothing changes these entries now
             old = &self.nat.eni_addr[self.nat.n_readded]
             have = " ".join([addr_str(4 if f == 0 else 6, old.addr[f][:16])

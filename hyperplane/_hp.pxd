@@ -121,6 +121,11 @@ cdef extern from "hp_nat.h":
                     size_t errlen)
     void hp_nat_destroy(hp_nat *nat)
     int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6) nogil
+    ctypedef struct hp_eni_prep:
+        pass
+    int hp_nat_eni_prepare(hp_nat *nat, const uint8_t *v4, const uint8_t *v6,
+                           hp_eni_prep *out) nogil
+    int hp_nat_eni_commit(hp_nat *nat, hp_eni_prep *prep) nogil
     int hp_nat_add_group(hp_nat *nat) nogil
     int hp_nat_group_add_eni(hp_nat *nat, int group, int eni) nogil
     int hp_nat_group_retire_eni(hp_nat *nat, int group, int eni) nogil

@@ -181,6 +181,8 @@ def stats_table(stats: dict) -> str:
                     out.append(f"  {src:<9} {k[len(kind) + 1:]:<21} {v}")
     out += function_rows(stats.get("functions", []))
     out.append("data plane")
+    if stats.get("forwarding"):
+        out.append(f"  {'forwarding thread':<28} {stats['forwarding']}")
     out += [f"  {k:<28} {v}" for k, v in stats["dataplane"].items() if "." not in k and v]
     out.append("slow path")
     out += [f"  {k:<28} {v}" for k, v in sorted(stats["slowpath"].items()) if v]

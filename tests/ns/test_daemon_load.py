@@ -199,21 +199,18 @@ def daemon_lab(tmp_path):
             _sweep(prefix)
 
 
-@pytest.mark.skipif(not os.environ.get("HP_LOAD_TEST"),
-                    reason="known to fail on the 2-core machine (stalls of 52-592 ms; since quotas "
-                           "and the ENI manager landed its 3 ENIs are not made within 30 s): "
-                           "opt in with HP_LOAD_TEST=1 while it is being fixed")
 def test_forwarding_goes_on_through_control_load_listing_and_new_enis(daemon_lab):
     from hyperplane import runtime
     prefix, lab = daemon_lab(65536 - POOL, 262144)
     filled = fill(lab, prefix, 100_000)
     web, db = lab.state.host("web").ipv4, lab.state.host("db").ipv4
     enis_before = len(lab.state.enis)
+    st0 = stats(prefix)         # the fill's own ring drops and lock waits are not the load's
     count = int(RATE * SECONDS)
     receiver = lab.popen("web", [PY, "-c", RECEIVER, str(STREAM_PORT), str(count), "3.0"],
                          stdout=subprocess.PIPE, text=True)
     sender = idle = None
-    listed = []
+    listed, grown = [], []
     try:
         assert receiver.stdout.readline().strip() == "ready"
         sender = lab.popen("api", [PY, "-c", SENDER, web, str(STREAM_PORT), str(RATE),
@@ -227,13 +224,13 @@ def test_forwarding_goes_on_through_control_load_listing_and_new_enis(daemon_lab
         def grow():     # 3 x POOL + 1 new flows in a group with POOL ports per ENI
             r = lab.exec("report", [PY, "-c", NEW_FLOWS, db, "7", str(NEW_ENIS * POOL + 1)])
             assert r.returncode == 0, r.stderr
+            grown.append(time.time_ns())
 
         growing = threading.Thread(target=grow)
         growing.start()
         listed.append(listing_count(prefix))
         listed_ns = time.time_ns()
         growing.join(60)
-        grown_ns = time.time_ns()
         enis = wait_until("three new ENIs", lambda: (e := json.loads(cli(
             "eni", "--json", "--prefix", prefix).stdout)) and
             len(e) >= enis_before + NEW_ENIS and e, 30)
@@ -254,6 +251,10 @@ def test_forwarding_goes_on_through_control_load_listing_and_new_enis(daemon_lab
                 p.wait()
 
     n_listed, list_s = listed[0]
+    dp0, dp1 = st0["dataplane"], st["dataplane"]
+    ring_drops = {p["ifname"]: p["rx_kernel_drops"] - next(
+        (q["rx_kernel_drops"] for q in st0["ports"] if q["index"] == p["index"]), 0)
+        for p in st["ports"]}
     delays = sorted((rx - sent) / 1e6 for sent, rx in got.values())
     lost = count - len(got)
     worst = sorted(((rx - sent) / 1e6, (sent - load_ns) / 1e9) for sent, rx in got.values())[-5:]
@@ -261,10 +262,15 @@ def test_forwarding_goes_on_through_control_load_listing_and_new_enis(daemon_lab
               f"(p99 {delays[int(len(delays) * 0.99)]:.1f}); conntrack listed {n_listed} of "
               f"{filled} in {list_s:.1f} s; ENIs {len(enis)} (was {enis_before}); stats took "
               f"{stats_s * 1000:.0f} ms; the loop waited for the table lock "
-              f"{st['dataplane'].get('LOCK_WAITS')} times, at most "
-              f"{st['dataplane'].get('LOCK_WAIT_MAX_NS', 0) / 1e6:.2f} ms; worst delays (ms, at s "
-              f"after the load began, listing ended at {(listed_ns - load_ns) / 1e9:.1f} s, ENIs "
-              f"at {(grown_ns - load_ns) / 1e9:.1f} s): "
+              f"{dp1.get('LOCK_WAITS', 0) - dp0.get('LOCK_WAITS', 0)} times during the load, at "
+              f"most {dp1.get('LOCK_WAIT_MAX_NS', 0) / 1e6:.2f} ms since start (other threads' "
+              f"longest hold {st['table_lock']['max_hold_us'] / 1e3:.2f} ms, "
+              f"{st['table_lock']['over_budget'] - st0['table_lock']['over_budget']} over the "
+              f"budget during the load); kernel ring drops during the load "
+              f"{ {k: v for k, v in ring_drops.items() if v} }; forwarding thread "
+              f"{st['forwarding']}; worst delays (ms, at s "
+              f"after the load began, listing ended at {(listed_ns - load_ns) / 1e9:.1f} s, new "
+              f"flows sent by {(grown[0] - load_ns) / 1e9 if grown else -1:.1f} s): "
               f"{', '.join(f'{d:.0f}@{t:.1f}' for d, t in worst)}; meanwhile a process sleeping "
               f"2 ms woke up to {late['late_ms']:.0f} ms late (at "
               f"{(late['at_ns'] - load_ns) / 1e9:.1f} s); slow path "
