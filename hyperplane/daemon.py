@@ -3,7 +3,8 @@
 It builds the NAT from the lab's saved state, opens a ring pair on the inside port and on each
 ENI port, and runs these threads (docs/semantics.md, "Threads and the table lock"):
 
-- forwarding: the C loop (DataPlane.start), never waits on Python;
+- forwarding: the C loop (DataPlane.start), never waits on Python; realtime (SCHED_FIFO), so
+  that no other thread or process keeps it from a CPU (forwarding_first);
 - slow path: takes punts (ARP, NDP, ICMP, neighbour misses, fragments, ...) and ticks;
 - housekeeping: expires connections in bounded slices, flow-log intervals;
 - ENI worker: creates the ENIs the slow path asks for when a group's ports run out;
@@ -478,17 +479,17 @@ def forwarding_first() -> str:
     tids = [int(t) for t in os.listdir("/proc/self/task")
             if _read(f"/proc/self/task/{t}/comm") == "hp-forward"]
     if not tids:
-        return "forwarding thread not found: normal priority"
+        return "normal priority (thread hp-forward not found)"
     try:
         os.sched_setscheduler(tids[0], os.SCHED_FIFO, os.sched_param(FORWARDING_RT_PRIORITY))
-        return f"forwarding thread {tids[0]} SCHED_FIFO {FORWARDING_RT_PRIORITY}"
+        return f"SCHED_FIFO {FORWARDING_RT_PRIORITY} (thread {tids[0]})"
     except OSError:
         pass
     try:
         os.setpriority(os.PRIO_PROCESS, tids[0], FORWARDING_NICE)
-        return f"forwarding thread {tids[0]} at nice {FORWARDING_NICE}"
+        return f"nice {FORWARDING_NICE} (thread {tids[0]}; no right to SCHED_FIFO)"
     except OSError as e:
-        return f"forwarding thread {tids[0]} at normal priority ({e.strerror})"
+        return f"normal priority (thread {tids[0]}: {e.strerror})"
 
 
 def _read(path: str) -> str:

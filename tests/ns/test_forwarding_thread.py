@@ -159,6 +159,8 @@ def test_forwarding_goes_on_while_python_is_busy(lab):  # noqa: F811
     try:
         assert fill_table(nl.nat, LISTED) == LISTED
         nl.dp.start()
+        from hyperplane.daemon import forwarding_first
+        sched = forwarding_first()                     # as the daemon runs it
 
         def slow_path():        # takes the punts like the daemon's slow-path thread
             while not stop.is_set():
@@ -226,7 +228,8 @@ def test_forwarding_goes_on_while_python_is_busy(lab):  # noqa: F811
               f"{sum(punted)} taken; rx ring drops {ring_drops}; the loop waited for the table "
               f"lock {counters['LOCK_WAITS']} times, {counters['LOCK_WAIT_NS'] / 1e6:.1f} ms in "
               f"all, {counters['LOCK_WAIT_MAX_NS'] / 1e6:.2f} ms at most; other threads' holds "
-              f"{holds}; meanwhile a process sleeping 2 ms woke up to {late:.0f} ms late")
+              f"{holds}; forwarding thread {sched}; meanwhile a process sleeping 2 ms woke up "
+              f"to {late:.0f} ms late")
     print(report)
     # The flood reached the loop: punted, or refused by the queue or the punt policer in C.
     handled = counters["PUNTED"] + counters["PUNT_OVERFLOW"] + counters["PUNT_POLICED"]
