@@ -135,6 +135,26 @@ def test_large_expiry_and_listing_take_many_short_holds(flows):
     assert nat.expire(DataPlane.now_ms() + 10**9, collect=False) == n
 
 
+def test_adding_an_eni_holds_the_table_lock_only_to_publish_it(tmp_path):
+    """A new ENI's four pools of 65,000 ports are mapped and filled (milliseconds) before the
+    table lock is taken; under it the ENI is only published, so the loop, which holds the
+    lock per batch, never waits for a scale-out. Before: held 3-6 ms per ENI."""
+    for state_path in (None, str(tmp_path / "state")):
+        nat = Nat(capacity=4096, state_path=state_path)
+        group = nat.add_group()
+        holds = []
+        for k in range(3):
+            nat.lock_stats(reset=True)
+            t0 = time.perf_counter()
+            eni = nat.add_eni(f"10.0.1.{4 + k}", f"fd00:1::{4 + k}")
+            took = time.perf_counter() - t0
+            holds.append((nat.lock_stats()["max_hold_us"], took * 1e6))
+            nat.group_add_eni(group, eni)
+            assert eni == k and nat.pool_stats(eni, 6, 17)["free"] == 65000
+        # The best of three, so that a holder preempted on a busy machine does not decide.
+        assert min(h for h, _ in holds) < 200 < max(t for _, t in holds), holds
+
+
 def test_connections_page_walks_the_table_once(flows):
     nat = make_nat(capacity=200_000)
     n = 5000
