@@ -146,33 +146,68 @@ static void poke(hp_dp *dp)
     (void)r;
 }
 
-static int attach_port(hp_dp *dp, hp_ring *ring, int ifindex, const uint8_t mac[6], int role,
-                       int eni)
+/* A removed ENI slot that no loop can still be reading: the loop has rebuilt its poll set
+ * since the removal, or no loop runs (its next run builds a fresh one). -1: none. */
+static int reusable_slot(const hp_dp *dp)
 {
-    if (dp->n_ports >= HP_DP_MAX_PORTS)
-        return -ENOSPC;
+    int active = __atomic_load_n(&dp->loop_active, __ATOMIC_SEQ_CST);
+    uint32_t seen = __atomic_load_n(&dp->loop_gen, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < dp->n_ports; i++) {
+        const hp_dp_port *p = &dp->ports[i];
+        if (p->removed && (!active || (int32_t)(seen - p->removed_gen) >= 0))
+            return (int)i;
+    }
+    return -1;
+}
+
+static int any_removed(hp_dp *dp)
+{
+    uint32_t n = __atomic_load_n(&dp->n_ports, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < n; i++)
+        if (__atomic_load_n(&dp->ports[i].removed, __ATOMIC_ACQUIRE))
+            return 1;
+    return 0;
+}
+
+/* Under the lock. *old: the ring of a reused slot, to close once the lock is released. */
+static int attach_port(hp_dp *dp, hp_ring *ring, int ifindex, const uint8_t mac[6], int role,
+                       int eni, hp_ring **old)
+{
     if (role == HP_DP_INSIDE && dp->inside >= 0)
         return -EEXIST;
     if (role == HP_DP_ENI && dp->eni_port[eni] >= 0)
         return -EEXIST;
     for (uint32_t i = 0; i < dp->n_ports; i++)
-        if (dp->ports[i].ifindex == ifindex)
+        if (!dp->ports[i].removed && dp->ports[i].ifindex == ifindex)
             return -EEXIST;
-    int idx = (int)dp->n_ports;
-    hp_dp_port *p = &dp->ports[idx];
-    memset(p, 0, sizeof(*p));
-    p->ring = ring;
-    p->ifindex = ifindex;
-    memcpy(p->mac, mac, 6);
-    p->role = (uint8_t)role;
-    if (role == HP_DP_INSIDE) {
-        dp->inside = idx;
+    int idx = role == HP_DP_ENI ? reusable_slot(dp) : -1;
+    if (idx < 0 && dp->n_ports >= HP_DP_MAX_PORTS)
+        return -ENOSPC;
+    /* Built aside and copied in whole: a reused slot stays "removed" (never read by the loop)
+     * until its new ring is in place. */
+    hp_dp_port p;
+    memset(&p, 0, sizeof(p));
+    p.ring = ring;
+    p.ifindex = ifindex;
+    memcpy(p.mac, mac, 6);
+    p.role = (uint8_t)role;
+    p.eni = role == HP_DP_ENI ? (uint16_t)eni : 0;
+    if (idx >= 0) {
+        *old = dp->ports[idx].ring;
+        p.removed = 1;
+        dp->ports[idx] = p;
+        __atomic_store_n(&dp->ports[idx].removed, 0, __ATOMIC_RELEASE);
+        __atomic_add_fetch(&dp->ports_gen, 1, __ATOMIC_RELEASE);
     } else {
-        p->eni = (uint16_t)eni;
-        dp->eni_port[eni] = (int16_t)idx;
+        idx = (int)dp->n_ports;
+        dp->ports[idx] = p;
+        /* The loop reads ports[] below n_ports without the lock: publish the entry first. */
+        __atomic_store_n(&dp->n_ports, (uint32_t)idx + 1, __ATOMIC_RELEASE);
     }
-    /* The loop reads ports[] below n_ports without the lock: publish the entry first. */
-    __atomic_store_n(&dp->n_ports, (uint32_t)idx + 1, __ATOMIC_RELEASE);
+    if (role == HP_DP_INSIDE)
+        dp->inside = idx;
+    else
+        dp->eni_port[eni] = (int16_t)idx;
     return idx;
 }
 
@@ -187,15 +222,29 @@ int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t mac[6], int role, int e
     hp_ring *ring = hp_ring_open(ifindex, rx_frames, tx_frames, 1, qdisc_bypass);
     if (!ring)
         return errno ? -errno : -ENOMEM;
-    dp_lock(dp);
-    int idx = attach_port(dp, ring, ifindex, mac, role, eni);
-    dp_unlock(dp);
+    hp_ring *old = NULL;
+    int idx;
+    /* Every slot taken, but a removed one may be waiting for the loop to rebuild its poll
+     * set: wake the loop and give it up to 200 ms (the ENI worker calls this, not the loop). */
+    for (int tries = 0;; tries++) {
+        dp_lock(dp);
+        idx = attach_port(dp, ring, ifindex, mac, role, eni, &old);
+        dp_unlock(dp);
+        if (idx != -ENOSPC || tries >= 200 || !any_removed(dp))
+            break;
+        poke(dp);
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+    }
+    hp_ring_close(old);
     if (idx < 0)
         hp_ring_close(ring);
     else
         poke(dp);
     return idx;
 }
+
+static void invalidate_next_hops(hp_dp *dp);
 
 int hp_dp_remove_port(hp_dp *dp, int port)
 {
@@ -206,8 +255,11 @@ int hp_dp_remove_port(hp_dp *dp, int port)
     int rc = p->role == HP_DP_ENI && !p->removed ? 0 : -EINVAL;
     if (rc == 0) {
         dp->eni_port[p->eni] = -1;
+        /* Its neighbours are not those of whatever ENI takes the slot next. */
+        hp_neigh_del_port(&dp->neigh, (uint16_t)port);
+        invalidate_next_hops(dp);
         __atomic_store_n(&p->removed, 1, __ATOMIC_RELEASE);
-        __atomic_add_fetch(&dp->ports_gen, 1, __ATOMIC_RELEASE);
+        p->removed_gen = __atomic_add_fetch(&dp->ports_gen, 1, __ATOMIC_RELEASE);
     }
     dp_unlock(dp);
     if (rc == 0)
@@ -621,7 +673,9 @@ static int take_wake(hp_dp *dp)
     return 1;
 }
 
-static uint32_t poll_set(hp_dp *dp, struct pollfd *pfd)
+/* Builds the poll set from ports_gen gen; once built, the loop no longer looks at a slot removed
+ * before gen, and hp_dp_add_port may reuse it (loop_gen). */
+static uint32_t poll_set(hp_dp *dp, struct pollfd *pfd, uint32_t gen)
 {
     uint32_t np = __atomic_load_n(&dp->n_ports, __ATOMIC_ACQUIRE);
     for (uint32_t i = 0; i < np; i++) {
@@ -632,6 +686,7 @@ static uint32_t poll_set(hp_dp *dp, struct pollfd *pfd)
     }
     pfd[np].fd = dp->wake_fd;
     pfd[np].events = POLLIN;
+    __atomic_store_n(&dp->loop_gen, gen, __ATOMIC_RELEASE);
     return np;
 }
 
@@ -649,16 +704,18 @@ static int64_t loop(hp_dp *dp, int timeout_ms, uint32_t max_batches, int until_p
     uint64_t spin_until = 0;
 
     dp->counters[HP_DP_C_RUNS]++;
+    /* Before the set is read: a slot reused from here on is seen as such (reusable_slot). */
+    __atomic_store_n(&dp->loop_active, 1, __ATOMIC_SEQ_CST);
     uint32_t gen = __atomic_load_n(&dp->ports_gen, __ATOMIC_ACQUIRE);
-    uint32_t np = poll_set(dp, pfd);
+    uint32_t np = poll_set(dp, pfd, gen);
     if (take_wake(dp))
-        return 0;
+        goto out;
     for (;;) {
         int work = 0;
         if (__atomic_load_n(&dp->n_ports, __ATOMIC_ACQUIRE) != np ||
             __atomic_load_n(&dp->ports_gen, __ATOMIC_ACQUIRE) != gen) {
             gen = __atomic_load_n(&dp->ports_gen, __ATOMIC_ACQUIRE);
-            np = poll_set(dp, pfd);     /* a port was added or removed while we ran */
+            np = poll_set(dp, pfd, gen);    /* a port was added, removed or reused */
         }
         uint64_t now = dp_now(dp);
         for (uint32_t i = 0; i < np; i++) {
@@ -687,7 +744,8 @@ static int64_t loop(hp_dp *dp, int timeout_ms, uint32_t max_batches, int until_p
         /* Frames the kernel could not take yet (socket buffer, peer backlog). */
         int tx_pending = 0;
         for (uint32_t i = 0; i < np; i++) {
-            if (__atomic_load_n(&dp->ports[i].ring->tx_queued, __ATOMIC_RELAXED)) {
+            if (pfd[i].fd >= 0 &&
+                __atomic_load_n(&dp->ports[i].ring->tx_queued, __ATOMIC_RELAXED)) {
                 dp_lock(dp);
                 hp_ring_tx_flush(dp->ports[i].ring);
                 tx_pending |= dp->ports[i].ring->tx_queued != 0;
@@ -717,8 +775,10 @@ static int64_t loop(hp_dp *dp, int timeout_ms, uint32_t max_batches, int until_p
             ms = ms > 1 ? 1 : ms;
         dp->counters[HP_DP_C_POLLS]++;
         int rc = poll(pfd, np + 1, ms);
-        if (rc < 0 && errno != EINTR)
-            return -errno;
+        if (rc < 0 && errno != EINTR) {
+            frames = -errno;
+            goto out;
+        }
         if (rc > 0 && (pfd[np].revents & POLLIN)) {
             uint64_t v;
             ssize_t r = read(dp->wake_fd, &v, sizeof(v));   /* the flag says what it meant */
@@ -728,6 +788,7 @@ static int64_t loop(hp_dp *dp, int timeout_ms, uint32_t max_batches, int until_p
     }
 out:
     dp->counters[HP_DP_C_BATCHES] += batches;
+    __atomic_store_n(&dp->loop_active, 0, __ATOMIC_SEQ_CST);
     return frames;
 }
 
@@ -782,7 +843,7 @@ int hp_dp_inject(hp_dp *dp, int port, const uint8_t *frame, uint32_t len, const 
 {
     int rc;
     dp_lock(dp);
-    if (port < 0 || (uint32_t)port >= dp->n_ports) {
+    if (port < 0 || (uint32_t)port >= dp->n_ports || dp->ports[port].removed) {
         dp->drops[HP_R_BAD_PORT]++;
         rc = -EINVAL;
         goto out;
@@ -810,7 +871,7 @@ int hp_dp_input(hp_dp *dp, int port, const uint8_t *frame, uint32_t len,
     if (len + VNET_LEN > HP_RING_FRAME_SIZE)
         return -EMSGSIZE;
     dp_lock(dp);
-    if (port < 0 || (uint32_t)port >= dp->n_ports) {
+    if (port < 0 || (uint32_t)port >= dp->n_ports || dp->ports[port].removed) {
         dp_unlock(dp);
         return -EINVAL;
     }
@@ -846,4 +907,20 @@ void hp_dp_update_stats(hp_dp *dp)
     for (uint32_t i = 0; i < dp->n_ports; i++)
         hp_ring_update_stats(dp->ports[i].ring);
     dp_unlock(dp);
+}
+
+uint32_t hp_dp_ports_view(hp_dp *dp, hp_dp_port_view *out, uint32_t max)
+{
+    dp_lock(dp);
+    uint32_t n = dp->n_ports < max ? dp->n_ports : max;
+    for (uint32_t i = 0; i < n; i++) {
+        hp_ring *r = dp->ports[i].ring;
+        hp_ring_update_stats(r);
+        out[i].port = dp->ports[i];
+        out[i].st = r->st;
+        out[i].rx_nr = r->rx_nr;
+        out[i].tx_nr = r->tx_nr;
+    }
+    dp_unlock(dp);
+    return n;
 }

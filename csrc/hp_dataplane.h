@@ -51,6 +51,7 @@ typedef struct hp_dp_port {
     uint8_t dirty;               /* tx committed during this batch */
     uint8_t removed;             /* hp_dp_remove_port(): not polled, no route to it */
     uint16_t eni;                /* ENI id (role ENI) */
+    uint32_t removed_gen;        /* ports_gen that its removal made */
     /* Role ENI: destinations inside the prefix are on-link, others go to the gateway. A family
      * without a prefix is all on-link. [0] IPv4 (first 4 bytes), [1] IPv6. */
     uint8_t has_net[2], has_gw[2];
@@ -88,7 +89,10 @@ typedef struct hp_dp {
     hp_nat *nat;
     hp_dp_port ports[HP_DP_MAX_PORTS];
     uint32_t n_ports;
-    uint32_t ports_gen;          /* bumped when a port is removed: the loop re-reads its set */
+    uint32_t ports_gen;          /* bumped when a port is removed or reused: the loop re-reads
+                                    its set */
+    uint32_t loop_gen;           /* the ports_gen the running loop last built its set from */
+    int loop_active;             /* a loop runs (forwarding thread or hp_dp_run) */
     int inside;                  /* port index of the inside port, -1 until added */
     int16_t eni_port[HP_MAX_ENIS];
     hp_neigh_table neigh;
@@ -135,8 +139,10 @@ void hp_dp_set_lock(hp_dp *dp, pthread_mutex_t *lock);
 int hp_dp_add_port(hp_dp *dp, int ifindex, const uint8_t mac[6], int role, int eni,
                    uint32_t rx_frames, uint32_t tx_frames, int qdisc_bypass);
 /* Retires an ENI port (its ENI reclaimed): no route leads to it any more and the loop stops
- * polling it, so its interface may be deleted. The slot and its ring stay until destroy (the
- * loop reads ports[] without the lock). Returns 0 or -EINVAL. */
+ * polling it, so its interface may be deleted. The slot and its ring stay until a later
+ * hp_dp_add_port() reuses the slot, which it does only once the loop has rebuilt its poll set
+ * without it (the loop reads ports[] without the lock), so ENIs can come and go for ever.
+ * Returns 0 or -EINVAL. */
 int hp_dp_remove_port(hp_dp *dp, int port);
 /* An ENI port's subnet for one family (4 or 6): prefix (4 or 16 bytes) / plen, and the
  * gateway (NULL: none, off-link destinations are then dropped NO_ROUTE). */
@@ -196,5 +202,16 @@ void hp_dp_set_clock(hp_dp *dp, hp_dp_clock_fn fn, void *ctx);
 
 /* Refreshes every port's kernel drop count (PACKET_STATISTICS). Takes the lock. */
 void hp_dp_update_stats(hp_dp *dp);
+
+/* One port as hp_dp_ports_view() copied it: a reused slot changes its ring, so readers on
+ * other threads take copies made under the lock, not pointers. */
+typedef struct hp_dp_port_view {
+    hp_dp_port port;             /* port.ring: not to be followed */
+    hp_ring_stats st;
+    uint32_t rx_nr, tx_nr;
+} hp_dp_port_view;
+/* Refreshes the kernel drop counts and copies every port (at most max) under the lock.
+ * Returns the number of ports. */
+uint32_t hp_dp_ports_view(hp_dp *dp, hp_dp_port_view *out, uint32_t max);
 
 #endif

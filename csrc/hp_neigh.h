@@ -32,6 +32,8 @@ void hp_neigh_free(hp_neigh_table *t);
 int hp_neigh_set(hp_neigh_table *t, uint16_t port, int family, const uint8_t *addr,
                  const uint8_t mac[6]);
 int hp_neigh_del(hp_neigh_table *t, uint16_t port, int family, const uint8_t *addr);
+/* Deletes every entry of one port (not the any-port ones); returns how many. */
+uint32_t hp_neigh_del_port(hp_neigh_table *t, uint16_t port);
 void hp_neigh_clear(hp_neigh_table *t);
 
 /* The MAC for addr seen from port: the port's own entry, then the any-port entry; or NULL. */

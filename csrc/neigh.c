@@ -123,6 +123,20 @@ int hp_neigh_del(hp_neigh_table *t, uint16_t port, int family, const uint8_t *ad
     return 0;
 }
 
+uint32_t hp_neigh_del_port(hp_neigh_table *t, uint16_t port)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i <= t->mask; i++) {
+        hp_neigh *e = &t->slots[i];
+        if (e->used == 1 && e->port == port) {
+            e->used = 2;
+            t->count--;
+            n++;
+        }
+    }
+    return n;
+}
+
 void hp_neigh_clear(hp_neigh_table *t)
 {
     memset(t->slots, 0, (size_t)(t->mask + 1) * sizeof(*t->slots));

@@ -212,6 +212,8 @@ cdef class DataPlane:
     rings or the neighbour table take the Nat's table lock (which the loop holds per batch)
     with the GIL released. punts() is for one reader thread at a time.
     """
+    MAX_PORTS = rd.HP_DP_MAX_PORTS    # ports at once (a removed ENI's slot is reused)
+
     cdef rd.hp_dp *dp
     cdef readonly object nat
     cdef list _info
@@ -314,9 +316,10 @@ cdef class DataPlane:
         port index. role "inside" (one) or "eni" (eni = the Nat's ENI id, one port each).
         mac: the port's MAC (default: the interface's; a MAC of its own is cheaper, the
         namespace's kernel then drops the frames as PACKET_OTHERHOST at once). Subnets /
-        gateways: ENI next hops. frames / tx_frames: ring slots, 0 for the defaults (rx 1024
-        inside, 512 on an ENI; tx 128); each slot takes 68 KB of kernel memory. Safe while
-        the loop runs: the ring is opened outside the table lock and attached under it."""
+        gateways: ENI next hops. frames / tx_frames: ring slots, 0 for the defaults (rx 4096
+        inside, 2048 on an ENI, 2 KB each; tx 128, 68 KB each). An ENI port may take the slot
+        of one removed earlier. Safe while the loop runs: the ring is opened outside the table
+        lock and attached under it."""
         cdef rd.hp_dp *dp = self._live()
         cdef bytes mb
         cdef int c_ifindex, c_role, c_eni, rc
@@ -336,8 +339,8 @@ cdef class DataPlane:
         with nogil:
             rc = rd.hp_dp_add_port(dp, c_ifindex, mp, c_role, c_eni, c_frames, c_tx, c_bypass)
         port = _dp_check(rc, f"add_port({ifname})")
-        # Ports are only appended, and _info is read by index: its order is the ports' order
-        # as long as add_port() is not called from two threads at once.
+        # _info is read by index: a new port is appended or reuses a removed ENI's slot
+        # (add_port() is not called from two threads at once).
         while len(self._info) <= port:
             self._info.append(None)
         self._info[port] = {"ifname": ifname}
@@ -533,15 +536,16 @@ cdef class DataPlane:
 
     def ports(self):
         """One dict per port: index, ifname, ifindex, mac, role, eni, subnets and ring stats.
-        Readable while running."""
+        Readable while running (copied under the table lock: a slot can be reused)."""
         cdef rd.hp_dp *dp = self._live()
+        cdef rd.hp_dp_port_view views[rd.HP_DP_MAX_PORTS]
         cdef rd.hp_dp_port *p
-        cdef uint32_t i
+        cdef uint32_t i, n
         with nogil:
-            rd.hp_dp_update_stats(dp)
+            n = rd.hp_dp_ports_view(dp, views, rd.HP_DP_MAX_PORTS)
         out = []
-        for i in range(dp.n_ports):
-            p = &dp.ports[i]
+        for i in range(n):
+            p = &views[i].port
             d = {"index": i, "ifname": self._info[i]["ifname"], "ifindex": p.ifindex,
                  "mac": _dp_mac_str(p.mac), "role": _DP_ROLE_NAMES[p.role],
                  "eni": p.eni if p.role == rd.HP_DP_ENI else None, "removed": bool(p.removed)}
@@ -551,14 +555,14 @@ cdef class DataPlane:
                     d[ver + "_subnet"] = f"{net}/{p.plen[f]}"
                     d[ver + "_gateway"] = (str(_dp_ipaddress.ip_address(p.gw[f][:alen]))
                                            if p.has_gw[f] else None)
-            s = p.ring.st
+            s = views[i].st
             d.update({"rx_frames": s.rx_frames, "rx_bytes": s.rx_bytes,
                       "rx_outgoing": s.rx_outgoing, "rx_truncated": s.rx_truncated,
                       "rx_copied": s.rx_copied,
                       "rx_kernel_drops": s.rx_kernel_drops, "tx_frames": s.tx_frames,
                       "tx_bytes": s.tx_bytes, "tx_full": s.tx_full, "tx_sends": s.tx_sends,
-                      "tx_errors": s.tx_errors, "ring_frames": p.ring.rx_nr,
-                      "tx_ring_frames": p.ring.tx_nr})
+                      "tx_errors": s.tx_errors, "ring_frames": views[i].rx_nr,
+                      "tx_ring_frames": views[i].tx_nr})
             out.append(d)
         return out
 

@@ -84,6 +84,13 @@ cdef extern from "hp_dataplane.h" nogil:
         uint8_t net[2][16]
         uint8_t gw[2][16]
 
+    ctypedef struct hp_dp_port_view:
+        hp_dp_port port
+        hp_ring_stats st
+        uint32_t rx_nr
+        uint32_t tx_nr
+    uint32_t hp_dp_ports_view(hp_dp *dp, hp_dp_port_view *out, uint32_t max) nogil
+
     ctypedef struct hp_dp_punt:
         uint16_t in_port
         uint16_t out_port

@@ -472,6 +472,41 @@ def natlab(lab, request):
         nl.close()
 
 
+def test_loop_reuses_the_slots_of_removed_eni_ports(lab):
+    """ENIs come and go (scale-out, idle reclaim): more ENI ports than the loop has slots are
+    added and removed one after the other while the loop runs, each taking a removed one's
+    slot; forwarding through the first ENI goes on, and a datagram echoes after the churn."""
+    natlab = NatLab(lab)
+    try:
+        natlab.start()
+        a, b = lab.prefix + "ca", lab.prefix + "cb"
+        lab.veth(natlab.mid, a, natlab.mid, b)
+        slots = set()
+        for i in range(_core.DataPlane.MAX_PORTS + 6):
+            eni = natlab.nat.add_eni(f"10.0.9.{i + 1}")
+            with netns(natlab.mid):
+                port = natlab.dp.add_port(a, role="eni", eni=eni, mac="02:68:70:00:00:09")
+            slots.add(port)
+            ports = natlab.dp.ports()
+            assert ports[port]["eni"] == eni and not ports[port]["removed"]
+            # The slot's neighbours go with the port, not to the next ENI that takes it.
+            assert natlab.dp.neighbor("10.0.9.254", port) is None
+            natlab.dp.set_neighbor("10.0.9.254", "02:00:00:00:09:fe", port=port)
+            natlab.dp.remove_port(port)
+        assert slots == {2}                  # one slot, taken again and again
+        assert len(natlab.dp.ports()) == 3
+        srv = natlab.socket_in(natlab.srv, socket.AF_INET, socket.SOCK_DGRAM)
+        cli = natlab.socket_in(natlab.fn, socket.AF_INET, socket.SOCK_DGRAM)
+        with srv, cli:
+            srv.bind(("10.0.1.20", 7777))
+            srv.settimeout(3)
+            cli.sendto(b"after the churn", ("10.0.1.20", 7777))
+            data, peer = srv.recvfrom(100)
+            assert data == b"after the churn" and peer[0] == "10.0.1.4"
+    finally:
+        natlab.close()
+
+
 @pytest.mark.parametrize("fam", [4, 6])
 def test_loop_udp_echo_through_the_nat(natlab, fam):
     af = socket.AF_INET if fam == 4 else socket.AF_INET6
