@@ -28,7 +28,7 @@ _SIOCGIFHWADDR = 0x8927
 # Default rx ring slots by role: the inside port takes every function's traffic. A slot is
 # 2 KB (bigger frames take the copy path, csrc/hp_ring.h); more slots ride out longer
 # scheduling stalls of the loop without drops.
-_DP_DEFAULT_RX = {"inside": 4096, "eni": 2048}
+_DP_DEFAULT_RX = {"inside": 8192, "eni": 4096}
 
 
 def _dp_ifindex(iface):
@@ -316,8 +316,8 @@ cdef class DataPlane:
         port index. role "inside" (one) or "eni" (eni = the Nat's ENI id, one port each).
         mac: the port's MAC (default: the interface's; a MAC of its own is cheaper, the
         namespace's kernel then drops the frames as PACKET_OTHERHOST at once). Subnets /
-        gateways: ENI next hops. frames / tx_frames: ring slots, 0 for the defaults (rx 4096
-        inside, 2048 on an ENI, 2 KB each; tx 128, 68 KB each). An ENI port may take the slot
+        gateways: ENI next hops. frames / tx_frames: ring slots, 0 for the defaults (rx 8192
+        inside, 4096 on an ENI, 2 KB each; tx 128, 68 KB each). An ENI port may take the slot
         of one removed earlier. Safe while the loop runs: the ring is opened outside the table
         lock and attached under it."""
         cdef rd.hp_dp *dp = self._live()
