@@ -375,6 +375,7 @@ class Daemon:
     def _thread(self, name: str, target, background: bool = True) -> None:
         def run():
             try:
+                os_thread_name("hp-" + name)
                 if background:
                     lower_priority()
                 target()
@@ -503,9 +504,20 @@ def _read(path: str) -> str:
 def in_background(handler):
     """A control handler that runs (and streams its pages) at background priority."""
     def run(req):
+        os_thread_name("hp-control")
         lower_priority()
         return handler(req)
     return run
+
+
+def os_thread_name(name: str) -> None:
+    """Names this thread for the kernel (top -H, perf sched, /proc/PID/task/*/comm): a
+    profile of the daemon then says which of its threads ran, not only "python3"."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
 
 
 def connection_listing(nat):
