@@ -470,27 +470,32 @@ def lower_priority() -> None:
 
 
 def forwarding_first() -> str:
-    """Puts the forwarding thread ("hp-forward") ahead of every other thread of the machine:
-    SCHED_FIFO, else nice FORWARDING_NICE. Nice alone is not enough: Linux groups a session's
-    threads (autogroup), so while a listing or expiry keeps this process's group busy, the
-    group has used its share and a woken forwarding thread waited 20-30 ms for the CPU behind
-    other processes (perf sched timehist, issue 6). It sleeps in poll() when idle, so a
-    realtime class costs the others nothing then; the kernel's realtime throttling
-    (sched_rt_runtime_us) still leaves them 5% of a CPU if it were ever kept busy."""
+    """Puts the forwarding thread ("hp-forward"; every one, should the process run several)
+    ahead of every other thread of the machine: SCHED_FIFO, else nice FORWARDING_NICE. Nice
+    alone is not enough: Linux groups a session's threads (autogroup), so while a listing or
+    expiry keeps this process's group busy, the group has used its share and a woken
+    forwarding thread waited 20-30 ms for the CPU behind other processes (perf sched
+    timehist, issue 6). It sleeps in poll() when idle, so a realtime class costs the others
+    nothing then; the kernel's realtime throttling (sched_rt_runtime_us) still leaves them a
+    share of the CPU if it were ever kept busy. Returns what it did, for stats and logs."""
     tids = [int(t) for t in os.listdir("/proc/self/task")
             if _read(f"/proc/self/task/{t}/comm") == "hp-forward"]
     if not tids:
         return "normal priority (thread hp-forward not found)"
-    try:
-        os.sched_setscheduler(tids[0], os.SCHED_FIFO, os.sched_param(FORWARDING_RT_PRIORITY))
-        return f"SCHED_FIFO {FORWARDING_RT_PRIORITY} (thread {tids[0]})"
-    except OSError:
-        pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, tids[0], FORWARDING_NICE)
-        return f"nice {FORWARDING_NICE} (thread {tids[0]}; no right to SCHED_FIFO)"
-    except OSError as e:
-        return f"normal priority (thread {tids[0]}: {e.strerror})"
+    done = []
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(FORWARDING_RT_PRIORITY))
+            done.append(f"SCHED_FIFO {FORWARDING_RT_PRIORITY} (thread {tid})")
+            continue
+        except OSError:
+            pass
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, FORWARDING_NICE)
+            done.append(f"nice {FORWARDING_NICE} (thread {tid}; no right to SCHED_FIFO)")
+        except OSError as e:
+            done.append(f"normal priority (thread {tid}: {e.strerror})")
+    return ", ".join(done)
 
 
 def _read(path: str) -> str:

@@ -227,3 +227,25 @@ def test_forwarding_thread_starts_stops_and_punts_wait_without_the_gil():
     assert not dp.forwarding
     assert dp.run(0) == 0               # by hand again
     dp.close()
+
+
+def test_the_forwarding_thread_is_named_and_put_first():
+    """The daemon's forwarding_first(): the loop's thread is "hp-forward" for the kernel, and
+    goes realtime (SCHED_FIFO) when the process may; else it says what it got instead."""
+    import os
+    from hyperplane.daemon import forwarding_first
+    dp = DataPlane(make_nat(capacity=1024))
+    dp.start()
+    try:
+        (tid,) = [int(t) for t in os.listdir("/proc/self/task")
+                  if open(f"/proc/self/task/{t}/comm").read().strip() == "hp-forward"]
+        got = forwarding_first()
+        assert f"(thread {tid}" in got, got
+        if os.geteuid() == 0:
+            assert os.sched_getscheduler(tid) == os.SCHED_FIFO, got
+        else:
+            assert got.startswith(("nice", "normal priority")), got
+        # A realtime thread still stops like any other.
+    finally:
+        dp.stop()
+    dp.close()
