@@ -234,9 +234,19 @@ def test_forwarding_goes_on_through_control_load_listing_and_new_enis(daemon_lab
         listed.append(listing_count(prefix))
         listed_ns = time.time_ns()
         growing.join(60)
-        enis = wait_until("three new ENIs", lambda: (e := json.loads(cli(
-            "eni", "--json", "--prefix", prefix).stdout)) and
-            len(e) >= enis_before + NEW_ENIS and e, 30)
+        try:
+            enis = wait_until("three new ENIs", lambda: (e := json.loads(cli(
+                "eni", "--json", "--prefix", prefix).stdout)) and
+                len(e) >= enis_before + NEW_ENIS and e, 30)
+        except AssertionError as e:     # what the daemon saw of the growth, for the record
+            st = stats(prefix)
+            enis = [(x["index"], x["status"], x["ports_in_use"]) for x in st["enis"]]
+            funcs = [(f["name"], f["ports"], f["refused_ports"], f["ports_exhausted"])
+                     for f in st["functions"]]
+            raise AssertionError(
+                f"{e}; ENIs {enis}; manager {st['eni_manager']}; slow path {st['slowpath']}; "
+                f"functions (ports, refused, exhausted) {funcs}; log: "
+                f"{runtime.log_tail(prefix)}") from None
         sender.wait(timeout=SECONDS * 4)
         late = json.loads(canary.communicate(timeout=30)[0])
         got = {int(k): v for k, v in json.loads(receiver.communicate(timeout=30)[0]).items()}
