@@ -677,17 +677,20 @@ static void check_forwarded(const fz_world *w, const uint8_t *before, const uint
     if (!recycled)
         check_forwarded_conn(w->nat, before, after, p, dir, in_eni, r);
 
-    /* Only what a NAT may change changed: the rewritten address and port, the TTL / hop
-     * limit, the IPv4 header checksum and the L4 checksum. */
-    uint32_t alen = p->family == 4 ? 4 : 16;
+    /* Only what a NAT may change changed: the rewritten address and port (both of each when
+     * hairpinned: an OUT frame sent back to the inside), the TTL / hop limit, the IPv4 header
+     * checksum and the L4 checksum. */
+    int hairpin = dir == HP_DIR_OUT && r->port == 0;
+    uint32_t alen = (p->family == 4 ? 4 : 16) * (hairpin ? 2 : 1);
     uint32_t addr = p->l3 + (p->family == 4 ? (dir == HP_DIR_OUT ? 12 : 16)
                                             : (dir == HP_DIR_OUT ? 8 : 24));
+    uint32_t plen = hairpin ? 4 : 2;
     uint32_t port = p->l4 + (dir == HP_DIR_OUT ? 0 : 2), ck = fz_csum_at(p);
     uint32_t ttl = p->l3 + (p->family == 4 ? 8 : 7), ipck = p->l3 + 10;
     for (uint32_t j = 0; j < len; j++) {
         if (before[j] == after[j])
             continue;
-        int allowed = (j >= addr && j < addr + alen) || j - port < 2 || j - ck < 2 ||
+        int allowed = (j >= addr && j < addr + alen) || j - port < plen || j - ck < 2 ||
                       j == ttl || (p->family == 4 && j - ipck < 2);
         if (!allowed)
             fz_fail("byte %u changed (0x%02x -> 0x%02x), not a field NAT rewrites", j,
