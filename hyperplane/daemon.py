@@ -372,6 +372,10 @@ class Daemon:
                 self.log_interval(now)
                 next_flow = now + interval_ms
 
+    def eni_worker(self) -> None:
+        off_forwarding_cpu()
+        self.enis.run(self.stopping, known_groups=list(self.group_ids))
+
     def _thread(self, name: str, target, background: bool = True) -> None:
         def run():
             try:
@@ -398,9 +402,9 @@ class Daemon:
             self._thread("slow-path", self.slow_path, background=False)
             self._thread("housekeeping", self.housekeeping)
             # Scale-out must be ready before the newest ENI's last 10% of ports go: the ENI
-            # worker (a round every 50 ms, creation now and then) keeps the normal priority.
-            self._thread("eni-worker", lambda: self.enis.run(self.stopping, known_groups=list(
-                self.group_ids)), background=False)
+            # worker (a round every 50 ms, creation now and then) keeps the normal priority,
+            # off the forwarding thread's CPU.
+            self._thread("eni-worker", self.eni_worker, background=False)
             self._thread("exhausted-frames", self.rerun_exhausted)
             server.start()
             if self.metrics_opts.enabled:
@@ -471,31 +475,63 @@ def lower_priority() -> None:
 
 def forwarding_first() -> str:
     """Puts the forwarding thread ("hp-forward"; every one, should the process run several)
-    ahead of every other thread of the machine: SCHED_FIFO, else nice FORWARDING_NICE. Nice
-    alone is not enough: Linux groups a session's threads (autogroup), so while a listing or
-    expiry keeps this process's group busy, the group has used its share and a woken
-    forwarding thread waited 20-30 ms for the CPU behind other processes (perf sched
+    ahead of every other thread of the machine: SCHED_FIFO, else nice FORWARDING_NICE, and on
+    a CPU of its own (the last one the process may use, when it may use more than one).
+
+    Nice alone is not enough: Linux groups a session's threads (autogroup), so while a
+    listing or expiry keeps this process's group busy, the group has used its share and a
+    woken forwarding thread waited 20-30 ms for the CPU behind other processes (perf sched
     timehist, issue 6). It sleeps in poll() when idle, so a realtime class costs the others
     nothing then; the kernel's realtime throttling (sched_rt_runtime_us) still leaves them a
-    share of the CPU if it were ever kept busy. Returns what it did, for stats and logs."""
-    tids = [int(t) for t in os.listdir("/proc/self/task")
-            if _read(f"/proc/self/task/{t}/comm") == "hp-forward"]
+    share of the CPU if it were ever kept busy. The CPU of its own is for off_forwarding_cpu():
+    a kernel built without full preemption lets no one, realtime or not, take the CPU from a
+    thread inside a long system call (opening an ENI's rings zeroes megabytes in one go: the
+    loop waited 19 ms behind the ENI worker). Returns what it did, for stats and logs."""
+    tids = forwarding_threads()
     if not tids:
         return "normal priority (thread hp-forward not found)"
+    allowed = sorted(os.sched_getaffinity(0))
     done = []
     for tid in tids:
         try:
             os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(FORWARDING_RT_PRIORITY))
-            done.append(f"SCHED_FIFO {FORWARDING_RT_PRIORITY} (thread {tid})")
-            continue
+            how = f"SCHED_FIFO {FORWARDING_RT_PRIORITY}"
         except OSError:
-            pass
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, FORWARDING_NICE)
-            done.append(f"nice {FORWARDING_NICE} (thread {tid}; no right to SCHED_FIFO)")
-        except OSError as e:
-            done.append(f"normal priority (thread {tid}: {e.strerror})")
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, FORWARDING_NICE)
+                how = f"nice {FORWARDING_NICE} (no right to SCHED_FIFO)"
+            except OSError as e:
+                how = f"normal priority ({e.strerror})"
+        if len(allowed) > 1:
+            try:
+                os.sched_setaffinity(tid, {allowed[-1]})
+                how += f" on CPU {allowed[-1]}"
+            except OSError:
+                pass
+        done.append(f"{how} (thread {tid})")
     return ", ".join(done)
+
+
+def forwarding_threads() -> list[int]:
+    return [int(t) for t in os.listdir("/proc/self/task")
+            if _read(f"/proc/self/task/{t}/comm") == "hp-forward"]
+
+
+def off_forwarding_cpu() -> None:
+    """Keeps the calling thread off the CPUs the forwarding threads have to themselves
+    (forwarding_first), when others are left: for threads whose system calls run long
+    without giving the CPU up (the ENI worker's veth, pools and rings)."""
+    mine = set()
+    for tid in forwarding_threads():
+        try:
+            cpus = os.sched_getaffinity(tid)
+        except OSError:
+            continue
+        if len(cpus) == 1:
+            mine |= cpus
+    rest = os.sched_getaffinity(0) - mine
+    if mine and rest:
+        os.sched_setaffinity(0, rest)
 
 
 def _read(path: str) -> str:

@@ -138,7 +138,9 @@ def fill_table(nat, n):
 
 def add_enis(nl, n):
     """n ENIs as the daemon's ENI worker adds them: a veth, then the NAT's ENI and the loop's
-    port, then the ENI joins a group."""
+    port, then the ENI joins a group; off the forwarding thread's CPU, as the daemon's."""
+    from hyperplane.daemon import off_forwarding_cpu
+    off_forwarding_cpu()
     group = nl.nat.add_group()
     for k in range(n):
         ifname = f"{nl.lab.prefix}x{k}"
