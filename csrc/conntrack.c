@@ -8,7 +8,8 @@
 #include <string.h>
 
 _Static_assert(sizeof(hp_conn) == 64, "a connection entry is one cache line");
-_Static_assert(sizeof(hp_conn_stats) == 40, "connection counters layout");
+_Static_assert(sizeof(hp_conn_stats) == 64, "connection counters and interval: one line");
+_Static_assert(sizeof(hp_conn_flowbase) == 24, "flow-log base layout");
 _Static_assert(sizeof(hp_tcp_win) == 40, "TCP window state layout");
 
 /* Keep the index at most 70% full: linear probing stays short, the 32-bit tags filter the rest. */
@@ -274,6 +275,36 @@ uint32_t hp_ct_next_live(const hp_ct *ct, uint32_t from)
         if (ct->conns[i].state != HP_S_NONE)
             return i;
     return HP_CT_NONE;
+}
+
+void hp_ct_flow_read(const hp_conn *c, const hp_conn_stats *st, const hp_conn_flowbase *b,
+                     hp_flow_ival out[2])
+{
+    uint32_t ref = (uint32_t)c->last_seen_ms;   /* no packet of the interval is later */
+    for (int d = 0; d < 2; d++) {
+        hp_flow_ival *o = &out[d];
+        memset(o, 0, sizeof *o);
+        if (!(st->seen & (1u << d)))
+            continue;
+        o->seen = 1;
+        o->first_ms = c->last_seen_ms - (uint32_t)(ref - st->first_ms[d]);
+        o->last_ms = c->last_seen_ms - (uint32_t)(ref - st->last_ms[d]);
+        o->packets = (uint32_t)st->packets[d] - b->packets[d];
+        o->bytes = st->bytes[d] - b->bytes[d];
+        o->tcp_flags = st->tcp_flags[d];
+    }
+}
+
+void hp_ct_flow_reset(hp_ct *ct, uint32_t id)
+{
+    hp_conn_stats *st = &ct->stats[id];
+    hp_conn_flowbase *b = &ct->flowbase[id];
+    for (int d = 0; d < 2; d++) {
+        b->bytes[d] = st->bytes[d];
+        b->packets[d] = (uint32_t)st->packets[d];
+        st->tcp_flags[d] = 0;
+    }
+    st->seen = 0;
 }
 
 size_t hp_ct_memory(const hp_ct *ct)

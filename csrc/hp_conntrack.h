@@ -37,13 +37,61 @@ typedef struct hp_conn {
 
 /* The counters, in an array of their own: written by every packet, never needed to find a
  * connection, so a lookup touches one line. 64-bit so they never wrap. The owner rides along:
- * every packet from the inside checks it, after the lookup. 40 bytes. */
+ * every packet from the inside checks it, after the lookup. One cache line (64 bytes), so a
+ * forwarded packet writes one line: its counters and its flow-log interval.
+ *
+ * The flow-log interval (docs/semantics.md 2.4): per direction, what was forwarded since the
+ * last harvest (hp_ct_flow_take). Times are now_ms mod 2**32, read back against last_seen_ms
+ * (exact while a harvest comes less than 49 days after the interval's first packet). */
 typedef struct hp_conn_stats {
     uint64_t bytes[2];           /* [HP_DIR_OUT], [HP_DIR_IN] */
     uint64_t packets[2];
     uint32_t owner;              /* the function (hp_source.owner) the connection belongs to */
     uint32_t reply_ms;           /* UDP: now_ms of the first reply, mod 2**32 */
+    uint32_t first_ms[2];        /* the interval's first and last packet, per direction */
+    uint32_t last_ms[2];
+    uint8_t tcp_flags[2];        /* AWS tcp-flags OR'd over the interval (hp_ct_flow_flags) */
+    uint8_t seen;                /* bit 1 << dir: a packet in that direction this interval */
+    uint8_t pad[5];
 } hp_conn_stats;
+
+/* Where the last harvest left each direction's counters: only a harvest or an expiry reads
+ * it, so it stays out of the packet path's line. 24 bytes. */
+typedef struct hp_conn_flowbase {
+    uint64_t bytes[2];
+    uint32_t packets[2];         /* mod 2**32: an interval holds fewer packets than that */
+} hp_conn_flowbase;
+
+/* One direction's traffic over a flow-log interval, as a harvest or an expiry hands it out. */
+typedef struct hp_flow_ival {
+    uint64_t first_ms, last_ms;  /* the data plane's clock */
+    uint64_t bytes;
+    uint32_t packets;
+    uint8_t tcp_flags;
+    uint8_t seen;                /* 0: no packet this way in the interval (the rest is 0) */
+    uint16_t pad;
+} hp_flow_ival;
+
+/* AWS's tcp-flags of one segment: FIN 1, SYN 2, RST 4, and ACK 16 only beside SYN (SYN-ACK
+ * is 18); PSH, URG, ECE, CWR and a lone ACK are not reported. */
+static inline uint8_t hp_ct_flow_flags(uint8_t f)
+{
+    return (uint8_t)((f & 7) | (f & (uint8_t)(f << 3) & 16));
+}
+
+/* A packet forwarded in direction dir at now_ms: the interval's first (when it is the first)
+ * and last packet, and its flags. The counters themselves are the stats' packets and bytes. */
+static inline void hp_ct_flow_note(hp_conn_stats *st, int dir, uint8_t tcp_flags,
+                                   uint64_t now_ms)
+{
+    uint8_t bit = (uint8_t)(1u << dir);
+    if (!(st->seen & bit)) {
+        st->seen |= bit;
+        st->first_ms[dir] = (uint32_t)now_ms;
+    }
+    st->last_ms[dir] = (uint32_t)now_ms;
+    st->tcp_flags[dir] |= hp_ct_flow_flags(tcp_flags);
+}
 
 /* TCP window tracking of one direction (the sender's view), as Linux's ip_ct_tcp_state. */
 typedef struct hp_tcp_dir {
@@ -68,6 +116,7 @@ typedef struct hp_tcp_win {
 typedef struct hp_conn_record {
     hp_conn conn;
     hp_conn_stats stats;
+    hp_conn_flowbase flowbase;
 } hp_conn_record;
 
 typedef struct hp_ct_slot {
@@ -81,7 +130,8 @@ typedef struct hp_ct_slot {
 #define HP_CT_ARRAYS(X) \
     X(hp_conn, conns) \
     X(hp_conn_stats, stats) \
-    X(hp_tcp_win, win)
+    X(hp_tcp_win, win) \
+    X(hp_conn_flowbase, flowbase)
 
 #define HP_CT_ARRAY_FIELD(type, name) type *name;
 typedef struct hp_ct {
@@ -170,6 +220,7 @@ static inline void hp_ct_prefetch_free(const hp_ct *ct)
         __builtin_prefetch(&ct->conns[ct->free_head], 1);
         __builtin_prefetch(&ct->stats[ct->free_head], 1);
         __builtin_prefetch(&ct->win[ct->free_head], 1);
+        __builtin_prefetch(&ct->flowbase[ct->free_head], 1);
     }
 }
 uint32_t hp_ct_insert_hashed(hp_ct *ct, const hp_flow_key *orig, uint32_t orig_hash,
@@ -193,6 +244,13 @@ uint32_t hp_ct_next_live(const hp_ct *ct, uint32_t from);
 /* The reply tuple of a live connection. */
 void hp_ct_reply_key(const hp_ct *ct, const hp_conn *c, hp_flow_key *out);
 void hp_ct_orig_key(const hp_conn *c, hp_flow_key *out);
+
+/* The flow-log interval of a connection (record: its entry, counters and base), per
+ * direction. */
+void hp_ct_flow_read(const hp_conn *c, const hp_conn_stats *st, const hp_conn_flowbase *b,
+                     hp_flow_ival out[2]);
+/* Starts a new interval: the counters as they are become the base, nothing seen. */
+void hp_ct_flow_reset(hp_ct *ct, uint32_t id);
 
 /* Bytes the table holds per connection slot, both index entries included. */
 size_t hp_ct_memory(const hp_ct *ct);

@@ -191,7 +191,13 @@ void hp_nat_obs_free(hp_nat *nat);
 hp_sg_set *hp_nat_swap_group_rules(hp_nat *nat, int group, hp_sg_set *set);
 /* HP_R_NONE, or HP_R_SG_DENIED (counted, journaled) for a new connection of group g. */
 int hp_nat_sg_check(hp_nat *nat, hp_group *g, const hp_pkt *pkt, uint64_t now_ms);
-/* A refused packet that made it past parsing: per-ENI drops, the reject journal. */
+/* A drop charged to ENI eni (its PacketsDropCount, by reason). */
+static inline void hp_nat_eni_drop(hp_nat *nat, uint16_t eni, int reason)
+{
+    nat->eni_ctr[eni].drops++;
+    nat->eni_ctr[eni].drop_reasons[reason]++;
+}
+/* A refused packet that made it past parsing: the reject journal. */
 void hp_nat_note_refused(hp_nat *nat, const hp_pkt *pkt, int dir, uint16_t in_eni, int reason,
                          uint64_t now_ms);
 /* A TCP segment from a function that matched no connection (TCP_NOT_SYN): turns it into a

@@ -33,17 +33,19 @@ typedef struct hp_rate {
     uint32_t per_s, burst;
 } hp_rate;
 
-/* NAT-gateway metrics of one ENI (two cache lines; the forwarding counters share the first). */
+/* NAT-gateway metrics of one ENI (the forwarding counters share the first cache line). */
 typedef struct hp_eni_counters {
     uint64_t packets[2], bytes[2];   /* forwarded: [HP_DIR_OUT] to destinations, [HP_DIR_IN] back */
     uint64_t attempts[2];            /* [0] TCP, [1] UDP: connections created */
     uint64_t established[2];         /* TCP reached ESTABLISHED, UDP saw its first reply */
     uint64_t active[2];              /* live connections */
     uint64_t port_errors;            /* PORTS_EXHAUSTED on this (the group's newest) ENI */
-    uint64_t idle_timeouts;          /* TCP connections that expired while ESTABLISHED */
-    uint64_t drops;                  /* refused after parsing: inbound on it, egress denials */
+    uint64_t idle_timeouts;          /* TCP connections that idled out before closing */
+    uint64_t drops;                  /* frames dropped on its port, egress denials for it */
     uint64_t rst_sent;               /* RSTs answering a segment of its expired connection */
     uint64_t pad[2];
+    uint64_t drop_reasons[HP_R_COUNT];   /* drops by reason (they add up to drops): only a
+                                          * drop writes here, so it stays off the fast path */
 } __attribute__((aligned(64))) hp_eni_counters;
 
 void hp_reject_push(hp_reject_ring *ring, const hp_pkt *pkt, int dir, uint16_t eni, int reason,

@@ -159,6 +159,7 @@ static void record(const hp_nat *nat, uint32_t id, hp_conn_record *out)
 {
     out->conn = nat->ct.conns[id];
     out->stats = nat->ct.stats[id];
+    out->flowbase = nat->ct.flowbase[id];
 }
 
 static void journal_push(hp_nat *nat, uint32_t id)
@@ -193,6 +194,15 @@ void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
     hp_ct_delete(&nat->ct, id);
 }
 
+/* IdleTimeoutCount (docs/semantics.md 9.2): an expired TCP connection that had been
+ * established and was not closed (no FIN both ways, no RST): it went from active to idle. */
+static int hp_idled_out(const hp_conn *c)
+{
+    return c->proto == 6 && (c->flags & HP_F_ASSURED) &&
+           (c->state == HP_S_ESTABLISHED || c->state == HP_S_FIN_WAIT ||
+            c->state == HP_S_CLOSE_WAIT || c->state == HP_S_LAST_ACK);
+}
+
 /* Removes an expired connection. Its record goes to copy_to when given, else to the journal
  * unless discard is set. */
 static void expire_conn(hp_nat *nat, uint32_t id, uint64_t now_ms, hp_conn_record *copy_to,
@@ -204,7 +214,7 @@ static void expire_conn(hp_nat *nat, uint32_t id, uint64_t now_ms, hp_conn_recor
         journal_push(nat, id);
     nat->counters[HP_C_CONN_EXPIRED]++;
     const hp_conn *c = &nat->ct.conns[id];
-    if (c->proto == 6 && c->state == HP_S_ESTABLISHED)
+    if (hp_idled_out(c))
         nat->eni_ctr[c->eni].idle_timeouts++;
     hp_nat_delete_conn(nat, id, now_ms);
 }
@@ -242,6 +252,7 @@ static void reopen_conn(hp_nat *nat, uint32_t id, const hp_pkt *pkt, uint64_t no
     hp_conn_stats *st = &nat->ct.stats[id];
     memset(st->bytes, 0, sizeof st->bytes);
     memset(st->packets, 0, sizeof st->packets);
+    hp_ct_flow_reset(&nat->ct, id);     /* the new connection's first interval */
     hp_tcp_new(&nat->ct.win[id], pkt);
     hp_ct_touch(&nat->ct, id, HP_S_SYN_SENT, now_ms);
 }
@@ -296,6 +307,7 @@ static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, int dec_ttl,
     hp_conn_stats *st = &nat->ct.stats[id];
     st->packets[dir] += packets;
     st->bytes[dir] += bytes;
+    hp_ct_flow_note(st, dir, pkt->tcp_flags, now_ms);
     int fwd = dir == HP_DIR_OUT ? HP_C_FWD_OUT_PACKETS : HP_C_FWD_IN_PACKETS;
     nat->counters[fwd] += packets;
     nat->counters[fwd + 1] += bytes;
@@ -708,6 +720,9 @@ void hp_nat_translate_ex(hp_nat *nat, uint8_t *const *frames, const uint32_t *le
                 refuse(nat, in_punt_reason(nat, &pkts[i], reasons[i], in_eni, now_ms), res);
             else
                 refuse(nat, reasons[i], res);
+            /* Every frame dropped on an ENI's port counts for the ENI, by reason. */
+            if (dir == HP_DIR_IN && res->verdict == HP_DROP && in_eni < nat->n_enis)
+                hp_nat_eni_drop(nat, in_eni, res->reason);
         }
     }
 }

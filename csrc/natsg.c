@@ -49,7 +49,7 @@ int hp_nat_sg_check(hp_nat *nat, hp_group *g, const hp_pkt *pkt, uint64_t now_ms
     g->sg_denied++;
     uint16_t eni = newest_eni(g);
     if (eni != HP_ENI_NONE) {
-        nat->eni_ctr[eni].drops++;
+        hp_nat_eni_drop(nat, eni, HP_R_SG_DENIED);
         if (nat->eni_addr[eni].has[pkt->family == 6])   /* a record names the ENI's address */
                 hp_reject_push(&nat->rejects, pkt, HP_DIR_OUT, eni, HP_R_SG_DENIED, now_ms,
                            &nat->counters[HP_C_REJECT_OVERFLOW]);
@@ -62,7 +62,6 @@ void hp_nat_note_refused(hp_nat *nat, const hp_pkt *pkt, int dir, uint16_t in_en
 {
     if (dir != HP_DIR_IN || in_eni >= nat->n_enis)
         return;
-    nat->eni_ctr[in_eni].drops++;
     if (reason == HP_R_IN_UNSOLICITED_SYN || reason == HP_R_IN_NO_MATCH_TCP ||
         reason == HP_R_IN_NO_MATCH_UDP)
         hp_reject_push(&nat->rejects, pkt, HP_DIR_IN, in_eni, reason, now_ms,

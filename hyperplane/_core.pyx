@@ -13,7 +13,7 @@ from hyperplane._lock cimport (pthread_mutex_t, pthread_mutex_init, pthread_mute
 import errno as errnum
 import os
 
-from .connection import Connection, addr_bytes, addr_str, mac_bytes
+from .connection import Connection, FlowInterval, addr_bytes, addr_str, mac_bytes
 from .natparams import resolve
 from . import vocab
 
@@ -21,7 +21,8 @@ REASONS = tuple(hp_reason_names[i].decode() for i in range(HP_R_COUNT))
 STATES = tuple(hp_state_names[i].decode() for i in range(HP_S_COUNT))
 COUNTERS = tuple(hp_counter_names[i].decode() for i in range(HP_C_COUNT))
 FUNC_COUNTERS = tuple(hp_func_counter_names[i].decode().lower() for i in range(HP_FC_COUNT))
-SIZEOF_CONN = sizeof(hp_conn) + sizeof(hp_conn_stats) + sizeof(hp_tcp_win)
+SIZEOF_CONN = (sizeof(hp_conn) + sizeof(hp_conn_stats) + sizeof(hp_tcp_win)
+               + sizeof(hp_conn_flowbase))
 MAX_CAPACITY = HP_MAX_CAPACITY
 
 
@@ -39,6 +40,12 @@ DEF STEP_SCAN = 512             # ... in steps, checking the clock between them
 DEF CHUNK_LOOKUPS = 1024        # packed keys looked up per hold
 DEF HOLD_BUDGET_NS = 100000     # a hold ends after the step that passes this
 DEF LOCK_BUDGET_NS = 200000     # the contract: longer holds are counted (lock_stats)
+
+
+cdef inline void _copy(hp_nat *nat, uint32_t i, hp_conn_record *out) noexcept nogil:
+    out.conn = nat.ct.conns[i]
+    out.stats = nat.ct.stats[i]
+    out.flowbase = nat.ct.flowbase[i]
 
 
 cdef class _Batch:
@@ -427,7 +434,7 @@ cdef class Nat:
                     self._release()
                 if collect:
                     for i in range(got):
-                        out.append(self._conn(&buf[i].conn, &buf[i].stats, 0xFFFFFFFF))
+                        out.append(self._conn(&buf[i], 0xFFFFFFFF))
                 else:
                     out += removed
                 remaining -= removed
@@ -453,15 +460,24 @@ cdef class Nat:
             self._acquire()
             cid = hp_nat_lookup(self.nat, &key, direction, now_ms)
             if cid != HP_CT_NONE:
-                rec.conn = self.nat.ct.conns[cid]
-                rec.stats = self.nat.ct.stats[cid]
+                _copy(self.nat, cid, &rec)
             self._release()
-        return None if cid == HP_CT_NONE else self._conn(&rec.conn, &rec.stats, cid)
+        return None if cid == HP_CT_NONE else self._conn(&rec, cid)
 
     # --- introspection -------------------------------------------------------------------
 
-    cdef object _conn(self, const hp_conn *c, const hp_conn_stats *st, uint32_t cid):
+    cdef object _conn(self, const hp_conn_record *r, uint32_t cid):
+        cdef const hp_conn *c = &r.conn
+        cdef const hp_conn_stats *st = &r.stats
+        cdef hp_flow_ival iv[2]
+        hp_ct_flow_read(c, st, &r.flowbase, iv)
+        cdef int d
         fam = c.family
+        flow = [None, None]
+        for d in range(2):
+            if iv[d].seen:
+                flow[d] = FlowInterval(iv[d].packets, iv[d].bytes, iv[d].first_ms,
+                                       iv[d].last_ms, iv[d].tcp_flags)
         return Connection(
             id=-1 if cid == 0xFFFFFFFF else cid, family=fam, proto=c.proto,
             src=addr_str(fam, c.src[:16]), dst=addr_str(fam, c.dst[:16]),
@@ -470,7 +486,8 @@ cdef class Nat:
             nat_port=c.nat_port, state=STATES[c.state], flags=c.flags,
             packets_out=st.packets[0], packets_in=st.packets[1],
             bytes_out=st.bytes[0], bytes_in=st.bytes[1],
-            start_s=c.start_s, last_seen_ms=c.last_seen_ms, owner=st.owner)
+            start_s=c.start_s, last_seen_ms=c.last_seen_ms, owner=st.owner,
+            flow_out=flow[0], flow_in=flow[1])
 
     def connections_page(self, cursor=0, int limit=1000):
         """Up to limit live connections from table slot cursor on, in one hold of the table
@@ -494,15 +511,14 @@ cdef class Nat:
                 self._acquire()
                 while i < end and got < <uint32_t>limit:
                     if self.nat.ct.conns[i].state != 0:
-                        buf[got].conn = self.nat.ct.conns[i]
-                        buf[got].stats = self.nat.ct.stats[i]
+                        _copy(self.nat, i, &buf[got])
                         ids[got] = i
                         got += 1
                     i += 1
                     if i % STEP_SCAN == 0 and mono_ns() - self.hold_start_ns > HOLD_BUDGET_NS:
                         break
                 self._release()
-            page = [self._conn(&buf[k].conn, &buf[k].stats, ids[k]) for k in range(got)]
+            page = [self._conn(&buf[k], ids[k]) for k in range(got)]
         finally:
             free(buf)
             free(ids)
@@ -517,6 +533,54 @@ cdef class Nat:
             out.extend(page)
         return out
 
+    def flow_harvest_page(self, cursor=0, int limit=1000):
+        """The flow-log harvest (docs/semantics.md 2.4): up to limit live connections with
+        traffic since the last harvest, from table slot cursor on, each with its interval
+        (flow_out / flow_in) as it was, and their intervals started again; in one hold of the
+        table lock bounded like connections_page's. Returns (connections, next cursor or
+        None at the end of the table). Listings (connections_page, get) reset nothing."""
+        cdef uint32_t cap = self.nat.ct.capacity, i, end, got = 0
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        if cursor is None or cursor < 0:
+            raise ValueError("cursor must be a non-negative integer")
+        if cursor >= cap:
+            return [], None
+        i = cursor
+        cdef hp_conn_record *buf = <hp_conn_record *>malloc(limit * sizeof(hp_conn_record))
+        cdef uint32_t *ids = <uint32_t *>malloc(limit * sizeof(uint32_t))
+        try:
+            if not buf or not ids:
+                raise MemoryError()
+            end = cap if cap - i < CHUNK_SCAN else i + CHUNK_SCAN
+            with nogil:
+                self._acquire()
+                while i < end and got < <uint32_t>limit:
+                    if self.nat.ct.conns[i].state != 0 and self.nat.ct.stats[i].seen != 0:
+                        _copy(self.nat, i, &buf[got])
+                        hp_ct_flow_reset(&self.nat.ct, i)
+                        ids[got] = i
+                        got += 1
+                    i += 1
+                    if i % STEP_SCAN == 0 and mono_ns() - self.hold_start_ns > HOLD_BUDGET_NS:
+                        break
+                self._release()
+            page = [self._conn(&buf[k], ids[k]) for k in range(got)]
+        finally:
+            free(buf)
+            free(ids)
+        return page, (i if i < cap else None)
+
+    def flow_harvest(self):
+        """Every connection with traffic since the last harvest, page by page (each reset as
+        it is taken)."""
+        out = []
+        cursor = 0
+        while cursor is not None:
+            page, cursor = self.flow_harvest_page(cursor, 4096)
+            out.extend(page)
+        return out
+
     def get(self, long conn_id):
         if conn_id < 0 or conn_id >= self.nat.ct.capacity:
             return None
@@ -524,10 +588,9 @@ cdef class Nat:
         cdef hp_conn_record rec
         with nogil:
             self._acquire()
-            rec.conn = self.nat.ct.conns[cid]
-            rec.stats = self.nat.ct.stats[cid]
+            _copy(self.nat, cid, &rec)
             self._release()
-        return None if rec.conn.state == 0 else self._conn(&rec.conn, &rec.stats, cid)
+        return None if rec.conn.state == 0 else self._conn(&rec, cid)
 
     def __len__(self):
         return self.nat.ct.count

@@ -49,16 +49,31 @@ cdef extern from "hp_conntrack.h":
         uint64_t bytes[2]
         uint64_t packets[2]
         uint32_t owner
+        uint8_t seen
     ctypedef struct hp_tcp_win:
         pass
+    ctypedef struct hp_conn_flowbase:
+        pass
+    ctypedef struct hp_flow_ival:
+        uint64_t first_ms
+        uint64_t last_ms
+        uint64_t bytes
+        uint32_t packets
+        uint8_t tcp_flags
+        uint8_t seen
     ctypedef struct hp_conn_record:
         hp_conn conn
         hp_conn_stats stats
+        hp_conn_flowbase flowbase
     ctypedef struct hp_ct:
         hp_conn *conns
         hp_conn_stats *stats
+        hp_conn_flowbase *flowbase
         uint32_t capacity
         uint32_t count
+    void hp_ct_flow_read(const hp_conn *c, const hp_conn_stats *st, const hp_conn_flowbase *b,
+                         hp_flow_ival *out) nogil
+    void hp_ct_flow_reset(hp_ct *ct, uint32_t id) nogil
     uint32_t hp_ct_lookup(const hp_ct *ct, const hp_flow_key *key, int dir) nogil
     uint32_t hp_ct_insert(hp_ct *ct, const hp_flow_key *orig, uint16_t eni, uint16_t nat_port,
                           uint8_t state, uint64_t now_ms) nogil
@@ -212,6 +227,7 @@ cdef extern from "hp_reject.h":
         uint64_t idle_timeouts
         uint64_t drops
         uint64_t rst_sent
+        uint64_t drop_reasons[HP_R_COUNT]
     void hp_rate_init(hp_rate *r, uint32_t per_s, uint32_t burst) nogil
     uint32_t hp_reject_take(hp_reject_ring *ring, hp_reject *out, uint32_t max) nogil
 

@@ -126,7 +126,9 @@ cdef object _eni_counters(Nat self, int eni):
             "established": dict(zip(_PROTO_KEYS, c.established)),
             "active": dict(zip(_PROTO_KEYS, c.active)),
             "port_errors": c.port_errors, "idle_timeouts": c.idle_timeouts,
-            "drops": c.drops, "rst_sent": c.rst_sent}
+            "drops": c.drops, "rst_sent": c.rst_sent,
+            "drops_by_reason": {REASONS[i]: c.drop_reasons[i] for i in range(HP_R_COUNT)
+                                if c.drop_reasons[i]}}
 
 
 cdef object _set_rst_limit(Nat self, uint32_t per_s, uint32_t burst):

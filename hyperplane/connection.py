@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, asdict
+from typing import NamedTuple
 
 from .vocab import F_ASSURED, F_REPLY_SEEN
+
+
+class FlowInterval(NamedTuple):
+    """One direction of a connection over a flow-log interval: what was forwarded since the
+    last harvest (Nat.flow_harvest_page), docs/semantics.md 2.4."""
+    packets: int
+    bytes: int
+    first_ms: int          # the interval's first and last packet (data-plane clock)
+    last_ms: int
+    tcp_flags: int         # AWS tcp-flags OR'd: FIN 1, SYN 2, RST 4, SYN-ACK 18
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,9 @@ class Connection:
     start_s: int
     last_seen_ms: int
     owner: int = -1        # the function (index of its first registered address)
+    # Traffic since the last flow-log harvest, per direction; None: no packet that way.
+    flow_out: FlowInterval | None = None
+    flow_in: FlowInterval | None = None
 
     @property
     def assured(self) -> bool:
@@ -57,6 +71,9 @@ class Connection:
         d["reply"] = {"src": self.dst, "sport": self.dport, "dst": self.nat_addr,
                       "dport": self.nat_port}
         d["assured"] = self.assured
+        for k in ("flow_out", "flow_in"):
+            v = getattr(self, k)
+            d[k] = None if v is None else v._asdict()
         return d
 
 

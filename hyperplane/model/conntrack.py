@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..connection import Connection, addr_str
+from ..connection import Connection, FlowInterval, addr_str
 from ..vocab import UDP_STREAM_MS, F_REPLY_SEEN, F_ASSURED, F_CLOSER_REPLY, F_FIN_SEEN, F_SYN_REPLY, IN, OUT, S, STATES
 from .packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 from .tcp import new_window
@@ -43,12 +43,47 @@ class Entry:
     win: list = field(default_factory=new_window)              # TCP: [ORIG, REPLY] TcpDir
     owner: int = 0          # the function (Source.owner) the connection belongs to
     reply_ms: int = 0       # UDP: the first reply's now_ms, mod 2**32
+    # The flow-log interval (section 2.4), per direction: first and last packet (now_ms mod
+    # 2**32), the OR of AWS tcp-flags, whether a packet went that way, and where the counters
+    # stood at the last harvest (packets mod 2**32).
+    first_ms: list = field(default_factory=lambda: [0, 0])
+    last_ms: list = field(default_factory=lambda: [0, 0])
+    tcp_flags: list = field(default_factory=lambda: [0, 0])
+    seen: list = field(default_factory=lambda: [False, False])
+    base_packets: list = field(default_factory=lambda: [0, 0])
+    base_bytes: list = field(default_factory=lambda: [0, 0])
 
     def orig_key(self) -> tuple:
         return (self.family, self.proto, self.src, self.dst, self.sport, self.dport)
 
     def reply_key(self) -> tuple:
         return (self.family, self.proto, self.dst, self.nat_addr, self.dport, self.nat_port)
+
+    def flow_note(self, d: int, tcp_flags: int, now_ms: int) -> None:
+        """A packet forwarded in direction d: the interval's first and last packet, flags."""
+        if not self.seen[d]:
+            self.seen[d] = True
+            self.first_ms[d] = now_ms & 0xFFFFFFFF
+        self.last_ms[d] = now_ms & 0xFFFFFFFF
+        self.tcp_flags[d] |= aws_tcp_flags(tcp_flags)
+
+    def flow_reset(self) -> None:
+        """A new interval: the counters as they are become the base."""
+        self.base_packets = [p & 0xFFFFFFFF for p in self.packets]
+        self.base_bytes = list(self.bytes)
+        self.tcp_flags = [0, 0]
+        self.seen = [False, False]
+
+    def flow_interval(self, d: int) -> FlowInterval | None:
+        if not self.seen[d]:
+            return None
+        ref = self.last_seen_ms & 0xFFFFFFFF    # no packet of the interval is later
+        return FlowInterval(
+            packets=(self.packets[d] - self.base_packets[d]) & 0xFFFFFFFF,
+            bytes=self.bytes[d] - self.base_bytes[d],
+            first_ms=self.last_seen_ms - ((ref - self.first_ms[d]) & 0xFFFFFFFF),
+            last_ms=self.last_seen_ms - ((ref - self.last_ms[d]) & 0xFFFFFFFF),
+            tcp_flags=self.tcp_flags[d])
 
     def snapshot(self, expired: bool = False) -> Connection:
         """The Connection value Python callers see. The record of an expired connection
@@ -61,7 +96,14 @@ class Entry:
             state=STATES[self.state], flags=self.flags,
             packets_out=self.packets[ORIG], packets_in=self.packets[REPLY],
             bytes_out=self.bytes[ORIG], bytes_in=self.bytes[REPLY],
-            start_s=self.start_s, last_seen_ms=self.last_seen_ms, owner=self.owner)
+            start_s=self.start_s, last_seen_ms=self.last_seen_ms, owner=self.owner,
+            flow_out=self.flow_interval(ORIG), flow_in=self.flow_interval(REPLY))
+
+
+def aws_tcp_flags(f: int) -> int:
+    """What VPC Flow Logs report of a segment's flags: FIN 1, SYN 2, RST 4, and ACK (16) only
+    beside SYN (SYN-ACK is 18); PSH, URG, ECE, CWR and a lone ACK are not reported."""
+    return (f & (TCP_FIN | TCP_SYN | TCP_RST)) | (TCP_ACK if f & TCP_SYN and f & TCP_ACK else 0)
 
 
 class ConnTable:

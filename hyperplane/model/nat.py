@@ -26,6 +26,16 @@ from .natsg import (EniCounters, RateLimit, RejectRing, build_rst, compile_rules
 MAX_ENIS = 1024
 GROUP_MAX_ENIS = 64
 EXPIRE_WHEN_FULL = 8        # connections a full table tries to expire before it refuses one
+SCAN_CHUNK = 16384          # table slots a harvest page scans at most (the core: per lock hold)
+
+
+IDLE_STATES = (S["ESTABLISHED"], S["FIN_WAIT"], S["CLOSE_WAIT"], S["LAST_ACK"])
+
+
+def idled_out(conn: Entry) -> bool:
+    """IdleTimeoutCount (9.2): an expired TCP connection that had been established and was
+    not closed (no FIN both ways, no RST): it went from active to idle."""
+    return conn.proto == PROTO_TCP and bool(conn.flags & F_ASSURED) and conn.state in IDLE_STATES
 
 
 @dataclass
@@ -188,8 +198,14 @@ class Nat:
         if any(type(frame) is not bytearray for frame in frames):
             raise TypeError("frames must be bytearrays (they are rewritten in place)")
         mtu = self.mtu[direction] if check_mtu else None
-        return [self._translate_one(frame, direction, now_ms, eni, vnet, mtu)
-                for frame in frames]
+        out = []
+        for frame in frames:
+            res = self._translate_one(frame, direction, now_ms, eni, vnet, mtu)
+            # Every frame dropped on an ENI's port counts for the ENI, by reason.
+            if direction == IN and res[0] == DROP and 0 <= eni < len(self.enis):
+                self.eni_ctr[eni].drop(REASONS[res[1]])
+            out.append(res)
+        return out
 
     def _translate_one(self, frame, direction, now_ms, eni, vnet, mtu) -> tuple:
         reason, pkt = parse(frame, vnet, mtu)
@@ -466,6 +482,7 @@ class Nat:
         conn.flags &= F_HAIRPIN
         conn.start_s = (now_ms // 1000) & 0xFFFFFFFF
         conn.packets, conn.bytes, conn.win = [0, 0], [0, 0], new_connection_window(pkt)
+        conn.flow_reset()                       # the new connection's first interval
         self.table.touch(conn, S["SYN_SENT"], now_ms)
 
     def _update(self, conn: Entry, d: int, pkt: Packet, now_ms: int) -> int:
@@ -502,6 +519,7 @@ class Nat:
         packets, nbytes = wire_size(pkt)
         conn.packets[d] += packets
         conn.bytes[d] += nbytes
+        conn.flow_note(d, pkt.tcp_flags, now_ms)
         if d == REPLY:
             conn.flags |= F_REPLY_SEEN
         side = "OUT" if d == ORIG else "IN"
@@ -524,7 +542,7 @@ class Nat:
         self.sg_denied[group] += 1
         enis = self.groups[group]
         if enis:
-            self.eni_ctr[enis[-1]].drops += 1
+            self.eni_ctr[enis[-1]].drop("SG_DENIED")
             if self.enis[enis[-1]].addr[pkt.family] is not None:   # a record names it
                 self._reject(pkt, OUT, enis[-1], "SG_DENIED", now_ms)
         return False
@@ -532,7 +550,6 @@ class Nat:
     def _note_refused_inbound(self, pkt: Packet, eni: int, reason: int, now_ms: int) -> None:
         if not 0 <= eni < len(self.enis):
             return
-        self.eni_ctr[eni].drops += 1
         if REASONS[reason] in ("IN_UNSOLICITED_SYN", "IN_NO_MATCH_TCP", "IN_NO_MATCH_UDP"):
             self._reject(pkt, IN, eni, REASONS[reason], now_ms)
 
@@ -607,7 +624,7 @@ class Nat:
         journal=True keeps that picture for the next expire() call."""
         record = conn.snapshot(expired=True)
         self.counter["CONN_EXPIRED"] += 1
-        if conn.proto == PROTO_TCP and conn.state == S["ESTABLISHED"]:
+        if idled_out(conn):
             self.eni_ctr[conn.eni].idle_timeouts += 1
         self._delete(conn, now_ms)
         if journal:
@@ -675,6 +692,34 @@ class Nat:
 
     def connections(self) -> list[Connection]:
         return [self.table.conns[cid].snapshot() for cid in sorted(self.table.conns)]
+
+    def flow_harvest_page(self, cursor=0, limit=1000):
+        """As the C core's (section 2.4): connections with traffic since the last harvest
+        from slot cursor on, scanning at most SCAN_CHUNK slots, each with its interval as it
+        was, their intervals started again. (connections, next cursor or None)."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        if cursor is None or cursor < 0:
+            raise ValueError("cursor must be a non-negative integer")
+        cap = self.table.capacity
+        if cursor >= cap:
+            return [], None
+        end = min(cap, cursor + SCAN_CHUNK)
+        page, i = [], cursor
+        while i < end and len(page) < limit:
+            conn = self.table.conns.get(i)
+            if conn is not None and any(conn.seen):
+                page.append(conn.snapshot())
+                conn.flow_reset()
+            i += 1
+        return page, (i if i < cap else None)
+
+    def flow_harvest(self) -> list[Connection]:
+        out, cursor = [], 0
+        while cursor is not None:
+            page, cursor = self.flow_harvest_page(cursor, 4096)
+            out.extend(page)
+        return out
 
     def get(self, conn_id) -> Connection | None:
         conn = self.table.conns.get(conn_id)

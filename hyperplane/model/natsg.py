@@ -8,9 +8,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..connection import addr_bytes
+from ..vocab import REASONS
 from .packet import PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet, ones_sum, put_u16
 
 REJECT_RING = 8192
+REASON_ORDER = {name: i for i, name in enumerate(REASONS)}
 RST_PER_S, RST_BURST = 1000, 100
 
 
@@ -60,6 +62,11 @@ class EniCounters:
     idle_timeouts: int = 0
     drops: int = 0
     rst_sent: int = 0
+    drops_by_reason: dict = field(default_factory=dict)      # reason name -> drops
+
+    def drop(self, reason: str) -> None:
+        self.drops += 1
+        self.drops_by_reason[reason] = self.drops_by_reason.get(reason, 0) + 1
 
     def as_dict(self) -> dict:
         per_proto = lambda v: {"tcp": v[0], "udp": v[1]}
@@ -69,7 +76,9 @@ class EniCounters:
                 "established": per_proto(self.established),
                 "active": per_proto(self.active), "port_errors": self.port_errors,
                 "idle_timeouts": self.idle_timeouts, "drops": self.drops,
-                "rst_sent": self.rst_sent}
+                "rst_sent": self.rst_sent,
+                "drops_by_reason": {r: n for r, n in sorted(self.drops_by_reason.items(),
+                                                           key=lambda x: REASON_ORDER[x[0]])}}
 
 
 # -- the reject journal -------------------------------------------------------------------------

@@ -149,6 +149,9 @@ STEP = st.one_of(
     st.tuples(st.just("rules"), INDEX, st.none() | st.lists(st.sampled_from(RULES), max_size=4)),
     st.tuples(st.just("add_eni"), st.sampled_from([(True, True), (True, False), (False, True)]),
               INDEX),
+    # the flow-log harvest, in pages of this many connections (None: one call for all)
+    st.tuples(st.just("harvest"), st.sampled_from([None, 1, 2, 1000])),
+    st.tuples(st.just("harvest"), st.sampled_from([None, 1, 2, 1000])),
     # (source, max connections, max ports per pool): 0 is no quota
     st.tuples(st.just("quota"), INDEX, st.integers(0, 3), st.integers(0, 2)),
 )
@@ -394,6 +397,13 @@ class Run:
             _, limit, collect = step
             kw = {} if limit is None else {"max": limit}
             pair.call("expire", self.now, collect=collect, **kw)
+        elif op == "harvest":
+            if step[1] is None:
+                pair.call("flow_harvest")
+            else:
+                cursor = 0
+                while cursor is not None:
+                    _, cursor = pair.call("flow_harvest_page", cursor, step[1])
         elif op == "rules":
             pair.call("set_group_rules", step[1] % pair.n_groups, step[2])
         elif op == "quota":
