@@ -70,9 +70,9 @@ class Daemon:
         self.stopping = threading.Event()
         self.flow_opts = flowlog.options(state.config)
         self.metrics_opts = metrics.options(state.config)
+        # Each connection's flow-log interval lives in the core (in the state file too): after
+        # a restart the next harvest carries on where the previous data plane's last one left.
         self.flow_tracker = flowlog.FlowTracker(int(self.flow_opts.interval_s * 1000))
-        if self.nat.attached:          # a restart: the previous data plane logged these
-            self.flow_tracker.resume(connection_listing(self.nat), self.dp.now_ms())
         self.flows = None
         self.flow_write_errors = 0
         if self.flow_opts.enabled:
@@ -223,11 +223,11 @@ class Daemon:
         self.flow_tracker.rejected(self.nat.rejected())
 
     def log_interval(self, now_ms: int) -> None:
-        """An aggregation interval ends: a listing of the live connections gives each flow's
-        traffic since the last one."""
+        """An aggregation interval ends: a harvest of the core takes every connection with
+        traffic since the last one, with its interval per direction, and starts it again."""
         wall = flowlog.wall_clock(now_ms)
         self.flow_tracker.rejected(self.nat.rejected())
-        records = self.flow_tracker.tick(connection_listing(self.nat), now_ms, wall)
+        records = self.flow_tracker.tick(flow_harvest(self.nat), wall)
         if self.flows is None:
             return
         try:
@@ -319,7 +319,7 @@ class Daemon:
                               for s in self.nat.function_stats()],
                 "ports": self.dp.ports(),
                 "per_eni": self.eni_metrics(), "secgroups": self.secgroups(),
-                "flow_log": {"lost": self.flow_tracker.lost, "write_errors": self.flow_write_errors,
+                "flow_log": {"write_errors": self.flow_write_errors,
                              "interval_s": self.flow_opts.interval_s}}
 
     def eni_metrics(self) -> dict:
@@ -561,11 +561,12 @@ def os_thread_name(name: str) -> None:
         pass
 
 
-def connection_listing(nat):
-    """The live connections, page by page (one short hold of the table lock a page)."""
+def flow_harvest(nat):
+    """The connections with traffic since the last harvest, page by page (one short hold of
+    the table lock a page), each with its flow-log interval, reset as it is taken."""
     cursor = 0
     while cursor is not None:
-        conns, cursor = nat.connections_page(cursor, 1000)
+        conns, cursor = nat.flow_harvest_page(cursor, 1000)
         yield from conns
 
 

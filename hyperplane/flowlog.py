@@ -1,13 +1,15 @@
 """VPC Flow Logs for the ENIs, aggregated per interval as AWS does.
 
 Every interval each flow with traffic in it gets a record per direction with that interval's
-packets and bytes; `start` and `end` are its first and last packet in the interval. A flow
-that expires gets its last record at the next interval boundary, `end` being its last packet.
-REJECT records (unsolicited inbound, security-group denials) come from a source of rejected
-packets and are aggregated the same way.
-
-The tracker works on deltas of the per-connection counters between two listings, so it never
-runs per packet. The data plane's clock is monotonic (ms); records carry wall-clock seconds.
+packets and bytes; `start` and `end` are its first and last packet in the interval in that
+direction and `tcp-flags` the OR of that direction's flags. The C core keeps these per
+connection and direction on the forwarding path; a harvest (Nat.flow_harvest_page) takes the
+connections with traffic since the previous one and starts their intervals again, so Python
+keeps nothing per connection and never runs per packet. A flow that expires gets its last
+record at the next interval boundary, `end` being its last packet. REJECT records
+(unsolicited inbound, security-group denials) come from the core's reject journal and are
+aggregated the same way. The data plane's clock is monotonic (ms); records carry wall-clock
+seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple
 
 from .connection import Connection
-from .vocab import F_CLOSER_REPLY, F_FIN_SEEN
 
 ACCOUNT = "123456789012"
 DEFAULT_FIELDS = ("version", "account-id", "interface-id", "srcaddr", "dstaddr", "srcport",
@@ -37,7 +38,6 @@ FIELD_VERSION = {
                       "traffic-path")},
 }
 TCP_SYN, TCP_FIN, TCP_RST, TCP_SYN_ACK = 2, 1, 4, 18
-TCP_ESTABLISHED = "ESTABLISHED"
 TRAFFIC_PATH_SAME_VPC = "1"     # egress through a resource in the same VPC
 PROTOCOL_NAMES = {6: "tcp", 17: "udp"}
 DEFAULT_INTERVAL_S = 60.0
@@ -183,50 +183,42 @@ class Rejected(NamedTuple):
 
 # --- aggregation -----------------------------------------------------------------------------
 
-def conn_key(c: Connection) -> tuple:
-    """A connection's identity across listings (slot ids are reused)."""
-    return (c.eni, c.proto, c.src, c.sport, c.dst, c.dport, c.nat_port, c.start_s)
-
-
-@dataclass(slots=True)
-class _Seen:
-    packets_out: int = 0
-    packets_in: int = 0
-    bytes_out: int = 0
-    bytes_in: int = 0
-    established: bool = False
-
-
 @dataclass
 class EniTotals:
-    """NAT-gateway metrics of one ENI, summed from connection deltas (monotonic)."""
-    packets_out: int = 0        # to the destination (= in from the source, less drops)
-    packets_in: int = 0         # from the destination (= out to the source)
-    bytes_out: int = 0
-    bytes_in: int = 0
-    attempts: dict = field(default_factory=dict)       # protocol -> connections seen
-    established: dict = field(default_factory=dict)    # protocol -> reached ESTABLISHED/reply
-    idle_timeouts: int = 0      # TCP connections that expired while ESTABLISHED
-    active: dict = field(default_factory=dict)         # protocol -> live at the last listing
-    rejected_packets: int = 0
+    """What the flow logs count per ENI beyond the core's own per-ENI counters."""
+    rejected_packets: int = 0   # REJECT records' packets
 
 
-def _established(c: Connection) -> bool:
-    return c.assured if c.proto == 6 else c.reply_seen
+def connection_records(c: Connection, wall_of: Callable[[int], int]) -> list[Record]:
+    """The records of one connection's interval, one per direction with traffic: the core's
+    exact figures (first and last packet, packets, bytes, OR'd tcp-flags of that direction)."""
+    out = []
+    if c.flow_out is not None:
+        f = c.flow_out
+        out.append(Record(c.eni, c.nat_addr, c.dst, c.nat_port, c.dport, c.proto, f.packets,
+                          f.bytes, wall_of(f.first_ms), wall_of(f.last_ms), "ACCEPT", "egress",
+                          pkt_srcaddr=c.src, pkt_dstaddr=c.dst, tcp_flags=f.tcp_flags,
+                          family=c.family))
+    if c.flow_in is not None:
+        f = c.flow_in
+        out.append(Record(c.eni, c.dst, c.nat_addr, c.dport, c.nat_port, c.proto, f.packets,
+                          f.bytes, wall_of(f.first_ms), wall_of(f.last_ms), "ACCEPT", "ingress",
+                          pkt_srcaddr=c.dst, pkt_dstaddr=c.src, tcp_flags=f.tcp_flags,
+                          family=c.family))
+    return out
 
 
 class FlowTracker:
-    """Turns connection listings, expired connections and rejected packets into per-interval
-    records and per-ENI totals. Not thread-safe: one thread feeds it."""
+    """Turns harvests of the core's flow-log intervals (Nat.flow_harvest_page), expired
+    connections and rejected packets into per-interval records. It keeps nothing per
+    connection: the core keeps each connection's interval and resets it when harvested.
+    Not thread-safe: one thread feeds it."""
 
     def __init__(self, interval_ms: int):
         self.interval_ms = int(interval_ms)
-        self.seen: dict[tuple, _Seen] = {}
         self.pending: list[Record] = []           # records of expiries since the last tick
-        self.rejects: dict[tuple, list] = {}      # aggregation key -> [Rejected..., flags]
-        self.window_start_ms: int | None = None
+        self.rejects: dict[tuple, list] = {}      # aggregation key -> [n, bytes, first, last, flags]
         self.totals: dict[int, EniTotals] = {}
-        self.lost = 0                             # connections gone without an expiry record
         # The totals as of the last tick, replaced whole: other threads read this one.
         self.published: dict[int, dict] = {}
 
@@ -236,67 +228,11 @@ class FlowTracker:
             t = self.totals[eni] = EniTotals()
         return t
 
-    def _delta(self, c: Connection, key: tuple, wall_of: Callable[[int], int],
-               final: bool) -> list[Record]:
-        prev = self.seen.pop(key, None) if final else self.seen.get(key)
-        t = self._eni(c.eni)
-        proto = PROTOCOL_NAMES.get(c.proto) or str(c.proto)
-        first_seen = prev is None
-        if first_seen:
-            prev = _Seen()
-            t.attempts[proto] = t.attempts.get(proto, 0) + 1
-            if not final:
-                self.seen[key] = prev
-        if _established(c) and not prev.established:
-            prev.established = True
-            t.established[proto] = t.established.get(proto, 0) + 1
-        if final and c.proto == 6 and c.state == TCP_ESTABLISHED:
-            t.idle_timeouts += 1
-        d = (c.packets_out - prev.packets_out, c.packets_in - prev.packets_in,
-             c.bytes_out - prev.bytes_out, c.bytes_in - prev.bytes_in)
-        prev.packets_out, prev.packets_in = c.packets_out, c.packets_in
-        prev.bytes_out, prev.bytes_in = c.bytes_out, c.bytes_in
-        t.packets_out += d[0]
-        t.packets_in += d[1]
-        t.bytes_out += d[2]
-        t.bytes_in += d[3]
-        if d[0] + d[1] <= 0:
-            return []
-        # The last packet is exact; the first of the interval is known only to follow the
-        # previous listing (or the connection's start), unless it was the only one.
-        last_ms = c.last_seen_ms
-        first_ms = max(c.start_s * 1000, self.window_start_ms or 0)
-        if d[0] + d[1] == 1 or first_ms > last_ms:
-            first_ms = last_ms
-        start, end = wall_of(first_ms), wall_of(last_ms)
-        fin_out = c.flags & F_FIN_SEEN and not c.flags & F_CLOSER_REPLY
-        fin_in = c.flags & F_FIN_SEEN and c.flags & F_CLOSER_REPLY
-        out = []
-        if d[0] > 0:
-            flags = (TCP_SYN if first_seen else 0) | (TCP_FIN if fin_out else 0)
-            out.append(Record(c.eni, c.nat_addr, c.dst, c.nat_port, c.dport, c.proto, d[0], d[2],
-                              start, end, "ACCEPT", "egress", pkt_srcaddr=c.src,
-                              pkt_dstaddr=c.dst, tcp_flags=flags, family=c.family))
-        if d[1] > 0:
-            flags = (TCP_SYN_ACK if first_seen else 0) | (TCP_FIN if fin_in else 0)
-            out.append(Record(c.eni, c.dst, c.nat_addr, c.dport, c.nat_port, c.proto, d[1], d[3],
-                              start, end, "ACCEPT", "ingress", pkt_srcaddr=c.dst,
-                              pkt_dstaddr=c.src, tcp_flags=flags, family=c.family))
-        return out
-
-    def resume(self, listing: Iterable[Connection], now_ms: int) -> None:
-        """A data plane restarted on the state of the previous one: the connections it finds
-        were logged up to that one's last interval, so their next records carry only the
-        traffic since (no second SYN record, no counts from the start again)."""
-        for c in listing:
-            self.seen[conn_key(c)] = _Seen(c.packets_out, c.packets_in, c.bytes_out,
-                                           c.bytes_in, _established(c))
-        self.window_start_ms = now_ms
-
     def expired(self, connections: Iterable[Connection], wall_of: Callable[[int], int]) -> None:
-        """Connections removed by expiry: their remaining traffic goes out at the next tick."""
+        """Connections removed by expiry (or ended by a reopening SYN, or dropped early): their
+        last interval goes out at the next tick, ending at their last packet."""
         for c in connections:
-            self.pending += self._delta(c, conn_key(c), wall_of, final=True)
+            self.pending += connection_records(c, wall_of)
 
     def rejected(self, packets: Iterable[Rejected]) -> None:
         for p in packets:
@@ -312,35 +248,26 @@ class FlowTracker:
                 agg[4] |= p.tcp_flags
             self._eni(p.eni).rejected_packets += 1
 
-    def tick(self, listing: Iterable[Connection], now_ms: int,
-             wall_of: Callable[[int], int]) -> list[Record]:
-        """One interval boundary: a listing of the live connections taken now. Returns the
-        records of the interval that ends."""
+    def tick(self, harvest: Iterable[Connection], wall_of: Callable[[int], int]) -> list[Record]:
+        """One interval boundary: the connections a harvest took now (each with its interval).
+        Returns the records of the interval that ends."""
         out, self.pending = self.pending, []
-        live = set()
-        active: dict[int, dict] = {}
-        for c in listing:
-            key = conn_key(c)
-            live.add(key)
-            a = active.setdefault(c.eni, {})
-            proto = PROTOCOL_NAMES.get(c.proto) or str(c.proto)
-            a[proto] = a.get(proto, 0) + 1
-            out += self._delta(c, key, wall_of, final=False)
-        for key in [k for k in self.seen if k not in live]:
-            del self.seen[key]
-            self.lost += 1
-        for eni, t in self.totals.items():
-            t.active = active.get(eni, {})
+        for c in harvest:
+            out += connection_records(c, wall_of)
         for (eni, direction, fam, proto, src, dst, sport, dport, pkt_src), \
                 (n, nbytes, first, last, flags) in self.rejects.items():
             out.append(Record(eni, src, dst, sport, dport, proto, n, nbytes, wall_of(first),
                               wall_of(last), "REJECT", direction,
                               pkt_srcaddr=pkt_src if pkt_src != "-" else src, pkt_dstaddr=dst,
-                              tcp_flags=flags, family=fam))
+                              tcp_flags=aws_tcp_flags(flags), family=fam))
         self.rejects = {}
-        self.window_start_ms = now_ms
         self.published = {e: asdict(t) for e, t in self.totals.items()}
         return out
+
+
+def aws_tcp_flags(f: int) -> int:
+    """VPC Flow Logs' tcp-flags of OR'd segment flags: FIN 1, SYN 2, RST 4, SYN-ACK 18."""
+    return (f & (TCP_FIN | TCP_SYN | TCP_RST)) | (16 if f & TCP_SYN and f & 16 else 0)
 
 
 def wall_clock(mono_now_ms: int, wall_now_s: float | None = None) -> Callable[[int], int]:

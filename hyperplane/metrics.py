@@ -103,7 +103,9 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-ZERO_TOTALS = {**asdict(EniTotals()), "port_errors": 0, "drops": 0, "rst_sent": 0}
+ZERO_TOTALS = {**asdict(EniTotals()), "packets_out": 0, "packets_in": 0, "bytes_out": 0,
+               "bytes_in": 0, "attempts": {}, "established": {}, "active": {}, "port_errors": 0,
+               "idle_timeouts": 0, "drops": 0, "rst_sent": 0, "drops_by_reason": {}}
 # (AWS NAT gateway metric, Prometheus type, help, its value from an ENI's totals)
 ENI_METRICS = (
     ("ActiveConnectionCount", "gauge", "live connections of the ENI",
@@ -113,15 +115,20 @@ ENI_METRICS = (
     ("ConnectionEstablishedCount", "counter",
      "connections that reached ESTABLISHED (TCP) or saw a reply (UDP)",
      lambda t: t["established"]),
-    ("IdleTimeoutCount", "counter", "TCP connections that expired while ESTABLISHED",
+    ("IdleTimeoutCount", "counter",
+     "TCP connections that went from active to idle: established, not closed (no FIN both "
+     "ways, no RST), expired by the idle timeout of their state; one whose next segment got "
+     "the idle RST is among them",
      lambda t: t["idle_timeouts"]),
     ("IdleTimeoutRstCount", "counter",
-     "RSTs sent for segments of connections that expired (not an AWS metric)",
+     "RSTs sent for segments of connections this ENI's lookup had just found expired "
+     "(not an AWS metric)",
      lambda t: t["rst_sent"]),
     ("ErrorPortAllocation", "counter", "new connections that found no free port on the ENI",
      lambda t: t["port_errors"]),
     ("PacketsDropCount", "counter",
-     "packets refused on the ENI: inbound on its port, egress security-group denials",
+     "frames the NAT dropped on the ENI's port (any reason), and egress security-group "
+     "denials charged to it",
      lambda t: t["drops"]),
     *((f"{unit}{way}", "counter", f"{unit.lower()} {what}",
        lambda t, k=f"{unit.lower()}_{side}": t[k])
@@ -210,6 +217,11 @@ def render(stats: Mapping) -> str:
                 samples.append((label(eni), v))
         e.family("hyperplane_eni_" + _snake(aws), kind, f"{aws}: {help_}", samples)
 
+    e.family("hyperplane_eni_packets_drop_by_reason", "counter",
+             "PacketsDropCount of the ENI by reason (they add up to it)",
+             [({**label(eni), "reason": r}, n) for eni, t in sorted(per_eni.items())
+              for r, n in sorted(t.get("drops_by_reason", {}).items())])
+
     punts = by_reason(stats, "punt")
     e.family("hyperplane_error_port_allocation", "counter",
              "ErrorPortAllocation: new connections that found no free port (all ENIs)",
@@ -226,9 +238,6 @@ def render(stats: Mapping) -> str:
              [({"group": g["group"], "rule": i}, n) for g in sgs
               for i, n in enumerate(g["rule_hits"] or ())])
     fl = stats.get("flow_log", {})
-    e.family("hyperplane_flow_log_lost_connections", "counter",
-             "connections that vanished between listings without an expiry record",
-             [({}, fl.get("lost", 0))])
     e.family("hyperplane_flow_log_write_errors", "counter",
              "flow-log writes that failed (their records are lost)",
              [({}, fl.get("write_errors", 0))])

@@ -1,5 +1,5 @@
 """Flow logs: record formatting (default and custom formats), aggregation per interval from
-connection listings, expiry and reject records, files with rotation and modes."""
+the core's harvests, expiry and reject records, files with rotation and modes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from hyperplane import flowlog
-from hyperplane.connection import Connection
+from hyperplane.connection import Connection, FlowInterval
 from hyperplane.flowlog import (DEFAULT_FIELDS, Context, FlowLogOptions, FlowLogWriter,
                                 FlowTracker, Record, Rejected, format_record, parse)
 from hyperplane.vocab import F_ASSURED, F_REPLY_SEEN
@@ -69,81 +69,50 @@ def test_options_read_defensively_and_name_bad_fields():
         FlowLogOptions(interval_s=0)
 
 
-def test_an_interval_logs_the_traffic_of_that_interval_both_ways():
+def test_an_interval_logs_each_direction_with_the_cores_figures():
     t = FlowTracker(1000)
-    c = conn(packets_out=3, packets_in=2, bytes_out=180, bytes_in=120, start_s=100,
-             last_seen_ms=100_700)
-    recs = t.tick([c], 101_000, wall)
+    c = conn(packets_out=7, packets_in=2, bytes_out=400, bytes_in=120, last_seen_ms=100_700,
+             flow_out=FlowInterval(3, 180, 98_200, 100_700, 2 | 1),
+             flow_in=FlowInterval(2, 120, 99_500, 100_100, 18))
+    recs = t.tick([c], wall)
     assert [(r.direction, r.packets, r.bytes) for r in recs] == [("egress", 3, 180),
                                                                  ("ingress", 2, 120)]
     out, back = recs
     assert (out.srcaddr, out.srcport, out.dstaddr, out.dstport) == ("10.0.1.4", 1234, "10.0.1.10", 80)
     assert (back.srcaddr, back.srcport, back.dstaddr, back.dstport) == ("10.0.1.10", 80, "10.0.1.4", 1234)
     assert out.pkt_srcaddr == "10.200.0.11" and back.pkt_dstaddr == "10.200.0.11"
-    assert out.tcp_flags & flowlog.TCP_SYN and back.tcp_flags == flowlog.TCP_SYN_ACK
-    assert (out.start, out.end) == (WALL0 + 100, WALL0 + 100)     # first and last packet
-    # Next interval: only the new traffic, start not before the interval began.
-    c2 = replace(c, packets_out=5, bytes_out=300, last_seen_ms=102_900)
-    recs = t.tick([c2], 103_000, wall)
-    assert [(r.direction, r.packets, r.bytes) for r in recs] == [("egress", 2, 120)]
-    assert (recs[0].start, recs[0].end) == (WALL0 + 101, WALL0 + 102)
-    assert recs[0].tcp_flags == 0
-    # A quiet interval: no record.
-    assert t.tick([c2], 104_000, wall) == []
-
-
-def test_a_restarted_data_plane_logs_only_the_traffic_since_the_previous_one():
-    """After a restart (connections kept in the state file) the new tracker resumes from the
-    connections' counters: no second SYN record, no traffic counted twice."""
-    c = conn(packets_out=3, packets_in=2, bytes_out=180, bytes_in=120, start_s=100,
-             last_seen_ms=100_700)
-    t = FlowTracker(1000)
-    t.resume([c], 101_000)
-    assert t.tick([c], 102_000, wall) == []
-    c2 = replace(c, packets_out=4, bytes_out=240, last_seen_ms=102_500)
-    recs = t.tick([c2], 103_000, wall)
-    assert [(r.direction, r.packets, r.bytes, r.tcp_flags) for r in recs] == [
-        ("egress", 1, 60, 0)]
+    assert (out.tcp_flags, back.tcp_flags) == (3, 18)
+    assert (out.start, out.end) == (WALL0 + 98, WALL0 + 100)      # that direction's packets
+    assert (back.start, back.end) == (WALL0 + 99, WALL0 + 100)
+    # One direction only; a harvest without the connection gives nothing.
+    recs = t.tick([replace(c, flow_in=None)], wall)
+    assert [r.direction for r in recs] == ["egress"]
+    assert t.tick([], wall) == []
 
 
 def test_expiry_gives_the_last_record_at_the_next_tick_ending_at_the_last_packet():
     t = FlowTracker(1000)
-    c = conn(packets_out=1, bytes_out=60, last_seen_ms=100_000)
-    assert len(t.tick([c], 100_500, wall)) == 1
-    gone = replace(c, id=-1, packets_out=4, bytes_out=240, packets_in=1, bytes_in=60,
-                   last_seen_ms=101_200)
-    t.expired([gone], wall)          # found expired much later than its last packet
-    recs = t.tick([], 500_000, wall)
-    assert [(r.direction, r.packets, r.bytes, r.end) for r in recs] == [
-        ("egress", 3, 180, WALL0 + 101), ("ingress", 1, 60, WALL0 + 101)]
-    assert t.seen == {} and t.lost == 0
-    tot = t.totals[0]
-    assert (tot.packets_out, tot.packets_in, tot.bytes_out, tot.bytes_in) == (4, 1, 240, 60)
-    assert tot.idle_timeouts == 1 and tot.attempts == {"tcp": 1} and tot.established == {"tcp": 1}
+    gone = conn(id=-1, last_seen_ms=101_200, flow_out=FlowInterval(3, 180, 100_900, 101_200, 1),
+                flow_in=FlowInterval(1, 60, 101_000, 101_000, 1))
+    t.expired([gone, conn(id=-1)], wall)      # the second: nothing since the last harvest
+    recs = t.tick([], wall)
+    assert [(r.direction, r.packets, r.bytes, r.start, r.end) for r in recs] == [
+        ("egress", 3, 180, WALL0 + 100, WALL0 + 101), ("ingress", 1, 60, WALL0 + 101, WALL0 + 101)]
+    assert t.tick([], wall) == []
 
 
-def test_totals_count_connections_once_and_active_per_listing():
-    t = FlowTracker(1000)
-    a = conn(packets_out=1, bytes_out=60, flags=0, state="SYN_SENT")
-    b = conn(proto=17, sport=5353, nat_port=999, state="UDP_FIRST", flags=0, packets_out=1,
-             bytes_out=40, eni=1)
-    t.tick([a, b], 101_000, wall)
-    t.tick([replace(a, flags=F_ASSURED, state="ESTABLISHED"), b], 102_000, wall)
-    assert t.totals[0].attempts == {"tcp": 1} and t.totals[0].established == {"tcp": 1}
-    assert t.totals[1].attempts == {"udp": 1} and t.totals[1].established == {}
-    assert t.totals[0].active == {"tcp": 1} and t.totals[1].active == {"udp": 1}
-    assert t.published[1]["attempts"] == {"udp": 1}     # the copy other threads read
-    t.expired([replace(b, id=-1, packets_out=2, bytes_out=80)], wall)
-    assert t.totals[1].packets_out == 2 and t.published[1]["packets_out"] == 1
-    t.tick([], 103_000, wall)       # a is gone without an expiry record (e.g. flushed)
-    assert t.lost == 1 and t.totals[0].active == {} and t.totals[1].active == {}
-
-
-def test_reused_slot_is_a_new_connection():
-    t = FlowTracker(1000)
-    t.tick([conn(packets_out=5, bytes_out=300)], 101_000, wall)
-    t.tick([conn(packets_out=1, bytes_out=60, sport=40001, start_s=101)], 102_000, wall)
-    assert t.totals[0].attempts == {"tcp": 2} and t.totals[0].packets_out == 6
+def test_tracker_over_a_nat_records_real_packet_times_and_flags(NatClass):
+    """The whole path without root: traffic through a NAT at known times, harvested."""
+    from test_flowstats import session
+    from test_model import make
+    nat = make(NatClass)
+    t = FlowTracker(60_000)
+    session(nat, 3_000)                       # packets from 3.0 s to 3.7 s of an interval at 0
+    recs = t.tick(nat.flow_harvest(), wall)
+    assert [(r.direction, r.packets, r.start, r.end, r.tcp_flags) for r in recs] == [
+        ("egress", 5, WALL0 + 3, WALL0 + 3, 3), ("ingress", 3, WALL0 + 3, WALL0 + 3, 19)]
+    assert t.tick(nat.flow_harvest(), wall) == []
+    assert not hasattr(t, "seen")             # nothing kept per connection
 
 
 def test_rejects_aggregate_per_tuple_and_interval():
@@ -152,11 +121,11 @@ def test_rejects_aggregate_per_tuple_and_interval():
                    dst="10.0.1.4", sport=5555, dport=22, length=60, time_ms=100_100,
                    tcp_flags=flowlog.TCP_SYN)
     t.rejected([syn, syn._replace(time_ms=100_900), syn._replace(dport=23)])
-    recs = sorted(t.tick([], 101_000, wall), key=lambda r: r.dstport)
+    recs = sorted(t.tick([], wall), key=lambda r: r.dstport)
     assert [(r.action, r.dstport, r.packets, r.bytes, r.tcp_flags) for r in recs] == [
         ("REJECT", 22, 2, 120, 2), ("REJECT", 23, 1, 60, 2)]
     assert recs[0].direction == "ingress" and t.totals[0].rejected_packets == 3
-    assert t.tick([], 102_000, wall) == []
+    assert t.tick([], wall) == []
 
 
 def record(eni=0, n=1) -> Record:

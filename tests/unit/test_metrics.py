@@ -27,11 +27,12 @@ STATS = {
     "per_eni": {"0": {"packets_out": 7, "packets_in": 6, "bytes_out": 700, "bytes_in": 600,
                       "attempts": {"tcp": 2, "udp": 1}, "established": {"tcp": 1},
                       "idle_timeouts": 1, "active": {"tcp": 1}, "rejected_packets": 0,
-                      "port_errors": 3, "drops": 4, "rst_sent": 2}},
+                      "port_errors": 3, "drops": 4, "rst_sent": 2,
+                      "drops_by_reason": {"IN_NO_MATCH_UDP": 3, "SG_DENIED": 1}}},
     "secgroups": [{"group": "a|sg-x", "rules": [[6, 443, 443, 4, "0.0.0.0", 0]], "denied": 5,
                    "rule_hits": [9]},
                   {"group": "b|", "rules": None, "denied": 0, "rule_hits": None}],
-    "flow_log": {"lost": 0},
+    "flow_log": {"write_errors": 0},
 }
 
 
@@ -58,6 +59,9 @@ def test_exposition_parses_and_has_the_documented_metrics():
     assert got[("hyperplane_eni_idle_timeout_rst_count_total", frozenset({eni}))] == 2
     assert got[("hyperplane_eni_error_port_allocation_total", frozenset({eni}))] == 3
     assert got[("hyperplane_eni_packets_drop_count_total", frozenset({eni}))] == 4
+    for reason, n in (("IN_NO_MATCH_UDP", 3), ("SG_DENIED", 1)):
+        assert got[("hyperplane_eni_packets_drop_by_reason_total",
+                    frozenset({eni, ("reason", reason)}))] == n
     assert got[("hyperplane_security_group_denied_total", frozenset({("group", "a|sg-x")}))] == 5
     assert got[("hyperplane_security_group_denied_total", frozenset({("group", "b|")}))] == 0
     assert got[("hyperplane_security_group_rule_hits_total",
