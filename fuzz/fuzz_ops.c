@@ -8,7 +8,7 @@
  *   0 OUT frame   a b c d e  (see out_spec)       5 delete    sel
  *   1 IN frame    sel fl m e (see in_spec)        6 OUT batch n, n x (a b c d e)
  *   2 raw frame   how len bytes...                7 add ENI   group | v6 << 2
- *   3 tick        step                            8 lookup    sel
+ *   3 tick        step | harvest << 4               8 lookup    sel
  *   4 expire      max | out << 3 | out_max << 4   9 IN batch  n, n x (sel fl m e)
  *  10 restart     n, n x (victim donor split): killed and attached again (fz_world_restart)
  *  11 rules       k: group 2's security-group rules (fz_world_set_rules)
@@ -211,7 +211,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             raw_frame(w, &p);
             break;
         case 3:
-            w->now += steps[next(&p) & 15];
+            arg = next(&p);
+            w->now += steps[arg & 15];
+            if (arg & 16)       /* a flow-log harvest: every interval starts again */
+                for (uint32_t id = 0; id < w->nat->ct.capacity; id++)
+                    if (w->nat->ct.conns[id].state != HP_S_NONE)
+                        hp_ct_flow_reset(&w->nat->ct, id);
             fz_check_invariants(w);
             break;
         case 4:

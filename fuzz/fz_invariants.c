@@ -251,6 +251,30 @@ void fz_check_invariants(const fz_world *w)
                     (unsigned long long)live[0], (unsigned long long)live[1]);
     }
 
+    /* Per-ENI drops by reason add up to its drops. */
+    for (uint32_t e = 0; e < nat->n_enis; e++) {
+        uint64_t sum = 0;
+        for (int r = 0; r < HP_R_COUNT; r++)
+            sum += nat->eni_ctr[e].drop_reasons[r];
+        if (sum != nat->eni_ctr[e].drops)
+            fz_fail("ENI %u: drops by reason add up to %llu, drops %llu", e,
+                    (unsigned long long)sum, (unsigned long long)nat->eni_ctr[e].drops);
+    }
+    /* Flow-log intervals: a direction is seen exactly when it counted packets since the
+     * last harvest, and its flags are clear when it is not. */
+    for (uint32_t id = 0; id < ct->capacity; id++) {
+        if (ct->conns[id].state == HP_S_NONE)
+            continue;
+        const hp_conn_stats *st = &ct->stats[id];
+        for (int d = 0; d < 2; d++) {
+            int seen = (st->seen >> d) & 1;
+            uint32_t n = (uint32_t)st->packets[d] - ct->flowbase[id].packets[d];
+            if (seen != (n != 0) || (!seen && st->tcp_flags[d]))
+                fz_fail("conn %u dir %d: seen %d, %u packets, flags %u since the last harvest",
+                        id, d, seen, n, st->tcp_flags[d]);
+        }
+    }
+
     uint64_t created = nat->counters[HP_C_CONN_CREATED];
     uint64_t gone = nat->counters[HP_C_CONN_EXPIRED] + nat->counters[HP_C_CONN_EARLY_DROPPED] +
                     w->deletes;

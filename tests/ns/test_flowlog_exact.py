@@ -1,0 +1,151 @@
+"""Flow-log records carry what the core saw on the forwarding path (docs/observability.md):
+`start` and `end` are the first and last packet of the interval in that direction, not the
+interval's bounds, and `tcp-flags` is the OR of the flags sent (AWS's encoding)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import TEST_LAB, _sweep, new_prefix
+from test_observe import wait_for
+from test_v2n import CLI, ECHO, TOOLS
+
+INTERVAL_S = 5
+FIELDS = ["interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol", "packets",
+          "bytes", "start", "end", "action", "pkt-srcaddr", "tcp-flags", "flow-direction"]
+# One UDP flow: a datagram, then on "go" (from stdin) two more, 1.2 s and 2.4 s later, each
+# echoed; prints its port, then the wall-clock time of each later send.
+UDP_CLIENT = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.send(b"first"); s.recv(100)
+print(s.getsockname()[1], flush=True)
+sys.stdin.readline()
+for delay in (1.2, 1.2):
+    time.sleep(delay)              # the traffic's own timing, not a wait for a condition
+    print(time.time(), flush=True)
+    s.send(b"later"); s.recv(100)
+"""
+# One TCP connection: handshake, 10 bytes each way, the function closes first, then the
+# server; prints its port.
+TCP_CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"x" * 10)
+got = b""
+while len(got) < 10:
+    got += s.recv(100)
+s.shutdown(socket.SHUT_WR)
+while s.recv(100):
+    pass
+print(s.getsockname()[1])
+s.close()
+"""
+
+
+@pytest.fixture(scope="module")
+def lab_5s():
+    from hyperplane import runtime
+    from hyperplane.config import loads_config
+    from hyperplane.lab import Lab
+    prefix = new_prefix()
+    server = None
+    try:
+        fields = " ".join(f"${{{f}}}" for f in FIELDS)
+        cfg = loads_config(f'prefix = "{prefix}"\n' + TEST_LAB +
+                           f'[hyperplane.flow_logs]\ninterval_s = {INTERVAL_S}\n'
+                           f'format = "{fields}"\n')
+        state = Lab(cfg).up()
+        runtime.start(state)
+        lab = Lab.attach(prefix)
+        server = lab.popen("web", TOOLS + ["serve", "--tcp", str(ECHO), "--udp", str(ECHO)],
+                           stdout=subprocess.PIPE, text=True)
+        assert server.stdout.readline().strip() == "ready"
+        yield lab
+    finally:
+        if server:
+            server.kill()
+            server.wait()
+        subprocess.run(CLI + ["down", "--prefix", prefix], capture_output=True, timeout=60)
+        _sweep(prefix)
+
+
+def records(lab) -> list[dict]:
+    from hyperplane import flowlog
+    from hyperplane.lab.topology import RUN_DIR
+    folder = flowlog.default_folder(RUN_DIR, lab.prefix)
+    return [r for p in sorted(folder.glob("eni-*.log*")) for r in flowlog.parse(p)]
+
+
+def test_start_and_end_are_the_first_and_last_packet_of_the_interval(lab_5s):
+    lab = lab_5s
+    web = lab.state.host("web").ipv4
+    client = lab.popen("api", [sys.executable, "-c", UDP_CLIENT, web, str(ECHO)],
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = client.stdout.readline().strip()
+        assert port, "the UDP client did not start"
+        mine = lambda r: (r["flow-direction"] == "egress" and r["protocol"] == "17"
+                          and r["dstaddr"] == web)
+        # The first datagram's interval has ended once its record is written: the next
+        # interval started at or before now.
+        first = wait_for(lambda: [r for r in records(lab) if mine(r)], "the first record",
+                         timeout=3 * INTERVAL_S)
+        seen_at = time.time()
+        assert len(first) == 1 and first[0]["packets"] == "1"
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        t1, t2 = float(client.stdout.readline()), float(client.stdout.readline())
+        assert client.wait(timeout=10) == 0
+    finally:
+        client.kill()
+        client.wait()
+    later = wait_for(lambda: [r for r in records(lab) if mine(r)][1:], "the later records",
+                     timeout=3 * INTERVAL_S)
+    # Both later datagrams, 1.2 s apart, fall in the interval after the first (5 s long):
+    # one record, its start at the first of them, its end at the second.
+    assert [(r["packets"], r["bytes"]) for r in later] == [("2", str(2 * (20 + 8 + 5)))]
+    start, end = int(later[0]["start"]), int(later[0]["end"])
+    assert math.floor(t1) <= start <= t1 + 0.5 and math.floor(t2) <= end <= t2 + 0.5, \
+        (start, end, t1, t2)
+    # The interval began before the first record was seen; the first packet came >= 1.2 s
+    # later: start is not the interval's start (what an estimate from listings gave).
+    assert start > math.floor(seen_at) and end > start
+
+
+def test_tcp_flags_are_the_or_of_the_flags_sent(lab_5s):
+    lab = lab_5s
+    web = lab.state.host("web").ipv4
+    r = lab.exec("api", [sys.executable, "-c", TCP_CLIENT, web, str(ECHO)], timeout=30)
+    assert r.returncode == 0, r.stderr
+    port = r.stdout.strip()
+    api = lab.state.function("api").ipv4
+
+    def flags():
+        recs = [r for r in records(lab) if r["protocol"] == "6"]
+        out = [x for x in recs if x["flow-direction"] == "egress" and x["pkt-srcaddr"] == api
+               and x["dstaddr"] == web and x["dstport"] == str(ECHO)]
+        back = [x for x in recs if x["flow-direction"] == "ingress" and x["srcaddr"] == web
+                and x["srcport"] == str(ECHO)]
+        # Every segment of the exchange is logged: 10 bytes of data each way at least.
+        if sum(int(x["bytes"]) for x in out) < 3 * 40 + 10 or not back:
+            return None
+        or_ = lambda rs: [int(x["tcp-flags"]) for x in rs]
+        return or_(out), or_(back), out, back
+
+    got = wait_for(flags, f"the TCP records of port {port}", timeout=3 * INTERVAL_S)
+    out_flags, back_flags, out, back = got
+    acc = lambda fs: __import__("functools").reduce(lambda a, b: a | b, fs, 0)
+    # SYN, ACK, PSH|ACK, FIN|ACK, ACK out: SYN and FIN (ACK and PSH are not reported).
+    assert acc(out_flags) == 2 | 1, out
+    # SYN|ACK, ACK, PSH|ACK, FIN|ACK back: SYN-ACK and FIN.
+    assert acc(back_flags) == 18 | 1, back
+    for x in out + back:
+        assert int(x["start"]) <= int(x["end"])
