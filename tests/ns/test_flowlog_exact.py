@@ -4,6 +4,7 @@ interval's bounds, and `tcp-flags` is the OR of the flags sent (AWS's encoding).
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -84,6 +85,14 @@ def records(lab) -> list[dict]:
     return [r for p in sorted(folder.glob("eni-*.log*")) for r in flowlog.parse(p)]
 
 
+def drops(lab) -> dict:
+    """What the NAT and the loop counted, for a failure's message."""
+    r = subprocess.run(CLI + ["stats", "--json", "--prefix", lab.prefix], capture_output=True,
+                       text=True, timeout=30)
+    d = json.loads(r.stdout) if r.returncode == 0 else {}
+    return {k: v for stage in ("nat", "dataplane") for k, v in d.get(stage, {}).items() if v}
+
+
 def test_start_and_end_are_the_first_and_last_packet_of_the_interval(lab_5s):
     lab = lab_5s
     web = lab.state.host("web").ipv4
@@ -102,8 +111,9 @@ def test_start_and_end_are_the_first_and_last_packet_of_the_interval(lab_5s):
         assert len(first) == 1 and first[0]["packets"] == "1"
         client.stdin.write("go\n")
         client.stdin.flush()
-        t1, t2 = float(client.stdout.readline()), float(client.stdout.readline())
-        assert client.wait(timeout=10) == 0
+        times = [client.stdout.readline().strip() for _ in range(2)]
+        assert client.wait(timeout=10) == 0 and all(times), (times, drops(lab))
+        t1, t2 = map(float, times)
     finally:
         client.kill()
         client.wait()
