@@ -493,52 +493,28 @@ cdef class Nat:
         """Up to limit live connections from table slot cursor on, in one hold of the table
         lock (which scans at most CHUNK_SCAN slots, so a page may come back short): returns
         (connections, next cursor or None at the end of the table)."""
-        cdef uint32_t cap = self.nat.ct.capacity, i, end, got = 0
-        if limit <= 0:
-            raise ValueError("limit must be positive")
-        if cursor is None or cursor < 0:
-            raise ValueError("cursor must be a non-negative integer")
-        if cursor >= cap:
-            return [], None
-        i = cursor
-        cdef hp_conn_record *buf = <hp_conn_record *>malloc(limit * sizeof(hp_conn_record))
-        cdef uint32_t *ids = <uint32_t *>malloc(limit * sizeof(uint32_t))
-        try:
-            if not buf or not ids:
-                raise MemoryError()
-            end = cap if cap - i < CHUNK_SCAN else i + CHUNK_SCAN
-            with nogil:
-                self._acquire()
-                while i < end and got < <uint32_t>limit:
-                    if self.nat.ct.conns[i].state != 0:
-                        _copy(self.nat, i, &buf[got])
-                        ids[got] = i
-                        got += 1
-                    i += 1
-                    if i % STEP_SCAN == 0 and mono_ns() - self.hold_start_ns > HOLD_BUDGET_NS:
-                        break
-                self._release()
-            page = [self._conn(&buf[k], ids[k]) for k in range(got)]
-        finally:
-            free(buf)
-            free(ids)
-        return page, (i if i < cap else None)
+        return self._page(cursor, limit, False)
 
     def connections(self):
         """Every live connection, read page by page (the table may change between pages)."""
-        out = []
-        cursor = 0
-        while cursor is not None:
-            page, cursor = self.connections_page(cursor, 4096)
-            out.extend(page)
-        return out
+        return self._all_pages(self.connections_page)
 
     def flow_harvest_page(self, cursor=0, int limit=1000):
         """The flow-log harvest (docs/semantics.md 2.4): up to limit live connections with
         traffic since the last harvest, from table slot cursor on, each with its interval
         (flow_out / flow_in) as it was, and their intervals started again; in one hold of the
-        table lock bounded like connections_page's. Returns (connections, next cursor or
-        None at the end of the table). Listings (connections_page, get) reset nothing."""
+        table lock bounded as connections_page's. Returns (connections, next cursor or None
+        at the end of the table). Listings (connections_page, get) reset nothing."""
+        return self._page(cursor, limit, True)
+
+    def flow_harvest(self):
+        """Every connection with traffic since the last harvest, page by page (each reset as
+        it is taken)."""
+        return self._all_pages(self.flow_harvest_page)
+
+    cdef object _page(self, cursor, int limit, bint harvest):
+        """One page of a listing, or (harvest) of the connections with a flow-log interval,
+        which are reset as they are copied."""
         cdef uint32_t cap = self.nat.ct.capacity, i, end, got = 0
         if limit <= 0:
             raise ValueError("limit must be positive")
@@ -556,9 +532,11 @@ cdef class Nat:
             with nogil:
                 self._acquire()
                 while i < end and got < <uint32_t>limit:
-                    if self.nat.ct.conns[i].state != 0 and self.nat.ct.stats[i].seen != 0:
+                    if self.nat.ct.conns[i].state != 0 and (not harvest or
+                                                           self.nat.ct.stats[i].seen != 0):
                         _copy(self.nat, i, &buf[got])
-                        hp_ct_flow_reset(&self.nat.ct, i)
+                        if harvest:
+                            hp_ct_flow_reset(&self.nat.ct, i)
                         ids[got] = i
                         got += 1
                     i += 1
@@ -571,13 +549,12 @@ cdef class Nat:
             free(ids)
         return page, (i if i < cap else None)
 
-    def flow_harvest(self):
-        """Every connection with traffic since the last harvest, page by page (each reset as
-        it is taken)."""
+    @staticmethod
+    def _all_pages(page_fn):
         out = []
         cursor = 0
         while cursor is not None:
-            page, cursor = self.flow_harvest_page(cursor, 4096)
+            page, cursor = page_fn(cursor, 4096)
             out.extend(page)
         return out
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import operator
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple
 
@@ -191,19 +191,19 @@ class EniTotals:
 
 def connection_records(c: Connection, wall_of: Callable[[int], int]) -> list[Record]:
     """The records of one connection's interval, one per direction with traffic: the core's
-    exact figures (first and last packet, packets, bytes, OR'd tcp-flags of that direction)."""
+    exact figures (first and last packet, packets, bytes, OR'd tcp-flags of that direction).
+    Egress goes from the ENI's address and NAT port; ingress is the reverse."""
     out = []
-    if c.flow_out is not None:
-        f = c.flow_out
-        out.append(Record(c.eni, c.nat_addr, c.dst, c.nat_port, c.dport, c.proto, f.packets,
-                          f.bytes, wall_of(f.first_ms), wall_of(f.last_ms), "ACCEPT", "egress",
-                          pkt_srcaddr=c.src, pkt_dstaddr=c.dst, tcp_flags=f.tcp_flags,
-                          family=c.family))
-    if c.flow_in is not None:
-        f = c.flow_in
-        out.append(Record(c.eni, c.dst, c.nat_addr, c.dport, c.nat_port, c.proto, f.packets,
-                          f.bytes, wall_of(f.first_ms), wall_of(f.last_ms), "ACCEPT", "ingress",
-                          pkt_srcaddr=c.dst, pkt_dstaddr=c.src, tcp_flags=f.tcp_flags,
+    for f, direction, src, dst in ((c.flow_out, "egress", (c.nat_addr, c.nat_port),
+                                    (c.dst, c.dport)),
+                                   (c.flow_in, "ingress", (c.dst, c.dport),
+                                    (c.nat_addr, c.nat_port))):
+        if f is None:
+            continue
+        pkt_src, pkt_dst = (c.src, c.dst) if direction == "egress" else (c.dst, c.src)
+        out.append(Record(c.eni, src[0], dst[0], src[1], dst[1], c.proto, f.packets, f.bytes,
+                          wall_of(f.first_ms), wall_of(f.last_ms), "ACCEPT", direction,
+                          pkt_srcaddr=pkt_src, pkt_dstaddr=pkt_dst, tcp_flags=f.tcp_flags,
                           family=c.family))
     return out
 

@@ -12,9 +12,8 @@ import time
 
 import pytest
 
-from conftest import TEST_LAB, _sweep, new_prefix
-from test_observe import wait_for
-from test_v2n import CLI, ECHO, TOOLS
+from test_observe import flow_records as records, running_lab, wait_for
+from test_v2n import CLI, ECHO
 
 INTERVAL_S = 5
 FIELDS = ["interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol", "packets",
@@ -53,36 +52,10 @@ s.close()
 
 @pytest.fixture(scope="module")
 def lab_5s():
-    from hyperplane import runtime
-    from hyperplane.config import loads_config
-    from hyperplane.lab import Lab
-    prefix = new_prefix()
-    server = None
-    try:
-        fields = " ".join(f"${{{f}}}" for f in FIELDS)
-        cfg = loads_config(f'prefix = "{prefix}"\n' + TEST_LAB +
-                           f'[hyperplane.flow_logs]\ninterval_s = {INTERVAL_S}\n'
-                           f'format = "{fields}"\n')
-        state = Lab(cfg).up()
-        runtime.start(state)
-        lab = Lab.attach(prefix)
-        server = lab.popen("web", TOOLS + ["serve", "--tcp", str(ECHO), "--udp", str(ECHO)],
-                           stdout=subprocess.PIPE, text=True)
-        assert server.stdout.readline().strip() == "ready"
+    fields = " ".join(f"${{{f}}}" for f in FIELDS)
+    with running_lab(f'[hyperplane.flow_logs]\ninterval_s = {INTERVAL_S}\nformat = "{fields}"\n',
+                     ["--tcp", str(ECHO), "--udp", str(ECHO)]) as lab:
         yield lab
-    finally:
-        if server:
-            server.kill()
-            server.wait()
-        subprocess.run(CLI + ["down", "--prefix", prefix], capture_output=True, timeout=60)
-        _sweep(prefix)
-
-
-def records(lab) -> list[dict]:
-    from hyperplane import flowlog
-    from hyperplane.lab.topology import RUN_DIR
-    folder = flowlog.default_folder(RUN_DIR, lab.prefix)
-    return [r for p in sorted(folder.glob("eni-*.log*")) for r in flowlog.parse(p)]
 
 
 def drops(lab) -> dict:

@@ -5,6 +5,7 @@ that match the same traffic."""
 
 from __future__ import annotations
 
+import contextlib
 import stat
 import subprocess
 import sys
@@ -48,26 +49,38 @@ def wait_for(fn, what: str, timeout: float = 15.0):
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def observed():
-    """A lab whose data plane logs flows every second and serves metrics; an echo server on
-    host web; api sends one IPv4 and one IPv6 UDP flow through the ENI."""
+@contextlib.contextmanager
+def running_lab(extra_config: str, serve: list[str]):
+    """A test lab with extra_config appended, its data plane started, and labtools `serve`
+    (with these arguments) on host web; removed afterwards, also on failure."""
     from hyperplane import runtime
     from hyperplane.config import loads_config
     from hyperplane.lab import Lab
     prefix = new_prefix()
     server = None
     try:
-        fields = " ".join(f"${{{f}}}" for f in FIELDS)
-        cfg = loads_config(f'prefix = "{prefix}"\n' + TEST_LAB +
-                           f'[hyperplane.metrics]\nenabled = true\nport = {PORT}\n'
-                           f'[hyperplane.flow_logs]\ninterval_s = 1\nformat = "{fields}"\n')
-        state = Lab(cfg).up()
+        state = Lab(loads_config(f'prefix = "{prefix}"\n' + TEST_LAB + extra_config)).up()
         runtime.start(state)
         lab = Lab.attach(prefix)
-        server = lab.popen("web", TOOLS + ["serve", "--udp", str(ECHO)], stdout=subprocess.PIPE,
-                           text=True)
+        server = lab.popen("web", TOOLS + ["serve"] + serve, stdout=subprocess.PIPE, text=True)
         assert server.stdout.readline().strip() == "ready"
+        yield lab
+    finally:
+        if server:
+            server.kill()
+            server.wait()
+        subprocess.run(CLI + ["down", "--prefix", prefix], capture_output=True, timeout=60)
+        _sweep(prefix)
+
+
+@pytest.fixture(scope="module")
+def observed():
+    """A lab whose data plane logs flows every second and serves metrics; an echo server on
+    host web; api sends one IPv4 and one IPv6 UDP flow through the ENI."""
+    fields = " ".join(f"${{{f}}}" for f in FIELDS)
+    with running_lab(f'[hyperplane.metrics]\nenabled = true\nport = {PORT}\n'
+                     f'[hyperplane.flow_logs]\ninterval_s = 1\nformat = "{fields}"\n',
+                     ["--udp", str(ECHO)]) as lab:
         web = lab.state.host("web")
         flows = {}
         for fam, dst in ((4, web.ipv4), (6, web.ipv6)):
@@ -75,12 +88,6 @@ def observed():
             assert r.returncode == 0, r.stderr
             flows[fam] = (dst, int(r.stdout))
         yield lab, flows
-    finally:
-        if server:
-            server.kill()
-            server.wait()
-        subprocess.run(CLI + ["down", "--prefix", prefix], capture_output=True, timeout=60)
-        _sweep(prefix)
 
 
 def flow_records(lab) -> list[dict]:
