@@ -18,6 +18,7 @@ Start it with `hyperplane up`; it stops on SIGTERM/SIGINT or the `stop` command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import queue
@@ -372,10 +373,6 @@ class Daemon:
                 self.log_interval(now)
                 next_flow = now + interval_ms
 
-    def eni_worker(self) -> None:
-        off_forwarding_cpu()
-        self.enis.run(self.stopping, known_groups=list(self.group_ids))
-
     def _thread(self, name: str, target, background: bool = True) -> None:
         def run():
             try:
@@ -402,9 +399,9 @@ class Daemon:
             self._thread("slow-path", self.slow_path, background=False)
             self._thread("housekeeping", self.housekeeping)
             # Scale-out must be ready before the newest ENI's last 10% of ports go: the ENI
-            # worker (a round every 50 ms, creation now and then) keeps the normal priority,
-            # off the forwarding thread's CPU.
-            self._thread("eni-worker", self.eni_worker, background=False)
+            # worker (a round every 50 ms, creation now and then) keeps the normal priority.
+            self._thread("eni-worker", lambda: self.enis.run(
+                self.stopping, known_groups=list(self.group_ids)), background=False)
             self._thread("exhausted-frames", self.rerun_exhausted)
             server.start()
             if self.metrics_opts.enabled:
@@ -435,12 +432,15 @@ class _EniBackend:
     def __init__(self, daemon: Daemon):
         self.d = daemon
 
+    # Veth, pools and rings: long system calls, away from the forwarding thread's CPU.
     def create(self, group: str, scale_out: bool) -> EniInfo:
         g = self.d.lab.state.group(group)
-        return self.d.lab.add_eni(g.subnet, g.security_groups, scale_out=scale_out)
+        with away_from_forwarding():
+            return self.d.lab.add_eni(g.subnet, g.security_groups, scale_out=scale_out)
 
     def attach(self, eni: EniInfo) -> None:
-        self.d.attach_eni(eni)
+        with away_from_forwarding():
+            self.d.attach_eni(eni)
 
     def pools(self, eni: EniInfo) -> dict:
         out = {}
@@ -460,8 +460,9 @@ class _EniBackend:
         return self.d.nat.group_retire_eni(self.d.group_ids[eni.group], eni.id)
 
     def destroy(self, eni: EniInfo) -> None:
-        self.d.detach_eni(eni)
-        self.d.lab.delete_eni(eni.id)
+        with away_from_forwarding():
+            self.d.detach_eni(eni)
+            self.d.lab.delete_eni(eni.id)
 
 
 def lower_priority() -> None:
@@ -475,40 +476,30 @@ def lower_priority() -> None:
 
 def forwarding_first() -> str:
     """Puts the forwarding thread ("hp-forward"; every one, should the process run several)
-    ahead of every other thread of the machine: SCHED_FIFO, else nice FORWARDING_NICE, and on
-    a CPU of its own (the last one the process may use, when it may use more than one).
+    ahead of every other thread of the machine: SCHED_FIFO, else nice FORWARDING_NICE.
 
     Nice alone is not enough: Linux groups a session's threads (autogroup), so while a
     listing or expiry keeps this process's group busy, the group has used its share and a
     woken forwarding thread waited 20-30 ms for the CPU behind other processes (perf sched
     timehist, issue 6). It sleeps in poll() when idle, so a realtime class costs the others
     nothing then; the kernel's realtime throttling (sched_rt_runtime_us) still leaves them a
-    share of the CPU if it were ever kept busy. The CPU of its own is for off_forwarding_cpu():
-    a kernel built without full preemption lets no one, realtime or not, take the CPU from a
-    thread inside a long system call (opening an ENI's rings zeroes megabytes in one go: the
-    loop waited 19 ms behind the ENI worker). Returns what it did, for stats and logs."""
+    share of the CPU if it were ever kept busy. Returns what it did, for stats and logs."""
     tids = forwarding_threads()
     if not tids:
         return "normal priority (thread hp-forward not found)"
-    allowed = sorted(os.sched_getaffinity(0))
     done = []
     for tid in tids:
         try:
             os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(FORWARDING_RT_PRIORITY))
-            how = f"SCHED_FIFO {FORWARDING_RT_PRIORITY}"
+            done.append(f"SCHED_FIFO {FORWARDING_RT_PRIORITY} (thread {tid})")
+            continue
         except OSError:
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, FORWARDING_NICE)
-                how = f"nice {FORWARDING_NICE} (no right to SCHED_FIFO)"
-            except OSError as e:
-                how = f"normal priority ({e.strerror})"
-        if len(allowed) > 1:
-            try:
-                os.sched_setaffinity(tid, {allowed[-1]})
-                how += f" on CPU {allowed[-1]}"
-            except OSError:
-                pass
-        done.append(f"{how} (thread {tid})")
+            pass
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, FORWARDING_NICE)
+            done.append(f"nice {FORWARDING_NICE} (thread {tid}; no right to SCHED_FIFO)")
+        except OSError as e:
+            done.append(f"normal priority (thread {tid}: {e.strerror})")
     return ", ".join(done)
 
 
@@ -517,21 +508,35 @@ def forwarding_threads() -> list[int]:
             if _read(f"/proc/self/task/{t}/comm") == "hp-forward"]
 
 
-def off_forwarding_cpu() -> None:
-    """Keeps the calling thread off the CPUs the forwarding threads have to themselves
-    (forwarding_first), when others are left: for threads whose system calls run long
-    without giving the CPU up (the ENI worker's veth, pools and rings)."""
-    mine = set()
-    for tid in forwarding_threads():
-        try:
-            cpus = os.sched_getaffinity(tid)
-        except OSError:
-            continue
-        if len(cpus) == 1:
-            mine |= cpus
-    rest = os.sched_getaffinity(0) - mine
-    if mine and rest:
+@contextlib.contextmanager
+def away_from_forwarding():
+    """Runs the block on CPUs other than the ones the forwarding threads are on (when there
+    are others): for system calls that run long without giving the CPU up. A kernel built
+    without full preemption (PREEMPT_NONE, as on the test machines) lets no thread, realtime
+    or not, take the CPU from one inside a system call, and opening an ENI's rings
+    (packet_set_ring zeroing megabytes) ran 19-23 ms in one go: the loop, woken on that CPU,
+    waited behind the ENI worker. A realtime thread that sleeps wakes on the CPU it slept on,
+    so where it is now is where it will be."""
+    before = os.sched_getaffinity(0)
+    busy = {cpu for cpu in map(_cpu_of, forwarding_threads()) if cpu is not None}
+    rest = before - busy
+    moved = bool(busy and rest)
+    if moved:
         os.sched_setaffinity(0, rest)
+    try:
+        yield
+    finally:
+        if moved:
+            os.sched_setaffinity(0, before)
+
+
+def _cpu_of(tid: int) -> int | None:
+    """The CPU a thread of this process last ran on (/proc stat field 39)."""
+    stat = _read(f"/proc/self/task/{tid}/stat")
+    try:
+        return int(stat[stat.rindex(")") + 2:].split()[36])
+    except (ValueError, IndexError):
+        return None
 
 
 def _read(path: str) -> str:

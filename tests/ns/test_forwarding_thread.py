@@ -138,19 +138,23 @@ def fill_table(nat, n):
 
 def add_enis(nl, n):
     """n ENIs as the daemon's ENI worker adds them: a veth, then the NAT's ENI and the loop's
-    port, then the ENI joins a group; off the forwarding thread's CPU, as the daemon's."""
-    from hyperplane.daemon import off_forwarding_cpu
-    off_forwarding_cpu()
+    port, then the ENI joins a group; away from the forwarding thread's CPU, as the daemon's."""
+    from hyperplane.daemon import away_from_forwarding
     group = nl.nat.add_group()
     for k in range(n):
-        ifname = f"{nl.lab.prefix}x{k}"
-        sh("ip", "-n", nl.mid, "link", "add", ifname, "type", "veth", "peer", "name",
-           ifname + "p")
-        sh("ip", "-n", nl.mid, "link", "set", ifname, "up")
-        eni = nl.nat.add_eni(f"10.0.2.{4 + k}")
-        with netns(nl.mid):
-            nl.dp.add_port(ifname, role="eni", eni=eni, v4_subnet="10.0.2.0/24")
-        nl.nat.group_add_eni(group, eni)
+        with away_from_forwarding():
+            add_eni(nl, group, k)
+
+
+def add_eni(nl, group, k):
+    ifname = f"{nl.lab.prefix}x{k}"
+    sh("ip", "-n", nl.mid, "link", "add", ifname, "type", "veth", "peer", "name",
+       ifname + "p")
+    sh("ip", "-n", nl.mid, "link", "set", ifname, "up")
+    eni = nl.nat.add_eni(f"10.0.2.{4 + k}")
+    with netns(nl.mid):
+        nl.dp.add_port(ifname, role="eni", eni=eni, v4_subnet="10.0.2.0/24")
+    nl.nat.group_add_eni(group, eni)
 
 
 def test_forwarding_goes_on_while_python_is_busy(lab):  # noqa: F811

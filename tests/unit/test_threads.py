@@ -230,31 +230,28 @@ def test_forwarding_thread_starts_stops_and_punts_wait_without_the_gil():
 
 
 def test_the_forwarding_thread_is_named_and_put_first():
-    """The daemon's forwarding_first(): the loop's thread is "hp-forward" for the kernel, goes
-    realtime (SCHED_FIFO) when the process may (else it says what it got instead), and has a
-    CPU that off_forwarding_cpu() keeps the ENI worker off."""
+    """The daemon's forwarding_first(): the loop's thread is "hp-forward" for the kernel and
+    goes realtime (SCHED_FIFO) when the process may (else it says what it got instead);
+    away_from_forwarding() runs a block on the other CPUs (when there are others)."""
     import os
-    from hyperplane.daemon import forwarding_first, off_forwarding_cpu
+    from hyperplane.daemon import away_from_forwarding, forwarding_first, _cpu_of
     dp = DataPlane(make_nat(capacity=1024))
     dp.start()
     try:
         (tid,) = [int(t) for t in os.listdir("/proc/self/task")
                   if open(f"/proc/self/task/{t}/comm").read().strip() == "hp-forward"]
         got = forwarding_first()
-        assert f"(thread {tid})" in got, got
+        assert f"(thread {tid}" in got, got
         if os.geteuid() == 0:
             assert os.sched_getscheduler(tid) == os.SCHED_FIFO, got
         else:
             assert got.startswith(("nice", "normal priority")), got
         allowed = os.sched_getaffinity(0)
-        if len(allowed) > 1:      # a CPU of its own, that a thread can keep off
-            assert os.sched_getaffinity(tid) == {max(allowed)}, got
-            seen = []
-            t = threading.Thread(target=lambda: off_forwarding_cpu() or seen.append(
-                os.sched_getaffinity(0)))
-            t.start()
-            t.join()
-            assert seen == [allowed - {max(allowed)}]
+        with away_from_forwarding():
+            inside, cpu = os.sched_getaffinity(0), _cpu_of(tid)
+        assert os.sched_getaffinity(0) == allowed          # given back
+        assert cpu in allowed
+        assert inside == (allowed - {cpu} if len(allowed) > 1 else allowed), (inside, cpu)
         # A realtime thread still stops like any other.
     finally:
         dp.stop()
