@@ -90,6 +90,16 @@ def test_start_and_end_are_the_first_and_last_packet_of_the_interval(lab_5s):
     finally:
         client.kill()
         client.wait()
+    # A conntrack listing shows the interval so far and resets nothing: the record below
+    # still has both datagrams. (Unless the interval already ended: then it shows none.)
+    r = subprocess.run(CLI + ["conntrack", "--json", "--prefix", lab.prefix],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    (conn,) = [c for c in json.loads(r.stdout) if c["proto"] == 17 and c["dst"] == web
+               and c["sport"] == int(port)]
+    if conn["flow_out"] is not None:
+        f = conn["flow_out"]
+        assert f["packets"] == 2 and abs((f["last_ms"] - f["first_ms"]) / 1000 - (t2 - t1)) < 0.3, f
     later = wait_for(lambda: [r for r in records(lab) if mine(r)][1:], "the later records",
                      timeout=3 * INTERVAL_S)
     # Both later datagrams, 1.2 s apart, fall in the interval after the first (5 s long):
