@@ -217,7 +217,8 @@ class FlowTracker:
     def __init__(self, interval_ms: int):
         self.interval_ms = int(interval_ms)
         self.pending: list[Record] = []           # records of expiries since the last tick
-        self.rejects: dict[tuple, list] = {}      # aggregation key -> [n, bytes, first, last, flags]
+        # aggregation key -> [packets, bytes, first ms, last ms, flags]
+        self.rejects: dict[tuple, list] = {}
         self.totals: dict[int, EniTotals] = {}
         # The totals as of the last tick, replaced whole: other threads read this one.
         self.published: dict[int, dict] = {}

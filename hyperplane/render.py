@@ -144,7 +144,9 @@ METRICS = [
     ("ConnectionAttemptCount", lambda s: s["nat"]["CONN_CREATED"]),
     ("ConnectionEstablishedCount", lambda s: s["nat"]["CONN_ESTABLISHED"]),
     ("ErrorPortAllocation", lambda s: by_reason(s, "punt").get("PORTS_EXHAUSTED", 0)),
-    ("IdleTimeoutCount", lambda s: s["nat"]["CONN_EXPIRED"]),
+    # Established TCP connections that idled out before closing (semantics 9.2), all ENIs.
+    ("IdleTimeoutCount", lambda s: sum(e.get("idle_timeouts", 0)
+                                       for e in s.get("per_eni", {}).values())),
     ("PacketsOutToDestination", lambda s: s["nat"]["FWD_OUT_PACKETS"]),
     ("BytesOutToDestination", lambda s: s["nat"]["FWD_OUT_BYTES"]),
     ("PacketsInFromDestination", lambda s: s["nat"]["FWD_IN_PACKETS"]),
@@ -179,6 +181,12 @@ def stats_table(stats: dict) -> str:
             for k, v in sorted(split_reasons(stats[src]).items()):
                 if k.startswith(kind + ".") and v:
                     out.append(f"  {src:<9} {k[len(kind) + 1:]:<21} {v}")
+    enis = sorted(stats.get("per_eni", {}).items(), key=lambda x: int(x[0]))
+    per_eni = [(eni, r, n) for eni, c in enis
+               for r, n in sorted(c.get("drops_by_reason", {}).items())]
+    if per_eni:
+        out.append("drops by ENI and reason (frames dropped on its port, its SG denials)")
+        out += [f"  {eni!s:<9} {r:<21} {n}" for eni, r, n in per_eni]
     out += function_rows(stats.get("functions", []))
     out.append("data plane")
     if stats.get("forwarding"):

@@ -146,3 +146,15 @@ def test_endpoint_serves_the_text_and_survives_a_failed_scrape():
             urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/other", timeout=5)
     finally:
         srv.stop()
+
+
+def test_stats_table_idle_timeouts_and_drops_per_eni():
+    from hyperplane.render import stats_table
+    nat = {**STATS["nat"], "CONN_ESTABLISHED": 1, "CONN_EXPIRED": 9, "FWD_OUT_BYTES": 0,
+           "FWD_IN_PACKETS": 0, "FWD_IN_BYTES": 0}
+    lines = stats_table({**STATS, "nat": nat}).splitlines()
+    # IdleTimeoutCount is the ENIs' idle timeouts, not every expiry.
+    assert "  IdleTimeoutCount             1" in lines
+    at = lines.index("drops by ENI and reason (frames dropped on its port, its SG denials)")
+    assert [line.split() for line in lines[at + 1:at + 3]] == [["0", "IN_NO_MATCH_UDP", "3"],
+                                                              ["0", "SG_DENIED", "1"]]
