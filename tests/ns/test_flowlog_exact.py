@@ -1,6 +1,7 @@
 """Flow-log records carry what the core saw on the forwarding path (docs/observability.md):
 `start` and `end` are the first and last packet of the interval in that direction, not the
-interval's bounds, and `tcp-flags` is the OR of the flags sent (AWS's encoding)."""
+interval's bounds, `tcp-flags` is the OR of the flags sent (AWS's encoding), a conntrack
+listing resets nothing, and an expired connection gives its last interval."""
 
 from __future__ import annotations
 
@@ -33,6 +34,24 @@ for delay in (1.2, 1.2):
     print(time.time(), flush=True)
     s.send(b"later"); s.recv(100)
 """
+# One TCP connection: 10 bytes echoed; prints its port; on "go" 5 bytes more, echoed, then a
+# RST (SO_LINGER 0); prints the wall-clock time of the RST.
+TCP_RST_CLIENT = """
+import socket, struct, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+def echo(n):
+    s.sendall(b"x" * n)
+    got = b""
+    while len(got) < n:
+        got += s.recv(100)
+echo(10)
+print(s.getsockname()[1], flush=True)
+sys.stdin.readline()
+echo(5)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+print(time.time(), flush=True)
+s.close()
+"""
 # One TCP connection: handshake, 10 bytes each way, the function closes first, then the
 # server; prints its port.
 TCP_CLIENT = """
@@ -53,7 +72,9 @@ s.close()
 @pytest.fixture(scope="module")
 def lab_5s():
     fields = " ".join(f"${{{f}}}" for f in FIELDS)
-    with running_lab(f'[hyperplane.flow_logs]\ninterval_s = {INTERVAL_S}\nformat = "{fields}"\n',
+    # A reset connection (CLOSE) expires 1 s after its RST, well within an interval.
+    with running_lab(f'[hyperplane.timeouts]\nCLOSE = 1\n'
+                     f'[hyperplane.flow_logs]\ninterval_s = {INTERVAL_S}\nformat = "{fields}"\n',
                      ["--tcp", str(ECHO), "--udp", str(ECHO)]) as lab:
         yield lab
 
@@ -142,3 +163,48 @@ def test_tcp_flags_are_the_or_of_the_flags_sent(lab_5s):
     assert acc(back_flags) == 18 | 1, back
     for x in out + back:
         assert int(x["start"]) <= int(x["end"])
+
+
+def conntrack(lab) -> list[dict]:
+    r = subprocess.run(CLI + ["conntrack", "--json", "--prefix", lab.prefix],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_an_expired_connection_gives_its_last_interval(lab_5s):
+    """A connection reset right after an interval began expires (CLOSE: 1 s) long before the
+    interval ends: its last record comes from its expiry record, not from a harvest (it is
+    gone from the table by then), with its last packets and the RST's flag."""
+    lab = lab_5s
+    web = lab.state.host("web").ipv4
+    client = lab.popen("api", [sys.executable, "-c", TCP_RST_CLIENT, web, str(ECHO)],
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(client.stdout.readline().strip() or 0)
+        assert port, "the TCP client did not start"
+        (conn,) = [c for c in conntrack(lab) if c["proto"] == 6 and c["sport"] == port]
+        nat_port = str(conn["nat_port"])
+        mine = lambda: [r for r in records(lab) if r["protocol"] == "6"
+                        and nat_port in (r["srcport"], r["dstport"])]
+        # Its first interval's records: the next interval began at or before now.
+        first = wait_for(mine, "the first records", timeout=3 * INTERVAL_S)
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        rst_at = float(client.stdout.readline())
+        assert client.wait(timeout=10) == 0
+    finally:
+        client.kill()
+        client.wait()
+    # Expired (gone from the table) while the interval still runs: no new record yet.
+    wait_for(lambda: not [c for c in conntrack(lab) if c["proto"] == 6 and c["sport"] == port],
+             "the reset connection to expire", timeout=INTERVAL_S)
+    assert mine() == first, "a record came before the interval ended"
+    last = wait_for(lambda: mine()[len(first):], "the last records", timeout=3 * INTERVAL_S)
+    egress = [r for r in last if r["flow-direction"] == "egress"]
+    ingress = [r for r in last if r["flow-direction"] == "ingress"]
+    # Out: 5 bytes, the ACK of their echo, the RST; back: the echo (and ACKs).
+    assert len(egress) == 1 and int(egress[0]["tcp-flags"]) == 4, last
+    assert int(egress[0]["packets"]) >= 2 and int(egress[0]["bytes"]) >= 40 + 5 + 40, last
+    assert math.floor(rst_at) - 1 <= int(egress[0]["end"]) <= rst_at + 0.5, (last, rst_at)
+    assert len(ingress) == 1 and int(ingress[0]["bytes"]) >= 40 + 5, last
