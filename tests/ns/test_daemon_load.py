@@ -197,7 +197,11 @@ def daemon_lab(tmp_path):
     try:
         yield up_lab
     finally:
+        from hyperplane import runtime
         for prefix in made:
+            # Shown when the test fails (pytest keeps a passing test's output to itself).
+            print(f"\n{prefix}: restarts {runtime.restarts(prefix)}; data-plane log:\n  "
+                  f"{runtime.log_tail(prefix, lines=40)}")
             cli("down", "--prefix", prefix, check=False)
             _sweep(prefix)
 
