@@ -506,6 +506,24 @@ static inline const uint8_t *next_hop_mac(hp_dp *dp, uint16_t q, int family, con
     return p->nh_mac;
 }
 
+/* A frame the loop drops (reason): counted for the loop, and for the ENI it came in by or was
+ * to leave by (eni; -1: none, e.g. inside to inside), in that ENI's PacketsDropCount. */
+static void loop_drop(hp_dp *dp, int reason, int eni)
+{
+    dp->drops[reason]++;
+    if (eni >= 0 && (uint32_t)eni < dp->nat->n_enis)
+        hp_nat_eni_drop(dp->nat, (uint16_t)eni, reason);
+}
+
+/* The ENI a forwarded frame belongs to: the one it leaves by, else the one it came in by. */
+static inline int frame_eni(const hp_dp *dp, uint16_t in_port, const hp_result *res)
+{
+    if (res->port)
+        return res->port - 1;
+    const hp_dp_port *in = &dp->ports[in_port];
+    return in->role == HP_DP_ENI ? in->eni : -1;
+}
+
 /* A frame the NAT said to forward (f at its virtio-net header). */
 static void forward(hp_dp *dp, uint16_t in_port, uint8_t *f, uint32_t len, const hp_result *res)
 {
@@ -518,7 +536,7 @@ static void forward(hp_dp *dp, uint16_t in_port, uint8_t *f, uint32_t len, const
         q = -1;
     }
     if (q < 0) {
-        dp->drops[HP_R_NO_ROUTE]++;
+        loop_drop(dp, HP_R_NO_ROUTE, frame_eni(dp, in_port, res));
         return;
     }
     uint8_t *eth = f + VNET_LEN;
@@ -528,14 +546,17 @@ static void forward(hp_dp *dp, uint16_t in_port, uint8_t *f, uint32_t len, const
     int reason = HP_R_NONE;
     const uint8_t *mac = next_hop_mac(dp, (uint16_t)q, family, dst, &reason);
     if (!mac) {
-        dp->drops[reason]++;
-        if (reason == HP_R_NEIGH_MISS)
+        if (reason == HP_R_NEIGH_MISS) {
+            dp->drops[reason]++;            /* a punt: the slow path resolves and sends it */
             punt(dp, in_port, (uint16_t)q, (uint8_t)reason, res->conn, f, len);
+        } else {
+            loop_drop(dp, reason, frame_eni(dp, in_port, res));
+        }
         return;
     }
     hp_dp_port *out = &dp->ports[q];
     if (len > hp_ring_tx_max(out->ring)) {
-        dp->drops[HP_R_TOO_BIG]++;
+        loop_drop(dp, HP_R_TOO_BIG, frame_eni(dp, in_port, res));
         return;
     }
     uint8_t *slot = hp_ring_tx_slot(out->ring);
@@ -544,7 +565,7 @@ static void forward(hp_dp *dp, uint16_t in_port, uint8_t *f, uint32_t len, const
         hp_ring_tx_flush(out->ring);
         slot = hp_ring_tx_slot(out->ring);
         if (!slot) {
-            dp->drops[HP_R_TX_FULL]++;
+            loop_drop(dp, HP_R_TX_FULL, frame_eni(dp, in_port, res));
             return;
         }
     }
@@ -608,7 +629,7 @@ static void process_batch(hp_dp *dp, uint16_t in_port, uint8_t **data, uint32_t 
                 continue;
             }
             if (memcmp(eth, in->mac, 6) != 0) {
-                dp->drops[HP_R_NOT_OUR_MAC]++;
+                loop_drop(dp, HP_R_NOT_OUR_MAC, in->role == HP_DP_ENI ? in->eni : -1);
                 continue;
             }
         }

@@ -507,6 +507,22 @@ def test_loop_reuses_the_slots_of_removed_eni_ports(lab):
         natlab.close()
 
 
+def test_loop_drops_on_an_eni_port_count_for_the_eni(natlab):
+    """A frame the loop drops on an ENI's port (here: for another MAC) is in that ENI's
+    PacketsDropCount, by reason, like the NAT's own drops."""
+    with netns(natlab.srv):
+        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_TEST))
+        raw.bind((natlab.sa, ETH_P_TEST))
+    with raw:
+        raw.send(b"\x02\x11\x22\x33\x44\x55" + mac_bytes(natlab.smac) + b"\x08\x00" + bytes(46))
+        deadline = time.monotonic() + 3
+        while not natlab.dp.counters()["drop.NOT_OUR_MAC"] and time.monotonic() < deadline:
+            natlab.dp.run(100, max_batches=1)
+    eni = natlab.nat.eni_counters(natlab.eni)
+    assert natlab.dp.counters()["drop.NOT_OUR_MAC"] == 1
+    assert eni["drops_by_reason"] == {"NOT_OUR_MAC": 1} and eni["drops"] == 1
+
+
 @pytest.mark.parametrize("fam", [4, 6])
 def test_loop_udp_echo_through_the_nat(natlab, fam):
     af = socket.AF_INET if fam == 4 else socket.AF_INET6
