@@ -12,6 +12,7 @@
  *   4 expire      max | out << 3 | out_max << 4   9 IN batch  n, n x (sel fl m e)
  *  10 restart     n, n x (victim donor split): killed and attached again (fz_world_restart)
  *  11 rules       k: group 2's security-group rules (fz_world_set_rules)
+ *  12 quota       source, conns, ports: a function's quotas (low 3 bits each; 0: none)
  * e, the TCP sequence numbers (see set_seq). */
 #include "fz.h"
 
@@ -195,7 +196,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(seq_next, 0, sizeof seq_next);
     fz_frame_spec specs[FZ_MAX_BATCH];
     for (int ops = 0; ops < MAX_OPS && p.at < p.size; ops++) {
-        uint8_t op = next(&p) % 12, arg, tear[4][3];
+        uint8_t op = next(&p) % 13, arg, tear[4][3];
         uint16_t in_eni = 0;
         uint32_t n;
         switch (op) {
@@ -260,6 +261,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         case 11:
             fz_world_set_rules(w, next(&p) & 3);
+            fz_check_invariants(w);
+            break;
+        case 12:
+            arg = next(&p);
+            n = next(&p);
+            fz_world_set_quota(w, arg, n & 7, (n >> 3) & 7);
             fz_check_invariants(w);
             break;
         }

@@ -92,6 +92,8 @@ fz_world *fz_world_get(int variant);
 extern const int fz_n_sources;
 void fz_source_addr(int i, hp_flow_key *k);   /* fills family and src */
 void fz_dst_addr(int i, int family, uint8_t out[16]);
+/* Sets the quotas of source i's function (0: none), as the config's per-function quotas. */
+void fz_world_set_quota(fz_world *w, int source, uint32_t max_conns, uint32_t max_ports);
 /* Adds an ENI (at most a few past the base ones) to a group; -1 when none is added. */
 int fz_world_add_eni(fz_world *w, int group, int with_v6);
 

@@ -1,6 +1,7 @@
 /* Invariants of the connection table, its index and LRU lists, and of the port pools, checked
  * from the outside (public structures only) after every operation of a fuzz input. */
 #include "fz.h"
+#include "hp_quota.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -273,6 +274,16 @@ void fz_check_invariants(const fz_world *w)
                 fz_fail("conn %u dir %d: seen %d, %u packets, flags %u since the last harvest",
                         id, d, seen, n, st->tcp_flags[d]);
         }
+    }
+
+    /* Each function's connection count (its quota's) is the number of live connections it
+     * owns: kept up as they come and go, and recounted from the table after an attach. */
+    for (uint32_t i = 0; i < nat->n_sources; i++) {
+        uint32_t owned = 0;
+        for (uint32_t id = 0; id < ct->capacity; id++)
+            owned += ct->conns[id].state != HP_S_NONE && ct->stats[id].owner == i;
+        if (nat->funcs[i].conns != owned)
+            fz_fail("function %u counts %u connections, owns %u", i, nat->funcs[i].conns, owned);
     }
 
     uint64_t created = nat->counters[HP_C_CONN_CREATED];

@@ -1,6 +1,7 @@
 /* The fuzz world (a small NAT with connections, reset from a snapshot before every input so
  * each run is deterministic and cheap) and the oracles over translated frames. */
 #include "fz.h"
+#include "hp_quota.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,6 +98,7 @@ static void snapshot(fz_world *w)
     hp_nat *nat = w->nat;
     add_region(w, nat, sizeof *nat);
     add_region(w, nat->groups, nat->cap_groups * sizeof *nat->groups);
+    add_region(w, nat->funcs, nat->cap_funcs * sizeof *nat->funcs);   /* quotas and counts */
     /* The state region: its fixed part (table, journal, counters), then a block per ENI. */
     add_region(w, nat->state.base, nat->state.size);
     for (uint32_t e = 0; e < nat->n_enis; e++) {
@@ -462,6 +464,7 @@ void fz_world_restart(fz_world *w, const uint8_t (*tear)[3], uint32_t n_tear)
     if (!w->nat->attached)
         fz_fail("reopening the state file did not attach");
     configure(w);
+    hp_quota_recount(w->nat);      /* as the daemon does once its sources are back */
     ct = &w->nat->ct;
     uint32_t lost = 0;
     for (uint32_t id = 0; id < capacity; id++) {
@@ -959,4 +962,16 @@ void fz_lookup_checked(fz_world *w, uint32_t id)
     if (memcmp(&orig, &reply, sizeof orig) != 0 &&
         hp_nat_lookup(nat, &orig, HP_DIR_IN, w->now) == id)
         fz_fail("connection %u found by its original tuple in the reply direction", id);
+}
+
+void fz_world_set_quota(fz_world *w, int source, uint32_t max_conns, uint32_t max_ports)
+{
+    hp_flow_key k;
+    fz_source_addr(source % fz_n_sources, &k);
+    if (hp_quota_set(w->nat, k.family, k.src, max_conns, max_ports) != 0)
+        fz_fail("quota_set of a registered source");
+    /* Unknown sources: refused. */
+    uint8_t unknown[16] = { 0xfd, 0x99 };
+    if (hp_quota_set(w->nat, 6, unknown, 1, 1) != -1)
+        fz_fail("quota_set of an unknown source");
 }
