@@ -9,9 +9,15 @@
 
 void hp_police_init(hp_punt_police *p, uint32_t per_s, uint32_t burst)
 {
+    uint32_t nm_per_s = per_s > HP_NEIGH_MISS_PER_S ? per_s : HP_NEIGH_MISS_PER_S;
+    uint32_t nm_burst = burst > HP_NEIGH_MISS_BURST ? burst : HP_NEIGH_MISS_BURST;
     for (int q = 0; q < HP_POLICE_PORTS; q++)
-        for (int r = 0; r < HP_R_COUNT; r++)
-            hp_rate_init(&p->rate[q][r], per_s, burst);
+        for (int r = 0; r < HP_R_COUNT; r++) {
+            if (r == HP_R_NEIGH_MISS)
+                hp_rate_init(&p->rate[q][r], nm_per_s, nm_burst);
+            else
+                hp_rate_init(&p->rate[q][r], per_s, burst);
+        }
     memset(p->policed, 0, sizeof p->policed);
 }
 

@@ -36,7 +36,8 @@ class SlowPath(NeighbourMixin, IcmpMixin, DatagramMixin):
     fragments and port exhaustion."""
 
     def __init__(self, nat, dp, clock=None, ports=(), on_exhausted=None, *,
-                 icmp_rate=100.0, icmp_burst=None, neigh_per_hop=16, neigh_total=1024,
+                 icmp_rate=100.0, icmp_burst=None, neigh_per_hop=512, neigh_total=4096,
+                 neigh_hop_bytes=1 << 20, neigh_total_bytes=8 << 20,
                  neigh_max_pending=256, neigh_timeout_ms=3000, neigh_retry_ms=250,
                  frag_max=64, frag_timeout_ms=2000, frag_max_size=65535,
                  exhausted_window_ms=1000, reraise=False):
@@ -50,12 +51,18 @@ class SlowPath(NeighbourMixin, IcmpMixin, DatagramMixin):
             self.add_port(info)
         self.neigh_per_hop = neigh_per_hop
         self.neigh_total = neigh_total
+        # Frames of tracked connections wait here while ARP / NDP resolve their next hop: as
+        # many as the C punt policer lets through at once for NEIGH_MISS (HP_NEIGH_MISS_BURST)
+        # fit one next hop's queue.
+        self.neigh_hop_bytes = neigh_hop_bytes
+        self.neigh_total_bytes = neigh_total_bytes
         self.neigh_max_pending = neigh_max_pending
         self.neigh_timeout_ms = neigh_timeout_ms
         self.neigh_retry_ms = neigh_retry_ms
         self._inside_bindings: dict[str, bytes] = {}     # function address -> its MAC
         self._pending: dict[tuple, Pending] = {}
         self._queued = 0
+        self._queued_bytes = 0
         now = self.clock()
         self._bucket = TokenBucket(icmp_rate, icmp_burst or max(1.0, icmp_rate), now)
         self._reasm = Reassembler(frag_max, frag_timeout_ms, frag_max_size)

@@ -24,6 +24,7 @@ class Pending:
     next_try: int
     tries: int = 1
     groups: list = field(default_factory=list)     # list of lists of (bytearray, vnet)
+    nbytes: int = 0
 
     @property
     def frames(self) -> int:
@@ -36,9 +37,13 @@ class NeighbourMixin:
 
 
     def _enqueue(self, out: PortInfo, nh: str, family: int, frames: list) -> None:
+        # Bounded in frames and bytes, per next hop and in all (as Linux bounds an unresolved
+        # neighbour's queue by unres_qlen_bytes): GSO frames are up to 64 KB each.
         key = (out.port, nh)
         pend = self._pending.get(key)
-        if self._queued + len(frames) > self.neigh_total:
+        size = sum(len(f) for f, _ in frames)
+        if (self._queued + len(frames) > self.neigh_total
+                or self._queued_bytes + size > self.neigh_total_bytes):
             self._count("neigh_queue_dropped", len(frames))
             return
         if pend is None:
@@ -49,11 +54,13 @@ class NeighbourMixin:
             pend = self._pending[key] = Pending(family, now + self.neigh_timeout_ms,
                                                  now + self.neigh_retry_ms)
             self._solicit(out, nh)
-        if len(pend.groups) >= self.neigh_per_hop:
+        if len(pend.groups) >= self.neigh_per_hop or pend.nbytes + size > self.neigh_hop_bytes:
             self._count("neigh_queue_dropped", len(frames))
             return
         pend.groups.append(frames)
+        pend.nbytes += size
         self._queued += len(frames)
+        self._queued_bytes += size
         self._count("neigh_queued", len(frames))
 
     def _drop_pending(self, key, counter: str) -> None:
@@ -61,6 +68,7 @@ class NeighbourMixin:
         if pend is not None:
             n = pend.frames
             self._queued -= n
+            self._queued_bytes -= pend.nbytes
             if n:
                 self._count(counter, n)
 
@@ -69,6 +77,7 @@ class NeighbourMixin:
         if pend is None:
             return
         self._queued -= pend.frames
+        self._queued_bytes -= pend.nbytes
         self._count("neigh_resolved")
         m = mac_bytes(mac)
         for group in pend.groups:

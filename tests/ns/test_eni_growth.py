@@ -123,6 +123,23 @@ class Lab:
                                str(flows), str(rate), str(seconds), "0", "16", str(flows)])
 
 
+def loss_counters(stats: dict) -> dict:
+    """Every non-zero counter that can account for a datagram the server did not get: the
+    NAT's and the loop's drops and punts (punt.NEIGH_MISS ...), what the punt policer dropped
+    (PUNT_POLICED, policed.<REASON>), a full punt buffer (PUNT_OVERFLOW), and the slow path's
+    neighbour queue and parking (neigh_*, exhausted_*), ring drops per port."""
+    out = {f"{part}.{k}": v for part in ("nat", "dataplane") for k, v in stats[part].items()
+           if v and (k.startswith(("drop.", "punt.", "policed."))
+                   or k in ("PUNT_POLICED", "PUNT_OVERFLOW"))}
+    out.update({f"slowpath.{k}": v for k, v in stats["slowpath"].items()
+                if v and k.startswith(("neigh_", "exhausted", "punt.", "inject_failed"))})
+    for p in stats["ports"]:
+        for k in ("rx_kernel_drops", "rx_truncated", "tx_full", "tx_errors"):
+            if p.get(k):
+                out[f"{p['ifname']}.{k}"] = p[k]
+    return out
+
+
 def live(enis):
     return [e for e in enis if e["status"] != "Deleted"]
 
@@ -142,15 +159,17 @@ def test_70000_udp_flows_scale_out_to_exactly_two_enis(tmp_path):
         got = json.loads(out.splitlines()[-1])
         enis = lab.enis()
         stats = lab.stats()
-        lost = {k: v for part in ("nat", "dataplane") for k, v in stats[part].items()
-                if v and ("drop" in k or "punt" in k)}
+        lost = loss_counters(stats)
+        print("loss counters:", lost)
         rings = {p["ifname"]: (p["rx_kernel_drops"], p["tx_full"], p["tx_errors"])
                  for p in stats["ports"]}
         # Every datagram the NAT was handed reached the server. The kernel may drop some
         # before that when the forwarding thread is starved of CPU (a shared machine): counted
         # on the inside ring, shown, and no business of the ENI manager's.
         inside_drops = sum(p["rx_kernel_drops"] for p in stats["ports"] if p["role"] == "inside")
-        assert not lost.keys() - {"punt.ARP", "punt.NEIGH_MISS"}, (lost, enis, lab.log()[-3000:])
+        harmless = {"punt.ARP", "punt.NEIGH_MISS", "neigh_queued", "neigh_queue_sent",
+                    "neigh_learned", "neigh_resolved", "rx_kernel_drops"}
+        assert all(k.split(".", 1)[1] in harmless for k in lost), (lost, enis, lab.log()[-3000:])
         udp = lab.lab.exec("web", ["cat", "/proc/net/snmp"]).stdout.split("Udp:")[-2:]
         assert got["flows"] + inside_drops == 2 * per_fn, (got, lost, rings, udp,
                                                           stats["slowpath"])
