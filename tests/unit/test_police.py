@@ -109,3 +109,14 @@ def test_punt_policer_keeps_a_bucket_per_port_and_reason():
     passed, policed = core.police_takes(10, 3, events)
     assert passed == [True] * 3 + [False] * 2 + [True] * 6 + [True, False, True]
     assert policed == {icmp: 3}
+
+
+def test_neigh_miss_punts_have_a_bigger_bucket_of_their_own():
+    # Frames of tracked connections waiting for ARP: a cold neighbour on a busy port punts
+    # hundreds at once. set_punt_limit's lower limits leave NEIGH_MISS at its own (512 at once).
+    core = pytest.importorskip("hyperplane._core")
+    nm, icmp = R["NEIGH_MISS"], R["ICMP"]
+    events = [(0, nm, 0)] * 513 + [(0, icmp, 0)] * 4 + [(0, nm, 1)] * 3
+    passed, policed = core.police_takes(10, 3, events)
+    assert passed == [True] * 512 + [False] + [True] * 3 + [False] + [True, True, False]
+    assert policed == {nm: 2, icmp: 1}                   # 2,000 a second: 2 more a ms later

@@ -591,6 +591,25 @@ def test_neigh_queue_bounds_retries_and_timeout(make_env):
     assert env.sp.state()["neigh_queued"] == 0
 
 
+def test_neigh_queue_holds_a_policer_burst_and_bounds_bytes(make_env):
+    # By default one next hop queues as many frames as the C policer lets through at once for
+    # NEIGH_MISS (512), all sent once resolved; its bytes are bounded too (GSO frames: 64 KB).
+    env = make_env()
+    _, out = env.outbound("udp", dst=DB4)
+    p = env.punt(out, 0, "NEIGH_MISS", egress=1)
+    env.handle(*[p] * 512)
+    assert env.c("neigh_queued") == 512 and env.c("neigh_queue_dropped") == 0
+    sent = env.handle(env.punt(arp_req(DB_MAC, DB4, ENI4, op=2), 1, "ARP"))
+    assert len(sent) == 512 and env.c("neigh_queue_sent") == 512
+    env = make_env(neigh_hop_bytes=3 * len(out), neigh_total_bytes=4 * len(out))
+    _, out2 = env.outbound("udp", dst="10.0.1.21")
+    env.handle(*[p] * 4, *[env.punt(out2, 0, "NEIGH_MISS", egress=1)] * 2)
+    assert env.c("neigh_queued") == 4 and env.c("neigh_queue_dropped") == 2
+    env.advance(3100)
+    env.sp.tick()                                          # given up: the bytes come back
+    assert env.c("neigh_timeout_dropped") == 4 and env.sp._queued_bytes == 0
+
+
 def test_neigh_learned_elsewhere_flushes_on_tick(env):
     _, out = env.outbound("udp", dst=DB4)
     env.handle(env.punt(out, 0, "NEIGH_MISS", egress=1))
