@@ -195,7 +195,10 @@ class Daemon:
             known += [(sn.gateway4, sn.mac), (sn.gateway6, sn.mac)]
         for addr, mac in known:
             if addr and mac:
-                self.dp.set_neighbor(addr, mac, port)
+                try:
+                    self.dp.set_neighbor(addr, mac, port)
+                except OSError as e:     # a full neighbour table: ARP / NDP will learn it
+                    log.warning("ENI %d: neighbour %s not set: %s", eni.id, addr, e)
 
     def detach_eni(self, eni: EniInfo) -> None:
         """Undoes attach_eni but for the NAT's record (ids only grow): the slow path forgets
