@@ -49,6 +49,15 @@ void hp_pool_repair_begin(hp_pool *p);
  * before and not shareable (mapped: the same inside endpoint shares it). */
 int hp_pool_repair_claim(hp_pool *p, uint16_t port, const uint8_t addr[16], uint16_t sport,
                          int mapped);
+/* Mapped pools, before the claims: a torn entry claiming a port first would take the
+ * mapping from every whole connection sharing it. So each live entry votes for its port's
+ * owner (vote: a majority vote kept in owner[]), then counts for the winner (count: in free[],
+ * rebuilt by repair_finish), and attested says whether the entry's endpoint owns its port by
+ * two votes or more; those claim first. Then repair_begin again for the claims. */
+void hp_pool_repair_vote(hp_pool *p, uint16_t port, const uint8_t addr[16], uint16_t sport);
+void hp_pool_repair_count(hp_pool *p, uint16_t port, const uint8_t addr[16], uint16_t sport);
+int hp_pool_repair_attested(const hp_pool *p, uint16_t port, const uint8_t addr[16],
+                            uint16_t sport);
 /* Returns the number of quarantine entries dropped (claimed, duplicate or out of range), or
  * -1 when out of memory. */
 int hp_pool_repair_finish(hp_pool *p, int mapped);

@@ -105,6 +105,38 @@ static int entry_valid(const hp_nat *nat, const hp_conn *c)
            c->eni < nat->n_enis && nat->eni_addr[c->eni].has[c->family == 6];
 }
 
+static void pools_repair_begin(hp_nat *nat)
+{
+    for (uint32_t e = 0; e < nat->n_enis; e++)
+        for (int f = 0; f < 2; f++)
+            for (int p = 0; nat->eni_addr[e].has[f] && p < 2; p++)
+                hp_pool_repair_begin(&nat->eni_pools[e]->pool[f][p]);
+}
+
+/* Mapped: marks the live entries whose inside endpoint owns their port by two votes or more
+ * (hp_pool_repair_vote). A tear makes one entry, which is then alone in claiming what it
+ * claims: claiming after the attested ones, it costs at most the entries of its own tuples,
+ * never a whole mapping's connections. */
+static void attest(hp_nat *nat, uint8_t *attested)
+{
+    hp_ct *ct = &nat->ct;
+    for (int pass = 0; pass < 3; pass++)
+        for (uint32_t id = 0; id < ct->capacity; id++) {
+            const hp_conn *c = &ct->conns[id];
+            if (c->state == HP_S_NONE)
+                continue;
+            hp_pool *p = hp_nat_pool(nat, c->eni, c->family, c->proto);
+            if (pass == 0)
+                hp_pool_repair_vote(p, c->nat_port, c->src, c->sport);
+            else if (pass == 1)
+                hp_pool_repair_count(p, c->nat_port, c->src, c->sport);
+            else
+                attested[id] = (uint8_t)hp_pool_repair_attested(p, c->nat_port, c->src,
+                                                                c->sport);
+        }
+    pools_repair_begin(nat);
+}
+
 /* The attach's repair pass (hp_state.h): keeps every live entry that is whole, unique and
  * holds a port nobody else holds; rebuilds the rest from them. */
 static int repair(hp_nat *nat)
@@ -116,43 +148,52 @@ static int repair(hp_nat *nat)
     int mapped = !nat->cfg.per_connection;
     for (uint32_t e = 0; e < nat->n_enis; e++)     /* counted again from the adopted entries */
         memset(nat->eni_ctr[e].active, 0, sizeof nat->eni_ctr[e].active);
-    for (uint32_t e = 0; e < nat->n_enis; e++)
-        for (int f = 0; f < 2; f++)
-            for (int p = 0; nat->eni_addr[e].has[f] && p < 2; p++)
-                hp_pool_repair_begin(&nat->eni_pools[e]->pool[f][p]);
+    pools_repair_begin(nat);
     hp_ct *ct = &nat->ct;
     hp_ct_repair_begin(ct);
-    enum { BATCH = 64 };
-    uint32_t hash[BATCH][2];
-    for (uint32_t base = 0; base < ct->capacity; base += BATCH) {
-        uint32_t n = ct->capacity - base < BATCH ? ct->capacity - base : BATCH;
-        for (uint32_t i = 0; i < n; i++) {      /* hash the batch, prefetching index slots */
-            hp_conn *c = &ct->conns[base + i];
-            if (c->state == HP_S_NONE)
-                continue;
-            if (!entry_valid(nat, c)) {
-                c->state = HP_S_NONE;
-                nat->repaired++;
-                continue;
-            }
-            hp_ct_repair_hash(ct, base + i, hash[i]);
-        }
-        for (uint32_t i = 0; i < n; i++) {
-            uint32_t id = base + i;
-            hp_conn *c = &ct->conns[id];
-            if (c->state == HP_S_NONE)
-                continue;
-            if (hp_ct_repair_taken(ct, id, hash[i]) ||
-                hp_pool_repair_claim(hp_nat_pool(nat, c->eni, c->family, c->proto),
-                                     c->nat_port, c->src, c->sport, mapped) != 0) {
-                c->state = HP_S_NONE;
-                nat->repaired++;
-                continue;
-            }
-            hp_ct_repair_adopt(ct, id, hash[i]);
-            nat->eni_ctr[c->eni].active[c->proto == 17]++;
+    for (uint32_t id = 0; id < ct->capacity; id++) {
+        hp_conn *c = &ct->conns[id];
+        if (c->state != HP_S_NONE && !entry_valid(nat, c)) {
+            c->state = HP_S_NONE;
+            nat->repaired++;
         }
     }
+    uint8_t *attested = NULL;
+    if (mapped) {
+        if (!(attested = calloc(ct->capacity, 1)))
+            return -1;
+        attest(nat, attested);
+    }
+    enum { BATCH = 64 };
+    uint32_t hash[BATCH][2];
+    /* Round 0: the attested entries (all of them when not mapped); round 1: the rest. */
+    for (int round = 0; round < 2; round++)
+        for (uint32_t base = 0; base < ct->capacity; base += BATCH) {
+            uint32_t n = ct->capacity - base < BATCH ? ct->capacity - base : BATCH;
+            uint8_t mine[BATCH];
+            for (uint32_t i = 0; i < n; i++) {  /* hash the batch, prefetching index slots */
+                int first = !attested || attested[base + i];
+                mine[i] = ct->conns[base + i].state != HP_S_NONE && first == (round == 0);
+                if (mine[i])
+                    hp_ct_repair_hash(ct, base + i, hash[i]);
+            }
+            for (uint32_t i = 0; i < n; i++) {
+                uint32_t id = base + i;
+                hp_conn *c = &ct->conns[id];
+                if (!mine[i])
+                    continue;
+                if (hp_ct_repair_taken(ct, id, hash[i]) ||
+                    hp_pool_repair_claim(hp_nat_pool(nat, c->eni, c->family, c->proto),
+                                         c->nat_port, c->src, c->sport, mapped) != 0) {
+                    c->state = HP_S_NONE;
+                    nat->repaired++;
+                    continue;
+                }
+                hp_ct_repair_adopt(ct, id, hash[i]);
+                nat->eni_ctr[c->eni].active[c->proto == 17]++;
+            }
+        }
+    free(attested);
     if (hp_ct_repair_finish(ct) != 0)
         return -1;
     for (uint32_t e = 0; e < nat->n_enis; e++)

@@ -204,6 +204,42 @@ void hp_pool_repair_begin(hp_pool *p)
 {
     memset(p->owner, 0, p->size * sizeof *p->owner);
     memset(p->map, 0, (p->map_mask + 1) * sizeof *p->map);
+    memset(p->free, 0, p->size * sizeof *p->free);     /* the votes' counts until finish */
+}
+
+static int is_candidate(const hp_port_owner *o, const uint8_t addr[16], uint16_t sport)
+{
+    return o->port == sport && memcmp(o->addr, addr, 16) == 0;
+}
+
+void hp_pool_repair_vote(hp_pool *p, uint16_t port, const uint8_t addr[16], uint16_t sport)
+{
+    if (port < p->lo || port > p->hi)
+        return;
+    hp_port_owner *o = &p->owner[port - p->lo];     /* Boyer-Moore: refs is the lead */
+    if (o->refs == 0) {
+        memcpy(o->addr, addr, 16);
+        o->port = sport;
+        o->refs = 1;
+    } else if (is_candidate(o, addr, sport)) {
+        o->refs++;
+    } else {
+        o->refs--;
+    }
+}
+
+void hp_pool_repair_count(hp_pool *p, uint16_t port, const uint8_t addr[16], uint16_t sport)
+{
+    if (port >= p->lo && port <= p->hi && is_candidate(&p->owner[port - p->lo], addr, sport) &&
+        p->free[port - p->lo] < UINT16_MAX)
+        p->free[port - p->lo]++;
+}
+
+int hp_pool_repair_attested(const hp_pool *p, uint16_t port, const uint8_t addr[16],
+                            uint16_t sport)
+{
+    return port >= p->lo && port <= p->hi &&
+           is_candidate(&p->owner[port - p->lo], addr, sport) && p->free[port - p->lo] >= 2;
 }
 
 int hp_pool_repair_claim(hp_pool *p, uint16_t port, const uint8_t addr[16], uint16_t sport,
