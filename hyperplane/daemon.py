@@ -43,6 +43,12 @@ ENI_WAIT_S = 2.0            # how long an exhausted frame waits for the ENI it a
 BACKGROUND_NICE = 10        # the Python threads yield the CPU to forwarding on a busy machine
 FORWARDING_RT_PRIORITY = 1  # SCHED_FIFO: the forwarding thread runs the moment a frame wakes it
 FORWARDING_NICE = -10       # without the right to SCHED_FIFO (CAP_SYS_NICE)
+# A realtime thread woken for every frame forwards one frame per wake-up: measured with
+# `hyperplane bench --tests udp64-1flow` (2026-12-01), 71 kpps at zero loss and 8.7 CPU
+# s/Mpkt in the data plane, against 180 kpps and 2.7 s/Mpkt at normal priority. Polling on for
+# 50 us after the last frame keeps it awake through a stream (194 kpps, 4.3 s/Mpkt) and costs
+# nothing when the traffic stops; 200 us starved the rest of a 2-core machine (10 kpps).
+FORWARDING_SPIN_US = 50
 PARKED_MAX = 1024           # exhausted frames waiting for an ENI; more are dropped (counted)
 # Ring slots of an ENI port: 4096 rx slots of 2 KB (8 MB: a flood of small frames from the
 # customer side finds room for ~16 ms at 250k frames/s while the loop is not scheduled; GSO
@@ -66,7 +72,7 @@ class Daemon:
         if self.nat.attached:
             log.info("attached to the state of a previous data plane: %d connections, %d "
                      "repaired", len(self.nat), self.nat.repaired)
-        self.dp = DataPlane(self.nat)
+        self.dp = DataPlane(self.nat, spin_us=FORWARDING_SPIN_US)
         self.started = time.time()
         self.stopping = threading.Event()
         self.flow_opts = flowlog.options(state.config)
