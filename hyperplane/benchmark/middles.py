@@ -40,7 +40,10 @@ def bench_config(prefix: str, capacity: int):
     return parse_config({
         "prefix": prefix,
         "inside": {"cidr4": "10.200.0.0/24"},
-        "nat": {"capacity": capacity, "timeouts": {"UDP_FIRST": BENCH_UDP_TIMEOUT_S}},
+        # One function opens the table-scale tests' 100,000+ flows: the default quotas (half
+        # of the table and of each ENI's ports per function) would stop it at 65,000.
+        "nat": {"capacity": capacity, "timeouts": {"UDP_FIRST": BENCH_UDP_TIMEOUT_S},
+                "quotas": {"connections_share": 1.0, "ports_share": 1.0}},
         "subnets": [{"name": "app", "cidr4": "10.0.1.0/24"}],
         "hosts": [{"name": "web", "subnet": "app"}],
         "functions": fn,
