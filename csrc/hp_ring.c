@@ -207,42 +207,29 @@ uint32_t hp_ring_rx_peek(hp_ring *r, uint8_t **data, uint32_t *lens, uint32_t ma
         /* Warm the next slot's header while this one is inspected. */
         __builtin_prefetch(rx_hdr(r, idx));
         const struct sockaddr_ll *sll = (const struct sockaddr_ll *)((uint8_t *)h + SLL_OFF);
-        int unwanted = sll->sll_pkttype == PACKET_OUTGOING || (status & TP_STATUS_VLAN_VALID);
+        int outgoing = sll->sll_pkttype == PACKET_OUTGOING;
+        int vlan = (status & TP_STATUS_VLAN_VALID) != 0;
+        uint8_t *p = (uint8_t *)h + h->tp_mac;
+        uint32_t len = h->tp_snaplen;
+        int whole = len == h->tp_len;
         if (copied) {
             /* Read (or drop) the queued frame whatever the slot says, so the queue stays in
              * step with the ring. */
-            uint8_t *p = NULL;
-            uint32_t len = take_copy(r, !unwanted, &p);
-            if (unwanted) {
-                r->st.rx_outgoing += sll->sll_pkttype == PACKET_OUTGOING;
-                r->st.rx_truncated += sll->sll_pkttype != PACKET_OUTGOING;
-                continue;
-            }
-            if (!len) {
-                r->st.rx_truncated++;
-                continue;
-            }
-            data[n] = p;
-            lens[n] = len;
-            r->st.rx_bytes += len;
-            n++;
-            continue;
+            len = take_copy(r, !outgoing && !vlan, &p);
+            whole = len != 0;
+        } else if (r->vnet) {
+            p -= HP_VNET_LEN;
+            len += HP_VNET_LEN;
         }
-        if (sll->sll_pkttype == PACKET_OUTGOING) {
+        if (outgoing) {
             r->st.rx_outgoing++;
             continue;
         }
-        if (h->tp_snaplen < h->tp_len || (status & TP_STATUS_VLAN_VALID)) {
+        if (!whole || vlan) {
             /* Cut short (the copy path was full), or a VLAN tag the kernel took off: neither
              * is ours. */
             r->st.rx_truncated++;
             continue;
-        }
-        uint8_t *p = (uint8_t *)h + h->tp_mac;
-        uint32_t len = h->tp_snaplen;
-        if (r->vnet) {
-            p -= HP_VNET_LEN;
-            len += HP_VNET_LEN;
         }
         __builtin_prefetch(p);
         __builtin_prefetch(p + 64);

@@ -50,11 +50,8 @@ FORWARDING_NICE = -10       # without the right to SCHED_FIFO (CAP_SYS_NICE)
 # nothing when the traffic stops; 200 us starved the rest of a 2-core machine (10 kpps).
 FORWARDING_SPIN_US = 50
 PARKED_MAX = 1024           # exhausted frames waiting for an ENI; more are dropped (counted)
-# Ring slots of an ENI port: 4096 rx slots of 2 KB (8 MB: a flood of small frames from the
-# customer side finds room for ~16 ms at 250k frames/s while the loop is not scheduled; GSO
-# super-frames take the copy path, csrc/hp_ring.h) and 64 tx slots of 68 KB (rounded up to 75,
-# 5 MB): about 13 MB an ENI, so 16 ENIs fit in ~210 MB.
-ENI_RX_FRAMES = 4096
+# Tx slots of an ENI port: 64 of 68 KB (rounded up to 75, 5 MB); with the data plane's default
+# rx ring (8 MB, _dataplane.pxi) about 13 MB an ENI, so 16 ENIs fit in ~210 MB.
 ENI_TX_FRAMES = 64
 
 
@@ -144,7 +141,7 @@ class Daemon:
         port = self.dp.add_port(eni.ifname, role="eni", eni=nat_id, mac=eni.mac,
                                 v4_subnet=eni.cidr4, v4_gateway=eni.gateway4,
                                 v6_subnet=eni.cidr6, v6_gateway=eni.gateway6,
-                                frames=ENI_RX_FRAMES, tx_frames=ENI_TX_FRAMES)
+                                tx_frames=ENI_TX_FRAMES)
         # The slow path belongs to the slow-path thread, which may be waiting in grow_eni()
         # for this very ENI: add_port() only assigns dict items, atomic under the GIL.
         self.slow.add_port(PortInfo.for_eni(port, eni.id, eni.mac, addr4=eni.ipv4,
