@@ -13,8 +13,7 @@
 #define HP_POLICE_PORTS 64       /* = HP_DP_MAX_PORTS */
 /* NEIGH_MISS punts are frames of tracked connections waiting for ARP / NDP: the slow path
  * queues them (bounded per next hop) and sends them once resolved. A cold neighbour on a busy
- * port (3,500 new flows/s while a loaded slow path took 175 ms to resolve) punts hundreds at
- * once, so they get a bucket of their own this big, at least; a flood of them still costs
+ * port (many new flows while a loaded slow path resolves it) punts hundreds at once, so they get a bucket of their own this big, at least; a flood of them still costs
  * the slow path no more than this a second and leaves the other reasons' buckets alone. */
 #define HP_NEIGH_MISS_PER_S 2000
 #define HP_NEIGH_MISS_BURST 512       /* half a punt buffer side: ARP keeps room */

@@ -27,8 +27,8 @@ _DP_ROLE_NAMES = {rd.HP_DP_INSIDE: "inside", rd.HP_DP_ENI: "eni"}
 _SIOCGIFHWADDR = 0x8927
 # Default rx ring slots by role: the inside port takes every function's traffic. A slot is
 # 2 KB (bigger frames take the copy path, csrc/hp_ring.h); more slots ride out longer
-# scheduling stalls of the loop without drops: an ENI's 4096 (8 MB) hold ~16 ms of a flood of
-# small frames from the customer side at 250k frames/s.
+# scheduling stalls of the loop without drops under a flood of small frames from the customer
+# side (docs/semantics.md, section 12).
 _DP_DEFAULT_RX = {"inside": 8192, "eni": 4096}
 
 

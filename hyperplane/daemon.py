@@ -43,11 +43,10 @@ ENI_WAIT_S = 2.0            # how long an exhausted frame waits for the ENI it a
 BACKGROUND_NICE = 10        # the Python threads yield the CPU to forwarding on a busy machine
 FORWARDING_RT_PRIORITY = 1  # SCHED_FIFO: the forwarding thread runs the moment a frame wakes it
 FORWARDING_NICE = -10       # without the right to SCHED_FIFO (CAP_SYS_NICE)
-# A realtime thread woken for every frame forwards one frame per wake-up: measured with
-# `hyperplane bench --tests udp64-1flow` (2026-12-01), 71 kpps at zero loss and 8.7 CPU
-# s/Mpkt in the data plane, against 180 kpps and 2.7 s/Mpkt at normal priority. Polling on for
-# 50 us after the last frame keeps it awake through a stream (194 kpps, 4.3 s/Mpkt) and costs
-# nothing when the traffic stops; 200 us starved the rest of a 2-core machine (10 kpps).
+# A realtime thread woken for every frame forwards one frame per wake-up. Polling on for a
+# short while after the last frame keeps it awake through a stream and costs nothing when the
+# traffic stops; a much longer poll starves the rest of a small machine (the figures:
+# docs/history/benchmarks.md, "The forwarding thread's poll").
 FORWARDING_SPIN_US = 50
 PARKED_MAX = 1024           # exhausted frames waiting for an ENI; more are dropped (counted)
 # Tx slots of an ENI port: 64 of 68 KB (rounded up to 75, 5 MB); with the data plane's default
