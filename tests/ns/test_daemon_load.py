@@ -11,7 +11,7 @@ forwarding thread shows in the packets that waited through it, while a sender or
 process that the busy machine schedules late does not look like one (see test_forwarding_thread).
 The report gives the daemon's own view of the load (lock waits and holds, kernel ring drops,
 how its forwarding thread is scheduled) beside a canary that shows how late the machine is.
-It runs in CI (about 20 s; 40 s beside four busy processes).
+It runs in CI (about 20 s).
 
 HP_TEST_CONNTRACK_1M=1 adds the 1,000,000-connection listing (issue 6: completes, and the daemon's
 RSS grows by less than 50 MB while it runs); it takes minutes, so CI runs the 100k variant."""
