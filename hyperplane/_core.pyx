@@ -4,15 +4,16 @@
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, calloc, free
+from libc.errno cimport EINVAL, ENOSPC
 from libc.string cimport memcpy, memset
 
 from hyperplane._hp cimport *
 from hyperplane._lock cimport (pthread_mutex_t, pthread_mutex_init, pthread_mutex_destroy,
                                pthread_mutex_lock, pthread_mutex_unlock, mono_ns, pi_mutex_init)
 
-import errno as errnum
 import os
 
+from . import errors
 from .connection import Connection, FlowInterval, addr_bytes, addr_str, mac_bytes
 from .natparams import resolve
 from . import vocab
@@ -140,12 +141,8 @@ cdef class Nat:
         cdef int r = hp_nat_open(&cfg, cpath, &self.nat, err, sizeof(err))
         if r == 0:
             return
-        msg = err.decode(errors="replace")
-        if r == -errnum.ENOMEM:
-            raise MemoryError(msg or f"cannot allocate a NAT for {p.capacity} connections")
-        if r == -errnum.EINVAL:
-            raise ValueError(msg)
-        raise OSError(-r, msg)
+        raise errors.errno_error(r, f"a NAT for {p.capacity} connections",
+                                 err.decode(errors="replace"))
 
     def __dealloc__(self):
         hp_nat_destroy(self.nat)
@@ -183,14 +180,16 @@ cdef class Nat:
                 e = hp_nat_eni_commit(self.nat, &prep)
                 self._release()
             pthread_mutex_unlock(&self.eni_lock)
-        if e == -2:     # ENIs are added once, in order: nothing changes these entries now
+        if e == errors.ENI_MISMATCH:    # ENIs are added once, in order: nothing changes these now
             old = &self.nat.eni_addr[self.nat.n_readded]
             have = " ".join([addr_str(4 if f == 0 else 6, old.addr[f][:16])
                              for f in range(2) if old.has[f]])
-            raise ValueError(f"ENI {self.nat.n_readded} of the state file has {have}; ENIs "
-                             "must come back in the same order with the same addresses")
+            raise errors.StateMismatch(
+                EINVAL, f"ENI {self.nat.n_readded} of the state file has {have}; "
+                "ENIs must come back in the same order with the same addresses")
         if e < 0:
-            raise RuntimeError("cannot add an ENI (limit reached or out of memory)")
+            raise errors.CoreLimit(ENOSPC,
+                                   "cannot add an ENI (limit reached or out of memory)")
         return e
 
     def add_group(self):
@@ -200,7 +199,7 @@ cdef class Nat:
             g = hp_nat_add_group(self.nat)
             self._release()
         if g < 0:
-            raise MemoryError("cannot add a group")
+            raise errors.CoreLimit(ENOSPC, "cannot add a group")
         return g
 
     def group_add_eni(self, int group, int eni):
@@ -210,7 +209,7 @@ cdef class Nat:
             rc = hp_nat_group_add_eni(self.nat, group, eni)
             self._release()
         if rc != 0:
-            raise ValueError(f"cannot add ENI {eni} to group {group}")
+            raise errors.refused(f"cannot add ENI {eni} to group {group}")
 
     def group_retire_eni(self, int group, int eni):
         """Takes an ENI without connections out of its group (no new connection picks it);
@@ -220,9 +219,9 @@ cdef class Nat:
             self._acquire()
             rc = hp_nat_group_retire_eni(self.nat, group, eni)
             self._release()
-        if rc == -1:
-            raise ValueError(f"ENI {eni} is not in group {group}")
-        return rc == 0
+        if rc == errors.NAT_REFUSED:
+            raise errors.refused(f"ENI {eni} is not in group {group}")
+        return rc != errors.ENI_BUSY
 
     def add_source(self, addr, int group, allow_v6=False, mac=None):
         fam, raw = addr_bytes(addr)
@@ -235,7 +234,7 @@ cdef class Nat:
             rc = hp_nat_add_source_mac(self.nat, family, a, group, v6, mp)
             self._release()
         if rc != 0:
-            raise ValueError(f"cannot add source {addr} to group {group}")
+            raise errors.refused(f"cannot add source {addr} to group {group}")
 
     def set_source_group(self, addr, int group):
         """Moves a function's address to another group: its new connections take that group's
@@ -248,7 +247,7 @@ cdef class Nat:
             rc = hp_nat_set_source_group(self.nat, family, a, group)
             self._release()
         if rc != 0:
-            raise ValueError(f"cannot move source {addr} to group {group}")
+            raise errors.refused(f"cannot move source {addr} to group {group}")
 
     def set_quota(self, addr, max_connections=0, max_ports=0):
         """Quotas of the function that owns source addr: connections in the table and ports
@@ -264,7 +263,7 @@ cdef class Nat:
             rc = hp_quota_set(self.nat, family, a, conns, ports)
             self._release()
         if rc != 0:
-            raise ValueError(f"no source {addr}")
+            raise errors.refused(f"no source {addr}")
 
     def recount_quotas(self):
         """Recounts every function's connections and ports from the table (after the sources

@@ -7,7 +7,7 @@ cimport cython
 cimport hyperplane._ring_decl as rd
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
-from libc.errno cimport errno
+from libc.errno cimport errno, ENOBUFS, ENOENT, ENOMEM
 
 import collections as _dp_collections
 import fcntl as _dp_fcntl
@@ -72,7 +72,7 @@ def _dp_addr(addr):
 
 cdef int _dp_check(int rc, str what) except -1:
     if rc < 0:
-        raise OSError(-rc, f"{what}: {_dp_os.strerror(-rc)}")
+        raise errors.errno_error(rc, what)
     return rc
 
 
@@ -92,7 +92,7 @@ cdef class Ring:
                                  1 if qdisc_bypass else 0)
         if self.r == NULL:
             err = errno
-            raise OSError(err, f"hp_ring_open({self.ifname}): {_dp_os.strerror(err)}")
+            raise errors.errno_error(-err, f"hp_ring_open({self.ifname})")
 
     def __dealloc__(self):
         if self.r != NULL:
@@ -165,11 +165,11 @@ cdef class Ring:
                 vh = NULL
             fp = fb
             rc = rd.hp_ring_tx_copy(r, vh, fp, len(fb))
-            if rc == -105:   # ENOBUFS: flush what is queued and try once more
+            if rc == -ENOBUFS:   # the ring is full: flush what is queued and try once more
                 rd.hp_ring_tx_flush(r)
                 rc = rd.hp_ring_tx_copy(r, vh, fp, len(fb))
             if rc < 0:
-                if rc == -105:
+                if rc == -ENOBUFS:
                     break
                 _dp_check(rc, "hp_ring_tx_copy")
             sent += 1
@@ -227,7 +227,7 @@ cdef class DataPlane:
             raise ValueError("the Nat has no C state")
         self.dp = rd.hp_dp_create(<void *>nat.nat, neigh_capacity, punt_capacity, punt_bytes)
         if self.dp == NULL:
-            raise MemoryError("hp_dp_create")
+            raise errors.CoreMemoryError(ENOMEM, "hp_dp_create")
         rd.hp_dp_set_lock(self.dp, &nat.lock)
         self.dp.spin_us = spin_us
         self.nat = nat
@@ -395,7 +395,7 @@ cdef class DataPlane:
         c_fam = fam
         with nogil:
             rc = rd.hp_dp_del_neigh(dp, c_port, c_fam, ap)
-        if rc == -2:
+        if rc == -ENOENT:
             return False
         _dp_check(rc, "del_neighbor")
         return True
@@ -431,7 +431,7 @@ cdef class DataPlane:
         finally:
             self._running = False
         if n < 0:
-            raise OSError(-n, f"hp_dp_run: {_dp_os.strerror(-n)}")
+            raise errors.errno_error(n, "hp_dp_run")
         return n
 
     def wake(self):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__, control, runtime
 from .config import ConfigError, default_config, load_config
+from .errors import CliError, HyperplaneError
 from .lab.topology import LabError, LabState
 
 # Exit codes (also in `hyperplane --help` and the README).
@@ -27,14 +28,6 @@ EXIT_CODES = f"""exit codes:
   {EXIT_NOT_RUNNING}    the data plane is not running (status, conntrack, eni, stats, restart)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
   {EXIT_PIPE}  the output pipe was closed (e.g. `hyperplane conntrack | head`)"""
-
-
-class CliError(Exception):
-    """A failure the user can act on: printed without a traceback."""
-
-    def __init__(self, message: str, code: int = EXIT_FAIL):
-        super().__init__(message)
-        self.code = code
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -388,7 +381,7 @@ def main(argv=None) -> int:
         return code
     except CliError as e:
         return _fail(str(e), e.code)
-    except (LabError, ConfigError, control.ControlError, runtime.RuntimeFailure) as e:
+    except HyperplaneError as e:
         return _fail(str(e), EXIT_FAIL)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from .errors import ControlError, ErrorAnswer, NotRunning
+
 log = logging.getLogger("hyperplane.control")
 
 MAX_REQUEST = 64 << 10       # a request is a command and a few arguments
@@ -34,18 +36,6 @@ MAX_LINE = 64 << 20          # one answer line (a page, or a one-shot answer) on
 PAGE_SIZE = 1000             # items per page, the default of listings
 
 Handler = Callable[[dict], "dict | Iterable[list]"]
-
-
-class ControlError(RuntimeError):
-    """The data plane did not answer, or answered with an error."""
-
-
-class ErrorAnswer(ControlError):
-    """The data plane answered with an error."""
-
-
-class NotRunning(ControlError):
-    """Nothing listens on the control socket: the data plane is not running."""
 
 
 def socket_path(prefix: str, run_dir: str | Path | None = None) -> Path:

@@ -36,6 +36,7 @@ from pathlib import Path
 import hyperplane
 
 from . import control
+from .errors import RuntimeFailure
 from .lab.state import RUN_DIR, LabState
 
 START_TIMEOUT_S = 20.0
@@ -45,10 +46,6 @@ DATAPLANE, SUPERVISOR = "daemon", "supervisor"        # module names, also the p
 # config, its state file): the supervisor does not restart it. Its log's last line says why.
 EXIT_CANNOT_START = 78                                  # EX_CONFIG
 CANNOT_START = "cannot start: "
-
-
-class RuntimeFailure(Exception):
-    """Starting or stopping failed in a way the user can act on (the message says how)."""
 
 
 @dataclass(frozen=True)

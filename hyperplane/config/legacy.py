@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ..errors import ConfigError
+
 
 def is_old_layout(data: Mapping[str, Any]) -> bool:
     return ("nat" in data or "subnets" in data
@@ -15,7 +17,6 @@ def is_old_layout(data: Mapping[str, Any]) -> bool:
 
 
 def convert(data: Mapping[str, Any]) -> dict:
-    from .parse import ConfigError
     if "hyperplane" in data and "nat" in data:
         raise ConfigError("nat", "is the old name of [hyperplane]; keep one of them")
     if "vpc" in data and "subnets" in data:
@@ -54,7 +55,6 @@ def convert(data: Mapping[str, Any]) -> dict:
 
 def _named(kind: str, items) -> dict:
     """An array of tables with a ``name`` each -> a table keyed by the names."""
-    from .parse import ConfigError
     if not isinstance(items, (list, tuple)):
         raise ConfigError(kind, f"must be an array of tables ([[{kind}]]), got "
                                 f"{type(items).__name__}")

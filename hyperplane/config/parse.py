@@ -14,6 +14,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from ..errors import ConfigError
 from ..vocab import DEFAULT_PORT_RANGE, MAPPINGS, MAX_CAPACITY, MAX_TIMEOUT_S, PROFILES
 from . import legacy
 from .model import (FIRST_FUNCTION, FIRST_HOST, FLOW_LOG_FIELDS, MAX_EGRESS_RULES,
@@ -32,17 +33,6 @@ SG_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 VPC_RE = re.compile(r"^vpc-[a-z0-9-]{1,28}$")
 FLOW_FIELD_RE = re.compile(r"^\$\{([a-z0-9-]+)\}$")
 ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
-
-
-class ConfigError(ValueError):
-    """A configuration problem: ``field`` names the setting, ``problem`` says what is wrong."""
-
-    def __init__(self, field: str, problem: str, source: str | None = None):
-        self.field = field
-        self.problem = problem
-        self.source = source
-        where = f"{source}: " if source else ""
-        super().__init__(f"{where}{field}: {problem}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,14 +13,11 @@ from pathlib import Path
 from typing import Iterable
 
 from ..config import Config, eni_group_key, parse_config, usable_offsets
+from ..errors import LabError
 from .names import IFNAMSIZ, MAC_ENI, LabNames, if_eni, if_eni_peer, mac
 from .secgroups import SgRule, egress_rules, group_rules
 
 RUN_DIR = Path(os.environ.get("HYPERPLANE_RUN_DIR", "/run/hyperplane"))
-
-
-class LabError(RuntimeError):
-    """The lab cannot do what was asked (no room for another ENI, unknown subnet, ...)."""
 
 
 # -- infos: what a running lab is ------------------------------------------------------------
