@@ -281,6 +281,11 @@ def cmd_bench(args) -> int:
         raise CliError(str(e)) from None
 
 
+def cmd_trace(args) -> int:
+    from .teach.cli import cmd_trace as trace
+    return trace(args)
+
+
 def cmd_demo(args) -> int:
     need_root("hyperplane demo")
     from .demo import run_demo
@@ -363,6 +368,13 @@ def parser() -> argparse.ArgumentParser:
                                     "what the NAT did, remove the lab")
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("trace", parents=[common],
+                       help="one packet through the reference model step by step, the C "
+                            "core's verdict and bytes beside it")
+    from .teach.cli import add_trace_arguments
+    add_trace_arguments(p)
+    p.set_defaults(fn=cmd_trace)
 
     p = sub.add_parser("bench", help="Hyperplane beside kernel routing and the kernel's NAT: "
                                      "throughput, zero-loss rates, connection rates, latency, "

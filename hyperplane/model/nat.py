@@ -22,6 +22,7 @@ from .quota import REFUSAL_BURST, REFUSAL_PER_S, Func, build_unreach, early_drop
 from .tcp import in_window, new_connection_window, reopens, rst_acceptable, valid_flags
 from .natsg import (EniCounters, RateLimit, RejectRing, build_rst, compile_rules, is_rst,
                     sg_match)
+from .tracing import no_trace
 
 MAX_ENIS = 1024
 GROUP_MAX_ENIS = 64
@@ -104,6 +105,7 @@ class Nat:
         self.rejects = RejectRing()
         self.rst_rate = RateLimit()
         self.refusal_rate = RateLimit(REFUSAL_PER_S, REFUSAL_BURST)
+        self.trace = no_trace       # called at each decision (model/tracing.py)
 
     # -- topology ------------------------------------------------------------------------------
 
@@ -209,6 +211,7 @@ class Nat:
 
     def _translate_one(self, frame, direction, now_ms, eni, vnet, mtu) -> tuple:
         reason, pkt = parse(frame, vnet, mtu)
+        self.trace("parse", direction=direction, reason=reason, pkt=pkt)
         if direction == IN and reason in (R["TTL_EXCEEDED"], R["FRAGMENT"]):
             return self._refuse(self._in_punt_reason(frame, vnet, reason, pkt, now_ms, eni))
         if reason != R["NONE"]:
@@ -337,6 +340,7 @@ class Nat:
         """The connection whose tuple in this direction is key. One found expired is removed
         (and journaled) on the spot, and the lookup is then a miss (its ENI goes to expired)."""
         conn = self.table.lookup(key, direction)
+        self.trace("lookup", key=key, direction=direction, conn=conn, now_ms=now_ms)
         if conn is not None and self.table.is_expired(conn, now_ms):
             if expired is not None:
                 expired.append(conn.eni)
@@ -365,6 +369,7 @@ class Nat:
     def _new_connection(self, frame, pkt: Packet, now_ms: int) -> tuple[Entry | None, int]:
         """Section 3, OUT steps 2-6. Returns (connection, NONE) or (None, reason)."""
         source = self.sources.get((pkt.family, pkt.src))
+        self.trace("source", source=source)
         if source is None:
             return None, R["UNKNOWN_SOURCE"]
         if not self._mac_matches(source.mac, frame, pkt):
@@ -448,6 +453,7 @@ class Nat:
                 ext = pool.map_find(pkt.src, pkt.sport) if pool else None
                 if ext is not None:
                     pool.ref(ext)
+                    self.trace("port", eni=eni, port=ext, why="mapping", pool=pool)
                     return eni, ext
         # The newest ENI with a free port; an older one when the newest is full. A pool the
         # function holds its quota of is passed over: "quota" when that left none and such a
@@ -459,8 +465,12 @@ class Nat:
                 continue
             if not func.port_ok((eni,) + pool_key):
                 over_quota = over_quota or pool.has_free(now_ms)
+                self.trace("port", eni=eni, port=None, why="quota", pool=pool, held=func.held,
+                           max_ports=func.max_ports, pool_key=pool_key)
                 continue
             ext = pool.alloc(now_ms)
+            self.trace("port", eni=eni, port=ext, why="drawn", pool=pool, held=func.held,
+                       max_ports=func.max_ports, pool_key=pool_key)
             if ext is None:
                 continue
             func.port_add((eni,) + pool_key, 1)
@@ -496,10 +506,12 @@ class Nat:
                     return R["SG_DENIED"]
                 self._reopen(conn, pkt, now_ms)
             if pkt.tcp_flags & TCP_RST:
-                if not rst_acceptable(conn.win, d, pkt):
+                acceptable = rst_acceptable(conn.win, d, pkt)
+                self.trace("rst", win=conn.win, d=d, pkt=pkt, acceptable=acceptable)
+                if not acceptable:
                     return R["TCP_BAD_RST"]
             else:
-                win = in_window(conn.win, conn.state, conn.flags, d, pkt, ORIG)
+                win = in_window(conn.win, conn.state, conn.flags, d, pkt, ORIG, self.trace)
                 if win is None:
                     return R["TCP_OUT_OF_WINDOW"]
                 conn.win = win
@@ -507,6 +519,7 @@ class Nat:
         else:
             state, flags, conn.reply_ms = udp_transition(conn.state, conn.flags, d,
                                                          conn.reply_ms, now_ms)
+        self.trace("state", conn=conn, d=d, old=conn.state, new=state)
         ec = self.eni_ctr[conn.eni]
         if conn.state == S["SYN_RECV"] and state == S["ESTABLISHED"]:
             self.counter["CONN_ESTABLISHED"] += 1
@@ -533,9 +546,10 @@ class Nat:
 
     def _sg_allows(self, group: int, pkt: Packet, now_ms: int) -> bool:
         rs = self.group_rules[group]
+        rule = -1 if rs is None else sg_match(rs, pkt.family, pkt.proto, pkt.dst, pkt.dport)
+        self.trace("security group", group=group, rules=rs, rule=rule)
         if rs is None:
             return True
-        rule = sg_match(rs, pkt.family, pkt.proto, pkt.dst, pkt.dport)
         if rule >= 0:
             rs.hits[rule] += 1
             return True

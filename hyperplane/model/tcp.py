@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 from ..vocab import F_SYN_REPLY, S
 from .packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
+from .tracing import no_trace
 
 TCP_URG = 32
 MASK32 = 0xFFFFFFFF
@@ -120,9 +121,9 @@ def segment_end(pkt: Packet) -> int:
 
 
 def in_window(win: list[TcpDir], state: int, conn_flags: int, d: int, pkt: Packet,
-              orig: int) -> list[TcpDir] | None:
+              orig: int, trace=no_trace) -> list[TcpDir] | None:
     """Linux tcp_in_window: the new window state when the segment is acceptable, else None
-    (the caller's state is never touched)."""
+    (the caller's state is never touched). trace sees the numbers of the four checks."""
     snd, rcv = replace(win[d]), replace(win[1 - d])
     seq, ack, w, flags, opts = pkt.tcp_seq, pkt.tcp_ack, pkt.tcp_win, pkt.tcp_flags, \
         pkt.tcp_options
@@ -163,6 +164,8 @@ def in_window(win: list[TcpDir], state: int, conn_flags: int, d: int, pkt: Packe
         ack = sack = rcv.td_end
 
     maxackwin = max(snd.td_maxwin, MAXACKWINCONST)
+    trace("window", d=d, seq=seq, end=end, sack=sack, snd=snd, rcv=rcv,
+          maxackwin=maxackwin)
     in_recv_win = not rcv.td_maxwin or after(end, (snd.td_end - rcv.td_maxwin - 1) & MASK32)
     if not (before(seq, (snd.td_maxend + 1) & MASK32) and in_recv_win
             and before(sack, (rcv.td_end + 1) & MASK32)
