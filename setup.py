@@ -1,6 +1,7 @@
 """Builds csrc/*.c and the Cython bindings into one extension, hyperplane._core."""
 
 import glob
+import hashlib
 import os
 
 from Cython.Build import cythonize
@@ -9,10 +10,23 @@ from setuptools import Extension, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 C_SOURCES = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.c")))
 
+
+def build_hash() -> str:
+    """A digest of the C headers: a state file from a build whose structures differ is refused
+    (csrc/hp_state.h, HP_BUILD_HASH)."""
+    h = hashlib.sha256()
+    for p in sorted(glob.glob(os.path.join(HERE, "csrc", "*.h"))):
+        h.update(os.path.basename(p).encode() + b"\0")
+        with open(p, "rb") as f:
+            h.update(f.read())
+    return "0x" + h.hexdigest()[:16] + "ull"
+
+
 core = Extension(
     "hyperplane._core",
     sources=["hyperplane/_core.pyx"] + C_SOURCES,
     include_dirs=["csrc"],
+    define_macros=[("HP_BUILD_HASH", build_hash())],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"],
 )
 

@@ -21,7 +21,16 @@
 #include "hp_types.h"
 
 #define HP_STATE_MAGIC "HPNATST\x01"
-#define HP_STATE_VERSION 1u
+#define HP_STATE_VERSION 2u
+/* The build that wrote a file: setup.py passes a digest of csrc/'s headers, so a rebuilt core
+ * whose structures mean something else refuses the file even when every size matches. */
+#ifndef HP_BUILD_HASH
+#define HP_BUILD_HASH 0ull
+#endif
+#define HP_BOOT_ID_LEN 36
+/* A refused file is renamed to its path with this suffix (an older one replaced) and never
+ * mapped: the next start makes a fresh one, the bad one stays for inspection. */
+#define HP_STATE_REJECTED_SUFFIX ".rejected"
 
 /* What shapes the region: attach needs the same values. */
 typedef struct hp_state_config {
@@ -39,8 +48,16 @@ typedef struct hp_state_hdr {
     uint32_t n_layout;
     uint64_t layout[16];         /* sizes of the structures the region holds */
     uint64_t fixed_bytes;        /* header, NAT, journal and table */
+    uint64_t build_hash;         /* HP_BUILD_HASH of the writer */
+    char boot_id[HP_BOOT_ID_LEN];    /* the kernel's boot id when it was made */
+    uint32_t pad;
     hp_state_config config;
 } hp_state_hdr;
+
+/* Checks the rest of an existing file before anything of it is mapped: fd is open on it,
+ * file_size its size (at least the fixed part). Returns 0, or -EINVAL with a message. */
+typedef int (*hp_region_check_fn)(void *ctx, int fd, uint64_t file_size, char *err,
+                                  size_t errlen);
 
 /* The mapping: process-local. */
 typedef struct hp_region {
@@ -51,11 +68,14 @@ typedef struct hp_region {
 } hp_region;
 
 /* Maps the fixed part: path NULL gives zeroed anonymous memory; else the file is opened
- * (created 0600 when missing or never completed), locked against a second process, and its
- * header checked against want. Returns 0, -EINVAL with a message in err when the file is not
- * a state file or does not match, or another -errno. */
-int hp_region_open(hp_region *st, const char *path, const hp_state_hdr *want, char *err,
-                  size_t errlen);
+ * (created 0600 when missing or never completed), locked against a second process, its header
+ * checked against want (layout, build, boot, config, size) and the rest by check (may be
+ * NULL). Returns 0; -EINVAL with one line in err when the file is refused (then renamed to
+ * path HP_STATE_REJECTED_SUFFIX, never mapped); or another -errno. */
+int hp_region_open(hp_region *st, const char *path, const hp_state_hdr *want,
+                   hp_region_check_fn check, void *check_ctx, char *err, size_t errlen);
+/* This boot's id (/proc/sys/kernel/random/boot_id), or zeros when it cannot be read. */
+void hp_region_boot_id(char out[HP_BOOT_ID_LEN]);
 /* Marks a freshly made file complete (writes the header, magic last). */
 void hp_region_commit(hp_region *st, const hp_state_hdr *hdr);
 /* Maps len bytes at offset off of the file (zeroed anonymous memory without a file); fresh

@@ -608,8 +608,10 @@ static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint
     if (id != HP_CT_NONE && dir == HP_DIR_IN &&
         (nat->ct.conns[id].eni != in_eni || (nat->ct.conns[id].flags & HP_F_HAIRPIN)))
         id = HP_CT_NONE;
+    /* The owner came from the state file: an index past the sources is no one's. */
     if (id != HP_CT_NONE && dir == HP_DIR_OUT &&
-        !mac_matches(&nat->sources[nat->ct.stats[id].owner], pkt)) {
+        (nat->ct.stats[id].owner >= nat->n_sources ||
+         !mac_matches(&nat->sources[nat->ct.stats[id].owner], pkt))) {
         refuse(nat, HP_R_SPOOFED_SOURCE, res);
         return;
     }

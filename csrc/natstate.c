@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define PAGE 4096u
 #define HUGE_PAGE ((size_t)2 << 20)
@@ -51,6 +52,8 @@ static void header(const hp_nat_config *cfg, hp_state_hdr *h)
     h->n_layout = sizeof layout_sizes / sizeof layout_sizes[0];
     memcpy(h->layout, layout_sizes, sizeof layout_sizes);
     h->fixed_bytes = place(cfg).fixed;
+    h->build_hash = HP_BUILD_HASH;
+    hp_region_boot_id(h->boot_id);
     hp_state_config *c = &h->config;
     c->capacity = cfg->capacity;
     c->port_lo = cfg->port_lo;
@@ -67,6 +70,56 @@ static size_t eni_bytes(const hp_nat *nat, const hp_eni_addr *a)
 {
     size_t pool = hp_pool_region_bytes(nat->cfg.port_lo, nat->cfg.port_hi);
     return round_up((size_t)(a->has[0] + a->has[1]) * 2 * pool, PAGE);
+}
+
+/* The attach's check of the shared part (hp_region_check_fn), read with pread before
+ * anything is mapped: every count against its bound, every ENI block inside the file, on a
+ * page, after the fixed part and apart from the others. What the repair pass rebuilds (the
+ * index, lists, pools' free ports) or bounds itself (entries, the journal ring, the
+ * quarantine) is left to it. */
+typedef struct shared_check { const hp_nat *nat; const char *path; } shared_check;
+
+static int check_shared(void *ctx, int fd, uint64_t file_size, char *err, size_t errlen)
+{
+    const hp_nat *nat = ((const shared_check *)ctx)->nat;
+    const char *path = ((const shared_check *)ctx)->path;
+    layout l = place(&nat->cfg);
+    hp_nat_shared *sh = malloc(sizeof *sh);
+    if (!sh)
+        return -ENOMEM;
+    int r = -EINVAL;
+#define REFUSE(fmt, ...)                                                                    \
+    do {                                                                                    \
+        snprintf(err, errlen, "state file %s " fmt, path, __VA_ARGS__);                     \
+        goto out;                                                                           \
+    } while (0)
+    if (pread(fd, sh, sizeof *sh, (off_t)l.shared) != (ssize_t)sizeof *sh)
+        REFUSE("%s", "is too short for its shared part");
+    if (sh->n_enis > HP_MAX_ENIS)
+        REFUSE("has %u ENIs, more than %u", sh->n_enis, HP_MAX_ENIS);
+    if (sh->end < l.fixed || sh->end > file_size)
+        REFUSE("ends its ENI blocks at %llu, outside %llu..%llu (the file's size)",
+               (unsigned long long)sh->end, (unsigned long long)l.fixed,
+               (unsigned long long)file_size);
+    for (uint32_t e = 0; e < sh->n_enis; e++) {
+        const hp_eni_addr *a = &sh->eni_addr[e];
+        if (a->has[0] > 1 || a->has[1] > 1 || !(a->has[0] | a->has[1]))
+            REFUSE("has ENI %u without an address", e);
+        uint64_t off = sh->eni_off[e], len = eni_bytes(nat, a);
+        if (off % PAGE || off < l.fixed || off > sh->end || len > sh->end - off)
+            REFUSE("puts ENI %u's block (%llu bytes at %llu) outside its ENI space", e,
+                   (unsigned long long)len, (unsigned long long)off);
+        for (uint32_t o = 0; o < e; o++) {
+            uint64_t ooff = sh->eni_off[o], olen = eni_bytes(nat, &sh->eni_addr[o]);
+            if (off < ooff + olen && ooff < off + len)
+                REFUSE("has overlapping blocks for ENIs %u and %u", o, e);
+        }
+    }
+    r = 0;
+#undef REFUSE
+out:
+    free(sh);
+    return r;
 }
 
 /* Maps the block at off of an ENI with addresses a and points its pools at it (fresh: all
@@ -225,7 +278,8 @@ int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *
     nat->cfg = *cfg;
     hp_state_hdr want;
     header(cfg, &want);
-    int r = hp_region_open(&nat->state, path, &want, err, errlen);
+    shared_check sc = { nat, path };
+    int r = hp_region_open(&nat->state, path, &want, check_shared, &sc, err, errlen);
     if (r != 0) {
         free(nat);
         return r;
@@ -259,7 +313,7 @@ int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *
                    nat->eni_addr, &nat->cfg.timeouts) != 0)
         goto fail;
     if (!fresh) {
-        nat->n_enis = sh->n_enis <= HP_MAX_ENIS ? sh->n_enis : HP_MAX_ENIS;
+        nat->n_enis = sh->n_enis;          /* bounded by check_shared */
         for (uint32_t e = 0; e < nat->n_enis; e++)
             if (!(nat->eni_pools[e] = map_eni(nat, &nat->eni_addr[e], sh->eni_off[e], 0))) {
                 snprintf(err, errlen, "cannot map the pools of ENI %u of state file %s", e,

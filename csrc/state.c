@@ -91,18 +91,72 @@ static int check_header(const hp_state_hdr *have, const hp_state_hdr *want, char
         memcmp(have->layout, want->layout, sizeof have->layout) != 0)
         return fail(err, errlen, -EINVAL,
                     "state file %s was written by a build with another layout (version %u, "
-                    "this build %u); remove it to start afresh", path, have->version,
-                    want->version);
-    int r = config_differs(&have->config, &want->config, err, errlen, path);
-    if (r)
-        return r;
-    if (have->fixed_bytes != want->fixed_bytes)
-        return fail(err, errlen, -EINVAL, "state file %s has an unexpected size", path);
+                    "this build %u)", path, have->version, want->version);
+    if (have->build_hash != want->build_hash)
+        return fail(err, errlen, -EINVAL,
+                    "state file %s was written by another build (%016llx, this one %016llx)",
+                    path, (unsigned long long)have->build_hash,
+                    (unsigned long long)want->build_hash);
+    if (memcmp(have->boot_id, want->boot_id, HP_BOOT_ID_LEN) != 0)
+        return fail(err, errlen, -EINVAL, "state file %s is from another boot", path);
     return 0;
 }
 
-int hp_region_open(hp_region *st, const char *path, const hp_state_hdr *want, char *err,
-                  size_t errlen)
+void hp_region_boot_id(char out[HP_BOOT_ID_LEN])
+{
+    memset(out, 0, HP_BOOT_ID_LEN);
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t got = read(fd, out, HP_BOOT_ID_LEN);
+    if (got != HP_BOOT_ID_LEN)
+        memset(out, 0, HP_BOOT_ID_LEN);
+    close(fd);
+}
+
+/* A refused file goes aside (never mapped), and the message says where. */
+static void keep_aside(const char *path, char *err, size_t errlen)
+{
+    char aside[4096];
+    if (snprintf(aside, sizeof aside, "%s" HP_STATE_REJECTED_SUFFIX, path) >= (int)sizeof aside)
+        return;
+    size_t used = err ? strnlen(err, errlen) : 0;
+    if (rename(path, aside) == 0) {
+        if (err && used < errlen)
+            snprintf(err + used, errlen - used, "; kept as %s", aside);
+    } else if (err && used < errlen) {
+        snprintf(err + used, errlen - used, "; cannot move it aside: %s", strerror(errno));
+    }
+}
+
+/* An existing file: its header, its size, then the rest (check). 0 or -EINVAL. */
+static int check_existing(int fd, const hp_state_hdr *have, const hp_state_hdr *want,
+                          hp_region_check_fn check, void *ctx, char *err, size_t errlen,
+                          const char *path, int *sound)
+{
+    *sound = 0;
+    int r = check_header(have, want, err, errlen, path);
+    if (r)
+        return r;
+    /* A file of another config is sound: it is refused but stays where it is (the config
+     * may come back). fixed_bytes follows from the config, so it is compared after. */
+    *sound = 1;
+    if ((r = config_differs(&have->config, &want->config, err, errlen, path)) != 0)
+        return r;
+    *sound = 0;
+    if (have->fixed_bytes != want->fixed_bytes)
+        return fail(err, errlen, -EINVAL, "state file %s has an unexpected size", path);
+    struct stat sb;
+    if (fstat(fd, &sb) != 0)
+        return fail(err, errlen, -errno, "cannot stat %s: %s", path, strerror(errno));
+    if ((uint64_t)sb.st_size < want->fixed_bytes)
+        return fail(err, errlen, -EINVAL, "state file %s is truncated (%lld bytes of %llu)",
+                    path, (long long)sb.st_size, (unsigned long long)want->fixed_bytes);
+    return check ? check(ctx, fd, (uint64_t)sb.st_size, err, errlen) : 0;
+}
+
+int hp_region_open(hp_region *st, const char *path, const hp_state_hdr *want,
+                   hp_region_check_fn check, void *check_ctx, char *err, size_t errlen)
 {
     memset(st, 0, sizeof *st);
     st->fd = -1;
@@ -132,12 +186,18 @@ int hp_region_open(hp_region *st, const char *path, const hp_state_hdr *want, ch
     hp_state_hdr have;
     ssize_t got = pread(fd, &have, sizeof have, 0);
     static const char zero[8];
+    if (got > 0 && (got < (ssize_t)8 || memcmp(have.magic, zero, 8) != 0) &&
+        got < (ssize_t)sizeof have) {
+        r = fail(err, errlen, -EINVAL, "state file %s is truncated (%zd bytes)", path, got);
+        keep_aside(path, err, errlen);
+        goto out;
+    }
     if (got == (ssize_t)sizeof have && memcmp(have.magic, zero, 8) != 0) {
-        struct stat sb;
-        if ((r = check_header(&have, want, err, errlen, path)) != 0)
-            goto out;
-        if (fstat(fd, &sb) != 0 || (uint64_t)sb.st_size < size) {
-            r = fail(err, errlen, -EINVAL, "state file %s is truncated", path);
+        int sound;
+        r = check_existing(fd, &have, want, check, check_ctx, err, errlen, path, &sound);
+        if (r != 0) {
+            if (r == -EINVAL && !sound)
+                keep_aside(path, err, errlen);
             goto out;
         }
     } else {

@@ -1,10 +1,10 @@
-"""Writes the seed corpora of the two fuzz targets from the frames the tests use
+"""Writes the seed corpora of the fuzz targets from the frames the tests use
 (tests/framegen.py): well-formed TCP/UDP frames of both families, with and without virtio-net
 headers (partial checksums, GSO), IPv6 extension headers and options, every malformed kind,
 and short op programs for the sequence target. See fuzz_translate.c / fuzz_ops.c for the
 input formats.
 
-    python3 fuzz/make_seeds.py OUT_DIR     (writes OUT_DIR/translate and OUT_DIR/ops)
+    python3 fuzz/make_seeds.py OUT_DIR     (writes OUT_DIR/translate, OUT_DIR/ops and OUT_DIR/state)
 """
 
 import hashlib
@@ -100,6 +100,17 @@ def ops_seeds():
     yield bytes([0, 2, 4, len(syn)]) + bytes(syn) + bytes([2, 1 | 4 | 8, len(syn)]) + bytes(syn)
 
 
+def state_seeds():
+    """fuzz_state.c: the file whole, cut, and with each checked field (selector k) or a raw
+    offset overwritten."""
+    yield b"\x00"
+    yield b"\xc0"                                       # cut to half
+    for k in range(48):
+        yield bytes([0, k, 7]) + b"\xff" * 8            # a field set to all ones
+        yield bytes([0, k, 3, 1, 0x10, 0, 0])           # ... to a small number
+    yield bytes([0, 0x80, 0, 0x10, 0x20, 7]) + bytes(8)  # a raw offset in the shared part
+
+
 def write(directory, seeds):
     os.makedirs(directory, exist_ok=True)
     for seed in seeds:
@@ -112,6 +123,7 @@ def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "fuzz/seeds"
     write(os.path.join(out, "translate"), translate_seeds())
     write(os.path.join(out, "ops"), ops_seeds())
+    write(os.path.join(out, "state"), state_seeds())
 
 
 if __name__ == "__main__":

@@ -185,7 +185,9 @@ def cmd_status(args) -> int:
         d["dataplane"] = {"pid": dp["pid"] if dp else None, "running": running,
                           "uptime_s": dp["uptime_s"] if dp else None,
                           "supervisor_pid": run["supervisor_pid"],
-                          "restarts": run["restarts"]}
+                          "restarts": run["restarts"],
+                          "stopped_reason": (None if running else
+                                             run["restarts"].get("stopped", {}).get("reason"))}
         if dp:
             d["enis"] = dp["enis"]
         print_json(d)

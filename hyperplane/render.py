@@ -35,7 +35,9 @@ def lab_picture(state: LabState, dp: dict | None, restarts: dict | None = None) 
     ports_in_use = {e.get("index", e["id"]): e.get("ports_in_use", 0)
                     for e in (dp or {}).get("enis", [])}
     out = [f"lab {state.prefix!r}   data plane: "
-           + (f"pid {dp['pid']}, {dp['connections']} connections" if dp else "NOT RUNNING")
+           + (f"pid {dp['pid']}, {dp['connections']} connections" if dp else
+              "NOT RUNNING" + (f" ({restarts['stopped']['reason']})"
+                               if restarts and restarts.get("stopped") else ""))
            + f"; {restarts_line(restarts)}"]
     ins = state.inside
     out.append("")

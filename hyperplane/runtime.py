@@ -240,11 +240,16 @@ def pid_of(prefix: str, role: str = DATAPLANE, run_dir=None) -> int | None:
 
 
 def restarts(prefix: str, run_dir=None) -> dict:
-    """``{"count": N, "last": unix time or None, "history": [{"time", "reason", "pid"}]}``."""
+    """``{"count": N, "last": unix time or None, "history": [{"time", "reason", "pid"}]}``,
+    and ``"stopped": {"time", "reason"}`` when the supervisor gave up on the data plane."""
     try:
         d = json.loads(paths(prefix, run_dir).restarts.read_text())
-        return {"count": int(d["count"]), "last": d.get("last"),
-                "history": list(d.get("history", []))}
+        out = {"count": int(d["count"]), "last": d.get("last"),
+               "history": list(d.get("history", []))}
+        if isinstance(d.get("stopped"), dict):
+            out["stopped"] = {"time": d["stopped"].get("time"),
+                              "reason": str(d["stopped"].get("reason"))}
+        return out
     except (OSError, ValueError, KeyError, TypeError):
         return {"count": 0, "last": None, "history": []}
 

@@ -2,7 +2,9 @@
 
 Started by `hyperplane up` (see hyperplane.runtime). It waits on its child, so a data plane
 that dies is started again at once (a crash loop backs off up to a few seconds). It counts
-every restart, with its time and reason, in the run folder's ``P.restarts.json``.
+every restart, with its time and reason, in the run folder's ``P.restarts.json``. It gives up,
+and says why in that file's ``stopped`` (which `hyperplane status` shows), when the data plane
+cannot start (its config or state file) or crashes CRASH_LIMIT times within CRASH_WINDOW_S.
 
 Signals: SIGTERM/SIGINT stop the data plane (not a crash: not restarted) and the supervisor;
 SIGHUP restarts the data plane on demand (`hyperplane restart`).
@@ -18,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 
 from . import runtime
 from .lab import netns
@@ -27,6 +30,7 @@ log = logging.getLogger("hyperplane.supervisor")
 HISTORY = 20                 # restarts remembered with their time and reason
 QUICK_EXIT_S = 1.0           # a child that dies sooner than this is crash-looping
 MAX_BACKOFF_S = 5.0
+CRASH_LIMIT, CRASH_WINDOW_S = 5, 60.0      # this many crashes this soon: restarting won't help
 
 
 class Supervisor:
@@ -37,6 +41,9 @@ class Supervisor:
         self.restart_requested = False
         self.child: subprocess.Popen | None = None
         self.record = runtime.restarts(prefix, run_dir)
+        if self.record.pop("stopped", None):       # a new supervisor: the last one's end is old
+            runtime.write_private(self.paths.restarts, json.dumps(self.record))
+        self.crashes: deque[float] = deque(maxlen=CRASH_LIMIT)
 
     def _on_stop(self, *_):
         self.stopping = True
@@ -63,6 +70,17 @@ class Supervisor:
                                   + [{"time": now, "reason": reason, "pid": old_pid}])[-HISTORY:]
         runtime.write_private(self.paths.restarts, json.dumps(self.record))
 
+    def _give_up(self, reason: str) -> None:
+        log.error("giving up: %s", reason)
+        self.record["stopped"] = {"time": time.time(), "reason": reason}
+        runtime.write_private(self.paths.restarts, json.dumps(self.record))
+
+    def _crash_loop(self) -> bool:
+        """Counts a crash now; whether CRASH_LIMIT of them came within CRASH_WINDOW_S."""
+        now = time.monotonic()
+        self.crashes.append(now)
+        return len(self.crashes) == CRASH_LIMIT and now - self.crashes[0] < CRASH_WINDOW_S
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
@@ -82,6 +100,7 @@ class Supervisor:
                 break
             if code == runtime.EXIT_CANNOT_START and not self.restart_requested:
                 log.error("data plane (pid %d) cannot start; not restarting it", old)
+                self._give_up(runtime.start_failure(self.prefix, self.run_dir))
                 break
             if self.restart_requested:
                 reason, backoff = "requested", 0.0
@@ -91,6 +110,12 @@ class Supervisor:
                           else f"exited with code {code}")
                 quick = time.monotonic() - started < QUICK_EXIT_S
                 backoff = min(MAX_BACKOFF_S, max(0.25, backoff * 2)) if quick else 0.0
+                if self._crash_loop():
+                    self._count(old, reason)
+                    self._give_up(f"the data plane crashed {CRASH_LIMIT} times within "
+                                  f"{CRASH_WINDOW_S:.0f} s (last: {reason}); not restarting "
+                                  f"it (see the log, then `hyperplane up` again)")
+                    break
             log.warning("data plane (pid %d) %s; starting it again%s", old, reason,
                         f" in {backoff:.2f} s" if backoff else "")
             self._count(old, reason)

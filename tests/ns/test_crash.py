@@ -142,10 +142,56 @@ def test_tcp_and_udp_survive_a_sigkill_of_the_data_plane(tmp_path):
         assert not runtime.paths(prefix).state.exists()
 
 
+def replace_state_and_restart(prefix, damage):
+    """Kills the data plane while its supervisor is stopped, damages the state file
+    (``damage(path)``), lets the supervisor go on; returns the supervisor once it ended."""
+    from hyperplane import runtime
+    state = runtime.paths(prefix).state
+    sup = runtime.Proc.find(prefix, runtime.SUPERVISOR)
+    sup.signal(signal.SIGSTOP)                  # no restart while the file is replaced
+    os.kill(runtime.pid_of(prefix), signal.SIGKILL)
+    damage(state)
+    sup.signal(signal.SIGCONT)
+    assert sup.wait(30), "the supervisor kept restarting a data plane that cannot start"
+    return sup
+
+
 def test_a_data_plane_that_cannot_start_is_not_restarted_forever(tmp_path):
-    """A state file that does not match (here: overwritten while no data plane ran) makes the
+    """A state file that is not one (here: overwritten while no data plane ran) makes the
     restarted data plane exit with its one-line reason; the supervisor stops instead of
-    restarting it again and again, and `status` says it does not run."""
+    restarting it again and again, and `status` says it does not run, and why."""
+    from hyperplane import runtime
+    prefix = new_prefix()
+    cfg = tmp_path / "lab.toml"
+    cfg.write_text(f'prefix = "{prefix}"\n' + TEST_LAB)
+    sup = None
+
+    def overwrite(state):
+        size = state.stat().st_size
+        state.unlink()
+        state.write_bytes(os.urandom(size))
+    try:
+        cli("up", "--detach", "-c", str(cfg))
+        sup = replace_state_and_restart(prefix, overwrite)
+        restarts = runtime.restarts(prefix)["count"]
+        assert restarts == 1, restarts
+        assert "cannot start: " in runtime.log_tail(prefix)
+        assert runtime.start_failure(prefix).startswith("the data plane cannot start: ")
+        assert len(runtime.start_failure(prefix).splitlines()) == 1
+        st = cli("status", "--prefix", prefix, check=False)
+        assert st.returncode == 3, st
+        assert "not a Hyperplane state file" in st.stdout, st.stdout
+    finally:
+        if sup is not None:
+            sup.close()
+        cli("down", "--prefix", prefix, check=False)
+        _sweep(prefix)
+
+
+def test_a_truncated_state_file_is_refused_and_status_says_so(tmp_path):
+    """A state file cut short while no data plane ran: the next data plane refuses it in one
+    line, never maps it (no SIGBUS), moves it aside; `status` (text and JSON) says why it
+    stopped; the next `up` starts afresh."""
     from hyperplane import runtime
     prefix = new_prefix()
     cfg = tmp_path / "lab.toml"
@@ -154,21 +200,22 @@ def test_a_data_plane_that_cannot_start_is_not_restarted_forever(tmp_path):
     try:
         cli("up", "--detach", "-c", str(cfg))
         state = runtime.paths(prefix).state
-        sup = runtime.Proc.find(prefix, runtime.SUPERVISOR)
-        sup.signal(signal.SIGSTOP)                  # no restart while the file is replaced
-        os.kill(runtime.pid_of(prefix), signal.SIGKILL)
-        size = state.stat().st_size
-        state.unlink()
-        state.write_bytes(os.urandom(size))
-        sup.signal(signal.SIGCONT)
-        assert sup.wait(30), "the supervisor kept restarting a data plane that cannot start"
-        restarts = runtime.restarts(prefix)["count"]
-        assert restarts == 1, restarts
-        assert "cannot start: " in runtime.log_tail(prefix)
-        assert runtime.start_failure(prefix).startswith("the data plane cannot start: ")
-        assert len(runtime.start_failure(prefix).splitlines()) == 1
+        sup = replace_state_and_restart(prefix, lambda p: os.truncate(p, p.stat().st_size // 2))
+        aside = state.with_name(state.name + ".rejected")
+        assert aside.exists() and not state.exists()
         st = cli("status", "--prefix", prefix, check=False)
         assert st.returncode == 3, st
+        assert "is truncated" in st.stdout and f"kept as {aside}" in st.stdout, st.stdout
+        js = json.loads(cli("status", "--json", "--prefix", prefix, check=False).stdout)
+        reason = js["dataplane"]["stopped_reason"]
+        assert "is truncated" in reason and "\n" not in reason, reason
+        assert "SIGBUS" not in runtime.log_tail(prefix, lines=50)
+        sup.close()
+        sup = None
+        cli("down", "--prefix", prefix)
+        cli("up", "--detach", "-c", str(cfg))
+        st = json.loads(cli("status", "--json", "--prefix", prefix).stdout)["dataplane"]
+        assert st["running"] and st["stopped_reason"] is None
     finally:
         if sup is not None:
             sup.close()

@@ -382,3 +382,103 @@ def test_a_file_never_completed_starts_afresh(tmp_path):
     attach_topology(nat)
     del nat
     assert Nat(state_path=path, **KW).attached
+
+
+# Where the attach's checks look (csrc/hp_state.h, hp_nat.h): the header on page 0, the shared
+# part on page 1.
+HDR_BUILD_HASH, HDR_BOOT_ID = 152, 160
+SHARED = 4096
+SH_N_ENIS, SH_END, SH_ENI_OFF = SHARED + 32, SHARED + 48, SHARED + 56
+
+
+def made_state(tmp_path):
+    """A state file with both ENIs and a connection, as a killed data plane leaves it."""
+    path = tmp_path / "nat.state"
+    nat = Nat(state_path=path, **KW)
+    attach_topology(nat)
+    TcpFlow(nat, SRCS[0], 5000, 1000)
+    del nat
+    return path
+
+
+def u64(path, at):
+    return struct.unpack_from("<Q", path.read_bytes(), at)[0]
+
+
+def patch(path, at, fmt, value):
+    with open(path, "r+b") as f:
+        f.seek(at)
+        f.write(struct.pack(fmt, value))
+
+
+def refused(path, match):
+    """Attaching path is refused with one line naming the file and where it went; the file is
+    gone from its place (kept aside, never mapped) and the next start makes a fresh one."""
+    with pytest.raises(ValueError, match=match) as e:
+        Nat(state_path=path, **KW)
+    line = str(e.value)
+    assert "\n" not in line and str(path) in line
+    aside = path.with_name(path.name + ".rejected")
+    assert line.endswith(f"; kept as {aside}"), line
+    assert aside.exists() and not path.exists()
+    nat = Nat(state_path=path, **KW)
+    assert not nat.attached
+    return line
+
+
+def test_a_truncated_state_file_is_refused_and_kept_aside(tmp_path):
+    path = made_state(tmp_path)
+    blob = path.read_bytes()
+    path.write_bytes(blob[:len(blob) // 3])
+    refused(path, "is truncated")
+    path.unlink()
+    path.write_bytes(blob[:100])                      # not even the whole header
+    refused(path, "is truncated")
+
+
+def test_eni_blocks_past_the_end_are_refused(tmp_path):
+    path = made_state(tmp_path)
+    os.truncate(path, u64(path, SH_ENI_OFF + 8) + 4096)   # ENI 1's block cut short
+    refused(path, "ends its ENI blocks at .* outside")
+
+
+@pytest.mark.parametrize("at, fmt, value, match", [
+    (SH_N_ENIS, "<I", 5000, "has 5000 ENIs, more than 1024"),
+    (SH_ENI_OFF, "<Q", None, "puts ENI 0's block .* outside its ENI space"),      # unaligned
+    (SH_ENI_OFF + 8, "<Q", 0, "puts ENI 1's block"),                            # the header
+    (SH_ENI_OFF + 8, "<Q", 1 << 62, "puts ENI 1's block"),
+    (SH_END, "<Q", 1 << 62, "ends its ENI blocks at"),
+    (HDR_BUILD_HASH, "<Q", 0x1234, "written by another build"),
+    (HDR_BOOT_ID, "<8s", b"00000000", "is from another boot"),
+    (0, "<8s", b"HPNATSTX", "not a Hyperplane state file"),
+])
+def test_a_corrupted_state_file_is_refused(tmp_path, at, fmt, value, match):
+    path = made_state(tmp_path)
+    if value is None:
+        value = u64(path, at) + 8
+    patch(path, at, fmt, value)
+    refused(path, match)
+
+
+def test_overlapping_eni_blocks_are_refused(tmp_path):
+    path = made_state(tmp_path)
+    patch(path, SH_ENI_OFF + 8, "<Q", u64(path, SH_ENI_OFF))
+    refused(path, "overlapping blocks for ENIs 0 and 1")
+
+
+def test_a_connection_owned_by_no_function_is_no_ones(tmp_path):
+    """A function index in the table past the functions the data plane added (a file whose
+    entries were damaged) never reaches the source table: the connection is refused as
+    spoofed rather than read out of bounds."""
+    path = tmp_path / "nat.state"
+    nat = Nat(state_path=path, **KW)
+    attach_topology(nat)
+    flow = TcpFlow(nat, SRCS[0], 5000, 1000)
+    del nat
+    nat = Nat(state_path=path, **KW)
+    enis = [nat.add_eni(v4, v6) for v4, v6 in ENIS]     # no sources: every owner is out of range
+    grp = nat.add_group()
+    for e in enis:
+        nat.group_add_eni(grp, e)
+    res, _ = flow.data(nat, 2000)
+    assert res[0] != FORWARD and res[1] == R["SPOOFED_SOURCE"]
