@@ -139,7 +139,7 @@ def fill_table(nat, n):
 def add_enis(nl, n):
     """n ENIs as the daemon's ENI worker adds them: a veth, then the NAT's ENI and the loop's
     port, then the ENI joins a group; away from the forwarding thread's CPU, as the daemon's."""
-    from hyperplane.daemon import away_from_forwarding
+    from hyperplane.scheduling import away_from_forwarding
     group = nl.nat.add_group()
     for k in range(n):
         with away_from_forwarding():
@@ -165,7 +165,7 @@ def test_forwarding_goes_on_while_python_is_busy(lab):  # noqa: F811
     try:
         assert fill_table(nl.nat, LISTED) == LISTED
         nl.dp.start()
-        from hyperplane.daemon import forwarding_first
+        from hyperplane.scheduling import forwarding_first
         sched = forwarding_first()                     # as the daemon runs it
 
         def slow_path():        # takes the punts like the daemon's slow-path thread

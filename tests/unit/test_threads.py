@@ -235,7 +235,7 @@ def test_the_forwarding_thread_is_named_and_put_first():
     goes realtime (SCHED_FIFO) when the process may (else it says what it got instead);
     away_from_forwarding() runs a block on the other CPUs (when there are others)."""
     import os
-    from hyperplane.daemon import away_from_forwarding, forwarding_first, _cpu_of
+    from hyperplane.scheduling import away_from_forwarding, forwarding_first, _cpu_of
     dp = DataPlane(make_nat(capacity=1024))
     dp.start()
     try:

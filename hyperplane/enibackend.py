@@ -1,0 +1,46 @@
+"""The ENI manager's backend in the data plane: what its decisions (hyperplane.enimanager) do
+to the lab, the NAT and the data plane of the daemon."""
+
+from __future__ import annotations
+
+from .lab.topology import EniInfo
+from .scheduling import away_from_forwarding
+
+
+class DaemonEniBackend:
+    """What the ENI manager's decisions do to the lab, the NAT and the data plane."""
+
+    def __init__(self, daemon):
+        self.d = daemon         # hyperplane.daemon.Daemon: its lab, NAT, groups and ports
+
+    # Veth, pools and rings: long system calls, away from the forwarding thread's CPU.
+    def create(self, group: str, scale_out: bool) -> EniInfo:
+        g = self.d.lab.state.group(group)
+        with away_from_forwarding():
+            return self.d.lab.add_eni(g.subnet, g.security_groups, scale_out=scale_out)
+
+    def attach(self, eni: EniInfo) -> None:
+        with away_from_forwarding():
+            self.d.attach_eni(eni)
+
+    def pools(self, eni: EniInfo) -> dict:
+        out = {}
+        for fam, addr in ((4, eni.ipv4), (6, eni.ipv6)):
+            if addr is not None:
+                for proto, name in ((6, "tcp"), (17, "udp")):
+                    out[f"{name}{fam}"] = self.d.nat.pool_stats(eni.id, fam, proto)
+        return out
+
+    def usage(self, eni: EniInfo) -> float:
+        return max((p["size"] - p["free"]) / p["size"] for p in self.pools(eni).values())
+
+    def connections(self, eni: EniInfo) -> int:
+        return sum(self.d.nat.eni_counters(eni.id)["active"].values())
+
+    def retire(self, eni: EniInfo) -> bool:
+        return self.d.nat.group_retire_eni(self.d.group_ids[eni.group], eni.id)
+
+    def destroy(self, eni: EniInfo) -> None:
+        with away_from_forwarding():
+            self.d.detach_eni(eni)
+            self.d.lab.delete_eni(eni.id)
