@@ -395,3 +395,56 @@ void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, in
             ids[base + i] = hp_ct_lookup_hashed(ct, &keys[base + i], hashes[i], dir);
     }
 }
+
+static int prefix_matches(const uint8_t *a, const uint8_t *want, uint8_t plen)
+{
+    uint8_t whole = plen / 8, rest = plen % 8;
+    if (memcmp(a, want, whole) != 0)
+        return 0;
+    return rest == 0 || ((a[whole] ^ want[whole]) & (uint8_t)(0xFF << (8 - rest))) == 0;
+}
+
+int hp_ct_match(const hp_ct *ct, const hp_ct_filter *f, const hp_conn *c, uint32_t owner)
+{
+    if (!f || f->what == 0)
+        return 1;
+    uint32_t w = f->what;
+    if (((w & HP_CTF_FAMILY) && c->family != f->family) ||
+        ((w & HP_CTF_PROTO) && c->proto != f->proto) ||
+        ((w & HP_CTF_STATES) && !(f->states & (1u << c->state))) ||
+        ((w & HP_CTF_ENI) && c->eni != f->eni) ||
+        ((w & HP_CTF_OWNER) && owner != f->owner) ||
+        ((w & HP_CTF_FLAGS) && (c->flags & f->flags_mask) != f->flags_want))
+        return 0;
+    const uint8_t *addr[HP_CTA_COUNT] = {c->src, c->dst, ct->enis[c->eni].addr[c->family == 6]};
+    const uint16_t port[HP_CTA_COUNT] = {c->sport, c->dport, c->nat_port};
+    for (int a = 0; a < HP_CTA_COUNT; a++) {
+        if ((w & (HP_CTF_ADDR << a)) && !prefix_matches(addr[a], f->addr[a], f->plen[a]))
+            return 0;
+        if ((w & (HP_CTF_PORT << a)) && (port[a] < f->port_lo[a] || port[a] > f->port_hi[a]))
+            return 0;
+    }
+    return 1;
+}
+
+uint32_t hp_ct_scan(const hp_ct *ct, const hp_ct_filter *f, uint32_t from, uint32_t to,
+                    uint32_t *ids, uint32_t max, uint32_t *next)
+{
+    uint32_t got = 0, i = from;
+    if (to > ct->capacity)
+        to = ct->capacity;
+    for (; i < to && got < max; i++) {
+        const hp_conn *c = &ct->conns[i];
+        if (c->state == HP_S_NONE)
+            continue;
+        /* the owner lives on the counters' line: read it only for a filter that asks */
+        uint32_t owner = f && (f->what & HP_CTF_OWNER) ? ct->stats[i].owner : 0;
+        if (!hp_ct_match(ct, f, c, owner))
+            continue;
+        if (ids)
+            ids[got] = i;
+        got++;
+    }
+    *next = i;
+    return got;
+}

@@ -255,4 +255,37 @@ void hp_ct_flow_reset(hp_ct *ct, uint32_t id);
 /* Bytes the table holds per connection slot, both index entries included. */
 size_t hp_ct_memory(const hp_ct *ct);
 
+/* A filter over connections, as `hyperplane conntrack` and the event stream take it
+ * (docs/cli.md): each test whose HP_CTF_* bit is set in `what` must hold. Addresses: the
+ * inside source, the destination and the ENI address (the reply tuple's destination), each a
+ * prefix; ports: sport, dport and the NAT port, each a range. */
+enum {
+    HP_CTF_FAMILY = 1, HP_CTF_PROTO = 2, HP_CTF_STATES = 4, HP_CTF_ENI = 8, HP_CTF_OWNER = 16,
+    HP_CTF_FLAGS = 32,
+    HP_CTF_ADDR = 64,            /* << HP_CTA_*: one bit per address */
+    HP_CTF_PORT = 512,           /* << HP_CTA_*: one bit per port */
+};
+enum { HP_CTA_SRC = 0, HP_CTA_DST = 1, HP_CTA_NAT = 2, HP_CTA_COUNT = 3 };
+
+typedef struct hp_ct_filter {
+    uint32_t what;
+    uint32_t states;             /* bit 1 << state */
+    uint32_t owner;
+    uint16_t eni;
+    uint8_t family, proto;
+    uint8_t flags_mask, flags_want;  /* (flags & mask) == want */
+    uint8_t plen[HP_CTA_COUNT];
+    uint8_t pad;
+    uint8_t addr[HP_CTA_COUNT][16];
+    uint16_t port_lo[HP_CTA_COUNT], port_hi[HP_CTA_COUNT];
+} hp_ct_filter;
+
+/* Whether a connection (its entry and owner) passes the filter; NULL passes everything. */
+int hp_ct_match(const hp_ct *ct, const hp_ct_filter *f, const hp_conn *c, uint32_t owner);
+/* The live connections that pass the filter among table slots [from, to): their ids go to ids
+ * (at most max; NULL: only counted). Returns how many matched; *next is the slot after the
+ * last one looked at (to, unless max was reached first). */
+uint32_t hp_ct_scan(const hp_ct *ct, const hp_ct_filter *f, uint32_t from, uint32_t to,
+                    uint32_t *ids, uint32_t max, uint32_t *next);
+
 #endif

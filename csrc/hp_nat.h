@@ -5,6 +5,7 @@
 #define HP_NAT_H
 
 #include "hp_conntrack.h"
+#include "hp_events.h"
 #include "hp_packet.h"
 #include "hp_portalloc.h"
 #include "hp_reject.h"
@@ -112,6 +113,7 @@ typedef struct hp_nat {
     uint8_t attached;            /* the state came from a file made before */
     uint32_t repaired;           /* at attach: torn entries and quarantine records dropped */
     hp_rate refusal_rate;        /* answers to refused new connections (hp_police.h) */
+    hp_event_ring *events;       /* NULL until someone listens (hp_events.h) */
 } hp_nat;
 
 hp_nat *hp_nat_create(const hp_nat_config *cfg);
@@ -180,6 +182,10 @@ size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn_record *o
 
 /* Removes one connection (flush, or an ENI being deleted), releasing its port. */
 void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms);
+/* Removes one connection as `conntrack -D` does (docs/semantics.md 2.5): its record goes to
+ * copy_to (NULL: to the journal, as an expired one's) for the flow log to close it, its port
+ * to quarantine as on expiry, and a DESTROY event says DELETED. */
+void hp_nat_remove_conn(hp_nat *nat, uint32_t id, uint64_t now_ms, hp_conn_record *copy_to);
 
 hp_pool *hp_nat_pool(hp_nat *nat, int eni, int family, int proto);
 

@@ -194,6 +194,16 @@ void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
     hp_ct_delete(&nat->ct, id);
 }
 
+void hp_nat_remove_conn(hp_nat *nat, uint32_t id, uint64_t now_ms, hp_conn_record *copy_to)
+{
+    if (copy_to)
+        record(nat, id, copy_to);
+    else
+        journal_push(nat, id);
+    hp_event_note(nat->events, HP_EV_DESTROY, &nat->ct, id, 0, 0, HP_DR_DELETED, now_ms);
+    hp_nat_delete_conn(nat, id, now_ms);
+}
+
 /* IdleTimeoutCount (docs/semantics.md 9.2): an expired TCP connection that had been
  * established and was not closed (no FIN both ways, no RST): it went from active to idle. */
 static int hp_idled_out(const hp_conn *c)
@@ -216,6 +226,8 @@ static void expire_conn(hp_nat *nat, uint32_t id, uint64_t now_ms, hp_conn_recor
     const hp_conn *c = &nat->ct.conns[id];
     if (hp_idled_out(c))
         nat->eni_ctr[c->eni].idle_timeouts++;
+    hp_event_note(nat->events, HP_EV_DESTROY, &nat->ct, id, 0, 0,
+             c->state == HP_S_CLOSE ? HP_DR_RESET : HP_DR_EXPIRED, now_ms);
     hp_nat_delete_conn(nat, id, now_ms);
 }
 
@@ -244,6 +256,7 @@ static void reopen_conn(hp_nat *nat, uint32_t id, const hp_pkt *pkt, uint64_t no
 {
     hp_conn *c = &nat->ct.conns[id];
     journal_push(nat, id);
+    hp_event_note(nat->events, HP_EV_DESTROY, &nat->ct, id, 0, 0, HP_DR_REOPENED, now_ms);
     nat->counters[HP_C_CONN_EXPIRED]++;
     nat->counters[HP_C_CONN_CREATED]++;
     nat->eni_ctr[c->eni].attempts[0]++;
@@ -255,6 +268,7 @@ static void reopen_conn(hp_nat *nat, uint32_t id, const hp_pkt *pkt, uint64_t no
     hp_ct_flow_reset(&nat->ct, id);     /* the new connection's first interval */
     hp_tcp_new(&nat->ct.win[id], pkt);
     hp_ct_touch(&nat->ct, id, HP_S_SYN_SENT, now_ms);
+    hp_event_note(nat->events, HP_EV_NEW, &nat->ct, id, 0, 0, 0, now_ms);
 }
 
 /* A packet of connection id in direction dir: TCP tracking, then state, timers, counters and
@@ -264,7 +278,7 @@ static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, int dec_ttl,
 {
     hp_conn *c = &nat->ct.conns[id];
     hp_eni_counters *ec = &nat->eni_ctr[c->eni];
-    uint8_t old = c->state, state = old;
+    uint8_t old = c->state, state = old, old_flags = c->flags;
     if (c->proto == 6) {
         if (hp_tcp_reopens(c, dir, pkt->tcp_flags)) {
             /* A new connection: the security group's rules of now decide. */
@@ -273,6 +287,7 @@ static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, int dec_ttl,
                 return HP_R_SG_DENIED;
             reopen_conn(nat, id, pkt, now_ms);
             old = c->state;
+            old_flags = c->flags;
         }
         int r = hp_tcp_track(&nat->ct.win[id], c, dir, pkt);
         if (r != HP_R_NONE)
@@ -313,6 +328,8 @@ static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, int dec_ttl,
     nat->counters[fwd + 1] += bytes;
     ec->packets[dir] += packets;
     ec->bytes[dir] += bytes;
+    if (state != old || ((c->flags ^ old_flags) & (HP_F_REPLY_SEEN | HP_F_ASSURED)))
+        hp_event_note(nat->events, HP_EV_UPDATE, &nat->ct, id, old, old_flags, 0, now_ms);
 
     if (dir == HP_DIR_OUT)
         hp_rewrite_ex(pkt, dir, nat->eni_addr[c->eni].addr[c->family == 6], c->nat_port, dec_ttl);
@@ -408,6 +425,7 @@ static int make_room(hp_nat *nat, int may_drop, uint64_t now_ms)
     if (victim == HP_CT_NONE)
         return 0;
     journal_push(nat, victim);
+    hp_event_note(nat->events, HP_EV_DESTROY, &nat->ct, victim, 0, 0, HP_DR_EARLY_DROP, now_ms);
     nat->counters[HP_C_CONN_EARLY_DROPPED]++;
     hp_func *f = hp_quota_func(nat, nat->ct.stats[victim].owner);
     if (f)
@@ -488,6 +506,7 @@ static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_
     nat->counters[HP_C_CONN_CREATED]++;
     nat->eni_ctr[eni].attempts[k->proto == 17]++;
     nat->eni_ctr[eni].active[k->proto == 17]++;
+    hp_event_note(nat->events, HP_EV_NEW, &nat->ct, *id, 0, 0, 0, now_ms);
     return HP_R_NONE;
 }
 
@@ -572,6 +591,7 @@ static int hairpin_receiver(hp_nat *nat, const hp_pkt *pkt, const hp_flow_key *k
     nat->counters[HP_C_CONN_CREATED]++;
     nat->eni_ctr[e].attempts[k->proto == 17]++;
     nat->eni_ctr[e].active[k->proto == 17]++;
+    hp_event_note(nat->events, HP_EV_NEW, &nat->ct, *id, 0, 0, 0, now_ms);
     return HP_R_NONE;
 }
 

@@ -349,6 +349,7 @@ void hp_nat_destroy(hp_nat *nat)
         free(nat->eni_pools[e]);
     }
     hp_nat_obs_free(nat);
+    hp_events_destroy(nat->events);
     hp_region_close(&nat->state);
     free(nat->sources);
     free(nat->funcs);

@@ -488,11 +488,31 @@ cdef class Nat:
             start_s=c.start_s, last_seen_ms=c.last_seen_ms, owner=st.owner,
             flow_out=flow[0], flow_in=flow[1])
 
-    def connections_page(self, cursor=0, int limit=1000):
+    def connections_page(self, cursor=0, int limit=1000, filter=None):
         """Up to limit live connections from table slot cursor on, in one hold of the table
         lock (which scans at most CHUNK_SCAN slots, so a page may come back short): returns
-        (connections, next cursor or None at the end of the table)."""
-        return self._page(cursor, limit, False)
+        (connections, next cursor or None at the end of the table). filter: a ConnFilter or
+        its JSON form (hyperplane.ctfilter), tested in C while the table is scanned."""
+        if filter is None:
+            return self._page(cursor, limit, False)
+        return _scan_page(self, cursor, limit, filter, False, 0)
+
+    def count(self, filter=None):
+        """How many live connections pass the filter: a scan in holds of the table lock
+        bounded as a page's, nothing copied."""
+        return _count(self, filter)
+
+    def delete_page(self, cursor=0, int limit=1000, filter=None, uint64_t now_ms=0):
+        """Removes up to limit live connections that pass the filter, from table slot cursor
+        on, in one hold bounded as connections_page's, as `conntrack -D` does
+        (docs/semantics.md 2.5): each one's port goes to quarantine as on expiry and a DESTROY
+        event says DELETED. Returns (the removed connections as they were, for the flow log
+        to close, next cursor or None)."""
+        return _scan_page(self, cursor, limit, filter, True, now_ms)
+
+    def events(self, filter=None):
+        """A reader of the connection event stream from now on (EventReader)."""
+        return EventReader(self, filter)
 
     def connections(self):
         """Every live connection, read page by page (the table may change between pages)."""
@@ -651,3 +671,4 @@ def pack_key(src, dst, int sport, int dport, int proto):
 
 include "_dataplane.pxi"
 include "_natsg.pxi"
+include "_conntrack.pxi"

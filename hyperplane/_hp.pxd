@@ -90,6 +90,58 @@ cdef extern from "hp_portalloc.h":
     uint32_t hp_pool_quarantined(const hp_pool *p) nogil
     size_t hp_pool_memory(const hp_pool *p)
 
+cdef extern from "hp_events.h":
+    enum: HP_EV_NEW
+    enum: HP_EV_UPDATE
+    enum: HP_EV_DESTROY
+    enum: HP_DR_COUNT
+    const char *const hp_destroy_reason_names[]
+    ctypedef struct hp_event:
+        uint64_t seq
+        uint64_t now_ms
+        hp_conn conn
+        uint64_t packets[2]
+        uint64_t bytes[2]
+        uint32_t id
+        uint32_t owner
+        uint8_t type
+        uint8_t old_state
+        uint8_t old_flags
+        uint8_t reason
+    ctypedef struct hp_event_ring:
+        uint64_t head
+    hp_event_ring *hp_events_create(uint32_t size) nogil
+    void hp_events_destroy(hp_event_ring *r) nogil
+    uint32_t hp_events_read(const hp_event_ring *r, uint64_t *cursor, hp_event *out,
+                            uint32_t max, uint64_t *lost) nogil
+
+cdef extern from "hp_conntrack.h":
+    enum: HP_CTF_FAMILY
+    enum: HP_CTF_PROTO
+    enum: HP_CTF_STATES
+    enum: HP_CTF_ENI
+    enum: HP_CTF_OWNER
+    enum: HP_CTF_FLAGS
+    enum: HP_CTF_ADDR
+    enum: HP_CTF_PORT
+    ctypedef struct hp_ct_filter:
+        uint32_t what
+        uint32_t states
+        uint32_t owner
+        uint16_t eni
+        uint8_t family
+        uint8_t proto
+        uint8_t flags_mask
+        uint8_t flags_want
+        uint8_t plen[3]
+        uint8_t addr[3][16]
+        uint16_t port_lo[3]
+        uint16_t port_hi[3]
+    int hp_ct_match(const hp_ct *ct, const hp_ct_filter *f, const hp_conn *c,
+                    uint32_t owner) nogil
+    uint32_t hp_ct_scan(const hp_ct *ct, const hp_ct_filter *f, uint32_t start, uint32_t to,
+                        uint32_t *ids, uint32_t max, uint32_t *next) nogil
+
 cdef extern from "hp_nat.h":
     enum: HP_C_COUNT
     const char *const hp_counter_names[]
@@ -130,6 +182,7 @@ cdef extern from "hp_nat.h":
         uint64_t *drops
         uint8_t attached
         uint32_t repaired
+        hp_event_ring *events
     void hp_nat_config_default(hp_nat_config *cfg)
     hp_nat *hp_nat_create(const hp_nat_config *cfg)
     int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *err,
@@ -157,6 +210,8 @@ cdef extern from "hp_nat.h":
     size_t hp_nat_expire(hp_nat *nat, uint64_t now_ms, size_t max, hp_conn_record *out,
                          size_t out_max) nogil
     void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms) nogil
+    void hp_nat_remove_conn(hp_nat *nat, uint32_t id, uint64_t now_ms,
+                            hp_conn_record *copy_to) nogil
     hp_pool *hp_nat_pool(hp_nat *nat, int eni, int family, int proto) nogil
 
 cdef extern from "hp_quota.h":

@@ -96,3 +96,23 @@ def mac_bytes(mac) -> bytes:
 
 def addr_str(family: int, raw: bytes) -> str:
     return str(ipaddress.ip_address(raw[:4] if family == 4 else raw[:16]))
+
+
+EVENT_TYPES = ("NEW", "UPDATE", "DESTROY")
+# Why a connection ended (csrc/hp_events.h): its timeout ran out; it timed out in CLOSE after
+# an RST; `conntrack -D / -F` deleted it; the table was full and it was the oldest unassured
+# one; a new SYN reopened its closed tuple.
+DESTROY_REASONS = ("EXPIRED", "RESET", "DELETED", "EARLY_DROP", "REOPENED")
+
+
+@dataclass(frozen=True)
+class ConnEvent:
+    """One change of the connection table, as `hyperplane conntrack -E` prints it."""
+    seq: int               # 1, 2, ... in the order the table changed
+    type: str              # NEW, UPDATE or DESTROY
+    time_ms: int           # the data plane's clock
+    conn: Connection       # after the change (as it was, for DESTROY); no flow interval
+    old_state: str | None = None     # UPDATE: the state before
+    old_flags: int | None = None     # UPDATE: the flags before
+    reason: str | None = None        # DESTROY: one of DESTROY_REASONS
+
