@@ -2,13 +2,13 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: deps install build test test-unit test-ns fuzz fuzz-ci fuzz-coverage bench bench-e2e demo down clean sdist
+.PHONY: deps install build test test-unit test-ns fuzz fuzz-ci fuzz-coverage bench bench-e2e demo down docs docs-serve clean sdist
 
 deps:               ## system tools the lab and tests use (apt, when root and missing)
 	scripts/install-system-deps
 
-install: deps       ## the package, its C extension built in place, the test tools, matplotlib
-	$(PYTHON) -m pip install -q -e '.[test,bench]'
+install: deps       ## the package, its C extension built in place, the test and docs tools, matplotlib
+	$(PYTHON) -m pip install -q -e '.[test,bench,docs]'
 
 build:              ## rebuild the C extension in place after editing csrc/ or *.pyx
 	@$(PYTHON) -c 'import Cython, setuptools' 2>/dev/null || $(PYTHON) -m pip install -q 'Cython>=3.1' setuptools
@@ -48,8 +48,15 @@ demo: install build ## the built-in default lab, traffic through it, then down
 down:
 	hyperplane down
 
+docs:               ## the documentation site into site/, strictly (a broken link fails)
+	@$(PYTHON) -c 'import mkdocs, material, mkdocstrings' 2>/dev/null || $(PYTHON) -m pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
+
+docs-serve:         ## the site on http://127.0.0.1:8000/, rebuilt as pages change
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs serve
+
 sdist:
 	$(PYTHON) -m pip install -q build && $(PYTHON) -m build --sdist
 
 clean:
-	rm -rf build dist *.egg-info hyperplane/_core.c hyperplane/*.so
+	rm -rf build dist site *.egg-info hyperplane/_core.c hyperplane/*.so

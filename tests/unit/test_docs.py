@@ -1,0 +1,165 @@
+"""The documentation site builds with ``mkdocs build --strict`` (a broken link, a page left out
+of the nav or a reference to a removed name fails), its reference pages match the code they
+describe, and the README stays a front page.
+
+A new page under docs/ goes into ``nav`` in mkdocs.yml; a new public name of ``hyperplane``
+needs a docstring (the Python API page is generated from them)."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+README = ROOT / "README.md"
+README_MAX_BYTES = 8 * 1024
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site, built once for this module, strictly."""
+    out = tmp_path_factory.mktemp("site")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-f",
+         str(ROOT / "mkdocs.yml"), "-d", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (
+        "mkdocs build --strict failed (a new page goes into nav in mkdocs.yml; links are "
+        "relative to the page):\n" + result.stdout + result.stderr)
+    return out
+
+
+def test_the_site_builds_strictly(site):
+    for page in ["index.html", "semantics/index.html", "reference/python/index.html",
+                 "reference/config/index.html", "observability/index.html"]:
+        assert (site / page).is_file(), page
+
+
+# --- the Python API page ------------------------------------------------------------------
+
+def _sections(page: str) -> dict[str, str]:
+    """{object path: the HTML of its documentation} for each object mkdocstrings rendered."""
+    heads = list(re.finditer(r'<h[2-6] id="(hyperplane\.[\w.]+)" class="doc doc-heading"', page))
+    return {m[1]: page[m.end():(heads[i + 1].start() if i + 1 < len(heads) else len(page))]
+            for i, m in enumerate(heads)}
+
+
+def _text(fragment: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", " ", fragment))
+
+
+def _public_names(module) -> list[str]:
+    """The names ``from module import *`` gives, as griffe (mkdocstrings) reads them too."""
+    if hasattr(module, "__all__"):
+        return list(module.__all__)
+    return [name for name, value in vars(module).items()
+            if not name.startswith("_") and not isinstance(value, types.ModuleType)]
+
+
+def test_the_api_reference_lists_every_public_name_with_its_docstring(site):
+    import hyperplane
+
+    names = _public_names(hyperplane)
+    page = (site / "reference" / "python" / "index.html").read_text()
+    sections = _sections(page)
+    documented = {path.split(".", 1)[1] for path in sections if path.count(".") == 1}
+    missing = [n for n in names if n not in documented]
+    assert not missing, f"in hyperplane.__all__, not on the API page: {missing}"
+    stale = sorted(n for n in documented - set(names) if not n.startswith("__"))
+    assert not stale, f"on the API page, not in hyperplane.__all__: {stale}"
+    for name in names:
+        body = sections[f"hyperplane.{name}"]
+        prose = re.search(r'<div class="doc doc-contents[^"]*">(.*?)(?:<div class="doc doc-children">|$)',
+                          body, re.S)
+        assert prose and re.search(r"<p>", prose[1]) and _text(prose[1]).strip(), \
+            f"hyperplane.{name} has no docstring on the API page"
+
+
+# --- the README ---------------------------------------------------------------------------
+
+def test_the_readme_is_a_front_page():
+    size = len(README.read_bytes())
+    assert size < README_MAX_BYTES, f"README.md is {size} bytes: move detail into docs/"
+
+
+def test_the_readmes_links_resolve():
+    text = README.read_text()
+    targets = re.findall(r"\]\(([^)\s#]+)(?:#[^)]*)?\)", text)
+    assert targets
+    broken = [t for t in targets if not re.match(r"[a-z]+:", t) and not (ROOT / t).exists()]
+    assert not broken, f"README.md links to missing files: {broken}"
+
+
+# --- reference pages that restate the code ------------------------------------------------
+
+def test_the_exit_codes_page_lists_the_clis_codes():
+    from hyperplane import cli
+
+    codes = {value for name, value in vars(cli).items()
+             if name.startswith("EXIT_") and isinstance(value, int)}
+    page = (DOCS / "reference" / "exit-codes.md").read_text()
+    listed = {int(c) for c in re.findall(r"^\| `(\d+)` \|", page, re.M)}
+    assert codes == listed, f"cli: {sorted(codes)}, exit-codes.md: {sorted(listed)}"
+
+
+def _fenced(path: Path, language: str) -> list[str]:
+    blocks = re.findall(rf"^```{language}\n(.*?)^```$", path.read_text(), re.M | re.S)
+    return [b for b in blocks if not b.lstrip().startswith("--8<--")]
+
+
+def test_the_config_reference_validates_as_it_stands():
+    from hyperplane.config import loads_config
+
+    blocks = _fenced(DOCS / "reference" / "config.md", "toml")
+    assert blocks
+    for block in blocks:
+        loads_config(block, source="docs/reference/config.md")
+
+
+# Fields of the typed config whose TOML key has another name, or that are a table's own key.
+_CONFIG_KEYS = {"vpc_id": "id", "subnets": "vpc.subnets", "security_groups": "vpc.security_groups",
+                "fields": "format", "name": None, "id": None}
+
+
+def _config_fields(cls, seen=None):
+    """Every field of the typed config, walking into the dataclasses it is made of."""
+    import dataclasses
+    import typing
+
+    seen = set() if seen is None else seen
+    if cls in seen:
+        return
+    seen.add(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        yield cls.__name__, f.name
+        for inner in re.findall(r"\b([A-Z]\w*Config|EgressRule)\b", str(hints[f.name])):
+            yield from _config_fields(getattr(sys.modules[cls.__module__], inner), seen)
+
+
+def test_the_config_reference_shows_every_key_of_the_schema():
+    """The full example names every field of ``hyperplane.config.Config`` (a new setting
+    cannot go undocumented)."""
+    from hyperplane.config import Config
+
+    page = (DOCS / "reference" / "config.md").read_text()
+    example = _fenced(DOCS / "reference" / "config.md", "toml")[0]
+    missing = []
+    for owner, name in _config_fields(Config):
+        key = _CONFIG_KEYS.get(name, name)
+        if key is None:
+            continue
+        last = key.rsplit(".", 1)[-1]
+        if not re.search(rf"\b{re.escape(last)}\b", example):
+            missing.append(f"{owner}.{name}")
+    assert not missing, f"config fields not in docs/reference/config.md: {missing}"
+    assert "--8<--" in page      # the built-in lab is included from the file itself
