@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: deps install build test test-unit test-ns fuzz fuzz-ci fuzz-coverage bench bench-e2e demo down docs docs-serve clean sdist
+.PHONY: deps install build test test-unit test-ns fuzz fuzz-ci fuzz-coverage bench bench-e2e demo down docs docs-serve pictures clean sdist
 
 deps:               ## system tools the lab and tests use (apt, when root and missing)
 	scripts/install-system-deps
@@ -54,6 +54,9 @@ docs:               ## the documentation site into site/, strictly (a broken lin
 
 docs-serve:         ## the site on http://127.0.0.1:8000/, rebuilt as pages change
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs serve
+
+pictures:           ## docs/pictures/ redrawn from the reference model (graphviz dot, matplotlib)
+	$(PYTHON) -m hyperplane.teach.pictures
 
 sdist:
 	$(PYTHON) -m pip install -q build && $(PYTHON) -m build --sdist

@@ -360,22 +360,27 @@ def build_nats(state, port_seed: int = 1):
     nats = (model.Nat(**state.config.nat_args(), port_seed=port_seed),
             CoreNat(**state.config.nat_args(), port_seed=port_seed))
     for nat in nats:
-        groups = {}
-        for g in state.groups:
-            groups[g.key] = nat.add_group()
-            rules = state.group_rules(g.key)
-            nat.set_group_rules(groups[g.key], None if rules is None else [tuple(r) for r in rules])
-        for eni in state.enis:
-            nat.add_eni(eni.ipv4, eni.ipv6)
-            if eni.status != "Deleted":
-                nat.group_add_eni(groups[eni.group], eni.id)
-        for f in state.functions:
-            nat.add_source(f.ipv4, groups[f.group], mac=f.mac)
-            if f.ipv6:
-                nat.add_source(f.ipv6, groups[f.group], allow_v6=f.ipv6_allowed, mac=f.mac)
-            quota = state.config.function(f.name)
-            nat.set_quota(f.ipv4, quota.max_connections, quota.max_ports_per_pool)
+        configure(nat, state)
     return nats
+
+
+def configure(nat, state) -> None:
+    """Gives a NAT (either implementation) the lab's groups, rules, ENIs, sources, quotas."""
+    groups = {}
+    for g in state.groups:
+        groups[g.key] = nat.add_group()
+        rules = state.group_rules(g.key)
+        nat.set_group_rules(groups[g.key], None if rules is None else [tuple(r) for r in rules])
+    for eni in state.enis:
+        nat.add_eni(eni.ipv4, eni.ipv6)
+        if eni.status != "Deleted":
+            nat.group_add_eni(groups[eni.group], eni.id)
+    for f in state.functions:
+        nat.add_source(f.ipv4, groups[f.group], mac=f.mac)
+        if f.ipv6:
+            nat.add_source(f.ipv6, groups[f.group], allow_v6=f.ipv6_allowed, mac=f.mac)
+        quota = state.config.function(f.name)
+        nat.set_quota(f.ipv4, quota.max_connections, quota.max_ports_per_pool)
 
 
 @dataclass
