@@ -3,11 +3,12 @@ TCP stream from a function while 100,000 frames with TTL 1, fragments and pings 
 customer side at the ENI. The stream never stalls over 50 ms, and the policer's counters show
 what it dropped.
 
-The flood is sent as fast as a raw socket in Python goes (~250k frames/s here). What made this
-test fail before: the kernel dropped flood frames at the ENI's rx ring (128 slots of 68 KB)
-whenever the forwarding thread was not scheduled for half a millisecond, and a stream segment
-dropped with them stalled the stream for a retransmission timeout (~210 ms). The rx rings now
-have 2048 slots of 2 KB (bigger frames take the socket's copy path, csrc/hp_ring.h).
+The flood is sent as fast as a raw socket in Python goes. What made this test fail before: the
+kernel dropped flood frames at the ENI's rx ring (a few big slots) whenever the forwarding
+thread was not scheduled for a moment, and a stream segment dropped with them stalled the
+stream for a retransmission timeout. The rx rings now count slots, not bytes: many small ones,
+and bigger frames take the socket's copy path (docs/semantics.md section 12; the figures of
+that fix: docs/history/tests.md).
 """
 
 from __future__ import annotations
