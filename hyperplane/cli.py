@@ -224,26 +224,91 @@ def cmd_exec(args) -> int:
     os.execvp("ip", ["ip", "netns", "exec", ns, *cmd])
 
 
+def conntrack_filter(args) -> dict:
+    """The filter options as the data plane takes them (hyperplane.ctfilter's keys)."""
+    spec = {"proto": args.proto, "family": args.family, "state": args.state,
+            "function": args.function, "eni": args.eni, "assured": args.assured,
+            "src": args.src, "dst": args.dst, "sport": args.sport, "dport": args.dport}
+    # The reply tuple is (dst, dport) -> (nat_addr, nat_port): its source is the original's
+    # destination, so a reply filter on it joins the original's.
+    for mine, theirs in (("reply_src", "dst"), ("reply_port_src", "dport")):
+        value = getattr(args, mine)
+        if value is not None:
+            if spec[theirs] is not None and str(spec[theirs]) != str(value):
+                raise CliError(f"--{mine.replace('_', '-')} is the original destination: it "
+                               f"cannot differ from --{theirs}", EXIT_USAGE)
+            spec[theirs] = value
+    spec["nat_addr"], spec["nat_port"] = args.reply_dst, args.reply_port_dst
+    spec = {k: v for k, v in spec.items() if v is not None}
+    from .ctfilter import ConnFilter
+    try:                                # checked here too, so a typo is a usage error
+        ConnFilter.parse({k: v for k, v in spec.items() if k != "function"})
+    except ValueError as e:
+        raise CliError(str(e), EXIT_USAGE) from None
+    return spec
+
+
 def cmd_conntrack(args) -> int:
-    """Prints the listing as its pages arrive: a table, or (--json) one JSON array."""
-    from .render import ConntrackPrinter, JsonArrayPrinter
+    """-L (default): the listing as its pages arrive; -C: a count; -D / -F: delete; -E: the
+    event stream."""
     prefix = resolve_prefix(args)
+    spec = conntrack_filter(args)
+    if args.action == "count":
+        n = ask(prefix, "conntrack-count", filter=spec)["count"]
+        print(json.dumps({"count": n}) if args.json else n)
+        return EXIT_OK
+    if args.action == "delete" and not spec:
+        raise CliError("-D deletes the connections that match a filter: give one, or flush "
+                       "the whole table with -F", EXIT_USAGE)
+    if args.action == "events":
+        return conntrack_events(prefix, spec, args)
+    command = "conntrack" if args.action == "list" else "conntrack-delete"   # or -D, -F
     rounds = 0
     while True:
-        printer = JsonArrayPrinter(sys.stdout) if args.json else ConntrackPrinter(sys.stdout)
-        if args.watch and not args.json:
+        printer = listing_printer(args)
+        if args.watch and not (args.json or args.json_lines):
             sys.stdout.write("\033[2J\033[H")
-        for page in ask_listing(prefix, "conntrack"):
+        for page in ask_listing(prefix, command, filter=spec):
             printer.page(page)
         printer.end()
         sys.stdout.flush()
+        if command == "conntrack-delete":
+            print(f"{printer.count} connection{'s' if printer.count != 1 else ''} deleted",
+                  file=sys.stderr)
         rounds += 1
-        if not args.watch or (args.count and rounds >= args.count):
+        if not args.watch or (args.rounds and rounds >= args.rounds):
             return EXIT_OK
         try:
             time.sleep(args.interval)
         except KeyboardInterrupt:      # the way to end --watch
             return EXIT_OK
+
+
+def listing_printer(args):
+    from .render import ConntrackPrinter, JsonArrayPrinter, JsonLinesPrinter
+    if args.json_lines:
+        return JsonLinesPrinter(sys.stdout)
+    return JsonArrayPrinter(sys.stdout) if args.json else ConntrackPrinter(sys.stdout)
+
+
+def conntrack_events(prefix: str, spec: dict, args) -> int:
+    """Events as they happen, one line each (JSON lines with --json), until Ctrl-C or
+    --max-events; a LOST line when the data plane had to drop some for this reader."""
+    from .render import event_line
+    shown = 0
+    try:
+        for page in ask_listing(prefix, "conntrack-events", timeout=30.0, filter=spec):
+            for event in page:
+                sys.stdout.write((json.dumps(event) if args.json or args.json_lines
+                                  else event_line(event)) + "\n")
+                shown += event["event"] != "LOST"
+                if args.max_events and shown >= args.max_events:
+                    sys.stdout.flush()
+                    return EXIT_OK
+            sys.stdout.flush()
+    except KeyboardInterrupt:          # the way to end -E
+        return EXIT_OK
+    return EXIT_OK
 
 
 def cmd_eni(args) -> int:
@@ -263,6 +328,8 @@ def cmd_set_function(args) -> int:
 
 def cmd_stats(args) -> int:
     from .render import stats_table
+    if args.prometheus and args.json:
+        raise CliError("--prometheus and --json: choose one", EXIT_USAGE)
     stats = ask(resolve_prefix(args), "stats")
     if args.prometheus:
         from .metrics import render
@@ -294,93 +361,263 @@ def cmd_demo(args) -> int:
     return run_demo(keep=args.keep)
 
 
+# --- check --------------------------------------------------------------------------------
+
+EXIT_INVALID = 1         # check: the config is invalid
+
+
+def cmd_check(args) -> int:
+    """Validates a lab config as `up` would, without root, building nothing."""
+    from .lab.topology import build_topology
+    from .render import lab_plan
+    try:
+        cfg = load_config(args.config)
+        if args.prefix:
+            cfg = cfg.with_prefix(args.prefix)
+        state = build_topology(cfg).state()
+    except ConfigError as e:
+        error = {"field": e.field, "problem": e.problem, "source": e.source or args.config}
+        if args.json:
+            print_json({"valid": False, "config": args.config, "errors": [error]})
+        else:
+            print(f"{error['source']}: invalid: {e.field}: {e.problem}", file=sys.stderr)
+        return EXIT_INVALID
+    except LabError as e:              # a config that parses but cannot be laid out
+        if args.json:
+            print_json({"valid": False, "config": args.config,
+                        "errors": [{"field": "lab", "problem": str(e), "source": args.config}]})
+        else:
+            print(f"{args.config}: invalid: lab: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.json:
+        print_json({"valid": True, "config": args.config, "lab": state.to_dict()})
+    else:
+        print(lab_plan(state))
+    return EXIT_OK
+
+
 # --- argument parsing ---------------------------------------------------------------------
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=32)
+
+
+def _command(sub, name: str, summary: str, description: str, examples: list[str],
+             parents=(), **kw) -> argparse.ArgumentParser:
+    """A subcommand with its one-line summary (in `hyperplane --help`), a description and
+    examples (in its own --help and docs/cli.md)."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+    return sub.add_parser(name, parents=list(parents), help=summary,
+                          description=f"{summary[0].upper()}{summary[1:]}.\n\n{description}",
+                          epilog=epilog, formatter_class=_Formatter, **kw)
+
+
+CONNTRACK_DESCRIPTION = """\
+Lists the data plane's connection table as its pages stream in (-L, the default), counts
+(-C), deletes (-D, with a filter) or flushes (-F, all or what the filters select) connections,
+or follows the table's events as they happen (-E: NEW, UPDATE on a state change or when a
+connection is answered or assured, DESTROY with the reason: EXPIRED, RESET, DELETED,
+EARLY_DROP, REOPENED). The filters are applied by the data plane while it scans the table.
+
+A deleted connection's next packet behaves as a new one: a UDP datagram or a TCP SYN from the
+function opens a new connection; any other TCP segment is answered with a RST (as after an
+idle timeout), a reply from the customer side is dropped as unsolicited. Its flow-log record
+is closed and its port is quarantined as on expiry (docs/semantics.md 2.5).
+
+Tuples: the original is src:sport -> dst:dport (the function to the server), the reply
+dst:dport -> ENI address:NAT port. -s/-d/--sport/--dport test the original tuple,
+-r/-q/--reply-port-src/--reply-port-dst the reply tuple. Addresses take a prefix
+(10.0.1.0/24), ports a range (1000-2000)."""
+
+
+def _family(value: str) -> int:
+    try:
+        return {"ipv4": 4, "4": 4, "ipv6": 6, "6": 6}[value.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"ipv4 or ipv6, not {value!r}") from None
+
+
+def _conntrack_arguments(p: argparse.ArgumentParser) -> None:
+    act = p.add_argument_group("actions (one at most; default -L)").add_mutually_exclusive_group()
+    for flags, value, text in (
+            (("-L", "--list"), "list", "list the connections (default)"),
+            (("-C", "--count"), "count", "print how many connections match"),
+            (("-D", "--delete"), "delete", "delete the connections that match the filters "
+                                           "(a filter is required) and list them"),
+            (("-F", "--flush"), "flush", "delete every connection, or those the filters "
+                                          "select, and list them"),
+            (("-E", "--event"), "events", "print the table's events as they happen, until "
+                                          "Ctrl-C")):
+        act.add_argument(*flags, dest="action", action="store_const", const=value, help=text)
+    p.set_defaults(action="list")
+    f = p.add_argument_group("filters (all must hold)")
+    f.add_argument("-p", "--proto", choices=("tcp", "udp"), help="the protocol")
+    f.add_argument("-f", "--family", type=_family, metavar="{ipv4,ipv6}",
+                   help="the address family")
+    f.add_argument("-s", "--src", "--orig-src", dest="src", metavar="ADDR[/LEN]",
+                   help="original source: the function's address")
+    f.add_argument("-d", "--dst", "--orig-dst", dest="dst", metavar="ADDR[/LEN]",
+                   help="original destination: the server in the customer VPC")
+    f.add_argument("-r", "--reply-src", dest="reply_src", metavar="ADDR[/LEN]",
+                   help="reply source (the original destination)")
+    f.add_argument("-q", "--reply-dst", dest="reply_dst", metavar="ADDR[/LEN]",
+                   help="reply destination: the ENI address the connection leaves from")
+    f.add_argument("--sport", "--orig-port-src", dest="sport", metavar="PORT[-PORT]",
+                   help="original source port")
+    f.add_argument("--dport", "--orig-port-dst", dest="dport", metavar="PORT[-PORT]",
+                   help="original destination port")
+    f.add_argument("--reply-port-src", dest="reply_port_src", metavar="PORT[-PORT]",
+                   help="reply source port (the original destination port)")
+    f.add_argument("--reply-port-dst", dest="reply_port_dst", metavar="PORT[-PORT]",
+                   help="reply destination port: the NAT's external port")
+    f.add_argument("--state", metavar="STATE[,STATE]",
+                   help="connection states, e.g. ESTABLISHED or SYN_SENT,SYN_RECV")
+    f.add_argument("--function", metavar="NAME", help="the function that owns the connection")
+    f.add_argument("--eni", type=int, metavar="ID", help="the ENI the connection leaves from")
+    assured = f.add_mutually_exclusive_group()
+    assured.add_argument("--assured", dest="assured", action="store_const", const=True,
+                         help="assured connections only (answered, established)")
+    assured.add_argument("--unassured", dest="assured", action="store_const", const=False,
+                         help="connections not assured yet")
+    o = p.add_argument_group("output")
+    o.add_argument("--json-lines", action="store_true",
+                   help="one JSON object a line, as they arrive (with -j: one JSON array)")
+    o.add_argument("--watch", action="store_true", help="-L: refresh until Ctrl-C")
+    o.add_argument("--interval", type=float, default=1.0,
+                   help="--watch: seconds between refreshes (default 1)")
+    o.add_argument("--rounds", type=int, default=0, help="--watch: stop after N refreshes")
+    o.add_argument("--max-events", type=int, default=0, metavar="N",
+                   help="-E: stop after N events")
+
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="hyperplane",
         description="A userspace V2N NAT (Lambda's Hyperplane ENI) on network namespaces.",
-        epilog="Start with: sudo hyperplane demo\n\n" + EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="Start with: sudo hyperplane demo\n\n" + EXIT_CODES, formatter_class=_Formatter)
     ap.add_argument("--version", action="version", version=f"hyperplane {__version__}")
+    ap.add_argument("-j", "--json", action="store_true",
+                    help="JSON output (before or after the command, as `ip -j`)")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--prefix", help="the lab's name prefix (default: the one lab that is "
                                          "up, else 'hp')")
+    # -j after the command too; SUPPRESS keeps a -j given before it.
+    with_json = argparse.ArgumentParser(add_help=False)
+    with_json.add_argument("-j", "--json", action="store_true", default=argparse.SUPPRESS,
+                           help="JSON output")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("up", parents=[common], help="build the lab and start the data plane")
+    p = _command(sub, "up", "build the lab and start the data plane",
+                 "Builds the namespaces, links and addresses of a lab config (the built-in lab "
+                 "without -c), starts the data plane under a supervisor that restarts it, and "
+                 "prints the lab. Needs root.",
+                 ["sudo hyperplane up --detach", "sudo hyperplane up -c examples/dual-stack.toml"],
+                 [common])
     p.add_argument("-c", "--config", help="lab config (TOML); default: the built-in lab")
     p.add_argument("--detach", action="store_true",
                    help="return once the data plane forwards (default: stay, Ctrl-C removes)")
     p.set_defaults(fn=cmd_up)
 
-    p = sub.add_parser("down", parents=[common],
-                       help="remove everything the lab made (also after a crash)")
+    p = _command(sub, "check", "validate a lab config without building anything",
+                 "Reads and validates a lab config as `up` would, without root, and prints "
+                 "what the lab would be: its functions with their addresses and ENI groups, "
+                 "the ENIs, subnets and hosts; or the error with the field it is in.\n\n"
+                 f"exit codes: {EXIT_OK} valid, {EXIT_INVALID} invalid, {EXIT_USAGE} bad "
+                 "arguments (as `nft -c`).",
+                 ["hyperplane check -c examples/default.toml",
+                  "hyperplane check -c lab.toml --json | jq .lab.functions"], [common, with_json])
+    p.add_argument("-c", "--config", required=True, help="lab config (TOML)")
+    p.set_defaults(fn=cmd_check)
+
+    p = _command(sub, "down", "remove everything the lab made (also after a crash)",
+                 "Stops the data plane and its supervisor and removes the lab's namespaces, "
+                 "links and run files (the flow logs too, unless --keep-logs). Needs root.",
+                 ["sudo hyperplane down", "sudo hyperplane down --prefix t1 --keep-logs"],
+                 [common])
     p.add_argument("--all", action="store_true", help="every lab found, whatever its prefix")
     p.add_argument("--keep-logs", action="store_true",
                    help=f"keep the data plane's log and the flow logs in {runtime.RUN_DIR}")
     p.set_defaults(fn=cmd_down)
 
-    p = sub.add_parser("status", parents=[common],
-                       help="namespaces, addresses, ENIs, the data plane's pid and restarts "
-                            "(exit 0 running, 3 not running)")
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, "status", "the lab and its data plane",
+                 "Namespaces, addresses, ENIs, the data plane's pid and its restarts. Exit 0 "
+                 "when the data plane runs, 3 when it does not.",
+                 ["hyperplane status", "hyperplane -j status | jq .dataplane"],
+                 [common, with_json])
     p.set_defaults(fn=cmd_status)
 
-    p = sub.add_parser("restart", parents=[common],
-                       help="restart the data plane (its supervisor does it and counts it)")
+    p = _command(sub, "restart", "restart the data plane",
+                 "Asks the supervisor to restart the data plane, which attaches to the state "
+                 "file: established connections survive. Needs root.",
+                 ["sudo hyperplane restart"], [common])
     p.set_defaults(fn=cmd_restart)
 
-    p = sub.add_parser("exec", parents=[common],
-                       help="run a command in a function's or host's namespace")
+    p = _command(sub, "exec", "run a command in a function's or host's namespace",
+                 "Runs COMMAND inside the network namespace of a function or a customer host "
+                 "of the lab (ip netns exec). Needs root.",
+                 ["sudo hyperplane exec api -- curl -s http://10.0.1.10:8080/",
+                  "sudo hyperplane exec web -- ss -tn"], [common])
     p.add_argument("name", help="function or host name (or a namespace name)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     p.set_defaults(fn=cmd_exec)
 
-    p = sub.add_parser("conntrack", parents=[common],
-                       help="the tracked connections, printed as they stream in")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON array of connection objects (streamed, in table order)")
-    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    p.add_argument("--count", type=int, default=0, help="with --watch: stop after N refreshes")
+    p = _command(sub, "conntrack", "the tracked connections: list, count, delete, events",
+                 CONNTRACK_DESCRIPTION,
+                 ["hyperplane conntrack", "hyperplane conntrack -p udp -d 10.0.1.10 -C",
+                  "hyperplane conntrack --state ESTABLISHED --function api -j",
+                  "hyperplane conntrack -D -p tcp --dport 8080",
+                  "hyperplane conntrack -F", "hyperplane conntrack -E -p tcp",
+                  "hyperplane conntrack -E --json | jq -c 'select(.event == \"DESTROY\")'"],
+                 [common, with_json])
+    _conntrack_arguments(p)
     p.set_defaults(fn=cmd_conntrack)
 
-    p = sub.add_parser("eni", parents=[common], help="the ENIs and the ports they use")
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, "eni", "the ENIs and the ports they use",
+                 "Every ENI the lab made (Deleted ones too): status, port, MAC, addresses, "
+                 "subnet, security groups and ports in use.",
+                 ["hyperplane eni", "hyperplane eni -j"], [common, with_json])
     p.set_defaults(fn=cmd_eni)
 
-    p = sub.add_parser("set-function", parents=[common],
-                       help="change a running function's subnet and security groups: its new "
-                            "connections open on that pair's ENI")
+    p = _command(sub, "set-function", "change a running function's subnet and security groups",
+                 "The function's new connections open on the ENI of the new (subnet, security "
+                 "groups) pair, made on demand; live connections keep theirs until they end.",
+                 ["hyperplane set-function api --subnet data --security-groups sg-db"],
+                 [common])
     p.add_argument("function")
     p.add_argument("--subnet", required=True)
     p.add_argument("--security-groups", default="", help="comma-separated ids")
     p.set_defaults(fn=cmd_set_function)
 
-    p = sub.add_parser("stats", parents=[common],
-                       help="counters: forwarded, dropped by reason, NAT-gateway metrics")
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true")
-    fmt.add_argument("--prometheus", action="store_true",
-                     help="Prometheus text, as the metrics endpoint serves it")
+    p = _command(sub, "stats", "counters: forwarded, dropped by reason, NAT-gateway metrics",
+                 "NAT-gateway style metrics, drops and punts by reason, per-ENI and "
+                 "per-function figures, the data plane's and the slow path's counters.",
+                 ["hyperplane stats", "hyperplane stats -j | jq .nat",
+                  "hyperplane stats --prometheus"], [common, with_json])
+    p.add_argument("--prometheus", action="store_true",
+                   help="Prometheus text, as the metrics endpoint serves it")
     p.set_defaults(fn=cmd_stats)
 
-    p = sub.add_parser("demo", help="build the default lab, send traffic through it, show "
-                                    "what the NAT did, remove the lab")
+    p = _command(sub, "demo", "a narrated run through the default lab",
+                 "Builds the default lab, sends traffic through it, shows what the NAT did "
+                 "(connections, ENIs, counters) and removes the lab. Needs root.",
+                 ["sudo hyperplane demo", "sudo hyperplane demo --keep"])
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("trace", parents=[common],
-                       help="one packet through the reference model step by step, the C "
-                            "core's verdict and bytes beside it")
+    p = _command(sub, "trace", "one packet through the reference model, step by step",
+                 "Runs one packet through the reference model with tracing on and prints each "
+                 "step; the C core's verdict and bytes are shown beside it.",
+                 ["hyperplane trace --from api --to web:8080 --tcp syn"], [common])
     from .teach.cli import add_trace_arguments
     add_trace_arguments(p)
     p.set_defaults(fn=cmd_trace)
 
-    p = sub.add_parser("bench", help="Hyperplane beside kernel routing and the kernel's NAT: "
-                                     "throughput, zero-loss rates, connection rates, latency, "
-                                     "table scale, CPU cost; a table, bench.json, bench.png")
+    p = _command(sub, "bench", "Hyperplane beside kernel routing and the kernel's NAT",
+                 "Throughput, zero-loss rates, connection rates, latency, table scale and CPU "
+                 "cost, each beside the kernel's NAT in the same run: a table, bench.json and "
+                 "bench.png. Needs root.",
+                 ["sudo hyperplane bench --quick", "sudo hyperplane bench --tests tcp-1,udp64-1flow"])
     from .benchmark.args import add_arguments as bench_arguments
     bench_arguments(p)
     p.set_defaults(fn=cmd_bench)

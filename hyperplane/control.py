@@ -6,6 +6,9 @@ Protocol (one connection per request): the client sends one JSON object on one l
 
 - a one-shot answer is a single object (never with a "page" key);
 - a listing is streamed: ``{"page": [item, ...]}`` lines, then ``{"done": true}``;
+- a stream (``Stream``, e.g. the event stream) is a listing without an end, whose lines have
+  no write deadline: its handler keeps nothing for a reader that stops reading (it simply
+  produces nothing until the reader takes the line it holds); empty pages are heartbeats;
 - an error, at any point (also in the middle of a listing), is ``{"error": "..."}``.
 
 The server cannot be stalled by its clients: each client has its own thread and its own
@@ -41,6 +44,17 @@ Handler = Callable[[dict], "dict | Iterable[list]"]
 def socket_path(prefix: str, run_dir: str | Path | None = None) -> Path:
     from .runtime import paths      # runtime owns the run folder (and imports this module)
     return paths(prefix, run_dir).socket
+
+
+class Stream:
+    """A handler's answer that streams pages until the client goes away, without the write
+    deadline of a listing: the handler must hold nothing while it waits for a slow reader."""
+
+    def __init__(self, pages: Iterable[list]):
+        self.pages = pages
+
+    def __iter__(self):
+        return iter(self.pages)
 
 
 def _line(obj) -> bytes:
@@ -208,9 +222,10 @@ class ControlServer:
             raise ValueError("a request is a JSON object with a 'command'")
         return req
 
-    def _send(self, conn: socket.socket, obj) -> None:
-        """One line, within the write deadline (sendall's timeout covers the whole line)."""
-        conn.settimeout(self.write_timeout)
+    def _send(self, conn: socket.socket, obj, deadline: bool = True) -> None:
+        """One line, within the write deadline (sendall's timeout covers the whole line);
+        without a deadline for a Stream."""
+        conn.settimeout(self.write_timeout if deadline else None)
         conn.sendall(_line(obj))
 
     def _answer(self, conn: socket.socket, req: dict) -> None:
@@ -229,6 +244,7 @@ class ControlServer:
         if isinstance(answer, dict):
             self._send(conn, answer)
             return
+        deadline = not isinstance(answer, Stream)
         pages = iter(answer)
         try:
             while True:
@@ -241,7 +257,7 @@ class ControlServer:
                     log.exception("listing %r failed", req.get("command"))
                     self._send(conn, {"error": f"{type(e).__name__}: {e}"})
                     return
-                self._send(conn, {"page": list(page)})
+                self._send(conn, {"page": list(page)}, deadline)
             self._send(conn, {"done": True})
         finally:
             close = getattr(pages, "close", None)

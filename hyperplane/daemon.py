@@ -31,6 +31,7 @@ from . import control, flowlog, metrics, runtime
 from ._core import DataPlane, Nat
 from .lab import Lab
 from .lab.topology import EniInfo, RUN_DIR
+from .ctcontrol import ConntrackService
 from .enibackend import DaemonEniBackend
 from .enimanager import EniManager
 from .scheduling import (FORWARDING_SPIN_US, forwarding_first, in_background, lower_priority,
@@ -118,6 +119,9 @@ class Daemon:
             quota = self.config.function(f.name)       # shares already resolved to numbers
             self.nat.set_quota(f.ipv4, quota.max_connections, quota.max_ports_per_pool)
         self.function_names = {f.ipv4: f.name for f in state.functions}
+        owners = {s["owner"]: self.function_names.get(s["addr"], s["addr"])
+                  for s in self.nat.function_stats()}
+        self.conntrack = ConntrackService(self.nat, self.dp.now_ms, lambda: owners)
         if self.nat.attached:                      # state kept across a restart: count it
             self.nat.recount_quotas()
         self.function_group = {f.ipv4: f.group for f in state.functions}
@@ -244,7 +248,7 @@ class Daemon:
             "status": lambda req: self.status(),
             "stats": lambda req: {**self.stats(), "control": server.stats()},
             "eni": lambda req: {"enis": self.eni_status()},
-            "conntrack": self.conntrack_pages,
+            **self.conntrack.handlers(),
             "secgroups": lambda req: {"groups": self.secgroups()},
             "set-rules": lambda req: {"groups": self.set_group_rules(
                 req["group"], req.get("rules")) or self.secgroups()},
@@ -252,12 +256,6 @@ class Daemon:
             "stop": self.request_stop}
         for name, handler in handlers.items():
             server.register(name, in_background(handler))
-
-    def conntrack_pages(self, req: dict):
-        """The connections in pages, each read (one short hold of the table lock) when the
-        previous one has been sent."""
-        return control.cursor_pages(self.nat.connections_page, convert=lambda c: c.to_dict(),
-                                    size=int(req.get("page_size", control.PAGE_SIZE)))
 
     def set_function(self, req: dict) -> dict:
         """A running function's VPC config changes ({"function", "subnet", "security_groups"}):
@@ -314,6 +312,7 @@ class Daemon:
                 "slowpath": {**self.slow.counters(),
                              "exhausted_parked_dropped": self.parked_dropped},
                 "connections": len(self.nat),
+                "conntrack": self.conntrack.stats(),
                 "capacity": self.nat.capacity, "enis": self.eni_status(),
                 "eni_manager": dict(self.enis.counters),
                 "functions": [{"name": self.function_names.get(s["addr"], s["addr"]), **s}
@@ -368,7 +367,8 @@ class Daemon:
         next_flow = self.dp.now_ms() + interval_ms
         while not self.stopping.wait(EXPIRE_EVERY_MS / 1000):
             now = self.dp.now_ms()
-            self.log_expired(self.nat.expire(now, max=65536), now)
+            self.log_expired(self.nat.expire(now, max=65536) + self.conntrack.take_deleted(),
+                             now)
             if now >= next_flow:
                 self.log_interval(now)
                 next_flow = now + interval_ms

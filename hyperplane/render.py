@@ -51,8 +51,9 @@ def lab_picture(state: LabState, dp: dict | None, restarts: dict | None = None) 
     out.append(f"  [ hyperplane ({state.dataplane_ns}) ]")
     for e in state.enis:
         v6 = f" {e.ipv6}" if e.ipv6 else ""
+        used = f"  ports in use {ports_in_use.get(e.id, '?')}" if dp is not None else ""
         out.append(f"        |- ENI {e.id} {e.ifname} {e.mac} {e.ipv4}{v6}  subnet {e.subnet}"
-                   f"  ports in use {ports_in_use.get(e.id, '?')}")
+                   + used)
     out.append("")
     out.append(f"  customer VPC ({state.vpc_ns})")
     for s in state.subnets:
@@ -65,16 +66,50 @@ def lab_picture(state: LabState, dp: dict | None, restarts: dict | None = None) 
     return "\n".join(out)
 
 
-CONNTRACK_HEADER = ["proto", "state", "original", "reply", "eni", "pkts out/in",
-                    "bytes out/in", "assured"]
+def lab_plan(state: LabState) -> str:
+    """What `hyperplane check` prints: the lab a valid config would build."""
+    out = [f"lab {state.prefix!r}: valid, nothing built; {len(state.functions)} functions, "
+           f"{len(state.groups)} ENI groups, {len(state.enis)} ENIs at start", "",
+           "  ENI groups (one per subnet and security-group set)"]
+    for g in state.groups:
+        out.append(f"    {g.key:<20} subnet {g.subnet:<8} security groups "
+                   f"{','.join(g.security_groups) or '-'}; functions {', '.join(g.functions)}")
+    return "\n".join(out + lab_picture(state, None).splitlines()[1:])
+
+
+CONNTRACK_HEADER = ["proto", "state", "timeout", "original", "reply", "eni", "function",
+                    "pkts out/in", "bytes out/in", "assured"]
+
+
+def _tuples(c: dict) -> tuple[str, str]:
+    return (f"{_addr(c['src'], c['sport'])} -> {_addr(c['dst'], c['dport'])}",
+            f"{_addr(c['dst'], c['dport'])} -> {_addr(c['nat_addr'], c['nat_port'])}")
 
 
 def _conn_row(c: dict) -> list:
-    return [c["protocol"], c["state"],
-            f"{_addr(c['src'], c['sport'])} -> {_addr(c['dst'], c['dport'])}",
-            f"{_addr(c['dst'], c['dport'])} -> {_addr(c['nat_addr'], c['nat_port'])}",
-            c["eni"], f"{c['packets_out']}/{c['packets_in']}",
+    timeout = c.get("timeout_s")
+    return [c["protocol"], c["state"], "" if timeout is None else f"{timeout}s", *_tuples(c),
+            c["eni"], c.get("function") or "", f"{c['packets_out']}/{c['packets_in']}",
             f"{c['bytes_out']}/{c['bytes_in']}", "yes" if c["assured"] else ""]
+
+
+def event_line(e: dict) -> str:
+    """One event as `conntrack -E` prints it: [NEW] / [UPDATE] / [DESTROY] / [LOST]."""
+    if e["event"] == "LOST":
+        return (f"[LOST] {e['lost']} events this reader was too slow to take "
+                f"({e['lost_total']} in all)")
+    original, reply = _tuples(e)
+    change = (f"{e['old_state']} -> {e['state']}" if e["event"] == "UPDATE"
+              and e["old_state"] != e["state"] else e["state"])
+    out = [f"[{e['event']}]", e["protocol"], change, original, " " + reply, f"eni {e['eni']}"]
+    if e.get("function"):
+        out.append(f"function {e['function']}")
+    if e["event"] == "DESTROY":
+        out.append(f"reason {e['reason']} pkts {e['packets_out']}/{e['packets_in']} "
+                   f"bytes {e['bytes_out']}/{e['bytes_in']}")
+    elif e["assured"]:
+        out.append("[ASSURED]")
+    return " ".join(out)
 
 
 def conntrack_table(conns: list[dict]) -> str:
@@ -92,7 +127,7 @@ class ConntrackPrinter:
     def __init__(self, out):
         self.out = out
         self.widths: list[int] | None = None
-        self.rows = 0
+        self.count = 0
 
     def _line(self, row) -> str:
         return "  ".join(str(c).ljust(w) for c, w in zip(row, self.widths)).rstrip() + "\n"
@@ -110,10 +145,11 @@ class ConntrackPrinter:
             self.widths = [max(w, *(len(str(r[i])) for r in rows))
                            for i, w in enumerate(self.widths)]
         self.out.write("".join(self._line(r) for r in rows))
-        self.rows += len(rows)
+        self.count += len(rows)
 
     def end(self) -> None:
-        self.out.write(f"{self.rows} connections\n" if self.rows else "no tracked connections\n")
+        self.out.write(f"{self.count} connections\n" if self.count
+                       else "no tracked connections\n")
 
 
 class JsonArrayPrinter:
@@ -131,6 +167,21 @@ class JsonArrayPrinter:
 
     def end(self) -> None:
         self.out.write("[]\n" if self.count == 0 else "\n]\n")
+
+
+class JsonLinesPrinter:
+    """One JSON object a line (`--json-lines`), as they arrive."""
+
+    def __init__(self, out):
+        self.out = out
+        self.count = 0
+
+    def page(self, items: list) -> None:
+        self.out.write("".join(json.dumps(item, default=str) + "\n" for item in items))
+        self.count += len(items)
+
+    def end(self) -> None:
+        pass
 
 
 def eni_table(enis: list[dict]) -> str:

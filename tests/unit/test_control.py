@@ -289,7 +289,7 @@ def test_the_daemon_lists_a_real_table_in_pages(tmp_path):
     import framegen
     from hyperplane import vocab
     from hyperplane._core import Nat
-    from hyperplane.daemon import Daemon
+    from hyperplane.ctcontrol import ConntrackService
     n = 20_000
     nat = Nat(capacity=32768, port_seed=7)
     g = nat.add_group()
@@ -301,9 +301,9 @@ def test_the_daemon_lists_a_real_table_in_pages(tmp_path):
         struct.pack_into("!HH", frames, i * 64 + 34, 1024 + i, 9000)
         struct.pack_into("!H", frames, i * 64 + 40, 0)              # no UDP checksum
     assert nat.translate_packed(bytes(frames), bytearray(len(frames)), 64, vocab.OUT, 1000) == n
-    fake = SimpleNamespace(nat=nat, on_loop=lambda fn: fn())
+    service = ConntrackService(nat, now_ms=lambda: 1000, functions=dict)
     with control.ControlServer(tmp_path / "d.sock") as s:
-        s.register("conntrack", lambda req: Daemon.conntrack_pages(fake, req))
+        s.register("conntrack", service.listing)
         pages = list(control.listing(None, "conntrack", path=s.path, page_size=700))
     assert max(len(p) for p in pages) == 700
     sports = [c["sport"] for p in pages for c in p]

@@ -1,0 +1,170 @@
+"""The data plane's answers to `hyperplane conntrack`: filtered listings, counts, deletion and
+the event stream, as control commands (hyperplane.control), run on the control server's
+threads:
+
+- ``conntrack`` ``{"filter": {...}, "page_size": n}``: pages of connections;
+- ``conntrack-count`` ``{"filter": {...}}``: ``{"count": n}``;
+- ``conntrack-delete`` ``{"filter": {...}}``: pages of the connections removed (docs/semantics.md
+  2.5); an empty filter flushes the table;
+- ``conntrack-events`` ``{"filter": {...}}``: a Stream of pages of events, until the client goes.
+
+The filter's keys are hyperplane.ctfilter's, plus ``function`` (a function's name). Every
+connection and event is one JSON object with the keys docs/cli.md lists ("JSON keys").
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+from . import control
+from .connection import ConnEvent, Connection
+from .ctfilter import ConnFilter
+from .vocab import STATES
+
+EVENT_POLL_S = 0.02          # a reader's turn at the ring when it found nothing new
+HEARTBEAT_S = 1.0            # an empty page this often on a quiet stream: a gone client shows
+
+
+def iso(epoch: float) -> str:
+    """ISO 8601 in UTC with milliseconds, e.g. 2026-12-06T22:05:00.123Z."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
+class Clock:
+    """The data plane's milliseconds as wall-clock time, as of one moment."""
+
+    def __init__(self, now_ms: int, wall_s: float | None = None):
+        self.now_ms = now_ms
+        self.offset_s = (time.time() if wall_s is None else wall_s) - now_ms / 1000
+
+    def epoch(self, ms: float) -> float:
+        return round(self.offset_s + ms / 1000, 3)
+
+
+class ConntrackService:
+    """nat: the C core; now_ms: the data plane's clock; functions: owner index -> name."""
+
+    def __init__(self, nat, now_ms: Callable[[], int], functions: Callable[[], dict[int, str]]):
+        self.nat = nat
+        self.now_ms = now_ms
+        self.functions = functions
+        self.timeouts_ms = nat.params.timeouts_ms
+        # Connections removed by a delete, for the housekeeping thread's flow log.
+        self._deleted: collections.deque[Connection] = collections.deque()
+        self._lock = threading.Lock()
+        self.counts = {"deleted": 0, "event_readers": 0, "events_sent": 0, "events_lost": 0}
+
+    def handlers(self) -> dict:
+        return {"conntrack": self.listing, "conntrack-count": self.count,
+                "conntrack-delete": self.delete, "conntrack-events": self.events}
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[key] += n
+
+    def stats(self) -> dict:
+        with self._lock:
+            return dict(self.counts)
+
+    def take_deleted(self) -> list[Connection]:
+        """The connections deleted since the last call (their flow-log records close)."""
+        out = []
+        while self._deleted:
+            out.append(self._deleted.popleft())
+        return out
+
+    # -- requests --------------------------------------------------------------------------
+
+    def filter_of(self, req: dict) -> ConnFilter:
+        spec = dict(req.get("filter") or {})
+        name = spec.pop("function", None)
+        if name is not None:
+            owners = {n: owner for owner, n in self.functions().items()}
+            if name not in owners:
+                raise ValueError(f"filter function: no function {name!r}; known: "
+                                 f"{', '.join(sorted(owners))}")
+            spec["owner"] = owners[name]
+        return ConnFilter.parse(spec)
+
+    def listing(self, req: dict):
+        flt = self.filter_of(req) or None
+        names = self.functions()
+        return control.cursor_pages(
+            lambda cursor, size: self.nat.connections_page(cursor, size, filter=flt),
+            convert=lambda c: self.describe(c, Clock(self.now_ms()), names),
+            size=int(req.get("page_size", control.PAGE_SIZE)))
+
+    def count(self, req: dict) -> dict:
+        return {"count": self.nat.count(self.filter_of(req) or None)}
+
+    def delete(self, req: dict):
+        flt = self.filter_of(req) or None
+        names = self.functions()
+
+        def page(cursor, size):
+            removed, cursor = self.nat.delete_page(cursor, size, filter=flt,
+                                                   now_ms=self.now_ms())
+            self._deleted.extend(removed)
+            self._count("deleted", len(removed))
+            return removed, cursor
+        return control.cursor_pages(page, convert=lambda c: self.describe(
+            c, Clock(self.now_ms()), names), size=int(req.get("page_size", control.PAGE_SIZE)))
+
+    def events(self, req: dict) -> control.Stream:
+        reader = self.nat.events(self.filter_of(req) or None)
+        return control.Stream(self._event_pages(reader))
+
+    def _event_pages(self, reader):
+        self._count("event_readers")
+        names = self.functions()
+        quiet_since = time.monotonic()
+        try:
+            while True:
+                events, lost = reader.read()
+                clock = Clock(self.now_ms())
+                page = []
+                if lost:
+                    self._count("events_lost", lost)
+                    page.append({"event": "LOST", "lost": lost, "lost_total": reader.lost,
+                                 "time": iso(clock.epoch(clock.now_ms)),
+                                 "time_epoch": clock.epoch(clock.now_ms)})
+                page += [self.describe_event(e, clock, names) for e in events]
+                if page:
+                    self._count("events_sent", len(events))
+                    yield page
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= HEARTBEAT_S:
+                    yield []
+                    quiet_since = time.monotonic()
+                else:
+                    time.sleep(EVENT_POLL_S)
+        finally:
+            self._count("event_readers", -1)
+
+    # -- pictures --------------------------------------------------------------------------
+
+    def describe(self, c: Connection, clock: Clock, names: dict[int, str]) -> dict:
+        """A connection as JSON: Connection.to_dict() and the remaining timeout, the function's
+        name and wall-clock times (ISO 8601 and epoch seconds)."""
+        d = c.to_dict()
+        left_ms = c.last_seen_ms + self.timeouts_ms[STATES.index(c.state)] - clock.now_ms
+        d["timeout_s"] = max(0, left_ms) // 1000
+        d["function"] = names.get(c.owner)
+        start, last = clock.epoch(c.start_s * 1000), clock.epoch(c.last_seen_ms)
+        d.update(start=iso(start), start_epoch=start, last_seen=iso(last),
+                 last_seen_epoch=last)
+        return d
+
+    def describe_event(self, e: ConnEvent, clock: Clock, names: dict[int, str]) -> dict:
+        at = clock.epoch(e.time_ms)
+        d = {"event": e.type, "seq": e.seq, "time": iso(at), "time_epoch": at,
+             "old_state": e.old_state, "reason": e.reason}
+        d.update(self.describe(e.conn, clock, names))
+        if e.type == "DESTROY":
+            d["timeout_s"] = 0
+        return d
