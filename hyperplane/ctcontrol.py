@@ -30,7 +30,7 @@ HEARTBEAT_S = 1.0            # an empty page this often on a quiet stream: a gon
 
 
 def iso(epoch: float) -> str:
-    """ISO 8601 in UTC with milliseconds, e.g. 2026-12-06T22:05:00.123Z."""
+    """ISO 8601 in UTC with milliseconds and a Z, as YYYY-MM-DDTHH:MM:SS.mmmZ."""
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds") \
         .replace("+00:00", "Z")
 
