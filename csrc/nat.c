@@ -16,7 +16,7 @@ const char *const hp_counter_names[HP_C_COUNT] = {
     "FWD_OUT_PACKETS", "FWD_OUT_BYTES", "FWD_IN_PACKETS", "FWD_IN_BYTES",
     "CONN_CREATED", "CONN_ESTABLISHED", "CONN_EXPIRED", "JOURNAL_OVERFLOW",
     "REJECT_OVERFLOW", "RST_SENT", "RST_LIMITED",
-    "CONN_EARLY_DROPPED", "REFUSAL_SENT", "REFUSAL_LIMITED", "HAIRPIN_PACKETS",
+    "CONN_EARLY_DROPPED", "REFUSAL_SENT", "REFUSAL_LIMITED", "HAIRPIN_PACKETS", "HAIRPIN_REFUSED",
 };
 
 void hp_nat_config_default(hp_nat_config *cfg)
@@ -554,51 +554,12 @@ static uint32_t lookup_live(hp_nat *nat, const hp_flow_key *key, uint32_t hash, 
     return id;
 }
 
-/* The receiving side of a hairpinned frame (k: the frame as translated, from one ENI's
- * address and port to ENI e's address and port dport), when it has no connection yet: the
- * inside endpoint that owns that external port (an endpoint-independent mapping) gets a
- * connection whose original tuple goes to the sender's ENI address and port. Only a pure SYN
- * opens a TCP one. */
-static int hairpin_receiver(hp_nat *nat, const hp_pkt *pkt, const hp_flow_key *k, int e,
-                            uint64_t now_ms, uint32_t *id)
-{
-    int miss = no_match_reason(pkt);
-    hp_pool *pool = e >= 0 ? hp_nat_pool(nat, e, k->family, k->proto) : NULL;
-    if (!pool || nat->cfg.per_connection || (k->proto == 6 && !is_pure_syn(pkt)) ||
-        k->dport < pool->lo || k->dport > pool->hi || pool->owner[k->dport - pool->lo].refs == 0)
-        return miss;
-    const hp_port_owner *o = &pool->owner[k->dport - pool->lo];
-    hp_flow_key orig = *k;
-    memcpy(orig.src, o->addr, 16);
-    memcpy(orig.dst, k->src, 16);
-    orig.sport = o->port;
-    orig.dport = k->sport;
-    const hp_source *src = find_source(nat, &orig);
-    if (!src || lookup_live(nat, &orig, hp_ct_hash(&nat->ct, &orig), HP_DIR_OUT, now_ms, NULL) !=
-                    HP_CT_NONE)
-        return miss;
-    /* No early drop here: the victim could be the connection that holds this mapping. */
-    if (!make_room(nat, 0, now_ms))
-        return HP_R_TABLE_FULL;
-    if (o->refs == 0)           /* making room expired the owner's last connection */
-        return miss;
-    hp_pool_ref(pool, k->dport);
-    *id = hp_ct_insert(&nat->ct, &orig, (uint16_t)e, k->dport,
-                       k->proto == 6 ? HP_S_SYN_SENT : HP_S_UDP_FIRST, now_ms);
-    nat->ct.conns[*id].flags |= HP_F_HAIRPIN;
-    nat->ct.stats[*id].owner = src->owner;
-    nat->funcs[src->owner].conns++;
-    nat->counters[HP_C_CONN_CREATED]++;
-    nat->eni_ctr[e].attempts[k->proto == 17]++;
-    nat->eni_ctr[e].active[k->proto == 17]++;
-    hp_event_note(nat->events, HP_EV_NEW, &nat->ct, *id, 0, 0, 0, now_ms);
-    return HP_R_NONE;
-}
-
-/* Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): a frame from a function to an ENI address,
- * its source already translated by connection a, comes back in on that ENI as a reply to the
- * receiver's connection and goes to the inside port. The TTL was decremented once, on the
- * way out. */
+/* Hairpinning (RFC 4787 REQ-9 and section 6, RFC 5382 REQ-8): a frame from a function to an
+ * ENI address, its source already translated by connection a, comes back in on that ENI as
+ * if from outside: the same filter (only a reply of the receiver's own connection passes, so
+ * a receiver that never sent to the sender's external address and port gets nothing), and
+ * nothing is created for the receiver. The TTL was decremented once, on the way out. A
+ * refusal counts for the ENI it was addressed to, by reason, as one from outside would. */
 static int hairpin(hp_nat *nat, hp_pkt *pkt, uint32_t a_id, uint64_t now_ms, hp_result *res)
 {
     const hp_conn *a = &nat->ct.conns[a_id];
@@ -607,12 +568,13 @@ static int hairpin(hp_nat *nat, hp_pkt *pkt, uint32_t a_id, uint64_t now_ms, hp_
     k.sport = a->nat_port;
     int e = eni_of_addr(nat, k.family, k.dst);
     uint32_t id = lookup_live(nat, &k, hp_ct_hash(&nat->ct, &k), HP_DIR_IN, now_ms, NULL);
-    if (id == HP_CT_NONE) {
-        int r = hairpin_receiver(nat, pkt, &k, e, now_ms, &id);
-        if (r != HP_R_NONE)
-            return r;
+    int r = id == HP_CT_NONE ? no_match_reason(pkt) : forward(nat, id, pkt, HP_DIR_IN, 0, now_ms, res);
+    if (r != HP_R_NONE) {
+        nat->counters[HP_C_HAIRPIN_REFUSED]++;
+        if (e >= 0)
+            hp_nat_eni_drop(nat, (uint16_t)e, r);
     }
-    return forward(nat, id, pkt, HP_DIR_IN, 0, now_ms, res);
+    return r;
 }
 
 static void translate_one(hp_nat *nat, hp_pkt *pkt, uint32_t hash, int dir, uint16_t in_eni,

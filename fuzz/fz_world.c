@@ -647,6 +647,10 @@ static void check_forwarded_conn(const hp_nat *nat, const uint8_t *before, const
              * not apply. */
             if (!(c->flags & HP_F_HAIRPIN))
                 fz_fail("OUT frame sent to the inside on a connection that is no hairpin");
+            /* Filtered as from outside: the receiver wrote to the sender first. */
+            if (nat->ct.stats[r->conn].packets[HP_DIR_OUT] == 0)
+                fz_fail("hairpinned to connection %u, whose function never wrote to the sender",
+                        r->conn);
             key_expect(&in, in.src, eni, in.sport, c->nat_port, "hairpin before");
             key_expect(&out, c->dst, c->src, c->dport, c->sport, "hairpin after");
             if (p->family == 4 && !fz_ipv4_csum_ok(after, p))

@@ -256,54 +256,24 @@ class Nat:
         return result
 
     def _hairpin(self, frame, pkt: Packet, sender: Entry, now_ms: int) -> tuple:
-        """Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): a frame from a function to an ENI
-        address, its source already translated, comes back in on that ENI as a reply to the
-        receiver's connection and goes to the inside port (the TTL was decremented once)."""
+        """Hairpinning (RFC 4787 REQ-9 and section 6, RFC 5382 REQ-8): a frame from a function
+        to an ENI address, its source already translated, comes back in on that ENI as if from
+        outside: only a reply of the receiver's own connection passes, nothing is created for
+        the receiver. The TTL was decremented once. A refusal counts for the ENI it was
+        addressed to, by reason."""
         key = (pkt.family, pkt.proto, sender.nat_addr, pkt.dst, sender.nat_port, pkt.dport)
-        eni = self._eni_of(pkt.family, pkt.dst)
         conn = self._lookup(key, REPLY, now_ms)
-        if conn is None:
-            conn, reason = self._hairpin_receiver(pkt, key, eni, now_ms)
-            if conn is None:
-                return self._refuse(reason)
-        reason = self._update(conn, REPLY, pkt, now_ms)
+        reason = (self._no_match_reason(pkt) if conn is None
+                  else self._update(conn, REPLY, pkt, now_ms))
         if reason != R["NONE"]:
+            self.counter["HAIRPIN_REFUSED"] += 1
+            eni = self._eni_of(pkt.family, pkt.dst)
+            if eni is not None:
+                self.eni_ctr[eni].drop(REASONS[reason])
             return self._refuse(reason)
         rewrite(frame, pkt, IN, conn.src, conn.sport, dec_ttl=0)
         self.counter["HAIRPIN_PACKETS"] += wire_size(pkt)[0]
         return (FORWARD, R["NONE"], 0, conn.id)
-
-    def _hairpin_receiver(self, pkt: Packet, key: tuple, eni, now_ms: int):
-        """The receiving side's connection when it has none yet: the inside endpoint that owns
-        the external port (an endpoint-independent mapping) gets one whose original tuple goes
-        to the sender's ENI address and port. Only a pure SYN opens a TCP one."""
-        family, proto, src, dst, sport, dport = key
-        miss = self._no_match_reason(pkt)
-        pool = self.enis[eni].pools.get((family, proto)) if eni is not None else None
-        owner = pool.owner.get(dport) if pool is not None else None
-        if (owner is None or self.per_connection
-                or (proto == PROTO_TCP and not is_pure_syn(pkt.tcp_flags))):
-            return None, miss
-        orig = (family, proto, owner.addr, src, owner.port, sport)
-        source = self.sources.get((family, owner.addr))
-        if source is None or self._lookup(orig, ORIG, now_ms) is not None:
-            return None, miss
-        # No early drop here: the victim could be the connection that holds this mapping.
-        if not self._make_room(now_ms, may_drop=False):
-            return None, R["TABLE_FULL"]
-        if dport not in pool.owner:             # making room expired the owner's last one
-            return None, miss
-        pool.ref(dport)
-        state = S["SYN_SENT"] if proto == PROTO_TCP else S["UDP_FIRST"]
-        conn = self.table.insert(family, proto, owner.addr, src, owner.port, sport, eni, dst,
-                                 dport, state, now_ms)
-        conn.flags |= F_HAIRPIN
-        conn.owner = source.owner
-        self.funcs[source.owner].connections += 1
-        self.counter["CONN_CREATED"] += 1
-        self.eni_ctr[eni].attempts[proto == PROTO_UDP] += 1
-        self.eni_ctr[eni].active[proto == PROTO_UDP] += 1
-        return conn, R["NONE"]
 
     def _eni_of(self, family: int, addr: bytes):
         return next((i for i, e in enumerate(self.enis) if e.addr[family] == addr), None)

@@ -12,6 +12,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from .. import vocab
+from ..vocab import F_HAIRPIN
 from ._wire import (PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, IpInfo, csum_replace,
                     ip_packed, ip_str, ipv4_header_fix, ones_sum, checksum, parse_ip,
                     pseudo_sum)
@@ -41,12 +42,15 @@ class Untracked(Exception):
     """The error quotes nothing we track (args[0]: a counter suffix)."""
 
 
-def translate_error(frame: bytearray, ip: IpInfo, direction: int, nat, now: int, eni: int | None):
+def translate_error(frame: bytearray, ip: IpInfo, direction: int, nat, now: int, eni: int | None,
+                    hairpin_leg: bool = False):
     """Rewrites an ICMP error in place for the other side of the NAT; returns the connection.
 
     IN (on an ENI port): the quoted packet is one we sent out (ENI address:external port ->
     remote); the error goes to the inside host. OUT (from a function): the quoted packet is a
     reply we delivered (remote -> inside host); the error goes out from the ENI address.
+    hairpin_leg: the IN leg of an error that went OUT on a hairpin connection (no ENI port
+    saw it; the TTL was decremented on the OUT leg).
     Raises Untracked when it quotes nothing we track (or is malformed)."""
     end = ip.end
     if end - ip.l4 < 8 + 20:
@@ -77,7 +81,8 @@ def translate_error(frame: bytearray, ip: IpInfo, direction: int, nat, now: int,
     src_off = 12 if fam == 4 else 8
     dst_off = src_off + alen
     if direction == vocab.IN:
-        if eni is not None and conn.eni != eni:
+        # A hairpin connection's packets never left the NAT: no error from outside quotes one.
+        if (eni is not None and conn.eni != eni) or (conn.flags & F_HAIRPIN and not hairpin_leg):
             raise Untracked("unsolicited")
         if ip.dst != inner.src:             # addressed to the ENI address it quotes
             raise Untracked("unsolicited")
@@ -88,7 +93,7 @@ def translate_error(frame: bytearray, ip: IpInfo, direction: int, nat, now: int,
             raise Untracked("unsolicited")
         new_addr, new_port = ip_packed(conn.nat_addr), conn.nat_port
         outer_at, inner_at, port_at = ip.l3 + src_off, inner.l3 + dst_off, ul + 2
-    if ip.ttl <= 1:
+    if ip.ttl <= 1 and not hairpin_leg:
         raise Untracked("ttl")
 
     new_port_b = struct.pack("!H", new_port)
@@ -112,9 +117,9 @@ def translate_error(frame: bytearray, ip: IpInfo, direction: int, nat, now: int,
             struct.pack_into("!H", frame, at, c)
     # Outer TTL / hop limit, outer header and ICMP checksums.
     if fam == 4:
-        frame[ip.l3 + 8] -= 1
+        frame[ip.l3 + 8] -= not hairpin_leg
         ipv4_header_fix(frame, ip.l3)
-    else:
+    elif not hairpin_leg:
         frame[ip.l3 + 7] -= 1
     frame[ip.l4 + 2:ip.l4 + 4] = b"\0\0"
     body = frame[ip.l4:end]

@@ -89,6 +89,14 @@ class IcmpMixin:
         try:
             conn = translate_error(buf, ip, direction, self.nat, self.clock(),
                                    None if info.is_inside else info.eni)
+            if direction == vocab.OUT and conn.flags & vocab.F_HAIRPIN:
+                # RFC 5508 section 7: an error about a hairpinned packet goes back to its
+                # sender as the packet came, translated on both legs (now addressed to the
+                # sender's ENI address, quoting the sender's external address and port).
+                conn = translate_error(buf, parse_ip(buf), vocab.IN, self.nat, self.clock(),
+                                       None, hairpin_leg=True)
+                direction = vocab.IN
+                self._count("icmp_error_hairpinned")
         except Untracked as why:
             self._count(f"icmp_dropped_{why.args[0]}")
             return

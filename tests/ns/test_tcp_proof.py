@@ -173,84 +173,151 @@ def hairpin_setup(run, family, where):
     return fn, (h.ipv4 if family == 4 else h.ipv6), eni_fn, wildcard, af
 
 
-@pytest.mark.parametrize("family,where", HAIRPIN_CASES)
-def test_udp_hairpin_between_functions(run, family, where):
-    """The receiver listens on a UDP port it has used once (so it has a mapping); api sends to
-    the receiver's ENI address and external port; the receiver sees api's ENI address and
-    external port, and its answer comes back the same way."""
-    fn, host_addr, api_eni, wildcard, af = hairpin_setup(run, family, where)
-    port = 40100 + HAIRPIN_CASES.index((family, where))
-    listener = run.lab.popen(fn, [sys.executable, "-c", f"""
-import socket
-s = socket.socket(socket.{af}, socket.SOCK_DGRAM)
-s.bind(("{wildcard}", {port}))
-s.sendto(b"hello", ("{host_addr}", {ECHO}))
+# One UDP socket of a function: it gets a mapping from a host (sends once, gets the echo),
+# then obeys stdin: "send ADDR PORT TEXT", "recv SECONDS" (prints the datagram and its
+# source, or "timeout"), "drain SECONDS" (prints how many datagrams came), "sweep ADDR"
+# (one datagram to every port of ADDR, paced so that no ring overflows).
+UDP_PEER = """
+import socket, sys, time
+af, wildcard, port, host, echo = sys.argv[1:6]
+s = socket.socket(getattr(socket, af), socket.SOCK_DGRAM)
+s.bind((wildcard, int(port)))
+s.settimeout(5)
+s.sendto(b"hello", (host, int(echo)))
 s.recvfrom(100)
 print("mapped", flush=True)
-data, peer = s.recvfrom(100)
-print(data.decode(), peer[0], peer[1], flush=True)
-s.sendto(b"back", peer)
-"""], stdout=subprocess.PIPE, text=True)
-    run.servers.append(listener)
-    assert listener.stdout.readline().strip() == "mapped"
-    w = mapping_of(run, fn, family, "udp", port)
-    before = nat_counters(run)["HAIRPIN_PACKETS"]
-    r = run.exec("api", [sys.executable, "-c", f"""
-import socket
-s = socket.socket(socket.{af}, socket.SOCK_DGRAM)
-s.bind(("{wildcard}", {port + 100}))
-s.settimeout(3)
-s.sendto(b"via-hairpin", ("{w['nat_addr']}", {w['nat_port']}))
-data, peer = s.recvfrom(100)
-print(data.decode(), peer[0], peer[1])
-"""])
-    assert r.returncode == 0, r.stderr
-    got, peer_addr, peer_port = listener.stdout.readline().split()
+for line in sys.stdin:
+    cmd, *arg = line.split()
+    if cmd == "send":
+        s.sendto(arg[2].encode(), (arg[0], int(arg[1])))
+        print("sent", flush=True)
+    elif cmd in ("recv", "drain"):
+        s.settimeout(float(arg[0]))
+        got = []
+        try:
+            while not got or cmd == "drain":
+                data, peer = s.recvfrom(100)
+                got.append(f"{data.decode()} {peer[0]} {peer[1]}")
+        except socket.timeout:
+            pass
+        print(len(got) if cmd == "drain" else (got or ["timeout"])[0], flush=True)
+    elif cmd == "sweep":
+        for p in range(1, 65536):
+            s.sendto(b"sweep", (arg[0], p))
+            if p % 500 == 0:
+                time.sleep(0.005)
+        print("swept", flush=True)
+"""
+
+
+class UdpPeer:
+    def __init__(self, run, fn, family, port, host_addr):
+        wildcard, af = ("0.0.0.0", "AF_INET") if family == 4 else ("::", "AF_INET6")
+        self.proc = run.lab.popen(fn, [sys.executable, "-c", UDP_PEER, af, wildcard, str(port),
+                                       host_addr, str(ECHO)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        run.servers.append(self.proc)
+        assert self.proc.stdout.readline().strip() == "mapped"
+        self.mapping = mapping_of(run, fn, family, "udp", port)
+        self.ext = (self.mapping["nat_addr"], self.mapping["nat_port"])
+
+    def ask(self, *words):
+        self.proc.stdin.write(" ".join(map(str, words)) + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def send_to(self, other, text):
+        assert self.ask("send", *other.ext, text) == "sent"
+
+    def recv(self, seconds=3.0):
+        return self.ask("recv", seconds).split()
+
+
+@pytest.mark.parametrize("family,where", HAIRPIN_CASES)
+def test_udp_hairpin_between_functions(run, family, where):
+    """Hole punching (RFC 4787 section 6): api's first datagram to the receiver's external
+    address and port is filtered as unsolicited (the receiver never wrote to api); once the
+    receiver writes to api's external address and port, each side sees the other's external
+    address and port, both ways."""
+    fn, host_addr, api_eni, wildcard, af = hairpin_setup(run, family, where)
+    port = 40100 + HAIRPIN_CASES.index((family, where))
+    receiver = UdpPeer(run, fn, family, port, host_addr)
+    api = UdpPeer(run, "api", family, port + 100, run.state.host("web").ipv4 if family == 4
+                  else run.state.host("web").ipv6)
+    before = nat_counters(run)
+    api.send_to(receiver, "knock")
+    wait_for(lambda: nat_counters(run)["HAIRPIN_REFUSED"] >= before["HAIRPIN_REFUSED"] + 1,
+             "HAIRPIN_REFUSED")
+    assert receiver.recv(0.5) == ["timeout"]
+    receiver.send_to(api, "punch")
+    assert api.recv() == ["punch", *map(str, receiver.ext)]
+    api.send_to(receiver, "via-hairpin")
+    got, peer_addr, peer_port = receiver.recv()
     assert got == "via-hairpin"
     assert same_addr(peer_addr, api_eni.ipv4 if family == 4 else api_eni.ipv6)
-    a = mapping_of(run, "api", family, "udp", port + 100)
-    assert int(peer_port) == a["nat_port"]            # api's external port, as outside sees it
-    back, addr, back_port = r.stdout.split()
-    assert back == "back" and same_addr(addr, w["nat_addr"]) and int(back_port) == w["nat_port"]
-    wait_for(lambda: nat_counters(run)["HAIRPIN_PACKETS"] >= before + 2, "HAIRPIN_PACKETS")
+    assert int(peer_port) == api.ext[1]                # api's external port, as outside sees it
+    wait_for(lambda: nat_counters(run)["HAIRPIN_PACKETS"] >= before["HAIRPIN_PACKETS"] + 2,
+             "HAIRPIN_PACKETS")
 
 
 @pytest.mark.parametrize("family,where", HAIRPIN_CASES)
 def test_tcp_hairpin_between_functions(run, family, where):
+    """A TCP simultaneous open through hairpinning: api's SYN to the receiver's external
+    address and port is filtered as unsolicited; the receiver's SYN to api's external address
+    and port (from its mapped port) meets api's connection, and both connect."""
     fn, host_addr, api_eni, wildcard, af = hairpin_setup(run, family, where)
     port = 40300 + HAIRPIN_CASES.index((family, where))
-    # The receiver holds a connection from its port to a host (its mapping) and listens on it.
-    server = run.lab.popen(fn, [sys.executable, "-c", f"""
-import socket
-def bound():
+    # The receiver holds a connection from its port to a host (its mapping), then connects
+    # from that port to the address and port it reads on stdin.
+    bound = f"""
+import socket, sys
+def bound(port):
     s = socket.socket(socket.{af})
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    s.bind(("{wildcard}", {port}))
+    s.bind(("{wildcard}", port))
+    s.settimeout(15)
     return s
-c = bound(); c.connect(("{host_addr}", {ECHO})); c.sendall(b"m"); c.recv(10)
-l = bound(); l.listen(4)
+"""
+    receiver = run.lab.popen(fn, [sys.executable, "-c", bound + f"""
+c = bound({port}); c.connect(("{host_addr}", {ECHO})); c.sendall(b"m"); c.recv(10)
 print("ready", flush=True)
-conn, peer = l.accept()
-conn.sendall(conn.recv(100) + b" " + peer[0].encode() + b" " + str(peer[1]).encode())
-"""], stdout=subprocess.PIPE, text=True)
-    run.servers.append(server)
-    assert server.stdout.readline().strip() == "ready"
-    w = mapping_of(run, fn, family, "tcp", port)
-    before = nat_counters(run)["HAIRPIN_PACKETS"]
-    r = run.exec("api", [sys.executable, "-c", f"""
-import socket
-s = socket.create_connection(("{w['nat_addr']}", {w['nat_port']}), timeout=3)
+addr, dport = sys.stdin.readline().split()
+s = bound({port}); s.connect((addr, int(dport)))
 s.sendall(b"tcp-hairpin")
-print(s.recv(200).decode(), s.getsockname()[1])
-"""])
-    assert r.returncode == 0, r.stderr
-    text, peer_addr, peer_port, api_port = r.stdout.split()
+print(s.recv(200).decode(), *s.getpeername()[:2], flush=True)
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    run.servers.append(receiver)
+    assert receiver.stdout.readline().strip() == "ready"
+    w = mapping_of(run, fn, family, "tcp", port)
+    before = nat_counters(run)
+    # api holds one too, so that its external port outlives a SYN_SENT that times out.
+    web = run.state.host("web")
+    api = run.lab.popen("api", [sys.executable, "-c", bound + f"""
+c = bound({port + 100}); c.connect(("{web.ipv4 if family == 4 else web.ipv6}", {ECHO}))
+c.sendall(b"m"); c.recv(10)
+s = bound({port + 100}); s.connect(("{w['nat_addr']}", {w['nat_port']}))
+data = s.recv(100)
+s.sendall(data + b" " + " ".join(map(str, s.getpeername()[:2])).encode())
+"""], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.servers.append(api)
+    wait_for(lambda: nat_counters(run)["HAIRPIN_REFUSED"] > before["HAIRPIN_REFUSED"],
+             "api's first SYN refused")
+    a = mapping_of(run, "api", family, "tcp", port + 100)
+    receiver.stdin.write(f"{a['nat_addr']} {a['nat_port']}\n")
+    receiver.stdin.flush()
+    line = receiver.stdout.readline()
+    assert line, [c for c in run.conntrack() if c["protocol"] == "tcp"
+                  and {c["sport"], c["nat_port"]} & {port, port + 100, w["nat_port"]}]
+    text, seen_by_api_addr, seen_by_api_port, peer_addr, peer_port = line.split()
+    assert api.wait(timeout=10) == 0, api.stderr.read()
     assert text == "tcp-hairpin"
-    assert same_addr(peer_addr, api_eni.ipv4 if family == 4 else api_eni.ipv6)
-    assert int(peer_port) == mapping_of(run, "api", family, "tcp", int(api_port))["nat_port"]
+    assert same_addr(peer_addr, a["nat_addr"]) and int(peer_port) == a["nat_port"]
+    assert same_addr(seen_by_api_addr, w["nat_addr"]) and int(seen_by_api_port) == w["nat_port"]
+    assert same_addr(a["nat_addr"], api_eni.ipv4 if family == 4 else api_eni.ipv6)
     # SYN, SYN|ACK, ACK, data both ways at least.
-    wait_for(lambda: nat_counters(run)["HAIRPIN_PACKETS"] >= before + 5, "HAIRPIN_PACKETS")
+    wait_for(lambda: nat_counters(run)["HAIRPIN_PACKETS"] >= before["HAIRPIN_PACKETS"] + 5,
+             "HAIRPIN_PACKETS")
 
 
 def test_spoofed_sources_and_forged_macs_reach_nothing(run):
@@ -450,3 +517,29 @@ while data := s.recv(10):
     finally:
         subprocess.run(["ip", "netns", "exec", web.ns, "nft", "delete", "table", "inet",
                         "tcpproof"], capture_output=True)
+
+
+# Last in the module: its 65,534 connections make every later listing slow for 30 s.
+def test_hairpin_sweep_of_a_shared_eni_reaches_no_one(run):
+    """api sends one datagram from one port to every port of its shared ENI's address: worker
+    and peer6, whose mappings are on that ENI but who never wrote to api, get nothing; each
+    datagram is refused and counted. Then worker writes to api, and api's next datagram
+    reaches it (the sweep would have been seen)."""
+    web = run.state.host("web")
+    shared = run.state.enis_of(run.state.function("api").group)[0].ipv4
+    receivers = [UdpPeer(run, fn, 4, 40600 + i, web.ipv4)
+                 for i, fn in enumerate(("worker", "peer6"))]
+    assert all(same_addr(r.ext[0], shared) for r in receivers)
+    api = UdpPeer(run, "api", 4, 40610, web.ipv4)
+    before = nat_counters(run)["HAIRPIN_REFUSED"]
+    assert api.ask("sweep", shared) == "swept"
+    # Every port but api's own (its own mapping answers it, as STUN's hairpin test wants).
+    wait_for(lambda: nat_counters(run)["HAIRPIN_REFUSED"] >= before + 65534, "every refusal",
+             timeout=20)
+    assert [r.ask("drain", 1) for r in receivers] == ["0", "0"]
+    assert api.ask("drain", 0.5) == "1"                 # its own datagram to its own mapping
+    worker = receivers[0]
+    worker.send_to(api, "punch")
+    assert api.recv()[0] == "punch"
+    api.send_to(worker, "now")
+    assert worker.recv() == ["now", *map(str, api.ext)]

@@ -1414,43 +1414,86 @@ def mapped(nat, src, sport, proto=fg.UDP, dst=DST):
     return f["src"], f["sport"]
 
 
+HAIRPIN_RECEIVERS = {("same ENI", 4): "10.200.0.13", ("same ENI", 6): "fd00:200::13",
+                     ("other ENI", 4): SRC_B, ("other ENI", 6): "fd00:200::12"}
+
+
+def hairpin_pair(NatClass, family, proto, receiver):
+    """The NAT, the sender and receiver addresses and their external (address, port)."""
+    nat = make_two_enis(NatClass)
+    sender = SRC if family == 4 else SRC6
+    recv = HAIRPIN_RECEIVERS[receiver, family]
+    return nat, sender, recv, mapped(nat, sender, 5000, proto), mapped(nat, recv, 6000, proto)
+
+
+def hairpin_fields(frame):
+    f = fg.fields(frame)
+    assert fg.checksums_ok(frame)
+    return f["src"], f["sport"], f["dst"], f["dport"]
+
+
 @pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("proto", [fg.UDP, fg.TCP])
 @pytest.mark.parametrize("receiver", ["same ENI", "other ENI"])
 def test_hairpinning(NatClass, family, proto, receiver):
-    nat = make_two_enis(NatClass)
-    sender = SRC if family == 4 else SRC6
-    recv = {("same ENI", 4): "10.200.0.13", ("same ENI", 6): "fd00:200::13",
-            ("other ENI", 4): SRC_B, ("other ENI", 6): "fd00:200::12"}[receiver, family]
-    sender_ext = mapped(nat, sender, 5000, proto)
-    recv_ext = mapped(nat, recv, 6000, proto)
-    # The sender writes to the receiver's external address and port...
-    frame = fg.build(sender, recv_ext[0], proto, 5000, recv_ext[1], flags="S", payload=b"hi",
+    """Both sides write to each other's external address and port (hole punching, RFC 4787
+    section 6): the first is filtered as unsolicited, then everything passes both ways."""
+    nat, sender, recv, sender_ext, recv_ext = hairpin_pair(NatClass, family, proto, receiver)
+    live = len(nat.connections())
+    first = fg.build(sender, recv_ext[0], proto, 5000, recv_ext[1], flags="S", payload=b"hi")
+    assert out(nat, first) == refused("IN_NO_MATCH_UDP" if proto == fg.UDP
+                                      else "IN_UNSOLICITED_SYN")
+    assert len(nat.connections()) == live + 1          # the sender's, not the receiver's
+    # The receiver answers to the sender's external address and port: a reply of the
+    # sender's connection, delivered with the receiver's external address and port.
+    frame = fg.build(recv, sender_ext[0], proto, 6000, sender_ext[1], flags="S", seq=5000,
                      ttl=10)
+    assert out(nat, frame)[:3] == (FORWARD, R["NONE"], 0)
+    assert hairpin_fields(frame) == (*recv_ext, sender, 5000)
+    assert fg.fields(frame)["ttl"] == 9                 # decremented once
+    assert nat.counters()["HAIRPIN_PACKETS"] == 1
+    if proto == fg.UDP:
+        again = fg.build(sender, recv_ext[0], proto, 5000, recv_ext[1], payload=b"hi")
+        assert out(nat, again)[:3] == (FORWARD, R["NONE"], 0)
+        assert hairpin_fields(again) == (*sender_ext, recv, 6000)
+        assert nat.counters()["HAIRPIN_PACKETS"] == 2
+        return
+    # TCP: a simultaneous open (RFC 793 figure 8) completes on both connections.
+    for src, dst, sport, dport, flags, seq, ack in (
+            (sender, recv_ext, 5000, 6000, "SA", 1000, 5001),
+            (recv, sender_ext, 6000, 5000, "SA", 5000, 1001),
+            (sender, recv_ext, 5000, 6000, "A", 1001, 5001),
+            (recv, sender_ext, 6000, 5000, "A", 5001, 1001)):
+        seg = fg.build(src, dst[0], proto, sport, dst[1], flags=flags, seq=seq, ack=ack)
+        assert out(nat, seg)[:3] == (FORWARD, R["NONE"], 0), (src, flags)
+        assert hairpin_fields(seg)[2:] == ((recv, 6000) if src == sender else (sender, 5000))
+    states = {(c.src, c.dst): c.state for c in nat.connections()}
+    assert states[sender, recv_ext[0]] == states[recv, sender_ext[0]] == "ESTABLISHED"
+
+
+@pytest.mark.parametrize("proto", [fg.UDP, fg.TCP])
+@pytest.mark.parametrize("receiver", ["same ENI", "other ENI"])
+def test_hairpin_is_filtered_as_from_outside(NatClass, proto, receiver):
+    """A receiver with a mapping that never wrote to the sender's external address gets
+    nothing on any port of the ENIs, and nothing is created or charged for it; each refusal
+    counts for the ENI it was addressed to, by reason."""
+    nat, sender, recv, sender_ext, recv_ext = hairpin_pair(NatClass, 4, proto, receiver)
+    eni = 0 if receiver == "same ENI" else 1
+    reason = "IN_NO_MATCH_UDP" if proto == fg.UDP else "IN_UNSOLICITED_SYN"
+    owners = {c.owner for c in nat.connections() if c.src == recv}
+    # (The sender's own external port on its own ENI is the STUN case: its own reply.)
+    ports = [p for p in (recv_ext[1], recv_ext[1] + 1, 1, 65535, sender_ext[1])
+             if (recv_ext[0], p) != sender_ext]
+    for port in ports:
+        frame = fg.build(sender, recv_ext[0], proto, 5000, port, flags="S")
+        copy = bytes(frame)
+        assert out(nat, frame) == refused(reason)
+        assert bytes(frame) == copy                 # refused on the way back in: left as it came
+    assert nat.counters()["HAIRPIN_REFUSED"] == len(ports)
     assert nat.counters()["HAIRPIN_PACKETS"] == 0
-    res = out(nat, frame)
-    assert res[:3] == (FORWARD, R["NONE"], 0)             # back to the inside port
-    assert nat.counters()["HAIRPIN_PACKETS"] == 1          # counted apart, too
-    f = fg.fields(frame)
-    # ... and the receiver sees the sender's external address and port.
-    assert (f["src"], f["sport"], f["dst"], f["dport"]) == (*sender_ext, recv, 6000)
-    assert f["ttl"] == 9 and fg.checksums_ok(frame)
-    # The answer goes back the same way.
-    back = fg.build(recv, sender_ext[0], proto, 6000, sender_ext[1], flags="SA", ttl=10,
-                    seq=5000, ack=1001)
-    res = out(nat, back)
-    assert res[:3] == (FORWARD, R["NONE"], 0)
-    b = fg.fields(back)
-    assert (b["src"], b["sport"], b["dst"], b["dport"]) == (*recv_ext, sender, 5000)
-    assert fg.checksums_ok(back)
-    assert nat.counters()["HAIRPIN_PACKETS"] == 2
-    if proto == fg.TCP:                                   # the handshake completes on both
-        fin = fg.build(sender, recv_ext[0], proto, 5000, recv_ext[1], flags="A", seq=1001,
-                       ack=5001)
-        assert out(nat, fin)[:3] == (FORWARD, R["NONE"], 0)
-        states = {(c.src, c.dst): c.state for c in nat.connections()}
-        assert states[sender, recv_ext[0]] == "ESTABLISHED"
-        assert states[recv, sender_ext[0]] == "SYN_RECV"
+    assert nat.eni_counters(eni)["drops_by_reason"].get(reason) == len(ports)
+    assert [c for c in nat.connections() if c.src == recv and c.dst != DST] == []
+    assert {c.owner for c in nat.connections() if c.src == recv} == owners
 
 
 def test_hairpin_needs_a_mapping(NatClass):
@@ -1471,7 +1514,8 @@ def test_hairpin_connections_take_no_replies_from_outside(NatClass):
     nat = make_two_enis(NatClass)
     a = mapped(nat, SRC, 5000)
     b = mapped(nat, SRC_B, 6000)
-    assert out(nat, fg.udp(SRC, b[0], 5000, b[1]))[0] == FORWARD
+    assert out(nat, fg.udp(SRC, b[0], 5000, b[1])) == refused("IN_NO_MATCH_UDP")
+    assert out(nat, fg.udp(SRC_B, a[0], 6000, a[1]))[0] == FORWARD
     # A frame from the customer side forging one ENI's address as its source: not a reply.
     assert inb(nat, fg.udp(a[0], b[0], a[1], b[1]), eni=1) == refused("IN_NO_MATCH_UDP")
     assert inb(nat, fg.udp(b[0], a[0], b[1], a[1]), eni=0) == refused("IN_NO_MATCH_UDP")

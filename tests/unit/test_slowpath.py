@@ -509,6 +509,58 @@ def test_error_from_function_translated_out(env):
     assert env.c("icmp_error_translated_out") == 1
 
 
+def hairpinned_pair(env):
+    """FN4:4000 and a second function FN_B:6000 on the same ENI, hole-punched to each other's
+    external port (docs/semantics.md 3, step 7). Returns (FN4's external port, FN_B's, and
+    the frame FN4 received from FN_B through the hairpin)."""
+    fn_b, mac_b = "10.200.0.21", "02:00:00:00:00:21"
+    env.nat.add_source(fn_b, env.grp)
+    env.dp.set_neighbor(fn_b, mac_b, 0)
+    env.dp.set_neighbor(FN4, FN_MAC, 0)
+
+    def send(src, mac, sport, dport, expect):
+        buf = bytearray(bytes(Ether(src=mac, dst=INSIDE_MAC) / IP(src=src, dst=ENI4, ttl=30)
+                              / UDP(sport=sport, dport=dport) / Raw(b"x")))
+        assert env.nat.translate([buf], OUT, env.now[0])[0][0] == expect
+        return bytes(buf)
+
+    ext = {}
+    for src, mac, sport in ((FN4, FN_MAC, 4000), (fn_b, mac_b, 6000)):
+        env.outbound("udp", sport=sport) if src == FN4 else send(src, mac, sport, 9, DROP)
+        ext[src] = next(c.nat_port for c in env.nat.connections()
+                        if c.src == src and c.sport == sport)
+    send(FN4, FN_MAC, 4000, ext[fn_b], DROP)                # filtered: FN_B never wrote
+    got = send(fn_b, mac_b, 6000, ext[FN4], FORWARD)        # a reply of FN4's connection
+    return ext[FN4], ext[fn_b], fn_b, mac_b, got
+
+
+def test_error_about_a_hairpinned_packet_goes_back_to_its_sender(env):
+    """RFC 5508 section 7: FN4's port unreachable about FN_B's hairpinned datagram reaches
+    FN_B, translated on both legs: from FN4's ENI address, quoting FN_B's own datagram."""
+    a_ext, b_ext, fn_b, mac_b, got = hairpinned_pair(env)
+    quoted = bytes(Ether(got)[IP])
+    assert (IP(quoted).src, IP(quoted).dst) == (ENI4, FN4)
+    err = Ether(src=FN_MAC, dst=INSIDE_MAC) / IP(src=FN4, dst=ENI4, ttl=64) / \
+        ICMP(type=3, code=3) / Raw(quoted)
+    sent = env.handle(env.punt(bytes(err), 0, "ICMP"))
+    assert len(sent) == 1 and sent[0][0] == 0             # back to the inside port
+    pkt = Ether(sent[0][1])
+    assert pkt.dst == mac_b and pkt[IP].src == ENI4 and pkt[IP].dst == fn_b
+    assert pkt[IP].ttl == 63                              # decremented once, as the datagram
+    assert ip_checksum_ok(bytes(pkt[IP])) and icmp4_ok(pkt)
+    check_inner(bytes(pkt[ICMP].payload), fn_b, ENI4, 6000, a_ext, full=True)
+    assert env.c("icmp_error_hairpinned") == 1 and env.c("icmp_error_translated_in") == 1
+
+
+def test_error_from_outside_quoting_a_hairpin_connection_is_dropped(env):
+    a_ext, b_ext, fn_b, _, _ = hairpinned_pair(env)
+    # What FN4's hairpinned datagram looked like on its way: nothing outside ever saw it.
+    quoted = bytes(IP(src=ENI4, dst=ENI4) / UDP(sport=a_ext, dport=b_ext) / Raw(b"x"))
+    err = from_customer(IP(src=SUBGW4, dst=ENI4) / ICMP(type=3, code=1) / Raw(quoted))
+    assert env.handle(env.punt(err, 1, "ICMP")) == []
+    assert env.c("icmp_dropped_unsolicited") == 1
+
+
 def test_translated_error_waits_for_neighbour(env):
     _, out = env.outbound("udp")
     err = from_customer(IP(src=SUBGW4, dst=ENI4) / ICMP(type=3, code=3) / Raw(bytes(Ether(out)[IP])))
