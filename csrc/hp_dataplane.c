@@ -322,17 +322,30 @@ static int neigh_key(const hp_dp *dp, int port, int family, const uint8_t *addr,
     return 0;
 }
 
-int hp_dp_set_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, const uint8_t mac[6])
+int hp_dp_set_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, const uint8_t mac[6],
+                    int flags)
 {
     uint16_t pt;
     uint8_t key[16];
     if (neigh_key(dp, port, family, addr, &pt, key))
         return -EINVAL;
+    uint64_t now = dp_now(dp);
     dp_lock(dp);
     invalidate_next_hops(dp);
-    int rc = hp_neigh_set(&dp->neigh, pt, family, key, mac);
+    int rc = hp_neigh_set(&dp->neigh, pt, family, key, mac, flags, now);
     dp_unlock(dp);
     return rc;
+}
+
+uint32_t hp_dp_age_neigh(hp_dp *dp, uint64_t max_age_ms)
+{
+    uint64_t now = dp_now(dp);
+    dp_lock(dp);
+    uint32_t n = hp_neigh_age(&dp->neigh, now, max_age_ms);
+    if (n)
+        invalidate_next_hops(dp);
+    dp_unlock(dp);
+    return n;
 }
 
 int hp_dp_del_neigh(hp_dp *dp, int port, int family, const uint8_t *addr)
@@ -357,14 +370,15 @@ void hp_dp_clear_neigh(hp_dp *dp)
     dp_unlock(dp);
 }
 
-int hp_dp_get_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, uint8_t mac[6])
+int hp_dp_get_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, uint8_t mac[6],
+                    int *flags)
 {
     uint16_t pt;
     uint8_t key[16];
     if (neigh_key(dp, port, family, addr, &pt, key))
         return -EINVAL;
     dp_lock(dp);
-    const uint8_t *m = hp_neigh_lookup(&dp->neigh, pt, family, key);
+    const uint8_t *m = hp_neigh_lookup_ex(&dp->neigh, pt, family, key, flags);
     if (m)
         memcpy(mac, m, 6);
     dp_unlock(dp);

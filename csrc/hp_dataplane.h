@@ -149,13 +149,19 @@ int hp_dp_remove_port(hp_dp *dp, int port);
 int hp_dp_set_subnet(hp_dp *dp, int port, int family, const uint8_t *prefix, int plen,
                      const uint8_t *gateway);
 
-/* Neighbour table: port HP_DP_PORT_NONE (or -1) is valid on every port; a port's own entry
- * wins. addr is 4 or 16 bytes. Returns 0, -ENOSPC when full, -EINVAL. */
-int hp_dp_set_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, const uint8_t mac[6]);
+/* Neighbour table (hp_neigh.h): port HP_DP_PORT_NONE (or -1) is valid on every port; a port's
+ * own entry wins. addr is 4 or 16 bytes; flags HP_NEIGH_PINNED or 0 (learned). Returns 0,
+ * -ENOSPC when full (or the port's learned share is), -EPERM when a learned entry would
+ * replace a pinned one, -EINVAL. */
+int hp_dp_set_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, const uint8_t mac[6],
+                    int flags);
 int hp_dp_del_neigh(hp_dp *dp, int port, int family, const uint8_t *addr);
 /* Copies into mac the MAC for addr as the loop sees it from port (own entry, then any-port
- * entry). Returns 0, -ENOENT or -EINVAL. */
-int hp_dp_get_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, uint8_t mac[6]);
+ * entry), into flags (may be NULL) the entry's flags. Returns 0, -ENOENT or -EINVAL. */
+int hp_dp_get_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, uint8_t mac[6],
+                    int *flags);
+/* Removes the learned entries not confirmed in the last max_age_ms; returns how many. */
+uint32_t hp_dp_age_neigh(hp_dp *dp, uint64_t max_age_ms);
 void hp_dp_clear_neigh(hp_dp *dp);
 
 /* Runs the loop on the calling thread until a punt is queued (after the batch that queued it),

@@ -7,7 +7,7 @@ cimport cython
 cimport hyperplane._ring_decl as rd
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
-from libc.errno cimport errno, ENOBUFS, ENOENT, ENOMEM
+from libc.errno cimport errno, ENOBUFS, ENOENT, ENOMEM, EPERM
 
 import collections as _dp_collections
 import fcntl as _dp_fcntl
@@ -371,18 +371,24 @@ cdef class DataPlane:
             rc = rd.hp_dp_set_subnet(dp, port, fam, pp, plen, gp)
         _dp_check(rc, "set_subnet")
 
-    def set_neighbor(self, addr, mac, port=None):
-        """addr is at mac (on port; None: on any port, a port's own entry wins)."""
+    def set_neighbor(self, addr, mac, port=None, pinned=False):
+        """addr is at mac (on port; None: on any port, a port's own entry wins). pinned: an
+        entry the lab knows, which nothing learned replaces; else a learned one (confirmed
+        now, aged by age_neighbors). A learned entry for a pinned one raises PermissionError;
+        a full table, or a port's full share of learned entries, OSError ENOSPC."""
         cdef rd.hp_dp *dp = self._live()
         cdef bytes ab, mb
         cdef int c_port = -1 if port is None else port, c_fam, rc
+        cdef int c_flags = 1 if pinned else 0
         fam, ab = _dp_addr(addr)
         mb = _dp_mac_bytes(mac)
         cdef const uint8_t *ap = ab
         cdef const uint8_t *mp = mb
         c_fam = fam
         with nogil:
-            rc = rd.hp_dp_set_neigh(dp, c_port, c_fam, ap, mp)
+            rc = rd.hp_dp_set_neigh(dp, c_port, c_fam, ap, mp, c_flags)
+        if rc == -EPERM:
+            raise PermissionError(EPERM, f"set_neighbor({addr}): the lab pinned it")
         _dp_check(rc, f"set_neighbor({addr})")
 
     def del_neighbor(self, addr, port=None):
@@ -400,18 +406,30 @@ cdef class DataPlane:
         _dp_check(rc, "del_neighbor")
         return True
 
-    def neighbor(self, addr, port=None):
-        """The MAC the loop would use for addr on port (own entry, then any-port), or None."""
+    def neighbor(self, addr, port=None, with_pinned=False):
+        """The MAC the loop would use for addr on port (own entry, then any-port), or None;
+        with_pinned: (mac, pinned) or None."""
         cdef rd.hp_dp *dp = self._live()
         cdef bytes ab
         cdef uint8_t m[6]
-        cdef int c_port = -1 if port is None else port, c_fam, rc
+        cdef int c_port = -1 if port is None else port, c_fam, rc, c_flags = 0
         fam, ab = _dp_addr(addr)
         cdef const uint8_t *ap = ab
         c_fam = fam
         with nogil:
-            rc = rd.hp_dp_get_neigh(dp, c_port, c_fam, ap, m)
-        return None if rc != 0 else _dp_mac_str(m)
+            rc = rd.hp_dp_get_neigh(dp, c_port, c_fam, ap, m, &c_flags)
+        if rc != 0:
+            return None
+        return (_dp_mac_str(m), bool(c_flags & 1)) if with_pinned else _dp_mac_str(m)
+
+    def age_neighbors(self, max_age_ms):
+        """Removes the learned entries not confirmed in the last max_age_ms; how many."""
+        cdef rd.hp_dp *dp = self._live()
+        cdef uint64_t age = max_age_ms
+        cdef unsigned int n
+        with nogil:
+            n = rd.hp_dp_age_neigh(dp, age)
+        return n
 
     def clear_neighbors(self):
         cdef rd.hp_dp *dp = self._live()

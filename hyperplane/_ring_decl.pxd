@@ -119,9 +119,12 @@ cdef extern from "hp_dataplane.h" nogil:
                        uint32_t rx_frames, uint32_t tx_frames, int qdisc_bypass)
     int hp_dp_set_subnet(hp_dp *dp, int port, int family, const uint8_t *prefix, int plen,
                          const uint8_t *gateway)
-    int hp_dp_set_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, const uint8_t *mac)
+    int hp_dp_set_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, const uint8_t *mac,
+                        int flags)
+    unsigned int hp_dp_age_neigh(hp_dp *dp, uint64_t max_age_ms)
     int hp_dp_del_neigh(hp_dp *dp, int port, int family, const uint8_t *addr)
-    int hp_dp_get_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, uint8_t *mac)
+    int hp_dp_get_neigh(hp_dp *dp, int port, int family, const uint8_t *addr, uint8_t *mac,
+                        int *flags)
     void hp_dp_clear_neigh(hp_dp *dp)
     void hp_dp_set_lock(hp_dp *dp, pthread_mutex_t *lock)
     int64_t hp_dp_run(hp_dp *dp, int timeout_ms, uint32_t max_batches)

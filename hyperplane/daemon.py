@@ -185,8 +185,9 @@ class Daemon:
         are fixed when the lab is built), known on the new port before the ENI joins its
         group, as a VPC's mapping service knows every MAC: no connection's first frames wait
         for ARP in the slow path's bounded queue (a cold entry under load lost hundreds of
-        datagrams at 3,500 new flows/s). Anything else on the subnet is resolved by ARP / NDP
-        and learned as before."""
+        datagrams at 3,500 new flows/s). They are pinned: nothing from the wire (a forged ARP
+        reply or NA from a customer host) replaces them. Anything else on the subnet is
+        resolved by ARP / NDP and learned from the answer to our own solicitation."""
         state = self.lab.state
         sn = next((s for s in state.subnets if s.name == eni.subnet), None)
         known = [(a, h.mac) for h in state.hosts if h.subnet == eni.subnet
@@ -196,7 +197,7 @@ class Daemon:
         for addr, mac in known:
             if addr and mac:
                 try:
-                    self.dp.set_neighbor(addr, mac, port)
+                    self.dp.set_neighbor(addr, mac, port, pinned=True)
                 except OSError as e:     # a full neighbour table: ARP / NDP will learn it
                     log.warning("ENI %d: neighbour %s not set: %s", eni.id, addr, e)
 

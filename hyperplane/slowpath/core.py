@@ -39,6 +39,7 @@ class SlowPath(NeighbourMixin, IcmpMixin, DatagramMixin):
                  icmp_rate=100.0, icmp_burst=None, neigh_per_hop=512, neigh_total=4096,
                  neigh_hop_bytes=1 << 20, neigh_total_bytes=8 << 20,
                  neigh_max_pending=256, neigh_timeout_ms=3000, neigh_retry_ms=250,
+                 neigh_age_ms=120_000,
                  frag_max=64, frag_timeout_ms=2000, frag_max_size=65535,
                  exhausted_window_ms=1000, reraise=False):
         self.nat, self.dp = nat, dp
@@ -59,11 +60,14 @@ class SlowPath(NeighbourMixin, IcmpMixin, DatagramMixin):
         self.neigh_max_pending = neigh_max_pending
         self.neigh_timeout_ms = neigh_timeout_ms
         self.neigh_retry_ms = neigh_retry_ms
+        self.neigh_age_ms = neigh_age_ms
+        self._neigh_changed: dict[tuple, int] = {}     # (port, addr) -> last unsolicited change
         self._inside_bindings: dict[str, bytes] = {}     # function address -> its MAC
         self._pending: dict[tuple, Pending] = {}
         self._queued = 0
         self._queued_bytes = 0
         now = self.clock()
+        self._last_aged = now
         self._bucket = TokenBucket(icmp_rate, icmp_burst or max(1.0, icmp_rate), now)
         self._reasm = Reassembler(frag_max, frag_timeout_ms, frag_max_size)
         self._exhausted_recent: OrderedDict = OrderedDict()
@@ -141,6 +145,7 @@ class SlowPath(NeighbourMixin, IcmpMixin, DatagramMixin):
                 pend.next_try = now + self.neigh_retry_ms * (2 ** pend.tries)
                 pend.tries += 1
                 self._count("neigh_retried")
+        self._age_neighbours(now)
         timed_out = self._reasm.expire(now)
         if timed_out:
             self._count("frag_dropped_timeout", timed_out)

@@ -16,6 +16,9 @@ from ._icmp import icmp_checksum_ok
 from ._wire import ETH_LEN, ETH_P_ARP, ETH_P_IP, IpInfo, ip_str, mac_bytes, mac_str, parse_ip
 from .ports import ALL_NODES6, ALL_NODES6_MAC, ZERO_MAC, PortInfo
 
+NEIGH_LOCKTIME_MS = 1000      # a held entry changes MAC at most this often unsolicited (Linux's locktime)
+NEIGH_AGE_EVERY_MS = 1000     # how often learned entries are aged
+
 @dataclass
 class Pending:
     """Frames waiting for a next hop's MAC; groups are frames that go together (fragments)."""
@@ -104,10 +107,20 @@ class NeighbourMixin:
 
     def bind_inside(self, addr: str, mac) -> None:
         """A function's address and MAC: on the functions' side, only that MAC may claim
-        that address, and no other address may be claimed (the gateway's, anyone else's)."""
+        that address, and no other address may be claimed (the gateway's, anyone else's).
+        The data plane knows it pinned: replies to the function never wait for ARP / NDP."""
         self._inside_bindings[str(ipaddress.ip_address(addr))] = mac_bytes(mac)
+        if self.inside is not None:
+            try:
+                self.dp.set_neighbor(addr, mac_str(mac_bytes(mac)), self.inside.port, pinned=True)
+            except OSError:        # a full table: the function's ARP / NDP still resolves it
+                self._count("neigh_set_failed")
 
-    def _learn(self, info: PortInfo, addr: str, mac: bytes, frame: bytes) -> None:
+    def _learn(self, info: PortInfo, addr: str, mac: bytes, frame: bytes, reply: bool) -> None:
+        """What the wire may teach (docs/semantics.md section 13): a reply (ARP reply, NA) to
+        a solicitation of ours creates or changes an entry; any other ARP / NDP only confirms
+        an entry we hold (same MAC), or changes it at most once per NEIGH_LOCKTIME_MS (a
+        gratuitous announcement); a pinned entry (the lab's) never changes."""
         if mac == ZERO_MAC or mac[0] & 1:
             self._count("neigh_bad_mac")
             return
@@ -121,17 +134,42 @@ class NeighbourMixin:
             self._count("neigh_mac_mismatch")
             return
         m = mac_str(mac)
-        if self.dp.neighbor(addr, info.port) != m:
-            try:
-                self.dp.set_neighbor(addr, m, info.port)
-            except OSError:            # table full, or a port the data plane does not have
-                self._count("neigh_set_failed")
+        solicited = reply and (info.port, addr) in self._pending
+        held = self.dp.neighbor(addr, info.port, with_pinned=True)
+        if held is None and not solicited:
+            self._count("neigh_unsolicited_ignored")
+            return
+        if held is not None and held[1]:
+            if held[0] != m:
+                self._count("neigh_pinned_kept")
+            return
+        if held is not None and held[0] != m and not solicited:
+            now = self.clock()
+            last = self._neigh_changed.get((info.port, addr))
+            if last is not None and now - last < NEIGH_LOCKTIME_MS:
+                self._count("neigh_change_limited")
                 return
-            self._count("neigh_learned")
+            self._neigh_changed[(info.port, addr)] = now
+        try:
+            self.dp.set_neighbor(addr, m, info.port)
+        except OSError:        # table or port share full, a port gone, or pinned meanwhile
+            self._count("neigh_set_failed")
+            return
+        self._count("neigh_learned" if held is None else
+                    "neigh_confirmed" if held[0] == m else "neigh_changed")
         self._resolved(info, addr, m)
 
-    def _known(self, info: PortInfo, addr: str) -> bool:
-        return (info.port, addr) in self._pending or self.dp.neighbor(addr, info.port) is not None
+    def _age_neighbours(self, now: int) -> None:
+        """Learned entries not confirmed for neigh_age_ms go (pinned ones stay); the next frame
+        for one solicits it again."""
+        if now - self._last_aged < NEIGH_AGE_EVERY_MS:
+            return
+        self._last_aged = now
+        aged = self.dp.age_neighbors(self.neigh_age_ms)
+        if aged:
+            self._count("neigh_aged", aged)
+        self._neigh_changed = {k: t for k, t in self._neigh_changed.items()
+                               if now - t < NEIGH_LOCKTIME_MS}
 
     def _neigh_miss(self, out_port, frame: bytes, vnet) -> None:
         out = self.ports.get(out_port) if out_port is not None else None
@@ -161,8 +199,7 @@ class NeighbourMixin:
             self._count("arp_conflict")
             return
         if spa != "0.0.0.0" and info.learnable(spa):
-            if op == 2 or for_us or self._known(info, spa):
-                self._learn(info, spa, sha, frame)
+            self._learn(info, spa, sha, frame, reply=op == 2)
         if op == 1 and for_us:
             reply = (Ether(src=info.mac, dst=mac_str(sha))
                      / ARP(op=2, hwsrc=info.mac, psrc=mine, hwdst=mac_str(sha), pdst=spa))
@@ -209,8 +246,8 @@ class NeighbourMixin:
         mine = info.addr6
         dad = src == "::"
         for_us = mine is not None and target == mine
-        if not dad and slla is not None and info.learnable(src) and (for_us or self._known(info, src)):
-            self._learn(info, src, slla, frame)
+        if not dad and slla is not None and info.learnable(src):
+            self._learn(info, src, slla, frame, reply=False)
         if not for_us:
             self._count("nd_ignored_ns")
             return
@@ -240,5 +277,5 @@ class NeighbourMixin:
         if not info.learnable(target):
             self._count("nd_ignored_na")
             return
-        self._learn(info, target, mac, frame)
         self._count("na_received")
+        self._learn(info, target, mac, frame, reply=True)

@@ -5,6 +5,7 @@ Nat.translate() and the test asserts the reason it punted with. Replies are chec
 byte with scapy, every checksum recomputed independently.
 """
 
+import errno
 import ipaddress
 import random
 import struct
@@ -49,6 +50,7 @@ class FakeDP:
         self.sent = []          # (port, frame bytes, vnet)
         self.inputs = []
         self.neigh = {}
+        self.pinned = set()
         self.fail_inject = None
 
     def inject(self, port, frame, vnet=None):
@@ -60,12 +62,24 @@ class FakeDP:
         self.inputs.append((port, bytes(frame), vnet))
         return (FORWARD, 0, 1, 0)
 
-    def set_neighbor(self, addr, mac, port=None):
-        self.neigh[(str(ipaddress.ip_address(addr)), port)] = mac
+    def set_neighbor(self, addr, mac, port=None, pinned=False):
+        key = (str(ipaddress.ip_address(addr)), port)
+        if key in self.pinned and not pinned:
+            raise PermissionError(errno.EPERM, "pinned")
+        self.neigh[key] = mac
+        if pinned:
+            self.pinned.add(key)
 
-    def neighbor(self, addr, port=None):
+    def neighbor(self, addr, port=None, with_pinned=False):
         addr = str(ipaddress.ip_address(addr))
-        return self.neigh.get((addr, port)) or self.neigh.get((addr, None))
+        key = (addr, port) if (addr, port) in self.neigh else (addr, None)
+        mac = self.neigh.get(key)
+        if mac is None or not with_pinned:
+            return mac
+        return mac, key in self.pinned
+
+    def age_neighbors(self, max_age_ms):
+        return 0
 
     def take(self):
         out, self.sent = self.sent, []
@@ -252,7 +266,14 @@ def arp_req(src_mac, psrc, pdst, op=1):
                                                    hwdst="00:00:00:00:00:00" if op == 1 else INSIDE_MAC))
 
 
-def test_arp_request_for_gateway_is_answered_and_sender_learned(env):
+def solicit(env, dst, family=4):
+    """A frame of a tracked connection towards dst (through the ENI port) waits for its next
+    hop: the slow path solicits it, and an answer to that solicitation may teach."""
+    _, out = env.outbound("udp", family=family, dst=dst)
+    return env.handle(env.punt(out, 0, "NEIGH_MISS", egress=1))
+
+
+def test_arp_request_for_gateway_is_answered_and_sender_not_learned(env):
     sent = env.handle(env.punt(arp_req(FN_MAC, FN4, GW4), 0, "ARP"))
     assert len(sent) == 1
     port, frame, vnet = sent[0]
@@ -261,8 +282,10 @@ def test_arp_request_for_gateway_is_answered_and_sender_learned(env):
     assert pkt.src == INSIDE_MAC and pkt.dst == FN_MAC and pkt.type == 0x0806
     a = pkt[ARP]
     assert (a.op, a.hwsrc, a.psrc, a.hwdst, a.pdst) == (2, INSIDE_MAC, GW4, FN_MAC, FN4)
-    assert env.dp.neighbor(FN4, 0) == FN_MAC
-    assert env.c("arp_replied") == 1 and env.c("neigh_learned") == 1
+    # Answered to the frame's sender; nothing learned: only answers to our own solicitations
+    # teach (the daemon pins the functions' MACs, bind_inside).
+    assert env.dp.neighbor(FN4, 0) is None
+    assert env.c("arp_replied") == 1 and env.c("neigh_unsolicited_ignored") == 1
 
 
 def test_arp_request_for_eni_only_on_its_port(env):
@@ -270,7 +293,7 @@ def test_arp_request_for_eni_only_on_its_port(env):
     assert len(sent) == 1 and sent[0][0] == 1
     a = Ether(sent[0][1])[ARP]
     assert (a.op, a.hwsrc, a.psrc, a.pdst) == (2, ENI_MAC, ENI4, DB4)
-    assert env.dp.neighbor(DB4, 1) == DB_MAC
+    assert env.dp.neighbor(DB4, 1) is None
     # The ENI address asked on the inside port, the gateway asked on the ENI port: silence.
     assert env.handle(env.punt(arp_req(FN_MAC, FN4, ENI4), 0, "ARP")) == []
     assert env.handle(env.punt(arp_req(DB_MAC, DB4, GW4), 1, "ARP")) == []
@@ -278,27 +301,48 @@ def test_arp_request_for_eni_only_on_its_port(env):
 
 
 def test_arp_whose_sender_mac_is_not_the_frames_source_teaches_nothing(env):
-    env.handle(env.punt(arp_req(FN_MAC, FN4, GW4), 0, "ARP"))
-    assert env.dp.neighbor(FN4, 0) == FN_MAC
-    forged = bytearray(arp_req(FN_MAC, FN4, GW4))
+    solicit(env, DB4)
+    forged = bytearray(arp_req(DB_MAC, DB4, ENI4, op=2))
     forged[22:28] = bytes.fromhex("020000000666")            # ARP sender MAC only
-    env.handle(env.punt(bytes(forged), 0, "ARP"))
-    assert env.dp.neighbor(FN4, 0) == FN_MAC
-    assert env.c("neigh_mac_mismatch") == 1
+    env.handle(env.punt(bytes(forged), 1, "ARP"))
+    assert env.dp.neighbor(DB4, 1) is None
+    env.handle(env.punt(arp_req(DB_MAC, DB4, ENI4, op=2), 1, "ARP"))
+    assert env.dp.neighbor(DB4, 1) == DB_MAC
+    env.handle(env.punt(bytes(forged), 1, "ARP"))
+    assert env.dp.neighbor(DB4, 1) == DB_MAC
+    assert env.c("neigh_mac_mismatch") == 2
 
 
 def test_arp_learning_rules(env):
     # Requests for someone else: no reply, nothing learned (unknown sender).
     assert env.handle(env.punt(arp_req(DB_MAC, DB4, "10.0.1.30"), 1, "ARP")) == []
     assert env.dp.neighbor(DB4, 1) is None
-    # A reply from an address on the subnet is learned; one from off the subnet is not.
+    # A reply nobody asked for teaches nothing, even from the subnet.
     env.handle(env.punt(arp_req(GW_MAC, SUBGW4, ENI4, op=2), 1, "ARP"))
-    assert env.dp.neighbor(SUBGW4, 1) == GW_MAC
+    assert env.dp.neighbor(SUBGW4, 1) is None and env.c("neigh_unsolicited_ignored") == 2
+    # The answer to our solicitation (a frame for a far host waits for the gateway) is
+    # learned and sends the frame; one from off the subnet is not.
+    (ask,) = solicit(env, FAR4)
+    assert Ether(ask[1])[ARP].pdst == SUBGW4
+    sent = env.handle(env.punt(arp_req(GW_MAC, SUBGW4, ENI4, op=2), 1, "ARP"))
+    assert env.dp.neighbor(SUBGW4, 1) == GW_MAC and len(sent) == 1
     env.handle(env.punt(arp_req(GW_MAC, "192.168.5.5", ENI4, op=2), 1, "ARP"))
     assert env.dp.neighbor("192.168.5.5", 1) is None
-    # Gratuitous ARP of a known neighbour updates it.
+    # A gratuitous ARP of a learned neighbour moves it, but once a second at most.
     env.handle(env.punt(arp_req("02:00:00:00:01:99", SUBGW4, SUBGW4), 1, "ARP"))
     assert env.dp.neighbor(SUBGW4, 1) == "02:00:00:00:01:99"
+    env.handle(env.punt(arp_req("02:00:00:00:01:98", SUBGW4, SUBGW4), 1, "ARP"))
+    assert env.dp.neighbor(SUBGW4, 1) == "02:00:00:00:01:99"
+    assert env.c("neigh_changed") == 1 and env.c("neigh_change_limited") == 1
+    env.advance(1001)
+    env.handle(env.punt(arp_req(GW_MAC, SUBGW4, SUBGW4), 1, "ARP"))
+    assert env.dp.neighbor(SUBGW4, 1) == GW_MAC
+    # A pinned neighbour (the lab's) never moves: neither a forged reply to a solicitation
+    # nor a gratuitous ARP.
+    env.dp.set_neighbor(DB4, DB_MAC, 1, pinned=True)
+    env.handle(env.punt(arp_req("02:00:00:00:06:66", DB4, ENI4, op=2), 1, "ARP"),
+               env.punt(arp_req("02:00:00:00:06:66", DB4, DB4), 1, "ARP"))
+    assert env.dp.neighbor(DB4, 1) == DB_MAC and env.c("neigh_pinned_kept") == 2
     # Someone claiming our address: ignored.
     env.handle(env.punt(arp_req(DB_MAC, ENI4, ENI4), 1, "ARP"))
     assert env.dp.neighbor(ENI4, 1) is None
@@ -334,7 +378,7 @@ def test_ns_for_gateway_gets_na(env):
     assert (na.R, na.S, na.O, na.tgt) == (1, 1, 1, GW6)
     assert pkt[ICMPv6NDOptDstLLAddr].lladdr == INSIDE_MAC
     assert icmp6_ok(ip6)
-    assert env.dp.neighbor(FN6, 0) == FN_MAC
+    assert env.dp.neighbor(FN6, 0) is None                  # an NS is no answer to us
     assert env.c("nd_replied") == 1
 
 
@@ -359,7 +403,10 @@ def test_na_learned_and_rs_ignored(env):
     na = (Ether(src=GW_MAC, dst=ENI_MAC) / IPv6(src=SUBGW6, dst=ENI6, hlim=255)
           / ICMPv6ND_NA(tgt=SUBGW6, R=1, S=1, O=1) / ICMPv6NDOptDstLLAddr(lladdr=GW_MAC))
     assert env.handle(env.punt(bytes(na), 1, "ICMP")) == []
-    assert env.dp.neighbor(SUBGW6, 1) == GW_MAC and env.c("na_received") == 1
+    assert env.dp.neighbor(SUBGW6, 1) is None                # unsolicited
+    solicit(env, FAR6, family=6)
+    assert len(env.handle(env.punt(bytes(na), 1, "ICMP"))) == 1
+    assert env.dp.neighbor(SUBGW6, 1) == GW_MAC and env.c("na_received") == 2
     rs = Ether(src=FN_MAC, dst="33:33:00:00:00:02") / IPv6(src=FN6, dst="ff02::2", hlim=255) / ICMPv6ND_RS()
     assert env.handle(env.punt(bytes(rs), 0, "ICMP")) == []
     assert env.c("nd_ignored_rs") == 1
@@ -973,7 +1020,9 @@ def test_calls_match_the_real_dataplane():
                   ports=[PortInfo.inside(0, INSIDE_MAC, gw4=GW4, cidr4="10.200.0.0/24")])
     sp.handle([Punt(0, R["ARP"], arp_req(FN_MAC, FN4, GW4), None, -1, bytes(10))])
     assert dp.neighbor(FN4, 0) is None
-    assert sp.counters() == {"punt.ARP": 1, "neigh_set_failed": 1, "inject_failed": 1}
+    assert sp.counters() == {"punt.ARP": 1, "neigh_unsolicited_ignored": 1, "inject_failed": 1}
+    sp.bind_inside(FN4, FN_MAC)                           # port 0 is not the data plane's
+    assert sp.counters()["neigh_set_failed"] == 1
     sp.handle([Punt(0, R["PORTS_EXHAUSTED"], from_fn(4, FAR4), None, -1, bytes(10))])
     sp.on_exhausted = lambda frame, port: True
     sp.handle([Punt(0, R["PORTS_EXHAUSTED"], from_fn(4, FAR4), None, -1, bytes(10))])
@@ -1125,7 +1174,7 @@ def test_functions_claim_only_their_own_addresses(env):
     assert env.dp.neighbor(FN4, 0) == FN_MAC and env.dp.neighbor(GW4, 0) is None
     # The same over NDP: an NS from FN6 with the other function's MAC.
     env.handle(env.punt(ns(FN6, GW6, other_mac), 0, "ICMP"))
-    assert env.dp.neighbor(FN6, 0) is None
+    assert env.dp.neighbor(FN6, 0, with_pinned=True) == (FN_MAC, True)     # bound: pinned
     # (The gateway's own address never reaches learning: counted as claims are the other two.)
     assert env.c("neigh_claim_ignored") == 2
     env.handle(env.punt(ns(FN6, GW6, FN_MAC), 0, "ICMP"))
