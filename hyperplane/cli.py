@@ -358,7 +358,7 @@ def cmd_trace(args) -> int:
 def cmd_demo(args) -> int:
     need_root("hyperplane demo")
     from .demo import run_demo
-    return run_demo(keep=args.keep)
+    return run_demo(keep=args.keep, pcap=args.pcap)
 
 
 # --- check --------------------------------------------------------------------------------
@@ -603,6 +603,8 @@ def parser() -> argparse.ArgumentParser:
                  "(connections, ENIs, counters) and removes the lab. Needs root.",
                  ["sudo hyperplane demo", "sudo hyperplane demo --keep"])
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    p.add_argument("--pcap", metavar="DIR", help="capture each side of the NAT into DIR: "
+                   "inside.pcap, outside.pcap and index.json pairing each connection's halves")
     p.set_defaults(fn=cmd_demo)
 
     p = _command(sub, "trace", "one packet through the reference model, step by step",

@@ -32,7 +32,8 @@ def _echo(lab, fn: str, proto: str, host: str, port: int = ECHO_PORT) -> bool:
     return ok
 
 
-def run_demo(keep: bool = False) -> int:
+def run_demo(keep: bool = False, pcap=None) -> int:
+    """pcap: a folder for a capture on each side of the NAT (hyperplane/teach/sides.py)."""
     from .config import default_config
     from .lab import Lab
     from .render import lab_picture
@@ -43,6 +44,10 @@ def run_demo(keep: bool = False) -> int:
     print(lab_picture(state, control.request(prefix, "status"), runtime.restarts(prefix)))
     lab = Lab.attach(prefix)
     st = lab.state
+    capture = None
+    if pcap:
+        from .teach.sides import SidesCapture
+        capture = SidesCapture(prefix, pcap, st).start()
     web, db = st.host("web"), st.host("db")
     servers = []
     logs = {}
@@ -96,6 +101,10 @@ def run_demo(keep: bool = False) -> int:
         _step("hyperplane stats")
         print(stats_table(control.request(prefix, "stats")))
     finally:
+        if capture:
+            from .teach.sides import summary
+            _step(f"captures on both sides of the NAT in {pcap}/")
+            print(summary(capture.stop(), pcap))
         for _, p in servers:
             p.kill()
             p.wait()
