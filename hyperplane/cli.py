@@ -262,7 +262,14 @@ def cmd_conntrack(args) -> int:
                        "the whole table with -F", EXIT_USAGE)
     if args.action == "events":
         return conntrack_events(prefix, spec, args)
-    command = "conntrack" if args.action == "list" else "conntrack-delete"   # or -D, -F
+    if args.action == "flush" and not (args.json or args.json_lines):
+        # as conntrack -F: how many, not each one (-D, or -F -j, lists them)
+        n = sum(item["deleted"] for page in ask_listing(prefix, "conntrack-delete",
+                                                        timeout=60.0, filter=spec, brief=True)
+                for item in page)
+        print(f"{n} connection{'s' if n != 1 else ''} deleted", file=sys.stderr)
+        return EXIT_OK
+    command = "conntrack" if args.action == "list" else "conntrack-delete"   # or -D, -F -j
     rounds = 0
     while True:
         printer = listing_printer(args)
@@ -446,7 +453,7 @@ def _conntrack_arguments(p: argparse.ArgumentParser) -> None:
             (("-D", "--delete"), "delete", "delete the connections that match the filters "
                                            "(a filter is required) and list them"),
             (("-F", "--flush"), "flush", "delete every connection, or those the filters "
-                                          "select, and list them"),
+                                         "select, and say how many (with -j: list them)"),
             (("-E", "--event"), "events", "print the table's events as they happen, until "
                                           "Ctrl-C")):
         act.add_argument(*flags, dest="action", action="store_const", const=value, help=text)

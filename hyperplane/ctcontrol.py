@@ -103,17 +103,25 @@ class ConntrackService:
         return {"count": self.nat.count(self.filter_of(req) or None)}
 
     def delete(self, req: dict):
+        """Pages of the removed connections; with ``"brief": true`` each page is one
+        ``{"deleted": n}`` item instead (a flush of a big table ships no pictures)."""
         flt = self.filter_of(req) or None
         names = self.functions()
-
-        def page(cursor, size):
+        brief = bool(req.get("brief"))
+        size = int(req.get("page_size", control.PAGE_SIZE))
+        cursor = 0
+        while cursor is not None:
             removed, cursor = self.nat.delete_page(cursor, size, filter=flt,
                                                    now_ms=self.now_ms())
+            if not removed:
+                continue
             self._deleted.extend(removed)
             self._count("deleted", len(removed))
-            return removed, cursor
-        return control.cursor_pages(page, convert=lambda c: self.describe(
-            c, Clock(self.now_ms()), names), size=int(req.get("page_size", control.PAGE_SIZE)))
+            if brief:
+                yield [{"deleted": len(removed)}]
+            else:
+                clock = Clock(self.now_ms())
+                yield [self.describe(c, clock, names) for c in removed]
 
     def events(self, req: dict) -> control.Stream:
         reader = self.nat.events(self.filter_of(req) or None)
