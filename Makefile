@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: deps install build test test-unit test-ns fuzz fuzz-ci fuzz-coverage bench bench-e2e demo down docs docs-serve pictures clean sdist
+.PHONY: deps install build test test-unit test-ns fuzz fuzz-ci fuzz-coverage bench bench-e2e demo down docs docs-serve cli-docs pictures clean sdist
 
 deps:               ## system tools the lab and tests use (apt, when root and missing)
 	scripts/install-system-deps
@@ -51,6 +51,9 @@ down:
 docs:               ## the documentation site into site/, strictly (a broken link fails)
 	@$(PYTHON) -c 'import mkdocs, material, mkdocstrings' 2>/dev/null || $(PYTHON) -m pip install -q -e '.[docs]'
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
+
+cli-docs:           ## docs/cli.md regenerated from the parser (a unit test fails when it is stale)
+	$(PYTHON) -m hyperplane.clidocs > docs/cli.md
 
 docs-serve:         ## the site on http://127.0.0.1:8000/, rebuilt as pages change
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs serve

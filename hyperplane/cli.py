@@ -378,7 +378,11 @@ def cmd_check(args) -> int:
     from .lab.topology import build_topology
     from .render import lab_plan
     try:
-        cfg = load_config(args.config)
+        if args.config == "-":
+            from .config import loads_config
+            cfg = loads_config(sys.stdin.read(), source="<stdin>")
+        else:
+            cfg = load_config(args.config)
         if args.prefix:
             cfg = cfg.with_prefix(args.prefix)
         state = build_topology(cfg).state()
@@ -400,6 +404,35 @@ def cmd_check(args) -> int:
         print_json({"valid": True, "config": args.config, "lab": state.to_dict()})
     else:
         print(lab_plan(state))
+    return EXIT_OK
+
+
+# --- shell completion -----------------------------------------------------------------------
+
+# Where `hyperplane completion SHELL --install` puts the script: the places bash-completion
+# and zsh (with the folder on its fpath) look for a user's completions.
+COMPLETION_FILES = {"bash": "~/.local/share/bash-completion/completions/hyperplane",
+                    "zsh": "~/.zfunc/_hyperplane"}
+
+
+def completion_script(shell: str) -> str:
+    """The completion script for shell, generated from the parser by shtab, so it always
+    offers exactly the commands and options the parser has."""
+    import shtab
+    return shtab.complete(parser(), shell)
+
+
+def cmd_completion(args) -> int:
+    script = completion_script(args.shell)
+    if not args.install:
+        sys.stdout.write(script)
+        return EXIT_OK
+    path = Path(COMPLETION_FILES[args.shell]).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(script)
+    hint = ("" if args.shell == "bash" else
+            "; add `fpath=(~/.zfunc $fpath); autoload -U compinit; compinit` to ~/.zshrc")
+    print(f"wrote {path}: new {args.shell} shells complete `hyperplane`{hint}")
     return EXIT_OK
 
 
@@ -533,8 +566,9 @@ def parser() -> argparse.ArgumentParser:
                  f"exit codes: {EXIT_OK} valid, {EXIT_INVALID} invalid, {EXIT_USAGE} bad "
                  "arguments (as `nft -c`).",
                  ["hyperplane check -c examples/default.toml",
-                  "hyperplane check -c lab.toml --json | jq .lab.functions"], [common, with_json])
-    p.add_argument("-c", "--config", required=True, help="lab config (TOML)")
+                  "hyperplane check -c lab.toml --json | jq .lab.functions",
+                  "generate-lab | hyperplane check -c -"], [common, with_json])
+    p.add_argument("-c", "--config", required=True, help="lab config (TOML); - reads stdin")
     p.set_defaults(fn=cmd_check)
 
     p = _command(sub, "down", "remove everything the lab made (also after a crash)",
@@ -621,6 +655,18 @@ def parser() -> argparse.ArgumentParser:
     from .teach.cli import add_trace_arguments
     add_trace_arguments(p)
     p.set_defaults(fn=cmd_trace)
+
+    p = _command(sub, "completion", "shell completion for bash or zsh",
+                 "Prints the completion script for the shell, generated from this parser; with "
+                 "--install writes it where the shell finds it for this user "
+                 f"(bash: {COMPLETION_FILES['bash']}, zsh: {COMPLETION_FILES['zsh']}).",
+                 ["hyperplane completion bash --install",
+                  "hyperplane completion bash | sudo tee /etc/bash_completion.d/hyperplane",
+                  "hyperplane completion zsh > ~/.zfunc/_hyperplane"])
+    p.add_argument("shell", choices=("bash", "zsh"))
+    p.add_argument("--install", action="store_true",
+                   help="write it to the user's completion folder instead of printing it")
+    p.set_defaults(fn=cmd_completion)
 
     p = _command(sub, "bench", "Hyperplane beside kernel routing and the kernel's NAT",
                  "Throughput, zero-loss rates, connection rates, latency, table scale and CPU "

@@ -25,6 +25,62 @@ from .connection import ConnEvent, Connection
 from .ctfilter import ConnFilter
 from .vocab import STATES
 
+# The keys of a connection in every JSON listing (conntrack -j, -D, -E, Lab.connections), in
+# docs/cli.md; a unit test holds describe() to exactly these.
+CONNECTION_KEYS = (
+    ("id", "the connection's slot in the table (reused after it ends)"),
+    ("family", "4 or 6"),
+    ("proto", "6 (TCP) or 17 (UDP)"),
+    ("protocol", '"tcp" or "udp"'),
+    ("state", "SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, "
+              "CLOSE, UDP_FIRST or UDP_STREAM (docs/semantics.md 2.1)"),
+    ("assured", "true once answered and established (TCP) or a stream (UDP): never dropped "
+                "early"),
+    ("flags", "the core's flag bits (REPLY_SEEN 1, ASSURED 2, CLOSER_REPLY 4, FIN_SEEN 8, "
+              "SYN_REPLY 16, HAIRPIN 32)"),
+    ("original", "the original tuple {src, sport, dst, dport}: the function to the server"),
+    ("reply", "the reply tuple {src, sport, dst, dport}: the server to the ENI address and "
+              "NAT port"),
+    ("src", "original source address (the function's)"),
+    ("sport", "original source port"),
+    ("dst", "original destination address (the server's)"),
+    ("dport", "original destination port"),
+    ("nat_addr", "the ENI address the connection leaves from"),
+    ("nat_port", "the external port the NAT chose"),
+    ("eni", "the ENI's id"),
+    ("owner", "the function's owner index"),
+    ("function", "the function's name (null when unknown)"),
+    ("packets_out", "packets forwarded function -> server"),
+    ("packets_in", "packets forwarded server -> function"),
+    ("bytes_out", "bytes forwarded function -> server"),
+    ("bytes_in", "bytes forwarded server -> function"),
+    ("timeout_s", "whole seconds left before the connection expires (0 in DESTROY events)"),
+    ("start", "when it was created, ISO 8601 UTC"),
+    ("start_epoch", "the same, seconds since the epoch"),
+    ("last_seen", "its last packet, ISO 8601 UTC with milliseconds"),
+    ("last_seen_epoch", "the same, seconds since the epoch"),
+    ("start_s", "when it was created, the data plane's clock (seconds)"),
+    ("last_seen_ms", "its last packet, the data plane's clock (milliseconds)"),
+    ("flow_out", "the flow-log interval function -> server since the last harvest "
+                 "{packets, bytes, first_ms, last_ms, tcp_flags}, or null"),
+    ("flow_in", "the same, server -> function"),
+)
+# An event is a connection (the keys above, after the change) and these.
+EVENT_KEYS = (
+    ("event", '"NEW", "UPDATE", "DESTROY", or "LOST" (then only lost, lost_total, time, '
+              'time_epoch)'),
+    ("seq", "1, 2, ... in the order the table changed"),
+    ("time", "when, ISO 8601 UTC with milliseconds"),
+    ("time_epoch", "the same, seconds since the epoch"),
+    ("old_state", "UPDATE: the state before (equal to state when only assured or the reply "
+                  "changed); otherwise null"),
+    ("reason", "DESTROY: EXPIRED, RESET (timed out after an RST), DELETED (-D / -F), "
+               "EARLY_DROP (a full table), REOPENED (a new SYN on the closed tuple); "
+               "otherwise null"),
+    ("lost", "LOST: events this reader lost since the last line"),
+    ("lost_total", "LOST: events this reader lost in all"),
+)
+
 EVENT_POLL_S = 0.02          # a reader's turn at the ring when it found nothing new
 HEARTBEAT_S = 1.0            # an empty page this often on a quiet stream: a gone client shows
 

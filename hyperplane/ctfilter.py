@@ -2,23 +2,7 @@
 take them (docs/cli.md, "Filters").
 
 A filter is a set of tests that must all hold; it travels to the data plane as a JSON object
-with these keys (any subset; a missing key or None tests nothing):
-
-==============  =========================================================================
-``family``      4 or 6
-``proto``       ``"tcp"``, ``"udp"`` (or 6, 17)
-``state``       a state name or a list of them (``"ESTABLISHED"``, ``"UDP_STREAM"``, ...)
-``eni``         the ENI's id (an integer)
-``function``    the function's name (resolved by the data plane to its owner index)
-``owner``       the function's owner index (as the listing's ``owner`` key)
-``assured``     true: assured connections only; false: unassured only
-``src``         the original source (the function's address), an address or a prefix
-``dst``         the original destination, which is also the reply's source
-``nat_addr``    the ENI address the connection leaves from: the reply's destination
-``sport``       the original source port, a port or a range ``"lo-hi"`` (also ``[lo, hi]``)
-``dport``       the original destination port, which is also the reply's source port
-``nat_port``    the external port: the reply's destination port
-==============  =========================================================================
+with the keys of KEY_MEANINGS (any subset; a missing key or None tests nothing).
 
 The data plane applies it in C while it scans the table (csrc/conntrack.c, hp_ct_match), so a
 filtered listing costs the scan and the matches, never a Python object per connection.
@@ -34,8 +18,22 @@ from .vocab import F_ASSURED, STATES
 PROTOCOLS = {"tcp": 6, "udp": 17}
 ADDRESS_KEYS = ("src", "dst", "nat_addr")
 PORT_KEYS = ("sport", "dport", "nat_port")
-KEYS = ("family", "proto", "state", "eni", "function", "owner", "assured", *ADDRESS_KEYS,
-        *PORT_KEYS)
+KEY_MEANINGS = (
+    ("family", "4 or 6"),
+    ("proto", '"tcp" or "udp" (or 6, 17)'),
+    ("state", 'a state name or a list of them ("ESTABLISHED", "UDP_STREAM", ...)'),
+    ("eni", "the ENI's id"),
+    ("function", "the function's name (the data plane resolves it to its owner index)"),
+    ("owner", "the function's owner index (the listing's owner key)"),
+    ("assured", "true: assured connections only; false: unassured ones only"),
+    ("src", "the original source (the function's address): an address or a prefix"),
+    ("dst", "the original destination, which is also the reply's source"),
+    ("nat_addr", "the ENI address the connection leaves from: the reply's destination"),
+    ("sport", 'the original source port: a port, a range "lo-hi" or [lo, hi]'),
+    ("dport", "the original destination port, which is also the reply's source port"),
+    ("nat_port", "the external port: the reply's destination port"),
+)
+KEYS = tuple(key for key, _ in KEY_MEANINGS)
 
 
 def _network(key: str, value) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

@@ -1,22 +1,21 @@
 """Issue 17 at scale: a filtered count over 200,000 connections, and an event reader that stops
 reading for 10 s while 100,000 connections open and close (a flush deletes them): it is told how
-many events it lost, and forwarding shows no gap over 50 ms meanwhile (measured as in
-test_daemon_load: the one-way delay of a steady UDP stream). The forwarding thread only
+many events it lost, and forwarding keeps its gaps at most MAX_GAP_MS meanwhile (the one-way
+delay of a steady UDP stream, as test_daemon_load takes it). The forwarding thread only
 appends to the event ring; nothing waits for the reader.
 
-The count's time is printed (the issue's figure: under a second), not asserted: performance
-is measured, not asserted, in timed tests."""
+The count's time is printed beside the issue's goal, not asserted: timed tests check
+behaviour, benchmarks check speed."""
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
 
-from test_daemon_load import (FILL_DPORTS, PY, RATE, SINK_PORT, daemon_lab, fill,  # noqa: F401
-                              stats, wait_until)
+from test_daemon_load import (FILL_DPORTS, PY, RATE, SINK_PORT, IdleClient,  # noqa: F401
+                              daemon_lab, fill, stats, wait_until)
 from test_forwarding_thread import MAX_GAP_MS, MAX_LOSS, RECEIVER, SENDER
 from test_v2n import cli
 
@@ -27,15 +26,11 @@ STREAM_PORT = 9600
 SECONDS = 24.0           # the stream outlasts the stall and the load
 
 
-class StalledReader:
+class StalledReader(IdleClient):
     """A `conntrack-events` client that takes its first answer line only when told."""
 
     def __init__(self, prefix):
-        from hyperplane import runtime
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.connect(str(runtime.paths(prefix).socket))
-        self.sock.sendall(b'{"command": "conntrack-events"}\n')
+        super().__init__(prefix, "conntrack-events")
         self.file = self.sock.makefile("rb")
 
     def read_until_caught_up(self, timeout=60.0):
@@ -54,7 +49,7 @@ class StalledReader:
 
     def close(self):
         self.file.close()
-        self.sock.close()
+        super().close()
 
 
 def open_flows(lab, web, n, first_sport):

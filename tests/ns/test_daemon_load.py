@@ -154,14 +154,15 @@ def rss_kb(pid, kind="RssAnon"):
 
 
 class IdleClient:
-    """A control client that asks for the connection listing and never reads the answer."""
+    """A control client that asks for the connection listing (or command) and never reads
+    the answer."""
 
-    def __init__(self, prefix):
+    def __init__(self, prefix, command="conntrack"):
         from hyperplane import runtime
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.sock.connect(str(runtime.paths(prefix).socket))
-        self.sock.sendall(b'{"command": "conntrack"}\n')
+        self.sock.sendall(json.dumps({"command": command}).encode() + b"\n")
 
     def close(self):
         self.sock.close()
