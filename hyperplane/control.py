@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from . import runfolder
 from .errors import ControlError, ErrorAnswer, NotRunning
 
 log = logging.getLogger("hyperplane.control")
@@ -42,8 +43,7 @@ Handler = Callable[[dict], "dict | Iterable[list]"]
 
 
 def socket_path(prefix: str, run_dir: str | Path | None = None) -> Path:
-    from .runtime import paths      # runtime owns the run folder (and imports this module)
-    return paths(prefix, run_dir).socket
+    return runfolder.paths(prefix, run_dir).socket
 
 
 class Stream:

@@ -27,11 +27,11 @@ import sys
 import threading
 import time
 
-from . import control, flowlog, metrics, runtime
+from . import control, flowlog, metrics, runfolder
 from ._core import DataPlane, Nat
-from .lab import Lab
-from .lab.topology import EniInfo, RUN_DIR
 from .ctcontrol import ConntrackService
+from .lab import Lab
+from .lab.topology import EniInfo
 from .enibackend import DaemonEniBackend
 from .enimanager import EniManager
 from .scheduling import (FORWARDING_SPIN_US, forwarding_first, in_background, lower_priority,
@@ -52,22 +52,23 @@ ENI_TX_FRAMES = 64
 class Daemon:
     def __init__(self, prefix: str, run_dir=None):
         self.prefix = prefix
-        self.run_dir = run_dir or RUN_DIR
+        self.run_dir = run_dir or runfolder.RUN_DIR
+        self.paths = runfolder.paths(prefix, self.run_dir)
         self.lab = Lab.attach(prefix, run_dir)
         state = self.lab.state
         self.config = state.config                     # the typed value, validated at `up`
         self.nat = Nat(**self.config.nat_args(),
                        port_seed=secrets.randbits(64),     # RFC 6056: unpredictable ports
                        # connections, ports and counters outlive this process (cleanup removes it)
-                       state_path=runtime.paths(prefix, self.run_dir).state)
+                       state_path=self.paths.state)
         if self.nat.attached:
             log.info("attached to the state of a previous data plane: %d connections, %d "
                      "repaired", len(self.nat), self.nat.repaired)
         self.dp = DataPlane(self.nat, spin_us=FORWARDING_SPIN_US)
         self.started = time.time()
         self.stopping = threading.Event()
-        self.flow_opts = flowlog.options(state.config)
-        self.metrics_opts = metrics.options(state.config)
+        self.flow_opts = state.config.hyperplane.flow_logs
+        self.metrics_opts = state.config.hyperplane.metrics
         # Each connection's flow-log interval lives in the core (in the state file too): after
         # a restart the next harvest carries on where the previous data plane's last one left.
         self.flow_tracker = flowlog.FlowTracker(int(self.flow_opts.interval_s * 1000))
@@ -78,7 +79,7 @@ class Daemon:
                                   interface_id=self.interface_id,
                                   subnet_id=lambda e: self.lab.state.eni(e).subnet)
             self.flows = flowlog.FlowLogWriter(
-                self.flow_opts.folder or flowlog.default_folder(self.run_dir, prefix),
+                self.flow_opts.folder or self.paths.flow_logs,
                 self.flow_opts.fields, self.flow_opts.max_bytes, self.flow_opts.keep, ctx)
         self.parked: queue.Queue = queue.Queue(PARKED_MAX)
         self.parked_dropped = 0
@@ -389,7 +390,7 @@ class Daemon:
         self.threads.append(t)
 
     def run(self) -> None:
-        server = control.ControlServer(runtime.paths(self.prefix, self.run_dir).socket)
+        server = control.ControlServer(self.paths.socket)
         self.register_control(server)
         exporter = None
         self.dp.start()
@@ -461,8 +462,8 @@ def main(argv=None) -> int:
     try:
         daemon = Daemon(args.prefix, args.run_dir)
     except ValueError as e:          # the config or the state file: restarting will not help
-        log.error("%s%s", runtime.CANNOT_START, e)
-        return runtime.EXIT_CANNOT_START
+        log.error("%s%s", runfolder.CANNOT_START, e)
+        return runfolder.EXIT_CANNOT_START
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stopping.set())
     daemon.run()

@@ -19,87 +19,19 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
+from .config import (DEFAULT_ACCOUNT_ID, DEFAULT_FLOW_LOG_FIELDS, FLOW_LOG_FIELD_VERSION,
+                     FlowLogConfig)
 from .connection import Connection
 
-ACCOUNT = "123456789012"
-DEFAULT_FIELDS = ("version", "account-id", "interface-id", "srcaddr", "dstaddr", "srcport",
-                  "dstport", "protocol", "packets", "bytes", "start", "end", "action",
-                  "log-status")
-# The flow-log version that introduced each field; a record's `version` is the highest one its
-# format uses (as AWS does for custom formats).
-FIELD_VERSION = {
-    **{f: 2 for f in DEFAULT_FIELDS},
-    **{f: 3 for f in ("vpc-id", "subnet-id", "instance-id", "tcp-flags", "type",
-                      "pkt-srcaddr", "pkt-dstaddr")},
-    **{f: 4 for f in ("region", "az-id", "sublocation-type", "sublocation-id")},
-    **{f: 5 for f in ("pkt-src-aws-service", "pkt-dst-aws-service", "flow-direction",
-                      "traffic-path")},
-}
 TCP_SYN, TCP_FIN, TCP_RST, TCP_SYN_ACK = 2, 1, 4, 18
 TRAFFIC_PATH_SAME_VPC = "1"     # egress through a resource in the same VPC
 PROTOCOL_NAMES = {6: "tcp", 17: "udp"}
-DEFAULT_INTERVAL_S = 60.0
-DEFAULT_MAX_BYTES = 8 << 20
-DEFAULT_KEEP = 5
 
 
 def eni_name(eni: int) -> str:
     return f"eni-{eni:017x}"
-
-
-def default_folder(run_dir: str | Path, prefix: str) -> Path:
-    return Path(run_dir) / f"{prefix}-flowlogs"
-
-
-# --- options ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FlowLogOptions:
-    enabled: bool = True
-    interval_s: float = DEFAULT_INTERVAL_S
-    folder: str | None = None            # None: <run dir>/<prefix>-flowlogs
-    fields: tuple[str, ...] = DEFAULT_FIELDS
-    max_bytes: int = DEFAULT_MAX_BYTES   # a file past this is rotated
-    keep: int = DEFAULT_KEEP             # rotated files kept per ENI
-    account_id: str = ACCOUNT
-
-    def __post_init__(self):
-        unknown = [f for f in self.fields if f not in FIELD_VERSION]
-        if unknown or not self.fields:
-            raise ValueError(f"flow_logs.format: unknown field(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(FIELD_VERSION)}" if unknown else
-                             "flow_logs.format: no fields")
-        if not self.interval_s > 0:
-            raise ValueError(f"flow_logs.interval: must be > 0 s, got {self.interval_s}")
-        if self.max_bytes < 1024 or self.keep < 0:
-            raise ValueError("flow_logs: max_bytes must be >= 1024 and keep >= 0")
-
-
-def section(config, name: str):
-    """The `[hyperplane.<name>]` table of a saved config (a dict, or a typed config with
-    attributes), or {} while the config has none."""
-    hp = config.get("hyperplane") if isinstance(config, Mapping) else getattr(config, "hyperplane", None)
-    if hp is None:
-        return {}
-    sub = hp.get(name) if isinstance(hp, Mapping) else getattr(hp, name, None)
-    if sub is None:
-        return {}
-    return sub if isinstance(sub, Mapping) else vars(sub)
-
-
-def options(config) -> FlowLogOptions:
-    t = section(config, "flow_logs")
-    fmt = t.get("format", t.get("fields", DEFAULT_FIELDS))
-    fields = tuple(fmt.replace("${", "").replace("}", "").split()) if isinstance(fmt, str) else tuple(fmt)
-    d = FlowLogOptions()
-    return FlowLogOptions(enabled=bool(t.get("enabled", d.enabled)),
-                          interval_s=float(t.get("interval", t.get("interval_s", d.interval_s))),
-                          folder=t.get("folder", d.folder), fields=fields,
-                          max_bytes=int(t.get("max_bytes", d.max_bytes)),
-                          keep=int(t.get("keep", d.keep)),
-                          account_id=str(t.get("account_id", d.account_id)))
 
 
 # --- records ---------------------------------------------------------------------------------
@@ -127,7 +59,7 @@ class Record(NamedTuple):
 
 class Context(NamedTuple):
     """What a record's format needs beyond the record."""
-    account_id: str = ACCOUNT
+    account_id: str = DEFAULT_ACCOUNT_ID
     interface_id: Callable[[int], str] = eni_name
     subnet_id: Callable[[int], str] = lambda eni: "-"
     vpc_id: str = "-"
@@ -136,9 +68,9 @@ class Context(NamedTuple):
 class Formatter:
     """Writes records in one format: a getter per field, chosen once."""
 
-    def __init__(self, fields: Iterable[str] = DEFAULT_FIELDS, ctx: Context = Context()):
+    def __init__(self, fields: Iterable[str] = DEFAULT_FLOW_LOG_FIELDS, ctx: Context = Context()):
         self.fields = tuple(fields)
-        version = str(max(FIELD_VERSION[f] for f in self.fields))
+        version = str(max(FLOW_LOG_FIELD_VERSION[f] for f in self.fields))
         const = lambda v: lambda r: v
         getters = {
             "version": const(version), "account-id": const(ctx.account_id),
@@ -160,7 +92,8 @@ class Formatter:
         return " ".join([str(g(r)) for g in self.getters])
 
 
-def format_record(r: Record, fields: Iterable[str] = DEFAULT_FIELDS, ctx: Context = Context()) -> str:
+def format_record(r: Record, fields: Iterable[str] = DEFAULT_FLOW_LOG_FIELDS,
+                  ctx: Context = Context()) -> str:
     return Formatter(fields, ctx)(r)
 
 
@@ -283,8 +216,8 @@ class FlowLogWriter:
     """One file per ENI in a folder (0700), files 0600 with the format as a header line;
     a file past max_bytes is rotated to .1, .2, ... keeping `keep` of them."""
 
-    def __init__(self, folder: str | Path, fields: Iterable[str] = DEFAULT_FIELDS,
-                 max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP,
+    def __init__(self, folder: str | Path, fields: Iterable[str] = DEFAULT_FLOW_LOG_FIELDS,
+                 max_bytes: int = FlowLogConfig.max_bytes, keep: int = FlowLogConfig.keep,
                  ctx: Context = Context()):
         self.folder = Path(folder)
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)

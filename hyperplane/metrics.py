@@ -14,34 +14,17 @@ import http.server
 import logging
 import re
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable, Iterable, Mapping
 
 from . import vocab
-from .flowlog import EniTotals, eni_name, section
+from .config import MetricsConfig
+from .flowlog import EniTotals, eni_name
 
 log = logging.getLogger("hyperplane.metrics")
 
-DEFAULT_PORT = 9476
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ENI_STATES = ("Pending", "Active", "Idle", "Deleted")
-
-
-@dataclass(frozen=True)
-class MetricsOptions:
-    enabled: bool = False
-    port: int = DEFAULT_PORT
-    address: str = "127.0.0.1"
-
-
-def options(config) -> MetricsOptions:
-    t = section(config, "metrics")
-    d = MetricsOptions()
-    port = int(t.get("port", d.port))
-    if not 0 <= port <= 65535:
-        raise ValueError(f"metrics.port: {port} is not a TCP port")
-    return MetricsOptions(enabled=bool(t.get("enabled", d.enabled)), port=port,
-                          address=str(t.get("address", d.address)))
 
 
 # --- drops and punts -------------------------------------------------------------------------
@@ -249,8 +232,8 @@ def render(stats: Mapping) -> str:
 class MetricsServer:
     """GET /metrics on address:port from a daemon thread; `fetch` returns the text."""
 
-    def __init__(self, fetch: Callable[[], str], port: int = DEFAULT_PORT,
-                 address: str = "127.0.0.1"):
+    def __init__(self, fetch: Callable[[], str], port: int = MetricsConfig.port,
+                 address: str = MetricsConfig().address):
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 if self.path.split("?")[0] not in ("/metrics", "/"):

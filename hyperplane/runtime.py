@@ -1,5 +1,5 @@
-"""The runtime layer: the run folder's paths, and starting, stopping and restarting the data
-plane and its supervisor. The CLI, the demo and the benchmarks call this; it imports no CLI.
+"""The runtime layer: starting, stopping and restarting the data plane and its supervisor.
+The CLI, the demo and the benchmarks call this; it imports no CLI.
 
 Processes of a lab (prefix P, run folder D, default /run/hyperplane):
 
@@ -7,136 +7,32 @@ Processes of a lab (prefix P, run folder D, default /run/hyperplane):
       data plane   python -m hyperplane.daemon --prefix P     (in the lab's data-plane netns)
 
 Both start with cwd "/" and PYTHONPATH set to the folder holding the package this process
-imported, so they run the same code whatever the caller's working directory. Files in D
-(all 0600, D itself 0700):
-
-    P.json            the lab's saved state          P.sock          control socket
-    P.pid             data plane pid                 P.supervisor.pid  supervisor pid
-    P-dataplane.log   both processes' output         P-flowlogs/     flow logs (0700)
-    P.state           shared-memory connection state P.restarts.json restart count and times
-
-A pid file is trusted only when the process it names is alive and its command line is ours
-(same role, same prefix): a stale pid file, or a pid reused by another program, is never
-signalled. Signals go through a pidfd, so the process checked is the process signalled.
+imported, so they run the same code whatever the caller's working directory. Their files in
+D, and how a pid file is trusted: hyperplane.runfolder.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import hyperplane
 
 from . import control
 from .errors import RuntimeFailure
-from .lab.state import RUN_DIR, LabState
+from .lab.state import LabState
+# RUN_DIR and prefixes too: callers of the runtime name the run folder through it
+from .runfolder import (CANNOT_START, DATAPLANE, RUN_DIR, STOP_TIMEOUT_S,  # noqa: F401
+                        SUPERVISOR, Proc, ensure_run_dir, paths, pid_of, prefixes,
+                        private_file, write_private)
 
 START_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 5.0
-DATAPLANE, SUPERVISOR = "daemon", "supervisor"        # module names, also the pid-file roles
-# The data plane's exit code when it cannot start for a reason a restart would not change (its
-# config, its state file): the supervisor does not restart it. Its log's last line says why.
-EXIT_CANNOT_START = 78                                  # EX_CONFIG
-CANNOT_START = "cannot start: "
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    prefix: str
-    dir: Path
-
-    def _f(self, suffix: str) -> Path:
-        return self.dir / f"{self.prefix}{suffix}"
-
-    @property
-    def lab_state(self) -> Path:
-        return self._f(".json")
-
-    @property
-    def socket(self) -> Path:
-        return self._f(".sock")
-
-    @property
-    def pid(self) -> Path:
-        return self._f(".pid")
-
-    @property
-    def supervisor_pid(self) -> Path:
-        return self._f(".supervisor.pid")
-
-    @property
-    def log(self) -> Path:
-        return self._f("-dataplane.log")
-
-    @property
-    def flow_logs(self) -> Path:
-        """The flow-log folder (unless the lab's config names another)."""
-        from .flowlog import default_folder
-        return default_folder(self.dir, self.prefix)
-
-    @property
-    def state(self) -> Path:
-        """The shared-memory file the data plane keeps its connection table in."""
-        return self._f(".state")
-
-    @property
-    def restarts(self) -> Path:
-        return self._f(".restarts.json")
-
-    def pid_file(self, role: str) -> Path:
-        return self.pid if role == DATAPLANE else self.supervisor_pid
-
-
-    def runtime_files(self) -> list[Path]:
-        """What a stopped data plane leaves that `down` removes (not the logs, not the lab)."""
-        return [self.socket, self.pid, self.supervisor_pid, self.restarts, self.state]
-
-
-def paths(prefix: str, run_dir: str | Path | None = None) -> RunPaths:
-    return RunPaths(prefix, Path(run_dir or RUN_DIR))
-
-
-def prefixes(run_dir: str | Path | None = None) -> list[str]:
-    """The labs with a saved state in the run folder."""
-    d = Path(run_dir or RUN_DIR)
-    return sorted(p.stem for p in d.glob("*.json")
-                  if not p.name.endswith(".restarts.json")) if d.is_dir() else []
-
-
-# --- private files ------------------------------------------------------------------------
-
-def ensure_run_dir(run_dir: str | Path | None = None) -> Path:
-    d = Path(run_dir or RUN_DIR)
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if d == Path(RUN_DIR) or run_dir is None:
-        os.chmod(d, 0o700)
-    return d
-
-
-def private_file(path: Path) -> Path:
-    """Creates ``path`` if missing; either way, mode 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)
-    os.close(fd)
-    return path
-
-
-def write_private(path: Path, text: str) -> None:
-    """Writes ``text`` atomically, mode 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(fd, 0o600)
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # --- our processes ------------------------------------------------------------------------
@@ -159,84 +55,6 @@ def argv(role: str, prefix: str, run_dir: str | Path | None = None, *extra: str)
     if run_dir is not None:
         a += ["--run-dir", str(run_dir)]
     return a + list(extra)
-
-
-def is_ours(pid: int, role: str, prefix: str) -> bool:
-    """Whether ``pid`` is a live (not zombie) process of this role for this lab."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            if f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
-                return False
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
-    except (OSError, IndexError):
-        return False
-    want = f"hyperplane.{role}".encode()
-    return want in args and any(a == b"--prefix" and b == prefix.encode()
-                                for a, b in zip(args, args[1:]))
-
-
-class Proc:
-    """A verified process of ours, held by a pidfd (signals reach this process, never one
-    that reused its pid)."""
-
-    def __init__(self, pid: int, fd: int):
-        self.pid, self.fd = pid, fd
-
-    @classmethod
-    def find(cls, prefix: str, role: str, run_dir=None) -> "Proc | None":
-        try:
-            pid = int(paths(prefix, run_dir).pid_file(role).read_text())
-        except (OSError, ValueError):
-            return None
-        return cls.of(pid, role, prefix)
-
-    @classmethod
-    def of(cls, pid: int, role: str, prefix: str) -> "Proc | None":
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            return None
-        if not is_ours(pid, role, prefix):       # checked after the pidfd pins the process
-            os.close(fd)
-            return None
-        return cls(pid, fd)
-
-    def signal(self, sig: int) -> None:
-        try:
-            signal.pidfd_send_signal(self.fd, sig)
-        except ProcessLookupError:
-            pass
-
-    def wait(self, timeout: float) -> bool:
-        """True once the process has exited (a zombie counts), False after ``timeout``."""
-        p = select.poll()
-        p.register(self.fd, select.POLLIN)
-        return bool(p.poll(max(0, timeout) * 1000))
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        self.signal(signal.SIGTERM)
-        if not self.wait(timeout):
-            self.signal(signal.SIGKILL)
-            self.wait(timeout)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def pid_of(prefix: str, role: str = DATAPLANE, run_dir=None) -> int | None:
-    """The pid of the lab's data plane (or supervisor) if it runs, else None."""
-    p = Proc.find(prefix, role, run_dir)
-    if p is None:
-        return None
-    p.close()
-    return p.pid
 
 
 def restarts(prefix: str, run_dir=None) -> dict:

@@ -8,6 +8,8 @@ import contextlib
 import os
 import threading
 
+from .runfolder import proc_stat
+
 BACKGROUND_NICE = 10        # the Python threads yield the CPU to forwarding on a busy machine
 FORWARDING_RT_PRIORITY = 1  # SCHED_FIFO: the forwarding thread runs the moment a frame wakes it
 FORWARDING_NICE = -10       # without the right to SCHED_FIFO (CAP_SYS_NICE)
@@ -84,10 +86,10 @@ def away_from_forwarding():
 
 
 def _cpu_of(tid: int) -> int | None:
-    """The CPU a thread of this process last ran on (/proc stat field 39)."""
-    stat = _read(f"/proc/self/task/{tid}/stat")
+    """The CPU a thread of this process last ran on."""
+    stat = proc_stat("self", tid)
     try:
-        return int(stat[stat.rindex(")") + 2:].split()[36])
+        return int(stat[36]) if stat else None
     except (ValueError, IndexError):
         return None
 

@@ -22,7 +22,7 @@ import sys
 import time
 from collections import deque
 
-from . import runtime
+from . import runfolder, runtime
 from .lab import netns
 
 log = logging.getLogger("hyperplane.supervisor")
@@ -36,13 +36,13 @@ CRASH_LIMIT, CRASH_WINDOW_S = 5, 60.0      # this many crashes this soon: restar
 class Supervisor:
     def __init__(self, prefix: str, netns: str, run_dir=None):
         self.prefix, self.netns, self.run_dir = prefix, netns, run_dir
-        self.paths = runtime.paths(prefix, run_dir)
+        self.paths = runfolder.paths(prefix, run_dir)
         self.stopping = False
         self.restart_requested = False
         self.child: subprocess.Popen | None = None
         self.record = runtime.restarts(prefix, run_dir)
         if self.record.pop("stopped", None):       # a new supervisor: the last one's end is old
-            runtime.write_private(self.paths.restarts, json.dumps(self.record))
+            runfolder.write_private(self.paths.restarts, json.dumps(self.record))
         self.crashes: deque[float] = deque(maxlen=CRASH_LIMIT)
 
     def _on_stop(self, *_):
@@ -59,7 +59,7 @@ class Supervisor:
 
     def _spawn(self) -> None:
         self.child = runtime.spawn_dataplane(self.prefix, self.netns, self.run_dir)
-        runtime.write_private(self.paths.pid, f"{self.child.pid}\n")
+        runfolder.write_private(self.paths.pid, f"{self.child.pid}\n")
         log.info("data plane started (pid %d)", self.child.pid)
 
     def _count(self, old_pid: int, reason: str) -> None:
@@ -68,12 +68,12 @@ class Supervisor:
         self.record["last"] = now
         self.record["history"] = (self.record["history"]
                                   + [{"time": now, "reason": reason, "pid": old_pid}])[-HISTORY:]
-        runtime.write_private(self.paths.restarts, json.dumps(self.record))
+        runfolder.write_private(self.paths.restarts, json.dumps(self.record))
 
     def _give_up(self, reason: str) -> None:
         log.error("giving up: %s", reason)
         self.record["stopped"] = {"time": time.time(), "reason": reason}
-        runtime.write_private(self.paths.restarts, json.dumps(self.record))
+        runfolder.write_private(self.paths.restarts, json.dumps(self.record))
 
     def _crash_loop(self) -> bool:
         """Counts a crash now; whether CRASH_LIMIT of them came within CRASH_WINDOW_S."""
@@ -98,7 +98,7 @@ class Supervisor:
             old = self.child.pid
             if self.stopping:
                 break
-            if code == runtime.EXIT_CANNOT_START and not self.restart_requested:
+            if code == runfolder.EXIT_CANNOT_START and not self.restart_requested:
                 log.error("data plane (pid %d) cannot start; not restarting it", old)
                 self._give_up(runtime.start_failure(self.prefix, self.run_dir))
                 break
@@ -124,7 +124,7 @@ class Supervisor:
         if self.child is not None and self.child.poll() is None:
             self._terminate()
             try:
-                self.child.wait(runtime.STOP_TIMEOUT_S)
+                self.child.wait(runfolder.STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 self.child.kill()
                 self.child.wait()

@@ -93,7 +93,7 @@ def dataplane_counters(prefix: str) -> dict[str, float]:
 def _keep_dataplane_log(prefix: str, out_dir: Path) -> None:
     """After a failed measurement the data plane's log goes beside bench.json."""
     try:
-        from ..runtime import paths
+        from ..runfolder import paths
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "dataplane.log").write_bytes(paths(prefix).log.read_bytes()[-1_000_000:])
         log(f"the data plane's log: {out_dir / 'dataplane.log'}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import control
+from ..runfolder import proc_stat
 from .args import TEST_NAMES
 from .middles import (ECHO_PORT, IPERF_PORT, SINK_PORTS, TCP_PORT, Middle, conntrack_count,
                       sink_count)
@@ -78,14 +79,10 @@ def cpu_jiffies() -> tuple[int, int]:
 
 
 def process_cpu(pid: int | None) -> float:
-    if not pid:
+    stat = proc_stat(pid) if pid else None
+    if not stat:
         return 0.0
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
-        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return 0.0
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")     # utime + stime
 
 
 def softirq_threads() -> list[int]:

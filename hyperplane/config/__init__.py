@@ -15,20 +15,22 @@ builds its NAT from it. Every problem raises ``ConfigError(field, problem)``: on
 """
 
 from ..vocab import MAPPINGS
-from .model import (ALLOW_ALL_EGRESS, DEFAULT_FLOW_LOG_FIELDS, FIRST_FUNCTION, FIRST_HOST,
-                    FIRST_RESERVED_FREE, FLOW_LOG_FIELDS, INSIDE_GATEWAY, MAX_EGRESS_RULES,
-                    MAX_SECURITY_GROUPS, MAX_SUBNETS_PER_FUNCTION, MIN_PORTS_PER_ENI,
+from .model import (ALLOW_ALL_EGRESS, DEFAULT_ACCOUNT_ID, DEFAULT_FLOW_LOG_FIELDS,
+                    DEFAULT_METRICS_PORT, FIRST_FUNCTION, FIRST_HOST, FIRST_RESERVED_FREE,
+                    FLOW_LOG_FIELD_VERSION, FLOW_LOG_FIELDS, INSIDE_GATEWAY, MAX_EGRESS_RULES,
+                    MAX_SECURITY_GROUPS, MAX_SUBNETS_PER_FUNCTION, MIN_PORTS_PER_ENI, PREFIX_RE,
                     PROTOCOLS, SUBNET_GATEWAY, Config, EgressRule, FlowLogConfig,
                     FunctionConfig, HostConfig, HyperplaneConfig, InsideConfig, MetricsConfig,
-                    QuotaConfig, SecurityGroupConfig, SubnetConfig, eni_group_key,
+                    QuotaConfig, SecurityGroupConfig, SubnetConfig, check_prefix, eni_group_key,
                     usable_offsets)
-from .parse import (DEFAULT_LAB_PATH, NAME_RE, PREFIX_RE, SG_RE, ConfigError, check_prefix,
-                    default_config, load_config, loads_config, parse_config)
+from .parse import (DEFAULT_LAB_PATH, NAME_RE, SG_RE, ConfigError, default_config, load_config,
+                    loads_config, parse_config)
 
 NatConfig = HyperplaneConfig   # the [nat] table's old name
 
 __all__ = [
-    "ALLOW_ALL_EGRESS", "Config", "ConfigError", "DEFAULT_FLOW_LOG_FIELDS", "DEFAULT_LAB_PATH",
+    "ALLOW_ALL_EGRESS", "Config", "ConfigError", "DEFAULT_ACCOUNT_ID", "DEFAULT_FLOW_LOG_FIELDS",
+    "DEFAULT_LAB_PATH", "DEFAULT_METRICS_PORT", "FLOW_LOG_FIELD_VERSION",
     "EgressRule", "FIRST_FUNCTION", "FIRST_HOST", "FIRST_RESERVED_FREE", "FLOW_LOG_FIELDS",
     "FlowLogConfig", "FunctionConfig", "HostConfig", "HyperplaneConfig", "INSIDE_GATEWAY",
     "InsideConfig", "MAPPINGS", "MAX_EGRESS_RULES", "MAX_SECURITY_GROUPS",

@@ -6,9 +6,13 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from types import MappingProxyType
 from typing import Any, Mapping
 
-from .model import frozen_map
+
+def frozen_map(d: Mapping | None = None) -> Mapping:
+    """A read-only mapping: what the typed config holds for a table."""
+    return MappingProxyType(dict(d or {}))
 
 
 def encode(value: Any) -> Any:

@@ -1,15 +1,17 @@
 """The typed config: frozen dataclasses, built once by the parser (``parse.py``) and carried
-unchanged in the lab state to the data plane. Nothing here validates; see ``parse.py``."""
+unchanged in the lab state to the data plane, with every default. Nothing here validates but a
+new prefix (``Config.with_prefix``); see ``parse.py``."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Mapping
 
-from .. import flowlog as _flowlog, metrics as _metrics
+from ..errors import ConfigError
 from ..vocab import DEFAULT_PORT_RANGE
+from .codec import decode, encode, frozen_map
 
 # Host numbers inside a network (offsets from the network address).
 INSIDE_GATEWAY = 1          # 10.200.0.1, fd00:200::1
@@ -29,13 +31,37 @@ MIN_PORTS_PER_ENI = 4
 
 PROTOCOLS = {"tcp": 6, "udp": 17, "all": 0}   # 0: every IP protocol (AWS's "-1")
 
-# VPC Flow Logs fields (versions 2-5) and defaults: flowlog.py's, one list.
-FLOW_LOG_FIELDS = tuple(_flowlog.FIELD_VERSION)
-DEFAULT_FLOW_LOG_FIELDS = tuple(_flowlog.DEFAULT_FIELDS)
+# VPC Flow Logs: the default format, and the version that introduced each field (a record's
+# `version` is the highest one its format uses, as AWS does for custom formats).
+DEFAULT_FLOW_LOG_FIELDS = ("version", "account-id", "interface-id", "srcaddr", "dstaddr",
+                           "srcport", "dstport", "protocol", "packets", "bytes", "start", "end",
+                           "action", "log-status")
+FLOW_LOG_FIELD_VERSION = {
+    **{f: 2 for f in DEFAULT_FLOW_LOG_FIELDS},
+    **{f: 3 for f in ("vpc-id", "subnet-id", "instance-id", "tcp-flags", "type",
+                      "pkt-srcaddr", "pkt-dstaddr")},
+    **{f: 4 for f in ("region", "az-id", "sublocation-type", "sublocation-id")},
+    **{f: 5 for f in ("pkt-src-aws-service", "pkt-dst-aws-service", "flow-direction",
+                      "traffic-path")},
+}
+FLOW_LOG_FIELDS = tuple(FLOW_LOG_FIELD_VERSION)
+DEFAULT_ACCOUNT_ID = "123456789012"
+DEFAULT_METRICS_PORT = 9476
+
+# Interface names are built from the prefix and must fit in 15 characters.
+PREFIX_RE = re.compile(r"^[a-z0-9]{1,4}$")
 
 
-def frozen_map(d: Mapping | None = None) -> Mapping:
-    return MappingProxyType(dict(d or {}))
+def check_prefix(prefix) -> str:
+    if prefix is None:
+        raise ConfigError("prefix", "missing")
+    if not isinstance(prefix, str):
+        raise ConfigError("prefix", f"must be a string, got {prefix!r}")
+    if not PREFIX_RE.match(prefix):
+        raise ConfigError("prefix", f"{prefix!r} must be 1-4 characters of a-z and 0-9 "
+                                    "(interface names are built from it and must fit in "
+                                    "15 characters)")
+    return prefix
 
 
 class _Networks:
@@ -147,14 +173,14 @@ class QuotaConfig:
 
 @dataclass(frozen=True)
 class FlowLogConfig:
-    """``[hyperplane.flow_logs]``; the names are those ``flowlog.options`` reads."""
+    """``[hyperplane.flow_logs]``: what the data plane's flow-log writer takes."""
     enabled: bool = True
     folder: str | None = None                  # None: <run dir>/<prefix>-flowlogs
-    interval_s: int = int(_flowlog.DEFAULT_INTERVAL_S)   # aggregation (AWS: 60 or 600)
+    interval_s: int = 60                       # aggregation (AWS: 60 or 600)
     fields: tuple[str, ...] = DEFAULT_FLOW_LOG_FIELDS
-    max_bytes: int = _flowlog.DEFAULT_MAX_BYTES  # a file past this is rotated
-    keep: int = _flowlog.DEFAULT_KEEP          # rotated files kept per ENI
-    account_id: str = _flowlog.ACCOUNT
+    max_bytes: int = 8 << 20                   # a file past this is rotated
+    keep: int = 5                              # rotated files kept per ENI
+    account_id: str = DEFAULT_ACCOUNT_ID
 
     @property
     def format(self) -> str:
@@ -164,8 +190,13 @@ class FlowLogConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
+    """``[hyperplane.metrics]``: the Prometheus endpoint, on localhost only."""
     enabled: bool = False
-    port: int = _metrics.DEFAULT_PORT          # on 127.0.0.1 only
+    port: int = DEFAULT_METRICS_PORT
+
+    @property
+    def address(self) -> str:
+        return "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -224,18 +255,15 @@ class Config:
 
     def with_prefix(self, prefix: str) -> "Config":
         """The same lab under another prefix (the prefix is checked)."""
-        from .parse import check_prefix
         return replace(self, prefix=check_prefix(prefix))
 
     def to_dict(self) -> dict:
         """The JSON form saved with the lab state (``Config.from_dict`` reads it back)."""
-        from .codec import encode
         return encode(self)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Config":
         """The typed value from ``to_dict()``'s form, as it was (no second validation)."""
-        from .codec import decode
         return decode(cls, d)
 
 

@@ -21,11 +21,11 @@ from .model import (FIRST_FUNCTION, FIRST_HOST, FLOW_LOG_FIELDS, MAX_EGRESS_RULE
                     MAX_SECURITY_GROUPS, MAX_SUBNETS_PER_FUNCTION, MIN_PORTS_PER_ENI, PROTOCOLS,
                     Config, EgressRule, FlowLogConfig, FunctionConfig, HostConfig,
                     HyperplaneConfig, InsideConfig, MetricsConfig, QuotaConfig,
-                    SecurityGroupConfig, SubnetConfig, frozen_map, usable_offsets)
+                    SecurityGroupConfig, SubnetConfig, check_prefix, frozen_map,
+                    usable_offsets)
 
 DEFAULT_LAB_PATH = Path(__file__).parent.parent / "default_lab.toml"
 
-PREFIX_RE = re.compile(r"^[a-z0-9]{1,4}$")
 # Function, host and subnet names become namespace names ("{prefix}-f-{name}") and CLI
 # arguments.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -85,15 +85,6 @@ def parse_config(data: Mapping[str, Any], source: str | None = None) -> Config:
         if source and not e.source:
             raise ConfigError(e.field, e.problem, source) from None
         raise
-
-
-def check_prefix(prefix) -> str:
-    prefix = _str("prefix", prefix)
-    if not PREFIX_RE.match(prefix):
-        raise ConfigError("prefix", f"{prefix!r} must be 1-4 characters of a-z and 0-9 "
-                                    "(interface names are built from it and must fit in "
-                                    "15 characters)")
-    return prefix
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..runfolder import SUPERVISOR, Proc, is_alive, paths
 from . import netns, portguard
 from .names import ns_lambda
 from .topology import LabState, is_lab_link, is_lab_namespace
@@ -75,16 +76,6 @@ def find(prefix: str, run_dir: str | Path | None = None) -> Leftovers:
                      root_links=_root_links(prefix), state_file=sf if sf.exists() else None)
 
 
-def _alive(pid: int) -> bool:
-    """True unless the process is gone or a zombie (a zombie holds no namespace)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:][:1] not in ("Z", "X")
-
-
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, os.WNOHANG)   # our own child: collect it so it does not linger
@@ -98,7 +89,7 @@ def kill_processes(pids: list[int], grace: float = 1.0, report: CleanupReport | 
     me = os.getpid()
     pids = [p for p in dict.fromkeys(pids) if p != me]
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        live = [p for p in pids if _alive(p)]
+        live = [p for p in pids if is_alive(p)]
         if not live:
             break
         for p in live:
@@ -113,7 +104,7 @@ def kill_processes(pids: list[int], grace: float = 1.0, report: CleanupReport | 
         while time.monotonic() < deadline:
             for p in live:
                 _reap(p)
-            if not any(_alive(p) for p in live):
+            if not any(is_alive(p) for p in live):
                 break
             time.sleep(0.01)
     return pids
@@ -160,7 +151,6 @@ def _cleanup(prefix: str, run_dir: str | Path | None, grace: float) -> CleanupRe
     names = lab_namespaces(prefix)
 
     # 0. the supervisor (root namespace) first, or it would start the data plane again
-    from ..runtime import SUPERVISOR, Proc
     sup = Proc.find(prefix, SUPERVISOR, run_dir)
     if sup is not None:
         with sup:
@@ -204,7 +194,7 @@ def _cleanup(prefix: str, run_dir: str | Path | None, grace: float) -> CleanupRe
 
     # 5. the saved state, and the NAT's (connections, ports: csrc/hp_state.h)
     sf = LabState.path(prefix, run_dir)
-    (sf.parent / f"{prefix}.state").unlink(missing_ok=True)
+    paths(prefix, run_dir).state.unlink(missing_ok=True)
     try:
         sf.unlink()
         report.state_file = str(sf)

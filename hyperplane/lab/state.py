@@ -7,17 +7,15 @@ from __future__ import annotations
 import ipaddress
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
 from ..config import Config, eni_group_key, parse_config, usable_offsets
 from ..errors import LabError
+from ..runfolder import ensure_run_dir, paths, write_private
 from .names import IFNAMSIZ, MAC_ENI, LabNames, if_eni, if_eni_peer, mac
 from .secgroups import SgRule, egress_rules, group_rules
-
-RUN_DIR = Path(os.environ.get("HYPERPLANE_RUN_DIR", "/run/hyperplane"))
 
 
 # -- infos: what a running lab is ------------------------------------------------------------
@@ -286,16 +284,13 @@ class LabState(LabNames):
 
     @staticmethod
     def path(prefix: str, run_dir: str | Path | None = None) -> Path:
-        return Path(run_dir or RUN_DIR) / f"{prefix}.json"
+        return paths(prefix, run_dir).lab_state
 
     def save(self, run_dir: str | Path | None = None) -> Path:
-        """Writes the state atomically to ``{run_dir}/{prefix}.json``."""
+        """Writes the state atomically to the run folder, mode 0600."""
         p = self.path(self.prefix, run_dir)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".json.{os.getpid()}.tmp")
-        tmp.touch(0o600)                   # run-folder files are private (issue 8)
-        tmp.write_text(self.to_json())
-        os.replace(tmp, p)
+        ensure_run_dir(p.parent)
+        write_private(p, self.to_json())
         return p
 
     @classmethod

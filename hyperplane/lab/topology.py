@@ -31,7 +31,8 @@ from .names import (DATAPLANE, FUNCTION, HOST, IFNAMSIZ, LAMBDA, MAC_ENI, LabNam
                     if_inside_peer, if_lambda_bridge, if_subnet_bridge, is_lab_link,
                     is_lab_namespace, mac, ns_dataplane, ns_function, ns_host, ns_lambda, ns_vpc)
 from .secgroups import SgRule, egress_rules
-from .state import (RUN_DIR, EniInfo, FunctionInfo, GroupInfo, HostInfo, InsidePort,  # noqa: F401
+from ..runfolder import RUN_DIR  # noqa: F401
+from .state import (EniInfo, FunctionInfo, GroupInfo, HostInfo, InsidePort,  # noqa: F401
                     LabError, LabState, NamespaceInfo, SubnetInfo, make_eni, next_offset)
 
 

@@ -92,14 +92,13 @@ def observed():
 
 def flow_records(lab) -> list[dict]:
     from hyperplane import flowlog
-    from hyperplane.lab.topology import RUN_DIR
-    folder = flowlog.default_folder(RUN_DIR, lab.prefix)
+    from hyperplane import runfolder
+    folder = runfolder.paths(lab.prefix).flow_logs
     return [r for p in sorted(folder.glob("eni-*.log*")) for r in flowlog.parse(p)]
 
 
 def test_flow_logs_count_the_traffic_sent(observed):
-    from hyperplane import flowlog
-    from hyperplane.lab.topology import RUN_DIR
+    from hyperplane import runfolder
     lab, flows = observed
     api = lab.state.function("api")
     eni = lab.state.enis_of(api.group)[0]
@@ -132,7 +131,7 @@ def test_flow_logs_count_the_traffic_sent(observed):
     egress = [r for r in recs if r["flow-direction"] == "egress"]
     assert {r["srcaddr"] for r in egress} == {eni.ipv4, eni.ipv6}   # after NAT
     assert {r["pkt-srcaddr"] for r in egress} == {api.ipv4, api.ipv6}  # before NAT
-    folder = flowlog.default_folder(RUN_DIR, lab.prefix)
+    folder = runfolder.paths(lab.prefix).flow_logs
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     for p in folder.iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p

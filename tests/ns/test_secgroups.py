@@ -125,8 +125,8 @@ def sg(tmp_path_factory):
 
 def flow_records(lab):
     from hyperplane import flowlog
-    from hyperplane.lab.topology import RUN_DIR
-    folder = flowlog.default_folder(RUN_DIR, lab.prefix)
+    from hyperplane import runfolder
+    folder = runfolder.paths(lab.prefix).flow_logs
     return [r for p in sorted(folder.glob("eni-*.log*")) for r in flowlog.parse(p)]
 
 

@@ -15,8 +15,7 @@ from hyperplane import cli, control, runtime
 
 @pytest.fixture
 def run_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(runtime, "RUN_DIR", tmp_path)
-    monkeypatch.setattr("hyperplane.lab.state.RUN_DIR", tmp_path)
+    monkeypatch.setattr("hyperplane.runfolder.RUN_DIR", tmp_path)
     return tmp_path
 
 

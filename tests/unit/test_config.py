@@ -148,19 +148,17 @@ def test_flow_log_format_and_metrics():
     assert c.hyperplane.metrics.enabled and c.hyperplane.metrics.port == 9999
 
 
-def test_flow_log_and_metrics_options_read_the_typed_value():
-    """The daemon hands the typed config to flowlog.options / metrics.options."""
+def test_flow_logs_and_metrics_take_their_defaults_from_the_config(tmp_path):
+    """One typed value: the flow-log writer and the metrics endpoint default to the config's
+    own defaults, with no options type of their own."""
     from hyperplane import flowlog, metrics
-    assert flowlog.options(default_config()) == flowlog.FlowLogOptions()
-    assert metrics.options(default_config()) == metrics.MetricsOptions()
-    c = cfg('[hyperplane.flow_logs]\nformat = "${version} ${srcaddr}"\ninterval_s = 2\n'
-            'max_bytes = 10000\nkeep = 2\naccount_id = "000000000001"\nfolder = "/tmp/x"\n'
-            '[hyperplane.metrics]\nenabled = true\nport = 9999\n')
-    o = flowlog.options(c)
-    assert (o.fields, o.interval_s, o.max_bytes, o.keep, o.account_id, o.folder) == (
-        ("version", "srcaddr"), 2, 10000, 2, "000000000001", "/tmp/x")
-    m = metrics.options(c)
-    assert m.enabled and m.port == 9999 and m.address == "127.0.0.1"
+    fl = default_config().hyperplane.flow_logs
+    w = flowlog.FlowLogWriter(tmp_path)
+    assert (w.format.fields, w.max_bytes, w.keep) == (fl.fields, fl.max_bytes, fl.keep)
+    assert flowlog.Context().account_id == fl.account_id
+    srv = metrics.MetricsServer(lambda: "", port=0)
+    srv.httpd.server_close()
+    assert srv.httpd.server_address[0] == default_config().hyperplane.metrics.address
 
 
 def test_egress_rules():

@@ -6,12 +6,11 @@ from __future__ import annotations
 import stat
 from dataclasses import replace
 
-import pytest
-
 from hyperplane import flowlog
+from hyperplane.config import DEFAULT_FLOW_LOG_FIELDS as DEFAULT_FIELDS
 from hyperplane.connection import Connection, FlowInterval
-from hyperplane.flowlog import (DEFAULT_FIELDS, Context, FlowLogOptions, FlowLogWriter,
-                                FlowTracker, Record, Rejected, format_record, parse)
+from hyperplane.flowlog import (Context, FlowLogWriter, FlowTracker, Record, Rejected,
+                                format_record, parse)
 from hyperplane.vocab import F_ASSURED, F_REPLY_SEEN
 
 WALL0 = 1_700_000_000      # wall-clock second at data-plane time 0
@@ -56,17 +55,6 @@ def test_custom_format_takes_the_highest_version_and_the_new_fields():
     assert format_record(r._replace(direction="ingress", protocol=17), names).split()[5:8] == \
         ["0", "ingress", "-"]           # UDP has no TCP flags; ingress has no traffic path
     assert format_record(r, ("version", "tcp-flags")).startswith("3 ")
-
-
-def test_options_read_defensively_and_name_bad_fields():
-    assert flowlog.options({}) == FlowLogOptions()
-    o = flowlog.options({"hyperplane": {"flow_logs": {
-        "interval": 1, "format": "${version} ${srcaddr} ${pkt-srcaddr}", "keep": 2}}})
-    assert o.interval_s == 1.0 and o.fields == ("version", "srcaddr", "pkt-srcaddr") and o.keep == 2
-    with pytest.raises(ValueError, match="bogus"):
-        flowlog.options({"hyperplane": {"flow_logs": {"format": ["version", "bogus"]}}})
-    with pytest.raises(ValueError, match="interval"):
-        FlowLogOptions(interval_s=0)
 
 
 def test_an_interval_logs_each_direction_with_the_cores_figures():

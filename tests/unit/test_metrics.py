@@ -115,14 +115,6 @@ def test_split_reasons_renames_punts_only():
         "punt.PORTS_EXHAUSTED": 1, "drop.TX_FULL": 2, "FORWARDED": 3}
 
 
-def test_options_default_off_and_read_defensively():
-    assert metrics.options({}).enabled is False
-    o = metrics.options({"hyperplane": {"metrics": {"enabled": True, "port": 0}}})
-    assert o.enabled and o.port == 0 and o.address == "127.0.0.1"
-    with pytest.raises(ValueError, match="metrics.port"):
-        metrics.options({"hyperplane": {"metrics": {"port": 70000}}})
-
-
 def test_endpoint_serves_the_text_and_survives_a_failed_scrape():
     calls = []
 

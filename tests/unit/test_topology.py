@@ -366,13 +366,15 @@ def test_rule_change_reaches_the_saved_state(tmp_path):
 # -- the split: public names stay importable from topology ------------------------------------
 
 def test_topology_reexports_names_and_state():
+    from hyperplane import runfolder
     from hyperplane.lab import names, state, topology
     for n in ("ns_dataplane", "ns_function", "if_eni", "if_eni_peer", "is_lab_namespace", "mac",
               "IFNAMSIZ", "MAC_ENI", "ROLES"):
         assert getattr(topology, n) is getattr(names, n)
     for n in ("LabState", "EniInfo", "FunctionInfo", "GroupInfo", "HostInfo", "InsidePort",
-              "NamespaceInfo", "SubnetInfo", "LabError", "RUN_DIR"):
+              "NamespaceInfo", "SubnetInfo", "LabError"):
         assert getattr(topology, n) is getattr(state, n)
+    assert topology.RUN_DIR is runfolder.RUN_DIR
 
 
 # -- the examples ------------------------------------------------------------------------------
