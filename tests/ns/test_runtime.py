@@ -19,7 +19,7 @@ import pytest
 from conftest import TEST_LAB, _sweep, new_prefix
 from test_v2n import cli
 
-from hyperplane import control, runtime
+from hyperplane import control, runfolder, runtime
 
 
 def wait_for(cond, timeout: float, interval: float = 0.005):
@@ -115,7 +115,7 @@ def test_status_restart_and_down(up):
     bystander = subprocess.Popen(["sleep", "60"])
     try:
         cli("down", "--prefix", prefix)
-        assert wait_for(lambda: not runtime.is_ours(dp, runtime.DATAPLANE, prefix), 5)
+        assert wait_for(lambda: not runfolder.is_ours(dp, runfolder.DATAPLANE, prefix), 5)
         paths.pid.write_text(f"{bystander.pid}\n")
         paths.supervisor_pid.write_text(f"{bystander.pid}\n")
         assert runtime.stop(prefix) == []

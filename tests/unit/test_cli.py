@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from hyperplane import cli, control, runtime
+from hyperplane import cli, control, runfolder, runtime
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_status_exit_codes(run_dir, capsys):
 
 def test_status_of_a_running_data_plane(run_dir, capsys, monkeypatch):
     saved_lab(run_dir, "zz7")
-    runtime.write_private(runtime.paths("zz7", run_dir).restarts, json.dumps(
+    runfolder.write_private(runfolder.paths("zz7", run_dir).restarts, json.dumps(
         {"count": 2, "last": 1700000000.0,
          "history": [{"time": 1700000000.0, "reason": "killed by SIGKILL", "pid": 5}]}))
     monkeypatch.setattr(runtime, "pid_of", lambda prefix, role="daemon", run_dir=None: 4242)
