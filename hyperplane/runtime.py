@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import hyperplane
-
 from . import control
 from .errors import RuntimeFailure
 from .lab.state import LabState
@@ -39,7 +37,7 @@ START_TIMEOUT_S = 20.0
 
 def package_root() -> Path:
     """The folder holding the `hyperplane` package this process runs."""
-    return Path(hyperplane.__file__).resolve().parent.parent
+    return Path(__file__).resolve().parent.parent
 
 
 def child_env() -> dict:
