@@ -9,10 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, control, runtime
-from .config import ConfigError, default_config, load_config
-from .errors import CliError, HyperplaneError
-from .lab.topology import LabError, LabState
+from . import __version__, control, runfolder
+from .errors import CliError, ConfigError, HyperplaneError, LabError
 
 # Exit codes (also in `hyperplane --help` and the README).
 EXIT_OK = 0
@@ -54,7 +52,7 @@ def check_kernel() -> None:
 def resolve_prefix(args) -> str:
     if args.prefix:
         return args.prefix
-    labs = runtime.prefixes()
+    labs = runfolder.prefixes()
     if len(labs) == 1:
         return labs[0]
     if len(labs) > 1:
@@ -62,7 +60,8 @@ def resolve_prefix(args) -> str:
     return "hp"
 
 
-def attach_state(prefix: str) -> LabState:
+def attach_state(prefix: str):
+    from .lab.state import LabState       # the lab modules only for commands that need them
     try:
         return LabState.load(prefix)
     except FileNotFoundError:
@@ -96,6 +95,8 @@ def print_json(obj) -> None:
 # --- up / down ----------------------------------------------------------------------------
 
 def cmd_up(args) -> int:
+    from . import runtime
+    from .config import default_config, load_config
     need_root("hyperplane up")
     check_kernel()
     try:
@@ -124,6 +125,7 @@ def cmd_up(args) -> int:
 
 def start_lab(cfg):
     """runtime.up with dots while the data plane starts."""
+    from . import runtime
     shown = []
 
     def progress():
@@ -144,6 +146,7 @@ def start_lab(cfg):
 
 
 def cmd_down(args) -> int:
+    from . import runtime
     need_root("hyperplane down")
     from .lab.cleanup import lab_namespaces
     prefixes = runtime.prefixes() if args.all else [resolve_prefix(args)]
@@ -169,6 +172,7 @@ def cmd_down(args) -> int:
 # --- looking inside -----------------------------------------------------------------------
 
 def cmd_status(args) -> int:
+    from . import runtime
     prefix = resolve_prefix(args)
     try:
         state = attach_state(prefix)
@@ -198,6 +202,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_restart(args) -> int:
+    from . import runtime
     need_root("hyperplane restart")
     prefix = resolve_prefix(args)
     attach_state(prefix)
@@ -375,6 +380,7 @@ EXIT_INVALID = 1         # check: the config is invalid
 
 def cmd_check(args) -> int:
     """Validates a lab config as `up` would, without root, building nothing."""
+    from .config import load_config
     from .lab.topology import build_topology
     from .render import lab_plan
     try:
@@ -578,7 +584,7 @@ def parser() -> argparse.ArgumentParser:
                  [common])
     p.add_argument("--all", action="store_true", help="every lab found, whatever its prefix")
     p.add_argument("--keep-logs", action="store_true",
-                   help=f"keep the data plane's log and the flow logs in {runtime.RUN_DIR}")
+                   help=f"keep the data plane's log and the flow logs in {runfolder.RUN_DIR}")
     p.set_defaults(fn=cmd_down)
 
     p = _command(sub, "status", "the lab and its data plane",

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import time
 
-from .lab.topology import LabState
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:                  # the lab's modules are heavy: `conntrack` prints without them
+    from .lab.state import LabState
 from .metrics import by_reason, split_reasons
 
 

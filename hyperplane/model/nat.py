@@ -677,6 +677,52 @@ class Nat:
     def connections(self) -> list[Connection]:
         return [self.table.conns[cid].snapshot() for cid in sorted(self.table.conns)]
 
+    def _scan(self, cursor, limit, filter):
+        """The live entries that pass the filter (hyperplane.ctfilter) from slot cursor on,
+        at most limit, scanning at most SCAN_CHUNK slots: (entries, next cursor or None)."""
+        from ..ctfilter import ConnFilter
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        if cursor is None or cursor < 0:
+            raise ValueError("cursor must be a non-negative integer")
+        flt = filter if isinstance(filter, ConnFilter) else ConnFilter.parse(filter)
+        cap = self.table.capacity
+        if cursor >= cap:
+            return [], None
+        end = min(cap, cursor + SCAN_CHUNK)
+        found, i = [], cursor
+        while i < end and len(found) < limit:
+            conn = self.table.conns.get(i)
+            if conn is not None and (not flt or flt.matches(conn.snapshot())):
+                found.append(conn)
+            i += 1
+        return found, (i if i < cap else None)
+
+    def connections_page(self, cursor=0, limit=1000, filter=None):
+        """As the C core's: up to limit live connections that pass the filter, from slot
+        cursor on. (connections, next cursor or None)."""
+        found, cursor = self._scan(cursor, limit, filter)
+        return [conn.snapshot() for conn in found], cursor
+
+    def count(self, filter=None) -> int:
+        if not filter:
+            return len(self)
+        total, cursor = 0, 0
+        while cursor is not None:
+            found, cursor = self._scan(cursor, 1 << 30, filter)
+            total += len(found)
+        return total
+
+    def delete_page(self, cursor=0, limit=1000, filter=None, now_ms=0):
+        """As the C core's (section 2.5): removes what passes the filter as an expiry would,
+        without counting it expired. (the removed connections as they were, next cursor)."""
+        found, cursor = self._scan(cursor, limit, filter)
+        removed = []
+        for conn in found:
+            removed.append(conn.snapshot())     # with its id, as the C core's listing
+            self._delete(conn, now_ms)
+        return removed, cursor
+
     def flow_harvest_page(self, cursor=0, limit=1000):
         """As the C core's (section 2.4): connections with traffic since the last harvest
         from slot cursor on, scanning at most SCAN_CHUNK slots, each with its interval as it

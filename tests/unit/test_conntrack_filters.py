@@ -1,6 +1,6 @@
-"""Filtered listings, counts, deletion and the event stream of the C core's connection table
-(hyperplane.ctfilter, csrc/conntrack.c hp_ct_scan, csrc/events.c), checked against the
-pure-Python filter on the same connections."""
+"""Filtered listings, counts, deletion (the C core and the reference model alike: NatClass)
+and the event stream (C core) of the connection table (hyperplane.ctfilter, csrc/conntrack.c
+hp_ct_scan, csrc/events.c), checked against the pure-Python filter on the same connections."""
 
 import itertools
 import random
@@ -15,9 +15,9 @@ from hyperplane.vocab import FORWARD, IN, OUT, R
 DST_B = "10.0.9.10"
 
 
-def mixed_table(n_udp=60, n_tcp=40):
+def mixed_table(n_udp=60, n_tcp=40, NatClass=Nat):
     """UDP and TCP connections of two functions to two servers, some answered (assured TCP)."""
-    nat = make(Nat)
+    nat = make(NatClass)
     nat.add_source(SRC_B, 0)
     rnd = random.Random(7)
     flows = []
@@ -60,8 +60,8 @@ SPECS = [
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[str(s) for s in SPECS])
-def test_filtered_listing_and_count_agree_with_the_python_filter(spec):
-    nat, _ = mixed_table()
+def test_filtered_listing_and_count_agree_with_the_python_filter(spec, NatClass):
+    nat, _ = mixed_table(NatClass=NatClass)
     everything = nat.connections()
     want = sorted(c.id for c in everything if ConnFilter.parse(spec).matches(c))
     assert sorted(c.id for c in listed(nat, spec)) == want
@@ -80,8 +80,8 @@ def test_the_filter_keys_are_checked():
     assert ConnFilter.parse(ConnFilter.parse(SPECS[-1]).to_dict()) == ConnFilter.parse(SPECS[-1])
 
 
-def test_delete_removes_what_matches_and_frees_the_tuple():
-    nat, flows = mixed_table()
+def test_delete_removes_what_matches_and_frees_the_tuple(NatClass):
+    nat, flows = mixed_table(NatClass=NatClass)
     spec = {"proto": "udp", "dst": DST_B}
     doomed = {c.id for c in nat.connections() if ConnFilter.parse(spec).matches(c)}
     deleted, cursor = [], 0
@@ -99,8 +99,8 @@ def test_delete_removes_what_matches_and_frees_the_tuple():
     assert nat.count(spec) == 1
 
 
-def test_a_deleted_assured_tcp_port_goes_to_quarantine():
-    nat = make(Nat, quarantine_ms=60000)
+def test_a_deleted_assured_tcp_port_goes_to_quarantine(NatClass):
+    nat = make(NatClass, quarantine_ms=60000)
     f = Flow(nat, sport=40000)
     for direction, flags in ((OUT, "S"), (IN, "SA"), (OUT, "A")):
         assert f.send(direction, flags, now=1)[0] == FORWARD
