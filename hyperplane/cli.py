@@ -306,18 +306,20 @@ def listing_printer(args):
 def conntrack_events(prefix: str, spec: dict, args) -> int:
     """Events as they happen, one line each (JSON lines with --json), until Ctrl-C or
     --max-events; a LOST line when the data plane had to drop some for this reader."""
+    from .ctcontrol import EventStream
     from .render import event_line
     shown = 0
     try:
-        for page in ask_listing(prefix, "conntrack-events", timeout=30.0, filter=spec):
-            for event in page:
+        with EventStream(prefix, spec) as stream:
+            for event in stream:
                 sys.stdout.write((json.dumps(event) if args.json or args.json_lines
                                   else event_line(event)) + "\n")
+                sys.stdout.flush()
                 shown += event["event"] != "LOST"
                 if args.max_events and shown >= args.max_events:
-                    sys.stdout.flush()
                     return EXIT_OK
-            sys.stdout.flush()
+    except control.NotRunning as e:
+        raise CliError(str(e), EXIT_NOT_RUNNING) from None
     except KeyboardInterrupt:          # the way to end -E
         return EXIT_OK
     return EXIT_OK

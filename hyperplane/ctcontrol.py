@@ -6,7 +6,8 @@ threads:
 - ``conntrack-count`` ``{"filter": {...}}``: ``{"count": n}``;
 - ``conntrack-delete`` ``{"filter": {...}}``: pages of the connections removed (docs/semantics.md
   2.5); an empty filter flushes the table;
-- ``conntrack-events`` ``{"filter": {...}}``: a Stream of pages of events, until the client goes.
+- ``conntrack-events`` ``{"filter": {...}}``: a Stream of pages of events, until the client goes;
+  its first page is empty and says the reader is subscribed (it sees every later change).
 
 The filter's keys are hyperplane.ctfilter's, plus ``function`` (a function's name). Every
 connection and event is one JSON object with the keys docs/cli.md lists ("JSON keys").
@@ -188,6 +189,7 @@ class ConntrackService:
         names = self.functions()
         quiet_since = time.monotonic()
         try:
+            yield []            # subscribed: the client knows that it sees what follows
             while True:
                 events, lost = reader.read()
                 clock = Clock(self.now_ms())
@@ -232,3 +234,61 @@ class ConntrackService:
         if e.type == "DESTROY":
             d["timeout_s"] = 0
         return d
+
+
+# --- the client side: what the CLI and hyperplane.Lab call ----------------------------------
+
+def connections(prefix: str, filter: dict | None = None, run_dir=None, timeout: float = 30.0):
+    """The connections of a running lab that pass the filter, as JSON objects (the keys of
+    CONNECTION_KEYS), page by page as the data plane sends them."""
+    for page in control.listing(prefix, "conntrack", run_dir, timeout, filter=filter or {}):
+        yield from page
+
+
+def count(prefix: str, filter: dict | None = None, run_dir=None, timeout: float = 30.0) -> int:
+    return control.request(prefix, "conntrack-count", run_dir, timeout,
+                           filter=filter or {})["count"]
+
+
+def delete(prefix: str, filter: dict | None = None, run_dir=None, timeout: float = 60.0) -> int:
+    """Deletes the connections that pass the filter (every one with none); how many."""
+    return sum(item["deleted"] for page in control.listing(
+        prefix, "conntrack-delete", run_dir, timeout, filter=filter or {}, brief=True)
+        for item in page)
+
+
+class EventStream:
+    """The connection events of a running lab, from now on, as JSON objects (EVENT_KEYS and
+    CONNECTION_KEYS; a LOST item when the data plane dropped some for this reader), in the
+    order the table changed. Iterate it; ``close()`` (or ``with``) ends it. ``timeout``
+    bounds each wait for the next event (None: wait for ever)."""
+
+    def __init__(self, prefix: str, filter: dict | None = None, run_dir=None,
+                 timeout: float | None = None):
+        self.lost = 0
+        self.timeout = timeout
+        self._pages = control.listing(prefix, "conntrack-events", run_dir,
+                                      2 * HEARTBEAT_S + 5, filter=filter or {})
+        next(self._pages)      # the data plane subscribed us: every later change is seen
+
+    def __iter__(self):
+        quiet_since = time.monotonic()
+        for page in self._pages:
+            if not page:                # a heartbeat: the stream is alive, nothing happened
+                if self.timeout is not None and time.monotonic() - quiet_since > self.timeout:
+                    raise TimeoutError(f"no connection event within {self.timeout:g} s")
+                continue
+            for event in page:
+                if event["event"] == "LOST":
+                    self.lost += event["lost"]
+                yield event
+            quiet_since = time.monotonic()
+
+    def close(self) -> None:
+        self._pages.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

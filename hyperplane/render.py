@@ -247,7 +247,13 @@ def stats_table(stats: dict) -> str:
     out.append("data plane")
     if stats.get("forwarding"):
         out.append(f"  {'forwarding thread':<28} {stats['forwarding']}")
-    out += [f"  {k:<28} {v}" for k, v in stats["dataplane"].items() if "." not in k and v]
+    # Counter names in one style, lower snake case, whichever layer keeps them (the C loop's
+    # are upper case in JSON); reasons keep their names, the metrics AWS's.
+    out += [f"  {k.lower():<28} {v}" for k, v in stats["dataplane"].items()
+            if "." not in k and v]
     out.append("slow path")
-    out += [f"  {k:<28} {v}" for k, v in sorted(stats["slowpath"].items()) if v]
+    out += [f"  {k.lower():<28} {v}" for k, v in sorted(stats["slowpath"].items()) if v]
+    if stats.get("conntrack"):
+        out.append("conntrack (deletions, event readers)")
+        out += [f"  {k.lower():<28} {v}" for k, v in stats["conntrack"].items()]
     return "\n".join(out)

@@ -234,3 +234,20 @@ def test_events_follow_a_curl_through_the_nat(ct_lab):
         assert e["function"] == "api" and e["eni"] == 0 and e["time"].endswith("Z")
     assert lines[0].startswith("[NEW] tcp SYN_SENT") and \
         lines[1].startswith("[UPDATE] tcp SYN_SENT -> SYN_RECV"), lines
+
+
+def test_the_python_event_stream_sees_what_follows_its_creation(ct_lab):
+    """ctcontrol.EventStream (behind Lab.events): subscribed once constructed, so the NEW of
+    a datagram sent right after it is never missed."""
+    from hyperplane.ctcontrol import EventStream
+    lab = ct_lab
+    web = lab.state.host("web").ipv4
+    for attempt in range(3):
+        with EventStream(lab.prefix, {"proto": "udp", "sport": 24000 + attempt},
+                         timeout=10) as stream:
+            r = lab.exec("api", [sys.executable, "-c", UDP_FLOWS, web, str(ECHO), "1",
+                                 str(24000 + attempt)], input="", timeout=30)
+            assert r.returncode == 0, r.stderr
+            first = next(iter(stream))
+        assert (first["event"], first["sport"], first["function"]) == ("NEW", 24000 + attempt,
+                                                                         "api")
