@@ -27,15 +27,28 @@ README_MAX_BYTES = 8 * 1024
 def site(tmp_path_factory) -> Path:
     """The site, built once for this module, strictly."""
     out = tmp_path_factory.mktemp("site")
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-f",
-         str(ROOT / "mkdocs.yml"), "-d", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = _build(ROOT / "mkdocs.yml", out)
     assert result.returncode == 0, (
         "mkdocs build --strict failed (a new page goes into nav in mkdocs.yml; links are "
         "relative to the page):\n" + result.stdout + result.stderr)
     return out
+
+
+def _build(config: Path, out: Path) -> subprocess.CompletedProcess:
+    """mkdocs build as CI runs it (not --quiet: it stops --strict from counting warnings)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(out)],
+        cwd=ROOT, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"), capture_output=True,
+        text=True, timeout=600)
+
+
+def test_a_broken_link_fails_the_build(tmp_path):
+    """The build command itself turns a broken link into a failure."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.md").write_text("# Home\n\n[gone](gone.md)\n")
+    (tmp_path / "mkdocs.yml").write_text("site_name: t\nnav:\n  - index.md\n")
+    result = _build(tmp_path / "mkdocs.yml", tmp_path / "site")
+    assert result.returncode != 0 and "gone.md" in result.stderr, result.stderr
 
 
 def test_the_site_builds_strictly(site):
