@@ -13,7 +13,7 @@ import pytest
 from hyperplane import vocab
 from hyperplane._core import Nat
 
-from setups import (FRAME, filled_tcp_nat, make_nat, model_nat_with_flows, packed_flows,
+from setups import (FRAME, SERVER, filled_tcp_nat, make_nat, model_nat_with_flows, packed_flows,
                     per_op, shuffled_keys, udp64, function_addr)
 
 MODEL_N = 2000
@@ -137,3 +137,30 @@ def test_memory_per_connection(benchmark, nat_1m):
     benchmark.extra_info["bytes per entry"] = mem["entry_bytes"]
     benchmark.extra_info["bytes per port pool (ENI, protocol)"] = nat.pool_memory(0, 4, 17)
     assert mem["per_connection"] > 0
+
+
+def _filtered_pages(nat, spec):
+    out, cursor = [], 0
+    while cursor is not None:
+        page, cursor = nat.connections_page(cursor, 1000, filter=spec)
+        out += page
+    return out
+
+
+def test_filtered_count_1m(benchmark, nat_1m):
+    """`conntrack -p udp -d ADDR -C` in the core: a scan of the table, nothing copied."""
+    nat, _ = nat_1m
+    got = benchmark(nat.count, {"proto": "udp", "dst": SERVER})
+    assert got == len(nat) == 1_000_000
+    per_op(benchmark, nat.capacity, "ns per table slot")
+
+
+def test_filtered_listing_1m(benchmark, nat_1m):
+    """A listing that matches a few connections of 1M costs the scan and the matches: no
+    Python object for the others."""
+    nat, _ = nat_1m
+    spec = {"proto": "udp", "sport": [1024, 1123]}
+    got = benchmark(_filtered_pages, nat, spec)
+    assert got and all(1024 <= c.sport <= 1123 for c in got)
+    benchmark.extra_info["matches"] = len(got)
+    per_op(benchmark, nat.capacity, "ns per table slot")
