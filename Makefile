@@ -40,7 +40,7 @@ bench: build        ## micro-benchmarks of the C core beside the reference model
 
 BENCH_ARGS ?=
 bench-e2e: build    ## end to end (root): Hyperplane beside kernel routing and nftables NAT
-	$(PYTHON) -m hyperplane.cli bench $(BENCH_ARGS)
+	$(PYTHON) -m hyperplane bench $(BENCH_ARGS)
 
 demo: install build ## the built-in default lab, traffic through it, then down
 	hyperplane demo

@@ -9,10 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+import tomllib
 
 from ..errors import ConfigError
 from ..vocab import DEFAULT_PORT_RANGE, MAPPINGS, MAX_CAPACITY, MAX_TIMEOUT_S, PROFILES
