@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 from .vocab import F_ASSURED, F_REPLY_SEEN
@@ -63,6 +63,16 @@ class Connection:
     @property
     def reply(self) -> tuple:
         return (self.dst, self.dport, self.nat_addr, self.nat_port)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Connection":
+        """A connection from its ``to_dict()`` form (a control-socket listing's item); keys
+        that are not fields are ignored."""
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        for k in ("flow_out", "flow_in"):
+            if kw.get(k) is not None:
+                kw[k] = FlowInterval(**kw[k])
+        return cls(**kw)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,12 +1,12 @@
-"""`hyperplane demo`: the built-in lab, real traffic through the NAT, and what it did."""
+"""`hyperplane demo`: the built-in lab, real traffic through the NAT, and what it did. It uses
+the public API (``hyperplane.Lab``) only, as a user's script would."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
-from . import control, runtime
+from .api import Lab
 from .labtools import LineCollector
 from .render import conntrack_table, eni_table, stats_table
 
@@ -18,11 +18,11 @@ def _step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def _run(lab, name: str, argv, timeout=10.0) -> subprocess.CompletedProcess:
+def _run(lab: Lab, name: str, argv, timeout=10.0) -> subprocess.CompletedProcess:
     return lab.exec(name, argv, timeout=timeout)
 
 
-def _echo(lab, fn: str, proto: str, host: str, port: int = ECHO_PORT) -> bool:
+def _echo(lab: Lab, fn: str, proto: str, host: str, port: int = ECHO_PORT) -> bool:
     r = _run(lab, fn, TOOLS + ["echo", f"--{proto}", host, str(port), f"hi from {fn}",
                                "--timeout", "2"])
     ok = r.returncode == 0
@@ -32,25 +32,23 @@ def _echo(lab, fn: str, proto: str, host: str, port: int = ECHO_PORT) -> bool:
     return ok
 
 
-def run_demo(keep: bool = False, pcap=None) -> int:
-    """pcap: a folder for a capture on each side of the NAT (hyperplane/teach/sides.py)."""
+def run_demo(keep: bool = False, pcap=None, prefix: str | None = None) -> int:
+    """pcap: a folder for a capture on each side of the NAT (hyperplane/teach/sides.py);
+    prefix: the lab's (default: the built-in lab's own)."""
     from .config import default_config
-    from .lab import Lab
-    from .render import lab_picture
     cfg = default_config()
-    prefix = cfg.prefix
     _step("building the default lab and starting the data plane")
-    state, pid = runtime.up(cfg, notice=print)
-    print(lab_picture(state, control.request(prefix, "status"), runtime.restarts(prefix)))
-    lab = Lab.attach(prefix)
+    lab = Lab.up(cfg, prefix=prefix or cfg.prefix)
+    print(lab.picture())
     st = lab.state
     capture = None
     if pcap:
         from .teach.sides import SidesCapture
-        capture = SidesCapture(prefix, pcap, st).start()
+        capture = SidesCapture(lab.prefix, pcap, st).start()
     web, db = st.host("web"), st.host("db")
     servers = []
     logs = {}
+    shown = False
     try:
         _step("servers in the customer VPC: echo on port 7 (TCP+UDP), HTTP on 8080")
         for h in (web, db):
@@ -63,24 +61,24 @@ def run_demo(keep: bool = False, pcap=None) -> int:
         servers.append(("web-http", lab.popen(
             "web", [sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", "::"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
-        time.sleep(0.5)
+        lab.wait_for(lambda: f":{HTTP_PORT} " in lab.run("web", "ss -Hltn"), 10)
 
-        _step("functions open connections through their ENIs (V2N: one-way NAT)")
-        _echo(lab, "api", "tcp", web.ipv4)
-        _echo(lab, "api", "udp", web.ipv4)
+        _step("functions open connections through their ENIs (V2N: one-way NAT), by name")
+        _echo(lab, "api", "tcp", "web")
+        _echo(lab, "api", "udp", "web")
         if web.ipv6:
             _echo(lab, "api", "tcp", web.ipv6)
             _echo(lab, "api", "udp", web.ipv6)
-        _echo(lab, "worker", "tcp", web.ipv4)
-        _echo(lab, "report", "tcp", db.ipv4)
+        _echo(lab, "worker", "tcp", "web")
+        _echo(lab, "report", "tcp", "db")
         if web.ipv6:
             print("  worker has no Ipv6AllowedForDualStack, so its IPv6 is dropped:")
             _echo(lab, "worker", "tcp", web.ipv6)
         r = _run(lab, "api", [sys.executable, "-c",
                               f"import urllib.request as u; r = u.urlopen("
-                              f"'http://{web.ipv4}:{HTTP_PORT}/', timeout=3); "
+                              f"'http://web:{HTTP_PORT}/', timeout=3); "
                               f"print(r.status, len(r.read()), 'bytes')"])
-        print(f"  api -> http://{web.ipv4}:{HTTP_PORT}/: {r.stdout.strip() or r.stderr.strip()}")
+        print(f"  api -> http://web:{HTTP_PORT}/: {r.stdout.strip() or r.stderr.strip()}")
 
         _step("what the servers saw: ENI addresses, never a function's own")
         for name, log in logs.items():
@@ -89,17 +87,20 @@ def run_demo(keep: bool = False, pcap=None) -> int:
 
         _step("unsolicited inbound from the customer VPC: dropped and counted")
         eni = st.enis[0]
-        fn = st.function("api")
-        for target in (eni.ipv4, fn.ipv4):
-            for proto in ("tcp", "udp"):
-                _echo(lab, "web", proto, target, 7)
+        with lab.counting() as dropped:
+            for target in (eni.ipv4, lab.address("api")):
+                for proto in ("tcp", "udp"):
+                    _echo(lab, "web", proto, target, 7)
+        print("  " + ", ".join(f"{k} +{v}" for k, v in dropped.changed().items()
+                               if k.startswith("drop.")))
 
         _step("hyperplane conntrack")
-        print(conntrack_table(control.request(prefix, "conntrack")["items"]))
+        print(conntrack_table([c.to_dict() for c in lab.connections()]))
         _step("hyperplane eni")
-        print(eni_table(control.request(prefix, "eni")["enis"]))
+        print(eni_table(lab.enis()))
         _step("hyperplane stats")
-        print(stats_table(control.request(prefix, "stats")))
+        print(stats_table(lab.stats()))
+        shown = True
     finally:
         if capture:
             from .teach.sides import summary
@@ -108,11 +109,14 @@ def run_demo(keep: bool = False, pcap=None) -> int:
         for _, p in servers:
             p.kill()
             p.wait()
-        if keep:
-            print("\nthe lab stays up: try `hyperplane exec api -- bash`, "
-                  "`hyperplane conntrack --watch`; remove it with `hyperplane down`")
-        else:
-            _step("hyperplane down")
-            report = runtime.down(prefix)
-            print(f"  removed {len(report.namespaces)} namespaces")
+        if not shown:               # a failure or Ctrl-C: nothing stays up
+            lab.down()
+    if keep:
+        lab.detach()
+        print("\nthe lab stays up: try `hyperplane exec api -- curl -s http://web:8080/`, "
+              "`hyperplane conntrack --watch`; remove it with `hyperplane down`")
+    else:
+        _step("hyperplane down")
+        lab.down()
+        print(f"  removed lab {lab.prefix!r}")
     return 0

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..config import Config, default_config
-from . import netns, portguard
+from . import hostsfile, netns, portguard
 from .cleanup import CleanupReport, cleanup, find
 from .topology import (BridgeSpec, EniInfo, LabError, LabState, LinkEnd, NamespaceSpec,
                        RouteSpec, Topology, VethSpec, build_topology, eni_veth)
@@ -309,6 +309,7 @@ class Lab:
                 apply(self.topology)
                 portguard.install(self.prefix, self.topology.functions)
                 state = self.topology.state()
+                hostsfile.write(state)
                 state.save(self.run_dir)
             except BaseException:
                 cleanup(self.prefix, self.run_dir)

@@ -11,7 +11,7 @@ still inside keeps the namespace and its links alive. So:
    even when something outside still holds a reference to the namespace);
 3. unmount and delete the namespace names;
 4. delete links left in the calling (root) namespace whose names carry the prefix;
-5. remove the saved state file.
+5. remove the saved state file and the namespaces' hosts files (``hostsfile``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import fcntl
 import os
 import signal
 import time
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..runfolder import SUPERVISOR, Proc, is_alive, paths
-from . import netns, portguard
+from . import hostsfile, netns, portguard
 from .names import ns_lambda
 from .topology import LabState, is_lab_link, is_lab_namespace
 
@@ -37,10 +38,11 @@ class Leftovers:
     pids: dict[str, list[int]] = field(default_factory=dict)   # namespace -> pids
     root_links: list[str] = field(default_factory=list)
     state_file: Path | None = None
+    hosts_folders: list[Path] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.namespaces or any(self.pids.values()) or self.root_links
-                    or self.state_file)
+                    or self.state_file or self.hosts_folders)
 
 
 @dataclass
@@ -50,11 +52,13 @@ class CleanupReport:
     namespaces: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)             # "ns/ifname" or "ifname" (root)
     state_file: str | None = None
+    files: list[str] = field(default_factory=list)             # the namespaces' hosts files
     errors: list[str] = field(default_factory=list)
 
     @property
     def removed_anything(self) -> bool:
-        return bool(self.killed or self.namespaces or self.links or self.state_file)
+        return bool(self.killed or self.namespaces or self.links or self.state_file
+                    or self.files)
 
 
 def lab_namespaces(prefix: str) -> list[str]:
@@ -73,7 +77,8 @@ def find(prefix: str, run_dir: str | Path | None = None) -> Leftovers:
     names = lab_namespaces(prefix)
     sf = LabState.path(prefix, run_dir)
     return Leftovers(namespaces=names, pids=netns.pids_by_namespace(names),
-                     root_links=_root_links(prefix), state_file=sf if sf.exists() else None)
+                     root_links=_root_links(prefix), state_file=sf if sf.exists() else None,
+                     hosts_folders=hostsfile.lab_folders(prefix))
 
 
 def _reap(pid: int) -> None:
@@ -131,6 +136,22 @@ def _delete_links_in(ns: str, report: CleanupReport) -> None:
             except NetlinkError as e:
                 if e.code not in (errno.ENODEV, errno.ENOENT, errno.EOPNOTSUPP):
                     report.errors.append(f"{ns}/{ifname}: {e}")
+
+
+def _remove_free_lock(path: Path) -> None:
+    """Removes the prefix lock a dead owner left (``hyperplane.Lab``); one a live process
+    holds stays (flock: the owner goes with its process)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def cleanup(prefix: str, run_dir: str | Path | None = None, grace: float = 1.0
@@ -192,9 +213,11 @@ def _cleanup(prefix: str, run_dir: str | Path | None, grace: float) -> CleanupRe
                     if e.code not in (errno.ENODEV, errno.ENOENT):
                         report.errors.append(f"{name}: {e}")
 
-    # 5. the saved state, and the NAT's (connections, ports: csrc/hp_state.h)
+    # 5. the saved state, the NAT's (connections, ports: csrc/hp_state.h), the names
+    report.files += [str(f) for f in hostsfile.remove(prefix)]
     sf = LabState.path(prefix, run_dir)
     paths(prefix, run_dir).state.unlink(missing_ok=True)
+    _remove_free_lock(paths(prefix, run_dir).dir / f"{prefix}.lock")
     try:
         sf.unlink()
         report.state_file = str(sf)
