@@ -31,6 +31,8 @@ from .config import Config, load_config  # noqa: E402
 from .connection import Connection  # noqa: E402
 
 PUREPYTHON = os.environ.get("HYPERPLANE_PUREPYTHON", "") not in ("", "0")
+"""Whether ``hyperplane.Nat`` is the pure-Python reference model (``HYPERPLANE_PUREPYTHON=1``
+in the environment at import) rather than the C core."""
 
 if TYPE_CHECKING:
     from ._core import Nat

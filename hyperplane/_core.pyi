@@ -6,7 +6,8 @@ extension is declared here."""
 from os import PathLike
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
-from .connection import Connection
+from .connection import ConnEvent, Connection
+from .ctfilter import ConnFilter
 from .flowlog import Rejected
 
 REASONS: tuple[str, ...]
@@ -15,10 +16,13 @@ COUNTERS: tuple[str, ...]
 FUNC_COUNTERS: tuple[str, ...]
 SIZEOF_CONN: int
 MAX_CAPACITY: int
+EVENT_TYPES: tuple[str, ...]
+DESTROY_REASONS: tuple[str, ...]
 
 Frame = bytearray
 Result = tuple[int, int, int, int]          # (verdict, reason, port, connection id or -1)
 Rule = tuple[int, int, int, int, str, int]  # (proto, port_lo, port_hi, family, prefix, plen)
+Filter = ConnFilter | Mapping[str, Any] | None   # ctfilter's keys
 
 
 def index_slots(capacity: int) -> int: ...
@@ -72,8 +76,12 @@ class Nat:
     def lookup(self, src: str, dst: str, sport: int, dport: int, proto: int, direction: int,
                now_ms: int) -> Connection | None: ...
     # the table
-    def connections_page(self, cursor: int = 0, limit: int = 1000
+    def connections_page(self, cursor: int = 0, limit: int = 1000, filter: Filter = None
                          ) -> tuple[list[Connection], int | None]: ...
+    def count(self, filter: Filter = None) -> int: ...
+    def delete_page(self, cursor: int = 0, limit: int = 1000, filter: Filter = None,
+                    now_ms: int = 0) -> tuple[list[Connection], int | None]: ...
+    def events(self, filter: Filter = None) -> EventReader: ...
     def connections(self) -> list[Connection]: ...
     def flow_harvest_page(self, cursor: int = 0, limit: int = 1000
                           ) -> tuple[list[Connection], int | None]: ...
@@ -96,6 +104,17 @@ class Nat:
     def rejected(self, max: int = ...) -> list[Rejected]: ...
     def eni_counters(self, eni: int) -> dict[str, int]: ...
     def set_rst_limit(self, per_s: int, burst: int) -> None: ...
+
+
+class EventReader:
+    """A reader of the connection event stream (NEW, UPDATE, DESTROY), from its creation on."""
+
+    def __init__(self, nat: Nat, spec: Filter = None) -> None: ...
+    def read(self, max: int = ...) -> tuple[list[ConnEvent], int]: ...
+    @property
+    def lost(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
 
 
 class Ring:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 from . import control, runtime
 from .config import Config, default_config, load_config, parse_config
 from .connection import Connection
+from .ctfilter import KEYS
 from .lab import netns
 from .lab.names import is_lab_namespace
 from .errors import ConfigError, LabError
@@ -208,8 +209,7 @@ class Counting(Mapping[str, int]):
 
 # --- the lab ----------------------------------------------------------------------------------
 
-_FILTERS = ("proto", "family", "src", "dst", "sport", "dport", "nat_addr", "nat_port", "state",
-            "function", "eni", "assured")
+CONNECTION_FILTERS = tuple(k for k in KEYS if k != "owner")    # owner: function names it
 
 
 class Lab:
@@ -414,23 +414,24 @@ class Lab:
         return answer
 
     def connections(self, **filters: Any) -> list[Connection]:
-        """The tracked connections, optionally filtered (all given filters must match):
-        ``proto`` ("tcp", "udp" or 6, 17), ``family`` (4, 6), ``src`` / ``dst`` / ``sport`` /
-        ``dport`` (the original tuple, as the function sent it), ``nat_addr`` / ``nat_port``
-        (the ENI's side), ``state`` ("ESTABLISHED", ...), ``function`` (a name), ``eni`` (the
-        ENI's index or its ``eni-...`` id), ``assured`` (bool)."""
-        unknown = set(filters) - set(_FILTERS)
+        """The tracked connections that pass every filter given, as ``hyperplane conntrack``
+        filters them (in the data plane, while it scans the table): ``proto`` ("tcp", "udp"
+        or 6, 17), ``family`` (4, 6), ``src`` / ``dst`` (an address or a prefix) and ``sport``
+        / ``dport`` (a port or a range "lo-hi") of the original tuple, as the function sent
+        it; ``nat_addr`` / ``nat_port``, the ENI's side; ``state`` (a name or a list);
+        ``function`` (a name); ``eni`` (the ENI's index, or its ``eni-...`` id); ``assured``
+        (bool)."""
+        unknown = set(filters) - set(CONNECTION_FILTERS)
         if unknown:
             raise TypeError(f"unknown connection filter(s) {', '.join(sorted(unknown))}; "
-                            f"known: {', '.join(_FILTERS)}")
-        match = self._matcher(filters)
-        found = []
-        for page in control.listing(self.prefix, "conntrack", run_dir=self.run_dir):
-            for item in page:
-                c = Connection.from_dict(item)
-                if match(c):
-                    found.append(c)
-        return found
+                            f"known: {', '.join(CONNECTION_FILTERS)}")
+        spec = {k: v for k, v in filters.items() if v is not None}
+        if isinstance(spec.get("eni"), str):
+            spec["eni"] = self._eni_index(spec["eni"])
+        return [Connection.from_dict(item)
+                for page in control.listing(self.prefix, "conntrack", run_dir=self.run_dir,
+                                            filter=spec)
+                for item in page]
 
     def connection(self, **filters: Any) -> Connection:
         """The one connection that matches ``filters`` (as ``connections``); LookupError,
@@ -444,34 +445,10 @@ class Lab:
                           "the table:\n" + conntrack_table([c.to_dict()
                                                             for c in self.connections()]))
 
-    def _matcher(self, filters: Mapping[str, Any]) -> Callable[[Connection], bool]:
-        want: dict[str, Any] = dict(filters)
-        if "proto" in want and isinstance(want["proto"], str):
-            want["proto"] = {"tcp": 6, "udp": 17}.get(want["proto"].lower(), want["proto"])
-        if "state" in want:
-            want["state"] = str(want["state"]).upper()
-        sources: set[str] | None = None
-        if "function" in want:
-            fn = self._member(want.pop("function"))
-            sources = {a for a in (fn.ipv4, fn.ipv6) if a}
-        eni = want.pop("eni", None)
-        eni_index = self._eni_index(eni) if eni is not None else None
-        assured = want.pop("assured", None)
-
-        def match(c: Connection) -> bool:
-            if any(getattr(c, k) != v for k, v in want.items()):
-                return False
-            if sources is not None and c.src not in sources:
-                return False
-            if eni_index is not None and c.eni != eni_index:
-                return False
-            return assured is None or c.assured == bool(assured)
-        return match
-
     def _eni_index(self, eni: int | str) -> int:
         if isinstance(eni, int):
             return eni
-        for e in self._state.enis:
+        for e in self.state.enis:
             if eni in (e.eni_id, e.ifname):
                 return e.id
         raise LabError(f"no ENI {eni!r} in lab {self.prefix!r}")

@@ -21,6 +21,10 @@ class FlowInterval(NamedTuple):
 
 @dataclass(frozen=True)
 class Connection:
+    """One tracked connection, whichever implementation produced it (the C core, the model,
+    a lab's listing): the original tuple as the function sent it (``src``, ``sport``,
+    ``dst``, ``dport``), the ENI side (``eni``, ``nat_addr``, ``nat_port``), its ``state``,
+    its totals per direction and its current flow-log interval per direction."""
     id: int
     family: int            # 4 or 6
     proto: int             # 6 or 17

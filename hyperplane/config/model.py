@@ -221,6 +221,10 @@ class HyperplaneConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """A lab's configuration, validated and frozen: the Lambda side (``inside``), the NAT
+    (``hyperplane``), the customer VPC (``subnets``, ``security_groups``, ``hosts``) and the
+    ``functions``. Made by ``load_config`` (TOML), ``parse_config`` (a mapping) or
+    ``default_config()``; the format is in examples/README.md."""
     prefix: str = "hp"
     mtu: int = 1500
     inside: InsideConfig = field(default_factory=InsideConfig)
