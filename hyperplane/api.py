@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 
-from . import control, runtime
+from . import control, runfolder, runtime
 from .config import Config, default_config, load_config, parse_config
 from .connection import Connection
 from .ctfilter import KEYS
@@ -137,7 +137,7 @@ def _prefix_in_use(prefix: str, run_dir: Path) -> bool:
         return True
     if LabState.path(prefix, run_dir).exists():
         return True
-    return runtime.pid_of(prefix, runtime.SUPERVISOR, run_dir) is not None
+    return runfolder.pid_of(prefix, runfolder.SUPERVISOR, run_dir) is not None
 
 
 def _take_prefix(prefix: str | None, run_dir: Path) -> tuple[str, _PrefixLock]:
@@ -250,7 +250,7 @@ class Lab:
         start; the message has its log's last lines).
         """
         cfg = as_config(config)
-        folder = runtime.ensure_run_dir(run_dir)
+        folder = runfolder.ensure_run_dir(run_dir)
         chosen, lock = _take_prefix(prefix, folder)
         try:
             cfg = cfg.with_prefix(chosen)
@@ -345,12 +345,12 @@ class Lab:
     @property
     def pid(self) -> int | None:
         """The data plane's pid, None while it does not run."""
-        return runtime.pid_of(self.prefix, runtime.DATAPLANE, self.run_dir)
+        return runfolder.pid_of(self.prefix, runfolder.DATAPLANE, self.run_dir)
 
     @property
     def log_path(self) -> Path:
         """The data plane's (and its supervisor's) log file."""
-        return runtime.paths(self.prefix, self.run_dir).log
+        return runfolder.paths(self.prefix, self.run_dir).log
 
     def namespace(self, name: str) -> str:
         """The network namespace of a function or host (or a namespace name itself)."""
@@ -516,7 +516,7 @@ class Lab:
         """Where the data plane writes the flow logs (one file per ENI)."""
         configured = self._state.config.hyperplane.flow_logs.folder
         return Path(configured) if configured else \
-            runtime.paths(self.prefix, self.run_dir).flow_logs
+            runfolder.paths(self.prefix, self.run_dir).flow_logs
 
     def _interface_id(self, eni: int | str) -> str:
         index = self._eni_index(eni)
@@ -546,15 +546,15 @@ class Lab:
         """Sends ``sig`` (SIGKILL: a crash) to the data plane. Its supervisor starts a new one
         on the same shared-memory state; ``wait``: return that one's pid once it answers
         (else None at once). LabError when no data plane runs."""
-        proc = runtime.Proc.find(self.prefix, runtime.DATAPLANE, self.run_dir)
+        proc = runfolder.Proc.find(self.prefix, runfolder.DATAPLANE, self.run_dir)
         if proc is None:
             raise LabError(f"the data plane of lab {self.prefix!r} is not running")
         with proc:
             proc.signal(sig)
             if not wait:
                 return None
-            proc.wait(runtime.STOP_TIMEOUT_S)
-        sup = runtime.Proc.find(self.prefix, runtime.SUPERVISOR, self.run_dir)
+            proc.wait(runfolder.STOP_TIMEOUT_S)
+        sup = runfolder.Proc.find(self.prefix, runfolder.SUPERVISOR, self.run_dir)
         try:
             return runtime.wait_ready(self.prefix, self.run_dir, timeout, old_pid=proc.pid,
                                       watch=sup)

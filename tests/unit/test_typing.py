@@ -5,6 +5,7 @@ public name of the extension."""
 from __future__ import annotations
 
 import ast
+import inspect
 import os
 import subprocess
 import sys
@@ -42,6 +43,21 @@ def test_mypy_strict_sees_a_wrong_use_of_the_api(tmp_path):
     assert 'Argument "family"' in r.stdout and "list[Connection]" in r.stdout, r.stdout
 
 
+def _stub_params(path) -> dict[str, list[str]]:
+    """{"Class.method" or "function": its parameter names} of a stub file (self left out)."""
+    out: dict[str, list[str]] = {}
+    for node in ast.parse(path.read_text()).body:
+        scopes = [(f"{node.name}.", node.body)] if isinstance(node, ast.ClassDef) else \
+            [("", [node])]
+        for head, body in scopes:
+            for f in body:
+                if isinstance(f, ast.FunctionDef):
+                    a = f.args
+                    names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+                    out[head + f.name] = [n for n in names if n != "self"]
+    return out
+
+
 def _stub_names(path) -> dict[str, set[str]]:
     """{top-level name: names declared in its body} of a stub file."""
     def name_of(node) -> list[str]:
@@ -72,3 +88,24 @@ def test_the_stubs_declare_every_public_name_of_the_extension():
         missing += [f"{cls}.{n}" for n in dir(getattr(core, cls))
                     if not n.startswith("_") and n not in declared.get(cls, set())]
     assert not missing, f"declare these in hyperplane/_core.pyi: {missing}"
+
+
+def test_the_stubs_name_the_parameters_the_extension_takes():
+    core = pytest.importorskip("hyperplane._core")
+    stubbed = _stub_params(ROOT / "hyperplane" / "_core.pyi")
+    differ = []
+    for qualname, names in stubbed.items():
+        owner, _, attr = qualname.rpartition(".")
+        obj = getattr(getattr(core, owner) if owner else core, attr, None)
+        if attr.startswith("_") or not callable(obj):
+            continue
+        try:
+            params = inspect.signature(obj).parameters.values()
+        except (TypeError, ValueError):        # no signature recorded for it
+            continue
+        real = [p.name for p in params if p.name != "self"
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if real != names[:len(real)] or (len(names) > len(real) and not any(
+                p.kind == p.VAR_KEYWORD for p in params)):
+            differ.append(f"{qualname}: stub {names}, extension {real}")
+    assert not differ, "hyperplane/_core.pyi is out of date:\n" + "\n".join(differ)
