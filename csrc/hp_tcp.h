@@ -33,6 +33,15 @@ static inline int hp_tcp_reopens(const hp_conn *c, int dir, uint8_t flags)
            (c->state == HP_S_TIME_WAIT || c->state == HP_S_CLOSE);
 }
 
+/* Whether the segment is one Linux ignores (its state table's sIG, passed without a look):
+ * an ACK (no SYN, FIN or RST) from the reply side while the connection is in SYN_SENT, the
+ * inside's SYN not answered yet. It is forwarded, and nothing of the connection changes. */
+static inline int hp_tcp_ignored(const hp_conn *c, int dir, uint8_t flags)
+{
+    return dir == HP_DIR_IN && c->state == HP_S_SYN_SENT &&
+           (flags & (HP_TCP_SYN | HP_TCP_ACK | HP_TCP_RST | HP_TCP_FIN)) == HP_TCP_ACK;
+}
+
 /* The window state of a new connection from its first SYN (Linux tcp_new): the inside's
  * side is known, the other not yet; the SYN then goes through hp_tcp_track as any segment. */
 void hp_tcp_new(hp_tcp_win *w, const hp_pkt *pkt);

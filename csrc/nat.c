@@ -17,6 +17,7 @@ const char *const hp_counter_names[HP_C_COUNT] = {
     "CONN_CREATED", "CONN_ESTABLISHED", "CONN_EXPIRED", "JOURNAL_OVERFLOW",
     "REJECT_OVERFLOW", "RST_SENT", "RST_LIMITED",
     "CONN_EARLY_DROPPED", "REFUSAL_SENT", "REFUSAL_LIMITED", "HAIRPIN_PACKETS", "HAIRPIN_REFUSED",
+    "TCP_IGNORED",
 };
 
 void hp_nat_config_default(hp_nat_config *cfg)
@@ -279,7 +280,10 @@ static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, int dec_ttl,
     hp_conn *c = &nat->ct.conns[id];
     hp_eni_counters *ec = &nat->eni_ctr[c->eni];
     uint8_t old = c->state, state = old, old_flags = c->flags;
-    if (c->proto == 6) {
+    int ignored = c->proto == 6 && hp_tcp_ignored(c, dir, pkt->tcp_flags);
+    if (ignored) {
+        nat->counters[HP_C_TCP_IGNORED]++;
+    } else if (c->proto == 6) {
         if (hp_tcp_reopens(c, dir, pkt->tcp_flags)) {
             /* A new connection: the security group's rules of now decide. */
             const hp_source *src = find_source(nat, &pkt->key);
@@ -310,19 +314,20 @@ static int forward(hp_nat *nat, uint32_t id, hp_pkt *pkt, int dir, int dec_ttl,
             c->flags |= HP_F_ASSURED;
         }
     }
-    if (c->proto == 17 && dir == HP_DIR_IN && !(c->flags & HP_F_REPLY_SEEN))
-        ec->established[1]++;
-    if (dir == HP_DIR_IN)
-        c->flags |= HP_F_REPLY_SEEN;
-    hp_ct_touch(&nat->ct, id, state, now_ms);
-
     uint32_t packets;
     uint64_t bytes;
     hp_pkt_wire_size(pkt, &packets, &bytes);
-    hp_conn_stats *st = &nat->ct.stats[id];
-    st->packets[dir] += packets;
-    st->bytes[dir] += bytes;
-    hp_ct_flow_note(st, dir, pkt->tcp_flags, now_ms);
+    if (!ignored) {
+        if (c->proto == 17 && dir == HP_DIR_IN && !(c->flags & HP_F_REPLY_SEEN))
+            ec->established[1]++;
+        if (dir == HP_DIR_IN)
+            c->flags |= HP_F_REPLY_SEEN;
+        hp_ct_touch(&nat->ct, id, state, now_ms);
+        hp_conn_stats *st = &nat->ct.stats[id];
+        st->packets[dir] += packets;
+        st->bytes[dir] += bytes;
+        hp_ct_flow_note(st, dir, pkt->tcp_flags, now_ms);
+    }
     int fwd = dir == HP_DIR_OUT ? HP_C_FWD_OUT_PACKETS : HP_C_FWD_IN_PACKETS;
     nat->counters[fwd] += packets;
     nat->counters[fwd + 1] += bytes;

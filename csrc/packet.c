@@ -166,6 +166,22 @@ static int parse_ipv6(hp_pkt *pkt, const uint8_t *ip, uint32_t avail, uint32_t *
     return HP_R_NONE;
 }
 
+/* Whether a complete L4 checksum verifies (RFC 768, RFC 793, RFC 8200 8.1): over the pseudo
+ * header and the segment (TCP) or datagram (UDP, its own length). An IPv4 UDP datagram
+ * without one (0) passes; an IPv6 one must have one. */
+static int l4_csum_ok(const hp_pkt *pkt)
+{
+    const uint8_t *l4 = pkt->eth + pkt->l4;
+    uint32_t l4len = pkt->l3len - (uint32_t)(pkt->l4 - pkt->l3);
+    uint32_t len = pkt->proto == 6 ? l4len : hp_be16(l4 + 4);
+    if (pkt->proto == 17 && hp_be16(l4 + 6) == 0)
+        return pkt->family == 4;
+    uint32_t alen = pkt->family == 4 ? 4 : 16;
+    const uint8_t *addrs = pkt->eth + pkt->l3 + (pkt->family == 4 ? 12 : 8);
+    uint16_t pseudo = hp_csum_fold_sum(addrs, 2 * alen, pkt->proto + len);
+    return hp_csum_fold_sum(l4, len, pseudo) == 0xffff;
+}
+
 int hp_parse(uint8_t *frame, uint32_t len, int vnet, hp_pkt *pkt)
 {
     pkt->vnet = NULL;
@@ -224,6 +240,11 @@ int hp_parse(uint8_t *frame, uint32_t len, int vnet, hp_pkt *pkt)
             pkt->vnet->csum_offset != (pkt->proto == 6 ? 16 : 6))
             return HP_R_VNET_BAD_CSUM;
         pkt->partial_csum = 1;
+    } else if ((!pkt->vnet || pkt->vnet->gso_type == 0) && !l4_csum_ok(pkt)) {
+        /* Before any state or timer sees it: the endpoint would discard it. A partial sum
+         * cannot be checked (it is carried as it is, section 4), nor a GSO frame's (its
+         * segments get theirs when they are cut). */
+        return HP_R_L4_BAD_CHECKSUM;
     }
     pkt->key.sport = hp_be16(l4);
     pkt->key.dport = hp_be16(l4 + 2);

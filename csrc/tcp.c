@@ -104,9 +104,11 @@ static int in_window(hp_tcp_win *w, uint8_t state, uint8_t conn_flags, int dir, 
      * established flow's) is checked in place: nothing is written before the check. */
     hp_tcp_win t;
     int first = snd->td_maxwin == 0;
-    int restart = !first &&
-        ((state == HP_S_SYN_SENT && dir == HP_DIR_OUT && !(conn_flags & HP_F_SYN_REPLY)) ||
-         (state == HP_S_SYN_RECV && dir == HP_DIR_IN)) && after(s->end, snd->td_end);
+    /* Linux since 2022 (nf_conntrack_proto_tcp.c, "re-init for syn packets only"): only a
+     * SYN, from either side, in SYN_SENT (not after a simultaneous open's SYN) or SYN_RECV,
+     * reaching past this side's end re-initialises it; any other segment is checked. */
+    int restart = !first && syn && after(s->end, snd->td_end) &&
+        ((state == HP_S_SYN_SENT && !(conn_flags & HP_F_SYN_REPLY)) || state == HP_S_SYN_RECV);
     if (first || restart) {
         t = *w;
         snd = &t.dir[dir];
@@ -135,10 +137,19 @@ static int in_window(hp_tcp_win *w, uint8_t state, uint8_t conn_flags, int dir, 
                 rcv->td_end++;              /* the answer to a keepalive */
         }
     } else if (restart) {
-        /* A SYN sent again with a new initial sequence number (RFC 793 restart). */
+        /* A SYN (or SYN|ACK) sent again with a new initial sequence number (RFC 793 restart):
+         * this side starts again as with its first SYN (Linux tcp_init_sender). */
         snd->td_end = snd->td_maxend = s->end;
         snd->td_maxwin = win ? win : 1;
         parse_options(s->opt, s->optlen, snd);
+        if (dir == HP_DIR_IN) {
+            if (!((snd->flags & HP_TW_WSCALE) && (rcv->flags & HP_TW_WSCALE)))
+                snd->scale = rcv->scale = 0;
+            if (!has_ack) {
+                *w = t;
+                return 1;
+            }
+        }
     }
     if (!has_ack)
         ack = sack = rcv->td_end;

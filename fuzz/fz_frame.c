@@ -41,17 +41,43 @@ static uint16_t fold64(uint64_t s)
     return (uint16_t)s;
 }
 
-/* The pseudo-header sum, not folded. */
-static uint64_t pseudo(const uint8_t *f, const fz_parsed *p)
+/* The pseudo-header sum over l4len bytes of L4, not folded. */
+static uint64_t pseudo_len(const uint8_t *f, const fz_parsed *p, uint32_t l4len)
 {
     const uint8_t *ip = f + p->l3;
-    uint32_t l4len = p->end - p->l4;
     uint64_t s;
     if (p->family == 4)
         s = add_words(ip + 12, 8, 0);
     else
         s = add_words(ip + 8, 32, 0);
     return s + (uint32_t)p->proto + (l4len >> 16) + (l4len & 0xffff);
+}
+
+static uint64_t pseudo(const uint8_t *f, const fz_parsed *p)
+{
+    return pseudo_len(f, p, p->end - p->l4);
+}
+
+/* What a full checksum covers (docs/semantics.md 1, step 16a): the TCP segment, or the UDP
+ * datagram by its own length; 0 when that length does not fit (a UDP GSO frame's, whose
+ * checksum is not checked). */
+static uint32_t covered_len(const uint8_t *f, const fz_parsed *p)
+{
+    uint32_t l4len = p->end - p->l4;
+    if (p->proto == 6)
+        return l4len;
+    uint32_t ulen = be16(f + p->l4 + 4);
+    return ulen <= l4len ? ulen : 0;
+}
+
+static int full_csum_ok(const uint8_t *f, const fz_parsed *p)
+{
+    uint32_t n = covered_len(f, p);
+    if (n == 0)
+        return 0;
+    if (p->proto == 17 && be16(f + fz_csum_at(p)) == 0)
+        return p->family == 4;
+    return fold64(add_words(f + p->l4, n, pseudo_len(f, p, n))) == 0xffff;
 }
 
 static int is_ext(int nh) { return nh == 0 || nh == 43 || nh == 60 || nh == 44 || nh == 51; }
@@ -166,6 +192,8 @@ void fz_parse(const uint8_t *f, uint32_t len, int vnet, uint32_t mtu, fz_parsed 
     if (vnet && p->partial &&
         (le16(f + 6) != p->l4 - eth || le16(f + 8) != (p->proto == 6 ? 16 : 6)))
         DONE(VNET_BAD_CSUM);
+    if (!(vnet && (p->partial || p->gso_type != 0)) && !full_csum_ok(f, p))
+        DONE(L4_BAD_CHECKSUM);
     if ((p->family == 4 ? ip[8] : ip[7]) <= 1)
         DONE(TTL_EXCEEDED);
     if (mtu && !(vnet && p->gso_type != 0) && p->end - l3 > mtu)
@@ -187,6 +215,7 @@ void fz_fix_checksums(uint8_t *f, uint32_t len, int vnet)
         uint8_t *ip = f + p.l3;
         put16(ip + 10, 0);
         put16(ip + 10, (uint16_t)~fold64(add_words(ip, p.ihl, 0)));
+        fz_parse(f, len, vnet, 0, &p);      /* past the header checksum now: to L4 */
     }
     if (!p.have_l4 || (p.proto != 6 && p.proto != 17))
         return;
@@ -197,8 +226,11 @@ void fz_fix_checksums(uint8_t *f, uint32_t len, int vnet)
     }
     if (p.proto == 17 && p.family == 4 && be16(ck) == 0)
         return;                                     /* no checksum: stays so */
+    uint32_t n = covered_len(f, &p);
+    if (n == 0)
+        return;
     put16(ck, 0);
-    uint16_t c = (uint16_t)~fold64(add_words(f + p.l4, p.end - p.l4, pseudo(f, &p)));
+    uint16_t c = (uint16_t)~fold64(add_words(f + p.l4, n, pseudo_len(f, &p, n)));
     put16(ck, p.proto == 17 && c == 0 ? 0xffff : c);
 }
 

@@ -19,7 +19,7 @@ from .packet import (PROTO_TCP, PROTO_UDP, TCP_RST, Packet, ip_dst, is_pure_syn,
                      rewrite, wire_size)
 from .portalloc import Pool, SplitMix64
 from .quota import REFUSAL_BURST, REFUSAL_PER_S, Func, build_unreach, early_drop_victim
-from .tcp import in_window, new_connection_window, reopens, rst_acceptable, valid_flags
+from .tcp import ignored, in_window, new_connection_window, reopens, rst_acceptable, valid_flags
 from .natsg import (EniCounters, RateLimit, RejectRing, build_rst, compile_rules, is_rst,
                     sg_match)
 from .tracing import no_trace
@@ -468,6 +468,11 @@ class Nat:
     def _update(self, conn: Entry, d: int, pkt: Packet, now_ms: int) -> int:
         """A packet of this connection in direction d (2.1-2.3): the reason it is refused
         (and nothing changes), or NONE when it goes through."""
+        if pkt.proto == PROTO_TCP and ignored(conn.state, d, pkt.tcp_flags, ORIG):
+            self.trace("ignored", conn=conn, d=d)
+            self.counter["TCP_IGNORED"] += 1
+            self._count_forwarded(conn, d, pkt)
+            return R["NONE"]
         if pkt.proto == PROTO_TCP:
             if reopens(conn.state, d, pkt.tcp_flags, ORIG):
                 # A new connection: the security group's rules of now decide.
@@ -505,12 +510,17 @@ class Nat:
         conn.flow_note(d, pkt.tcp_flags, now_ms)
         if d == REPLY:
             conn.flags |= F_REPLY_SEEN
+        self._count_forwarded(conn, d, pkt)
+        return R["NONE"]
+
+    def _count_forwarded(self, conn: Entry, d: int, pkt: Packet) -> None:
+        """The NAT's and the ENI's FORWARD counters."""
+        packets, nbytes = wire_size(pkt)
         side = "OUT" if d == ORIG else "IN"
         self.counter[f"FWD_{side}_PACKETS"] += packets
         self.counter[f"FWD_{side}_BYTES"] += nbytes
-        ec.packets[d] += packets
-        ec.bytes[d] += nbytes
-        return R["NONE"]
+        self.eni_ctr[conn.eni].packets[d] += packets
+        self.eni_ctr[conn.eni].bytes[d] += nbytes
 
     # -- security groups, rejects, the idle RST (section 9) -------------------------------------
 

@@ -145,6 +145,12 @@ def parse(frame, vnet: bool, mtu: int | None) -> tuple[int, Packet | None]:
         want_offset = 16 if proto == PROTO_TCP else 6
         if csum_start != l4 or csum_offset != want_offset:
             return R["VNET_BAD_CSUM"], None
+    # Step 16a: a complete L4 checksum must verify, before any state or timer sees the frame
+    # (the endpoint would discard it); a partial one cannot be checked and is carried, nor a
+    # GSO frame's (its segments get theirs when they are cut).
+    elif (gso_type == GSO_NONE
+          and not _l4_checksum_ok(frame, base, family, proto, l3, l4, l3len)):
+        return R["L4_BAD_CHECKSUM"], None
 
     # Steps 17-18: what the slow path must answer with ICMP. TTL_EXCEEDED comes with the
     # packet: from an ENI, only a tracked flow's is punted (section 13).
@@ -155,6 +161,20 @@ def parse(frame, vnet: bool, mtu: int | None) -> tuple[int, Packet | None]:
         src=src, dst=dst, sport=u16(frame, at), dport=u16(frame, at + 2),
         tcp_flags=tcp_flags, tcp_seq=tcp_seq, tcp_ack=tcp_ack, tcp_win=tcp_win,
         tcp_options=tcp_options, partial_csum=partial, gso_type=gso_type, gso_size=gso_size)
+
+
+def _l4_checksum_ok(frame, base: int, family: int, proto: int, l3: int, l4: int,
+                    l3len: int) -> bool:
+    """RFC 768 / 793 / 8200 8.1: the pseudo header and the segment (TCP) or the datagram (UDP,
+    its own length) sum to 0xFFFF. IPv4 UDP without a checksum (0) passes, IPv6 UDP does not."""
+    at = base + l4
+    length = l3len - (l4 - l3) if proto == PROTO_TCP else u16(frame, at + 4)
+    if proto == PROTO_UDP and u16(frame, at + 6) == 0:
+        return family == 4
+    alen = 4 if family == 4 else 16
+    addrs = base + l3 + (12 if family == 4 else 8)
+    pseudo = ones_sum(frame[addrs:addrs + 2 * alen]) + proto + length
+    return fold(pseudo + ones_sum(frame[at:at + length])) == 0xFFFF
 
 
 def _ipv4_source_routed(options) -> bool:

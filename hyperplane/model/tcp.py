@@ -64,6 +64,13 @@ def new_connection_window(pkt: Packet) -> list[TcpDir]:
     return [orig, TcpDir()]
 
 
+def ignored(state: int, d: int, flags: int, orig: int) -> bool:
+    """A segment Linux ignores (its state table's sIG): an ACK (no SYN, FIN or RST) from the
+    reply side in SYN_SENT. Forwarded; nothing of the connection changes."""
+    return (d != orig and state == S["SYN_SENT"]
+            and flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_ACK)
+
+
 def reopens(state: int, d: int, flags: int, orig: int) -> bool:
     """A SYN from the inside in TIME_WAIT or CLOSE starts a new connection on the entry."""
     return (d == orig and flags & (TCP_SYN | TCP_ACK) == TCP_SYN
@@ -154,12 +161,20 @@ def in_window(win: list[TcpDir], state: int, conn_flags: int, d: int, pkt: Packe
                 rcv.td_end = rcv.td_maxend = sack
             elif sack == (rcv.td_end + 1) & MASK32:
                 rcv.td_end = (rcv.td_end + 1) & MASK32     # the answer to a keepalive
-    elif (((state == S["SYN_SENT"] and d == orig and not conn_flags & F_SYN_REPLY)
-           or (state == S["SYN_RECV"] and d != orig)) and after(end, snd.td_end)):
-        # A SYN sent again with a new initial sequence number.
+    elif (syn and after(end, snd.td_end)
+          and ((state == S["SYN_SENT"] and not conn_flags & F_SYN_REPLY)
+               or state == S["SYN_RECV"])):
+        # Linux since 2022 ("re-init for syn packets only"): a SYN (or SYN|ACK) from either
+        # side sent again with a new initial sequence number; this side starts again as
+        # with its first SYN (tcp_init_sender).
         snd.td_end = snd.td_maxend = end
         snd.td_maxwin = w or 1
         parse_options(opts, snd)
+        if d != orig:
+            if not (snd.flags & TW_WSCALE and rcv.flags & TW_WSCALE):
+                snd.scale = rcv.scale = 0
+            if not has_ack:
+                return result()
     if not has_ack:
         ack = sack = rcv.td_end
 

@@ -101,7 +101,14 @@ def malform(data: bytes, how: str) -> bytes:
         b[ip + (8 if b[ip] >> 4 == 4 else 7)] = 1
     elif how == "bad-flags":
         l4 = ip + ((b[ip] & 15) * 4 if b[ip] >> 4 == 4 else 40)
+        old = b[l4 + 12] << 8 | b[l4 + 13]
         b[l4 + 13] = 0x03                       # SYN and FIN together
+        # The TCP checksum follows (RFC 1624), so that the flags, not it, are what is wrong.
+        check = ~(b[l4 + 16] << 8 | b[l4 + 17]) & 0xFFFF
+        check += (~old & 0xFFFF) + (b[l4 + 12] << 8 | b[l4 + 13])
+        while check >> 16:
+            check = (check & 0xFFFF) + (check >> 16)
+        b[l4 + 16:l4 + 18] = (~check & 0xFFFF).to_bytes(2, "big")
     else:
         raise DescriptionError(f"unknown --malform {how!r} (one of {', '.join(MALFORMS)})")
     return bytes(b)

@@ -71,6 +71,10 @@ SESSIONS = [
     "o:S i:S o:SA= i:SA= o:A i:PA+ o:PA+", "o:S i:S i:SA= o:SA= o:A i:A",
     "o:S i:SA o:A i:R~ o:PA+ i:RA~ o:R~ i:R", "o:S i:SA o:A o:PA~ i:PA~ i:FA~ o:A i:PA+",
     "o:S i:SA o:A i:PA+ o:A o:FA i:A i:FA o:A o:S~ o:S i:SA",
+    # Linux's rules of today: a reply ACK in SYN_SENT ignored; only a SYN re-initialises a
+    # side (a non-SYN past its end is checked, a SYN from either side restarts it)
+    "o:S i:A~ i:A i:SA o:A", "o:S i:S i:A~ o:SA= i:SA= o:A", "o:S o:A~ o:PA~ i:SA o:A",
+    "o:S i:SA i:PA~ i:A~ o:A", "o:S i:SA o:S~ i:SA~ o:A i:A", "o:S i:SA i:SA~ o:A i:PA+",
 ]
 
 
@@ -224,9 +228,32 @@ def out_frame(spec, vnet):
                     **frame_kw(vnet, proto, family, payload, extras, numbers))
 
 
+def fix_l4_checksum(frame, vnet):
+    """Makes a complete TCP / UDP checksum right again (what it covers: the TCP segment, the
+    UDP datagram by its own length), when the frame still has one where it should be."""
+    if vnet and frame and frame[0] & 1:
+        return                                  # NEEDS_CSUM: a partial sum, not checked
+    try:
+        f = fg.fields(frame, vnet)
+    except (IndexError, KeyError, struct.error, ValueError):    # mangled past reading
+        return
+    l4, end, proto = f["l4"], min(f["end"], len(frame)), f["proto"]
+    at = l4 + (16 if proto == fg.TCP else 6)
+    if proto not in (fg.TCP, fg.UDP) or at + 2 > end:
+        return
+    length = end - l4 if proto == fg.TCP else struct.unpack_from("!H", frame, l4 + 4)[0]
+    if length > end - l4 or (proto == fg.UDP and f["l4_check"] == 0 and f["family"] == 4):
+        return
+    struct.pack_into("!H", frame, at, 0)
+    ps = fg.pseudo_sum(fg.packed(f["src"]), fg.packed(f["dst"]), proto, length)
+    c = fg.checksum(frame[l4:l4 + length], ps)
+    struct.pack_into("!H", frame, at, 0xFFFF if proto == fg.UDP and c == 0 else c)
+
+
 def mutate(frame, mutations, fix_checksum, vnet):
     """A corrupted copy: flipped bytes, a 16-bit field set, a truncation or trailing bytes;
-    with fix_checksum the IPv4 header checksum is made right again, to reach later checks."""
+    with fix_checksum the IPv4 header and L4 checksums are made right again, to reach later
+    checks (without, most copies end at L4_BAD_CHECKSUM)."""
     frame = bytearray(frame)
     for kind, where, xor, value, extension in mutations:
         if kind == "flip" and frame:
@@ -242,6 +269,8 @@ def mutate(frame, mutations, fix_checksum, vnet):
         hlen = max(20, (frame[l3] & 15) * 4)
         struct.pack_into("!H", frame, l3 + 10, 0)
         struct.pack_into("!H", frame, l3 + 10, fg.checksum(frame[l3:l3 + hlen]))
+    if fix_checksum:
+        fix_l4_checksum(frame, vnet)
     return frame
 
 

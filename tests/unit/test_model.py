@@ -80,10 +80,13 @@ class Flow:
             self.spoke[direction] = True
         return res
 
-    def _send(self, direction, flags, now, **kw):
+    def _send(self, direction, flags, now, mangle=None, **kw):
+        """mangle: called with the frame once built, to damage it."""
         if direction == OUT:
             frame = fg.build(self.src, self.dst, self.proto, self.sport, self.dport, flags=flags,
                              eth_src=self.mac, **kw)
+            if mangle:
+                mangle(frame)
             res = out(self.nat, frame, now, vnet=kw.get("vnet", False))
             if res[0] == FORWARD:
                 f = fg.fields(frame, kw.get("vnet", False))
@@ -91,6 +94,8 @@ class Flow:
         else:
             frame = fg.build(self.dst, self.nat_addr, self.proto, self.dport, self.nat_port,
                              flags=flags, **kw)
+            if mangle:
+                mangle(frame)
             res = inb(self.nat, frame, now, eni=self.eni, vnet=kw.get("vnet", False))
         self.last_frame = frame
         return res
@@ -928,6 +933,8 @@ def test_checksums_after_rewrite(NatClass, proto, v6, payload):
         assert fg.checksums_ok(fl.last_frame)
         f = fg.fields(fl.last_frame)
         assert (f["dst"], f["dport"], f["ttl"]) == (fl.src, fl.sport, 63)
+        if flags == "SA":       # the handshake's ACK opens the server's window for its data
+            assert fl.send(OUT, "A")[0] == FORWARD
 
 
 def test_many_ports_checksums(NatClass):
@@ -1272,6 +1279,140 @@ def test_simultaneous_open_is_established_and_assured(NatClass):
     assert nat.counters()["CONN_ESTABLISHED"] == 1
     # It lives by the established timer, not the SYN_SENT one.
     assert nat.expire(AWS["SYN_SENT"] + 1) == []
+
+
+# -- TCP as Linux does it today (2.3): SYN-only re-initialisation, ignored replies ---------------
+
+WSCALE7 = bytes([3, 3, 7, 0])                   # window scale 7, padded
+SACK_PERM = bytes([4, 2, 1, 1])                 # SACK permitted, padded
+TIMESTAMPS = bytes([1, 1, 8, 10]) + bytes(8)
+
+
+@pytest.mark.parametrize("path,d", [("SYN_SENT", O), ("SYN_RECV", I)])
+def test_only_a_syn_reinitialises_a_side(NatClass, path, d):
+    """A non-SYN segment past the side's end in SYN_SENT / SYN_RECV is checked like any (and
+    refused), not taken for a restart that would clear window scaling and SACK-permitted."""
+    nat = make(NatClass)
+    fl = Flow(nat)
+    fl.send(O, "S", tcp_options=WSCALE7 + SACK_PERM)
+    if path == "SYN_RECV":
+        fl.send(I, "SA", tcp_options=WSCALE7 + SACK_PERM)
+    before = fl.conn()
+    far = fl.next_seq[d] + 100000
+    assert fl.send(d, "A", seq=far, tcp_options=TIMESTAMPS) == refused("TCP_OUT_OF_WINDOW")
+    assert fl.send(d, "PA", seq=far, payload=b"x") == refused("TCP_OUT_OF_WINDOW")
+    assert fl.conn() == before
+    if path == "SYN_SENT":
+        fl.send(I, "SA", tcp_options=WSCALE7)
+    fl.send(O, "A", window=1000)
+    fl.send(I, "A", window=1000)
+    # Window scaling survived: the server's 1000 << 7 lets data 120000 ahead through.
+    assert fl.send(O, "PA", seq=fl.next_seq[O] + 120000, payload=b"a")[0] == FORWARD
+
+
+@pytest.mark.parametrize("path,d", [("SYN_SENT", O), ("SYN_RECV", O), ("SYN_RECV", I)])
+def test_a_syn_with_a_new_isn_reinitialises_its_side(NatClass, path, d):
+    """A SYN from either side past that side's end, in SYN_SENT or SYN_RECV, starts the side
+    again (RFC 793 restart, Linux tcp_init_sender)."""
+    nat = make(NatClass)
+    fl = Flow(nat)
+    fl.send(O, "S")
+    if path == "SYN_RECV":
+        fl.send(I, "SA")
+    flags = "S" if d == O else "SA"
+    fl.next_seq[d] += 3_000_000
+    assert fl.send(d, flags)[0] == FORWARD
+    assert fl.conn().state == path
+    # The new sequence numbers are the side's now.
+    fl.send(I, "SA") if path == "SYN_SENT" else None
+    assert fl.send(O, "A")[0] == FORWARD and fl.send(I, "A")[0] == FORWARD
+    assert fl.conn().state == "ESTABLISHED"
+
+
+def test_a_reply_syn_ack_again_without_wscale_turns_scaling_off(NatClass):
+    """The server's SYN|ACK sent again (new ISN) without window scaling: scaling is off both
+    ways (RFC 7323, both must offer it), as after a first SYN|ACK without it."""
+    nat = make(NatClass)
+    fl = Flow(nat)
+    fl.send(O, "S", tcp_options=WSCALE7)
+    fl.send(I, "SA", tcp_options=WSCALE7)
+    fl.next_seq[I] += 3_000_000
+    assert fl.send(I, "SA", tcp_options=SACK_PERM)[0] == FORWARD
+    fl.send(O, "A", window=1000)
+    fl.send(I, "A", window=1000)
+    assert fl.send(O, "PA", seq=fl.next_seq[O] + 70000, payload=b"a") == \
+        refused("TCP_OUT_OF_WINDOW")
+
+
+def test_a_reply_ack_in_syn_sent_is_ignored(NatClass):
+    """Linux's sIG: an ACK from the server's side before its SYN|ACK goes through, and
+    nothing of the connection changes (state, windows, timer, counters); the real SYN|ACK
+    is then judged as the first of its side."""
+    nat = make(NatClass)
+    fl = Flow(nat)
+    fl.send(O, "S", now=1000)
+    before = fl.conn()
+    for seq in (5_000_000, 123):
+        res = fl.send(I, "A", now=2000, seq=seq, ack=77)
+        assert res[:3] == (FORWARD, R["NONE"], 0)
+        f = fg.fields(fl.last_frame)
+        assert (f["dst"], f["dport"]) == (SRC, fl.sport) and fg.checksums_ok(fl.last_frame)
+    assert fl.conn() == before
+    assert nat.counters()["TCP_IGNORED"] == 2
+    assert fl.send(I, "SA", now=3000)[0] == FORWARD
+    assert fl.conn().state == "SYN_RECV"
+    # After a simultaneous open's SYN the rule is the same (Linux's sS2 column).
+    nat = make(NatClass)
+    fl = Flow(nat)
+    fl.send(O, "S")
+    fl.send(I, "S")
+    before = fl.conn()
+    assert fl.send(I, "A", seq=9_000_000)[0] == FORWARD
+    assert fl.conn() == before
+
+
+def flip_l4_checksum(frame):
+    f = fg.fields(frame)
+    frame[f["l4"] + (16 if f["proto"] == fg.TCP else 6)] ^= 0x5A
+
+
+@pytest.mark.parametrize("d", [O, I])
+@pytest.mark.parametrize("flags", ["FA", "R", "PA"])
+def test_a_bad_l4_checksum_changes_nothing(NatClass, d, flags):
+    """An in-window FIN, an exact RST or data whose checksum does not verify: the endpoint
+    would discard it, so the NAT drops it before any state or timer sees it."""
+    nat, fl = established(NatClass)
+    before = fl.conn()
+    kw = {"payload": b"z"} if flags == "PA" else {}
+    assert fl.send(d, flags, now=5000, mangle=flip_l4_checksum, **kw) == \
+        refused("L4_BAD_CHECKSUM")
+    assert fl.conn() == before
+    assert nat.counters()["drop.L4_BAD_CHECKSUM"] == 1
+    if d == I:
+        assert nat.eni_counters(0)["drops_by_reason"] == {"L4_BAD_CHECKSUM": 1}
+    assert fl.send(d, flags, now=5000, **kw)[0] == FORWARD     # the same, undamaged
+
+
+def test_a_bad_checksum_opens_nothing(NatClass):
+    nat = make(NatClass)
+    for proto in (fg.UDP, fg.TCP):
+        frame = fg.build(SRC, DST, proto, 4000, 53, flags="S")
+        flip_l4_checksum(frame)
+        assert out(nat, frame) == refused("L4_BAD_CHECKSUM")
+    assert nat.connections() == []
+
+
+def test_checksums_the_nat_cannot_or_need_not_verify(NatClass):
+    nat = make(NatClass)
+    # IPv4 UDP without a checksum: none to verify. IPv6 UDP must have one (RFC 8200 8.1).
+    assert out(nat, fg.udp(SRC, DST, 4000, 53, zero_csum=True))[0] == FORWARD
+    assert out(nat, fg.udp(SRC6, DST6, 4000, 53, zero_csum=True)) == \
+        refused("L4_BAD_CHECKSUM")
+    # A NEEDS_CSUM frame's field is a partial sum the sender's kernel finishes: carried.
+    for proto in (fg.UDP, fg.TCP):
+        frame = fg.build(SRC, DST, proto, 4001, 53, flags="S", needs_csum=True, payload=b"p")
+        assert out(nat, frame, vnet=True)[0] == FORWARD
+        assert fg.checksums_ok(frame, vnet=True, partial=True)
 
 
 def test_packet_counters_are_64_bit(NatClass):

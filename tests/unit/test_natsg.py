@@ -167,8 +167,8 @@ def test_idled_out_segment_gets_a_rst(NatClass, src, dst, vnet):
     nat = make(NatClass)
     handshake(nat, src, dst, 1000, 443)
     late = EST_MS + 5
-    seg = fg.build(src, dst, fg.TCP, 1000, 443, flags="PA", payload=b"hello", vnet=vnet)
-    struct.pack_into("!II", seg, fg.fields(seg, vnet)["l4"] + 4, 5000, 777777)
+    seg = fg.build(src, dst, fg.TCP, 1000, 443, flags="PA", payload=b"hello", vnet=vnet,
+                   seq=5000, ack=777777)
     before = bytes(seg)
     res = nat.translate([seg], OUT, late, vnet=vnet)[0]
     assert res == (FORWARD, R["TCP_NOT_SYN"], 0, -1)

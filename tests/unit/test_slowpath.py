@@ -121,8 +121,9 @@ class Env:
         """A punt as the data plane makes it: the Nat decides the reason (ARP / ICMP / ...)."""
         frame = bytes(frame)
         if expect is None or expect != "NEIGH_MISS":
-            res = self.nat.translate([bytearray(frame)], OUT if port == 0 else IN, self.now[0],
-                                     eni=self.eni)[0]
+            # With its virtio-net header, as the data plane sees it (NEEDS_CSUM: a partial sum).
+            res = self.nat.translate([bytearray((vnet or b"") + frame)], OUT if port == 0 else IN,
+                                     self.now[0], eni=self.eni, vnet=vnet is not None)[0]
             assert res[0] == PUNT, res
             if expect is not None:
                 assert vocab.REASONS[res[1]] == expect, vocab.REASONS[res[1]]
