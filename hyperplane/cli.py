@@ -364,6 +364,11 @@ def cmd_bench(args) -> int:
         raise CliError(str(e)) from None
 
 
+def cmd_top(args) -> int:
+    from .teach.top import run
+    return run(resolve_prefix(args), conntrack_filter(args))
+
+
 def cmd_trace(args) -> int:
     from .teach.cli import cmd_trace as trace
     return trace(args)
@@ -486,19 +491,8 @@ def _family(value: str) -> int:
         raise argparse.ArgumentTypeError(f"ipv4 or ipv6, not {value!r}") from None
 
 
-def _conntrack_arguments(p: argparse.ArgumentParser) -> None:
-    act = p.add_argument_group("actions (one at most; default -L)").add_mutually_exclusive_group()
-    for flags, value, text in (
-            (("-L", "--list"), "list", "list the connections (default)"),
-            (("-C", "--count"), "count", "print how many connections match"),
-            (("-D", "--delete"), "delete", "delete the connections that match the filters "
-                                           "(a filter is required) and list them"),
-            (("-F", "--flush"), "flush", "delete every connection, or those the filters "
-                                         "select, and say how many (with -j: list them)"),
-            (("-E", "--event"), "events", "print the table's events as they happen, until "
-                                          "Ctrl-C")):
-        act.add_argument(*flags, dest="action", action="store_const", const=value, help=text)
-    p.set_defaults(action="list")
+def _conntrack_filter_arguments(p: argparse.ArgumentParser) -> None:
+    """The filters of `conntrack` (and `top`), as conntrack_filter() reads them."""
     f = p.add_argument_group("filters (all must hold)")
     f.add_argument("-p", "--proto", choices=("tcp", "udp"), help="the protocol")
     f.add_argument("-f", "--family", type=_family, metavar="{ipv4,ipv6}",
@@ -528,6 +522,22 @@ def _conntrack_arguments(p: argparse.ArgumentParser) -> None:
                          help="assured connections only (answered, established)")
     assured.add_argument("--unassured", dest="assured", action="store_const", const=False,
                          help="connections not assured yet")
+
+
+def _conntrack_arguments(p: argparse.ArgumentParser) -> None:
+    act = p.add_argument_group("actions (one at most; default -L)").add_mutually_exclusive_group()
+    for flags, value, text in (
+            (("-L", "--list"), "list", "list the connections (default)"),
+            (("-C", "--count"), "count", "print how many connections match"),
+            (("-D", "--delete"), "delete", "delete the connections that match the filters "
+                                           "(a filter is required) and list them"),
+            (("-F", "--flush"), "flush", "delete every connection, or those the filters "
+                                         "select, and say how many (with -j: list them)"),
+            (("-E", "--event"), "events", "print the table's events as they happen, until "
+                                          "Ctrl-C")):
+        act.add_argument(*flags, dest="action", action="store_const", const=value, help=text)
+    p.set_defaults(action="list")
+    _conntrack_filter_arguments(p)
     o = p.add_argument_group("output")
     o.add_argument("--json-lines", action="store_true",
                    help="one JSON object a line, as they arrive (with -j: one JSON array)")
@@ -655,6 +665,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pcap", metavar="DIR", help="capture each side of the NAT into DIR: "
                    "inside.pcap, outside.pcap and index.json pairing each connection's halves")
     p.set_defaults(fn=cmd_demo)
+
+    p = _command(sub, "top", "the connection table live, full screen",
+                 "Connections appearing, changing state (coloured by state), counting down "
+                 "their timeouts and leaving; both tuples; ENI pool gauges (ports in use / "
+                 "quarantined / free) and a new ENI as it is taken; drops by reason as rates. "
+                 "It shows a window of the table (the daemon's paged listing, kept current by "
+                 "its event stream), never all of it. Filters as in conntrack; keys on screen, "
+                 "q quits.", ["hyperplane top", "hyperplane top -p tcp --function api"], [common])
+    _conntrack_filter_arguments(p)
+    p.set_defaults(fn=cmd_top)
 
     p = _command(sub, "trace", "one packet through the reference model, step by step",
                  "Runs one packet through the reference model with tracing on and prints each "

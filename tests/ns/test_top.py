@@ -1,0 +1,68 @@
+"""`hyperplane top` under tmux in 80x24 on a running lab: a curl's connection appears, goes
+SYN_SENT -> ESTABLISHED -> TIME_WAIT and leaves (TIME_WAIT shortened to a few seconds); a key
+is answered on screen; q quits."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_observe import running_lab
+from test_v2n import ECHO, TOOLS
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is missing")
+
+
+def screen(session: str) -> str:
+    r = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                       text=True, timeout=10)
+    return r.stdout
+
+
+def wait_screen(session: str, predicate, what: str, timeout: float = 20.0) -> str:
+    end = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < end:
+        text = screen(session)
+        if predicate(text):
+            return text
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; the screen:\n{text}")
+
+
+def test_top_follows_a_connection_and_quits():
+    with running_lab("[hyperplane.timeouts]\nTIME_WAIT = 4\n", ["--tcp", str(ECHO)]) as lab:
+        session = f"hptop-{lab.prefix}"
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24",
+                        f"cd {ROOT} && {sys.executable} -m hyperplane.cli top --prefix "
+                        f"{lab.prefix}"], check=True, timeout=10)
+        try:
+            wait_screen(session, lambda t: "hyperplane top" in t and "ENI 0" in t, "top to start")
+            web = lab.state.host("web")
+            r = lab.exec("api", TOOLS + ["echo", "--tcp", web.ipv4, str(ECHO), "hi",
+                                         "--timeout", "3"], timeout=20)
+            assert r.returncode == 0, r.stderr
+            text = wait_screen(session, lambda t: "→TIME_WAIT" in t, "TIME_WAIT")
+            assert "→ESTABLISHED" in text and "TIME_WAIT" in text
+            assert all(len(line) <= 80 for line in text.splitlines())
+            # Past TIME_WAIT's 4 s the connection leaves (DESTROY) and then the window.
+            wait_screen(session, lambda t: "gone (" in t, "the connection to leave", timeout=30)
+            pressed = time.monotonic()
+            subprocess.run(["tmux", "send-keys", "-t", session, "s"], check=True, timeout=10)
+            wait_screen(session, lambda t: "sort state" in t, "the key s", timeout=5)
+            print(f"key s shown after {(time.monotonic() - pressed) * 1000:.0f} ms")
+            subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True, timeout=10)
+            end = time.monotonic() + 10
+            while time.monotonic() < end and subprocess.run(
+                    ["tmux", "has-session", "-t", session], capture_output=True).returncode == 0:
+                time.sleep(0.1)
+            assert subprocess.run(["tmux", "has-session", "-t", session],
+                                  capture_output=True).returncode != 0, "q did not quit"
+        finally:
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
