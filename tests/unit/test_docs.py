@@ -122,6 +122,8 @@ def test_the_exit_codes_page_lists_the_clis_codes():
     page = (DOCS / "reference" / "exit-codes.md").read_text()
     listed = {int(c) for c in re.findall(r"^\| `(\d+)` \|", page, re.M)}
     assert codes == listed, f"cli: {sorted(codes)}, exit-codes.md: {sorted(listed)}"
+    from hyperplane import runfolder
+    assert f"{runfolder.EXIT_CANNOT_START} (`EX_CONFIG`)" in page
 
 
 def _fenced(path: Path, language: str) -> list[str]:
@@ -176,3 +178,13 @@ def test_the_config_reference_shows_every_key_of_the_schema():
             missing.append(f"{owner}.{name}")
     assert not missing, f"config fields not in docs/reference/config.md: {missing}"
     assert "--8<--" in page      # the built-in lab is included from the file itself
+
+
+def test_the_readmes_python_example_is_a_ten_line_lab_test():
+    """The front page's example is one test file of at most ten lines; it runs as a test in
+    tests/ns/test_doc_examples.py."""
+    blocks = re.findall(r"^```python\n# file: (\S+)\n(.*?)^```$", README.read_text(), re.M | re.S)
+    assert len(blocks) == 1, blocks
+    name, body = blocks[0]
+    assert name.startswith("test_") and "def test_" in body
+    assert len(body.strip().splitlines()) + 1 <= 10, body
