@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: deps install build test test-unit test-ns fuzz fuzz-ci fuzz-coverage bench bench-e2e demo down docs docs-serve cli-docs pictures clean sdist
+.PHONY: deps install build test test-unit test-purepython test-ns fuzz fuzz-ci fuzz-coverage bench bench-e2e demo down docs docs-serve cli-docs pictures clean sdist
 
 deps:               ## system tools the lab and tests use (apt, when root and missing)
 	scripts/install-system-deps
@@ -14,8 +14,12 @@ build:              ## rebuild the C extension in place after editing csrc/ or *
 	@$(PYTHON) -c 'import Cython, setuptools' 2>/dev/null || $(PYTHON) -m pip install -q 'Cython>=3.1' setuptools
 	$(PYTHON) setup.py -q build_ext --inplace
 
-test: install build ## every test: unit tests, and namespace tests when run as root
+test: install build ## every test: unit tests, and namespace tests when run as root; the unit tests again with hyperplane.Nat the reference model
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+	HYPERPLANE_PUREPYTHON=1 $(PYTHON) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test-purepython: build  ## the unit tests with HYPERPLANE_PUREPYTHON=1 (hyperplane.Nat is the model)
+	HYPERPLANE_PUREPYTHON=1 $(PYTHON) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 test-unit: build
 	$(PYTHON) -m pytest -q tests/unit $(PYTEST_ARGS)

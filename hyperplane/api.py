@@ -50,6 +50,7 @@ Argv = Union[Sequence[str], str]
 PREFIX_LEAD = "l"               # prefixes Lab.up chooses: "l" and 3 of [a-z0-9]
 PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 DEFAULT_EXEC_TIMEOUT_S = 60.0
+CONTROL_TIMEOUT_S = 10.0        # a control request's answer
 
 
 class CommandFailed(LabError):
@@ -408,9 +409,10 @@ class Lab:
 
     # -- asking the data plane -----------------------------------------------------------------
 
-    def _ask(self, command: str, **args: Any) -> dict[str, Any]:
+    def _ask(self, command: str, timeout: float = CONTROL_TIMEOUT_S, **args: Any
+             ) -> dict[str, Any]:
         answer: dict[str, Any] = control.request(self.prefix, command, run_dir=self.run_dir,
-                                                 **args)
+                                                 timeout=timeout, **args)
         return answer
 
     def connections(self, **filters: Any) -> list[Connection]:
@@ -464,10 +466,11 @@ class Lab:
         return lab_picture(self.state, self.status(), runtime.restarts(self.prefix,
                                                                        self.run_dir))
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
         """Everything the data plane counts (``hyperplane stats --json``): ``nat`` and
-        ``dataplane`` counters, ENIs with their pools, per-function and per-ENI figures."""
-        return self._ask("stats")
+        ``dataplane`` counters, ENIs with their pools, per-function and per-ENI figures.
+        ``timeout``: how long to wait for the answer (``ControlError`` after it)."""
+        return self._ask("stats", timeout)
 
     def counters(self) -> dict[str, int]:
         """The counters as one flat mapping (``flat_counters``): ``drop.<REASON>``,

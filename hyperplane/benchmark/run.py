@@ -15,8 +15,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import control
-from ..lab import Lab, netns
+from ..api import Lab
+from ..errors import RuntimeFailure
+from ..lab import netns
 from . import report
 from .middles import MIDDLES, build_middles, masquerade_count, prepare_server, bench_config
 from .args import TEST_NAMES, add_arguments
@@ -45,27 +46,20 @@ def machine() -> dict:
             "kernel": platform.release(), "python": platform.python_version()}
 
 
-def _start_dataplane(state) -> int:
-    from .. import runtime
+def _start_lab(prefix: str, capacity: int) -> Lab:
+    """The benchmark's lab (hyperplane.Lab): built, its data plane forwarding."""
     try:
-        return runtime.start(state)
-    except runtime.RuntimeFailure as e:
+        return Lab.up(bench_config(prefix, capacity), prefix=prefix)
+    except RuntimeFailure as e:
         raise RuntimeError(f"the data plane did not start: {e}") from None
 
 
-def _teardown(prefix: str) -> None:
-    from .. import runtime
-    from ..lab.cleanup import cleanup
-    try:
-        runtime.stop(prefix)
-    except Exception as e:
-        log(f"stopping the data plane: {e}")
-    try:
-        for err in cleanup(prefix).errors:
-            log(f"cleanup: {err}")
-    except Exception as e:
-        log(f"cleanup: {e}")
-    control.socket_path(prefix).unlink(missing_ok=True)
+def _teardown(lab: Lab | None, prefix: str) -> None:
+    if lab is not None:             # a lab that failed to come up removed itself
+        try:
+            lab.down()
+        except Exception as e:
+            log(f"removing the lab: {e}")
     left = [n for n in netns.list_namespaces() if n.startswith(f"{prefix}-")]
     if left:
         log(f"WARNING: namespaces still present: {', '.join(left)}")
@@ -81,21 +75,20 @@ def _flatten(d, prefix="") -> dict[str, float]:
     return out
 
 
-def dataplane_counters(prefix: str) -> dict[str, float]:
+def dataplane_counters(lab: Lab) -> dict[str, float]:
     """The data plane's counters, flat ("dataplane.drop.TX_FULL": 3, ...); empty when it does
     not answer within 2 s (a stalled data plane must not stall the run)."""
     try:
-        return _flatten(control.request(prefix, "stats", timeout=2.0))
+        return _flatten(lab.stats(timeout=2.0))
     except Exception:
         return {}
 
 
-def _keep_dataplane_log(prefix: str, out_dir: Path) -> None:
+def _keep_dataplane_log(lab: Lab, out_dir: Path) -> None:
     """After a failed measurement the data plane's log goes beside bench.json."""
     try:
-        from ..runfolder import paths
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "dataplane.log").write_bytes(paths(prefix).log.read_bytes()[-1_000_000:])
+        (out_dir / "dataplane.log").write_bytes(lab.log_path.read_bytes()[-1_000_000:])
         log(f"the data plane's log: {out_dir / 'dataplane.log'}")
     except Exception as e:
         log(f"the data plane's log could not be kept: {e}")
@@ -141,15 +134,16 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
     capacity = max(262_144, int(scale_max * 1.2) + 100_000)
     procs = Procs()                       # builds hpbench first: fail before building a lab
     limit = ConntrackLimit()
-    lab = Lab(bench_config(prefix, capacity))
+    lab: Lab | None = None
     t_start = time.monotonic()
     errors: list[str] = []
     try:
         log(f"building lab {prefix!r}: three middles between the same functions and server")
-        state = lab.up()
+        lab = _start_lab(prefix, capacity)
+        state = lab.state
         middles = build_middles(state)
         prepare_server(state)
-        dp_pid = _start_dataplane(state)
+        dp_pid = lab.pid
         host = state.hosts[0]
         ctx = Ctx(settings=settings, procs=procs, middles=middles, server_ns=host.ns,
                   server_addr=host.ipv4, prefix=prefix, dp_pid=dp_pid)
@@ -179,7 +173,7 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
                 for m in order:
                     rep_s = "once" if t.once else f"{rep + 1}/{repeat}"
                     t0 = time.monotonic()
-                    before = dataplane_counters(prefix) if m == "hyperplane" else {}
+                    before = dataplane_counters(lab) if m == "hyperplane" else {}
                     try:
                         figures, detail = t.run(ctx, middles[m])
                     except RuntimeError as e:   # one failed measurement: the others go on
@@ -191,7 +185,7 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
                             f"{m:10} FAILED: {e}")
                         continue
                     if m == "hyperplane":
-                        after = dataplane_counters(prefix)
+                        after = dataplane_counters(lab)
                         detail["dataplane_counters"] = {k: v - before.get(k, 0)
                                                         for k, v in after.items()
                                                         if v != before.get(k, 0)}
@@ -226,9 +220,9 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
         return 1 if errors else 0
     finally:
         procs.kill_all()
-        if errors:
-            _keep_dataplane_log(prefix, out_dir)
-        _teardown(prefix)
+        if errors and lab is not None:
+            _keep_dataplane_log(lab, out_dir)
+        _teardown(lab, prefix)
         limit.restore()
 
 
