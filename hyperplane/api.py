@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 from . import control, runfolder, runtime
 from .config import Config, default_config, load_config, parse_config
 from .connection import Connection
+from .ctcontrol import EventStream
 from .ctfilter import KEYS
 from .lab import netns
 from .lab.names import is_lab_namespace
@@ -423,6 +424,13 @@ class Lab:
         it; ``nat_addr`` / ``nat_port``, the ENI's side; ``state`` (a name or a list);
         ``function`` (a name); ``eni`` (the ENI's index, or its ``eni-...`` id); ``assured``
         (bool)."""
+        return [Connection.from_dict(item)
+                for page in control.listing(self.prefix, "conntrack", run_dir=self.run_dir,
+                                            filter=self._filter_spec(filters))
+                for item in page]
+
+    def _filter_spec(self, filters: dict[str, Any]) -> dict[str, Any]:
+        """The filters of connections() / events() as the data plane takes them."""
         unknown = set(filters) - set(CONNECTION_FILTERS)
         if unknown:
             raise TypeError(f"unknown connection filter(s) {', '.join(sorted(unknown))}; "
@@ -430,10 +438,26 @@ class Lab:
         spec = {k: v for k, v in filters.items() if v is not None}
         if isinstance(spec.get("eni"), str):
             spec["eni"] = self._eni_index(spec["eni"])
-        return [Connection.from_dict(item)
-                for page in control.listing(self.prefix, "conntrack", run_dir=self.run_dir,
-                                            filter=spec)
-                for item in page]
+        return spec
+
+    def events(self, *, timeout: float | None = None, **filters: Any) -> EventStream:
+        """The connection table's events from now on, as ``hyperplane conntrack -E`` shows
+        them, filtered as ``connections()``: an iterator of dicts with the keys docs/cli.md
+        lists ("JSON keys of an event"), in the order the table changed: ``NEW``, ``UPDATE``
+        (a state change, or the connection answered or assured; ``old_state`` says what it
+        was), ``DESTROY`` (``reason``: EXPIRED, RESET, DELETED, EARLY_DROP, REOPENED), each
+        with both tuples, the ENI and the function; and a ``LOST`` item when this reader fell
+        so far behind that the data plane dropped events for it (``stream.lost`` counts
+        them). Subscribed when this returns, so nothing that happens after is missed. Use it
+        in a ``with`` block (or ``close()`` it); ``timeout``: TimeoutError when no event
+        comes for that long::
+
+            with lab.events(proto="tcp", dport=8080, timeout=10) as events:
+                lab.exec("api", ["curl", "-s", f"http://{web}:8080/"])
+                assert next(iter(events))["event"] == "NEW"
+        """
+        return EventStream(self.prefix, self._filter_spec(filters), run_dir=self.run_dir,
+                           timeout=timeout)
 
     def connection(self, **filters: Any) -> Connection:
         """The one connection that matches ``filters`` (as ``connections``); LookupError,

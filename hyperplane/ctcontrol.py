@@ -19,7 +19,8 @@ import collections
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from . import control
 from .connection import ConnEvent, Connection
@@ -238,19 +239,22 @@ class ConntrackService:
 
 # --- the client side: what the CLI and hyperplane.Lab call ----------------------------------
 
-def connections(prefix: str, filter: dict | None = None, run_dir=None, timeout: float = 30.0):
+def connections(prefix: str, filter: dict | None = None, run_dir: str | Path | None = None,
+                timeout: float = 30.0) -> Iterator[dict]:
     """The connections of a running lab that pass the filter, as JSON objects (the keys of
     CONNECTION_KEYS), page by page as the data plane sends them."""
     for page in control.listing(prefix, "conntrack", run_dir, timeout, filter=filter or {}):
         yield from page
 
 
-def count(prefix: str, filter: dict | None = None, run_dir=None, timeout: float = 30.0) -> int:
+def count(prefix: str, filter: dict | None = None, run_dir: str | Path | None = None,
+          timeout: float = 30.0) -> int:
     return control.request(prefix, "conntrack-count", run_dir, timeout,
                            filter=filter or {})["count"]
 
 
-def delete(prefix: str, filter: dict | None = None, run_dir=None, timeout: float = 60.0) -> int:
+def delete(prefix: str, filter: dict | None = None, run_dir: str | Path | None = None,
+           timeout: float = 60.0) -> int:
     """Deletes the connections that pass the filter (every one with none); how many."""
     return sum(item["deleted"] for page in control.listing(
         prefix, "conntrack-delete", run_dir, timeout, filter=filter or {}, brief=True)
@@ -263,15 +267,15 @@ class EventStream:
     order the table changed. Iterate it; ``close()`` (or ``with``) ends it. ``timeout``
     bounds each wait for the next event (None: wait for ever)."""
 
-    def __init__(self, prefix: str, filter: dict | None = None, run_dir=None,
-                 timeout: float | None = None):
+    def __init__(self, prefix: str, filter: dict | None = None,
+                 run_dir: str | Path | None = None, timeout: float | None = None) -> None:
         self.lost = 0
         self.timeout = timeout
         self._pages = control.listing(prefix, "conntrack-events", run_dir,
                                       2 * HEARTBEAT_S + 5, filter=filter or {})
         next(self._pages)      # the data plane subscribed us: every later change is seen
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         quiet_since = time.monotonic()
         for page in self._pages:
             if not page:                # a heartbeat: the stream is alive, nothing happened
@@ -287,8 +291,8 @@ class EventStream:
     def close(self) -> None:
         self._pages.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "EventStream":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()

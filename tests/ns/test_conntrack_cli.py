@@ -236,18 +236,20 @@ def test_events_follow_a_curl_through_the_nat(ct_lab):
         lines[1].startswith("[UPDATE] tcp SYN_SENT -> SYN_RECV"), lines
 
 
-def test_the_python_event_stream_sees_what_follows_its_creation(ct_lab):
-    """ctcontrol.EventStream (behind Lab.events): subscribed once constructed, so the NEW of
-    a datagram sent right after it is never missed."""
-    from hyperplane.ctcontrol import EventStream
-    lab = ct_lab
-    web = lab.state.host("web").ipv4
+def test_lab_events_sees_what_follows_its_creation(ct_lab):
+    """hyperplane.Lab.events (ctcontrol.EventStream): subscribed once it returns, so the NEW
+    of a datagram sent right after it is never missed; filtered as Lab.connections."""
+    import hyperplane
+    lab = hyperplane.Lab.attach(ct_lab.prefix)
+    web = lab.address("web")
     for attempt in range(3):
-        with EventStream(lab.prefix, {"proto": "udp", "sport": 24000 + attempt},
-                         timeout=10) as stream:
+        sport = 24000 + attempt
+        with lab.events(proto="udp", sport=sport, function="api", timeout=10) as events:
             r = lab.exec("api", [sys.executable, "-c", UDP_FLOWS, web, str(ECHO), "1",
-                                 str(24000 + attempt)], input="", timeout=30)
+                                 str(sport)], input="", timeout=30)
             assert r.returncode == 0, r.stderr
-            first = next(iter(stream))
-        assert (first["event"], first["sport"], first["function"]) == ("NEW", 24000 + attempt,
-                                                                         "api")
+            first = next(iter(events))
+        assert (first["event"], first["sport"], first["function"]) == ("NEW", sport, "api")
+        assert first["reply"]["dst"] == lab.connections(sport=sport)[0].nat_addr
+    with pytest.raises(TypeError, match="colour"):
+        lab.events(colour="red")
