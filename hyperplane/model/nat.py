@@ -6,9 +6,11 @@ translate() and the two directions, then expiry and the read-only views.
 
 from __future__ import annotations
 
+import errno
 from collections import deque
 from dataclasses import dataclass, field
 
+from .. import errors
 from ..connection import Connection, addr_bytes, addr_str, mac_bytes
 from ..flowlog import Rejected
 from ..natparams import resolve
@@ -120,7 +122,7 @@ class Nat:
         if v4 is None and v6 is None:
             raise ValueError("an ENI needs an IPv4 or an IPv6 address")
         if len(self.enis) >= MAX_ENIS:
-            raise RuntimeError("cannot add an ENI (limit reached)")
+            raise errors.CoreLimit(errno.ENOSPC, "cannot add an ENI (limit reached)")
         # A pool per protocol for each family the ENI has an address in.
         lo, hi = self.port_range
         # Each pool's secret key: two draws of the NAT's seeded generator, in this order.
@@ -139,12 +141,12 @@ class Nat:
     def group_add_eni(self, group: int, eni: int) -> None:
         if (not 0 <= group < len(self.groups) or not 0 <= eni < len(self.enis)
                 or len(self.groups[group]) >= GROUP_MAX_ENIS):
-            raise ValueError(f"cannot add ENI {eni} to group {group}")
+            raise errors.refused(f"cannot add ENI {eni} to group {group}")
         self.groups[group].append(eni)      # the newest ENI takes new connections
 
     def group_retire_eni(self, group: int, eni: int) -> bool:
         if not 0 <= group < len(self.groups) or eni not in self.groups[group]:
-            raise ValueError(f"ENI {eni} is not in group {group}")
+            raise errors.refused(f"ENI {eni} is not in group {group}")
         if any(self.eni_ctr[eni].active):
             return False
         self.groups[group].remove(eni)
@@ -152,7 +154,7 @@ class Nat:
 
     def add_source(self, addr: str, group: int, allow_v6=False, mac=None) -> None:
         if not 0 <= group < len(self.groups):
-            raise ValueError(f"cannot add source {addr} to group {group}")
+            raise errors.refused(f"cannot add source {addr} to group {group}")
         key = addr_bytes(addr)
         mac = mac_bytes(mac) if mac is not None else None
         index = self.n_sources
@@ -172,7 +174,7 @@ class Nat:
             raise ValueError("quotas are 0 .. 2**32-1")
         source = self.sources.get(addr_bytes(addr))
         if source is None:
-            raise ValueError(f"no source {addr}")
+            raise errors.refused(f"no source {addr}")
         func = self.funcs[source.owner]
         func.max_connections, func.max_ports = max_connections, max_ports
 
@@ -185,7 +187,7 @@ class Nat:
     def set_source_group(self, addr: str, group: int) -> None:
         source = self.sources.get(addr_bytes(addr))
         if source is None or not 0 <= group < len(self.groups):
-            raise ValueError(f"cannot move source {addr} to group {group}")
+            raise errors.refused(f"cannot move source {addr} to group {group}")
         source.group = group
 
     # -- the data path -------------------------------------------------------------------------

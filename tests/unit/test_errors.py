@@ -7,7 +7,7 @@ import os
 import pytest
 
 import hyperplane
-from hyperplane import errors
+from hyperplane import errors, model
 
 core = pytest.importorskip("hyperplane._core")
 
@@ -52,12 +52,22 @@ def test_errno_codes_map_to_one_class_each(code, cls):
     assert str(errors.errno_error(-code, "hp_thing")).endswith(f"hp_thing: {os.strerror(code)}")
 
 
-def test_the_core_raises_the_hierarchy():
-    nat = core.Nat(capacity=1024, port_range=(1000, 1063))
+@pytest.mark.parametrize("nat_class", [core.Nat, model.Nat], ids=["core", "model"])
+def test_the_core_and_the_model_refuse_alike(nat_class):
+    nat = nat_class(capacity=1024, port_range=(1000, 1063))
     with pytest.raises(errors.CoreRefused, match="cannot add ENI 5 to group 9"):
         nat.group_add_eni(9, 5)
     with pytest.raises(errors.CoreRefused, match="no source"):
         nat.set_quota("10.9.9.9", 1, 1)
+    group, eni = nat.add_group(), nat.add_eni("10.0.2.4")
+    with pytest.raises(errors.CoreRefused, match="not in group"):
+        nat.group_retire_eni(group, eni)
+    with pytest.raises(errors.CoreRefused, match="cannot move source"):
+        nat.set_source_group("10.9.9.9", group)
+
+
+def test_the_data_plane_maps_its_codes():
+    nat = core.Nat(capacity=1024, port_range=(1000, 1063))
     dp = core.DataPlane(nat)
     try:
         assert dp.del_neighbor("10.0.0.1") is False      # -ENOENT: nothing to delete
