@@ -1,9 +1,11 @@
 /* Traffic tools of `hyperplane bench`, compiled with the system cc on first use.
  *
- *   hpbench send DST DPORT NDPORTS SPORT NSPORTS RATE SECONDS START PAYLOAD [COUNT]
- *       UDP datagrams of PAYLOAD bytes from a raw IPv4 socket (so every datagram can carry
- *       its own source port) at RATE per second (0: as fast as it can) for SECONDS, or until
- *       COUNT were offered. Datagram
+ *   hpbench send DST DPORT NDPORTS SPORT NSPORTS RATE SECONDS START PAYLOAD [COUNT [IFNAME MAC]]
+ *       UDP datagrams of PAYLOAD bytes at RATE per second (0: as fast as it can) for SECONDS,
+ *       or until COUNT (0: no limit) were offered. With IFNAME and MAC (the next hop's), whole
+ *       Ethernet frames go out of an AF_PACKET socket that bypasses the qdisc, so the sender
+ *       skips its own IP output path; else from a raw IPv4 socket. Either way every datagram
+ *       can carry its own source port. Datagram
  *       i (counting from START) goes from port SPORT + i % NSPORTS to DPORT + (i / NSPORTS) %
  *       NDPORTS: the flows cycle. Prints {"offered":..,"sent":..,"errors":..,"elapsed":..}.
  *   hpbench echo PORT SECONDS               UDP echo server
@@ -20,6 +22,9 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/ip.h>
 #include <netinet/udp.h>
@@ -29,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -89,24 +95,69 @@ static double cpu_seconds(void)
 
 /* --- send ------------------------------------------------------------------------------- */
 
-struct dgram {
+struct frame {
+    struct ether_header eth;              /* sent only on the AF_PACKET path */
     struct iphdr ip;
     struct udphdr udp;
     unsigned char payload[1472];
 } __attribute__((packed));
 
+static uint16_t ip_checksum(const void *hdr, size_t len)
+{
+    const uint16_t *w = hdr;
+    uint32_t sum = 0;
+    for (size_t i = 0; i < len / 2; i++)
+        sum += w[i];
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)~sum;
+}
+
+static void parse_mac(const char *s, uint8_t mac[6])
+{
+    unsigned v[6];
+    if (sscanf(s, "%x:%x:%x:%x:%x:%x", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]) != 6) {
+        fprintf(stderr, "hpbench: bad MAC %s\n", s);
+        exit(2);
+    }
+    for (int i = 0; i < 6; i++)
+        mac[i] = (uint8_t)v[i];
+}
+
+/* An AF_PACKET socket bound to ifname that hands frames straight to the driver (no qdisc);
+ * fills in the frame's Ethernet source. */
+static int packet_socket(const char *ifname, struct ether_header *eth)
+{
+    int fd = socket(AF_PACKET, SOCK_RAW, 0);      /* protocol 0: receives nothing */
+    if (fd < 0)
+        die("AF_PACKET socket (needs root)");
+    struct ifreq ifr = {0};
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
+    if (ioctl(fd, SIOCGIFHWADDR, &ifr) < 0)
+        die("the interface's MAC");
+    memcpy(eth->ether_shost, ifr.ifr_hwaddr.sa_data, 6);
+    struct sockaddr_ll ll = {.sll_family = AF_PACKET, .sll_ifindex = (int)if_nametoindex(ifname)};
+    if (!ll.sll_ifindex || bind(fd, (void *)&ll, sizeof ll) < 0)
+        die("binding to the interface");
+    int one = 1;
+    if (setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one) < 0)
+        die("PACKET_QDISC_BYPASS");
+    return fd;
+}
+
 static int cmd_send(int argc, char **argv)
 {
-    if (argc != 11 && argc != 12)
+    if (argc != 11 && argc != 12 && argc != 14)
         return 2;
     struct sockaddr_in dst = addr_of(argv[2], 0);
-    uint64_t count = argc == 12 ? strtoull(argv[11], NULL, 10) : 0;
+    uint64_t count = argc >= 12 ? strtoull(argv[11], NULL, 10) : 0;
+    const char *ifname = argc == 14 ? argv[12] : NULL;
     uint32_t dport = atoi(argv[3]), ndports = atoi(argv[4]);
     uint32_t sport = atoi(argv[5]), nsports = atoi(argv[6]);
     double rate = atof(argv[7]), seconds = seconds_arg(argv[8]);
     uint64_t index = strtoull(argv[9], NULL, 10);
     size_t payload = atoi(argv[10]);
-    if (ndports < 1 || nsports < 1 || payload > sizeof(((struct dgram *)0)->payload))
+    if (ndports < 1 || nsports < 1 || payload > sizeof(((struct frame *)0)->payload))
         return 2;
 
     /* the source address the kernel would pick for dst */
@@ -120,11 +171,21 @@ static int cmd_send(int argc, char **argv)
     close(probe);
     dst.sin_port = 0;
 
-    int fd = socket(AF_INET, SOCK_RAW, IPPROTO_RAW);
-    if (fd < 0)
-        die("raw socket (needs root)");
-    if (connect(fd, (void *)&dst, sizeof dst) < 0)
-        die("connect");
+    static struct frame d[BATCH];
+    struct ether_header eth = {.ether_type = htons(ETHERTYPE_IP)};
+    int fd;
+    size_t skip = sizeof eth;                     /* where what is sent starts in a frame */
+    if (ifname) {
+        parse_mac(argv[13], eth.ether_dhost);
+        fd = packet_socket(ifname, &eth);
+        skip = 0;
+    } else {
+        fd = socket(AF_INET, SOCK_RAW, IPPROTO_RAW);
+        if (fd < 0)
+            die("raw socket (needs root)");
+        if (connect(fd, (void *)&dst, sizeof dst) < 0)
+            die("connect");
+    }
     /* room for the datagrams queued on the way (veth backlogs hold on to their buffers), and
      * never blocking: a datagram the path cannot take now is offered and lost, not waited for
      * (a sender that waits offers less than it says) */
@@ -132,11 +193,11 @@ static int cmd_send(int argc, char **argv)
     setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf);
     prctl(PR_SET_TIMERSLACK, 1000UL);
 
-    static struct dgram d[BATCH];
     struct iovec iov[BATCH];
     struct mmsghdr msgs[BATCH];
     for (int i = 0; i < BATCH; i++) {
         memset(&d[i], 0, sizeof d[i]);
+        d[i].eth = eth;
         d[i].ip.version = 4;
         d[i].ip.ihl = 5;
         d[i].ip.ttl = 64;
@@ -144,10 +205,11 @@ static int cmd_send(int argc, char **argv)
         d[i].ip.saddr = src.sin_addr.s_addr;
         d[i].ip.daddr = dst.sin_addr.s_addr;
         d[i].ip.tot_len = htons((uint16_t)(28 + payload));
+        d[i].ip.check = ip_checksum(&d[i].ip, sizeof d[i].ip);   /* the raw socket's own */
         d[i].udp.len = htons((uint16_t)(8 + payload));
         d[i].udp.check = 0;                   /* none: IPv4 allows it, every middle keeps it */
-        iov[i].iov_base = &d[i];
-        iov[i].iov_len = 28 + payload;
+        iov[i].iov_base = (char *)&d[i] + skip;
+        iov[i].iov_len = sizeof eth - skip + 28 + payload;
         memset(&msgs[i], 0, sizeof msgs[i]);
         msgs[i].msg_hdr.msg_iov = &iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
@@ -179,7 +241,7 @@ static int cmd_send(int argc, char **argv)
         int r = sendmmsg(fd, msgs, n, MSG_DONTWAIT);
         if (r < 0) {
             if (errno != ENOBUFS && errno != EAGAIN && errno != ECONNREFUSED && errno != EPERM &&
-                errno != EHOSTUNREACH && errno != ENETUNREACH)
+                errno != EHOSTUNREACH && errno != ENETUNREACH && errno != ENETDOWN)
                 die("sendmmsg");
             errors++;
             offered++;                          /* that datagram was offered and lost */
@@ -189,9 +251,9 @@ static int cmd_send(int argc, char **argv)
         sent += r;
     }
     printf("{\"offered\": %llu, \"sent\": %llu, \"errors\": %llu, \"elapsed\": %.6f, "
-           "\"next\": %llu, \"cpu_s\": %.4f}\n", (unsigned long long)offered,
+           "\"next\": %llu, \"cpu_s\": %.4f, \"via\": \"%s\"}\n", (unsigned long long)offered,
            (unsigned long long)sent, (unsigned long long)errors, now() - start,
-           (unsigned long long)(index + offered), cpu_seconds());
+           (unsigned long long)(index + offered), cpu_seconds(), ifname ? "packet" : "raw");
     return 0;
 }
 

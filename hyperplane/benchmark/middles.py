@@ -2,13 +2,17 @@
 
     hyperplane:  p-f-a, p-f-b1..b4, p-f-s ─ p-lbr ─ p-hp (userspace NAT) ─ENI─ p-s0 ─ p-h-web
     kernel-nat:  p-f-n1..n4 ─ p-lbr ─ p-h-knat (nftables masquerade) ─────── p-s0 ─ p-h-web
+    kernel-nat-flowtable:
+                 p-f-t1..t4 ─ p-lbr ─ p-h-kt   (masquerade + flowtable) ──── p-s0 ─ p-h-web
     routing:     p-f-r1..r4 ─ p-lbr ─ p-h-krt  (ip_forward, no NAT)  ─────── p-s0 ─ p-h-web
 
 The kernel middles are namespaces with one veth on the functions' bridge (a free address of the
 inside network) and one on the server's subnet bridge (a free address of the subnet); their
 clients are function-like namespaces whose default route is that middle. The server host gets
 a /32 route back to each routing client (nothing NATs them). Names follow the lab's naming, so
-the lab's cleanup removes them too. Hyperplane's functions get three ENIs of their own (one
+the lab's cleanup removes them too. The flowtable middle is the kernel's NAT at its fastest: an
+nftables flowtable takes a connection's packets past the forward and NAT hooks once the
+connection has seen its reply (so TCP, not the one-way UDP of the small-packet tests). Hyperplane's functions get three ENIs of their own (one
 per security group): ``a`` for the bulk, small-packet and latency tests, ``b1..b4`` for the
 connection rates, ``s`` for the table-scale tests, so that no test runs out of another's ports.
 """
@@ -23,9 +27,10 @@ from dataclasses import dataclass, field
 
 from ..config import parse_config
 from ..lab import netns
+from ..lab.names import if_function_peer
 from ..lab.topology import LabState, ns_function, ns_host
 
-MIDDLES = ("routing", "kernel-nat", "hyperplane")
+MIDDLES = ("routing", "kernel-nat", "kernel-nat-flowtable", "hyperplane")
 CLIENTS = 4                      # functions sending at once in the connection-rate tests
 SINK_PORTS = (20000, 29999)      # UDP the server counts and drops (the generator's traffic)
 ECHO_PORT, TCP_PORT, IPERF_PORT = 7007, 8080, 5201
@@ -48,6 +53,10 @@ def bench_config(prefix: str, capacity: int):
         "hosts": [{"name": "web", "subnet": "app"}],
         "functions": fn,
     })
+
+
+class Unavailable(RuntimeError):
+    """A middle this kernel cannot build; the run goes on without it."""
 
 
 @dataclass
@@ -84,7 +93,7 @@ def _client_sysctls(ns: str) -> None:
 
 
 def _kernel_middle(state: LabState, name: str, short: str, nat: bool, taken_in: set[str],
-                   taken_out: set[str]) -> Middle:
+                   taken_out: set[str], flowtable: bool = False) -> Middle:
     p, sn = state.prefix, state.subnets[0]
     lam, vpc, lbr, mtu = state.lambda_ns, state.vpc_ns, f"{p}-lbr", str(state.mtu)
     in_net = state.inside.cidr4
@@ -124,10 +133,20 @@ def _kernel_middle(state: LabState, name: str, short: str, nat: bool, taken_in: 
     spread_receive(lam, [f"{p}-{short}{i}" for i in range(1, CLIENTS + 1)])
     if nat:
         netns.sysctl_write(ns, "net/netfilter/nf_conntrack_udp_timeout", BENCH_UDP_TIMEOUT_S)
-        sh(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=(
-            "table ip hpbench {\n chain postrouting {\n"
-            "  type nat hook postrouting priority srcnat; policy accept;\n"
-            "  oifname \"kout\" counter masquerade\n }\n}\n"))
+        offload = ("flowtable ft {\n  hook ingress priority 0; devices = { kin, kout };\n }\n"
+                   " chain forward {\n  type filter hook forward priority 0; policy accept;\n"
+                   "  ip protocol { tcp, udp } flow add @ft\n }\n") if flowtable else ""
+        try:
+            sh(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=(
+                "table ip hpbench {\n" + offload + " chain postrouting {\n"
+                "  type nat hook postrouting priority srcnat; policy accept;\n"
+                "  oifname \"kout\" counter masquerade\n }\n}\n"))
+        except RuntimeError as e:
+            if flowtable:        # its links and namespace go with the lab
+                raise Unavailable(f"{name}: this kernel has no nftables flowtables "
+                                  f"(CONFIG_NF_FLOW_TABLE; nft: "
+                                  f"{str(e).splitlines()[0][-60:]})") from None
+            raise
     else:
         host = state.hosts[0]
         for addr in clients:     # the server's way back to un-NATed clients
@@ -155,7 +174,9 @@ def spread_receive(ns: str, ifnames) -> None:
             f"echo {mask} > /sys/class/net/{ifname}/queues/rx-0/rps_cpus"])
 
 
-def build_middles(state: LabState) -> dict[str, Middle]:
+def build_middles(state: LabState, unavailable: dict[str, str]) -> dict[str, Middle]:
+    """The middles this kernel can build, in MIDDLES order; why the others are missing goes
+    into `unavailable`."""
     sn = state.subnets[0]
     taken_in = {state.inside.gateway4, *(f.ipv4 for f in state.functions)}
     taken_out = {sn.gateway4, *(h.ipv4 for h in state.hosts), *(e.ipv4 for e in state.enis)}
@@ -167,9 +188,18 @@ def build_middles(state: LabState) -> dict[str, Middle]:
                 conn=[fns[f"b{i}"].ns for i in range(1, CLIENTS + 1)], scale=fns["s"].ns,
                 seen_as=eni_of["a"].ipv4, ns=state.dataplane_ns,
                 addrs={"enis": {n: e.ipv4 for n, e in eni_of.items()}})
-    return {"routing": _kernel_middle(state, "routing", "r", False, taken_in, taken_out),
-            "kernel-nat": _kernel_middle(state, "kernel-nat", "n", True, taken_in, taken_out),
-            "hyperplane": hp}
+    # the same share of the other CPUs for the hop through the functions' bridge
+    spread_receive(state.lambda_ns, [if_function_peer(state.prefix, i)
+                                     for i in range(len(state.functions))])
+    out = {"routing": _kernel_middle(state, "routing", "r", False, taken_in, taken_out),
+           "kernel-nat": _kernel_middle(state, "kernel-nat", "n", True, taken_in, taken_out)}
+    try:
+        out["kernel-nat-flowtable"] = _kernel_middle(state, "kernel-nat-flowtable", "t", True,
+                                                     taken_in, taken_out, flowtable=True)
+    except Unavailable as e:
+        unavailable["kernel-nat-flowtable"] = str(e)
+    out["hyperplane"] = hp
+    return out
 
 
 def prepare_server(state: LabState) -> None:

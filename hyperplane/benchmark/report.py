@@ -8,6 +8,10 @@ from pathlib import Path
 from .middles import MIDDLES
 from .suite import METRICS
 
+KERNEL_NATS = ("kernel-nat", "kernel-nat-flowtable")       # the peers Hyperplane is held to
+RATIO = {"kernel-nat": "ratio_to_kernel_nat",
+         "kernel-nat-flowtable": "ratio_to_kernel_nat_flowtable"}
+
 
 LIMITED_NOTE = ("* no loss even at the highest rate the generator reached: its CPU was the "
                 "limit (with the first hops of the path, and other processes), not the middle")
@@ -17,16 +21,19 @@ def results(values: dict, limited: set = frozenset()) -> list[dict]:
     """Medians over repeats, one row per (test, middle), with the ratio to the kernel NAT."""
     out = []
     for metric, (unit, _) in METRICS.items():
-        knat = values.get((metric, "kernel-nat"))
-        knat_med = statistics.median(knat) if knat else None
-        for middle in MIDDLES:
+        peers = {}
+        for peer in KERNEL_NATS:
+            v = values.get((metric, peer))
+            peers[peer] = statistics.median(v) if v else None
+        for middle in columns(m for _, m in values):
             v = values.get((metric, middle))
             if not v:
                 continue
             med = statistics.median(v)
             out.append({"test": metric, "middle": middle, "value": med, "unit": unit,
                         "repeats": len(v), "limited_by_generator": (metric, middle) in limited,
-                        "ratio_to_kernel_nat": med / knat_med if knat_med else None})
+                        **{RATIO[peer]: med / base if base else None
+                           for peer, base in peers.items()}})
     return out
 
 
@@ -47,17 +54,28 @@ def _fmt(v: float | None) -> str:
     return f"{v:.2f}" if v >= 0.1 else f"{v:.3f}"
 
 
+def columns(middles) -> list[str]:
+    """The middles, then the placements of Hyperplane's forwarding thread ("hyperplane@cpu0"),
+    whose worst is the "hyperplane" figure."""
+    present = set(middles)
+    return [m for m in MIDDLES if m in present] + sorted(present - set(MIDDLES))
+
+
+def _ratios(by: dict, metric: str) -> list[str]:
+    """Hyperplane's figure over each kernel NAT's, as table cells."""
+    hp = by.get((metric, "hyperplane")) or {}
+    return [f"{hp[RATIO[p]]:.2f}x" if hp.get(RATIO[p]) else "-" for p in KERNEL_NATS]
+
+
 def table(rows: list[dict]) -> str:
     by = {(r["test"], r["middle"]): r for r in rows}
-    lines = [("test", "unit", *MIDDLES, "hp/kernel-nat", "better")]
+    cols = columns(r["middle"] for r in rows)
+    lines = [("test", "unit", *cols, "hp/kernel-nat", "hp/flowtable", "better")]
     for metric, (unit, higher) in METRICS.items():
-        if not any((metric, m) in by for m in MIDDLES):
+        if not any((metric, m) in by for m in cols):
             continue
-        vals = [_cell(by, metric, m) for m in MIDDLES]
-        hp = by.get((metric, "hyperplane"))
-        ratio = hp["ratio_to_kernel_nat"] if hp else None
-        lines.append((metric, unit, *vals, f"{ratio:.2f}x" if ratio else "-",
-                      "higher" if higher else "lower"))
+        vals = [_cell(by, metric, m) for m in cols]
+        lines.append((metric, unit, *vals, *_ratios(by, metric), "higher" if higher else "lower"))
     widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
     text = []
     for n, r in enumerate(lines):
@@ -72,16 +90,15 @@ def table(rows: list[dict]) -> str:
 
 def markdown(rows: list[dict]) -> str:
     by = {(r["test"], r["middle"]): r for r in rows}
-    out = ["| test | unit | " + " | ".join(MIDDLES) + " | Hyperplane / kernel NAT |",
-           "|---|---|" + "---|" * (len(MIDDLES) + 1)]
+    cols = columns(r["middle"] for r in rows)
+    out = ["| test | unit | " + " | ".join(cols) + " | Hyperplane / kernel NAT | Hyperplane / "
+           "flowtable |", "|---|---|" + "---|" * (len(cols) + 2)]
     for metric, (unit, higher) in METRICS.items():
-        if not any((metric, m) in by for m in MIDDLES):
+        if not any((metric, m) in by for m in cols):
             continue
-        vals = [_cell(by, metric, m) for m in MIDDLES]
-        hp = by.get((metric, "hyperplane"))
-        ratio = f"{hp['ratio_to_kernel_nat']:.2f}x" if hp and hp["ratio_to_kernel_nat"] else "-"
+        vals = [_cell(by, metric, m) for m in cols]
         out.append(f"| {metric} | {unit}{'' if higher else ' (lower is better)'} | "
-                   + " | ".join(vals) + f" | {ratio} |")
+                   + " | ".join(vals + _ratios(by, metric)) + " |")
     if any(r.get("limited_by_generator") for r in rows):
         out += ["", LIMITED_NOTE]
     return "\n".join(out)
@@ -98,7 +115,7 @@ def loss_curves(samples: list[dict], test: str = "udp64-1flow") -> dict[str, lis
 
 
 def chart(rows: list[dict], path: Path, title: str, curves: dict | None = None) -> str | None:
-    """One panel per test, the three middles side by side, and the loss curve of the 1-flow
+    """One panel per test, the middles side by side, and the loss curve of the 1-flow
     small-packet search. Returns why not, or None."""
     try:
         import matplotlib
@@ -112,7 +129,8 @@ def chart(rows: list[dict], path: Path, title: str, curves: dict | None = None) 
     cols = 4
     nrows = (len(metrics) + bool(curves) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.8 * nrows), squeeze=False)
-    colours = {"routing": "#9e9e9e", "kernel-nat": "#4c78a8", "hyperplane": "#f58518"}
+    colours = {"routing": "#9e9e9e", "kernel-nat": "#4c78a8", "kernel-nat-flowtable": "#72b7b2",
+               "hyperplane": "#f58518"}
     by = {(r["test"], r["middle"]): r for r in rows}
     for ax, metric in zip(axes.flat, metrics):
         unit, higher = METRICS[metric]

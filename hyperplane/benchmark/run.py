@@ -1,4 +1,4 @@
-"""`hyperplane bench`: builds one lab, runs every test through the three middles, interleaved,
+"""`hyperplane bench`: builds one lab, runs every test through every middle, interleaved,
 prints a table as it goes and writes DIR/bench.json and DIR/bench.png."""
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from ..api import Lab
 from ..errors import RuntimeFailure
 from ..lab import netns
 from . import report
-from .middles import MIDDLES, build_middles, masquerade_count, prepare_server, bench_config
+from .report import KERNEL_NATS
+from .middles import build_middles, masquerade_count, prepare_server, bench_config
 from .args import TEST_NAMES, add_arguments
 from .suite import TESTS, Ctx, Settings, machine_busy
 from .tools import Procs
+from .placement import Sampler, allowed_cpus, place_forwarding
 
 BUSY = 0.15                          # warn above this share of the CPUs busy before we start
 CONNTRACK_MAX = "/proc/sys/net/netfilter/nf_conntrack_max"
@@ -121,10 +123,22 @@ class ConntrackLimit:
                 pass
 
 
+def worst_placement(runs: dict) -> dict:
+    """metric -> (the worst figure over the placements that measured it, its CPU)."""
+    from .suite import METRICS
+    out: dict = {}
+    for cpu, figures in runs.items():
+        for k, v in (figures or {}).items():
+            higher = METRICS[k][1]
+            if k not in out or (v < out[k][0] if higher else v > out[k][0]):
+                out[k] = (v, cpu)
+    return out
+
+
 def _progress(rep: str, test: str, middle: str, figures: dict, elapsed: float) -> None:
     from .suite import METRICS
     shown = "  ".join(f"{k} {report._fmt(v)} {METRICS[k][0]}" for k, v in figures.items())
-    log(f"[{elapsed:5.0f}s] {rep:>5} {test:16} {middle:10} {shown}")
+    log(f"[{elapsed:5.0f}s] {rep:>5} {test:16} {middle:15} {shown}")
 
 
 def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
@@ -138,10 +152,13 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
     t_start = time.monotonic()
     errors: list[str] = []
     try:
-        log(f"building lab {prefix!r}: three middles between the same functions and server")
+        log(f"building lab {prefix!r}: the middles between the same functions and server")
         lab = _start_lab(prefix, capacity)
         state = lab.state
-        middles = build_middles(state)
+        unavailable: dict[str, str] = {}
+        middles = build_middles(state, unavailable)
+        for why in unavailable.values():
+            log(f"WARNING: {why}; the run goes on without it")
         prepare_server(state)
         dp_pid = lab.pid
         host = state.hosts[0]
@@ -155,46 +172,70 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
             w = send(ctx, m, Flows("warmup", "bulk", 1), 10_000, 0.2)
             if not w["received"]:
                 raise RuntimeError(f"nothing came through the {m.name} middle")
-        if masquerade_count(middles["kernel-nat"]) == 0:
-            raise RuntimeError("the kernel-nat middle did not masquerade")
+        for name in (n for n in KERNEL_NATS if n in middles):
+            if masquerade_count(middles[name]) == 0:
+                raise RuntimeError(f"the {name} middle did not masquerade")
         busy = machine_busy()
         if busy > BUSY:
             log(f"WARNING: the machine is {busy * 100:.0f}% busy before the benchmark starts "
                 "(other processes): figures will be noisy, Hyperplane's (which needs a core "
                 "of its own) most")
-        log(f"{'time':>7} {'rep':>5} {'test':16} {'middle':10} figures")
-        order = list(MIDDLES)
+        log(f"{'time':>7} {'rep':>5} {'test':16} {'middle':15} figures")
+        order = list(middles)
         # repeats of the repeated tests, then the table-scale ones (once: the tables they fill
         # would stay behind every later test)
         passes = [(rep, [t for t in tests if not t.once]) for rep in range(repeat)]
         passes.append((0, [t for t in tests if t.once]))
+        cpus = allowed_cpus(dp_pid) if (os.cpu_count() or 1) > 1 else []
+        log(f"Hyperplane runs every test with its forwarding thread put on each of the CPUs "
+            f"{cpus} in turn; its figure is the worst of them" if len(cpus) > 1 else
+            "one placement of the forwarding thread")
+
+        def measure(t, m: str, rep: int, cpu: int | None) -> dict | None:
+            """One test through one middle (Hyperplane: its forwarding thread first put on
+            `cpu`); the figures, or None when it failed."""
+            rep_s = "once" if t.once else f"{rep + 1}/{repeat}"
+            shown = m if cpu is None else f"{m}@cpu{cpu}"
+            t0 = time.monotonic()
+            before = dataplane_counters(lab) if m == "hyperplane" else {}
+            placed = place_forwarding(dp_pid, cpu) if cpu is not None else None
+            ctx.label = shown
+            try:
+                with Sampler(procs.procs, dp_pid if m == "hyperplane" else None) as where:
+                    figures, detail = t.run(ctx, middles[m])
+            except RuntimeError as e:   # one failed measurement: the others go on
+                procs.kill_all()
+                errors.append(f"{t.name} through {shown} (repeat {rep + 1}): {e}")
+                ctx.samples.append({"test": t.name, "middle": m, "forwarding_cpu": cpu,
+                                    "repeat": rep, "error": str(e)})
+                log(f"[{time.monotonic() - t_start:5.0f}s] {rep_s:>5} {t.name:16} "
+                    f"{shown:10} FAILED: {e}")
+                return None
+            if m == "hyperplane":
+                after = dataplane_counters(lab)
+                detail["dataplane_counters"] = {k: v - before.get(k, 0)
+                                                for k, v in after.items()
+                                                if v != before.get(k, 0)}
+            for k, v in figures.items():
+                ctx.record(k, shown, v)
+            ctx.samples.append({"test": t.name, "middle": m, "forwarding_cpu": cpu,
+                                "forwarding_placed": placed, "repeat": rep,
+                                "seconds": time.monotonic() - t0, "figures": figures,
+                                "placement": where.result(), **detail})
+            _progress(rep_s, t.name, shown, figures, time.monotonic() - t_start)
+            return figures
+
         for rep, batch in passes:
             for t in batch:
                 for m in order:
-                    rep_s = "once" if t.once else f"{rep + 1}/{repeat}"
-                    t0 = time.monotonic()
-                    before = dataplane_counters(lab) if m == "hyperplane" else {}
-                    try:
-                        figures, detail = t.run(ctx, middles[m])
-                    except RuntimeError as e:   # one failed measurement: the others go on
-                        procs.kill_all()
-                        errors.append(f"{t.name} through {m} (repeat {rep + 1}): {e}")
-                        ctx.samples.append({"test": t.name, "middle": m, "repeat": rep,
-                                            "error": str(e)})
-                        log(f"[{time.monotonic() - t_start:5.0f}s] {rep_s:>5} {t.name:16} "
-                            f"{m:10} FAILED: {e}")
+                    if m != "hyperplane" or len(cpus) < 2:
+                        measure(t, m, rep, None)
                         continue
-                    if m == "hyperplane":
-                        after = dataplane_counters(lab)
-                        detail["dataplane_counters"] = {k: v - before.get(k, 0)
-                                                        for k, v in after.items()
-                                                        if v != before.get(k, 0)}
-                    for k, v in figures.items():
+                    runs = {c: measure(t, m, rep, c) for c in cpus}
+                    for k, (v, c) in worst_placement(runs).items():
                         ctx.record(k, m, v)
-                    ctx.samples.append({"test": t.name, "middle": m, "repeat": rep,
-                                        "seconds": time.monotonic() - t0, "figures": figures,
-                                        **detail})
-                    _progress(rep_s, t.name, m, figures, time.monotonic() - t_start)
+                        if (k, f"{m}@cpu{c}") in ctx.limited:
+                            ctx.limited.add((k, m))
             order = order[1:] + order[:1]     # who goes first changes every repeat
         rows = report.results(ctx.values, ctx.limited)
         when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -210,6 +251,7 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
         doc = {"when": when, "quick": settings.quick, "repeat": repeat, "tests": names,
                "settings": vars(settings), "machine": {**info, "busy_before": busy},
                "middles": {k: vars(v) for k, v in middles.items()},
+               "middles_unavailable": unavailable,
                "duration_s": time.monotonic() - t_start,
                "errors": errors, "results": rows, "samples": ctx.samples}
         (out_dir / "bench.json").write_text(json.dumps(doc, indent=1, default=str))

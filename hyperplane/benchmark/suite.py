@@ -143,6 +143,13 @@ class Ctx:
     cursor: dict = field(default_factory=dict)         # flow index per (middle, flow set)
     limited: set = field(default_factory=set)          # (metric, middle) the sender capped
 
+    label: str | None = None        # what the running measurement's figures are recorded as
+
+    def earlier(self, metric: str, m: Middle) -> float | None:
+        """The median so far of metric for what is being measured now (a placement of
+        Hyperplane's forwarding thread has its own)."""
+        return self.median(metric, self.label or m.name)
+
     def record(self, metric: str, middle: str, value: float) -> None:
         self.values.setdefault((metric, middle), []).append(value)
 
@@ -189,13 +196,14 @@ def send(ctx: Ctx, m: Middle, flows: Flows, rate: float, seconds: float, count: 
     cpu = CpuWindow(ctx.dp_pid if m.name == "hyperplane" else None)
     r = ctx.procs.result(ctx.procs.generator(ns, ctx.server_addr, flows.dport, flows.ndports,
                                              SPORT, flows.nsports, int(rate), seconds, start,
-                                             PAYLOAD, count), seconds + 15, "the generator")
+                                             PAYLOAD, count=count), seconds + 15, "the generator")
     received = _stable_count(ctx, c0)
     used = cpu.stop(r.get("cpu_s", 0.0))
     ctx.cursor[(m.name, flows.key)] = r["next"] % (flows.nsports * flows.ndports)
     offered = r["offered"]
     return {"rate": rate, "offered": offered, "offered_pps": offered / r["elapsed"],
             "sent_pps": r["sent"] / r["elapsed"], "sender_errors": r["errors"],
+            "sender": r.get("via"),
             "received": received,
             "loss": (offered - received) / offered if offered else 1.0, **used}
 
@@ -303,7 +311,7 @@ def tcp_conntrack_poll(ctx: Ctx, m: Middle) -> tuple[dict, dict]:
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, start_new_session=True)
         ctx.procs.procs.append(poller)
-    elif m.name == "kernel-nat":
+    elif m.name.startswith("kernel-nat"):
         poller = ctx.procs.start(m.ns, ["sh", "-c", KERNEL_POLL])
     try:
         end, used = _iperf(ctx, m, 1, False)
@@ -312,7 +320,7 @@ def tcp_conntrack_poll(ctx: Ctx, m: Middle) -> tuple[dict, dict]:
             ctx.procs.kill(poller)
     gbit = end["bits_per_second"] / 1e9
     out = {"tcp-1-conntrack-poll": gbit}
-    base = ctx.median("tcp-1", m.name)
+    base = ctx.earlier("tcp-1", m)
     if base:
         out["conntrack-poll-ratio"] = gbit / base
     return out, {"bytes": end["bytes"], "poll_interval_s": POLL_INTERVAL_S, **used}
@@ -321,11 +329,11 @@ def tcp_conntrack_poll(ctx: Ctx, m: Middle) -> tuple[dict, dict]:
 def udp64(key: str, n: int):
     def run(ctx: Ctx, m: Middle) -> tuple[dict, dict]:
         flows = Flows(key, "bulk", n)
-        earlier = ctx.median(f"{key}-zeroloss", m.name)      # kpps, from earlier repeats
+        earlier = ctx.earlier(f"{key}-zeroloss", m)      # kpps, from earlier repeats
         rate, trials = zero_loss(ctx, m, flows, earlier * 1e3 if earlier else None)
         out = {f"{key}-zeroloss": rate / 1e3}
         if trials[0].get("limited_by_generator"):
-            ctx.limited.add((f"{key}-zeroloss", m.name))
+            ctx.limited.add((f"{key}-zeroloss", ctx.label or m.name))
         best = _best_trial(trials)
         if key == "udp64-1flow" and best:
             mpkt = best["received"] / 1e6
@@ -341,14 +349,14 @@ def scale(key: str):
         n = ctx.settings.scale[key]
         flows = Flows("scale", "scale", n, dport=SINK_PORTS[0] + 1000)
         # open every flow, a little below the rate this middle takes 10k flows without loss
-        fill_rate = 0.8 * (ctx.median("udp64-10kflows-zeroloss", m.name) or 50) * 1e3
+        fill_rate = 0.8 * (ctx.earlier("udp64-10kflows-zeroloss", m) or 50) * 1e3
         fill_rate = min(max(fill_rate, 20_000), 500_000)
         ctx.cursor[(m.name, "scale")] = 0
         fill = send(ctx, m, flows, fill_rate, 120, count=n)
         live = live_connections(ctx, m)
         rate, trials = zero_loss(ctx, m, flows, warm=False)
         if trials[0].get("limited_by_generator"):
-            ctx.limited.add((f"{key}-zeroloss", m.name))
+            ctx.limited.add((f"{key}-zeroloss", ctx.label or m.name))
         return ({f"{key}-zeroloss": rate / 1e3},
                 {"flows": n, "fill": fill, "live_connections": live,
                  "live_after": live_connections(ctx, m), "trials": trials})
@@ -356,7 +364,7 @@ def scale(key: str):
 
 
 def live_connections(ctx: Ctx, m: Middle) -> int | None:
-    if m.name == "kernel-nat":
+    if m.name.startswith("kernel-nat"):
         return conntrack_count(m)
     if m.name == "hyperplane":
         try:
@@ -408,7 +416,7 @@ def rtt(loaded: bool):
         detail = {}
         load = None
         if loaded:
-            zl = ctx.median("udp64-1flow-zeroloss", m.name)
+            zl = ctx.earlier("udp64-1flow-zeroloss", m)
             if zl is None:     # the small-packet test was not selected: find the rate here
                 zl = zero_loss(ctx, m, Flows("udp64-1flow", "bulk", 1), max_trials=4)[0] / 1e3
             detail["background_pps"] = rate = 0.5 * zl * 1e3

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..lab import netns
 
 SOURCE = Path(__file__).with_name("hpbench.c")
+GENERATOR_CPU = 0     # where every generator runs (placement.py moves the data plane around it)
 
 
 def cache_dir() -> Path:
@@ -51,6 +52,7 @@ class Procs:
     def __init__(self):
         self.procs: list[subprocess.Popen] = []
         self.hpbench = hpbench_binary()
+        self.next_hops: dict[tuple[str, str], tuple[str, str]] = {}
 
     def start(self, ns: str, argv, **kw) -> subprocess.Popen:
         p = netns.popen(ns, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -61,10 +63,16 @@ class Procs:
     def tool(self, ns: str, *args) -> subprocess.Popen:
         return self.start(ns, [self.hpbench, *map(str, args)])
 
-    def generator(self, ns: str, *args) -> subprocess.Popen:
-        """hpbench send on the first CPU (the middles' receive work goes to the others)."""
-        pin = ["taskset", "-c", "0"] if (os.cpu_count() or 1) > 1 else []
-        return self.start(ns, [*pin, self.hpbench, "send", *map(str, args)])
+    def generator(self, ns: str, dst: str, *args, count: int = 0) -> subprocess.Popen:
+        """hpbench send on the generator's CPU (the middles' receive work goes to the others):
+        from an AF_PACKET socket once the next hop's MAC is known, else from a raw socket
+        (whose first datagrams make the kernel resolve it)."""
+        pin = ["taskset", "-c", str(GENERATOR_CPU)] if (os.cpu_count() or 1) > 1 else []
+        hop = self.next_hops.get((ns, dst)) or next_hop(ns, dst)
+        if hop:
+            self.next_hops[(ns, dst)] = hop
+        return self.start(ns, [*pin, self.hpbench, "send", dst, *map(str, args), str(count),
+                               *(hop or ())])
 
     def result(self, p: subprocess.Popen, timeout: float, what: str):
         """Waits for p and returns its output as JSON."""
@@ -116,3 +124,17 @@ def wait_listening(p: subprocess.Popen, ns: str, port: int, proto: str = "t",
         if p.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the server on port {port} in {ns} did not start")
         time.sleep(0.05)
+
+
+def next_hop(ns: str, dst: str) -> tuple[str, str] | None:
+    """(interface, MAC) of the next hop from ns towards dst, None while the kernel has not
+    resolved it."""
+    r = netns.exec(ns, ["ip", "-j", "route", "get", dst], timeout=5)
+    try:
+        route = json.loads(r.stdout)[0]
+        dev, via = route["dev"], route.get("gateway", dst)
+        r = netns.exec(ns, ["ip", "-j", "neigh", "show", "to", via, "dev", dev], timeout=5)
+        mac = next(n["lladdr"] for n in json.loads(r.stdout) if n.get("lladdr"))
+    except (ValueError, LookupError, StopIteration):
+        return None
+    return dev, mac

@@ -19,7 +19,8 @@ def test_results_are_medians_with_the_ratio_to_the_kernel_nat():
 def test_no_kernel_nat_figure_means_no_ratio():
     rows = report.results({("rtt-idle-p99", "hyperplane"): [30.0]})
     assert rows == [{"test": "rtt-idle-p99", "middle": "hyperplane", "value": 30.0, "unit": "us",
-                     "repeats": 1, "limited_by_generator": False, "ratio_to_kernel_nat": None}]
+                     "repeats": 1, "limited_by_generator": False, "ratio_to_kernel_nat": None,
+                     "ratio_to_kernel_nat_flowtable": None}]
 
 
 def test_table_marks_figures_the_generator_capped():
@@ -30,7 +31,7 @@ def test_table_marks_figures_the_generator_capped():
     text = report.table(rows)
     assert "150*" in text and "1.20x" in text and report.LIMITED_NOTE in text
     md = report.markdown(rows)
-    assert "| udp64-1flow-zeroloss | kpps | 150* | 100 | 120 | 1.20x |" in md
+    assert "| udp64-1flow-zeroloss | kpps | 150* | 100 | 120 | 1.20x | - |" in md
 
 
 def test_flows_cover_a_million_with_at_most_50000_source_ports():
@@ -41,3 +42,16 @@ def test_flows_cover_a_million_with_at_most_50000_source_ports():
 
 def test_the_cli_lists_the_tests_in_run_order():
     assert tuple(t.name for t in TESTS) == TEST_NAMES
+
+
+def test_hyperplane_is_its_worst_placement_and_each_placement_has_its_column():
+    from hyperplane.benchmark.run import worst_placement
+    runs = {0: {"udp64-1flow-zeroloss": 15.0, "rtt-idle-p50": 40.0},
+            1: {"udp64-1flow-zeroloss": 200.0, "rtt-idle-p50": 90.0}, 2: None}
+    assert worst_placement(runs) == {"udp64-1flow-zeroloss": (15.0, 0), "rtt-idle-p50": (90.0, 1)}
+    values = {("tcp-1", "kernel-nat"): [10.0], ("tcp-1", "hyperplane"): [5.0],
+              ("tcp-1", "hyperplane@cpu1"): [9.0], ("tcp-1", "hyperplane@cpu0"): [5.0]}
+    rows = report.results(values)
+    assert [r["middle"] for r in rows] == ["kernel-nat", "hyperplane", "hyperplane@cpu0",
+                                           "hyperplane@cpu1"]
+    assert "hyperplane@cpu0" in report.table(rows).splitlines()[0]
