@@ -3,8 +3,9 @@
 It builds the NAT from the lab's saved state, opens a ring pair on the inside port and on each
 ENI port, and runs these threads (docs/semantics.md, "Threads and the table lock"):
 
-- forwarding: the C loop (DataPlane.start), never waits on Python; realtime (SCHED_FIFO), so
-  that no other thread or process keeps it from a CPU (forwarding_first);
+- forwarding: the C loop (DataPlane.start), never waits on Python; scheduled as the lab config's
+  [hyperplane.forwarding] says (hyperplane.scheduling: by default a normal thread with a large
+  weight of its own that sleeps when idle, so it never starves what shares its CPU);
 - slow path: takes punts (ARP, NDP, ICMP, neighbour misses, fragments, ...) and ticks;
 - housekeeping: expires connections in bounded slices, flow-log intervals;
 - ENI worker: creates the ENIs the slow path asks for when a group's ports run out;
@@ -27,15 +28,14 @@ import sys
 import threading
 import time
 
-from . import control, flowlog, metrics, runfolder
+from . import control, flowlog, metrics, runfolder, scheduling
 from ._core import DataPlane, Nat
 from .ctcontrol import ConntrackService
 from .lab import Lab
 from .lab.topology import EniInfo
 from .enibackend import DaemonEniBackend
 from .enimanager import EniManager
-from .scheduling import (FORWARDING_SPIN_US, forwarding_first, in_background, lower_priority,
-                         os_thread_name)
+from .scheduling import in_background, lower_priority, os_thread_name
 from .slowpath import PortInfo, SlowPath
 
 log = logging.getLogger("hyperplane.daemon")
@@ -64,7 +64,7 @@ class Daemon:
         if self.nat.attached:
             log.info("attached to the state of a previous data plane: %d connections, %d "
                      "repaired", len(self.nat), self.nat.repaired)
-        self.dp = DataPlane(self.nat, spin_us=FORWARDING_SPIN_US)
+        self.dp = DataPlane(self.nat, spin_us=self.config.hyperplane.forwarding.spin_us)
         self.started = time.time()
         self.stopping = threading.Event()
         self.flow_opts = state.config.hyperplane.flow_logs
@@ -88,7 +88,7 @@ class Daemon:
         self.enis = EniManager(DaemonEniBackend(self), high_water=hp.eni_high_water,
                                limit=hp.eni_limit, idle_reclaim_s=hp.eni_idle_reclaim_s)
         self.threads: list[threading.Thread] = []
-        self.forwarding = "not started"                # its scheduling (forwarding_first)
+        self.forwarding = "not started"                # its scheduling (scheduling.py)
         self._functions_lock = threading.Lock()        # set-function calls, one at a time
 
         ins = state.inside
@@ -310,6 +310,7 @@ class Daemon:
                 "dataplane": metrics.split_reasons(self.dp.counters()),
                 # How long other threads held the table lock (the loop waits at most that).
                 "table_lock": self.nat.lock_stats(), "forwarding": self.forwarding,
+                "forwarding_threads": scheduling.forwarding_now(),
                 # One C-level dict copy: atomic under the GIL, no lock with the slow path.
                 "slowpath": {**self.slow.counters(),
                              "exhausted_parked_dropped": self.parked_dropped},
@@ -394,7 +395,8 @@ class Daemon:
         self.register_control(server)
         exporter = None
         self.dp.start()
-        self.forwarding = forwarding_first()
+        self.forwarding = scheduling.forwarding_first(self.config.hyperplane.forwarding,
+                                                      self.prefix)
         log.info("forwarding (pid %d, %s)", os.getpid(), self.forwarding)
         try:
             # ARP / NDP answers keep the normal priority, like the forwarding thread.
@@ -421,6 +423,7 @@ class Daemon:
             for t in self.threads:
                 t.join(timeout=5)
             self.dp.stop()
+            scheduling.release(self.prefix)
             self.log_interval(self.dp.now_ms())      # the traffic of the last, short interval
             if self.flows is not None:
                 self.flows.close()

@@ -247,6 +247,10 @@ def stats_table(stats: dict) -> str:
     out.append("data plane")
     if stats.get("forwarding"):
         out.append(f"  {'forwarding thread':<28} {stats['forwarding']}")
+    for t in stats.get("forwarding_threads", []):
+        out.append(f"  {'  thread ' + str(t['tid']):<28} {t['policy']} nice {t['nice']}, on CPU "
+                   f"{t['cpu']} of {t['cpus_allowed']}, switches {t['voluntary_switches']} "
+                   f"slept / {t['involuntary_switches']} preempted")
     # Counter names in one style, lower snake case, whichever layer keeps them (the C loop's
     # are upper case in JSON); reasons keep their names, the metrics AWS's.
     out += [f"  {k.lower():<28} {v}" for k, v in stats["dataplane"].items()

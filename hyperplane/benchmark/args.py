@@ -20,3 +20,23 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png "
                                                       "(default: ./bench-out)")
     ap.add_argument("--prefix", help="lab prefix (default: 'bn' + two random characters)")
+    ap.add_argument("--forwarding", default="", metavar="KEY=VALUE,...",
+                    help="the lab's [hyperplane.forwarding] for this run, e.g. "
+                         "'scheduling=realtime,cpus=1,spin_us=50' (cpus: CPU numbers joined "
+                         "by +); default: the config's defaults")
+
+
+def forwarding_table(text: str) -> dict:
+    """'scheduling=realtime,cpus=0+1,spin_us=50' as a [hyperplane.forwarding] table."""
+    out: dict = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--forwarding: {item!r} is not KEY=VALUE")
+        if key == "cpus":
+            out[key] = [int(c) for c in value.split("+") if c]
+        elif value.isdigit():
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out

@@ -37,7 +37,7 @@ ECHO_PORT, TCP_PORT, IPERF_PORT = 7007, 8080, 5201
 BENCH_UDP_TIMEOUT_S = 300        # both NATs keep unanswered UDP flows this long (table scale)
 
 
-def bench_config(prefix: str, capacity: int):
+def bench_config(prefix: str, capacity: int, forwarding: dict | None = None):
     fn = [{"name": "a", "subnets": ["app"], "security_groups": ["sg-bulk"]}]
     fn += [{"name": f"b{i}", "subnets": ["app"], "security_groups": ["sg-conn"]}
            for i in range(1, CLIENTS + 1)]
@@ -48,7 +48,8 @@ def bench_config(prefix: str, capacity: int):
         # One function opens the table-scale tests' 100,000+ flows: the default quotas (half
         # of the table and of each ENI's ports per function) would stop it at 65,000.
         "nat": {"capacity": capacity, "timeouts": {"UDP_FIRST": BENCH_UDP_TIMEOUT_S},
-                "quotas": {"connections_share": 1.0, "ports_share": 1.0}},
+                "quotas": {"connections_share": 1.0, "ports_share": 1.0},
+                "forwarding": forwarding or {}},
         "subnets": [{"name": "app", "cidr4": "10.0.1.0/24"}],
         "hosts": [{"name": "web", "subnet": "app"}],
         "functions": fn,

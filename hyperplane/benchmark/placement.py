@@ -10,6 +10,8 @@ import threading
 import time
 from collections import Counter
 
+from ..runfolder import proc_stat
+
 FORWARDING_THREAD = "hp-forward"
 SAMPLE_EVERY_S = 0.05
 SETTLE_S = 2.0            # the forwarding thread sleeps in poll() up to 1 s between wake-ups
@@ -24,11 +26,10 @@ def _read(path: str) -> str:
 
 
 def _state_and_cpu(pid: int, tid: int) -> tuple[str, int] | None:
-    """(scheduler state, CPU it last ran on) of a thread, from /proc stat fields 3 and 39."""
-    stat = _read(f"/proc/{pid}/task/{tid}/stat")
+    """(scheduler state, CPU it last ran on) of a thread."""
+    stat = proc_stat(pid, tid)
     try:
-        rest = stat[stat.rindex(")") + 2:].split()
-        return rest[0], int(rest[36])
+        return (stat[0], int(stat[36])) if stat else None
     except (ValueError, IndexError):
         return None
 

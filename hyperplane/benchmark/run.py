@@ -21,7 +21,7 @@ from ..lab import netns
 from . import report
 from .report import KERNEL_NATS
 from .middles import build_middles, masquerade_count, prepare_server, bench_config
-from .args import TEST_NAMES, add_arguments
+from .args import TEST_NAMES, add_arguments, forwarding_table
 from .suite import TESTS, Ctx, Settings, machine_busy
 from .tools import Procs
 from .placement import Sampler, allowed_cpus, place_forwarding
@@ -48,10 +48,10 @@ def machine() -> dict:
             "kernel": platform.release(), "python": platform.python_version()}
 
 
-def _start_lab(prefix: str, capacity: int) -> Lab:
+def _start_lab(prefix: str, capacity: int, forwarding: dict | None) -> Lab:
     """The benchmark's lab (hyperplane.Lab): built, its data plane forwarding."""
     try:
-        return Lab.up(bench_config(prefix, capacity), prefix=prefix)
+        return Lab.up(bench_config(prefix, capacity, forwarding), prefix=prefix)
     except RuntimeFailure as e:
         raise RuntimeError(f"the data plane did not start: {e}") from None
 
@@ -84,6 +84,15 @@ def dataplane_counters(lab: Lab) -> dict[str, float]:
         return _flatten(lab.stats(timeout=2.0))
     except Exception:
         return {}
+
+
+def _forwarding_stats(lab: Lab):
+    """How the data plane says its forwarding thread is scheduled (None if it does not
+    answer)."""
+    try:
+        return lab.stats(timeout=2.0).get("forwarding")
+    except Exception:
+        return None
 
 
 def _keep_dataplane_log(lab: Lab, out_dir: Path) -> None:
@@ -142,7 +151,7 @@ def _progress(rep: str, test: str, middle: str, figures: dict, elapsed: float) -
 
 
 def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
-        prefix: str) -> int:
+        prefix: str, forwarding: dict | None = None) -> int:
     tests = [t for t in TESTS if t.name in names]
     scale_max = max((settings.scale[t.name] for t in tests if t.once), default=0)
     capacity = max(262_144, int(scale_max * 1.2) + 100_000)
@@ -153,7 +162,7 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
     errors: list[str] = []
     try:
         log(f"building lab {prefix!r}: the middles between the same functions and server")
-        lab = _start_lab(prefix, capacity)
+        lab = _start_lab(prefix, capacity, forwarding)
         state = lab.state
         unavailable: dict[str, str] = {}
         middles = build_middles(state, unavailable)
@@ -249,6 +258,8 @@ def run(settings: Settings, names: list[str], repeat: int, out_dir: Path,
             print(f"FAILED: {e}")
         out_dir.mkdir(parents=True, exist_ok=True)
         doc = {"when": when, "quick": settings.quick, "repeat": repeat, "tests": names,
+               "forwarding": {"config": forwarding or {},
+                              "stats": _forwarding_stats(lab)},
                "settings": vars(settings), "machine": {**info, "busy_before": busy},
                "middles": {k: vars(v) for k, v in middles.items()},
                "middles_unavailable": unavailable,
@@ -282,6 +293,11 @@ def main(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in TEST_NAMES]
     if unknown:
         raise RuntimeError(f"unknown test(s) {', '.join(unknown)}; known: {', '.join(TEST_NAMES)}")
+    try:
+        forwarding = forwarding_table(args.forwarding)
+        bench_config("bn", 1, forwarding)            # its values checked before any lab
+    except ValueError as e:
+        raise RuntimeError(str(e)) from None
     repeat = args.repeat or (1 if args.quick else 3)
     if repeat < 1:
         raise RuntimeError("--repeat must be at least 1")
@@ -292,7 +308,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(128 + signum)    # runs the finally blocks
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        return run(Settings.for_run(args.quick), names, repeat, Path(args.out), prefix)
+        return run(Settings.for_run(args.quick), names, repeat, Path(args.out), prefix,
+                   forwarding)
     finally:
         signal.signal(signal.SIGTERM, old)
 

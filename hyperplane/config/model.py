@@ -199,6 +199,25 @@ class MetricsConfig:
         return "127.0.0.1"
 
 
+SCHEDULING = ("fair", "realtime")
+MAX_SPIN_US = 1000
+MAX_WEIGHT = 256                # cpu.shares tops out at 256 x 1024
+
+
+@dataclass(frozen=True)
+class ForwardingConfig:
+    """``[hyperplane.forwarding]``: how the forwarding thread shares the machine
+    (docs/performance.md). "fair" is a normal thread with a large weight of its own that
+    sleeps when there is nothing to forward, so it takes a CPU only for the frames it forwards;
+    "realtime" is SCHED_FIFO, ahead of every normal thread of its CPU. A busy poll after the
+    last frame (spin_us) is only allowed on CPUs given to it alone (cpus): spinning on a shared
+    CPU takes it from the generator, function or test process beside it."""
+    scheduling: str = "fair"
+    cpus: tuple[int, ...] = ()                 # () any CPU; else only these (kept for it)
+    spin_us: int = 0                           # busy poll after the last frame, microseconds
+    weight: int = 100                          # "fair": its CPU share against a normal thread
+
+
 @dataclass(frozen=True)
 class HyperplaneConfig:
     """The NAT and its ENI manager (the ``[hyperplane]`` table)."""
@@ -213,6 +232,7 @@ class HyperplaneConfig:
     quotas: QuotaConfig = field(default_factory=QuotaConfig)
     flow_logs: FlowLogConfig = field(default_factory=FlowLogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    forwarding: ForwardingConfig = field(default_factory=ForwardingConfig)
 
     @property
     def ports_per_eni(self) -> int:

@@ -15,14 +15,16 @@ from ..errors import ConfigError
 from ..vocab import DEFAULT_PORT_RANGE, MAPPINGS, MAX_CAPACITY, MAX_TIMEOUT_S, PROFILES
 from . import legacy
 from .model import (FIRST_FUNCTION, FIRST_HOST, FLOW_LOG_FIELDS, MAX_EGRESS_RULES,
-                    MAX_SECURITY_GROUPS, MAX_SUBNETS_PER_FUNCTION, MIN_PORTS_PER_ENI, PROTOCOLS,
-                    Config, EgressRule, FlowLogConfig, FunctionConfig, HostConfig,
+                    MAX_SECURITY_GROUPS, MAX_SPIN_US, MAX_SUBNETS_PER_FUNCTION, MAX_WEIGHT,
+                    MIN_PORTS_PER_ENI, PROTOCOLS, SCHEDULING, Config, EgressRule,
+                    FlowLogConfig, ForwardingConfig, FunctionConfig, HostConfig,
                     HyperplaneConfig, InsideConfig, MetricsConfig, QuotaConfig,
                     SecurityGroupConfig, SubnetConfig, check_prefix, frozen_map,
                     usable_offsets)
 
 DEFAULT_LAB_PATH = Path(__file__).parent.parent / "default_lab.toml"
 
+MAX_CPU = 4095          # CONFIG_NR_CPUS of the distributions' kernels, less one
 # Function, host and subnet names become namespace names ("{prefix}-f-{name}") and CLI
 # arguments.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -127,7 +129,7 @@ class _Parser:
         f = "hyperplane"
         _keys(f, t, {"profile", "mapping", "port_range", "ports_per_eni", "capacity", "timeouts",
                      "eni_high_water", "eni_limit", "eni_idle_reclaim_s", "quotas", "flow_logs",
-                     "metrics"})
+                     "metrics", "forwarding"})
         d = HyperplaneConfig()
         profile = _choice(f"{f}.profile", t.get("profile", d.profile), PROFILES)
         mapping = _choice(f"{f}.mapping", t.get("mapping", d.mapping), MAPPINGS)
@@ -151,7 +153,8 @@ class _Parser:
                                     MAX_TIMEOUT_S),
             quotas=self.quotas(_table(f"{f}.quotas", t.get("quotas", {}))),
             flow_logs=self.flow_logs(_table(f"{f}.flow_logs", t.get("flow_logs", {}))),
-            metrics=self.metrics(_table(f"{f}.metrics", t.get("metrics", {}))))
+            metrics=self.metrics(_table(f"{f}.metrics", t.get("metrics", {}))),
+            forwarding=self.forwarding(_table(f"{f}.forwarding", t.get("forwarding", {}))))
 
     def port_range(self, t) -> tuple[int, int]:
         f = "hyperplane.port_range"
@@ -211,6 +214,25 @@ class _Parser:
                                            t.get("enabled", d.enabled)),
                              port=_int("hyperplane.metrics.port", t.get("port", d.port), 1,
                                        65535))
+
+    def forwarding(self, t) -> ForwardingConfig:
+        f = "hyperplane.forwarding"
+        _keys(f, t, {"scheduling", "cpus", "spin_us", "weight"})
+        d = ForwardingConfig()
+        cpus = tuple(_int(f"{f}.cpus[{i}]", c, 0, MAX_CPU)
+                     for i, c in enumerate(_list(f"{f}.cpus", t.get("cpus", []),
+                                                 "a list of CPU numbers")))
+        if len(set(cpus)) != len(cpus):
+            raise ConfigError(f"{f}.cpus", f"{list(cpus)} names a CPU twice")
+        spin_us = _int(f"{f}.spin_us", t.get("spin_us", d.spin_us), 0, MAX_SPIN_US)
+        if spin_us and not cpus:
+            raise ConfigError(f"{f}.spin_us", "a busy poll needs CPUs of its own (cpus = [...]): "
+                                              "on a shared CPU it takes the time of whatever "
+                                              "runs beside it")
+        return ForwardingConfig(
+            scheduling=_choice(f"{f}.scheduling", t.get("scheduling", d.scheduling), SCHEDULING),
+            cpus=tuple(sorted(cpus)), spin_us=spin_us,
+            weight=_int(f"{f}.weight", t.get("weight", d.weight), 1, MAX_WEIGHT))
 
     def subnet(self, f, name, t) -> SubnetConfig:
         t = _table(f, t)

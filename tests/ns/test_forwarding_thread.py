@@ -165,8 +165,9 @@ def test_forwarding_goes_on_while_python_is_busy(lab):  # noqa: F811
     try:
         assert fill_table(nl.nat, LISTED) == LISTED
         nl.dp.start()
+        from hyperplane.config.model import ForwardingConfig
         from hyperplane.scheduling import forwarding_first
-        sched = forwarding_first()                     # as the daemon runs it
+        sched = forwarding_first(ForwardingConfig(), nl.lab.prefix)   # as the daemon runs it
 
         def slow_path():        # takes the punts like the daemon's slow-path thread
             while not stop.is_set():
@@ -221,6 +222,8 @@ def test_forwarding_goes_on_while_python_is_busy(lab):  # noqa: F811
                 p.kill()
                 p.wait()
         nl.close()
+        from hyperplane.scheduling import release
+        release(nl.lab.prefix)
 
     delays = sorted((rx - sent) / 1e6 for sent, rx in got.values())
     arrivals = sorted(rx for _, rx in got.values())

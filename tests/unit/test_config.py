@@ -538,3 +538,20 @@ def test_saved_first_layout_state_still_loads():
     c = _config(old)
     assert c.function("api").group_key == "app|sg-web" and c.hyperplane.capacity == 262144
     assert parse_config(old) == c
+
+
+def test_forwarding_scheduling_defaults_to_fair_without_a_busy_poll():
+    fw = default_config().hyperplane.forwarding
+    assert (fw.scheduling, fw.cpus, fw.spin_us, fw.weight) == ("fair", (), 0, 100)
+    c = cfg('[hyperplane.forwarding]\nscheduling = "realtime"\ncpus = [3, 1]\nspin_us = 50\n')
+    fw = c.hyperplane.forwarding
+    assert (fw.scheduling, fw.cpus, fw.spin_us) == ("realtime", (1, 3), 50)
+
+
+def test_a_busy_poll_needs_cpus_of_its_own():
+    """Spinning on a shared CPU takes it from the generator, function or test beside it."""
+    base = BASE + "[hyperplane.forwarding]\n"
+    assert "cpus" in str(error(base + "spin_us = 50\n"))
+    assert "hyperplane.forwarding.scheduling" in str(error(base + 'scheduling = "spin"\n'))
+    assert "twice" in str(error(base + "cpus = [1, 1]\n"))
+    assert "hyperplane.forwarding.weight" in str(error(base + "weight = 0\n"))

@@ -231,22 +231,39 @@ def test_forwarding_thread_starts_stops_and_punts_wait_without_the_gil():
 
 
 def test_the_forwarding_thread_is_named_and_put_first():
-    """The daemon's forwarding_first(): the loop's thread is "hp-forward" for the kernel and
-    goes realtime (SCHED_FIFO) when the process may (else it says what it got instead);
-    away_from_forwarding() runs a block on the other CPUs (when there are others)."""
+    """scheduling.forwarding_first(): the loop's thread is "hp-forward" for the kernel; "fair"
+    gives it a large weight (nice, and a cpu cgroup of its own where there is one), "realtime"
+    SCHED_FIFO when the process may (else it says what it got instead), `cpus` pins it;
+    stats show it as the kernel sees it. away_from_forwarding() runs a block on the other CPUs
+    (when there are others)."""
     import os
-    from hyperplane.scheduling import away_from_forwarding, forwarding_first, _cpu_of
+    from hyperplane import scheduling
+    from hyperplane.config.model import ForwardingConfig
+    from hyperplane.scheduling import away_from_forwarding
+    _cpu_of = scheduling.cpu_of
     dp = DataPlane(make_nat(capacity=1024))
     dp.start()
+    prefix = f"t{os.getpid() % 10000}"
     try:
         (tid,) = [int(t) for t in os.listdir("/proc/self/task")
                   if open(f"/proc/self/task/{t}/comm").read().strip() == "hp-forward"]
-        got = forwarding_first()
-        assert f"(thread {tid}" in got, got
+        cpu = sorted(os.sched_getaffinity(0))[-1]
+        got = scheduling.forwarding_first(ForwardingConfig(weight=10, cpus=(cpu,)), prefix)
+        assert f"thread {tid}:" in got and f"CPUs [{cpu}] only" in got, got
+        now, = scheduling.forwarding_now()
+        assert now["tid"] == tid and now["policy"] == "SCHED_OTHER" and now["cpus_allowed"] == [cpu]
+        if os.geteuid() == 0:
+            assert now["nice"] == scheduling.nice_for(10) == -10, now
+            assert scheduling.nice_for(100) == -20
+            if "cgroup " in got:     # the thread, not its process, is in the cgroup
+                tasks = open(os.path.join(scheduling.cgroup_path(prefix), "tasks")).read()
+                assert tasks.split() == [str(tid)], tasks
+        os.sched_setaffinity(tid, os.sched_getaffinity(0))
+        got = scheduling.forwarding_first(ForwardingConfig(scheduling="realtime"), prefix)
         if os.geteuid() == 0:
             assert os.sched_getscheduler(tid) == os.SCHED_FIFO, got
         else:
-            assert got.startswith(("nice", "normal priority")), got
+            assert "no SCHED_FIFO" in got, got
         allowed = os.sched_getaffinity(0)
         with away_from_forwarding():
             inside, cpu = os.sched_getaffinity(0), _cpu_of(tid)
@@ -256,4 +273,6 @@ def test_the_forwarding_thread_is_named_and_put_first():
         # A realtime thread still stops like any other.
     finally:
         dp.stop()
+        scheduling.release(prefix)
     dp.close()
+    assert not os.path.exists(scheduling.cgroup_path(prefix))
