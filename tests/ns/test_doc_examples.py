@@ -1,7 +1,8 @@
-"""The lab tests shown in the README and the how-to guides run as written: each page's
-``# file:`` blocks, written into a folder outside the repository, pass under plain
-``python -m pytest`` there with only the package and its plugin (docs/lab-testing.md's worked
-example has its own test, test_lab_testing_doc.py)."""
+"""The lab examples of the pages run as written: the README's and the how-to guides' test
+files (their ``# file:`` blocks), written into a folder outside the repository, pass under
+plain ``python -m pytest`` there with only the package and its plugin (docs/lab-testing.md's
+worked example has its own test, test_lab_testing_doc.py); and each script example that brings
+up a ``hyperplane.Lab`` runs (those that need no lab run in tests/unit/test_docs.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import pytest
 
 from docfiles import ROOT, example_files, plugin_args, write_example
+from docsnippets import script_blocks
 
 PAGES = ["README.md", "docs/howto/connection-reset.md"]
 
@@ -35,3 +37,11 @@ def test_the_pages_lab_tests_pass_outside_the_repository(page, tmp_path):
                    for name in tests)
     assert re.search(rf"\b{expected} passed\b", summary) and "skipped" not in summary, r.stdout
 
+
+
+@pytest.mark.parametrize("page, code", script_blocks(needs_lab=True))
+def test_the_pages_lab_scripts_run(page, code, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{page}:\n{code}\n{r.stdout[-3000:]}{r.stderr[-3000:]}"

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-DOCS = ROOT / "docs"
-README = ROOT / "README.md"
+from docsnippets import DOCS, README, ROOT, fenced, pages, script_blocks
+
 README_MAX_BYTES = 8 * 1024
 
 
@@ -126,11 +125,6 @@ def test_the_exit_codes_page_lists_the_clis_codes():
     assert f"{runfolder.EXIT_CANNOT_START} (`EX_CONFIG`)" in page
 
 
-def _fenced(path: Path, language: str) -> list[str]:
-    blocks = re.findall(rf"^```{language}\n(.*?)^```$", path.read_text(), re.M | re.S)
-    return [b for b in blocks if not b.lstrip().startswith("--8<--")]
-
-
 def test_every_lab_config_in_the_docs_validates_as_it_stands():
     """Each TOML block of every page (the config reference's full example, the guides' labs,
     observability's options) passes the parser `hyperplane up` uses."""
@@ -139,7 +133,7 @@ def test_every_lab_config_in_the_docs_validates_as_it_stands():
     pages = sorted(DOCS.rglob("*.md"))
     checked = 0
     for page in pages:
-        for block in _fenced(page, "toml"):
+        for block in fenced(page, "toml"):
             loads_config(block, source=str(page.relative_to(ROOT)))
             checked += 1
     assert checked >= 3
@@ -172,7 +166,7 @@ def test_the_config_reference_shows_every_key_of_the_schema():
     from hyperplane.config import Config
 
     page = (DOCS / "reference" / "config.md").read_text()
-    example = _fenced(DOCS / "reference" / "config.md", "toml")[0]
+    example = fenced(DOCS / "reference" / "config.md", "toml")[0]
     missing = []
     for owner, name in _config_fields(Config):
         key = _CONFIG_KEYS.get(name, name)
@@ -206,8 +200,30 @@ def test_the_semantics_interface_listings_name_methods_that_exist():
     from hyperplane.model import Nat as ModelNat
 
     called = set()
-    for block in _fenced(DOCS / "semantics.md", "python"):
+    for block in fenced(DOCS / "semantics.md", "python"):
         called |= set(re.findall(r"\bnat\.(\w+)\(", block))
     assert {"translate", "expire", "connections"} <= called
     assert [n for n in sorted(called) if not hasattr(CoreNat, n)] == []
     assert [n for n in sorted(called - C_CORE_ONLY) if not hasattr(ModelNat, n)] == []
+
+
+# --- the code examples of the pages ---------------------------------------------------------
+
+def test_every_python_example_is_valid_python():
+    import ast
+
+    for page in pages():
+        for block in fenced(page, "python"):
+            ast.parse(block, filename=str(page.relative_to(ROOT)))
+
+
+@pytest.mark.parametrize("purepython", ["0", "1"])
+def test_the_scripts_of_the_pages_run_as_written(purepython, tmp_path):
+    """Each script example that needs no lab runs, with the C core and with the model."""
+    scripts = script_blocks(needs_lab=False)
+    assert scripts
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYPERPLANE_PUREPYTHON": purepython}
+    for page, code in scripts:
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"{page}:\n{code}\n{r.stdout}{r.stderr}"
