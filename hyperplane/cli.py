@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 from . import __version__, control, runfolder
-from .errors import CliError, ConfigError, HyperplaneError, LabError
+from .errors import CliError, ConfigError, HyperplaneError, LabError, RuntimeFailure
 
 # Exit codes (also in `hyperplane --help` and the README).
 EXIT_OK = 0
@@ -68,23 +69,36 @@ def attach_state(prefix: str):
         raise CliError(f"lab {prefix!r} is not up (start it with: sudo hyperplane up)") from None
 
 
-def ask(prefix: str, command: str, **kw) -> dict:
+def attach_lab(prefix: str, not_up: int = EXIT_FAIL):
+    """The running lab through the public API (hyperplane.Lab); not_up: the exit code when
+    the lab is not up."""
+    from .api import Lab
     try:
-        return control.request(prefix, command, **kw)
+        return Lab.attach(prefix)
+    except LabError as e:
+        raise CliError(f"{e}; start it with: sudo hyperplane up", not_up) from None
+
+
+@contextlib.contextmanager
+def data_plane_errors():
+    """The data plane's failures as one line each: not running (exit 3), or what it said."""
+    try:
+        yield
     except control.NotRunning as e:
         raise CliError(str(e), EXIT_NOT_RUNNING) from None
     except control.ControlError as e:
         raise CliError(str(e)) from None
+
+
+def ask(prefix: str, command: str, **kw) -> dict:
+    with data_plane_errors():
+        return control.request(prefix, command, **kw)
 
 
 def ask_listing(prefix: str, command: str, **kw):
     """The pages of a listing, as they arrive."""
-    try:
+    with data_plane_errors():
         yield from control.listing(prefix, command, **kw)
-    except control.NotRunning as e:
-        raise CliError(str(e), EXIT_NOT_RUNNING) from None
-    except control.ControlError as e:
-        raise CliError(str(e)) from None
 
 
 def print_json(obj) -> None:
@@ -202,27 +216,23 @@ def cmd_status(args) -> int:
 
 
 def cmd_restart(args) -> int:
-    from . import runtime
     need_root("hyperplane restart")
-    prefix = resolve_prefix(args)
-    attach_state(prefix)
+    lab = attach_lab(resolve_prefix(args))
     try:
-        pid = runtime.restart(prefix)
-    except runtime.RuntimeFailure as e:
+        pid = lab.restart_dataplane()
+    except RuntimeFailure as e:
         raise CliError(str(e)) from None
-    count = runtime.restarts(prefix)["count"]
-    print(f"data plane restarted: pid {pid} (restarts so far: {count})")
+    print(f"data plane restarted: pid {pid}")
     return EXIT_OK
 
 
 def cmd_exec(args) -> int:
-    prefix = resolve_prefix(args)
-    state = attach_state(prefix)
+    lab = attach_lab(resolve_prefix(args))
     cmd = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
     if not cmd:
         raise CliError("give a command after --, e.g. hyperplane exec api -- ip addr")
     try:
-        ns = state.namespace_of(args.name)
+        ns = lab.namespace(args.name)
     except (KeyError, LabError) as e:
         raise CliError(str(e)) from None
     need_root("hyperplane exec")
@@ -327,16 +337,17 @@ def conntrack_events(prefix: str, spec: dict, args) -> int:
 
 def cmd_eni(args) -> int:
     from .render import eni_table
-    enis = ask(resolve_prefix(args), "eni")["enis"]
+    with data_plane_errors():
+        enis = attach_lab(resolve_prefix(args), EXIT_NOT_RUNNING).enis()
     print_json(enis) if args.json else print(eni_table(enis))
     return 0
 
 
 def cmd_set_function(args) -> int:
     sgs = [s for s in args.security_groups.split(",") if s]
-    got = ask(resolve_prefix(args), "set-function", function=args.function, subnet=args.subnet,
-              security_groups=sgs)
-    print(f"{got['function']}: new connections on the ENIs of {got['group']}")
+    with data_plane_errors():
+        group = attach_lab(resolve_prefix(args)).set_function(args.function, args.subnet, sgs)
+    print(f"{args.function}: new connections on the ENIs of {group}")
     return 0
 
 
@@ -344,7 +355,8 @@ def cmd_stats(args) -> int:
     from .render import stats_table
     if args.prometheus and args.json:
         raise CliError("--prometheus and --json: choose one", EXIT_USAGE)
-    stats = ask(resolve_prefix(args), "stats")
+    with data_plane_errors():
+        stats = attach_lab(resolve_prefix(args), EXIT_NOT_RUNNING).stats()
     if args.prometheus:
         from .metrics import render
         print(render(stats), end="")
