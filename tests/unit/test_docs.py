@@ -227,3 +227,15 @@ def test_the_scripts_of_the_pages_run_as_written(purepython, tmp_path):
         r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, f"{page}:\n{code}\n{r.stdout}{r.stderr}"
+
+
+def test_the_run_folder_page_names_every_file_of_the_run_folder():
+    from hyperplane import runfolder
+
+    paths = runfolder.RunPaths(prefix="P", dir=Path("/run/hyperplane"))
+    names = {getattr(paths, attr).name for attr, value in vars(runfolder.RunPaths).items()
+             if isinstance(value, property)}
+    assert len(names) >= 8
+    page = (DOCS / "reference" / "runtime.md").read_text()
+    missing = sorted(n for n in names if f"`{n}" not in page)
+    assert not missing, f"run-folder files not in docs/reference/runtime.md: {missing}"
