@@ -239,3 +239,37 @@ def test_the_run_folder_page_names_every_file_of_the_run_folder():
     page = (DOCS / "reference" / "runtime.md").read_text()
     missing = sorted(n for n in names if f"`{n}" not in page)
     assert not missing, f"run-folder files not in docs/reference/runtime.md: {missing}"
+
+
+def _expanded(text: str) -> set[str]:
+    """The names in backticks of a page, ``a_{b,c}_d`` written out as ``a_b_d`` and ``a_c_d``."""
+    import itertools
+
+    names = set()
+    for name in re.findall(r"`([a-z_{},]+)`", text):
+        parts = re.split(r"\{([^}]*)\}", name)
+        choices = [[p] if i % 2 == 0 else p.split(",") for i, p in enumerate(parts)]
+        names |= {"".join(c) for c in itertools.product(*choices)}
+    return names
+
+
+def test_the_metrics_page_names_every_metric_family():
+    """Every family hyperplane/metrics.py exports has its row in docs/observability.md."""
+    from hyperplane import metrics
+
+    source = (ROOT / "hyperplane" / "metrics.py").read_text()
+    families = {f for f in re.findall(r'\.family\(\s*"(hyperplane_[a-z_]+)"', source)
+                if not f.endswith("_")}
+    families |= {"hyperplane_eni_" + metrics._snake(aws) for aws, *_ in metrics.ENI_METRICS}
+    assert len(families) >= 25
+    documented = _expanded((DOCS / "observability.md").read_text())
+    missing = sorted(f for f in families if f not in documented and f + "_total" not in documented)
+    assert not missing, f"metrics not in docs/observability.md: {missing}"
+
+
+def test_the_flow_log_page_names_every_field():
+    from hyperplane.config.model import FLOW_LOG_FIELDS
+
+    page = (DOCS / "observability.md").read_text()
+    missing = [f for f in FLOW_LOG_FIELDS if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", page)]
+    assert not missing, f"flow-log fields not in docs/observability.md: {missing}"
