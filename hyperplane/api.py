@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 
-from . import control, runfolder, runtime
+from . import control, ctcontrol, runfolder, runtime
 from .config import Config, default_config, load_config, parse_config
 from .connection import Connection
 from .ctcontrol import EventStream
@@ -424,10 +424,8 @@ class Lab:
         it; ``nat_addr`` / ``nat_port``, the ENI's side; ``state`` (a name or a list);
         ``function`` (a name); ``eni`` (the ENI's index, or its ``eni-...`` id); ``assured``
         (bool)."""
-        return [Connection.from_dict(item)
-                for page in control.listing(self.prefix, "conntrack", run_dir=self.run_dir,
-                                            filter=self._filter_spec(filters))
-                for item in page]
+        return [Connection.from_dict(item) for item in
+                ctcontrol.connections(self.prefix, self._filter_spec(filters), self.run_dir)]
 
     def _filter_spec(self, filters: dict[str, Any]) -> dict[str, Any]:
         """The filters of connections() / events() as the data plane takes them."""
@@ -458,6 +456,18 @@ class Lab:
         """
         return EventStream(self.prefix, self._filter_spec(filters), run_dir=self.run_dir,
                            timeout=timeout)
+
+    def count(self, **filters: Any) -> int:
+        """How many connections pass the filters (``conntrack -C``), counted in the data
+        plane without listing them."""
+        return ctcontrol.count(self.prefix, self._filter_spec(filters), self.run_dir)
+
+    def delete(self, **filters: Any) -> int:
+        """Deletes the connections that pass the filters (``conntrack -D``; no filter: all of
+        them, ``-F``) and returns how many: the NAT forgets them as on expiry (their flow-log
+        records closed, their ports quarantined), so the next packet of one is a new
+        connection's, or is refused as unsolicited from outside."""
+        return ctcontrol.delete(self.prefix, self._filter_spec(filters), self.run_dir)
 
     def connection(self, **filters: Any) -> Connection:
         """The one connection that matches ``filters`` (as ``connections``); LookupError,

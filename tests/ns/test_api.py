@@ -90,6 +90,11 @@ def test_a_function_reaches_a_host_by_name_through_the_nat(lab):
         lab.connection(function="api", dport=HTTP)
     with pytest.raises(TypeError, match="unknown connection filter"):
         lab.connections(port=HTTP)
+    # counted and deleted in the data plane (conntrack -C / -D)
+    assert lab.count(function="api", dport=HTTP) == 2 and lab.count(dport=f"1-{HTTP - 1}") >= 0
+    assert lab.delete(function="worker", dport=HTTP) == 1
+    assert lab.connections(function="worker", dport=HTTP) == []
+    assert lab.count(function="api", dport=HTTP) == 2
 
 
 def test_unsolicited_inbound_is_counted(lab):
