@@ -90,6 +90,19 @@ def test_the_circle_finder_finds_a_circle(tmp_path, monkeypatch):
     assert import_circles("circled") == [["circled.a", "circled.b", "circled.c"]]
 
 
+def test_every_top_level_module_has_a_layer():
+    """A module left out of the layers would be bound by nothing."""
+    import tomllib
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (contract,) = [c for c in config["contracts"] if c["type"] == "layers"]
+    named = {name.strip(" ()") for layer in contract["layers"]
+             for name in layer.replace(":", "|").split("|")}
+    graph = grimp.build_graph("hyperplane", cache_dir=None)
+    top = {m.split(".")[1] for m in graph.modules if m.count(".") >= 1}
+    assert not sorted(top - named), f"in no layer of pyproject.toml: {sorted(top - named)}"
+    assert not sorted(named - top), f"layers naming no module: {sorted(named - top)}"
+
+
 def test_the_layers_contract_is_kept():
     """`lint-imports` over this checkout (PYTHONPATH first, so it reads this tree's source)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
