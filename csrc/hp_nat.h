@@ -62,6 +62,7 @@ typedef struct hp_group {
     uint16_t enis[HP_GROUP_MAX_ENIS];   /* oldest first; the last takes new connections */
     hp_sg_set *sg;               /* egress rules; NULL allows everything */
     uint64_t sg_denied;          /* new connections the rules refused */
+    uint8_t can_grow;            /* the control plane can add an ENI (below its limit) */
 } hp_group;
 
 typedef struct hp_eni_pools {
@@ -148,6 +149,10 @@ int hp_nat_group_add_eni(hp_nat *nat, int group, int eni);
 /* Takes an ENI out of its group (no new connection picks it) when it has no connection:
  * 0, -2 while it has some (nothing changes), -1 when it is not in the group. */
 int hp_nat_group_retire_eni(hp_nat *nat, int group, int eni);
+/* Whether the group can take one more ENI (the control plane knows its limit): a function
+ * at its port share of every pool of a group that can grow is answered PORTS_EXHAUSTED (a
+ * punt: the group grows) instead of FUNCTION_LIMIT (section 13). 0, or -1 (no such group). */
+int hp_nat_group_set_can_grow(hp_nat *nat, int group, int can_grow);
 int hp_nat_add_source(hp_nat *nat, int family, const uint8_t *addr, int group, int allow_v6);
 /* Moves every source with this address to another group (a function's config changed): its
  * new connections take that group's ENIs, live ones keep theirs. 0, or -1 (no such source or

@@ -54,6 +54,11 @@ int hp_quota_port_ok(const hp_func *f, uint32_t eni, int family, int proto);
 /* A port of the pool taken (+1) or handed back (-1). */
 void hp_quota_port_add(hp_func *f, uint32_t eni, int family, int proto, int delta);
 
+/* The largest share of its port quota any function holds in one pool of ENI eni, in
+ * thousandths (1000: one is at its quota there; 0 without quotas): the control plane grows a
+ * group before a function reaches its share, as it does before a pool fills. */
+uint32_t hp_quota_share_used(const hp_nat *nat, uint32_t eni);
+
 /* The unassured connection to drop to make room: the oldest (last seen first) among the first
  * HP_EARLY_DROP_SCAN entries of each state's list, as Linux's early_drop; HP_CT_NONE when
  * every entry looked at is assured. */

@@ -81,6 +81,14 @@ int hp_nat_group_retire_eni(hp_nat *nat, int group, int eni)
     return -1;
 }
 
+int hp_nat_group_set_can_grow(hp_nat *nat, int group, int can_grow)
+{
+    if (group < 0 || (uint32_t)group >= nat->n_groups)
+        return -1;
+    nat->groups[group].can_grow = (uint8_t)(can_grow != 0);
+    return 0;
+}
+
 int hp_nat_set_source_group(hp_nat *nat, int family, const uint8_t *addr, int group)
 {
     if (group < 0 || (uint32_t)group >= nat->n_groups)
@@ -367,9 +375,10 @@ static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, hp_fun
         return HP_R_PORTS_EXHAUSTED;
     /* The newest ENI with a free port: scale-out adds ENIs before the newest fills up, and an
      * older one whose ports came back still serves while the newest is full. A pool the
-     * function holds its quota of (section 13) is passed over; that is FUNCTION_LIMIT only
-     * when the pool still has a port for the others: a pool the function filled alone
-     * (ports_share 1.0) is exhausted like any full pool, so the group grows. */
+     * function holds its quota of (section 13) is passed over. A function at its share of
+     * every pool makes its group grow (PORTS_EXHAUSTED: the control plane adds an ENI, on
+     * which the function has its share again); only a group that cannot grow refuses it,
+     * FUNCTION_LIMIT, while a pool still has a port for the others. */
     int over_quota = 0;
     for (uint32_t i = g->n_enis; i-- > 0;) {
         hp_pool *pool = hp_nat_pool(nat, g->enis[i], k->family, k->proto);
@@ -388,7 +397,7 @@ static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, hp_fun
             hp_pool_map_add(pool, *ext, k->src, k->sport, ep_hash);
         return HP_R_NONE;
     }
-    return over_quota ? HP_R_FUNCTION_LIMIT : HP_R_PORTS_EXHAUSTED;
+    return over_quota && !g->can_grow ? HP_R_FUNCTION_LIMIT : HP_R_PORTS_EXHAUSTED;
 }
 
 uint32_t hp_nat_lookup(const hp_nat *nat, const hp_flow_key *key, int dir, uint64_t now_ms)

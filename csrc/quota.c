@@ -88,6 +88,22 @@ void hp_quota_port_add(hp_func *f, uint32_t eni, int family, int proto, int delt
         (*held)--;
 }
 
+uint32_t hp_quota_share_used(const hp_nat *nat, uint32_t eni)
+{
+    uint32_t most = 0;
+    for (uint32_t i = 0; i < nat->n_sources; i++) {
+        const hp_func *f = &nat->funcs[i];
+        const hp_func_pool *p = nat->sources[i].owner == i && f->max_ports ? find_pool(f, eni)
+                                                                            : NULL;
+        for (int k = 0; p && k < 4; k++) {
+            uint64_t used = (uint64_t)p->held[k / 2][k % 2] * 1000 / f->max_ports;
+            if (used > most)
+                most = (uint32_t)(used < 1000 ? used : 1000);
+        }
+    }
+    return most;
+}
+
 uint32_t hp_quota_early_drop_victim(const hp_ct *ct)
 {
     uint32_t victim = HP_CT_NONE;

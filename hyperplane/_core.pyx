@@ -223,6 +223,30 @@ cdef class Nat:
             raise errors.refused(f"ENI {eni} is not in group {group}")
         return rc != errors.ENI_BUSY
 
+    def group_set_can_grow(self, int group, can_grow):
+        """Whether the control plane can add an ENI to the group (it is below its limit): a
+        function at its port share of every pool is then answered PORTS_EXHAUSTED (a punt:
+        the group grows) instead of FUNCTION_LIMIT. docs/semantics.md section 13."""
+        cdef int rc, on = bool(can_grow)
+        with nogil:
+            self._acquire()
+            rc = hp_nat_group_set_can_grow(self.nat, group, on)
+            self._release()
+        if rc != 0:
+            raise errors.refused(f"no group {group}")
+
+    def eni_share_used(self, int eni):
+        """The largest share of its port quota any function holds in one pool of the ENI,
+        0.0 .. 1.0 (0.0 without quotas): what scale-out watches beside the pools' fill."""
+        if not 0 <= eni < self.nat.n_enis:
+            raise ValueError(f"no ENI {eni}")
+        cdef uint32_t used
+        with nogil:
+            self._acquire()
+            used = hp_quota_share_used(self.nat, eni)
+            self._release()
+        return used / 1000.0
+
     def add_source(self, addr, int group, allow_v6=False, mac=None):
         fam, raw = addr_bytes(addr)
         cdef bytes m = mac_bytes(mac) if mac is not None else None

@@ -197,6 +197,7 @@ cdef extern from "hp_nat.h":
     int hp_nat_add_group(hp_nat *nat) nogil
     int hp_nat_group_add_eni(hp_nat *nat, int group, int eni) nogil
     int hp_nat_group_retire_eni(hp_nat *nat, int group, int eni) nogil
+    int hp_nat_group_set_can_grow(hp_nat *nat, int group, int can_grow) nogil
     int hp_nat_set_source_group(hp_nat *nat, int family, const uint8_t *addr, int group) nogil
     int hp_nat_add_source_mac(hp_nat *nat, int family, const uint8_t *addr, int group,
                               int allow_v6, const uint8_t *mac) nogil
@@ -232,6 +233,7 @@ cdef extern from "hp_quota.h":
                      uint32_t max_ports) nogil
     hp_func *hp_quota_func(hp_nat *nat, uint32_t owner) nogil
     void hp_quota_recount(hp_nat *nat) nogil
+    uint32_t hp_quota_share_used(const hp_nat *nat, uint32_t eni) nogil
 
 cdef extern from "hp_conntrack.h":
     void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, int dir,

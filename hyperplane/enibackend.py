@@ -32,7 +32,16 @@ class DaemonEniBackend:
         return out
 
     def usage(self, eni: EniInfo) -> float:
-        return max((p["size"] - p["free"]) / p["size"] for p in self.pools(eni).values())
+        """The fullest of its pools, or the largest share of its port quota a function holds
+        there: a group grows before one busy function reaches its share, as before a pool
+        fills (docs/semantics.md section 13)."""
+        fill = max((p["size"] - p["free"]) / p["size"] for p in self.pools(eni).values())
+        return max(fill, self.d.nat.eni_share_used(eni.id))
+
+    def set_can_grow(self, group: str, can_grow: bool) -> None:
+        gid = self.d.group_ids.get(group)
+        if gid is not None:
+            self.d.nat.group_set_can_grow(gid, can_grow)
 
     def connections(self, eni: EniInfo) -> int:
         return sum(self.d.nat.eni_counters(eni.id)["active"].values())

@@ -36,7 +36,11 @@ class Backend(Protocol):
     def attach(self, eni) -> None:
         """NAT, data-plane port and slow path first, then the group (ready before it joins)."""
     def usage(self, eni) -> float:
-        """The fullest of its pools: (size - free) / size (quarantined ports count)."""
+        """The fullest of its pools: (size - free) / size (quarantined ports count), or the
+        largest share of its port quota one function holds there, whichever is more."""
+    def set_can_grow(self, group: str, can_grow: bool) -> None:
+        """Tells the NAT whether the group can take one more ENI (optional): a function at
+        its port share everywhere is then answered PORTS_EXHAUSTED, not FUNCTION_LIMIT."""
     def pools(self, eni) -> dict:
         """Per pool (tcp4, udp4, ...): size, free, in_use, quarantined."""
     def connections(self, eni) -> int:
@@ -71,6 +75,7 @@ class EniManager:
         self._refused: dict[str, bool] = {}         # group -> its last request was refused
         self._at_limit: set[str] = set()            # groups whose limit was logged
         self._retry_at: dict[str, float] = {}       # group -> no creation before
+        self._can_grow: dict[str, bool] = {}        # group -> what the NAT was told
         self.wake = threading.Event()
 
     # --- other threads -------------------------------------------------------------------
@@ -138,6 +143,15 @@ class EniManager:
             else:
                 self._at_limit.discard(group)
         self._idle_and_reclaim()
+        live = self.groups()
+        for group in set(live) | set(known_groups):
+            self._tell_can_grow(group, len(live.get(group, [])) < self.limit)
+
+    def _tell_can_grow(self, group: str, can_grow: bool) -> None:
+        setter = getattr(self.backend, "set_can_grow", None)
+        if setter is not None and self._can_grow.get(group) != can_grow:
+            setter(group, can_grow)
+            self._can_grow[group] = can_grow
 
     def _past_high_water(self, enis: list[Record]) -> bool:
         newest = enis[-1]

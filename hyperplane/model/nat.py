@@ -89,6 +89,7 @@ class Nat:
         self.rng = SplitMix64(p.port_seed)
         self.enis: list[Eni] = []
         self.groups: list[list[int]] = []               # ENI ids, oldest first
+        self.group_can_grow: list[bool] = []             # the control plane can add an ENI
         self.sources: dict[tuple[int, bytes], Source] = {}
         self.n_sources = 0                              # registrations, duplicates included
         self.mac_owner: dict[bytes, int] = {}           # function MAC -> its owner index
@@ -134,6 +135,7 @@ class Nat:
 
     def add_group(self) -> int:
         self.groups.append([])
+        self.group_can_grow.append(False)
         self.group_rules.append(None)
         self.sg_denied.append(0)
         return len(self.groups) - 1
@@ -143,6 +145,23 @@ class Nat:
                 or len(self.groups[group]) >= GROUP_MAX_ENIS):
             raise errors.refused(f"cannot add ENI {eni} to group {group}")
         self.groups[group].append(eni)      # the newest ENI takes new connections
+
+    def group_set_can_grow(self, group: int, can_grow: bool) -> None:
+        """Whether the control plane can add an ENI to the group (below its limit): a
+        function at its port share of every pool then gets PORTS_EXHAUSTED (the group grows),
+        not FUNCTION_LIMIT (section 13)."""
+        if not 0 <= group < len(self.groups):
+            raise ValueError(f"no group {group}")
+        self.group_can_grow[group] = bool(can_grow)
+
+    def eni_share_used(self, eni: int) -> float:
+        """The largest share of its port quota any function holds in one pool of the ENI
+        (thousandths, rounded down, as a fraction; 0.0 without quotas)."""
+        if not 0 <= eni < len(self.enis):
+            raise ValueError(f"no ENI {eni}")
+        most = max((min(held * 1000 // f.max_ports, 1000) for f in self.funcs.values()
+                    if f.max_ports for (e, *_), held in f.held.items() if e == eni), default=0)
+        return most / 1000.0
 
     def group_retire_eni(self, group: int, eni: int) -> bool:
         if not 0 <= group < len(self.groups) or eni not in self.groups[group]:
@@ -366,7 +385,9 @@ class Nat:
             return None, R["TABLE_FULL"]
         eni, port = self._choose_port(group, pkt, func, now_ms)
         if port is None:
-            if eni == "quota":
+            # At its share of every pool: a group that can grow grows (the control plane adds
+            # an ENI on PORTS_EXHAUSTED); only one that cannot refuses the function.
+            if eni == "quota" and not self.group_can_grow[source.group]:
                 func.counters["refused_ports"] += 1
                 return None, R["FUNCTION_LIMIT"]
             if group:

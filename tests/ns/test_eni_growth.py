@@ -5,6 +5,7 @@ Deleted) with its veth gone after the idle time, and a function moved to another
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -70,10 +71,12 @@ security_group_ids = ["sg-web"]
 class Lab:
     """A lab up for one test, down afterwards whatever happens."""
 
-    def __init__(self, tmp_path, hyperplane: str, timeouts: str = ""):
+    def __init__(self, tmp_path, hyperplane: str = "", timeouts: str = "", config=None):
+        """config: the whole lab config, with {prefix} for the prefix (else this file's)."""
         self.prefix = new_prefix()
         self.cfg = tmp_path / "lab.toml"
-        self.cfg.write_text(lab_config(self.prefix, hyperplane, timeouts))
+        self.cfg.write_text(config.replace("{prefix}", self.prefix) if config is not None
+                            else lab_config(self.prefix, hyperplane, timeouts))
         self.procs: list[subprocess.Popen] = []
 
     def __enter__(self):
@@ -191,6 +194,50 @@ def test_70000_udp_flows_scale_out_to_exactly_two_enis(tmp_path):
         assert all(c["port_errors"] == 0 for c in stats["per_eni"].values())
         assert stats["eni_manager"]["scale_outs"] == 1
         assert stats["eni_manager"]["create_errors"] == 0
+
+
+def default_lab_config() -> str:
+    """The built-in lab (hyperplane/default_lab.toml) under a test's prefix."""
+    from importlib import resources
+    text = resources.files("hyperplane").joinpath("default_lab.toml").read_text()
+    return re.sub(r'(?m)^prefix = ".*"', 'prefix = "{prefix}"', text, count=1)
+
+
+def test_one_function_alone_grows_its_group_past_its_port_share(tmp_path):
+    """The default lab (ports_share 0.5: a function may hold 32,500 ports of a pool): api
+    alone opens 40,000 UDP flows to web. Its group grows instead of refusing it: every flow
+    arrives, from exactly two ENIs of api's group (the second one made before api reached its
+    share), and worker, on the same group, still opens connections meanwhile."""
+    with Lab(tmp_path, config=default_lab_config()) as lab:
+        flows, rate, worker_flows = 40_000, 1_500, 200
+        sink = lab.sink(flows + worker_flows, 90)
+        api = lab.send("api", 20_000, flows, rate, 60)
+        worker = lab.send("worker", 61_000, worker_flows, worker_flows // 20, 40)
+        for s, n in ((api, flows), (worker, worker_flows)):
+            out, err = s.communicate(timeout=90)
+            assert s.returncode == 0, err
+            assert json.loads(out)["sent"] == n, out
+        out, _ = sink.communicate(timeout=90)
+        got = json.loads(out.splitlines()[-1])
+        group = lab.lab.state.function("api").group
+        enis = [e for e in live(lab.enis()) if e["group"] == group]
+        stats = lab.stats()
+        lost = loss_counters(stats)
+        inside_drops = sum(p["rx_kernel_drops"] for p in stats["ports"] if p["role"] == "inside")
+        funcs = {f["name"]: f for f in stats["functions"]}
+        why = (f"{got}\nlost: {lost}\nENIs: {json.dumps(enis)}\nfunctions: {funcs}\n"
+               f"log: {lab.log()[-3000:]}")
+        print(f"40,000 flows of one function: {got['flows'] - worker_flows} of api's and "
+              f"worker's {worker_flows} reached the server, {inside_drops} dropped by the kernel "
+              f"on the inside ring; ENIs of the group: {[e['ipv4'] for e in enis]}")
+        assert got["flows"] + inside_drops == flows + worker_flows, why
+        assert len(enis) == 2, why
+        assert set(got["sources"]) == {e["ipv4"] for e in enis}, why
+        assert stats["nat"].get("drop.FUNCTION_LIMIT", 0) == 0, why
+        for fn in ("api", "worker"):
+            f = funcs[fn]
+            assert f["refused_ports"] == f["refused_connections"] == 0, why
+        assert stats["eni_manager"]["scale_outs"] == 1, why
 
 
 def test_ten_port_range_stops_at_the_group_limit(tmp_path):

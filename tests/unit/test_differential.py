@@ -158,6 +158,8 @@ STEP = st.one_of(
     st.tuples(st.just("harvest"), st.sampled_from([None, 1, 2, 1000])),
     # (source, max connections, max ports per pool): 0 is no quota
     st.tuples(st.just("quota"), INDEX, st.integers(0, 3), st.integers(0, 2)),
+    # whether a group can take one more ENI (a function at its share then makes it grow)
+    st.tuples(st.just("can_grow"), INDEX, BOOL),
 )
 
 
@@ -342,6 +344,7 @@ class Pair:
         assert self.m.rejected() == self.c.rejected()
         for e in range(len(self.enis)):
             assert self.m.eni_counters(e) == self.c.eni_counters(e), e
+            assert self.m.eni_share_used(e) == self.c.eni_share_used(e), e
         for g in range(self.n_groups):
             assert self.m.sg_counters(g) == self.c.sg_counters(g), g
         assert self.m.function_stats() == self.c.function_stats()
@@ -440,6 +443,8 @@ class Run:
             addrs = SOURCES[4] + SOURCES[6]
             pair.call("set_quota", addrs[source % len(addrs)], max_connections=conns,
                       max_ports=ports)
+        elif op == "can_grow":
+            pair.call("group_set_can_grow", step[1] % pair.n_groups, step[2])
         elif op == "add_eni" and len(pair.enis) < MAX_ENIS:
             _, (v4, v6), group = step
             pair.call("group_add_eni", group % pair.n_groups, pair.add_eni(v4, v6))

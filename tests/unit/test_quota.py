@@ -123,6 +123,40 @@ def test_a_pool_the_function_filled_alone_is_exhausted_not_over_quota(NatClass):
     assert Flow(nat2, proto=fg.UDP, sport=3).send(OUT) == refused("PORTS_EXHAUSTED")
 
 
+def test_a_function_over_its_share_makes_a_group_that_can_grow_grow(NatClass):
+    """A function at its share of every pool of its group: while the group can take one more
+    ENI, it is short of ports (PORTS_EXHAUSTED, a punt: the control plane adds one, on which
+    it has its share again), not refused; the other function keeps its share on every ENI.
+    Only a group that cannot grow refuses it (FUNCTION_LIMIT)."""
+    nat = two_functions(NatClass, port_range=(7000, 7009))
+    nat.set_quota(SRC, max_ports=2)
+    nat.set_quota(SRC_B, max_ports=2)
+    assert nat.eni_share_used(0) == 0.0
+    assert Flow(nat, proto=fg.UDP, sport=1).send(OUT)[0] == FORWARD
+    assert nat.eni_share_used(0) == 0.5                      # one of its two
+    assert Flow(nat, proto=fg.UDP, sport=2).send(OUT)[0] == FORWARD
+    assert nat.eni_share_used(0) == 1.0
+    assert Flow(nat, proto=fg.UDP, sport=3).send(OUT) == refused("FUNCTION_LIMIT")
+    nat.group_set_can_grow(0, True)
+    assert Flow(nat, proto=fg.UDP, sport=3).send(OUT) == refused("PORTS_EXHAUSTED")
+    a = stats_of(nat, SRC)
+    assert (a["refused_ports"], a["ports_exhausted"]) == (1, 1)
+    assert nat.eni_counters(0)["port_errors"] == 1
+    # The other function's share is untouched.
+    for sport in (1, 2):
+        assert Flow(nat, proto=fg.UDP, src=SRC_B, sport=sport).send(OUT)[0] == FORWARD
+    nat.group_add_eni(0, nat.add_eni(ENI_B))
+    for sport in (3, 4):
+        assert Flow(nat, proto=fg.UDP, sport=sport).send(OUT)[0] == FORWARD
+    assert {c.eni for c in nat.connections() if c.src == SRC and c.sport >= 3} == {1}
+    assert (nat.eni_share_used(0), nat.eni_share_used(1)) == (1.0, 1.0)
+    assert Flow(nat, proto=fg.UDP, src=SRC_B, sport=3).send(OUT)[0] == FORWARD
+    nat.group_set_can_grow(0, False)                         # at its limit now
+    assert Flow(nat, proto=fg.UDP, sport=5).send(OUT) == refused("FUNCTION_LIMIT")
+    with pytest.raises(ValueError):
+        nat.eni_share_used(2)
+
+
 def test_port_quota_per_connection_mapping(NatClass):
     nat = two_functions(NatClass, port_range=(7000, 7009), mapping="per-connection")
     nat.set_quota(SRC, max_ports=1)
