@@ -151,7 +151,7 @@ class Nat:
         function at its port share of every pool then gets PORTS_EXHAUSTED (the group grows),
         not FUNCTION_LIMIT (section 13)."""
         if not 0 <= group < len(self.groups):
-            raise ValueError(f"no group {group}")
+            raise errors.refused(f"no group {group}")
         self.group_can_grow[group] = bool(can_grow)
 
     def eni_share_used(self, eni: int) -> float:
