@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import control
+from . import control, scheduling
 from .errors import RuntimeFailure
 from .lab.state import LabState
 # RUN_DIR and prefixes too: callers of the runtime name the run folder through it
@@ -183,6 +183,7 @@ def stop(prefix: str, run_dir=None, timeout: float = STOP_TIMEOUT_S) -> list[int
     p = paths(prefix, run_dir)
     for f in (p.pid, p.supervisor_pid, p.socket):
         f.unlink(missing_ok=True)
+    scheduling.release(prefix)         # the forwarding thread's cgroup, left by a killed one
     return stopped
 
 
