@@ -11,6 +11,7 @@ TRACE_EXAMPLES = """examples:
   hyperplane trace --from web --to api:22 --tcp syn                   unsolicited inbound
   hyperplane trace --from web:8080 --to api --tcp rst --seq 705000 --conn established
   hyperplane trace --from api --to web:8080 --tcp syn --malform ip-checksum
+  hyperplane trace --from worker --to api --udp --hairpin web:7
   hyperplane trace --pcap inside.pcap --packet 3
   sudo hyperplane trace --live --from api        (then make api send something)"""
 
@@ -41,6 +42,9 @@ def add_trace_arguments(p: argparse.ArgumentParser) -> None:
                                  "name or a MAC (a spoofed source)")
     p.add_argument("--malform", choices=("ip-checksum", "truncated", "tcp-doff", "ttl",
                                          "bad-flags"), help="break the frame on purpose")
+    p.add_argument("--hairpin", metavar="HOST[:PORT]",
+                   help="hairpinning: --to (a function) first opens a connection to HOST, then "
+                        "--from (a function) sends to the ENI address and port it got")
     p.add_argument("--pcap", help="trace a packet of this pcap (those before it are the setup)")
     p.add_argument("--packet", type=int, help="with --pcap: its number, from 1 (default: the last)")
     p.add_argument("--live", action="store_true",
@@ -90,7 +94,7 @@ def cmd_trace(args) -> int:
                 state, args.src, args.dst, proto="udp" if args.udp else "tcp",
                 flags=args.tcp or "syn", conn=args.conn, seq=args.seq, ack=args.ack,
                 ttl=args.ttl, ipv6=args.ipv6, wait_s=args.wait, mac=args.mac,
-                malformed=args.malform)
+                malformed=args.malform, hairpin=args.hairpin)
     except (packets.DescriptionError, KeyError) as e:
         print(f"hyperplane trace: {e}", file=sys.stderr)
         return 2

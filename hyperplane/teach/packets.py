@@ -117,9 +117,14 @@ def malform(data: bytes, how: str) -> bytes:
 def describe(state, src: str, dst: str, proto: str = "tcp", flags: str = "syn",
              conn: str | None = None, seq: int | None = None, ack: int | None = None,
              ttl: int = 64, ipv6: bool = False, wait_s: float = 0.0, mac: str | None = None,
-             malformed: str | None = None, payload: bytes = b"") -> list[Packet]:
-    """The packets of a described trace: the setup that --conn asks for, then the one traced."""
+             malformed: str | None = None, payload: bytes = b"",
+             hairpin: str | None = None) -> list[Packet]:
+    """The packets of a described trace: the setup that --conn asks for, then the one traced.
+    hairpin (a host): `dst` (a function) first opens a connection to that host, then `src` (a
+    function) sends to the ENI address and port that connection got (RFC 4787 REQ-9)."""
     family = 6 if ipv6 else 4
+    if hairpin:
+        return _hairpin(state, src, dst, hairpin, proto, family, flags)
     a, b = resolve_end(state, src, family), resolve_end(state, dst, family)
     letters = FLAG_NAMES.get(flags.lower(), flags.upper()) if proto == "tcp" else ""
     inside, outside = (a, b) if a.function is not None else (b, a)
@@ -200,6 +205,27 @@ def describe(state, src: str, dst: str, proto: str = "tcp", flags: str = "syn",
         traced.frame = malform(traced.frame, malformed)
         traced.label += f" (malformed: {malformed})"
     return setup + [traced]
+
+
+def _hairpin(state, src, dst, host, proto, family, flags) -> list[Packet]:
+    a, b, h = (resolve_end(state, t, family) for t in (src, dst, host))
+    if a.function is None or b.function is None:
+        raise DescriptionError("--hairpin: --from and --to must both be functions")
+    letters = FLAG_NAMES.get(flags.lower(), flags.upper()) if proto == "tcp" else ""
+    b_port, h_port = b.port or INSIDE_PORT, h.port or (8080 if proto == "tcp" else 7)
+    eni = [e for e in state.enis_of(b.function.group) if e.status != "Deleted"][-1]
+    eni_addr = eni.ipv6 if family == 6 else eni.ipv4
+    gw = state.inside.mac
+    opener = Packet(frame(b.mac, gw, b.addr, h.addr, b_port, h_port, proto, letters or "S",
+                          INSIDE_ISN), OUT, 0, f"{b.name}:{b_port} -> {h.name}:{h_port} {proto}",
+                    START_MS + STEP_MS)
+    nat_port = _nat_port(state, [opener])
+    a_port = a.port or INSIDE_PORT + 1
+    traced = Packet(frame(a.mac, gw, a.addr, eni_addr, a_port, nat_port, proto, letters or "S",
+                          INSIDE_ISN), OUT, 0,
+                    f"{a.name}:{a_port} -> ENI {eni.id} {eni_addr}:{nat_port} ({b.name}'s "
+                    f"mapping) {proto} {letters}".rstrip(), START_MS + 2 * STEP_MS)
+    return [opener, traced]
 
 
 def _nat_port(state, setup: list[Packet]) -> int:
