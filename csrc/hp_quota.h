@@ -29,7 +29,7 @@ typedef struct hp_func {
     uint32_t conns;              /* live connections it owns */
     uint32_t n_pools;            /* entries of pools in use (an entry all zero is reused) */
     uint64_t counters[HP_FC_COUNT];
-    hp_func_pool pools[HP_GROUP_MAX_ENIS];
+    hp_func_pool pools[HP_MAX_ENIS];     /* every ENI can hold its ports (groups change) */
 } hp_func;
 
 /* Makes room for the functions of n sources (hp_nat_add_source calls it). 0 or -1. */

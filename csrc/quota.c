@@ -68,13 +68,14 @@ void hp_quota_port_add(hp_func *f, uint32_t eni, int family, int proto, int delt
     if (!p) {
         if (delta < 0)
             return;
-        /* An ENI the function has no port of: take an empty entry, else a new one. A
-         * function's group has at most HP_GROUP_MAX_ENIS ENIs, so one is always free. */
+        /* An ENI the function has no port of: take an empty entry, else a new one. There
+         * is an entry for every ENI of the NAT: a function moved to another group keeps its
+         * ports on the old group's ENIs, so its group's limit is no bound. */
         for (uint32_t i = 0; i < f->n_pools && !p; i++)
             if (pool_empty(&f->pools[i]))
                 p = &f->pools[i];
         if (!p) {
-            if (f->n_pools >= HP_GROUP_MAX_ENIS)
+            if (f->n_pools >= HP_MAX_ENIS)     /* not reached: eni < n_enis <= HP_MAX_ENIS */
                 return;
             p = &f->pools[f->n_pools++];
         }

@@ -228,7 +228,7 @@ cdef extern from "hp_quota.h":
         uint32_t conns
         uint32_t n_pools
         uint64_t counters[16]
-        hp_func_pool pools[64]
+        hp_func_pool pools[1024]
     int hp_quota_set(hp_nat *nat, int family, const uint8_t *addr, uint32_t max_conns,
                      uint32_t max_ports) nogil
     hp_func *hp_quota_func(hp_nat *nat, uint32_t owner) nogil

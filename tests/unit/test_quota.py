@@ -157,6 +157,21 @@ def test_a_function_over_its_share_makes_a_group_that_can_grow_grow(NatClass):
         nat.eni_share_used(2)
 
 
+def test_ports_count_on_every_eni_a_function_holds_them(NatClass):
+    """A function moved to another group keeps its ports on the old group's ENIs: its
+    quota counts them all, past the 64 ENIs one group may have."""
+    nat = make(NatClass, port_range=(7000, 7000))
+    nat.add_group()
+    for i in range(65):
+        if i == 64:
+            nat.set_source_group(SRC, 1)
+        if i:
+            nat.group_add_eni(0 if i < 64 else 1, nat.add_eni(f"10.0.1.{i + 5}"))
+        assert Flow(nat, proto=fg.UDP, sport=i + 1).send(OUT)[0] == FORWARD, i
+    assert len({c.eni for c in nat.connections()}) == 65
+    assert stats_of(nat, SRC)["ports"] == 65
+
+
 def test_port_quota_per_connection_mapping(NatClass):
     nat = two_functions(NatClass, port_range=(7000, 7009), mapping="per-connection")
     nat.set_quota(SRC, max_ports=1)
