@@ -24,9 +24,16 @@ socks = []
 for i in range(n):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("", first + i))
-    s.settimeout(3)
-    s.sendto(b"flow", (dst, port))
-    s.recv(100)
+    s.settimeout(1)
+    for attempt in range(5):     # UDP: a datagram lost on a busy machine is sent again
+        s.sendto(b"flow", (dst, port))
+        try:
+            s.recv(100)
+            break
+        except socket.timeout:
+            continue
+    else:
+        sys.exit(f"no echo from {dst}:{port} for source port {first + i}")
     socks.append(s)
 print("ready", flush=True)
 sys.stdin.read()
