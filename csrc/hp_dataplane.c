@@ -441,7 +441,7 @@ static void punt(hp_dp *dp, uint16_t in_port, uint16_t out_port, uint8_t reason,
     uint32_t flen = len > VNET_LEN ? len - VNET_LEN : 0;
     pthread_mutex_lock(&dp->punt_lock);
     /* Policed under the punt lock: the forwarding thread and hp_dp_input's callers both punt. */
-    if (!hp_police_punt(&dp->police, in_port, reason, dp_now(dp))) {
+    if (!hp_police_punt(&dp->police, in_port, reason, f + VNET_LEN, flen, dp_now(dp))) {
         pthread_mutex_unlock(&dp->punt_lock);
         dp->counters[HP_DP_C_PUNT_POLICED]++;
         return;

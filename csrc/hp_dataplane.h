@@ -116,7 +116,7 @@ typedef struct hp_dp {
     void *clock_ctx;
     uint64_t counters[HP_DP_C_COUNT];
     uint64_t drops[HP_R_COUNT];  /* the loop's own drops and punts, by reason */
-    hp_punt_police police;       /* punts per (port, reason), hp_police.h */
+    hp_punt_police police;       /* punts per (port, source MAC) and class, hp_police.h */
     uint8_t *scratch;            /* hp_dp_input's copy of a frame */
     uint8_t *frames[HP_DP_BATCH];
     uint32_t lens[HP_DP_BATCH];

@@ -5,38 +5,70 @@
 
 #include "hp_nat.h"
 #include "hp_reject.h"
+#include "hp_flow.h"
 
 #define HP_REFUSAL_PER_S 1000
 #define HP_REFUSAL_BURST 100
-#define HP_PUNT_PER_S 200        /* punts per second of one reason from one port ... */
+#define HP_RST_PER_S 1000       /* idle RSTs (section 9.2), per function too */
+#define HP_RST_BURST 100
+#define HP_PUNT_PER_S 200        /* punts per second of one class from one source ... */
 #define HP_PUNT_BURST 100        /* ... and at once */
 #define HP_POLICE_PORTS 64       /* = HP_DP_MAX_PORTS */
 /* NEIGH_MISS punts are frames of tracked connections waiting for ARP / NDP: the slow path
  * queues them (bounded per next hop) and sends them once resolved. A cold neighbour on a busy
- * port (many new flows while a loaded slow path resolves it) punts hundreds at once, so they get a bucket of their own this big, at least; a flood of them still costs
- * the slow path no more than this a second and leaves the other reasons' buckets alone. */
+ * port punts hundreds at once, so they get a bucket of their own per port, this big at least;
+ * a flood of them still costs the slow path no more than this a second and leaves the other
+ * classes' buckets alone. */
 #define HP_NEIGH_MISS_PER_S 2000
 #define HP_NEIGH_MISS_BURST 512       /* half a punt buffer side: ARP keeps room */
 
-/* A token bucket per (port, punt reason): the slow path gets at most so many frames of a kind
- * from a port, whatever floods it; the rest is dropped in C and counted by reason. */
+/* What a punt asks of the slow path, each with its own bucket (docs/semantics.md section 13):
+ * one kind flooding leaves the others theirs. TTL_EXCEEDED and TOO_BIG punts are ICMP errors
+ * to make; fragments and the rest are OTHER. */
+#define HP_POLICE_CLASSES(X) X(ARP) X(NDP) X(ECHO) X(ICMP_ERR) X(OTHER) X(NEIGH_MISS)
+#define HP_PC_ENUM(name) HP_PC_##name,
+enum hp_police_class { HP_POLICE_CLASSES(HP_PC_ENUM) HP_PC_COUNT };
+#undef HP_PC_ENUM
+extern const char *const hp_police_class_names[HP_PC_COUNT];
+
+/* Sources: a punt is charged to the (port, source MAC) that sent it, so one function on the
+ * shared inside port, or one neighbour on an ENI, cannot spend another's budget. A source gets
+ * a slot in a 4-way set (keyed hash) when one is free or idle for HP_POLICE_IDLE_MS and its
+ * port's admission bucket allows; until then, and for a MAC that cannot get one, it shares its
+ * port's stranger buckets, so MACs made up by the thousand share one budget. */
+#define HP_POLICE_SLOTS 1024
+#define HP_POLICE_WAYS 4
+#define HP_POLICE_IDLE_MS 10000
+#define HP_POLICE_ADMIT_PER_S 2
+#define HP_POLICE_ADMIT_BURST 16
+
+typedef struct hp_police_source {
+    uint8_t mac[6];
+    uint16_t port;               /* port + 1; 0: a free slot */
+    uint64_t last_ms;
+    hp_rate rate[HP_PC_COUNT - 1];       /* all but NEIGH_MISS, which is per port */
+} hp_police_source;
+
 typedef struct hp_punt_police {
-    hp_rate rate[HP_POLICE_PORTS][HP_R_COUNT];
-    uint64_t policed[HP_R_COUNT];
+    hp_police_source slot[HP_POLICE_SLOTS];
+    hp_rate stranger[HP_POLICE_PORTS][HP_PC_COUNT - 1];
+    hp_rate neigh_miss[HP_POLICE_PORTS];
+    hp_rate admit[HP_POLICE_PORTS];
+    uint32_t per_s, burst;
+    hp_hash_seed seed;
+    uint64_t policed[HP_R_COUNT];        /* by punt reason */
+    uint64_t policed_class[HP_PC_COUNT];
+    uint64_t strangers;                  /* punts charged to a stranger bucket */
 } hp_punt_police;
 
-/* Every (port, reason) bucket at per_s and burst; NEIGH_MISS at least at its own limits. */
+/* Every bucket at per_s and burst; NEIGH_MISS at least at its own limits. Forgets sources. */
 void hp_police_init(hp_punt_police *p, uint32_t per_s, uint32_t burst);
-/* Whether a frame of reason from port may be punted now; counts it in policed when not. */
-static inline int hp_police_punt(hp_punt_police *p, uint32_t port, int reason, uint64_t now_ms)
-{
-    if (port >= HP_POLICE_PORTS || reason < 0 || reason >= HP_R_COUNT)
-        return 1;
-    if (hp_rate_take(&p->rate[port][reason], now_ms))
-        return 1;
-    p->policed[reason]++;
-    return 0;
-}
+/* The class of a punt of reason whose frame starts at eth (its Ethernet header, elen bytes). */
+int hp_police_class(int reason, const uint8_t *eth, uint32_t elen);
+/* Whether a frame of reason from port (eth: its Ethernet header, elen bytes) may be punted
+ * now; counts it by reason and class when not. */
+int hp_police_punt(hp_punt_police *p, uint32_t port, int reason, const uint8_t *eth,
+                   uint32_t elen, uint64_t now_ms);
 
 /* Turns a refused datagram into the ICMP destination unreachable, administratively prohibited
  * (RFC 5508 REQ-8: type 3 code 13; ICMPv6 type 1 code 1) from its destination back to its
@@ -44,9 +76,14 @@ static inline int hp_police_punt(hp_punt_police *p, uint32_t port, int reason, u
  * payload at least). Returns 0, or -1 when the frame is too short for that (unchanged). */
 int hp_unreach_build(hp_pkt *pkt);
 
+/* The bucket an answer to pkt (rst: an idle RST, else a refusal) is charged to: its sending
+ * function's own, made with the limits of the NAT's bucket (nat->rst_rate, refusal_rate) at
+ * its first use or when those changed; the NAT's own for a source of no function. */
+hp_rate *hp_police_answer_rate(hp_nat *nat, const hp_pkt *pkt, int rst);
+
 /* After the NAT refused a new connection with reason (FUNCTION_LIMIT, TABLE_FULL): a TCP SYN
  * becomes a RST (hp_rst_build), a UDP datagram an ICMP error, sent back to the inside port
- * (res FORWARD, port 0, the reason kept) while nat->refusal_rate allows. */
+ * (res FORWARD, port 0, the reason kept) while the function's refusal budget allows. */
 void hp_nat_refusal(hp_nat *nat, hp_pkt *pkt, uint64_t now_ms, hp_result *res);
 
 #endif

@@ -29,6 +29,9 @@ typedef struct hp_func {
     uint32_t conns;              /* live connections it owns */
     uint32_t n_pools;            /* entries of pools in use (an entry all zero is reused) */
     uint64_t counters[HP_FC_COUNT];
+    /* Its own budgets for answers (idle RSTs, refusals: hp_police.h), so one function's
+     * flood of refused or expired segments leaves the others theirs. per_s 0: not yet set. */
+    hp_rate rst_rate, refusal_rate;
     hp_func_pool pools[HP_MAX_ENIS];     /* every ENI can hold its ports (groups change) */
 } hp_func;
 
@@ -38,6 +41,9 @@ int hp_quota_reserve(hp_nat *nat, uint32_t n);
  * source). */
 int hp_quota_set(hp_nat *nat, int family, const uint8_t *addr, uint32_t max_conns,
                  uint32_t max_ports);
+
+/* The function that owns source address addr (16 bytes), or NULL. */
+hp_func *hp_quota_func_of_addr(hp_nat *nat, int family, const uint8_t addr[16]);
 
 /* The function of a source index, NULL when out of range. */
 static inline hp_func *hp_quota_func(hp_nat *nat, uint32_t owner)

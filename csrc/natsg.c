@@ -1,12 +1,11 @@
 /* The NAT's Lambda-facing extras over nat.c: security-group checks at connection creation,
  * the reject journal, per-ENI counters and the idle-timeout RST (docs/semantics.md 9). */
 #include "hp_nat.h"
+#include "hp_police.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define HP_RST_PER_S 1000
-#define HP_RST_BURST 100
 
 int hp_nat_obs_init(hp_nat *nat)
 {
@@ -72,7 +71,7 @@ void hp_nat_idle_rst(hp_nat *nat, hp_pkt *pkt, uint16_t eni, uint64_t now_ms, hp
 {
     if (pkt->tcp_flags & HP_TCP_RST)
         return;                  /* never answer a RST (RFC 793) */
-    if (!hp_rate_take(&nat->rst_rate, now_ms)) {
+    if (!hp_rate_take(hp_police_answer_rate(nat, pkt, 1), now_ms)) {
         nat->counters[HP_C_RST_LIMITED]++;
         return;
     }

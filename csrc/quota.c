@@ -126,7 +126,7 @@ uint32_t hp_quota_early_drop_victim(const hp_ct *ct)
     return victim;
 }
 
-static hp_func *func_of_addr(hp_nat *nat, int family, const uint8_t addr[16])
+hp_func *hp_quota_func_of_addr(hp_nat *nat, int family, const uint8_t addr[16])
 {
     for (uint32_t i = 0; i < nat->n_sources; i++) {
         const hp_source *s = &nat->sources[i];
@@ -160,7 +160,7 @@ void hp_quota_recount(hp_nat *nat)
             for (int proto = 6; proto <= 17; proto += 11) {
                 hp_pool *pool = hp_nat_pool(nat, (int)e, fam, proto);
                 for (uint32_t i = 0; pool && i < pool->size; i++) {
-                    hp_func *f = pool->owner[i].refs ? func_of_addr(nat, fam, pool->owner[i].addr)
+                    hp_func *f = pool->owner[i].refs ? hp_quota_func_of_addr(nat, fam, pool->owner[i].addr)
                                                      : NULL;
                     if (f)
                         hp_quota_port_add(f, e, fam, proto, 1);

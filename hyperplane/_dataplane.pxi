@@ -544,11 +544,16 @@ cdef class DataPlane:
             out["drop." + rd.hp_reason_names[i].decode()] = dp.drops[i]
         for i in range(rd.HP_R_COUNT):
             out["policed." + rd.hp_reason_names[i].decode()] = dp.police.policed[i]
+        for i in range(rd.HP_PC_COUNT):
+            out["policed_class." + rd.hp_police_class_names[i].decode()] = \
+                dp.police.policed_class[i]
+        out["punts_from_strangers"] = dp.police.strangers
         return out
 
     def set_punt_limit(self, uint32_t per_s, uint32_t burst):
-        """Punts let through per second and at once, per (port, reason) (docs/semantics.md
-        section 13; default 200 and 100). Before start(): the buckets are not locked."""
+        """Punts let through per second and at once, per source (port, MAC) and class (ARP,
+        NDP, echo, ICMP errors, other; docs/semantics.md section 13; default 200 and 100).
+        Before start(): the buckets are not locked."""
         if per_s == 0 or burst == 0:
             raise ValueError("per_s and burst must be positive")
         rd.hp_police_init(&self._live().police, per_s, burst)
@@ -587,14 +592,19 @@ cdef class DataPlane:
 
 
 def police_takes(uint32_t per_s, uint32_t burst, events):
-    """Which punts of events [(port, reason, now_ms), ...] a fresh policer lets through, and
-    the count it policed by reason index: for tests of the C buckets."""
+    """Which punts of events [(port, reason, frame, now_ms), ...] a fresh policer lets
+    through (frame: from its Ethernet header), and the count it policed by reason index: for
+    tests of the C buckets."""
     cdef rd.hp_punt_police *p = <rd.hp_punt_police *>malloc(sizeof(rd.hp_punt_police))
+    cdef bytes b
     if not p:
         raise MemoryError()
     try:
         rd.hp_police_init(p, per_s, burst)
-        passed = [bool(rd.hp_police_punt(p, port, reason, now)) for port, reason, now in events]
+        passed = []
+        for port, reason, frame, now in events:
+            b = bytes(frame)
+            passed.append(bool(rd.hp_police_punt(p, port, reason, b, len(b), now)))
         return passed, {i: p.policed[i] for i in range(rd.HP_R_COUNT) if p.policed[i]}
     finally:
         free(p)

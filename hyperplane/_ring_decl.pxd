@@ -57,10 +57,15 @@ cdef extern from "hp_ring.h" nogil:
     void hp_ring_update_stats(hp_ring *r)
 
 cdef extern from "hp_police.h" nogil:
+    enum: HP_PC_COUNT
+    const char *const hp_police_class_names[]
     ctypedef struct hp_punt_police:
         uint64_t policed[64]
+        uint64_t policed_class[8]
+        uint64_t strangers
     void hp_police_init(hp_punt_police *p, uint32_t per_s, uint32_t burst)
-    int hp_police_punt(hp_punt_police *p, uint32_t port, int reason, uint64_t now_ms)
+    int hp_police_punt(hp_punt_police *p, uint32_t port, int reason, const uint8_t *eth,
+                       uint32_t elen, uint64_t now_ms)
 
 cdef extern from "hp_dataplane.h" nogil:
     enum: HP_DP_MAX_PORTS

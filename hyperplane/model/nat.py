@@ -587,7 +587,7 @@ class Nat:
         """A new connection refused for lack of resources is answered at once (section 13): a
         SYN with a RST, a datagram with ICMP administratively prohibited, rate-limited."""
         result = self._refuse(reason)
-        if not self.refusal_rate.take(now_ms):
+        if not self._answer_rate(pkt, rst=False).take(now_ms):
             self.counter["REFUSAL_LIMITED"] += 1
             return result
         if pkt.proto == PROTO_TCP:
@@ -597,13 +597,27 @@ class Nat:
         self.counter["REFUSAL_SENT"] += 1
         return (FORWARD, reason, 0, -1)
 
+    def _answer_rate(self, pkt: Packet, rst: bool) -> RateLimit:
+        """The bucket an answer to pkt is charged to (section 13): its function's own, made
+        with the NAT's limits at its first use or when they changed; the NAT's for a source
+        of no function."""
+        limits = self.rst_rate if rst else self.refusal_rate
+        source = self.sources.get((pkt.family, pkt.src))
+        func = self.funcs.get(source.owner) if source is not None else None
+        if func is None:
+            return limits
+        r = func.rates.get(rst)
+        if r is None or (r.per_s, r.burst) != (limits.per_s, limits.burst):
+            r = func.rates[rst] = RateLimit(limits.per_s, limits.burst)
+        return r
+
     def _idle_rst(self, frame, pkt: Packet, eni, now_ms: int) -> tuple:
         """A segment from a function that matches no connection (one that idled out, most
         likely) is dropped and answered with a RST back to it, rate-limited."""
         result = self._refuse(R["TCP_NOT_SYN"])
         if is_rst(pkt.tcp_flags):
             return result
-        if not self.rst_rate.take(now_ms):
+        if not self._answer_rate(pkt, rst=True).take(now_ms):
             self.counter["RST_LIMITED"] += 1
             return result
         build_rst(frame, pkt)

@@ -29,6 +29,7 @@ class Func:
     connections: int = 0
     held: dict = field(default_factory=dict)    # (eni, family, proto) -> ports held
     counters: dict = field(default_factory=lambda: dict.fromkeys(FUNC_COUNTERS, 0))
+    rates: dict = field(default_factory=dict)   # is_rst -> its own answer budget (RateLimit)
 
     def conn_ok(self) -> bool:
         return self.max_connections == 0 or self.connections < self.max_connections

@@ -77,10 +77,12 @@ print(sent)
 
 
 class TrustLab:
+    LAB = LAB
+
     def __init__(self, prefix, tmp_path):
         from hyperplane.lab import Lab
         cfg = tmp_path / "lab.toml"
-        cfg.write_text(f'prefix = "{prefix}"\n' + LAB)
+        cfg.write_text(f'prefix = "{prefix}"\n' + self.LAB)
         self.prefix, self.procs = prefix, []
         cli("up", "--detach", "-c", str(cfg))
         self.lab = Lab.attach(prefix)
@@ -89,8 +91,8 @@ class TrustLab:
         from hyperplane import control
         return control.request(self.prefix, what, timeout=10)
 
-    def echo(self, proto, host, port):
-        r = self.lab.exec("api", TOOLS + ["echo", f"--{proto}", host, str(port), "hi",
+    def echo(self, proto, host, port, fn="api"):
+        r = self.lab.exec(fn, TOOLS + ["echo", f"--{proto}", host, str(port), "hi",
                                           "--timeout", "3"], timeout=30)
         return r.returncode == 0
 

@@ -100,15 +100,50 @@ def test_table_full_is_answered_too(NatClass):
         (DROP, R["UNKNOWN_SOURCE"], 0, -1)                             # not a resource refusal
 
 
-def test_punt_policer_keeps_a_bucket_per_port_and_reason():
+def punt_frames(mac):
+    """One frame of each punt class from mac: ping, ARP, NS, ICMP error, a fragment."""
+    from scapy.layers.inet6 import ICMPv6ND_NS
+    from scapy.layers.l2 import ARP
+    ip = IP(src="10.200.0.11", dst="10.200.0.1")
+    return {"echo": bytes(Ether(src=mac) / ip / ICMP(type=8)),
+            "arp": bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="10.200.0.11")),
+            "ndp": bytes(Ether(src=mac) / IPv6(src="fe80::1", dst="ff02::1:ff00:1", hlim=255)
+                         / ICMPv6ND_NS(tgt="fd00:200::1")),
+            "error": bytes(Ether(src=mac) / ip / ICMP(type=3, code=1) / bytes(28)),
+            "frag": bytes(Ether(src=mac) / IP(src="10.200.0.11", dst="10.0.9.9", flags="MF")
+                          / UDP())}
+
+
+def test_punt_policer_keeps_a_bucket_per_source_and_class():
+    """One function's ping flood on the shared inside port takes its own echo tokens only:
+    its ARP, NDP and ICMP errors, and the other function's pings, keep theirs."""
     core = pytest.importorskip("hyperplane._core")
-    icmp, arp = R["ICMP"], R["ARP"]
-    # 10 per second, burst 3: a flood of ICMP on port 1 takes only its own tokens.
-    events = ([(1, icmp, 0)] * 5 + [(1, arp, 0)] * 3 + [(2, icmp, 0)] * 3
-              + [(1, icmp, 100), (1, icmp, 100), (1, icmp, 1000)])
+    icmp, arp, ttl = R["ICMP"], R["ARP"], R["TTL_EXCEEDED"]
+    a, b = punt_frames("02:00:00:00:00:11"), punt_frames("02:00:00:00:00:12")
+    # 10 per second, burst 3.
+    events = ([(1, icmp, a["echo"], 0)] * 5 + [(1, arp, a["arp"], 0)] * 3
+              + [(1, icmp, a["ndp"], 0)] * 3 + [(1, icmp, a["error"], 0)] * 3
+              + [(1, ttl, a["echo"], 0)] * 0 + [(1, icmp, b["echo"], 0)] * 3
+              + [(2, icmp, a["echo"], 0)] * 3
+              + [(1, icmp, a["echo"], 100), (1, icmp, a["echo"], 100), (1, icmp, a["echo"], 1000)])
     passed, policed = core.police_takes(10, 3, events)
-    assert passed == [True] * 3 + [False] * 2 + [True] * 6 + [True, False, True]
+    assert passed == [True] * 3 + [False] * 2 + [True] * 15 + [True, False, True]
     assert policed == {icmp: 3}
+
+
+def test_made_up_source_macs_share_one_budget():
+    """A neighbour that makes up a MAC per frame gets a few buckets of its own (admission, 16
+    at once) and then shares its port's stranger bucket; a source that had punted before keeps
+    its own budget."""
+    core = pytest.importorskip("hyperplane._core")
+    icmp = R["ICMP"]
+    known = punt_frames("02:00:00:00:00:11")["echo"]
+    flood = [punt_frames(f"06:00:00:00:{i >> 8:02x}:{i & 255:02x}")["echo"] for i in range(200)]
+    events = [(1, icmp, known, 0)] + [(1, icmp, f, 0) for f in flood] + [(1, icmp, known, 0)]
+    passed, policed = core.police_takes(10, 3, events)
+    assert passed[0] and passed[-1]
+    assert sum(passed[1:-1]) == 15 + 3           # 15 more admitted, then a shared burst of 3
+    assert policed == {icmp: 200 - 18}
 
 
 def test_neigh_miss_punts_have_a_bigger_bucket_of_their_own():
@@ -116,7 +151,28 @@ def test_neigh_miss_punts_have_a_bigger_bucket_of_their_own():
     # hundreds at once. set_punt_limit's lower limits leave NEIGH_MISS at its own (512 at once).
     core = pytest.importorskip("hyperplane._core")
     nm, icmp = R["NEIGH_MISS"], R["ICMP"]
-    events = [(0, nm, 0)] * 513 + [(0, icmp, 0)] * 4 + [(0, nm, 1)] * 3
+    ping = punt_frames("02:00:00:00:00:11")["echo"]
+    events = ([(0, nm, ping, 0)] * 513 + [(0, icmp, ping, 0)] * 4 + [(0, nm, ping, 1)] * 3)
     passed, policed = core.police_takes(10, 3, events)
     assert passed == [True] * 512 + [False] + [True] * 3 + [False] + [True, True, False]
     assert policed == {nm: 2, icmp: 1}                   # 2,000 a second: 2 more a ms later
+
+
+def test_each_function_has_its_own_refusal_and_idle_rst_budget(NatClass):
+    """A function refused over and over (here at a quota of one connection) spends its own
+    answer budget (burst 100), not the other function's: the other's refusals and idle RSTs
+    are still answered. Both cores alike."""
+    other = "10.200.0.12"
+    nat = full_nat(NatClass)
+    nat.add_source(other, 0)
+    nat.set_quota(other, max_connections=1)
+    assert out(nat, fg.udp(other, DST, 1, 53))[0] == FORWARD
+    answered = [out(nat, fg.tcp(SRC, DST, 40000 + i, 443, "S"))[0] == FORWARD
+                for i in range(150)]
+    assert sum(answered) == 100 and not any(answered[100:])       # its burst, then silence
+    assert out(nat, fg.tcp(other, DST, 40000, 443, "S")) == (FORWARD, R["FUNCTION_LIMIT"], 0, -1)
+    # Idle RSTs: a segment of no connection from each; SRC's budget spent apart from refusals.
+    assert out(nat, fg.tcp(other, DST, 41000, 443, "A"))[0] == FORWARD
+    assert out(nat, fg.tcp(SRC, DST, 41000, 443, "A"))[0] == FORWARD
+    c = nat.counters()
+    assert c["REFUSAL_LIMITED"] == 50 and c["RST_SENT"] == 2
