@@ -570,6 +570,8 @@ cdef class DataPlane:
         out = []
         for i in range(n):
             p = &views[i].port
+            if i >= len(self._info) or self._info[i] is None:
+                continue             # being added by another thread: not registered here yet
             d = {"index": i, "ifname": self._info[i]["ifname"], "ifindex": p.ifindex,
                  "mac": _dp_mac_str(p.mac), "role": _DP_ROLE_NAMES[p.role],
                  "eni": p.eni if p.role == rd.HP_DP_ENI else None, "removed": bool(p.removed)}

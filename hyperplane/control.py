@@ -78,6 +78,7 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._clients: set[socket.socket] = set()
+        self._client_threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self.counts = {"accepted": 0, "refused_busy": 0, "timed_out": 0, "bad_requests": 0,
                        "handler_errors": 0, "client_gone": 0}
@@ -113,7 +114,11 @@ class ControlServer:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = 2.0) -> list[threading.Thread]:
+        """Stops accepting, cuts every client off and joins their threads (a handler may be
+        inside the data plane: it must be out before the data plane is freed). Returns the
+        threads still running after ``timeout`` (empty when all ended)."""
+        deadline = time.monotonic() + timeout
         self._stopping.set()
         if self._sock is not None:
             try:
@@ -135,6 +140,11 @@ class ControlServer:
                 self.path.unlink()
         except OSError:
             pass
+        with self._lock:
+            threads = list(self._client_threads)
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return [t for t in threads if t.is_alive()]
 
     def __enter__(self):
         return self.start()
@@ -157,10 +167,12 @@ class ControlServer:
                 self._refuse(conn)
                 continue
             self._count("accepted")
+            t = threading.Thread(target=self._serve, args=(conn,), name="control-client",
+                                 daemon=True)
             with self._lock:
                 self._clients.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name="control-client",
-                             daemon=True).start()
+                self._client_threads.add(t)
+            t.start()
 
     def _refuse(self, conn: socket.socket) -> None:
         """Past the bound: one short line, without waiting for the client in any way."""
@@ -194,6 +206,7 @@ class ControlServer:
         finally:
             with self._lock:
                 self._clients.discard(conn)
+                self._client_threads.discard(threading.current_thread())
             conn.close()
             self._slots.release()
 

@@ -44,6 +44,7 @@ EXPIRE_EVERY_MS = 1000
 TICK_EVERY_MS = 100
 ENI_WAIT_S = 2.0            # how long an exhausted frame waits for the ENI it asked for
 PARKED_MAX = 1024           # exhausted frames waiting for an ENI; more are dropped (counted)
+SHUTDOWN_JOIN_S = 5.0       # how long shutdown waits for each thread that can touch the data plane
 # Tx slots of an ENI port: 64 of 68 KB (rounded up to 75, 5 MB); with the data plane's default
 # rx ring (8 MB, _dataplane.pxi) about 13 MB an ENI, so 16 ENIs fit in ~210 MB.
 ENI_TX_FRAMES = 64
@@ -153,11 +154,12 @@ class Daemon:
         self.eni_generation += 1
         log.info("ENI %d (%s, %s) on %s", eni.id, eni.ipv4, eni.ipv6 or "-", eni.ifname)
 
-    def park_exhausted(self, frame: bytes, in_port: int) -> bool | None:
-        """The slow path's on_exhausted: the frame waits on the exhausted-frames thread, so
-        that the slow path never waits for an ENI. None: taken; False: too many wait."""
+    def park_exhausted(self, frame: bytes, in_port: int, vnet=None) -> bool | None:
+        """The slow path's on_exhausted: the frame (with its virtio-net header, a GSO batch's
+        included) waits on the exhausted-frames thread, so that the slow path never waits for
+        an ENI. None: taken; False: too many wait."""
         try:
-            self.parked.put_nowait((frame, in_port, self.eni_generation))
+            self.parked.put_nowait((frame, in_port, vnet, self.eni_generation))
         except queue.Full:
             self.parked_dropped += 1
             return False
@@ -170,14 +172,14 @@ class Daemon:
         comes back here through the slow path, with the newer generation."""
         while not self.stopping.is_set():
             try:
-                frame, in_port, generation = self.parked.get(timeout=0.2)
+                frame, in_port, vnet, generation = self.parked.get(timeout=0.2)
             except queue.Empty:
                 continue
             if generation == self.eni_generation and not self.grow_eni(frame, in_port):
                 self.parked_dropped += 1
                 continue
             try:
-                self.dp.input(in_port, frame)
+                self.dp.input(in_port, frame, vnet)
             except OSError:
                 self.parked_dropped += 1
 
@@ -417,17 +419,25 @@ class Daemon:
                 pass
         finally:
             self.stopping.set()
+            # Every thread that can call into the data plane (control clients inside ports()
+            # or inject() without the GIL, scrapes, the slow path, the workers) ends before
+            # the data plane is freed; one that does not leaves it to the process's exit.
             if exporter is not None:
                 exporter.stop()
-            server.stop()
+            running = server.stop(timeout=SHUTDOWN_JOIN_S)
             for t in self.threads:
-                t.join(timeout=5)
+                t.join(timeout=SHUTDOWN_JOIN_S)
+            running += [t for t in self.threads if t.is_alive()]
             self.dp.stop()
             scheduling.release(self.prefix)
             self.log_interval(self.dp.now_ms())      # the traffic of the last, short interval
             if self.flows is not None:
                 self.flows.close()
-            self.dp.close()
+            if running:
+                log.error("threads still running at shutdown (%s): the data plane is not "
+                          "freed", ", ".join(t.name for t in running))
+            else:
+                self.dp.close()
             log.info("stopped")
 
 

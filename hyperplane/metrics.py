@@ -254,8 +254,11 @@ class MetricsServer:
             def log_message(self, *args):
                 pass
 
+            timeout = 5          # a scraper that stops reading holds its thread this long
         self.httpd = http.server.ThreadingHTTPServer((address, port), Handler)
-        self.httpd.daemon_threads = True
+        # Not daemon threads: server_close() (stop) joins every scrape, so none is still
+        # reading the data plane when the daemon frees it.
+        self.httpd.daemon_threads = False
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics",
                                        daemon=True)

@@ -6,7 +6,7 @@
         PortInfo.for_eni(1, eni=0, mac="02:00:00:00:01:04", addr4="10.0.1.4",
                          addr6="fd00:1::4", cidr4="10.0.1.0/24", cidr6="fd00:1::/64",
                          gw4="10.0.1.1", gw6="fd00:1::1"),
-    ], on_exhausted=lambda frame, in_port: False)
+    ], on_exhausted=lambda frame, in_port, vnet: False)
     while True:
         dp.run(100)
         sp.handle(dp.punts(full=True))
@@ -24,7 +24,7 @@ What it does with each punt reason:
 - TTL_EXCEEDED / TOO_BIG: ICMP time exceeded / fragmentation needed / packet too big
   (rate-limited by a token bucket); IPv4 without DF is translated and fragmented instead.
 - FRAGMENT: reassembled (bounded), translated whole, fragmented again to the egress MTU.
-- PORTS_EXHAUSTED: on_exhausted(frame, in_port) -> True re-runs the frame through dp.input once;
+- PORTS_EXHAUSTED: on_exhausted(frame, in_port, vnet) -> True re-runs the frame through dp.input once;
   None: the callback took the frame (it re-runs it itself once an ENI is ready: the slow path
   never waits for an ENI); False: dropped.
 

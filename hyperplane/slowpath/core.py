@@ -251,7 +251,8 @@ class SlowPath(NeighbourMixin, IcmpMixin, DatagramMixin):
             buf = bytearray(frame)
             if complete_partial_csum(buf, vnet):
                 frame, vnet = bytes(buf), None
-        taken = self.on_exhausted(frame, info.port) if self.on_exhausted else False
+        # A GSO frame keeps its virtio-net header: parked, it is re-run with it.
+        taken = self.on_exhausted(frame, info.port, vnet) if self.on_exhausted else False
         if taken is None:
             self._count("exhausted_parked")     # the callback re-runs it when it can
             return

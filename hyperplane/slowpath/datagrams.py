@@ -46,7 +46,7 @@ class DatagramMixin:
             # Punts happen before any rewrite: the frame is still the original.
             if name == "PORTS_EXHAUSTED" and not retried:
                 self._count("exhausted")
-                taken = self.on_exhausted(original, info.port) if self.on_exhausted else False
+                taken = self.on_exhausted(original, info.port, None) if self.on_exhausted else False
                 if taken is None:
                     self._count("exhausted_parked")
                 elif taken:

@@ -250,6 +250,41 @@ def test_stop_closes_the_socket_and_clients(server):
         ask(s, "status")
 
 
+def test_stop_returns_once_every_handler_is_out(server):
+    """A handler still running when the server stops (one inside the data plane, say) is
+    waited for: stop() returns after it ended, or names it when it outlives the timeout."""
+    s = server()
+    inside, leave = threading.Event(), threading.Event()
+
+    def busy(req):
+        inside.set()
+        leave.wait(10)
+        return {"left": True}
+    s.register("busy", busy)
+
+    def call(srv):                       # its connection is cut by stop(): no answer
+        try:
+            ask(srv, "busy", timeout=10)
+        except (control.ControlError, OSError):
+            pass
+    client = threading.Thread(target=call, args=(s,))
+    client.start()
+    assert inside.wait(5)
+    running = s.stop(timeout=0.2)
+    assert [t.name for t in running] == ["control-client"]
+    leave.set()
+    assert running[0].join(5) is None and not running[0].is_alive()
+    client.join(5)
+    s2 = server()
+    s2.register("busy", busy)
+    inside.clear()
+    leave.clear()
+    threading.Thread(target=call, args=(s2,)).start()
+    assert inside.wait(5)
+    threading.Timer(0.2, leave.set).start()
+    assert s2.stop(timeout=5) == []                 # it waited for the handler to finish
+
+
 # -- the client's deadline -------------------------------------------------------------------
 
 def test_the_client_gives_up_at_its_deadline(tmp_path):
