@@ -4,6 +4,7 @@
 #include "hp_police.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,6 +261,32 @@ static int repair(hp_nat *nat)
     return 0;
 }
 
+/* After the repair: a data plane killed between journalling a connection and deleting it
+ * leaves both, and the connection would be logged twice (its record now, its entry when it
+ * expires again). The record wins: an entry still exactly as its record describes it (tuple,
+ * port, state, times) is the one being deleted, and is. */
+static void finish_journalled(hp_nat *nat)
+{
+    const hp_nat_shared *sh = nat->sh;
+    for (uint32_t i = 0; i < sh->j_count; i++) {
+        const hp_conn *r = &nat->journal[(sh->j_head + i) % nat->cfg.journal_size].conn;
+        hp_flow_key k;
+        memset(&k, 0, sizeof k);
+        memcpy(k.src, r->src, 16);
+        memcpy(k.dst, r->dst, 16);
+        k.sport = r->sport;
+        k.dport = r->dport;
+        k.family = r->family;
+        k.proto = r->proto;
+        uint32_t id = hp_nat_lookup(nat, &k, HP_DIR_OUT, r->last_seen_ms);
+        if (id != HP_CT_NONE &&
+            memcmp(&nat->ct.conns[id], r, offsetof(hp_conn, lru_prev)) == 0) {
+            hp_nat_delete_conn(nat, id, r->last_seen_ms);
+            nat->repaired++;
+        }
+    }
+}
+
 int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *err,
                 size_t errlen)
 {
@@ -322,6 +349,7 @@ int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *
             }
         if (repair(nat) != 0)
             goto fail;
+        finish_journalled(nat);
     } else if (path) {
         hp_region_commit(&nat->state, &want);
     }

@@ -42,7 +42,9 @@ class Reassembled:
 class Reassembler:
     """add() a fragment: returns ("done", Reassembled), ("wait", None) or ("drop", why).
     why is one of: malformed, overlap, too_big, dead (a fragment of a discarded datagram).
-    expire(now) returns how many datagrams timed out; evicted counts the too_many evictions."""
+    expire(now) returns how many datagrams timed out; evicted counts the too_many evictions.
+    max_datagrams bounds each scope (the port a fragment came in by) on its own: a port that
+    floods fragments evicts its own oldest datagrams, never another port's."""
 
     def __init__(self, max_datagrams=64, timeout_ms=2000, max_size=65535):
         self.max_datagrams = max_datagrams
@@ -84,8 +86,9 @@ class Reassembler:
             del self.queues[key]
             d = None
         if d is None:
-            if len(self.queues) >= self.max_datagrams:
-                self.queues.popitem(last=False)
+            mine = [k for k in self.queues if k[0] == scope]
+            if len(mine) >= self.max_datagrams:     # this port's budget: the others keep theirs
+                del self.queues[mine[0]]
                 self.evicted += 1
             d = self.queues[key] = _Datagram(now + self.timeout_ms, info.family, ident=info.ident)
         if d.dead:

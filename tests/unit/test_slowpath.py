@@ -1189,3 +1189,20 @@ def test_functions_claim_only_their_own_addresses(env):
     assert env.c("neigh_claim_ignored") == 2
     env.handle(env.punt(ns(FN6, GW6, FN_MAC), 0, "ICMP"))
     assert env.dp.neighbor(FN6, 0) == FN_MAC
+
+
+def test_each_port_has_its_own_reassembly_budget():
+    """A port flooding first fragments evicts its own oldest datagrams only: a datagram in
+    progress on another port survives the flood and completes."""
+    r = Reassembler(max_datagrams=4)
+    frame = bytes(Ether(src=FN_MAC, dst=INSIDE_MAC) / IP(src=FN4, dst=FAR4, id=7)
+                  / UDP(sport=1, dport=2) / Raw(bytes(3000)))
+    first, *rest = fragment4(frame, 1500)
+    assert r.add(bytes(first), parse_ip(first), 0, 0)[0] == "wait"        # port 0, in progress
+    for ident in range(100):                                              # port 1 floods
+        f = fragment4(bytes(Ether(src=DB_MAC, dst=ENI_MAC) / IP(src=DB4, dst=ENI4, id=ident)
+                            / UDP(sport=1, dport=2) / Raw(bytes(3000))), 1500)[0]
+        r.add(bytes(f), parse_ip(f), 1, 0)
+    assert r.evicted == 100 - 4
+    statuses = [r.add(bytes(p), parse_ip(p), 0, 0)[0] for p in rest]
+    assert statuses[-1] == "done"

@@ -482,3 +482,33 @@ def test_a_connection_owned_by_no_function_is_no_ones(tmp_path):
         nat.group_add_eni(grp, e)
     res, _ = flow.data(nat, 2000)
     assert res[0] != FORWARD and res[1] == R["SPOOFED_SOURCE"]
+
+
+def test_a_kill_between_journalling_and_deleting_logs_a_connection_once(tmp_path):
+    """A connection found expired is journalled, then deleted. A data plane killed between
+    the two leaves its record in the journal and its entry in the table: attached, the record
+    is handed out once and the entry is gone (it would otherwise expire and be logged again).
+    The kill is made in the file: the deleted entry's state is written back."""
+    import socket as so
+    path = tmp_path / "nat.state"
+    nat = Nat(state_path=path, **KW)
+    attach_topology(nat)
+    flow = TcpFlow(nat, SRCS[0], 5000, 0)
+    res, _ = flow.data(nat, 400_000)               # past ESTABLISHED's 350 s: journalled
+    assert res[1] == R["TCP_NOT_SYN"]
+    del nat
+    blob = bytearray(path.read_bytes())
+    tuple_bytes = (so.inet_aton(SRCS[0]) + bytes(12) + so.inet_aton(DST) + bytes(12)
+                   + (5000).to_bytes(2, "little") + (443).to_bytes(2, "little"))
+    at = [i for i in range(0, len(blob) - 64, 4) if blob[i:i + 36] == tuple_bytes]
+    state = {i: blob[i + 42] for i in at}
+    journal = [i for i in at if state[i] != 0]
+    deleted = [i for i in at if state[i] == 0]
+    assert len(journal) == 1 and len(deleted) == 1, state
+    blob[deleted[0] + 42] = state[journal[0]]      # the delete never happened
+    path.write_bytes(bytes(blob))
+    nat = Nat(state_path=path, **KW)
+    attach_topology(nat)
+    records = [c for c in nat.expire(10_000_000) if c.sport == 5000]
+    assert len(records) == 1 and records[0].state == "ESTABLISHED", records
+    assert nat.connections() == []
