@@ -31,7 +31,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 
 from . import control, ctcontrol, runfolder, runtime
 from .config import Config, default_config, load_config, parse_config
@@ -43,6 +43,9 @@ from .lab.names import is_lab_namespace
 from .errors import ConfigError, LabError
 from .lab.state import FunctionInfo, HostInfo, LabState
 from .metrics import split_reasons
+
+if TYPE_CHECKING:
+    from .capture import SidesCapture
 
 T = TypeVar("T")
 ConfigLike = Union[Config, Mapping[str, Any], str, "os.PathLike[str]", None]
@@ -456,6 +459,20 @@ class Lab:
         """
         return EventStream(self.prefix, self._filter_spec(filters), run_dir=self.run_dir,
                            timeout=timeout)
+
+    def capture(self, folder: str | os.PathLike[str]) -> "SidesCapture":
+        """Captures on both sides of the NAT into ``folder`` while a ``with`` block runs (or
+        from ``start()`` to ``stop()``): ``inside.pcap`` (the functions' side),
+        ``outside.pcap`` (the customer VPC's, every ENI) and ``index.json``, which pairs each
+        connection's two halves (tuple, display filter, frame numbers); tshark and Wireshark
+        read the pcaps (hyperplane/capture.py)::
+
+            with lab.capture(tmp_path):
+                lab.exec("api", ["curl", "-s", f"http://{web}:8080/"])
+            index = json.loads((tmp_path / "index.json").read_text())
+        """
+        from .capture import SidesCapture
+        return SidesCapture(self.prefix, folder, self.state, self.run_dir)
 
     def count(self, **filters: Any) -> int:
         """How many connections pass the filters (``conntrack -C``), counted in the data

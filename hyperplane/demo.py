@@ -33,7 +33,7 @@ def _echo(lab: Lab, fn: str, proto: str, host: str, port: int = ECHO_PORT) -> bo
 
 
 def run_demo(keep: bool = False, pcap=None, prefix: str | None = None) -> int:
-    """pcap: a folder for a capture on each side of the NAT (hyperplane/teach/sides.py);
+    """pcap: a folder for a capture on each side of the NAT (hyperplane/capture.py);
     prefix: the lab's (default: the built-in lab's own)."""
     from .config import default_config
     cfg = default_config()
@@ -43,7 +43,7 @@ def run_demo(keep: bool = False, pcap=None, prefix: str | None = None) -> int:
     st = lab.state
     capture = None
     if pcap:
-        from .teach.sides import SidesCapture
+        from .capture import SidesCapture
         capture = SidesCapture(lab.prefix, pcap, st).start()
     web, db = st.host("web"), st.host("db")
     servers = []
@@ -103,7 +103,7 @@ def run_demo(keep: bool = False, pcap=None, prefix: str | None = None) -> int:
         shown = True
     finally:
         if capture:
-            from .teach.sides import summary
+            from .capture import summary
             _step(f"captures on both sides of the NAT in {pcap}/")
             print(summary(capture.stop(), pcap))
         for _, p in servers:

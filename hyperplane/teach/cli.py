@@ -77,7 +77,7 @@ def cmd_trace(args) -> int:
         if args.pcap:
             plan = packets.from_pcap(state, args.pcap, args.packet)
         elif args.live:
-            from .capture import capture_one
+            from ..capture import capture_one
             if not args.src:
                 raise packets.DescriptionError("--live needs --from FUNCTION")
             fn = state.function(args.src)

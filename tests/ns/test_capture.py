@@ -41,10 +41,10 @@ def echo_lab():
 
 
 def test_both_sides_pcaps_and_index(echo_lab, tmp_path):
-    from hyperplane.teach.sides import SidesCapture
+    import hyperplane
     lab = echo_lab
     web = lab.state.host("web")
-    with SidesCapture(lab.prefix, tmp_path) as cap:
+    with hyperplane.Lab.attach(lab.prefix).capture(tmp_path) as cap:
         for proto in ("tcp", "udp"):
             echo(lab, proto, web.ipv4)
         echo(lab, "udp", web.ipv6)
