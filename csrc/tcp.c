@@ -90,6 +90,12 @@ static inline void read_segment(const hp_pkt *pkt, seg *s)
     s->optlen = pkt->l4hdr - 20u;
 }
 
+/* A side's window scale; never past RFC 7323's 14, even read from a damaged state file. */
+static inline uint8_t scale_of(const hp_tcp_dir *d)
+{
+    return d->scale < TCP_MAX_WSCALE ? d->scale : TCP_MAX_WSCALE;
+}
+
 /* Linux tcp_in_window: 1 and w updated when acceptable, else 0 and w unchanged. */
 static int in_window(hp_tcp_win *w, uint8_t state, uint8_t conn_flags, int dir, const seg *s)
 {
@@ -128,7 +134,7 @@ static int in_window(hp_tcp_win *w, uint8_t state, uint8_t conn_flags, int dir, 
             }
         } else {                            /* this side's history is unknown: adopt it */
             snd->td_end = s->end;
-            uint32_t swin = win << snd->scale;
+            uint32_t swin = win << scale_of(snd);
             snd->td_maxwin = swin ? swin : 1;
             snd->td_maxend = s->end + snd->td_maxwin;
             if (rcv->td_maxwin == 0)
@@ -161,7 +167,7 @@ static int in_window(hp_tcp_win *w, uint8_t state, uint8_t conn_flags, int dir, 
         return 0;
 
     if (!syn)
-        win <<= snd->scale;
+        win <<= scale_of(snd);
     uint32_t swin = win + (sack - ack);
     if (snd->td_maxwin < swin)
         snd->td_maxwin = swin;
