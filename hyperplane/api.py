@@ -241,7 +241,9 @@ class Lab:
     @classmethod
     def up(cls, config: ConfigLike = None, prefix: str | None = None, *,
            run_dir: str | os.PathLike[str] | None = None,
-           timeout: float = runtime.START_TIMEOUT_S) -> "Lab":
+           timeout: float = runtime.START_TIMEOUT_S,
+           progress: Callable[[], None] | None = None,
+           notice: Callable[[str], None] = lambda text: None) -> "Lab":
         """Builds the lab of ``config`` and starts its data plane; returns once it forwards.
 
         ``config``: a TOML path, a mapping of the same tables, a ``Config``, or None for the
@@ -249,6 +251,9 @@ class Lab:
         [a-z0-9]); None chooses a fresh one that no lab uses (the config's own ``prefix`` is
         the CLI's). Use it as a context manager to remove the lab at the end, whatever
         happens: ``with Lab.up(cfg) as lab: ...``.
+
+        ``progress``: called now and then while the data plane starts; ``notice``: called
+        with a line of text for what the user should know (as ``hyperplane up`` prints).
 
         Raises ``ConfigError`` (bad config), ``LabError`` (the prefix is taken by another
         process, or the lab cannot be built) or ``RuntimeFailure`` (the data plane did not
@@ -264,7 +269,7 @@ class Lab:
             raise
         rd = Path(run_dir) if run_dir is not None else None
         try:
-            state, _pid = runtime.up(cfg, run_dir=rd)
+            state, _pid = runtime.up(cfg, run_dir=rd, progress=progress, notice=notice)
         except BaseException:
             lock.release()
             raise
@@ -282,11 +287,48 @@ class Lab:
                 from None
         return cls(state, rd)
 
+    @classmethod
+    def prefixes(cls, run_dir: str | os.PathLike[str] | None = None) -> list[str]:
+        """The prefixes of the labs that are up (those with a saved state in the run
+        folder), sorted."""
+        return runfolder.prefixes(run_dir)
+
+    @classmethod
+    def remove(cls, prefix: str, run_dir: str | os.PathLike[str] | None = None, *,
+               keep_logs: bool = False) -> Any:
+        """Removes lab ``prefix`` whatever is left of it, as ``hyperplane down`` does (also
+        one whose state is gone); returns the cleanup's report: ``killed`` (pids),
+        ``namespaces``, ``links``, ``errors`` and ``removed_anything``."""
+        return runtime.down(prefix, run_dir, keep_logs=keep_logs)
+
+    @classmethod
+    def conntrack_count(cls, prefix: str, spec: Mapping[str, Any], *,
+                        run_dir: str | os.PathLike[str] | None = None,
+                        timeout: float = CONTROL_TIMEOUT_S) -> int:
+        """How many connections of lab ``prefix`` pass ``spec``, a filter in the data plane's
+        form (``hyperplane.ctfilter``'s keys and ``function``), as ``conntrack -C`` counts
+        them; ``NotRunning`` when no data plane answers."""
+        return int(control.request(prefix, "conntrack-count", run_dir, timeout,
+                                   filter=dict(spec))["count"])
+
+    @classmethod
+    def conntrack_pages(cls, prefix: str, spec: Mapping[str, Any], *, delete: bool = False,
+                        brief: bool = False, run_dir: str | os.PathLike[str] | None = None,
+                        timeout: float = CONTROL_TIMEOUT_S) -> Iterator[list[dict[str, Any]]]:
+        """The connections of lab ``prefix`` that pass ``spec`` (as ``conntrack_count``), as
+        pages of listing dicts while they arrive (``hyperplane conntrack -L``); ``delete``:
+        deletes them and lists what it deleted (``-D``), ``brief`` with it: each page one
+        ``{"deleted": n}``. ``timeout`` bounds the wait for each page. Asked at once, so
+        ``NotRunning`` raises here when no data plane answers."""
+        extra = {"brief": True} if brief else {}
+        return control.listing(prefix, "conntrack-delete" if delete else "conntrack", run_dir,
+                               timeout, filter=dict(spec), **extra)
+
     def down(self, keep_logs: bool = False) -> None:
         """Stops the data plane and its supervisor and removes every namespace, link and file
         of the lab (``keep_logs``: not its log and flow logs). Safe to call again."""
         try:
-            runtime.down(self.prefix, self.run_dir, keep_logs=keep_logs)
+            self.remove(self.prefix, self.run_dir, keep_logs=keep_logs)
         finally:
             for p in self._procs:           # killed by the cleanup: collect them
                 with contextlib.suppress(Exception):
@@ -506,9 +548,25 @@ class Lab:
                 return e.id
         raise LabError(f"no ENI {eni!r} in lab {self.prefix!r}")
 
-    def status(self) -> dict[str, Any]:
-        """The data plane's own view (``pid``, ``uptime_s``, ``connections``, ``enis``)."""
-        return self._ask("status")
+    def status(self, timeout: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+        """The data plane's own view (``pid``, ``uptime_s``, ``connections``, ``enis``);
+        ``timeout``: how long to wait for the answer (``ControlError`` after it)."""
+        return self._ask("status", timeout)
+
+    def supervision(self) -> dict[str, Any]:
+        """What the supervisor knows, without asking the data plane: ``running``,
+        ``supervisor_pid``, ``pid`` and ``restarts`` (the restart record)."""
+        return runtime.status(self.prefix, self.run_dir)
+
+    @property
+    def supervisor_pid(self) -> int | None:
+        """The supervisor's pid, None once it exited."""
+        return runfolder.pid_of(self.prefix, runfolder.SUPERVISOR, self.run_dir)
+
+    @property
+    def paths(self) -> runfolder.RunPaths:
+        """The lab's files in the run folder (``log``, ``flow_logs``, ...)."""
+        return runfolder.paths(self.prefix, self.run_dir)
 
     def picture(self) -> str:
         """The lab as ``hyperplane up`` and ``status`` draw it: functions, the data plane,

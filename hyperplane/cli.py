@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, control, runfolder
-from .errors import CliError, ConfigError, HyperplaneError, LabError, RuntimeFailure
+from . import __version__, runfolder
+from .api import Lab
+from .errors import (CliError, ConfigError, ControlError, HyperplaneError, LabError, NotRunning,
+                     RuntimeFailure)
 
 # Exit codes (also in `hyperplane --help` and the README).
 EXIT_OK = 0
@@ -53,7 +55,7 @@ def check_kernel() -> None:
 def resolve_prefix(args) -> str:
     if args.prefix:
         return args.prefix
-    labs = runfolder.prefixes()
+    labs = Lab.prefixes()
     if len(labs) == 1:
         return labs[0]
     if len(labs) > 1:
@@ -61,18 +63,9 @@ def resolve_prefix(args) -> str:
     return "hp"
 
 
-def attach_state(prefix: str):
-    from .lab.state import LabState       # the lab modules only for commands that need them
-    try:
-        return LabState.load(prefix)
-    except FileNotFoundError:
-        raise CliError(f"lab {prefix!r} is not up (start it with: sudo hyperplane up)") from None
-
-
 def attach_lab(prefix: str, not_up: int = EXIT_FAIL):
     """The running lab through the public API (hyperplane.Lab); not_up: the exit code when
     the lab is not up."""
-    from .api import Lab
     try:
         return Lab.attach(prefix)
     except LabError as e:
@@ -84,21 +77,16 @@ def data_plane_errors():
     """The data plane's failures as one line each: not running (exit 3), or what it said."""
     try:
         yield
-    except control.NotRunning as e:
+    except NotRunning as e:
         raise CliError(str(e), EXIT_NOT_RUNNING) from None
-    except control.ControlError as e:
+    except ControlError as e:
         raise CliError(str(e)) from None
 
 
-def ask(prefix: str, command: str, **kw) -> dict:
+def conntrack_pages(prefix: str, spec: dict, **kw):
+    """The pages of a conntrack listing (Lab.conntrack_pages), as they arrive."""
     with data_plane_errors():
-        return control.request(prefix, command, **kw)
-
-
-def ask_listing(prefix: str, command: str, **kw):
-    """The pages of a listing, as they arrive."""
-    with data_plane_errors():
-        yield from control.listing(prefix, command, **kw)
+        yield from Lab.conntrack_pages(prefix, spec, **kw)
 
 
 def print_json(obj) -> None:
@@ -109,7 +97,6 @@ def print_json(obj) -> None:
 # --- up / down ----------------------------------------------------------------------------
 
 def cmd_up(args) -> int:
-    from . import runtime
     from .config import default_config, load_config
     need_root("hyperplane up")
     check_kernel()
@@ -119,27 +106,27 @@ def cmd_up(args) -> int:
             cfg = cfg.with_prefix(args.prefix)
     except ConfigError as e:            # its text starts with the file's name
         raise CliError(f"bad config: {e}") from None
-    state, pid = start_lab(cfg)
-    from .render import lab_picture
-    print(lab_picture(state, ask(state.prefix, "status"), runtime.restarts(state.prefix)))
+    lab = start_lab(cfg)
+    pid = lab.pid
+    lab.detach()                # the lab outlives this process; `hyperplane down` removes it
+    with data_plane_errors():
+        print(lab.picture())
     print(f"data plane pid {pid}, kept running by a supervisor; flow logs in "
-          f"{runtime.paths(state.prefix).flow_logs}/ (removed by down unless --keep-logs)")
+          f"{lab.paths.flow_logs}/ (removed by down unless --keep-logs)")
     if args.detach:
         return 0
     print("forwarding; press Ctrl-C to stop and remove the lab", file=sys.stderr)
     try:
-        while runtime.pid_of(state.prefix, runtime.SUPERVISOR):
+        while lab.supervisor_pid:
             time.sleep(0.5)
-        print("the supervisor exited; see " + str(runtime.paths(state.prefix).log),
-              file=sys.stderr)
+        print("the supervisor exited; see " + str(lab.paths.log), file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
-        return cmd_down(argparse.Namespace(prefix=state.prefix, all=False, keep_logs=False))
+        return cmd_down(argparse.Namespace(prefix=lab.prefix, all=False, keep_logs=False))
 
 
 def start_lab(cfg):
-    """runtime.up with dots while the data plane starts."""
-    from . import runtime
+    """Lab.up with dots while the data plane starts."""
     shown = []
 
     def progress():
@@ -152,24 +139,23 @@ def start_lab(cfg):
     print(f"building lab {cfg.prefix!r}: {len(cfg.functions)} functions, "
           f"{len(cfg.subnets)} subnets, {len(cfg.hosts)} hosts", file=sys.stderr)
     try:
-        return runtime.up(cfg, progress=progress,
-                          notice=lambda text: print(text, file=sys.stderr))
+        return Lab.up(cfg, prefix=cfg.prefix, progress=progress,
+                      notice=lambda text: print(text, file=sys.stderr))
     finally:
         if shown:
             print(file=sys.stderr)
 
 
 def cmd_down(args) -> int:
-    from . import runtime
     need_root("hyperplane down")
     from .lab.cleanup import lab_namespaces
-    prefixes = runtime.prefixes() if args.all else [resolve_prefix(args)]
+    prefixes = Lab.prefixes() if args.all else [resolve_prefix(args)]
     if args.all:
         from .lab import netns
         prefixes = sorted(set(prefixes) | {ns.rsplit("-", 1)[0] for ns in netns.list_namespaces()
                                             if ns.endswith("-hp")})
     for prefix in prefixes:
-        report = runtime.down(prefix, keep_logs=args.keep_logs)
+        report = Lab.remove(prefix, keep_logs=args.keep_logs)
         if report.removed_anything:
             print(f"lab {prefix!r}: stopped {len(report.killed)} processes, removed "
                   f"{len(report.namespaces)} namespaces and {len(report.links)} links")
@@ -186,16 +172,17 @@ def cmd_down(args) -> int:
 # --- looking inside -----------------------------------------------------------------------
 
 def cmd_status(args) -> int:
-    from . import runtime
     prefix = resolve_prefix(args)
     try:
-        state = attach_state(prefix)
-    except CliError as e:
-        raise CliError(str(e), EXIT_NOT_RUNNING) from None
-    run = runtime.status(prefix)
+        lab = Lab.attach(prefix)
+    except LabError:
+        raise CliError(f"lab {prefix!r} is not up (start it with: sudo hyperplane up)",
+                       EXIT_NOT_RUNNING) from None
+    state = lab.state
+    run = lab.supervision()
     try:
-        dp = control.request(prefix, "status", timeout=5.0) if run["running"] else None
-    except control.ControlError:
+        dp = lab.status(timeout=5.0) if run["running"] else None
+    except ControlError:
         dp = None
     running = dp is not None
     if args.json:
@@ -269,7 +256,8 @@ def cmd_conntrack(args) -> int:
     prefix = resolve_prefix(args)
     spec = conntrack_filter(args)
     if args.action == "count":
-        n = ask(prefix, "conntrack-count", filter=spec)["count"]
+        with data_plane_errors():
+            n = Lab.conntrack_count(prefix, spec)
         print(json.dumps({"count": n}) if args.json else n)
         return EXIT_OK
     if args.action == "delete" and not spec:
@@ -279,22 +267,22 @@ def cmd_conntrack(args) -> int:
         return conntrack_events(prefix, spec, args)
     if args.action == "flush" and not (args.json or args.json_lines):
         # as conntrack -F: how many, not each one (-D, or -F -j, lists them)
-        n = sum(item["deleted"] for page in ask_listing(prefix, "conntrack-delete",
-                                                        timeout=60.0, filter=spec, brief=True)
+        n = sum(item["deleted"] for page in conntrack_pages(prefix, spec, delete=True,
+                                                            brief=True, timeout=60.0)
                 for item in page)
         print(f"{n} connection{'s' if n != 1 else ''} deleted", file=sys.stderr)
         return EXIT_OK
-    command = "conntrack" if args.action == "list" else "conntrack-delete"   # or -D, -F -j
+    delete = args.action != "list"                                          # -D, -F -j
     rounds = 0
     while True:
         printer = listing_printer(args)
         if args.watch and not (args.json or args.json_lines):
             sys.stdout.write("\033[2J\033[H")
-        for page in ask_listing(prefix, command, filter=spec):
+        for page in conntrack_pages(prefix, spec, delete=delete):
             printer.page(page)
         printer.end()
         sys.stdout.flush()
-        if command == "conntrack-delete":
+        if delete:
             print(f"{printer.count} connection{'s' if printer.count != 1 else ''} deleted",
                   file=sys.stderr)
         rounds += 1
@@ -328,7 +316,7 @@ def conntrack_events(prefix: str, spec: dict, args) -> int:
                 shown += event["event"] != "LOST"
                 if args.max_events and shown >= args.max_events:
                     return EXIT_OK
-    except control.NotRunning as e:
+    except NotRunning as e:
         raise CliError(str(e), EXIT_NOT_RUNNING) from None
     except KeyboardInterrupt:          # the way to end -E
         return EXIT_OK

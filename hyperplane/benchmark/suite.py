@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import control
+from ..api import Lab
 from ..runfolder import proc_stat
 from .args import TEST_NAMES
 from .middles import (ECHO_PORT, IPERF_PORT, SINK_PORTS, TCP_PORT, Middle, conntrack_count,
@@ -368,7 +368,7 @@ def live_connections(ctx: Ctx, m: Middle) -> int | None:
         return conntrack_count(m)
     if m.name == "hyperplane":
         try:
-            return int(control.request(ctx.prefix, "stats", timeout=5.0).get("connections"))
+            return int(Lab.attach(ctx.prefix).stats(timeout=5.0).get("connections"))
         except Exception:
             return None
     return None
