@@ -12,12 +12,18 @@ subnet sees IPv4 only, so a client never waits on an address the NAT drops. Cust
 see the functions' inside addresses too: the name resolves, and the connection is refused
 as V2N refuses it (one-way NAT).
 
+The machine's own host name resolves to loopback there too (servers such as Python's
+``http.server`` look it up as they bind), and a ``resolv.conf`` beside the hosts file names
+the namespace's own loopback as its only name server: a name the lab does not know fails at
+once, and no lookup leaves the namespace for the machine's name server.
+
 The files are found again by the lab's prefix (``remove``), also after a crash.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Iterable
 
@@ -26,8 +32,10 @@ from .state import FunctionInfo, HostInfo, LabState
 
 ETC_NETNS = Path("/etc/netns")
 HOSTS = "hosts"
-HEADER = ("# written by hyperplane for this lab namespace; removed by `hyperplane down`\n"
-          "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+RESOLV = "resolv.conf"
+WRITTEN_BY = "# written by hyperplane for this lab namespace; removed by `hyperplane down`\n"
+LOOPBACK = "127.0.0.1\tlocalhost{machine}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+RESOLV_TEXT = WRITTEN_BY + "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
 
 
 def _v6_usable(viewer: FunctionInfo | HostInfo) -> bool:
@@ -51,24 +59,32 @@ def entries(state: LabState, viewer: FunctionInfo | HostInfo) -> list[tuple[str,
 
 
 def render(state: LabState, viewer: FunctionInfo | HostInfo) -> str:
-    return HEADER + "".join(f"{addr}\t{name}\n" for addr, name in entries(state, viewer))
+    machine = socket.gethostname()
+    header = WRITTEN_BY + LOOPBACK.format(
+        machine=f" {machine}" if machine and machine != "localhost" else "")
+    return header + "".join(f"{addr}\t{name}\n" for addr, name in entries(state, viewer))
 
 
 def path(ns: str) -> Path:
     return ETC_NETNS / ns / HOSTS
 
 
+def _write_public(p: Path, text: str) -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)            # read by whatever user a command inside runs as
+    os.replace(tmp, p)
+    return p
+
+
 def write(state: LabState) -> list[Path]:
-    """Writes the hosts file of every function and host namespace of ``state``."""
+    """Writes the hosts file and resolv.conf of every function and host namespace of
+    ``state``."""
     written = []
     for viewer in (*state.functions, *state.hosts):
-        p = path(viewer.ns)
-        p.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        tmp = p.with_name(f".{HOSTS}.{os.getpid()}.tmp")
-        tmp.write_text(render(state, viewer))
-        os.chmod(tmp, 0o644)        # read by whatever user a command inside runs as
-        os.replace(tmp, p)
-        written.append(p)
+        written.append(_write_public(path(viewer.ns), render(state, viewer)))
+        written.append(_write_public(ETC_NETNS / viewer.ns / RESOLV, RESOLV_TEXT))
     return written
 
 
@@ -82,16 +98,18 @@ def lab_folders(prefix: str, root: Path = ETC_NETNS) -> list[Path]:
 
 
 def remove(prefix: str, root: Path = ETC_NETNS) -> list[Path]:
-    """Removes the hosts files of lab ``prefix`` (and their folders when nothing else is in
-    them); returns the files removed."""
+    """Removes the hosts files and resolv.conf of lab ``prefix`` (and their folders when
+    nothing else is in them); returns the files removed."""
     removed = []
     for folder in lab_folders(prefix, root):
-        f = folder / HOSTS
-        try:
-            f.unlink()
-            removed.append(f)
-        except FileNotFoundError:
-            pass
+        for f in (folder / HOSTS, folder / RESOLV):
+            try:
+                if f.name == RESOLV and not f.read_text().startswith(WRITTEN_BY):
+                    continue                # the user's own: theirs to keep
+                f.unlink()
+                removed.append(f)
+            except FileNotFoundError:
+                pass
         try:
             folder.rmdir()
         except OSError:             # another file of the user's: theirs to keep

@@ -4,6 +4,7 @@ inputs, counter deltas, the connection round trip and each namespace's hosts fil
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -124,6 +125,21 @@ def test_each_namespace_resolves_what_it_can_reach():
         text = hostsfile.render(state, viewer)
         assert {line.split("\t")[1] for line in text.splitlines()[3:]} == every
         assert text.splitlines()[3] == f"{viewer.ipv4}\t{viewer.name}"   # itself first
+        # the machine's own name is loopback there (servers look it up as they bind)
+        assert socket.gethostname() in text.splitlines()[1].split("\t")[1].split()
+
+
+def test_no_name_lookup_leaves_a_lab_namespace(tmp_path, monkeypatch):
+    monkeypatch.setattr(hostsfile, "ETC_NETNS", tmp_path)
+    state = build_topology(default_config()).state()
+    hostsfile.write(state)
+    for viewer in (*state.functions, *state.hosts):
+        resolv = (tmp_path / viewer.ns / "resolv.conf").read_text()
+        servers = [line.split()[1] for line in resolv.splitlines() if line.startswith("nameserver")]
+        assert servers == ["127.0.0.1"]
+    removed = hostsfile.remove(state.prefix, tmp_path)
+    assert len(removed) == 2 * (len(state.functions) + len(state.hosts))
+    assert not any(tmp_path.iterdir())
 
 
 def test_hosts_files_are_found_and_removed_by_prefix(tmp_path):
