@@ -324,6 +324,15 @@ class Lab:
         return control.listing(prefix, "conntrack-delete" if delete else "conntrack", run_dir,
                                timeout, filter=dict(spec), **extra)
 
+    @classmethod
+    def conntrack_events(cls, prefix: str, spec: Mapping[str, Any], *,
+                         run_dir: str | os.PathLike[str] | None = None,
+                         timeout: float | None = None) -> EventStream:
+        """The events of lab ``prefix`` that pass ``spec`` (as ``conntrack_count``), as
+        ``hyperplane conntrack -E`` shows them: the iterator ``events()`` gives, for a lab
+        known only by its prefix. ``NotRunning`` when no data plane answers."""
+        return EventStream(prefix, dict(spec), run_dir=run_dir, timeout=timeout)
+
     def down(self, keep_logs: bool = False) -> None:
         """Stops the data plane and its supervisor and removes every namespace, link and file
         of the lab (``keep_logs``: not its log and flow logs). Safe to call again."""

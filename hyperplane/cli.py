@@ -304,11 +304,11 @@ def listing_printer(args):
 def conntrack_events(prefix: str, spec: dict, args) -> int:
     """Events as they happen, one line each (JSON lines with --json), until Ctrl-C or
     --max-events; a LOST line when the data plane had to drop some for this reader."""
-    from .ctcontrol import EventStream
+    from .api import Lab
     from .render import event_line
     shown = 0
     try:
-        with EventStream(prefix, spec) as stream:
+        with Lab.conntrack_events(prefix, spec) as stream:
             for event in stream:
                 sys.stdout.write((json.dumps(event) if args.json or args.json_lines
                                   else event_line(event)) + "\n")
