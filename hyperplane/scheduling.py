@@ -34,9 +34,13 @@ NORMAL_SHARES = 1024                  # cpu.shares of a cgroup as heavy as one n
 CGROUP_V1_CPU = "/sys/fs/cgroup/cpu"
 
 
-def forwarding_threads() -> list[int]:
-    return [int(t) for t in os.listdir("/proc/self/task")
-            if _read(f"/proc/self/task/{t}/comm") == FORWARDING_THREAD]
+def forwarding_threads(pid: int | str = "self") -> list[int]:
+    """The forwarding threads of process ``pid`` (this one by default); none when it is gone."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    return [int(t) for t in tasks if _read(f"/proc/{pid}/task/{t}/comm") == FORWARDING_THREAD]
 
 
 def nice_for(weight: int) -> int:

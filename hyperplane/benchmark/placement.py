@@ -11,8 +11,8 @@ import time
 from collections import Counter
 
 from ..runfolder import proc_stat
+from ..scheduling import forwarding_threads
 
-FORWARDING_THREAD = "hp-forward"
 SAMPLE_EVERY_S = 0.05
 SETTLE_S = 2.0            # the forwarding thread sleeps in poll() up to 1 s between wake-ups
 
@@ -32,11 +32,6 @@ def _state_and_cpu(pid: int, tid: int) -> tuple[str, int] | None:
         return (stat[0], int(stat[36])) if stat else None
     except (ValueError, IndexError):
         return None
-
-
-def forwarding_threads(pid: int) -> list[int]:
-    return [int(t) for t in _listdir(f"/proc/{pid}/task")
-            if _read(f"/proc/{pid}/task/{t}/comm").strip() == FORWARDING_THREAD]
 
 
 def _listdir(path: str) -> list[str]:
