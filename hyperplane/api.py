@@ -33,19 +33,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 
-from . import control, ctcontrol, runfolder, runtime
+from . import control, ctcontrol, runfolder
 from .config import Config, default_config, load_config, parse_config
 from .connection import Connection
 from .ctcontrol import EventStream
 from .ctfilter import KEYS
-from .lab import netns
-from .lab.names import is_lab_namespace
 from .errors import ConfigError, LabError
-from .lab.state import FunctionInfo, HostInfo, LabState
-from .metrics import split_reasons
+from .lab.names import is_lab_namespace
 
 if TYPE_CHECKING:
     from .capture import SidesCapture
+    from .lab.state import FunctionInfo, HostInfo, LabState
 
 T = TypeVar("T")
 ConfigLike = Union[Config, Mapping[str, Any], str, "os.PathLike[str]", None]
@@ -136,6 +134,8 @@ class _PrefixLock:
 
 def _prefix_in_use(prefix: str, run_dir: Path) -> bool:
     """Whether anything of a lab ``prefix`` exists (namespaces, links, state, a process)."""
+    from .lab import netns
+    from .lab.state import LabState
     if any(is_lab_namespace(prefix, n) for n in netns.list_namespaces()):
         return True
     if any(name.startswith(prefix + "-") for _, name in socket.if_nameindex()):
@@ -168,6 +168,7 @@ def flat_counters(stats: Mapping[str, Any]) -> dict[str, int]:
     """The data plane's counters in one flat mapping: the NAT's and the forwarding loop's
     (``FWD_OUT_PACKETS``, ``RX_FRAMES``, ...), drops and punts by reason summed over both
     (``drop.IN_UNSOLICITED_SYN``, ``punt.ARP``), and ``connections``."""
+    from .metrics import split_reasons
     out: dict[str, int] = {}
     for stage in ("nat", "dataplane"):
         for key, value in split_reasons(stats.get(stage, {})).items():
@@ -241,7 +242,7 @@ class Lab:
     @classmethod
     def up(cls, config: ConfigLike = None, prefix: str | None = None, *,
            run_dir: str | os.PathLike[str] | None = None,
-           timeout: float = runtime.START_TIMEOUT_S,
+           timeout: float = runfolder.START_TIMEOUT_S,
            progress: Callable[[], None] | None = None,
            notice: Callable[[str], None] = lambda text: None) -> "Lab":
         """Builds the lab of ``config`` and starts its data plane; returns once it forwards.
@@ -269,6 +270,7 @@ class Lab:
             raise
         rd = Path(run_dir) if run_dir is not None else None
         try:
+            from . import runtime
             state, _pid = runtime.up(cfg, run_dir=rd, progress=progress, notice=notice)
         except BaseException:
             lock.release()
@@ -279,6 +281,7 @@ class Lab:
     def attach(cls, prefix: str, run_dir: str | os.PathLike[str] | None = None) -> "Lab":
         """The lab ``prefix`` that is already up (made by ``hyperplane up`` or another
         process). ``with`` leaves it up; ``down()`` removes it. LabError when it is not up."""
+        from .lab.state import LabState
         rd = Path(run_dir) if run_dir is not None else None
         try:
             state = LabState.load(prefix, rd)
@@ -299,6 +302,7 @@ class Lab:
         """Removes lab ``prefix`` whatever is left of it, as ``hyperplane down`` does (also
         one whose state is gone); returns the cleanup's report: ``killed`` (pids),
         ``namespaces``, ``links``, ``errors`` and ``removed_anything``."""
+        from . import runtime
         return runtime.down(prefix, run_dir, keep_logs=keep_logs)
 
     @classmethod
@@ -379,6 +383,7 @@ class Lab:
     def state(self) -> LabState:
         """The lab as built (namespaces, functions, hosts, subnets, ENIs), re-read from its
         saved state so ENIs added while it runs are there."""
+        from .lab.state import LabState
         with contextlib.suppress(FileNotFoundError, ValueError):
             self._state = LabState.load(self.prefix, self.run_dir)
         return self._state
@@ -442,12 +447,14 @@ class Lab:
         """Runs ``argv`` in the namespace of function or host ``name`` and waits for it;
         output is captured as text. A string runs through ``sh -c``. ``check``: raise
         ``subprocess.CalledProcessError`` on a non-zero exit. Names of the lab resolve."""
+        from .lab import netns
         return netns.exec(self.namespace(name), argv, check=check, timeout=timeout,
                           input=input, env=dict(env) if env is not None else None, cwd=cwd)
 
     def popen(self, name: str, argv: Argv, **kwargs: Any) -> "subprocess.Popen[Any]":
         """Starts ``argv`` in the namespace of ``name`` (``subprocess.Popen`` keyword
         arguments apply) and returns at once; ``down()`` stops it if it still runs."""
+        from .lab import netns
         proc: subprocess.Popen[Any] = netns.popen(self.namespace(name), argv, **kwargs)
         self._procs.append(proc)
         return proc
@@ -565,6 +572,7 @@ class Lab:
     def supervision(self) -> dict[str, Any]:
         """What the supervisor knows, without asking the data plane: ``running``,
         ``supervisor_pid``, ``pid`` and ``restarts`` (the restart record)."""
+        from . import runtime
         return runtime.status(self.prefix, self.run_dir)
 
     @property
@@ -581,6 +589,7 @@ class Lab:
         """The lab as ``hyperplane up`` and ``status`` draw it: functions, the data plane,
         ENIs, subnets and hosts."""
         from .render import lab_picture
+        from . import runtime
         return lab_picture(self.state, self.status(), runtime.restarts(self.prefix,
                                                                        self.run_dir))
 
@@ -663,7 +672,7 @@ class Lab:
     # -- crash tests and changes ---------------------------------------------------------------
 
     def kill_dataplane(self, sig: int = _signal.SIGKILL, *, wait: bool = True,
-                       timeout: float = runtime.START_TIMEOUT_S) -> int | None:
+                       timeout: float = runfolder.START_TIMEOUT_S) -> int | None:
         """Sends ``sig`` (SIGKILL: a crash) to the data plane. Its supervisor starts a new one
         on the same shared-memory state; ``wait``: return that one's pid once it answers
         (else None at once). LabError when no data plane runs."""
@@ -677,15 +686,17 @@ class Lab:
             proc.wait(runfolder.STOP_TIMEOUT_S)
         sup = runfolder.Proc.find(self.prefix, runfolder.SUPERVISOR, self.run_dir)
         try:
+            from . import runtime
             return runtime.wait_ready(self.prefix, self.run_dir, timeout, old_pid=proc.pid,
                                       watch=sup)
         finally:
             if sup is not None:
                 sup.close()
 
-    def restart_dataplane(self, timeout: float = runtime.START_TIMEOUT_S) -> int:
+    def restart_dataplane(self, timeout: float = runfolder.START_TIMEOUT_S) -> int:
         """Restarts the data plane in order (as ``hyperplane restart``); its new pid once it
         answers. Connections survive (the state is in shared memory)."""
+        from . import runtime
         return runtime.restart(self.prefix, self.run_dir, timeout)
 
     def set_function(self, name: str, subnet: str, security_groups: Sequence[str] = ()) -> str:

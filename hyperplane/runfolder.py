@@ -26,6 +26,7 @@ from pathlib import Path
 RUN_DIR = Path(os.environ.get("HYPERPLANE_RUN_DIR", "/run/hyperplane"))
 DATAPLANE, SUPERVISOR = "daemon", "supervisor"        # module names, also the pid-file roles
 STOP_TIMEOUT_S = 5.0
+START_TIMEOUT_S = 20.0
 # The data plane's exit code when it cannot start for a reason a restart would not change (its
 # config, its state file): the supervisor does not restart it. Its log's last line says why,
 # after CANNOT_START.

@@ -26,11 +26,9 @@ from . import control, scheduling
 from .errors import RuntimeFailure
 from .lab.state import LabState
 # RUN_DIR and prefixes too: callers of the runtime name the run folder through it
-from .runfolder import (CANNOT_START, DATAPLANE, RUN_DIR, STOP_TIMEOUT_S,  # noqa: F401
-                        SUPERVISOR, Proc, ensure_run_dir, paths, pid_of, prefixes,
+from .runfolder import (CANNOT_START, DATAPLANE, RUN_DIR, START_TIMEOUT_S,  # noqa: F401
+                        STOP_TIMEOUT_S, SUPERVISOR, Proc, ensure_run_dir, paths, pid_of, prefixes,
                         private_file, write_private)
-
-START_TIMEOUT_S = 20.0
 
 
 # --- our processes ------------------------------------------------------------------------

@@ -159,3 +159,21 @@ def test_a_connection_has_exactly_the_documented_keys():
     e = service.describe_event(event, Clock(6000), {0: "api"})
     assert set(e) == {k for k, _ in CONNECTION_KEYS} | {k for k, _ in EVENT_KEYS} - {
         "lost", "lost_total"}
+
+
+# What `hyperplane conntrack -C` needs is the control socket; building or supervising a lab
+# (asyncio, pyroute2, the HTTP metrics server, scapy) is loaded only by the commands that do it.
+HEAVY = ("asyncio", "http.server", "pyroute2", "scapy", "rich", "hyperplane.lab.builder",
+         "hyperplane.runtime", "hyperplane.metrics", "hyperplane.slowpath")
+
+
+def test_conntrack_count_starts_without_the_lab_builders_imports(tmp_path):
+    probe = ("import sys\n"
+             "from hyperplane import cli\n"
+             "code = cli.main(['conntrack', '-p', 'udp', '-d', '10.0.1.10', '-C',\n"
+             "                 '--prefix', 'zz9'])\n"
+             f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT, env={**os.environ, "HYPERPLANE_RUN_DIR":
+                                                  str(tmp_path)})
+    assert r.stdout.split(None, 1) == [str(cli.EXIT_NOT_RUNNING), "[]\n"], r.stdout + r.stderr
