@@ -400,11 +400,15 @@ def cmd_check(args) -> int:
             cfg = cfg.with_prefix(args.prefix)
         state = build_topology(cfg).state()
     except ConfigError as e:
-        error = {"field": e.field, "problem": e.problem, "source": e.source or args.config}
+        errors = [{"field": x.field, "problem": x.problem, "source": x.source or args.config}
+                  for x in e.errors]
         if args.json:
-            print_json({"valid": False, "config": args.config, "errors": [error]})
+            print_json({"valid": False, "config": args.config, "errors": errors})
         else:
-            print(f"{error['source']}: invalid: {e.field}: {e.problem}", file=sys.stderr)
+            for x in errors:
+                print(f"{x['source']}: invalid: {x['field']}: {x['problem']}", file=sys.stderr)
+            if len(errors) > 1:
+                print(f"{errors[0]['source']}: {len(errors)} problems", file=sys.stderr)
         return EXIT_INVALID
     except LabError as e:              # a config that parses but cannot be laid out
         if args.json:

@@ -25,14 +25,34 @@ class HyperplaneError(Exception):
 
 
 class ConfigError(HyperplaneError, ValueError):
-    """A configuration problem: ``field`` names the setting, ``problem`` says what is wrong."""
+    """A configuration problem: ``field`` names the setting, ``problem`` says what is wrong.
+
+    A file's validation reports every problem it finds in one ConfigError: ``errors`` lists
+    them (each a ConfigError of one field, in the order found: each table's own settings,
+    then the checks across the lab); ``field``, ``problem`` and the message's start are the
+    first one's, and the message ends with the fields of the others.
+    An error of one problem has ``errors == (itself,)``."""
 
     def __init__(self, field: str, problem: str, source: str | None = None):
         self.field = field
         self.problem = problem
         self.source = source
+        self.errors: tuple[ConfigError, ...] = (self,)
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{field}: {problem}")
+
+    @classmethod
+    def of(cls, errors: "list[ConfigError]") -> "ConfigError":
+        """One error that carries ``errors`` (at least one)."""
+        first, more = errors[0], len(errors) - 1
+        if not more:
+            return first
+        e = cls(first.field, first.problem + f" (and {more} more problem{'s' * (more > 1)}: "
+                                              + ", ".join(x.field for x in errors[1:]) + ")",
+                first.source)
+        e.problem = first.problem
+        e.errors = tuple(errors)
+        return e
 
 
 class LabError(HyperplaneError, RuntimeError):

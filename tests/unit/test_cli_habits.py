@@ -177,3 +177,35 @@ def test_conntrack_count_starts_without_the_lab_builders_imports(tmp_path):
                        timeout=60, cwd=ROOT, env={**os.environ, "HYPERPLANE_RUN_DIR":
                                                   str(tmp_path)})
     assert r.stdout.split(None, 1) == [str(cli.EXIT_NOT_RUNNING), "[]\n"], r.stdout + r.stderr
+
+
+MANY_PROBLEMS = ('mtu = 99\n[vpc]\nid = "bad id"\n'
+                 '[vpc.subnets.a]\ncidr4 = "10.0.1.0/24"\n'
+                 '[vpc.subnets.b]\ncidr4 = "10.0.2.0/33"\n'
+                 '[functions.f1]\nsubnet_ids = ["nope"]\nmax_connections = -3\n'
+                 '[functions.f2]\nsubnet_ids = ["b"]\nbogus = 1\n')
+MANY_FIELDS = ["mtu", "vpc.id", "vpc.subnets.b.cidr4", "functions.f1.max_connections",
+               "functions.f2.bogus", "functions.f1.subnet_ids[0]"]
+
+
+def test_a_config_with_several_problems_names_each_once():
+    """Every problem is told, each with its field; a function on a subnet that failed is not
+    told again that the subnet is unknown."""
+    from hyperplane.config import loads_config
+    from hyperplane.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        loads_config(MANY_PROBLEMS, source="<stdin>")
+    assert [x.field for x in e.value.errors] == MANY_FIELDS
+    assert e.value.field == "mtu" and "and 5 more problems" in str(e.value)
+    assert all(x.source == "<stdin>" and x.errors == (x,) for x in e.value.errors)
+
+
+@as_nobody
+def test_check_lists_every_problem():
+    r = check("-c", "-", stdin=MANY_PROBLEMS)
+    assert r.returncode == cli.EXIT_INVALID, (r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert [ln.split(": ")[2] for ln in lines[:-1]] == MANY_FIELDS, r.stderr
+    assert lines[-1] == f"<stdin>: {len(MANY_FIELDS)} problems"
+    d = json.loads(check("-c", "-", "--json", stdin=MANY_PROBLEMS).stdout)
+    assert [x["field"] for x in d["errors"]] == MANY_FIELDS
