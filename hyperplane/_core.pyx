@@ -20,7 +20,7 @@ from . import vocab
 
 REASONS = tuple(hp_reason_names[i].decode() for i in range(HP_R_COUNT))
 STATES = tuple(hp_state_names[i].decode() for i in range(HP_S_COUNT))
-COUNTERS = tuple(hp_counter_names[i].decode() for i in range(HP_C_COUNT))
+COUNTERS = tuple(hp_counter_names[i].decode().lower() for i in range(HP_C_COUNT))
 FUNC_COUNTERS = tuple(hp_func_counter_names[i].decode().lower() for i in range(HP_FC_COUNT))
 SIZEOF_CONN = (sizeof(hp_conn) + sizeof(hp_conn_stats) + sizeof(hp_tcp_win)
                + sizeof(hp_conn_flowbase))

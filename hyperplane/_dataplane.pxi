@@ -539,7 +539,7 @@ cdef class DataPlane:
         cdef int i
         out = {}
         for i in range(rd.HP_DP_C_COUNT):
-            out[rd.hp_dp_counter_names[i].decode()] = dp.counters[i]
+            out[rd.hp_dp_counter_names[i].decode().lower()] = dp.counters[i]
         for i in range(rd.HP_R_COUNT):
             out["drop." + rd.hp_reason_names[i].decode()] = dp.drops[i]
         for i in range(rd.HP_R_COUNT):

@@ -166,7 +166,7 @@ def _take_prefix(prefix: str | None, run_dir: Path) -> tuple[str, _PrefixLock]:
 
 def flat_counters(stats: Mapping[str, Any]) -> dict[str, int]:
     """The data plane's counters in one flat mapping: the NAT's and the forwarding loop's
-    (``FWD_OUT_PACKETS``, ``RX_FRAMES``, ...), drops and punts by reason summed over both
+    (``fwd_out_packets``, ``rx_frames``, ...), drops and punts by reason summed over both
     (``drop.IN_UNSOLICITED_SYN``, ``punt.ARP``), and ``connections``."""
     from .metrics import split_reasons
     out: dict[str, int] = {}
@@ -601,7 +601,7 @@ class Lab:
 
     def counters(self) -> dict[str, int]:
         """The counters as one flat mapping (``flat_counters``): ``drop.<REASON>``,
-        ``punt.<REASON>``, ``FWD_OUT_PACKETS``, ``CONN_CREATED``, ``connections``, ..."""
+        ``punt.<REASON>``, ``fwd_out_packets``, ``conn_created``, ``connections``, ..."""
         return flat_counters(self.stats())
 
     @contextlib.contextmanager

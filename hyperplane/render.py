@@ -197,16 +197,16 @@ def eni_table(enis: list[dict]) -> str:
 # NAT-gateway style metric names for the counters we keep.
 METRICS = [
     ("ActiveConnectionCount", lambda s: s["connections"]),
-    ("ConnectionAttemptCount", lambda s: s["nat"]["CONN_CREATED"]),
-    ("ConnectionEstablishedCount", lambda s: s["nat"]["CONN_ESTABLISHED"]),
+    ("ConnectionAttemptCount", lambda s: s["nat"]["conn_created"]),
+    ("ConnectionEstablishedCount", lambda s: s["nat"]["conn_established"]),
     ("ErrorPortAllocation", lambda s: by_reason(s, "punt").get("PORTS_EXHAUSTED", 0)),
     # Established TCP connections that idled out before closing (semantics 9.2), all ENIs.
     ("IdleTimeoutCount", lambda s: sum(e.get("idle_timeouts", 0)
                                        for e in s.get("per_eni", {}).values())),
-    ("PacketsOutToDestination", lambda s: s["nat"]["FWD_OUT_PACKETS"]),
-    ("BytesOutToDestination", lambda s: s["nat"]["FWD_OUT_BYTES"]),
-    ("PacketsInFromDestination", lambda s: s["nat"]["FWD_IN_PACKETS"]),
-    ("BytesInFromDestination", lambda s: s["nat"]["FWD_IN_BYTES"]),
+    ("PacketsOutToDestination", lambda s: s["nat"]["fwd_out_packets"]),
+    ("BytesOutToDestination", lambda s: s["nat"]["fwd_out_bytes"]),
+    ("PacketsInFromDestination", lambda s: s["nat"]["fwd_in_packets"]),
+    ("BytesInFromDestination", lambda s: s["nat"]["fwd_in_bytes"]),
     ("PacketsDropCount", lambda s: sum(by_reason(s, "drop").values())),
 ]
 
@@ -227,7 +227,7 @@ def function_rows(functions: list[dict]) -> list[str]:
 
 
 def stats_table(stats: dict) -> str:
-    out = ["metrics"]
+    out = ["metrics (by the NAT gateway's CloudWatch names)"]
     out += [f"  {name:<28} {fn(stats)}" for name, fn in METRICS]
     for kind, title in (("drop", "drops by reason"),
                         ("punt", "punts to the slow path by reason (not drops)"),
@@ -251,13 +251,13 @@ def stats_table(stats: dict) -> str:
         out.append(f"  {'  thread ' + str(t['tid']):<28} {t['policy']} nice {t['nice']}, on CPU "
                    f"{t['cpu']} of {t['cpus_allowed']}, switches {t['voluntary_switches']} "
                    f"slept / {t['involuntary_switches']} preempted")
-    # Counter names in one style, lower snake case, whichever layer keeps them (the C loop's
-    # are upper case in JSON); reasons keep their names, the metrics AWS's.
-    out += [f"  {k.lower():<28} {v}" for k, v in stats["dataplane"].items()
+    # Counter names are lower snake case in every layer; reasons keep their upper-case names
+    # (a vocabulary, as states are), the metrics AWS's CloudWatch names.
+    out += [f"  {k:<28} {v}" for k, v in stats["dataplane"].items()
             if "." not in k and v]
     out.append("slow path")
-    out += [f"  {k.lower():<28} {v}" for k, v in sorted(stats["slowpath"].items()) if v]
+    out += [f"  {k:<28} {v}" for k, v in sorted(stats["slowpath"].items()) if v]
     if stats.get("conntrack"):
         out.append("conntrack (deletions, event readers)")
-        out += [f"  {k.lower():<28} {v}" for k, v in stats["conntrack"].items()]
+        out += [f"  {k:<28} {v}" for k, v in stats["conntrack"].items()]
     return "\n".join(out)

@@ -38,11 +38,11 @@ STATES = (
 S = {name: i for i, name in enumerate(STATES)}
 
 COUNTERS = (
-    "FWD_OUT_PACKETS", "FWD_OUT_BYTES", "FWD_IN_PACKETS", "FWD_IN_BYTES",
-    "CONN_CREATED", "CONN_ESTABLISHED", "CONN_EXPIRED", "JOURNAL_OVERFLOW",
-    "REJECT_OVERFLOW", "RST_SENT", "RST_LIMITED",
-    "CONN_EARLY_DROPPED", "REFUSAL_SENT", "REFUSAL_LIMITED", "HAIRPIN_PACKETS",
-    "HAIRPIN_REFUSED", "TCP_IGNORED",
+    "fwd_out_packets", "fwd_out_bytes", "fwd_in_packets", "fwd_in_bytes",
+    "conn_created", "conn_established", "conn_expired", "journal_overflow",
+    "reject_overflow", "rst_sent", "rst_limited",
+    "conn_early_dropped", "refusal_sent", "refusal_limited", "hairpin_packets",
+    "hairpin_refused", "tcp_ignored",
 )
 
 # Connection flags.

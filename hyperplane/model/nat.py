@@ -287,13 +287,13 @@ class Nat:
         reason = (self._no_match_reason(pkt) if conn is None
                   else self._update(conn, REPLY, pkt, now_ms))
         if reason != R["NONE"]:
-            self.counter["HAIRPIN_REFUSED"] += 1
+            self.counter["hairpin_refused"] += 1
             eni = self._eni_of(pkt.family, pkt.dst)
             if eni is not None:
                 self.eni_ctr[eni].drop(REASONS[reason])
             return self._refuse(reason)
         rewrite(frame, pkt, IN, conn.src, conn.sport, dec_ttl=0)
-        self.counter["HAIRPIN_PACKETS"] += wire_size(pkt)[0]
+        self.counter["hairpin_packets"] += wire_size(pkt)[0]
         return (FORWARD, R["NONE"], 0, conn.id)
 
     def _eni_of(self, family: int, addr: bytes):
@@ -404,7 +404,7 @@ class Nat:
             conn.win = new_connection_window(pkt)
         if self._eni_of(pkt.family, pkt.dst) is not None:
             conn.flags |= F_HAIRPIN
-        self.counter["CONN_CREATED"] += 1
+        self.counter["conn_created"] += 1
         self.eni_ctr[eni].attempts[pkt.proto == PROTO_UDP] += 1
         self.eni_ctr[eni].active[pkt.proto == PROTO_UDP] += 1
         return conn, R["NONE"]
@@ -428,7 +428,7 @@ class Nat:
         if victim is None:
             return False
         self._journal_add(victim.snapshot(expired=True))
-        self.counter["CONN_EARLY_DROPPED"] += 1
+        self.counter["conn_early_dropped"] += 1
         self.funcs[victim.owner].counters["early_dropped"] += 1
         self._delete(victim, now_ms)
         return True
@@ -479,8 +479,8 @@ class Nat:
         journal, as an expired one's does) and a new one takes its entry, mapping and port,
         with fresh counters, flags, window and start time."""
         self._journal_add(conn.snapshot(expired=True))
-        self.counter["CONN_EXPIRED"] += 1
-        self.counter["CONN_CREATED"] += 1
+        self.counter["conn_expired"] += 1
+        self.counter["conn_created"] += 1
         self.eni_ctr[conn.eni].attempts[0] += 1
         conn.flags &= F_HAIRPIN
         conn.start_s = (now_ms // 1000) & 0xFFFFFFFF
@@ -493,7 +493,7 @@ class Nat:
         (and nothing changes), or NONE when it goes through."""
         if pkt.proto == PROTO_TCP and ignored(conn.state, d, pkt.tcp_flags, ORIG):
             self.trace("ignored", conn=conn, d=d)
-            self.counter["TCP_IGNORED"] += 1
+            self.counter["tcp_ignored"] += 1
             self._count_forwarded(conn, d, pkt)
             return R["NONE"]
         if pkt.proto == PROTO_TCP:
@@ -520,7 +520,7 @@ class Nat:
         self.trace("state", conn=conn, d=d, old=conn.state, new=state)
         ec = self.eni_ctr[conn.eni]
         if conn.state == S["SYN_RECV"] and state == S["ESTABLISHED"]:
-            self.counter["CONN_ESTABLISHED"] += 1
+            self.counter["conn_established"] += 1
             ec.established[0] += 1
         if pkt.proto == PROTO_UDP and d == REPLY and not conn.flags & F_REPLY_SEEN:
             ec.established[1] += 1
@@ -539,9 +539,9 @@ class Nat:
     def _count_forwarded(self, conn: Entry, d: int, pkt: Packet) -> None:
         """The NAT's and the ENI's FORWARD counters."""
         packets, nbytes = wire_size(pkt)
-        side = "OUT" if d == ORIG else "IN"
-        self.counter[f"FWD_{side}_PACKETS"] += packets
-        self.counter[f"FWD_{side}_BYTES"] += nbytes
+        side = "out" if d == ORIG else "in"
+        self.counter[f"fwd_{side}_packets"] += packets
+        self.counter[f"fwd_{side}_bytes"] += nbytes
         self.eni_ctr[conn.eni].packets[d] += packets
         self.eni_ctr[conn.eni].bytes[d] += nbytes
 
@@ -581,20 +581,20 @@ class Nat:
             rec = Rejected(eni, "ingress", fam, pkt.proto, src, dst, pkt.sport, pkt.dport,
                            length, now_ms, pkt.tcp_flags, "-", reason)
         if not self.rejects.push(rec):
-            self.counter["REJECT_OVERFLOW"] += 1
+            self.counter["reject_overflow"] += 1
 
     def _refusal(self, frame, pkt: Packet, reason: int, now_ms: int) -> tuple:
         """A new connection refused for lack of resources is answered at once (section 13): a
         SYN with a RST, a datagram with ICMP administratively prohibited, rate-limited."""
         result = self._refuse(reason)
         if not self._answer_rate(pkt, rst=False).take(now_ms):
-            self.counter["REFUSAL_LIMITED"] += 1
+            self.counter["refusal_limited"] += 1
             return result
         if pkt.proto == PROTO_TCP:
             build_rst(frame, pkt)
         elif not build_unreach(frame, pkt):
             return result
-        self.counter["REFUSAL_SENT"] += 1
+        self.counter["refusal_sent"] += 1
         return (FORWARD, reason, 0, -1)
 
     def _answer_rate(self, pkt: Packet, rst: bool) -> RateLimit:
@@ -618,10 +618,10 @@ class Nat:
         if is_rst(pkt.tcp_flags):
             return result
         if not self._answer_rate(pkt, rst=True).take(now_ms):
-            self.counter["RST_LIMITED"] += 1
+            self.counter["rst_limited"] += 1
             return result
         build_rst(frame, pkt)
-        self.counter["RST_SENT"] += 1
+        self.counter["rst_sent"] += 1
         if eni is not None:
             self.eni_ctr[eni].rst_sent += 1
         return (FORWARD, R["TCP_NOT_SYN"], 0, -1)
@@ -654,7 +654,7 @@ class Nat:
         """Removes an expired connection, releases its port and returns its last picture;
         journal=True keeps that picture for the next expire() call."""
         record = conn.snapshot(expired=True)
-        self.counter["CONN_EXPIRED"] += 1
+        self.counter["conn_expired"] += 1
         if idled_out(conn):
             self.eni_ctr[conn.eni].idle_timeouts += 1
         self._delete(conn, now_ms)
@@ -682,7 +682,7 @@ class Nat:
 
     def _journal_add(self, record: Connection) -> None:
         if len(self.journal) >= self.journal_size:
-            self.counter["JOURNAL_OVERFLOW"] += 1
+            self.counter["journal_overflow"] += 1
             if not self.journal:
                 return                          # a journal of size 0 keeps nothing
             self.journal.popleft()

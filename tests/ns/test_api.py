@@ -76,7 +76,7 @@ def test_a_function_reaches_a_host_by_name_through_the_nat(lab):
                             "%{http_code}", f"http://web:{HTTP}/"],
                            capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert r.stdout == "200", r.stderr
-    assert c["CONN_CREATED"] == 3
+    assert c["conn_created"] == 3
     eni = lab.enis()[0]
     api = lab.connections(function="api", dport=HTTP, proto="tcp")
     # api may use IPv6 and curl prefers it: the ENI's IPv6 address then

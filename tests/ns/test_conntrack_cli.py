@@ -185,7 +185,7 @@ def test_a_deleted_tcp_connection_is_reset_on_its_next_segment(ct_lab):
         talker.wait()
     stats1 = json.loads(cli("stats", "-j", "--prefix", lab.prefix).stdout)["nat"]
     assert stats1["drop.TCP_NOT_SYN"] > stats0["drop.TCP_NOT_SYN"]
-    assert stats1["RST_SENT"] > stats0["RST_SENT"]
+    assert stats1["rst_sent"] > stats0["rst_sent"]
     assert listing(lab, *sel) == []          # the RST opened nothing
 
 

@@ -138,7 +138,7 @@ def test_count_and_a_stalled_event_reader_at_scale(daemon_lab):
               f"{len(got)}/{count} received, max one-way delay {delays[-1]:.1f} ms (p99 "
               f"{delays[int(len(delays) * 0.99)]:.1f}); other threads' longest hold of the table "
               f"lock {st['table_lock']['max_hold_us'] / 1e3:.2f} ms, the loop's longest wait for "
-              f"it {st['dataplane'].get('LOCK_WAIT_MAX_NS', 0) / 1e6:.2f} ms; forwarding "
+              f"it {st['dataplane'].get('lock_wait_max_ns', 0) / 1e6:.2f} ms; forwarding "
               f"thread {st['forwarding']}")
     print(report)
     assert stream_covered and flushed >= OPENED * 0.99, report

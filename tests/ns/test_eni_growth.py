@@ -129,11 +129,11 @@ class Lab:
 def loss_counters(stats: dict) -> dict:
     """Every non-zero counter that can account for a datagram the server did not get: the
     NAT's and the loop's drops and punts (punt.NEIGH_MISS ...), what the punt policer dropped
-    (PUNT_POLICED, policed.<REASON>), a full punt buffer (PUNT_OVERFLOW), and the slow path's
+    (punt_policed, policed.<REASON>), a full punt buffer (punt_overflow), and the slow path's
     neighbour queue and parking (neigh_*, exhausted_*), ring drops per port."""
     out = {f"{part}.{k}": v for part in ("nat", "dataplane") for k, v in stats[part].items()
            if v and (k.startswith(("drop.", "punt.", "policed."))
-                   or k in ("PUNT_POLICED", "PUNT_OVERFLOW"))}
+                   or k in ("punt_policed", "punt_overflow"))}
     out.update({f"slowpath.{k}": v for k, v in stats["slowpath"].items()
                 if v and k.startswith(("neigh_", "exhausted", "punt.", "inject_failed"))})
     for p in stats["ports"]:

@@ -232,18 +232,18 @@ def test_forwarding_goes_on_while_python_is_busy(lab):  # noqa: F811
     report = (f"{len(got)}/{count} received, lost {lost}, max one-way delay {delays[-1]:.1f} ms "
               f"(p99 {delays[int(len(delays) * 0.99)]:.1f}), max arrival gap {max_gap:.1f} ms; "
               f"listing of {len(listed)} took {list_s:.2f} s; flood {flood_sent} frames, "
-              f"{counters['PUNTED']} punted, {counters['PUNT_OVERFLOW']} overflowed, "
-              f"{counters['PUNT_POLICED']} policed, "
+              f"{counters['punted']} punted, {counters['punt_overflow']} overflowed, "
+              f"{counters['punt_policed']} policed, "
               f"{sum(punted)} taken; rx ring drops {ring_drops}; the loop waited for the table "
-              f"lock {counters['LOCK_WAITS']} times, {counters['LOCK_WAIT_NS'] / 1e6:.1f} ms in "
-              f"all, {counters['LOCK_WAIT_MAX_NS'] / 1e6:.2f} ms at most; other threads' holds "
+              f"lock {counters['lock_waits']} times, {counters['lock_wait_ns'] / 1e6:.1f} ms in "
+              f"all, {counters['lock_wait_max_ns'] / 1e6:.2f} ms at most; other threads' holds "
               f"{holds}; forwarding thread {sched}; meanwhile a process sleeping 2 ms woke up "
               f"to {late:.0f} ms late")
     print(report)
     # The flood reached the loop: punted, or refused by the queue or the punt policer in C.
-    handled = counters["PUNTED"] + counters["PUNT_OVERFLOW"] + counters["PUNT_POLICED"]
+    handled = counters["punted"] + counters["punt_overflow"] + counters["punt_policed"]
     assert handled >= flood_sent // 2, report
     # What the data plane owns: the loop never waited long for another thread's hold.
-    assert counters["LOCK_WAIT_MAX_NS"] <= MAX_GAP_MS * 1e6, report
+    assert counters["lock_wait_max_ns"] <= MAX_GAP_MS * 1e6, report
     assert lost <= count * MAX_LOSS, report
     assert delays[-1] <= MAX_GAP_MS, report

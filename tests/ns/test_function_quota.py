@@ -133,7 +133,7 @@ def test_a_flooding_function_is_refused_fast_and_others_still_connect(quota_lab)
     assert f["refused_connections"] >= len(refused) + len(udp)
     assert f["connections"] == CAPACITY // 2
     assert c["refused_connections"] == 0 and c["created"] >= 1
-    assert lab.stats()["nat"]["REFUSAL_SENT"] >= len(refused) + len(udp)
+    assert lab.stats()["nat"]["refusal_sent"] >= len(refused) + len(udp)
     flood.stdin.close()
     flood.wait(timeout=10)
 

@@ -143,7 +143,7 @@ def test_fuzz_both_sides_then_traffic_still_flows(run):
     assert sent_in == FRAMES_PER_SIDE and sent_out == FRAMES_PER_SIDE
     time.sleep(1.0)
     after = run.stats()                       # still answering
-    rx = after["dataplane"]["RX_FRAMES"] - before["dataplane"]["RX_FRAMES"]
+    rx = after["dataplane"]["rx_frames"] - before["dataplane"]["rx_frames"]
     ports = control_status(run)["ports"]
     lost = sum(p["rx_kernel_drops"] for p in ports)
     # The bridges drop what no switch forwards (a multicast or zero source MAC, frames

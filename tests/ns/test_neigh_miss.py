@@ -38,7 +38,7 @@ def test_a_burst_to_an_unresolved_neighbour_arrives_whole(tmp_path):
             s = control.request(lab.prefix, "stats")
             sp, dp = s["slowpath"], s["dataplane"]
             return (sp.get("neigh_queued", 0) + sp.get("neigh_queue_dropped", 0)
-                    + dp["policed.NEIGH_MISS"] + dp["PUNT_OVERFLOW"] >= BURST)
+                    + dp["policed.NEIGH_MISS"] + dp["punt_overflow"] >= BURST)
         wait_for(settled, "the burst punted and queued", timeout=2)
         # Now web answers the ENI's next ARP retry (250 ms, then 500, 1,000: within the
         # queue's 3 s): the queue leaves.

@@ -121,7 +121,7 @@ def test_a_flood_of_punts_leaves_established_flows_forwarding(quota_lab):
     after = lab.stats()["dataplane"]
     policed = {k: after[k] - before[k] for k in after if k.startswith("policed.")
                and after[k] > before[k]}
-    loop = {k: after[k] - before[k] for k in ("RX_FRAMES", "PUNTED", "PUNT_OVERFLOW", "RUNS")}
+    loop = {k: after[k] - before[k] for k in ("rx_frames", "punted", "punt_overflow", "runs")}
     ring_drops = {p["role"]: p.get("rx_kernel_drops", 0) for p in lab.stats()["ports"]}
     print(f"sent {sent} frames; stream {report}; policed {policed}; loop {loop}; "
           f"ring drops {ring_drops}")
@@ -129,4 +129,4 @@ def test_a_flood_of_punts_leaves_established_flows_forwarding(quota_lab):
     assert report["echoes"] > 100 and report["max_gap_ms"] < 50, report
     for reason in ("TTL_EXCEEDED", "FRAGMENT", "ICMP"):
         assert policed.get(f"policed.{reason}", 0) > 0, policed
-    assert after["PUNT_POLICED"] - before["PUNT_POLICED"] == sum(policed.values())
+    assert after["punt_policed"] - before["punt_policed"] == sum(policed.values())

@@ -48,7 +48,7 @@ def test_a_failing_test_reports_the_lab(pytester, run):
     assert f"hyperplane lab {prefix}" in out
     section = out[out.index(f"hyperplane lab {prefix}"):]
     assert "-- connections" in section and "10.200.0.11" in section      # api's connection
-    assert "-- counters (not zero)" in section and "CONN_CREATED = 1\n" in section
+    assert "-- counters (not zero)" in section and "conn_created = 1\n" in section
     assert "-- ENIs" in section and f"{prefix}-e0" in section
     assert "-- data plane log" in section and "forwarding" in section
     assert leftovers(prefix) == []

@@ -211,6 +211,6 @@ def test_idled_out_connection_gets_a_rst(sg, family):
     holder.stdin.flush()
     assert holder.stdout.readline().strip() == "ConnectionResetError"
     after = sg.request("stats")
-    assert after["nat"]["RST_SENT"] > before["nat"]["RST_SENT"]
+    assert after["nat"]["rst_sent"] > before["nat"]["rst_sent"]
     assert after["nat"]["drop.TCP_NOT_SYN"] > before["nat"]["drop.TCP_NOT_SYN"]
     assert after["per_eni"][str(sg.eni.id)]["idle_timeouts"] >= 1

@@ -246,8 +246,8 @@ def test_udp_hairpin_between_functions(run, family, where):
                   else run.state.host("web").ipv6)
     before = nat_counters(run)
     api.send_to(receiver, "knock")
-    wait_for(lambda: nat_counters(run)["HAIRPIN_REFUSED"] >= before["HAIRPIN_REFUSED"] + 1,
-             "HAIRPIN_REFUSED")
+    wait_for(lambda: nat_counters(run)["hairpin_refused"] >= before["hairpin_refused"] + 1,
+             "hairpin_refused")
     assert receiver.recv(0.5) == ["timeout"]
     receiver.send_to(api, "punch")
     assert api.recv() == ["punch", *map(str, receiver.ext)]
@@ -256,8 +256,8 @@ def test_udp_hairpin_between_functions(run, family, where):
     assert got == "via-hairpin"
     assert same_addr(peer_addr, api_eni.ipv4 if family == 4 else api_eni.ipv6)
     assert int(peer_port) == api.ext[1]                # api's external port, as outside sees it
-    wait_for(lambda: nat_counters(run)["HAIRPIN_PACKETS"] >= before["HAIRPIN_PACKETS"] + 2,
-             "HAIRPIN_PACKETS")
+    wait_for(lambda: nat_counters(run)["hairpin_packets"] >= before["hairpin_packets"] + 2,
+             "hairpin_packets")
 
 
 @pytest.mark.parametrize("family,where", HAIRPIN_CASES)
@@ -301,7 +301,7 @@ data = s.recv(100)
 s.sendall(data + b" " + " ".join(map(str, s.getpeername()[:2])).encode())
 """], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run.servers.append(api)
-    wait_for(lambda: nat_counters(run)["HAIRPIN_REFUSED"] > before["HAIRPIN_REFUSED"],
+    wait_for(lambda: nat_counters(run)["hairpin_refused"] > before["hairpin_refused"],
              "api's first SYN refused")
     a = mapping_of(run, "api", family, "tcp", port + 100)
     receiver.stdin.write(f"{a['nat_addr']} {a['nat_port']}\n")
@@ -316,8 +316,8 @@ s.sendall(data + b" " + " ".join(map(str, s.getpeername()[:2])).encode())
     assert same_addr(seen_by_api_addr, w["nat_addr"]) and int(seen_by_api_port) == w["nat_port"]
     assert same_addr(a["nat_addr"], api_eni.ipv4 if family == 4 else api_eni.ipv6)
     # SYN, SYN|ACK, ACK, data both ways at least.
-    wait_for(lambda: nat_counters(run)["HAIRPIN_PACKETS"] >= before["HAIRPIN_PACKETS"] + 5,
-             "HAIRPIN_PACKETS")
+    wait_for(lambda: nat_counters(run)["hairpin_packets"] >= before["hairpin_packets"] + 5,
+             "hairpin_packets")
 
 
 def test_spoofed_sources_and_forged_macs_reach_nothing(run):
@@ -531,10 +531,10 @@ def test_hairpin_sweep_of_a_shared_eni_reaches_no_one(run):
                  for i, fn in enumerate(("worker", "peer6"))]
     assert all(same_addr(r.ext[0], shared) for r in receivers)
     api = UdpPeer(run, "api", 4, 40610, web.ipv4)
-    before = nat_counters(run)["HAIRPIN_REFUSED"]
+    before = nat_counters(run)["hairpin_refused"]
     assert api.ask("sweep", shared) == "swept"
     # Every port but api's own (its own mapping answers it, as STUN's hairpin test wants).
-    wait_for(lambda: nat_counters(run)["HAIRPIN_REFUSED"] >= before + 65534, "every refusal",
+    wait_for(lambda: nat_counters(run)["hairpin_refused"] >= before + 65534, "every refusal",
              timeout=20)
     assert [r.ask("drain", 1) for r in receivers] == ["0", "0"]
     assert api.ask("drain", 0.5) == "1"                 # its own datagram to its own mapping

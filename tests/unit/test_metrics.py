@@ -13,9 +13,9 @@ from hyperplane import metrics
 from hyperplane.metrics import render, split_reasons
 
 STATS = {
-    "nat": {"FWD_OUT_PACKETS": 10, "CONN_CREATED": 3, "drop.PORTS_EXHAUSTED": 11,
+    "nat": {"fwd_out_packets": 10, "conn_created": 3, "drop.PORTS_EXHAUSTED": 11,
             "drop.IN_NO_MATCH_UDP": 2, "drop.ICMP": 0},
-    "dataplane": {"FORWARDED": 9, "drop.NEIGH_MISS": 1, "drop.TX_FULL": 4},
+    "dataplane": {"forwarded": 9, "drop.NEIGH_MISS": 1, "drop.TX_FULL": 4},
     "slowpath": {"arp_replied": 2},
     "connections": 3, "capacity": 1024,
     "enis": [{"id": 0, "eni_id": "eni-0123456789abcdef0", "status": "Active",
@@ -111,8 +111,8 @@ def test_an_empty_answer_still_renders():
 
 
 def test_split_reasons_renames_punts_only():
-    assert split_reasons({"drop.PORTS_EXHAUSTED": 1, "drop.TX_FULL": 2, "FORWARDED": 3}) == {
-        "punt.PORTS_EXHAUSTED": 1, "drop.TX_FULL": 2, "FORWARDED": 3}
+    assert split_reasons({"drop.PORTS_EXHAUSTED": 1, "drop.TX_FULL": 2, "forwarded": 3}) == {
+        "punt.PORTS_EXHAUSTED": 1, "drop.TX_FULL": 2, "forwarded": 3}
 
 
 def test_endpoint_serves_the_text_and_survives_a_failed_scrape():
@@ -142,8 +142,8 @@ def test_endpoint_serves_the_text_and_survives_a_failed_scrape():
 
 def test_stats_table_idle_timeouts_and_drops_per_eni():
     from hyperplane.render import stats_table
-    nat = {**STATS["nat"], "CONN_ESTABLISHED": 1, "CONN_EXPIRED": 9, "FWD_OUT_BYTES": 0,
-           "FWD_IN_PACKETS": 0, "FWD_IN_BYTES": 0}
+    nat = {**STATS["nat"], "conn_established": 1, "conn_expired": 9, "fwd_out_bytes": 0,
+           "fwd_in_packets": 0, "fwd_in_bytes": 0}
     lines = stats_table({**STATS, "nat": nat}).splitlines()
     # IdleTimeoutCount is the ENIs' idle timeouts, not every expiry.
     assert "  IdleTimeoutCount             1" in lines

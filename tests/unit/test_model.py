@@ -160,9 +160,9 @@ def test_forward_counters(NatClass):
     fl.send(IN, payload=b"y" * 30)
     fl.send(IN)
     c = nat.counters()
-    assert (c["FWD_OUT_PACKETS"], c["FWD_OUT_BYTES"]) == (1, 28 + 10)
-    assert (c["FWD_IN_PACKETS"], c["FWD_IN_BYTES"]) == (2, 28 + 30 + 28)
-    assert c["CONN_CREATED"] == 1
+    assert (c["fwd_out_packets"], c["fwd_out_bytes"]) == (1, 28 + 10)
+    assert (c["fwd_in_packets"], c["fwd_in_bytes"]) == (2, 28 + 30 + 28)
+    assert c["conn_created"] == 1
 
 
 def test_connection_ids_reuse_last_removed_first(NatClass):
@@ -299,21 +299,21 @@ def test_syn_reopening_a_closed_connection_makes_a_new_one(NatClass, path):
     nat = make(NatClass)
     fl = drive(nat, path)
     before = fl.conn()
-    created = nat.counters()["CONN_CREATED"]
+    created = nat.counters()["conn_created"]
     fl.next_seq[OUT] += 50000                   # the new connection's initial sequence
     assert fl.send(O, "S", now=2000)[0] == FORWARD
     c = fl.conn()
     # The same entry, mapping and port; everything else is the new connection's.
     assert (c.id, c.state, c.flags, c.nat_port) == (before.id, "SYN_SENT", 0, before.nat_port)
     assert (c.packets_out, c.packets_in, c.bytes_in, c.start_s) == (1, 0, 0, 2)
-    assert nat.counters()["CONN_CREATED"] == created + 1
+    assert nat.counters()["conn_created"] == created + 1
     # The old one ended: its record is handed out like an expired connection's.
     (old,) = nat.expire(2000)
     assert (old.id, old.state, old.packets_out) == (-1, before.state, before.packets_out)
     fl.send(I, "SA")
     fl.send(O, "A")
     assert fl.conn().state == "ESTABLISHED" and fl.conn().assured
-    assert nat.counters()["CONN_ESTABLISHED"] == 2
+    assert nat.counters()["conn_established"] == 2
 
 
 def test_conn_established_counted_once(NatClass):
@@ -322,7 +322,7 @@ def test_conn_established_counted_once(NatClass):
     fl.send(O, "A")
     fl.send(I, "A")
     c = nat.counters()
-    assert (c["CONN_CREATED"], c["CONN_ESTABLISHED"]) == (1, 1)
+    assert (c["conn_created"], c["conn_established"]) == (1, 1)
 
 
 def test_udp_first_then_stream(NatClass):
@@ -368,7 +368,7 @@ def test_tcp_timeouts(NatClass, profile, state, path):
     assert len(nat) == 1
     (gone,) = nat.expire(t0 + timeout)
     assert (gone.state, gone.last_seen_ms, gone.sport) == (state, t0, fl.sport)
-    assert len(nat) == 0 and nat.counters()["CONN_EXPIRED"] == 1
+    assert len(nat) == 0 and nat.counters()["conn_expired"] == 1
 
 
 @pytest.mark.parametrize("profile", ["aws", "rfc"])
@@ -437,7 +437,7 @@ def test_expired_on_lookup_is_a_miss_and_journaled(NatClass):
     # The reply comes exactly when the connection expires: too late.
     assert fl.send(IN, now=AWS["UDP_FIRST"]) == refused("IN_NO_MATCH_UDP")
     assert len(nat) == 0
-    assert nat.counters()["CONN_EXPIRED"] == 1
+    assert nat.counters()["conn_expired"] == 1
     # One millisecond earlier would have been fine.
     nat2 = make(NatClass)
     fl2 = Flow(nat2, proto=fg.UDP)
@@ -448,7 +448,7 @@ def test_expired_on_lookup_is_a_miss_and_journaled(NatClass):
     other.send(OUT, now=AWS["UDP_FIRST"])
     got = nat.expire(10 * AWS["UDP_FIRST"])
     assert [c.sport for c in got] == [fl.sport, 7]
-    assert nat.counters()["CONN_EXPIRED"] == 2
+    assert nat.counters()["conn_expired"] == 2
     assert nat.expire(10 * AWS["UDP_FIRST"]) == []
 
 
@@ -460,7 +460,7 @@ def test_expired_on_outbound_lookup_makes_a_new_connection(NatClass):
     assert fl.send(OUT, now=AWS["UDP_FIRST"])[0] == FORWARD
     second = fl.conn()
     assert second.id == first.id and second.start_s == AWS["UDP_FIRST"] // 1000
-    assert (second.packets_out, nat.counters()["CONN_CREATED"]) == (1, 2)
+    assert (second.packets_out, nat.counters()["conn_created"]) == (1, 2)
     (rec,) = nat.expire(AWS["UDP_FIRST"])
     assert rec.last_seen_ms == 0 and rec.packets_out == 1
 
@@ -473,7 +473,7 @@ def test_journal_overflow_drops_oldest(NatClass):
     for fl in flows:
         assert fl.send(IN, now=AWS["UDP_FIRST"])[1] == R["IN_NO_MATCH_UDP"]
     c = nat.counters()
-    assert (c["CONN_EXPIRED"], c["JOURNAL_OVERFLOW"]) == (3, 1)
+    assert (c["conn_expired"], c["journal_overflow"]) == (3, 1)
     assert [x.sport for x in nat.expire(AWS["UDP_FIRST"])] == [11, 12]
 
 
@@ -742,7 +742,7 @@ def test_full_table_expires_to_make_room(NatClass):
     t = AWS["UDP_FIRST"]
     c = Flow(nat, proto=fg.UDP, sport=3)
     assert c.send(OUT, now=t) == (FORWARD, R["NONE"], 1, 0)    # took the expired one's id
-    assert len(nat) == 2 and nat.counters()["CONN_EXPIRED"] == 1
+    assert len(nat) == 2 and nat.counters()["conn_expired"] == 1
     assert [x.sport for x in nat.expire(t)] == [1]             # through the journal
 
 
@@ -1005,7 +1005,7 @@ def test_gso_counts_segments(NatClass):
     c = nat.get(0)
     assert (c.packets_out, c.bytes_out) == (4, 5040 + 3 * 40)
     counters = nat.counters()
-    assert (counters["FWD_OUT_PACKETS"], counters["FWD_OUT_BYTES"]) == (4, 5040 + 3 * 40)
+    assert (counters["fwd_out_packets"], counters["fwd_out_bytes"]) == (4, 5040 + 3 * 40)
     # An empty GSO frame still counts one packet.
     g = fg.tcp(SRC, DST, 1, 2, "A", gso_type=fg.GSO_TCPV4, gso_size=1448)
     assert out(nat, g, vnet=True)[0] == FORWARD
@@ -1123,7 +1123,7 @@ def test_lookup_has_no_side_effects(NatClass):
     assert nat.lookup(SRC, DST6, fl.sport, fl.dport, 17, OUT, 0) is None       # mixed families
     # Expired: not found, but not removed either (only translate and expire remove).
     assert nat.lookup(SRC, DST, fl.sport, fl.dport, 17, OUT, AWS["UDP_FIRST"]) is None
-    assert len(nat) == 1 and nat.counters()["CONN_EXPIRED"] == 0
+    assert len(nat) == 1 and nat.counters()["conn_expired"] == 0
 
 
 def test_translate_without_mtu_check(NatClass):
@@ -1276,7 +1276,7 @@ def test_simultaneous_open_is_established_and_assured(NatClass):
     assert fl.send(O, "A")[0] == FORWARD
     c = fl.conn()
     assert c.state == "ESTABLISHED" and c.assured
-    assert nat.counters()["CONN_ESTABLISHED"] == 1
+    assert nat.counters()["conn_established"] == 1
     # It lives by the established timer, not the SYN_SENT one.
     assert nat.expire(AWS["SYN_SENT"] + 1) == []
 
@@ -1358,7 +1358,7 @@ def test_a_reply_ack_in_syn_sent_is_ignored(NatClass):
         f = fg.fields(fl.last_frame)
         assert (f["dst"], f["dport"]) == (SRC, fl.sport) and fg.checksums_ok(fl.last_frame)
     assert fl.conn() == before
-    assert nat.counters()["TCP_IGNORED"] == 2
+    assert nat.counters()["tcp_ignored"] == 2
     assert fl.send(I, "SA", now=3000)[0] == FORWARD
     assert fl.conn().state == "SYN_RECV"
     # After a simultaneous open's SYN the rule is the same (Linux's sS2 column).
@@ -1592,12 +1592,12 @@ def test_hairpinning(NatClass, family, proto, receiver):
     assert out(nat, frame)[:3] == (FORWARD, R["NONE"], 0)
     assert hairpin_fields(frame) == (*recv_ext, sender, 5000)
     assert fg.fields(frame)["ttl"] == 9                 # decremented once
-    assert nat.counters()["HAIRPIN_PACKETS"] == 1
+    assert nat.counters()["hairpin_packets"] == 1
     if proto == fg.UDP:
         again = fg.build(sender, recv_ext[0], proto, 5000, recv_ext[1], payload=b"hi")
         assert out(nat, again)[:3] == (FORWARD, R["NONE"], 0)
         assert hairpin_fields(again) == (*sender_ext, recv, 6000)
-        assert nat.counters()["HAIRPIN_PACKETS"] == 2
+        assert nat.counters()["hairpin_packets"] == 2
         return
     # TCP: a simultaneous open (RFC 793 figure 8) completes on both connections.
     for src, dst, sport, dport, flags, seq, ack in (
@@ -1630,8 +1630,8 @@ def test_hairpin_is_filtered_as_from_outside(NatClass, proto, receiver):
         copy = bytes(frame)
         assert out(nat, frame) == refused(reason)
         assert bytes(frame) == copy                 # refused on the way back in: left as it came
-    assert nat.counters()["HAIRPIN_REFUSED"] == len(ports)
-    assert nat.counters()["HAIRPIN_PACKETS"] == 0
+    assert nat.counters()["hairpin_refused"] == len(ports)
+    assert nat.counters()["hairpin_packets"] == 0
     assert nat.eni_counters(eni)["drops_by_reason"].get(reason) == len(ports)
     assert [c for c in nat.connections() if c.src == recv and c.dst != DST] == []
     assert {c.owner for c in nat.connections() if c.src == recv} == owners
@@ -1644,7 +1644,7 @@ def test_hairpin_needs_a_mapping(NatClass):
     copy = bytes(frame)
     assert out(nat, frame) == refused("IN_NO_MATCH_UDP")
     assert bytes(frame) == copy                 # refused on the way back in: left as it came
-    assert nat.counters()["HAIRPIN_PACKETS"] == 0
+    assert nat.counters()["hairpin_packets"] == 0
     assert out(nat, fg.tcp(SRC, ENI_B, 5001, 999, "S")) == refused("IN_UNSOLICITED_SYN")
     # TCP to a mapped UDP port, or not a SYN: no.
     assert out(nat, fg.tcp(SRC_B, ext[0], 1, ext[1], "S")) == refused("IN_UNSOLICITED_SYN")

@@ -128,7 +128,7 @@ def test_reject_journal_is_bounded_and_counts_overflow(NatClass):
     nat = make(NatClass)
     frames = [fg.udp(OTHER, ENI, 5555, p) for p in range(1, 8200)]
     nat.translate(frames, IN, 0, eni=0)
-    assert nat.counters()["REJECT_OVERFLOW"] == 8199 - 8192
+    assert nat.counters()["reject_overflow"] == 8199 - 8192
     first = nat.rejected(2)
     assert [r.dport for r in first] == [1, 2]
     assert len(nat.rejected()) == 8190
@@ -182,7 +182,7 @@ def test_idled_out_segment_gets_a_rst(NatClass, src, dst, vnet):
     eth = 10 if vnet else 0
     assert seg[eth:eth + 6] == before[eth + 6:eth + 12]  # back to the sender's MAC
     assert len(seg) == len(before) and not any(seg[f["end"]:])
-    assert nat.counters()["RST_SENT"] == 1 and nat.counters()["drop.TCP_NOT_SYN"] == 1
+    assert nat.counters()["rst_sent"] == 1 and nat.counters()["drop.TCP_NOT_SYN"] == 1
     assert nat.eni_counters(0)["rst_sent"] == 1 and nat.eni_counters(0)["idle_timeouts"] == 1
 
 
@@ -190,7 +190,7 @@ def test_invalid_flags_get_no_rst(NatClass):
     # Without ACK only a SYN or a RST is valid (section 2.3): the rest is dropped unanswered.
     nat = make(NatClass)
     assert out(nat, fg.tcp(SRC, DST, 1000, 443, "F"))[0] == DROP
-    assert nat.counters()["RST_SENT"] == 0
+    assert nat.counters()["rst_sent"] == 0
 
 
 def test_rsts_are_rate_limited(NatClass):
@@ -199,7 +199,7 @@ def test_rsts_are_rate_limited(NatClass):
     frames = lambda n: [fg.tcp(SRC, DST, 1000 + i, 443, "A") for i in range(n)]
     assert [r[0] for r in nat.translate(frames(5), OUT, 0)] == [FORWARD] * 3 + [DROP] * 2
     assert [r[0] for r in nat.translate(frames(2), OUT, 100)] == [FORWARD, DROP]
-    assert nat.counters()["RST_LIMITED"] == 3 and nat.counters()["RST_SENT"] == 4
+    assert nat.counters()["rst_limited"] == 3 and nat.counters()["rst_sent"] == 4
 
 
 def test_unknown_source_gets_no_rst(NatClass):

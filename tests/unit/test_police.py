@@ -47,7 +47,7 @@ def test_refused_syn_gets_a_rst_from_the_destination(NatClass):
     assert (str(a[TCP].flags), a[TCP].seq, a[TCP].ack) == ("RA", 0, 1006)
     assert checksums_verify(a)
     c = nat.counters()
-    assert (c["REFUSAL_SENT"], c["drop.FUNCTION_LIMIT"]) == (1, 1)
+    assert (c["refusal_sent"], c["drop.FUNCTION_LIMIT"]) == (1, 1)
 
 
 def test_refused_datagram_gets_icmp_admin_prohibited(NatClass):
@@ -79,14 +79,14 @@ def test_a_datagram_too_short_to_quote_is_only_dropped(NatClass):
     frame = fg.udp(SRC, DST, 5000, 53, payload=b"q")
     before = bytes(frame)
     assert out(nat, frame) == (DROP, R["FUNCTION_LIMIT"], 0, -1)
-    assert bytes(frame) == before and nat.counters()["REFUSAL_SENT"] == 0
+    assert bytes(frame) == before and nat.counters()["refusal_sent"] == 0
 
 
 def test_refusals_are_rate_limited(NatClass):
     nat = full_nat(NatClass)
     verdicts = [out(nat, fg.tcp(SRC, DST, 2000 + i, 443, "S"), now=0)[0] for i in range(150)]
     assert verdicts.count(FORWARD) == 100                     # the burst
-    assert nat.counters()["REFUSAL_LIMITED"] == 50
+    assert nat.counters()["refusal_limited"] == 50
     assert out(nat, fg.tcp(SRC, DST, 3000, 443, "S"), now=10)[0] == FORWARD   # 1 per ms
 
 
@@ -175,4 +175,4 @@ def test_each_function_has_its_own_refusal_and_idle_rst_budget(NatClass):
     assert out(nat, fg.tcp(other, DST, 41000, 443, "A"))[0] == FORWARD
     assert out(nat, fg.tcp(SRC, DST, 41000, 443, "A"))[0] == FORWARD
     c = nat.counters()
-    assert c["REFUSAL_LIMITED"] == 50 and c["RST_SENT"] == 2
+    assert c["refusal_limited"] == 50 and c["rst_sent"] == 2

@@ -77,24 +77,24 @@ def test_as_config_takes_a_path_a_dict_a_config_or_nothing(tmp_path):
 
 
 def test_flat_counters_sum_reasons_over_both_stages():
-    stats = {"nat": {"CONN_CREATED": 2, "drop.IN_UNSOLICITED_SYN": 1, "drop.ARP": 0},
-             "dataplane": {"RX_FRAMES": 9, "drop.IN_UNSOLICITED_SYN": 2, "drop.ARP": 4},
+    stats = {"nat": {"conn_created": 2, "drop.IN_UNSOLICITED_SYN": 1, "drop.ARP": 0},
+             "dataplane": {"rx_frames": 9, "drop.IN_UNSOLICITED_SYN": 2, "drop.ARP": 4},
              "connections": 1}
     flat = flat_counters(stats)
-    assert flat["drop.IN_UNSOLICITED_SYN"] == 3 and flat["CONN_CREATED"] == 2
+    assert flat["drop.IN_UNSOLICITED_SYN"] == 3 and flat["conn_created"] == 2
     assert flat["punt.ARP"] == 4 and flat["connections"] == 1
 
 
 def test_counting_gives_deltas_live_and_frozen():
-    values = {"drop.X": 5, "CONN_CREATED": 1}
+    values = {"drop.X": 5, "conn_created": 1}
     c = Counting(lambda: dict(values))
     values["drop.X"] = 7
     assert c["drop.X"] == 2                      # inside the block: so far
     c.after = dict(values)
     values["drop.X"] = 100
-    assert c["drop.X"] == 2 and c["CONN_CREATED"] == 0   # after: over the block
+    assert c["drop.X"] == 2 and c["conn_created"] == 0   # after: over the block
     assert c.changed() == {"drop.X": 2}
-    with pytest.raises(KeyError, match="known: CONN_CREATED, drop.X"):
+    with pytest.raises(KeyError, match="known: conn_created, drop.X"):
         c["drop.TYPO"]
 
 

@@ -197,7 +197,7 @@ def test_full_table_drops_the_oldest_unassured_first(NatClass):
     assert newcomer.send(OUT, "S", now=30)[0] == FORWARD
     alive = {c.sport for c in nat.connections()}
     assert alive == {1, 3, 4, 5}                 # the UDP flow seen at 10 went
-    assert nat.counters()["CONN_EARLY_DROPPED"] == 1
+    assert nat.counters()["conn_early_dropped"] == 1
     assert stats_of(nat, SRC)["early_dropped"] == 1
     (record,) = nat.expire(30)                   # its record went to the journal
     assert record.sport == 2
@@ -217,7 +217,7 @@ def test_full_table_of_assured_connections_refuses(NatClass):
     established(Flow(nat, src=SRC_B, sport=2))
     assert Flow(nat, src=SRC_B, sport=3).send(OUT, "S", now=1) == answered("TABLE_FULL")
     assert stats_of(nat, SRC_B)["table_full"] == 1
-    assert nat.counters()["CONN_EARLY_DROPPED"] == 0
+    assert nat.counters()["conn_early_dropped"] == 0
 
 
 def test_quota_arguments(NatClass):

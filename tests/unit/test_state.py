@@ -223,9 +223,9 @@ def test_connections_survive_a_crash(tmp_path):
                       eni=d["eni"])
         assert res[0] == FORWARD and (f["dst"], f["dport"]) == (d["src"], d["sport"])
     c = nat.counters()
-    assert c["CONN_CREATED"] == before["counters"]["CONN_CREATED"]
-    assert c["FWD_OUT_PACKETS"] == before["counters"]["FWD_OUT_PACKETS"] + 11
-    assert c["FWD_IN_PACKETS"] == before["counters"]["FWD_IN_PACKETS"] + 11
+    assert c["conn_created"] == before["counters"]["conn_created"]
+    assert c["fwd_out_packets"] == before["counters"]["fwd_out_packets"] + 11
+    assert c["fwd_in_packets"] == before["counters"]["fwd_in_packets"] + 11
     assert all(conn.state in ("ESTABLISHED", "UDP_STREAM") for conn in nat.connections())
 
     # New connections from other endpoints take only ports nobody holds, until none is left.

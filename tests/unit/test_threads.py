@@ -222,7 +222,7 @@ def test_forwarding_thread_starts_stops_and_punts_wait_without_the_gil():
         # The table stays usable from here while the thread runs.
         f = fg.udp(source(1), SERVER, 7000, 9000)
         assert nat.translate([f], vocab.OUT, 1000)[0][0] == vocab.FORWARD
-        assert dp.counters()["RUNS"] >= 1
+        assert dp.counters()["runs"] >= 1
     finally:
         dp.stop()
     assert not dp.forwarding
