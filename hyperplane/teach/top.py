@@ -27,8 +27,7 @@ from .. import control
 WINDOW = 2000               # connections held at most (the screen shows a page of them)
 REFRESH_S = 2.0             # listing, count, ENIs and stats read again this often
 LINGER_S = 3.0              # an ended connection stays on screen, dimmed, this long
-TICK_S = 1.0                # the screen is redrawn at least this often (the countdowns)
-KEY_POLL_S = 0.05           # how long the screen thread waits for a key between checks
+TICK_S = 1.0                # the screen is redrawn this often (the countdowns), and at each key
 RECENT = 6                  # events listed under the table
 
 STATE_STYLE = {
@@ -347,18 +346,22 @@ def run(prefix: str, spec: dict) -> int:
         if saved:
             tty.setcbreak(fd)
         with Live(console=console, screen=True, auto_refresh=False) as live:
-            last_draw = 0.0
+            next_tick = time.monotonic()
             while True:
-                key = read_key(fd, KEY_POLL_S)
+                key = read_key(fd, max(0.0, next_tick - time.monotonic()))
                 pressed = time.monotonic()
                 if key is not None and not view.key(key, max(1, console.size.height - 8)):
                     return 0
-                if key is None and time.monotonic() - last_draw < TICK_S:
+                if key is None and pressed < next_tick:
                     continue
-                with feed.lock:
+                if key is None:     # the ticks keep their period, whatever a draw takes
+                    next_tick += TICK_S
+                    if next_tick <= pressed:        # late (a stalled terminal): start again
+                        next_tick = pressed + TICK_S
+                with feed.lock:     # the screen is built from copies: drawn without the lock
                     screen = render(feed.snap, view, console.size.width, console.size.height,
                                     prefix)
-                    live.update(screen, refresh=True)
+                live.update(screen, refresh=True)
                 last_draw = time.monotonic()
                 view.last_draw_ms = (last_draw - pressed) * 1000
                 if key is not None:

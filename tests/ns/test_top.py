@@ -25,14 +25,15 @@ def screen(session: str) -> str:
     return r.stdout
 
 
-def wait_screen(session: str, predicate, what: str, timeout: float = 20.0) -> str:
+def wait_screen(session: str, predicate, what: str, timeout: float = 20.0,
+                poll: float = 0.1) -> str:
     end = time.monotonic() + timeout
     text = ""
     while time.monotonic() < end:
         text = screen(session)
         if predicate(text):
             return text
-        time.sleep(0.1)
+        time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}; the screen:\n{text}")
 
 
