@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: deps install build test test-unit test-purepython test-ns fuzz fuzz-ci fuzz-coverage bench bench-e2e demo down docs docs-serve cli-docs pictures clean sdist
+.PHONY: deps install build test test-unit test-purepython test-ns fuzz fuzz-ci fuzz-coverage bench bench-e2e demo down docs docs-serve cli-docs pictures top-screenshot clean sdist
 
 deps:               ## system tools the lab and tests use (apt, when root and missing)
 	scripts/install-system-deps
@@ -64,6 +64,9 @@ docs-serve:         ## the site on http://127.0.0.1:8000/, rebuilt as pages chan
 
 pictures:           ## docs/pictures/ redrawn from the reference model (graphviz dot, matplotlib)
 	$(PYTHON) -m hyperplane.teach.pictures
+
+top-screenshot:     ## docs/pictures/top-*.svg, .txt: `hyperplane top` under tmux following a curl (root)
+	HP_TOP_SCREENSHOT=docs/pictures $(PYTHON) -m pytest -q tests/ns/test_top.py
 
 sdist:
 	$(PYTHON) -m pip install -q build && $(PYTHON) -m build --sdist

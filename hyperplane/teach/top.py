@@ -5,7 +5,8 @@ match the filters (the daemon's paged listing, read again every REFRESH_S; the l
 closed after the page that fills the window), kept current between two reads by the event
 stream (`conntrack -E`: NEW, UPDATE, DESTROY). A connection that ends stays on screen, dimmed,
 for LINGER_S. The ENI pools, the total count and the drops come from `eni`, `conntrack -C` and
-`stats` on the same refresh; drops are shown as rates.
+`stats` on the same refresh; NEW and DESTROY move the count between two reads; drops are
+shown as rates.
 
 Two threads feed it (listing and events) and the screen thread only draws: a key is handled
 and drawn at once, whatever the daemon is doing.
@@ -176,6 +177,9 @@ class Feed:
                     continue
                 self.snap.events += 1
                 self.snap.recent.append(event_text(e))
+                if self.snap.total is not None and e["event"] != "UPDATE":
+                    # the count kept current between two reads, as the window is
+                    self.snap.total = max(0, self.snap.total + (1 if e["event"] == "NEW" else -1))
                 k = conn_key(e)
                 row = rows.get(k)
                 if e["event"] == "DESTROY":
@@ -324,6 +328,21 @@ def render(snap: Snapshot, view: View, width: int, height: int, prefix: str):
     lines.append(Text(f"{view.offset + 1}-{min(len(rows), view.offset + page)} of {len(rows)}   "
                       + KEYS, style="reverse", no_wrap=True, overflow="ellipsis"))
     return Group(*lines)
+
+
+def screenshot_svg(ansi: str, width: int = 80, title: str = "hyperplane top") -> str:
+    """A terminal's screen (text with its ANSI colour codes, as `tmux capture-pane -e -p`
+    gives it) as an SVG picture of that terminal."""
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+    console = Console(record=True, width=width, file=io.StringIO(), force_terminal=True,
+                      color_system="truecolor")
+    for line in ansi.rstrip("\n").split("\n"):
+        console.print(Text.from_ansi(line, no_wrap=True, overflow="crop"), no_wrap=True,
+                      crop=True)
+    return console.export_svg(title=title)
 
 
 def read_key(fd: int, timeout: float) -> str | None:

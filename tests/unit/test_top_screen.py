@@ -1,6 +1,7 @@
 """`hyperplane top`'s screen without a daemon: a full window renders in 80x24, keys change the
 view, events update the window (NEW, UPDATE, DESTROY and its linger)."""
 
+import io
 import time
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 pytest.importorskip("rich")
 
 from rich.console import Console  # noqa: E402
+from rich.terminal_theme import SVG_EXPORT_THEME  # noqa: E402
 
 from hyperplane.teach import top  # noqa: E402
 
@@ -68,3 +70,25 @@ def test_events_move_the_window():
     for i in range(5):                  # never more than the window
         feed.apply([{**conn(10 + i), "event": "NEW"}])
     assert len(feed.snap.rows) == 3
+
+
+def test_events_keep_the_count_between_two_reads():
+    feed = top.Feed("hp", {}, window=3)
+    feed.apply([{**conn(1, "SYN_SENT"), "event": "NEW"}])
+    assert feed.snap.total is None      # not read yet: nothing to count from
+    feed.snap.total = 7
+    feed.apply([{**conn(2, "SYN_SENT"), "event": "NEW"}, {**conn(2), "event": "UPDATE"}])
+    assert feed.snap.total == 8
+    feed.apply([{**conn(1), "event": "DESTROY"}, {**conn(2), "event": "DESTROY"}])
+    assert feed.snap.total == 6
+
+
+def test_a_screen_in_ansi_becomes_an_svg_of_it():
+    console = Console(width=80, height=24, force_terminal=True, color_system="standard",
+                      file=io.StringIO())
+    console.print(top.render(snapshot(3), top.View(), 80, 24, "hp"))
+    svg = top.screenshot_svg(console.file.getvalue())
+    assert svg.startswith("<svg") and "hyperplane&#160;top" in svg
+    assert svg.count("ESTABLISHED") == 3
+    green = SVG_EXPORT_THEME.ansi_colors[2].hex         # ESTABLISHED's colour, as drawn
+    assert f"fill: {green}" in svg
