@@ -9,7 +9,8 @@ for LINGER_S. The ENI pools, the total count and the drops come from `eni`, `con
 shown as rates.
 
 Two threads feed it (listing and events) and the screen thread only draws: a key is handled
-and drawn at once, whatever the daemon is doing.
+and drawn at once, whatever the daemon is doing; what the feed learnt is drawn within NEWS_S
+(a burst of events costs one draw); the countdowns are drawn every TICK_S.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ WINDOW = 2000               # connections held at most (the screen shows a page 
 REFRESH_S = 2.0             # listing, count, ENIs and stats read again this often
 LINGER_S = 3.0              # an ended connection stays on screen, dimmed, this long
 TICK_S = 1.0                # the screen is redrawn this often (the countdowns), and at each key
+NEWS_S = 0.25               # what the feed learnt (events, a listing) is drawn this soon, at most
+                            # this often
 RECENT = 6                  # events listed under the table
 
 STATE_STYLE = {
@@ -82,6 +85,7 @@ class Snapshot:
     error: str | None = None
     refreshed: float = 0.0
     recent: list = field(default_factory=list)      # the last RECENT events, as text
+    news: bool = False                              # learnt something since the last draw
 
 
 class Feed:
@@ -160,6 +164,7 @@ class Feed:
             self.snap.drop_rates = rates
             self.snap.error = None
             self.snap.refreshed = now
+            self.snap.news = True
 
     def _refresh_loop(self) -> None:
         while not self.stopping.is_set():
@@ -176,6 +181,7 @@ class Feed:
                 if e.get("event") not in ("NEW", "UPDATE", "DESTROY"):
                     continue
                 self.snap.events += 1
+                self.snap.news = True
                 self.snap.recent.append(event_text(e))
                 if self.snap.total is not None and e["event"] != "UPDATE":
                     # the count kept current between two reads, as the window is
@@ -276,9 +282,7 @@ def render(snap: Snapshot, view: View, width: int, height: int, prefix: str):
     lines = []
     shown_total = "?" if snap.total is None else f"{snap.total:,}"
     head = Text(f"hyperplane top  lab {prefix}  connections {shown_total} "
-                f"(window {len(snap.rows):,})  events {snap.event_rate:.0f}/s  "
-                f"draw {view.last_draw_ms:.0f} ms"
-                + (f"  key {view.last_key_ms:.0f} ms" if view.last_key_ms is not None else ""),
+                f"(window {len(snap.rows):,})  events {snap.event_rate:.0f}/s",
                 style="bold reverse", no_wrap=True, overflow="ellipsis")
     lines.append(head)
     if snap.error:
@@ -297,11 +301,15 @@ def render(snap: Snapshot, view: View, width: int, height: int, prefix: str):
                           + ("  NEW ENI TAKEN" if fresh else ""),
                           style="bold yellow" if fresh else "", no_wrap=True, overflow="ellipsis"))
     drops = sorted(snap.drop_rates.items(), key=lambda kv: -kv[1])
-    lines.append(Text("drops/s " + ("  ".join(f"{r} {v:.1f}" for r, v in drops) if drops else "none"),
+    lines.append(Text("drops/s " + ("  ".join(f"{r} {v:.1f}" for r, v in drops) if drops
+                                    else "none"),
                       style="red" if drops else "dim", no_wrap=True, overflow="ellipsis"))
     filt = (f"  proto {view.proto}" if view.proto else "")
-    lines.append(Text(f"ports: used/quarantined/free   sort {view.sort}"
-                      f"{' (reversed)' if view.reverse else ''}{filt}", style="dim", no_wrap=True))
+    timing = f"draw {view.last_draw_ms:.0f} ms" + (
+        f" key {view.last_key_ms:.0f} ms" if view.last_key_ms is not None else "")
+    lines.append(Text(f"{timing}   sort {view.sort}{' (reversed)' if view.reverse else ''}"
+                      f"{filt}   ports: used/quarantined/free", style="dim", no_wrap=True,
+                      overflow="ellipsis"))
     page = max(1, height - len(lines) - 4 - RECENT)
     rows = sort_rows(list(snap.rows.values()), view, now)
     view.offset = min(view.offset, max(0, len(rows) - page))
@@ -367,19 +375,20 @@ def run(prefix: str, spec: dict) -> int:
         with Live(console=console, screen=True, auto_refresh=False) as live:
             next_tick = time.monotonic()
             while True:
-                key = read_key(fd, max(0.0, next_tick - time.monotonic()))
+                key = read_key(fd, max(0.0, min(next_tick - time.monotonic(), NEWS_S)))
                 pressed = time.monotonic()
                 if key is not None and not view.key(key, max(1, console.size.height - 8)):
                     return 0
-                if key is None and pressed < next_tick:
-                    continue
-                if key is None:     # the ticks keep their period, whatever a draw takes
-                    next_tick += TICK_S
+                if key is None and pressed >= next_tick:
+                    next_tick += TICK_S     # the ticks keep their period, whatever a draw takes
                     if next_tick <= pressed:        # late (a stalled terminal): start again
                         next_tick = pressed + TICK_S
+                elif key is None and not feed.snap.news:
+                    continue
                 with feed.lock:     # the screen is built from copies: drawn without the lock
                     screen = render(feed.snap, view, console.size.width, console.size.height,
                                     prefix)
+                    feed.snap.news = False
                 live.update(screen, refresh=True)
                 last_draw = time.monotonic()
                 view.last_draw_ms = (last_draw - pressed) * 1000

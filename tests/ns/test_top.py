@@ -83,6 +83,10 @@ def test_top_follows_a_connection_and_quits():
             assert r.returncode == 0 and r.stdout == "200", (r.stdout, r.stderr)
             text = wait_screen(session, lambda t: "→TIME_WAIT" in t, "TIME_WAIT")
             assert "→ESTABLISHED" in text and f"{web.ipv4}:{HTTP}" in text
+            # The pools are read every REFRESH_S: the next read counts the port (TIME_WAIT
+            # lasts longer).
+            text = wait_screen(session, lambda t: "ENI 0 Active tcp4" in t and " 1/0/64999 " in t
+                               and "tcp  TIME_WAIT" in t, "the port counted in ENI 0's pool")
             assert all(len(line) <= 80 for line in text.splitlines())
             keep_screenshot(session, "top-time-wait")
             # Past TIME_WAIT's 4 s the connection leaves (DESTROY) and then the window.

@@ -45,6 +45,13 @@ def test_a_full_window_fits_80x24():
     assert "q quit" in lines[-1]
 
 
+def test_draw_and_key_times_are_on_an_80_column_screen():
+    lines = draw(snapshot(3), top.View(sort="destination", reverse=True, proto="tcp",
+                                       last_draw_ms=12, last_key_ms=3))
+    assert any(l.startswith("draw 12 ms key 3 ms   sort destination (reversed)  proto tcp")
+               for l in lines), lines
+
+
 def test_keys_sort_scroll_filter_and_quit():
     view = top.View()
     assert view.key("s", 10) and view.sort == "state"
