@@ -29,6 +29,7 @@ typedef struct hp_pool {
     uint16_t *free;              /* free ports; order matters (the model mirrors it) */
     uint16_t *q_port;            /* quarantine FIFO */
     uint64_t *q_until;
+    uint32_t *q_charge;          /* whom each quarantined port is charged to: owner + 1, 0 none */
     hp_port_owner *owner;        /* indexed by port - lo */
     uint16_t *map;               /* (inside addr, port) -> external port; 0 = empty */
     uint32_t map_mask;
@@ -62,14 +63,22 @@ int hp_pool_repair_attested(const hp_pool *p, uint16_t port, const uint8_t addr[
  * -1 when out of memory. */
 int hp_pool_repair_finish(hp_pool *p, int mapped);
 
-/* Whether hp_pool_alloc would find a port (free, or out of quarantine); changes nothing. */
+/* Whether a port is free or out of quarantine (hp_pool_alloc finds one after
+ * hp_pool_q_pop has moved it); changes nothing. */
 int hp_pool_has_free(const hp_pool *p, uint64_t now_ms);
+/* Moves the oldest port whose quarantine has ended to the free ports: 1 and whom it was
+ * charged to (owner + 1, 0 none) in *charge, or 0 when none has ended. The NAT pops at most
+ * HP_QUARANTINE_MOVES at a time and hands each charge back (docs/semantics.md 13). */
+#define HP_QUARANTINE_MOVES 64
+int hp_pool_q_pop(hp_pool *p, uint64_t now_ms, uint32_t *charge);
 /* A free port at random (RFC 6056), or 0 when none is free. */
-uint16_t hp_pool_alloc(hp_pool *p, uint64_t now_ms);
+uint16_t hp_pool_alloc(hp_pool *p);
 /* Sets a fresh pool's secret key (the NAT draws one per pool from its seeded generator). */
 void hp_pool_set_key(hp_pool *p, uint64_t k0, uint64_t k1);
-/* Hands a port back, into quarantine when quarantine_ms > 0. */
-void hp_pool_release(hp_pool *p, uint16_t port, uint64_t now_ms, uint64_t quarantine_ms);
+/* Hands a port back, into quarantine when quarantine_ms > 0, there still charged to charge
+ * (owner + 1, 0 none) until hp_pool_q_pop moves it out. */
+void hp_pool_release(hp_pool *p, uint16_t port, uint64_t now_ms, uint64_t quarantine_ms,
+                     uint32_t charge);
 
 /* The hash of an inside endpoint the mapping index uses; the same for every pool of a NAT (one
  * seed), so a new connection computes it once whatever the number of ENIs it asks. */
@@ -80,8 +89,9 @@ uint16_t hp_pool_map_find(const hp_pool *p, const uint8_t addr[16], uint16_t por
 void hp_pool_map_add(hp_pool *p, uint16_t ext, const uint8_t addr[16], uint16_t port,
                      uint32_t hash);
 void hp_pool_ref(hp_pool *p, uint16_t ext);
-/* Drops a reference; the last one removes the mapping and releases the port. */
-void hp_pool_unref(hp_pool *p, uint16_t ext, int mapped, uint64_t now_ms, uint64_t quarantine_ms);
+/* Drops a reference; the last one removes the mapping and releases the port (returns 1). */
+int hp_pool_unref(hp_pool *p, uint16_t ext, int mapped, uint64_t now_ms, uint64_t quarantine_ms,
+                  uint32_t charge);
 
 uint32_t hp_pool_in_use(const hp_pool *p);       /* allocated, not free nor quarantined */
 uint32_t hp_pool_quarantined(const hp_pool *p);

@@ -60,6 +60,12 @@ int hp_quota_port_ok(const hp_func *f, uint32_t eni, int family, int proto);
 /* A port of the pool taken (+1) or handed back (-1). */
 void hp_quota_port_add(hp_func *f, uint32_t eni, int family, int proto, int delta);
 
+/* Ends the quarantine of up to HP_QUARANTINE_MOVES ports of the pool (eni, family, proto)
+ * whose time is up, each handing its charge back to the function that held it. */
+void hp_quota_drain(hp_nat *nat, uint32_t eni, int family, int proto, uint64_t now_ms);
+/* The same for every pool of every ENI. */
+void hp_quota_drain_all(hp_nat *nat, uint64_t now_ms);
+
 /* The largest share of its port quota any function holds in one pool of ENI eni, in
  * thousandths (1000: one is at its quota there; 0 without quotas): the control plane grows a
  * group before a function reaches its share, as it does before a pool fills. */
@@ -70,8 +76,8 @@ uint32_t hp_quota_share_used(const hp_nat *nat, uint32_t eni);
  * every entry looked at is assured. */
 uint32_t hp_quota_early_drop_victim(const hp_ct *ct);
 
-/* Recounts every function's connections and ports from the table (after the sources were
- * added again to a NAT attached to existing state). */
+/* Recounts every function's connections and ports from the table and the pools' quarantines
+ * (after the sources were added again to a NAT attached to existing state). */
 void hp_quota_recount(hp_nat *nat);
 
 #endif

@@ -189,16 +189,23 @@ void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
 {
     const hp_conn *c = &nat->ct.conns[id];
     hp_pool *pool = hp_nat_pool(nat, c->eni, c->family, c->proto);
-    hp_func *f = hp_quota_func(nat, nat->ct.stats[id].owner);
+    uint32_t owner = nat->ct.stats[id].owner;
+    hp_func *f = hp_quota_func(nat, owner);
+    /* Only a TCP connection that reached ESTABLISHED can have late segments worth keeping
+     * its port from a new peer (TIME_WAIT's job); any other port is free at once. A port in
+     * quarantine stays charged to its function until the quarantine ends (section 13). */
+    uint64_t quarantine = c->proto == 6 && (c->flags & HP_F_ASSURED) ? nat->cfg.quarantine_ms : 0;
+    uint32_t charge = 0;
     if (f) {
         f->conns -= f->conns > 0;
-        if (nat->cfg.per_connection || pool->owner[c->nat_port - pool->lo].refs == 1)
-            hp_quota_port_add(f, c->eni, c->family, c->proto, -1);   /* the port goes back */
+        if (nat->cfg.per_connection || pool->owner[c->nat_port - pool->lo].refs == 1) {
+            if (quarantine)
+                charge = owner + 1;
+            else
+                hp_quota_port_add(f, c->eni, c->family, c->proto, -1);   /* back at once */
+        }
     }
-    /* Only a TCP connection that reached ESTABLISHED can have late segments worth keeping
-     * its port from a new peer (TIME_WAIT's job); any other port is free at once. */
-    uint64_t quarantine = c->proto == 6 && (c->flags & HP_F_ASSURED) ? nat->cfg.quarantine_ms : 0;
-    hp_pool_unref(pool, c->nat_port, !nat->cfg.per_connection, now_ms, quarantine);
+    hp_pool_unref(pool, c->nat_port, !nat->cfg.per_connection, now_ms, quarantine, charge);
     nat->eni_ctr[c->eni].active[c->proto == 17]--;
     hp_ct_delete(&nat->ct, id);
 }
@@ -384,11 +391,12 @@ static int map_port(hp_nat *nat, const hp_group *g, const hp_flow_key *k, hp_fun
         hp_pool *pool = hp_nat_pool(nat, g->enis[i], k->family, k->proto);
         if (!pool)
             continue;
+        hp_quota_drain(nat, g->enis[i], k->family, k->proto, now_ms);
         if (!hp_quota_port_ok(f, g->enis[i], k->family, k->proto)) {
             over_quota |= hp_pool_has_free(pool, now_ms);
             continue;
         }
-        *ext = hp_pool_alloc(pool, now_ms);
+        *ext = hp_pool_alloc(pool);
         if (*ext == 0)
             continue;
         *eni = g->enis[i];

@@ -6,8 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HP_QUARANTINE_MOVES 64   /* ports released from quarantine per allocation, at most */
-
 static size_t align_up(size_t n)
 {
     return (n + 63) & ~(size_t)63;
@@ -33,6 +31,7 @@ static size_t layout(hp_pool *p, uint32_t size, uint8_t *mem)
     PLACE(free, size * sizeof(uint16_t))
     PLACE(q_port, size * sizeof(uint16_t))
     PLACE(q_until, size * sizeof(uint64_t))
+    PLACE(q_charge, size * sizeof(uint32_t))
     PLACE(owner, size * sizeof(hp_port_owner))
     PLACE(map, map_slots(size) * sizeof(uint16_t))
 #undef PLACE
@@ -76,14 +75,19 @@ int hp_pool_has_free(const hp_pool *p, uint64_t now_ms)
     return p->st->nfree > 0 || (p->st->q_count > 0 && p->q_until[p->st->q_head] <= now_ms);
 }
 
-uint16_t hp_pool_alloc(hp_pool *p, uint64_t now_ms)
+int hp_pool_q_pop(hp_pool *p, uint64_t now_ms, uint32_t *charge)
 {
-    for (int moved = 0; moved < HP_QUARANTINE_MOVES && p->st->q_count > 0 &&
-                        p->q_until[p->st->q_head] <= now_ms; moved++) {
-        p->free[p->st->nfree++] = p->q_port[p->st->q_head];
-        p->st->q_head = (p->st->q_head + 1) % p->size;
-        p->st->q_count--;
-    }
+    if (p->st->q_count == 0 || p->q_until[p->st->q_head] > now_ms)
+        return 0;
+    *charge = p->q_charge[p->st->q_head];
+    p->free[p->st->nfree++] = p->q_port[p->st->q_head];
+    p->st->q_head = (p->st->q_head + 1) % p->size;
+    p->st->q_count--;
+    return 1;
+}
+
+uint16_t hp_pool_alloc(hp_pool *p)
+{
     if (p->st->nfree == 0)
         return 0;
     /* A keyed PRF over a per-pool counter: a function that learns its own ports learns
@@ -99,7 +103,8 @@ uint16_t hp_pool_alloc(hp_pool *p, uint64_t now_ms)
     return port;
 }
 
-void hp_pool_release(hp_pool *p, uint16_t port, uint64_t now_ms, uint64_t quarantine_ms)
+void hp_pool_release(hp_pool *p, uint16_t port, uint64_t now_ms, uint64_t quarantine_ms,
+                     uint32_t charge)
 {
     if (quarantine_ms == 0) {
         p->free[p->st->nfree++] = port;
@@ -108,6 +113,7 @@ void hp_pool_release(hp_pool *p, uint16_t port, uint64_t now_ms, uint64_t quaran
     uint32_t tail = (p->st->q_head + p->st->q_count) % p->size;
     p->q_port[tail] = port;
     p->q_until[tail] = now_ms + quarantine_ms;
+    p->q_charge[tail] = charge;
     p->st->q_count++;
 }
 
@@ -175,14 +181,16 @@ void hp_pool_ref(hp_pool *p, uint16_t ext)
     p->owner[ext - p->lo].refs++;
 }
 
-void hp_pool_unref(hp_pool *p, uint16_t ext, int mapped, uint64_t now_ms, uint64_t quarantine_ms)
+int hp_pool_unref(hp_pool *p, uint16_t ext, int mapped, uint64_t now_ms, uint64_t quarantine_ms,
+                  uint32_t charge)
 {
     if (mapped) {
         if (--p->owner[ext - p->lo].refs > 0)
-            return;
+            return 0;
         map_remove(p, ext);
     }
-    hp_pool_release(p, ext, now_ms, quarantine_ms);
+    hp_pool_release(p, ext, now_ms, quarantine_ms, charge);
+    return 1;
 }
 
 uint32_t hp_pool_in_use(const hp_pool *p)
@@ -272,10 +280,12 @@ int hp_pool_repair_finish(hp_pool *p, int mapped)
     uint8_t *quarantined = calloc(p->size, 1);
     uint16_t *q_port = malloc(p->size * sizeof *q_port);
     uint64_t *q_until = malloc(p->size * sizeof *q_until);
-    if (!quarantined || !q_port || !q_until) {
+    uint32_t *q_charge = malloc(p->size * sizeof *q_charge);
+    if (!quarantined || !q_port || !q_until || !q_charge) {
         free(quarantined);
         free(q_port);
         free(q_until);
+        free(q_charge);
         return -1;
     }
     /* Keep the quarantine in order, less what a connection holds or is there twice. */
@@ -289,10 +299,12 @@ int hp_pool_repair_finish(hp_pool *p, int mapped)
             continue;
         quarantined[port - p->lo] = 1;
         q_port[kept] = port;
+        q_charge[kept] = p->q_charge[at];
         q_until[kept++] = p->q_until[at];
     }
     memcpy(p->q_port, q_port, kept * sizeof *q_port);
     memcpy(p->q_until, q_until, kept * sizeof *q_until);
+    memcpy(p->q_charge, q_charge, kept * sizeof *q_charge);
     st->q_head = 0;
     st->q_count = kept;
     st->nfree = 0;
@@ -304,5 +316,6 @@ int hp_pool_repair_finish(hp_pool *p, int mapped)
     free(quarantined);
     free(q_port);
     free(q_until);
+    free(q_charge);
     return (int)(count - kept);
 }

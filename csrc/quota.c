@@ -89,6 +89,25 @@ void hp_quota_port_add(hp_func *f, uint32_t eni, int family, int proto, int delt
         (*held)--;
 }
 
+void hp_quota_drain(hp_nat *nat, uint32_t eni, int family, int proto, uint64_t now_ms)
+{
+    hp_pool *pool = hp_nat_pool(nat, (int)eni, family, proto);
+    uint32_t charge;
+    for (int n = 0; pool && n < HP_QUARANTINE_MOVES && hp_pool_q_pop(pool, now_ms, &charge); n++) {
+        hp_func *f = charge ? hp_quota_func(nat, charge - 1) : NULL;
+        if (f)
+            hp_quota_port_add(f, eni, family, proto, -1);
+    }
+}
+
+void hp_quota_drain_all(hp_nat *nat, uint64_t now_ms)
+{
+    for (uint32_t e = 0; e < nat->n_enis; e++)
+        for (int fam = 4; fam <= 6; fam += 2)
+            for (int proto = 6; proto <= 17; proto += 11)
+                hp_quota_drain(nat, e, fam, proto, now_ms);
+}
+
 uint32_t hp_quota_share_used(const hp_nat *nat, uint32_t eni)
 {
     uint32_t most = 0;
@@ -152,16 +171,22 @@ void hp_quota_recount(hp_nat *nat)
         if (nat->cfg.per_connection)     /* a port per connection */
             hp_quota_port_add(f, c->eni, c->family, c->proto, 1);
     }
-    if (nat->cfg.per_connection)
-        return;
-    /* Endpoint-independent: a port shared by connections counts once, for its mapping. */
+    /* Endpoint-independent: a port shared by connections counts once, for its mapping. And
+     * a port in quarantine for the function it is charged to (the repair kept the charges
+     * with the quarantine; one naming no function counts for no one). */
     for (uint32_t e = 0; e < nat->n_enis; e++)
         for (int fam = 4; fam <= 6; fam += 2)
             for (int proto = 6; proto <= 17; proto += 11) {
                 hp_pool *pool = hp_nat_pool(nat, (int)e, fam, proto);
-                for (uint32_t i = 0; pool && i < pool->size; i++) {
+                for (uint32_t i = 0; pool && !nat->cfg.per_connection && i < pool->size; i++) {
                     hp_func *f = pool->owner[i].refs ? hp_quota_func_of_addr(nat, fam, pool->owner[i].addr)
                                                      : NULL;
+                    if (f)
+                        hp_quota_port_add(f, e, fam, proto, 1);
+                }
+                for (uint32_t i = 0; pool && i < pool->st->q_count; i++) {
+                    uint32_t charge = pool->q_charge[(pool->st->q_head + i) % pool->size];
+                    hp_func *f = charge ? hp_quota_func(nat, charge - 1) : NULL;
                     if (f)
                         hp_quota_port_add(f, e, fam, proto, 1);
                 }

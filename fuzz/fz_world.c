@@ -896,6 +896,7 @@ void fz_expire_checked(fz_world *w, size_t max, size_t out_max, int with_out)
     uint32_t count = nat->ct.count, journal = nat->sh->j_count;
     uint64_t exp_before = nat->counters[HP_C_CONN_EXPIRED];
     size_t got = hp_nat_expire(nat, w->now, max, with_out ? out : NULL, out_max);
+    hp_quota_drain_all(nat, w->now);
     uint32_t removed = count - nat->ct.count;
     if (nat->ct.count > count || removed > max)
         fz_fail("expire(max %zu) removed %u connections", max, removed);

@@ -427,7 +427,7 @@ cdef class Nat:
         cdef size_t cap = self.nat.cfg.journal_size + CHUNK_EXPIRE
         cdef hp_conn_record *buf = NULL
         cdef uint64_t before
-        cdef bint drained = False
+        cdef bint drained = False, quarantines_ended = False
         if collect:
             buf = <hp_conn_record *>malloc(cap * sizeof(hp_conn_record))
             if not buf:
@@ -439,6 +439,9 @@ cdef class Nat:
                 got = removed = 0
                 with nogil:
                     self._acquire()
+                    if not quarantines_ended:   # once a call, as the model does
+                        hp_quota_drain_all(self.nat, now_ms)
+                        quarantines_ended = True
                     while True:
                         step = chunk - removed if chunk - removed < STEP_EXPIRE else STEP_EXPIRE
                         before, jc = self.nat.counters[6], self.nat.sh.j_count

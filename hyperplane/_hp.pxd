@@ -233,6 +233,7 @@ cdef extern from "hp_quota.h":
                      uint32_t max_ports) nogil
     hp_func *hp_quota_func(hp_nat *nat, uint32_t owner) nogil
     void hp_quota_recount(hp_nat *nat) nogil
+    void hp_quota_drain_all(hp_nat *nat, uint64_t now_ms) nogil
     uint32_t hp_quota_share_used(const hp_nat *nat, uint32_t eni) nogil
 
 cdef extern from "hp_conntrack.h":

@@ -456,12 +456,13 @@ class Nat:
             pool = self.enis[eni].pools.get(pool_key)
             if pool is None:
                 continue
+            self._drain(eni, pool_key, pool, now_ms)
             if not func.port_ok((eni,) + pool_key):
                 over_quota = over_quota or pool.has_free(now_ms)
                 self.trace("port", eni=eni, port=None, why="quota", pool=pool, held=func.held,
                            max_ports=func.max_ports, pool_key=pool_key)
                 continue
-            ext = pool.alloc(now_ms)
+            ext = pool.alloc()
             self.trace("port", eni=eni, port=ext, why="drawn", pool=pool, held=func.held,
                        max_ports=func.max_ports, pool_key=pool_key)
             if ext is None:
@@ -667,18 +668,35 @@ class Nat:
         self.eni_ctr[conn.eni].active[conn.proto == PROTO_UDP] -= 1
         self.table.delete(conn)
         pool = self.enis[conn.eni].pools[(conn.family, conn.proto)]
-        # Only a TCP connection that reached ESTABLISHED quarantines its port (TIME_WAIT).
+        # Only a TCP connection that reached ESTABLISHED quarantines its port (TIME_WAIT). A
+        # port in quarantine stays charged to its function until the quarantine ends.
         quarantine = self.quarantine_ms if (conn.proto == PROTO_TCP
                                             and conn.flags & F_ASSURED) else 0
         func = self.funcs.get(conn.owner)
+        charge = None
         if func is not None:
             func.connections = max(func.connections - 1, 0)
             if self.per_connection or pool.owner[conn.nat_port].refs == 1:
-                func.port_add((conn.eni, conn.family, conn.proto), -1)
+                if quarantine:
+                    charge = conn.owner
+                else:
+                    func.port_add((conn.eni, conn.family, conn.proto), -1)
         if self.per_connection:
-            pool.release(conn.nat_port, now_ms, quarantine)
+            pool.release(conn.nat_port, now_ms, quarantine, charge)
         else:
-            pool.unref(conn.nat_port, now_ms, quarantine)
+            pool.unref(conn.nat_port, now_ms, quarantine, charge)
+
+    def _drain(self, eni: int, pool_key: tuple, pool, now_ms: int) -> None:
+        """Ports whose quarantine ended go free, and their charges back to their functions."""
+        for owner in pool.drain(now_ms):
+            func = self.funcs.get(owner) if owner is not None else None
+            if func is not None:
+                func.port_add((eni,) + pool_key, -1)
+
+    def _drain_all(self, now_ms: int) -> None:
+        for eni, info in enumerate(self.enis):
+            for pool_key, pool in info.pools.items():
+                self._drain(eni, pool_key, pool, now_ms)
 
     def _journal_add(self, record: Connection) -> None:
         if len(self.journal) >= self.journal_size:
@@ -702,10 +720,14 @@ class Nat:
         expired earlier, oldest first) followed by the ones removed now. collect=False
         leaves the journal alone, keeps no records and returns how many were removed."""
         if not collect:
-            return len(self._expire_some(now_ms, max, journal=False))
+            removed = len(self._expire_some(now_ms, max, journal=False))
+            self._drain_all(now_ms)
+            return removed
         records = list(self.journal)
         self.journal.clear()
-        return records + self._expire_some(now_ms, max, journal=False)
+        records += self._expire_some(now_ms, max, journal=False)
+        self._drain_all(now_ms)
+        return records
 
     # -- read-only views -----------------------------------------------------------------------
 

@@ -85,7 +85,7 @@ class Pool:
         self.draws = 0
         self.size = hi - lo + 1
         self.free = list(range(lo, hi + 1))     # order matters: draws index into it
-        self.quarantine = deque()               # (port, release time in ms), oldest first
+        self.quarantine = deque()               # (port, release ms, charged owner), oldest first
         # Endpoint-independent mapping: external port -> owner, and the reverse index.
         self.owner: dict[int, Owner] = {}
         self.mapping: dict[tuple[bytes, int], int] = {}
@@ -93,16 +93,24 @@ class Pool:
     # -- allocation --------------------------------------------------------------------------
 
     def has_free(self, now_ms: int) -> bool:
-        """Whether alloc() would find a port; changes nothing."""
+        """Whether a port is free or out of quarantine; changes nothing."""
         return bool(self.free) or bool(self.quarantine and self.quarantine[0][1] <= now_ms)
 
-    def alloc(self, now_ms: int) -> int | None:
-        """A free port at random, or None when every port is taken or in quarantine."""
-        moved = 0
-        while (moved < QUARANTINE_MOVES_PER_ALLOC and self.quarantine
+    def drain(self, now_ms: int) -> list:
+        """Ends the quarantine of up to QUARANTINE_MOVES_PER_ALLOC ports whose time is up,
+        oldest first (bounded work per call); returns whom each was charged to (None: no
+        one), so the NAT hands the charges back to their functions."""
+        charges = []
+        while (len(charges) < QUARANTINE_MOVES_PER_ALLOC and self.quarantine
                and self.quarantine[0][1] <= now_ms):
-            self.free.append(self.quarantine.popleft()[0])
-            moved += 1
+            port, _, charge = self.quarantine.popleft()
+            self.free.append(port)
+            charges.append(charge)
+        return charges
+
+    def alloc(self) -> int | None:
+        """A free port at random, or None when every port is taken or in quarantine (the
+        NAT drains the ports whose quarantine ended first)."""
         if not self.free:
             return None
         r = siphash13(*self.key, self.draws.to_bytes(8, "little"))
@@ -115,11 +123,13 @@ class Pool:
         self.free.pop()
         return port
 
-    def release(self, port: int, now_ms: int, quarantine_ms: int) -> None:
+    def release(self, port: int, now_ms: int, quarantine_ms: int, charge=None) -> None:
+        """Hands a port back; in quarantine it stays charged to charge (an owner, or None)
+        until drain() ends its quarantine."""
         if quarantine_ms == 0:
             self.free.append(port)
         else:
-            self.quarantine.append((port, now_ms + quarantine_ms))
+            self.quarantine.append((port, now_ms + quarantine_ms, charge))
 
     # -- endpoint-independent mappings -------------------------------------------------------
 
@@ -135,14 +145,14 @@ class Pool:
     def ref(self, ext: int) -> None:
         self.owner[ext].refs += 1
 
-    def unref(self, ext: int, now_ms: int, quarantine_ms: int) -> None:
+    def unref(self, ext: int, now_ms: int, quarantine_ms: int, charge=None) -> None:
         """Drops one reference; the last one removes the mapping and releases the port."""
         owner = self.owner[ext]
         owner.refs -= 1
         if owner.refs == 0:
             del self.owner[ext]
             del self.mapping[(owner.addr, owner.port)]
-            self.release(ext, now_ms, quarantine_ms)
+            self.release(ext, now_ms, quarantine_ms, charge)
 
     # -- statistics --------------------------------------------------------------------------
 
