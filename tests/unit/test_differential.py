@@ -507,6 +507,81 @@ def test_model_and_core_agree(cfg, topology, start, steps):
     assert len(pair.m) == 0
 
 
+# -- ports in quarantine, charged to their functions (docs/semantics.md 13) --------------------
+
+CHURN = st.one_of(
+    # (source, connections opened, established and reset, who resets, whether they are
+    # expired once reset, into quarantine)
+    st.tuples(st.just("churn"), INDEX, st.sampled_from([1, 3, 30, 70]),
+              st.sampled_from(["o", "i"]), st.sampled_from([True, True, False])),
+    st.tuples(st.just("tick"), st.sampled_from([0, 1, 1000, 10_000, 60_000, 10**6])),
+    st.tuples(st.just("expire"), st.sampled_from([None, None, 1, 8]), BOOL),
+    st.tuples(st.just("quota"), INDEX, st.sampled_from([0, 2, 30, 64, 100])),
+    st.tuples(st.just("can_grow"), BOOL),
+    st.tuples(st.just("add_eni")),
+)
+
+
+def churn(pair, now, src, count, resetter, first_sport):
+    """count TCP connections from src, each opened, established and reset, as a function
+    churning connections does; the NAT's verdicts must agree, checked once at the end."""
+    family = 6 if ":" in src else 4
+    dst = DESTS[family][0]
+    for sport in range(first_sport, first_sport + count):
+        (res,), (syn,) = pair.translate([fg.tcp(src, dst, sport, 443, "S", seq=1000)], OUT, now)
+        if res[0] != FORWARD:
+            continue
+        x, eni = fg.fields(syn), res[2] - 1
+        pair.translate([fg.tcp(dst, x["src"], 443, x["sport"], "SA", seq=700000, ack=1001)],
+                       IN, now, eni=eni)
+        pair.translate([fg.tcp(src, dst, sport, 443, "A", seq=1001, ack=700001)], OUT, now)
+        if resetter == "o":
+            pair.translate([fg.tcp(src, dst, sport, 443, "R", seq=1001, ack=0)], OUT, now)
+        else:
+            pair.translate([fg.tcp(dst, x["src"], 443, x["sport"], "R", seq=700001, ack=0)],
+                           IN, now, eni=eni)
+
+
+@settings(max_examples=max(1, TOTAL_EXAMPLES // 100), deadline=None, derandomize=True,
+          database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.sampled_from([100, 200]), quarantine=st.sampled_from([1000, 60_000]),
+       mapping=st.sampled_from(["endpoint-independent", "per-connection"]),
+       seed=st.integers(0, 2**64 - 1), steps=st.lists(CHURN, min_size=5, max_size=20))
+def test_quarantine_charges_agree(size, quarantine, mapping, seed, steps):
+    """Functions churning TCP connections into quarantine, with quotas, many quarantines due
+    at once (more than one drain ends), growth and expiry: the model and the C core agree on
+    every function's charges and every pool after each step."""
+    pair = Pair(dict(capacity=512, port_range=(1000, 999 + size), quarantine_ms=quarantine,
+                     mapping=mapping, port_seed=seed))
+    pair.build(([(True, True)], [[0]], [(0, True, None)] * 5, []))
+    sources, now, sport = SOURCES[4] + SOURCES[6], 0, 2000
+    for step in steps:
+        op = step[0]
+        if op == "churn":
+            churn(pair, now, pick(sources, step[1]), step[2], step[3], sport)
+            sport += step[2]
+            if step[4]:
+                now += 10_000                   # CLOSE's timeout
+                pair.call("expire", now)
+        elif op == "tick":
+            now += step[1]
+        elif op == "expire":
+            kw = {} if step[1] is None else {"max": step[1]}
+            pair.call("expire", now, collect=step[2], **kw)
+        elif op == "quota":
+            pair.call("set_quota", pick(sources, step[1]), max_ports=step[2])
+        elif op == "can_grow":
+            pair.call("group_set_can_grow", 0, step[1])
+        elif len(pair.enis) < MAX_ENIS:
+            pair.call("group_add_eni", 0, pair.add_eni(True, True))
+        pair.check()
+    for _ in range(size // 64 + 2):            # everything expires and every charge goes back
+        now += 10**7
+        pair.call("expire", now)
+    pair.check()
+    assert all(s["ports"] == 0 for s in pair.m.function_stats())
+
+
 # -- parsing on its own: anything at all as a frame --------------------------------------------
 
 ANY_FRAME = st.one_of(

@@ -274,3 +274,119 @@ def test_fragments_from_an_eni_must_be_addressed_to_one(NatClass):
         refused("IN_NOT_ENI_ADDR")
     assert inb(nat, fg.udp("fd00:9::9", "fd00:1::4", 443, 9, ext=(44,))) == refused("FRAGMENT")
     assert out(nat, fg.udp(SRC, "10.0.7.7", 1, 2, frag=0x2000)) == refused("FRAGMENT")
+
+
+# -- a port in quarantine stays charged to its function (section 13) ---------------------------
+
+QUARANTINE = 60_000
+CLOSE_MS = 10_000              # CLOSE's timeout (the aws profile): a reset connection's
+
+
+def reset_connections(nat, src, sports, now=0):
+    """Opens, establishes and resets one TCP connection per source port, then expires them:
+    their ports go to quarantine at now + CLOSE_MS (returned)."""
+    for sport in sports:
+        flow = Flow(nat, src=src, sport=sport)
+        established(flow, now=now)
+        assert flow.send(OUT, "R", now=now)[0] == FORWARD
+    gone = now + CLOSE_MS
+    assert len(nat.expire(gone)) == len(sports)
+    return gone
+
+
+def test_quarantined_ports_count_against_the_function_that_held_them(NatClass):
+    """A function at its share that resets its connections keeps its ports charged while
+    they are in quarantine: it cannot take its share again beside them (a group that cannot
+    grow refuses it, one that can grows), and the other function keeps its own share."""
+    nat = two_functions(NatClass, port_range=(7000, 7009), quarantine_ms=QUARANTINE)
+    nat.set_quota(SRC, max_ports=2)
+    nat.set_quota(SRC_B, max_ports=2)
+    t = reset_connections(nat, SRC, (1, 2))
+    assert nat.pool_stats(0, 4, 6) == {"size": 10, "free": 8, "in_use": 0, "quarantined": 2}
+    assert stats_of(nat, SRC)["ports"] == 2 and stats_of(nat, SRC)["connections"] == 0
+    assert nat.eni_share_used(0) == 1.0
+    assert Flow(nat, sport=3).send(OUT, "S", now=t) == answered("FUNCTION_LIMIT")
+    nat.group_set_can_grow(0, True)
+    assert Flow(nat, sport=3).send(OUT, "S", now=t) == refused("PORTS_EXHAUSTED")
+    for sport in (1, 2):                                     # the other's share is whole
+        assert Flow(nat, src=SRC_B, sport=sport).send(OUT, "S", now=t)[0] == FORWARD
+    assert stats_of(nat, SRC_B)["ports"] == 2
+    nat.group_add_eni(0, nat.add_eni(ENI_B))                 # the group grew: its share there
+    for sport in (3, 4):
+        flow = Flow(nat, sport=sport)
+        assert flow.send(OUT, "S", now=t)[0] == FORWARD and flow.eni == 1
+    assert stats_of(nat, SRC)["ports"] == 4
+    a = stats_of(nat, SRC)
+    assert (a["refused_ports"], a["ports_exhausted"]) == (1, 1)
+
+
+def test_the_charge_ends_with_the_quarantine(NatClass):
+    nat = two_functions(NatClass, port_range=(7000, 7009), quarantine_ms=QUARANTINE)
+    nat.set_quota(SRC, max_ports=2)
+    t = reset_connections(nat, SRC, (1, 2))
+    assert Flow(nat, sport=3).send(OUT, "S", now=t + QUARANTINE - 1) == \
+        answered("FUNCTION_LIMIT")
+    assert stats_of(nat, SRC)["ports"] == 2
+    # A new connection ends the due quarantines of the pool before its quota check.
+    assert Flow(nat, sport=3).send(OUT, "S", now=t + QUARANTINE)[0] == FORWARD
+    assert stats_of(nat, SRC)["ports"] == 1
+    assert nat.pool_stats(0, 4, 6)["quarantined"] == 0
+    # expire() ends them too, without any new connection.
+    nat = two_functions(NatClass, port_range=(7000, 7009), quarantine_ms=QUARANTINE)
+    nat.set_quota(SRC, max_ports=2)
+    t = reset_connections(nat, SRC, (1, 2))
+    nat.expire(t + QUARANTINE - 1)
+    assert stats_of(nat, SRC)["ports"] == 2
+    nat.expire(t + QUARANTINE)
+    assert stats_of(nat, SRC)["ports"] == 0
+    assert nat.pool_stats(0, 4, 6) == {"size": 10, "free": 10, "in_use": 0, "quarantined": 0}
+
+
+def test_a_port_not_quarantined_is_not_charged(NatClass):
+    """UDP, and TCP that never reached ESTABLISHED, give their port back at once, charge and
+    all; so does every port with no quarantine."""
+    nat = two_functions(NatClass, port_range=(7000, 7009), quarantine_ms=QUARANTINE)
+    nat.set_quota(SRC, max_ports=2)
+    Flow(nat, proto=fg.UDP, sport=1).send(OUT, now=0)
+    Flow(nat, sport=2).send(OUT, "S", now=0)
+    nat.expire(10**7)
+    assert stats_of(nat, SRC)["ports"] == 0
+    nat = two_functions(NatClass, port_range=(7000, 7009), quarantine_ms=0)
+    nat.set_quota(SRC, max_ports=2)
+    t = reset_connections(nat, SRC, (1, 2))
+    assert stats_of(nat, SRC)["ports"] == 0
+    assert Flow(nat, sport=3).send(OUT, "S", now=t)[0] == FORWARD
+
+
+def test_more_due_quarantines_than_one_drain_are_all_handed_back(NatClass):
+    """A pool ends at most 64 quarantines at a time (bounded work): 100 due at once are
+    handed back over two expire() calls, or as new connections need them, each charge to
+    its own function; C and model alike (the exact figures are both's)."""
+    nat = two_functions(NatClass, port_range=(7000, 7199), quarantine_ms=QUARANTINE)
+    nat.set_quota(SRC, max_ports=150)
+    nat.set_quota(SRC_B, max_ports=150)
+    t = reset_connections(nat, SRC, range(1, 71))
+    assert reset_connections(nat, SRC_B, range(1, 31)) == t
+    assert (stats_of(nat, SRC)["ports"], stats_of(nat, SRC_B)["ports"]) == (70, 30)
+    assert nat.pool_stats(0, 4, 6)["quarantined"] == 100
+    nat.expire(t + QUARANTINE)                   # the oldest 64: all of SRC's first ones
+    assert (stats_of(nat, SRC)["ports"], stats_of(nat, SRC_B)["ports"]) == (6, 30)
+    assert nat.pool_stats(0, 4, 6) == {"size": 200, "free": 164, "in_use": 0,
+                                       "quarantined": 36}
+    nat.expire(t + QUARANTINE)
+    assert (stats_of(nat, SRC)["ports"], stats_of(nat, SRC_B)["ports"]) == (0, 0)
+    assert nat.pool_stats(0, 4, 6) == {"size": 200, "free": 200, "in_use": 0, "quarantined": 0}
+    # The same through new connections: each ends up to 64 before its quota check.
+    nat = two_functions(NatClass, port_range=(7000, 7199), quarantine_ms=QUARANTINE)
+    nat.set_quota(SRC, max_ports=100)
+    nat.set_quota(SRC_B, max_ports=30)
+    t = reset_connections(nat, SRC, range(1, 71))
+    reset_connections(nat, SRC_B, range(1, 31))
+    assert Flow(nat, src=SRC_B, sport=100).send(OUT, "S", now=t + QUARANTINE - 1) == \
+        answered("FUNCTION_LIMIT")
+    assert Flow(nat, src=SRC_B, sport=100).send(OUT, "S", now=t + QUARANTINE) == \
+        answered("FUNCTION_LIMIT")            # 64 ended, all SRC's: B still at its share
+    assert stats_of(nat, SRC)["ports"] == 6
+    assert Flow(nat, src=SRC_B, sport=100).send(OUT, "S", now=t + QUARANTINE)[0] == FORWARD
+    assert (stats_of(nat, SRC)["ports"], stats_of(nat, SRC_B)["ports"]) == (0, 1)
+    assert nat.pool_stats(0, 4, 6) == {"size": 200, "free": 199, "in_use": 1, "quarantined": 0}

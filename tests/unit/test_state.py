@@ -512,3 +512,46 @@ def test_a_kill_between_journalling_and_deleting_logs_a_connection_once(tmp_path
     records = [c for c in nat.expire(10_000_000) if c.sport == 5000]
     assert len(records) == 1 and records[0].state == "ESTABLISHED", records
     assert nat.connections() == []
+
+
+def test_quarantined_ports_stay_charged_across_a_crash(tmp_path):
+    """A port in quarantine is charged to the function that held it (docs/semantics.md 13):
+    the charge is in the file beside the quarantine, kept by the repair pass and counted again
+    by the recount, so a restart gives a function at its share no second share."""
+    path = str(tmp_path / "nat.state")
+    kw = dict(KW, quarantine_ms=60_000)
+
+    def reset(nat, flow, now):
+        res, _ = send(nat, seg(flow.src, flow.dst, flow.sport, 443, "R", flow.seq, 0), OUT, now)
+        assert res[0] == FORWARD
+
+    def child(w):
+        nat = Nat(state_path=path, **kw)
+        attach_topology(nat)
+        nat.set_quota(SRCS[0], max_ports=4)
+        for sport in range(5000, 5004):
+            reset(nat, TcpFlow(nat, SRCS[0], sport, 0), 0)
+        reset(nat, TcpFlow(nat, SRCS[1], 5000, 0), 0)
+        assert nat.expire(10_000, collect=False) == 5       # CLOSE's timeout: quarantined
+        assert nat.pool_stats(1, 4, fg.TCP)["quarantined"] == 5
+        os.write(w, b"[]\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    pid, r = in_child(child)
+    read_json(r)
+    assert os.waitpid(pid, 0)[1] == signal.SIGKILL
+    nat = Nat(state_path=path, **kw)
+    assert nat.attached and nat.repaired == 0
+    attach_topology(nat)
+    nat.set_quota(SRCS[0], max_ports=4)
+    nat.recount_quotas()
+    ports = {s["addr"]: s["ports"] for s in nat.function_stats()}
+    assert (ports[SRCS[0]], ports[SRCS[1]]) == (4, 1)
+    assert nat.pool_stats(1, 4, fg.TCP)["quarantined"] == 5
+    # At its share on ENI 1 (the group's first choice): its next connection takes ENI 0.
+    res, _ = send(nat, seg(SRCS[0], DST, 6000, 443, "S", 1, 0), OUT, 20_000)
+    assert res[0] == FORWARD and res[2] == 1
+    nat.expire(70_000, collect=False)                       # the quarantine ends
+    ports = {s["addr"]: s["ports"] for s in nat.function_stats()}
+    assert (ports[SRCS[0]], ports[SRCS[1]]) == (1, 0)
+    assert nat.pool_stats(1, 4, fg.TCP)["quarantined"] == 0
