@@ -29,7 +29,7 @@ from .. import control
 WINDOW = 2000               # connections held at most (the screen shows a page of them)
 REFRESH_S = 2.0             # listing, count, ENIs and stats read again this often
 LINGER_S = 3.0              # an ended connection stays on screen, dimmed, this long
-TICK_S = 1.0                # the screen is redrawn this often (the countdowns), and at each key
+TICK_S = 0.5                # the screen is redrawn this often (the countdowns), and at each key
 NEWS_S = 0.25               # what the feed learnt (events, a listing) is drawn this soon, at most
                             # this often
 RECENT = 6                  # events listed under the table
