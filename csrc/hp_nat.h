@@ -82,6 +82,10 @@ typedef struct hp_nat_shared {
     uint32_t pad;
     uint64_t end;                /* region bytes in use: the next ENI's pools go there */
     uint64_t eni_off[HP_MAX_ENIS];   /* where each ENI's pools are in the region */
+    uint64_t eni_len[HP_MAX_ENIS];   /* the bytes of that block (0: none yet) */
+    /* 1: the slot was released (its ENI reclaimed, nothing left of it): its id and its block
+     * go to the next ENI whose pools fit there. Slots below n_enis only. */
+    uint8_t eni_free[HP_MAX_ENIS];
     uint64_t counters[HP_C_COUNT];
     uint64_t drops[HP_R_COUNT];  /* drops and punts, by reason */
     hp_eni_addr eni_addr[HP_MAX_ENIS];
@@ -98,7 +102,8 @@ typedef struct hp_nat {
     hp_eni_addr *eni_addr;       /* sh->eni_addr */
     hp_eni_pools *eni_pools[HP_MAX_ENIS];
     uint32_t n_enis;             /* sh->n_enis, as this process sees it */
-    uint32_t n_readded;          /* ENIs add_eni returned since attach */
+    uint8_t eni_back[HP_MAX_ENIS];   /* an ENI of the state file that add_eni has not yet
+                                      * given back since the attach */
     hp_source *sources;          /* sources and groups are process-local: re-added at start */
     uint32_t n_sources, cap_sources;
     hp_group *groups;
@@ -126,24 +131,39 @@ int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *
                 size_t errlen);
 void hp_nat_destroy(hp_nat *nat);
 
-/* Returns the new ENI's id, or -1. v4 is 4 bytes, v6 16 bytes; either may be NULL. After an
- * attach, the ENIs of the state come back first, in order: adding one returns its old id when
- * the addresses are the same, and -2 when they differ. */
+/* Adds an ENI with id `id`, or with the lowest free id when id is -1; returns its id, -1 (no
+ * room, a bad id, no address) or -3 (id is a live ENI's). v4 is 4 bytes, v6 16 bytes; either
+ * may be NULL. An id is free when no ENI ever had it or its ENI was released. After an attach,
+ * the ENIs of the state come back with their ids (with id -1: the lowest one still to come
+ * back first): adding one returns its id when the addresses are the same, -2 when they
+ * differ. A new ENI's pools go into the block of the released ENI that had the id when they
+ * fit there, else at the region's end. */
+int hp_nat_add_eni_at(hp_nat *nat, const uint8_t *v4, const uint8_t *v6, int id);
 int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6);
-/* hp_nat_add_eni in two steps, so that the slow one runs without the table lock
+/* hp_nat_add_eni_at in two steps, so that the slow one runs without the table lock
  * (docs/semantics.md section 12): prepare maps and fills the new ENI's pools, which nothing
- * sees yet (0, or -1 / -2 as above); commit makes it the NAT's and returns its id. Calls of
- * prepare and commit (and add_eni) must not overlap one another: the caller serializes them.
- * A prepared ENI that is not committed is discarded (nothing in the region counts it). */
+ * sees yet (0, or -1 / -2 / -3 as above); commit makes it the NAT's and returns its id. Calls
+ * of prepare, commit and release (and add_eni) must not overlap one another: the caller
+ * serializes them. A prepared ENI that is not committed is discarded (nothing in the region
+ * counts it). */
 typedef struct hp_eni_prep {
     hp_eni_addr addr;
     uint32_t id;
-    uint64_t off;
+    uint64_t off, len;           /* its block */
     hp_eni_pools *pools;         /* NULL: an ENI of the state file, coming back */
 } hp_eni_prep;
-int hp_nat_eni_prepare(hp_nat *nat, const uint8_t *v4, const uint8_t *v6, hp_eni_prep *out);
+int hp_nat_eni_prepare(hp_nat *nat, const uint8_t *v4, const uint8_t *v6, int id,
+                       hp_eni_prep *out);
 int hp_nat_eni_commit(hp_nat *nat, hp_eni_prep *prep);
 void hp_nat_eni_discard(hp_eni_prep *prep);
+/* Gives an ENI's id and block back (its ENI reclaimed) once nothing is left of it: in no
+ * group, no connection, no port in use or quarantined, no unread journal or reject record
+ * naming it. Its address and counters are cleared; *unmap gets its pools, which the caller
+ * frees with hp_nat_eni_unmap() after leaving the table lock (unmapping takes milliseconds).
+ * 0; -2 while something is left (nothing changes); -1 for an id that is not a live ENI's or
+ * an ENI still in a group. */
+int hp_nat_eni_release(hp_nat *nat, int eni, hp_eni_pools **unmap);
+void hp_nat_eni_unmap(hp_eni_pools *pools);
 int hp_nat_add_group(hp_nat *nat);
 int hp_nat_group_add_eni(hp_nat *nat, int group, int eni);
 /* Takes an ENI out of its group (no new connection picks it) when it has no connection:

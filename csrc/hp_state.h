@@ -7,7 +7,8 @@
  *               the offsets of the ENI pools, the journal's head
  *               the journal (expired connections not yet read)
  *               the connection table: entries, their side arrays (HP_CT_ARRAYS), the index
- *   then        one block per ENI, appended when it is added: its port pools
+ *   then        one block per ENI, appended when it is added (or the block of a released
+ *               ENI whose id it takes, when its pools fit there): its port pools
  * Inside the region only offsets and indices; every pointer is process-local, made at attach.
  *
  * Attaching (the file exists and its header matches) validates every live entry and rebuilds
@@ -21,7 +22,7 @@
 #include "hp_types.h"
 
 #define HP_STATE_MAGIC "HPNATST\x01"
-#define HP_STATE_VERSION 3u
+#define HP_STATE_VERSION 4u
 /* The build that wrote a file: setup.py passes a digest of csrc/'s headers, so a rebuilt core
  * whose structures mean something else refuses the file even when every size matches. */
 #ifndef HP_BUILD_HASH

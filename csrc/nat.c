@@ -56,7 +56,8 @@ int hp_nat_add_group(hp_nat *nat)
 
 int hp_nat_group_add_eni(hp_nat *nat, int group, int eni)
 {
-    if (group < 0 || (uint32_t)group >= nat->n_groups || eni < 0 || (uint32_t)eni >= nat->n_enis)
+    if (group < 0 || (uint32_t)group >= nat->n_groups || eni < 0 ||
+        (uint32_t)eni >= nat->n_enis || nat->sh->eni_free[eni])
         return -1;
     hp_group *g = &nat->groups[group];
     if (g->n_enis >= HP_GROUP_MAX_ENIS)

@@ -104,15 +104,23 @@ static int check_shared(void *ctx, int fd, uint64_t file_size, char *err, size_t
                (unsigned long long)file_size);
     for (uint32_t e = 0; e < sh->n_enis; e++) {
         const hp_eni_addr *a = &sh->eni_addr[e];
-        if (a->has[0] > 1 || a->has[1] > 1 || !(a->has[0] | a->has[1]))
+        if (sh->eni_free[e] > 1)
+            REFUSE("marks ENI %u neither live nor free (%u)", e, sh->eni_free[e]);
+        int live = !sh->eni_free[e];
+        if (live && (a->has[0] > 1 || a->has[1] > 1 || !(a->has[0] | a->has[1])))
             REFUSE("has ENI %u without an address", e);
-        uint64_t off = sh->eni_off[e], len = eni_bytes(nat, a);
+        uint64_t off = sh->eni_off[e], len = sh->eni_len[e];
+        if (live && len < eni_bytes(nat, a))
+            REFUSE("gives ENI %u a block of %llu bytes, too small for its pools", e,
+                   (unsigned long long)len);
+        if (len == 0)                      /* a free id that never had a block */
+            continue;
         if (off % PAGE || off < l.fixed || off > sh->end || len > sh->end - off)
             REFUSE("puts ENI %u's block (%llu bytes at %llu) outside its ENI space", e,
                    (unsigned long long)len, (unsigned long long)off);
         for (uint32_t o = 0; o < e; o++) {
-            uint64_t ooff = sh->eni_off[o], olen = eni_bytes(nat, &sh->eni_addr[o]);
-            if (off < ooff + olen && ooff < off + len)
+            uint64_t ooff = sh->eni_off[o], olen = sh->eni_len[o];
+            if (olen && off < ooff + olen && ooff < off + len)
                 REFUSE("has overlapping blocks for ENIs %u and %u", o, e);
         }
     }
@@ -341,12 +349,19 @@ int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *
         goto fail;
     if (!fresh) {
         nat->n_enis = sh->n_enis;          /* bounded by check_shared */
-        for (uint32_t e = 0; e < nat->n_enis; e++)
+        for (uint32_t e = 0; e < nat->n_enis; e++) {
+            if (sh->eni_free[e]) {         /* released: whatever a kill left of it goes */
+                memset(&nat->eni_addr[e], 0, sizeof nat->eni_addr[e]);
+                memset(&nat->eni_ctr[e], 0, sizeof nat->eni_ctr[e]);
+                continue;
+            }
+            nat->eni_back[e] = 1;
             if (!(nat->eni_pools[e] = map_eni(nat, &nat->eni_addr[e], sh->eni_off[e], 0))) {
                 snprintf(err, errlen, "cannot map the pools of ENI %u of state file %s", e,
                          path);
                 goto fail;
             }
+        }
         if (repair(nat) != 0)
             goto fail;
         finish_journalled(nat);
@@ -370,12 +385,8 @@ void hp_nat_destroy(hp_nat *nat)
 {
     if (!nat)
         return;
-    for (uint32_t e = 0; e < nat->n_enis; e++) {
-        if (!nat->eni_pools[e])
-            continue;
-        hp_region_unmap(nat->eni_pools[e]->mem, nat->eni_pools[e]->mem_len);
-        free(nat->eni_pools[e]);
-    }
+    for (uint32_t e = 0; e < nat->n_enis; e++)
+        hp_nat_eni_unmap(nat->eni_pools[e]);
     hp_nat_obs_free(nat);
     hp_events_destroy(nat->events);
     hp_region_close(&nat->state);
@@ -385,7 +396,21 @@ void hp_nat_destroy(hp_nat *nat)
     free(nat);
 }
 
-int hp_nat_eni_prepare(hp_nat *nat, const uint8_t *v4, const uint8_t *v6, hp_eni_prep *out)
+/* The id add_eni takes when given -1: the lowest ENI of the state file still to come back,
+ * else the lowest free one, else the next. */
+static int pick_eni_id(const hp_nat *nat)
+{
+    for (uint32_t e = 0; e < nat->n_enis; e++)
+        if (nat->eni_back[e])
+            return (int)e;
+    for (uint32_t e = 0; e < nat->n_enis; e++)
+        if (nat->sh->eni_free[e])
+            return (int)e;
+    return (int)nat->n_enis;
+}
+
+int hp_nat_eni_prepare(hp_nat *nat, const uint8_t *v4, const uint8_t *v6, int id,
+                       hp_eni_prep *out)
 {
     memset(out, 0, sizeof *out);
     if (!v4 && !v6)
@@ -397,14 +422,27 @@ int hp_nat_eni_prepare(hp_nat *nat, const uint8_t *v4, const uint8_t *v6, hp_eni
             memcpy(a->addr[f], addrs[f], f ? 16 : 4);
             a->has[f] = 1;
         }
-    out->id = nat->n_readded;
-    if (nat->n_readded < nat->n_enis)      /* an ENI of the state file, coming back */
-        return memcmp(&nat->eni_addr[nat->n_readded], a, sizeof *a) != 0 ? -2 : 0;
-    if (nat->n_enis >= HP_MAX_ENIS)
+    if (id < 0)
+        id = pick_eni_id(nat);
+    if (id >= HP_MAX_ENIS)
         return -1;
-    /* Appended at the region's end: the file grows, the block is mapped and every port of
-     * its pools written (milliseconds for 65,000-port pools), none of it seen by anyone yet. */
-    out->off = nat->sh->end;
+    out->id = (uint32_t)id;
+    const hp_nat_shared *sh = nat->sh;
+    int known = out->id < nat->n_enis;
+    if (known && !sh->eni_free[id]) {
+        if (!nat->eni_back[id])
+            return -3;
+        /* An ENI of the state file, coming back. */
+        return memcmp(&nat->eni_addr[id], a, sizeof *a) != 0 ? -2 : 0;
+    }
+    /* Into the block its id had when the pools fit there, else appended at the region's end:
+     * the file grows (or the old block is written again), the block is mapped and every port
+     * of its pools written (milliseconds for 65,000-port pools), none of it seen by anyone
+     * yet. */
+    size_t need = eni_bytes(nat, a);
+    uint64_t have = known ? sh->eni_len[id] : 0;
+    out->off = have >= need ? sh->eni_off[id] : sh->end;
+    out->len = have >= need ? have : need;
     out->pools = map_eni(nat, a, out->off, 1);
     return out->pools ? 0 : -1;
 }
@@ -413,33 +451,99 @@ int hp_nat_eni_commit(hp_nat *nat, hp_eni_prep *prep)
 {
     uint32_t e = prep->id;
     if (!prep->pools) {                    /* coming back: it is there already */
-        nat->n_readded = e + 1;
+        nat->eni_back[e] = 0;
         return (int)e;
     }
     hp_nat_shared *sh = nat->sh;
-    nat->eni_addr[e] = prep->addr;
+    /* Ids skipped over (a lab whose ENI ids have gaps) are free and have no block. */
+    for (uint32_t s = nat->n_enis; s < e; s++) {
+        sh->eni_free[s] = 1;
+        sh->eni_len[s] = 0;
+        memset(&nat->eni_addr[s], 0, sizeof nat->eni_addr[s]);
+    }
+    /* In an order that a process killed at any point leaves consistent: the space first, then
+     * the block, then the ENI, which counts only once it is marked live (or counted in). */
+    if (prep->off + prep->len > sh->end)
+        sh->end = prep->off + prep->len;
     sh->eni_off[e] = prep->off;
+    sh->eni_len[e] = prep->len;
+    nat->eni_addr[e] = prep->addr;
+    memset(&nat->eni_ctr[e], 0, sizeof nat->eni_ctr[e]);
     nat->eni_pools[e] = prep->pools;
     prep->pools = NULL;
-    /* Complete before it counts: a process killed here leaves the ENI out, not half in. */
-    sh->end = prep->off + nat->eni_pools[e]->mem_len;
-    __atomic_store_n(&sh->n_enis, e + 1, __ATOMIC_RELEASE);
-    nat->n_enis = nat->n_readded = e + 1;
+    if (e < nat->n_enis) {
+        __atomic_store_n(&sh->eni_free[e], 0, __ATOMIC_RELEASE);
+    } else {
+        sh->eni_free[e] = 0;
+        __atomic_store_n(&sh->n_enis, e + 1, __ATOMIC_RELEASE);
+        nat->n_enis = e + 1;
+    }
     return (int)e;
+}
+
+/* Whether a record still to be read (the journal, the reject ring) names the ENI: its reader
+ * takes the ENI's address from eni_addr. */
+static int records_name_eni(const hp_nat *nat, uint32_t eni)
+{
+    const hp_nat_shared *sh = nat->sh;
+    for (uint32_t i = 0; i < sh->j_count; i++)
+        if (nat->journal[(sh->j_head + i) % nat->cfg.journal_size].conn.eni == eni)
+            return 1;
+    const hp_reject_ring *r = &nat->rejects;
+    for (uint32_t i = 0; i < r->count; i++)
+        if (r->rec[(r->head + i) % HP_REJECT_RING].eni == eni)
+            return 1;
+    return 0;
+}
+
+int hp_nat_eni_release(hp_nat *nat, int eni, hp_eni_pools **unmap)
+{
+    *unmap = NULL;
+    if (eni < 0 || (uint32_t)eni >= nat->n_enis || nat->sh->eni_free[eni] || nat->eni_back[eni])
+        return -1;
+    for (uint32_t g = 0; g < nat->n_groups; g++)
+        for (uint32_t i = 0; i < nat->groups[g].n_enis; i++)
+            if (nat->groups[g].enis[i] == eni)
+                return -1;
+    if (nat->eni_ctr[eni].active[0] || nat->eni_ctr[eni].active[1])
+        return -2;
+    for (int f = 0; f < 2; f++)
+        for (int p = 0; nat->eni_addr[eni].has[f] && p < 2; p++)
+            if (hp_pool_in_use(&nat->eni_pools[eni]->pool[f][p]) ||
+                hp_pool_quarantined(&nat->eni_pools[eni]->pool[f][p]))
+                return -2;
+    if (records_name_eni(nat, (uint32_t)eni))
+        return -2;
+    __atomic_store_n(&nat->sh->eni_free[eni], 1, __ATOMIC_RELEASE);
+    memset(&nat->eni_addr[eni], 0, sizeof nat->eni_addr[eni]);
+    memset(&nat->eni_ctr[eni], 0, sizeof nat->eni_ctr[eni]);
+    *unmap = nat->eni_pools[eni];
+    nat->eni_pools[eni] = NULL;
+    return 0;
+}
+
+void hp_nat_eni_unmap(hp_eni_pools *pools)
+{
+    if (pools) {
+        hp_region_unmap(pools->mem, pools->mem_len);
+        free(pools);
+    }
 }
 
 void hp_nat_eni_discard(hp_eni_prep *prep)
 {
-    if (prep->pools) {
-        hp_region_unmap(prep->pools->mem, prep->pools->mem_len);
-        free(prep->pools);
-        prep->pools = NULL;
-    }
+    hp_nat_eni_unmap(prep->pools);
+    prep->pools = NULL;
+}
+
+int hp_nat_add_eni_at(hp_nat *nat, const uint8_t *v4, const uint8_t *v6, int id)
+{
+    hp_eni_prep prep;
+    int r = hp_nat_eni_prepare(nat, v4, v6, id, &prep);
+    return r < 0 ? r : hp_nat_eni_commit(nat, &prep);
 }
 
 int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6)
 {
-    hp_eni_prep prep;
-    int r = hp_nat_eni_prepare(nat, v4, v6, &prep);
-    return r < 0 ? r : hp_nat_eni_commit(nat, &prep);
+    return hp_nat_add_eni_at(nat, v4, v6, -1);
 }

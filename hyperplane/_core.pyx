@@ -151,7 +151,9 @@ cdef class Nat:
 
     # --- configuration -------------------------------------------------------------------
 
-    def add_eni(self, v4=None, v6=None):
+    def add_eni(self, v4=None, v6=None, eni=None):
+        """Adds an ENI with these addresses; returns its id: eni, or the lowest free id when
+        eni is None (an id is free when no ENI had it or its ENI was released)."""
         cdef bytes b4 = None, b6 = None
         cdef const hp_eni_addr *old
         if v4 is not None:
@@ -166,31 +168,52 @@ cdef class Nat:
             b6 = raw
         if b4 is None and b6 is None:
             raise ValueError("an ENI needs an IPv4 or an IPv6 address")
+        if eni is not None and not 0 <= eni < HP_MAX_ENIS:
+            raise ValueError(f"an ENI id is in 0..{HP_MAX_ENIS - 1}, not {eni}")
         cdef const uint8_t *p4 = <const uint8_t *>b4 if b4 is not None else NULL
         cdef const uint8_t *p6 = <const uint8_t *>b6 if b6 is not None else NULL
-        cdef int e
+        cdef int e, want = -1 if eni is None else eni
         cdef hp_eni_prep prep
         with nogil:
             pthread_mutex_lock(&self.eni_lock)
             # The pools are mapped and filled (ms) before the table lock, which only sees
             # them appear.
-            e = hp_nat_eni_prepare(self.nat, p4, p6, &prep)
+            e = hp_nat_eni_prepare(self.nat, p4, p6, want, &prep)
             if e == 0:
                 self._acquire()
                 e = hp_nat_eni_commit(self.nat, &prep)
                 self._release()
             pthread_mutex_unlock(&self.eni_lock)
-        if e == errors.ENI_MISMATCH:    # ENIs are added once, in order: nothing changes these now
-            old = &self.nat.eni_addr[self.nat.n_readded]
+        if e == errors.ENI_MISMATCH:    # nothing changes a state file's ENI's addresses now
+            old = &self.nat.eni_addr[prep.id]
             have = " ".join([addr_str(4 if f == 0 else 6, old.addr[f][:16])
                              for f in range(2) if old.has[f]])
             raise errors.StateMismatch(
-                EINVAL, f"ENI {self.nat.n_readded} of the state file has {have}; "
-                "ENIs must come back in the same order with the same addresses")
+                EINVAL, f"ENI {prep.id} of the state file has {have}; "
+                "its ENI must come back with the same addresses")
+        if e == errors.ENI_IN_USE:
+            raise errors.refused(f"ENI id {prep.id} is a live ENI's")
         if e < 0:
             raise errors.CoreLimit(ENOSPC,
                                    "cannot add an ENI (limit reached or out of memory)")
         return e
+
+    def release_eni(self, int eni):
+        """Gives a reclaimed ENI's id and state space back for the next ENI, once nothing is
+        left of it (in no group, no connection, no port in use or quarantined, no unread
+        record): True; False while something is (nothing changes)."""
+        cdef int rc
+        cdef hp_eni_pools *unmap = NULL
+        with nogil:
+            pthread_mutex_lock(&self.eni_lock)
+            self._acquire()
+            rc = hp_nat_eni_release(self.nat, eni, &unmap)
+            self._release()
+            hp_nat_eni_unmap(unmap)             # milliseconds: outside the table lock
+            pthread_mutex_unlock(&self.eni_lock)
+        if rc == errors.NAT_REFUSED:
+            raise errors.refused(f"ENI {eni} is not a live ENI outside every group")
+        return rc == 0
 
     def add_group(self):
         cdef int g

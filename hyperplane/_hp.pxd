@@ -28,6 +28,7 @@ cdef extern from "hp_flow.h":
 cdef extern from "hp_conntrack.h":
     enum: HP_CT_NONE
     enum: HP_MAX_CAPACITY
+    enum: HP_MAX_ENIS
     uint64_t hp_ct_index_slots(uint64_t capacity)
     ctypedef struct hp_eni_addr:
         uint8_t addr[2][16]
@@ -174,7 +175,6 @@ cdef extern from "hp_nat.h":
         hp_nat_shared *sh
         hp_eni_addr *eni_addr
         uint32_t n_enis
-        uint32_t n_readded
         uint32_t n_groups
         hp_source *sources
         uint32_t n_sources
@@ -190,10 +190,14 @@ cdef extern from "hp_nat.h":
     void hp_nat_destroy(hp_nat *nat)
     int hp_nat_add_eni(hp_nat *nat, const uint8_t *v4, const uint8_t *v6) nogil
     ctypedef struct hp_eni_prep:
-        pass
-    int hp_nat_eni_prepare(hp_nat *nat, const uint8_t *v4, const uint8_t *v6,
+        uint32_t id
+    int hp_nat_eni_prepare(hp_nat *nat, const uint8_t *v4, const uint8_t *v6, int id,
                            hp_eni_prep *out) nogil
     int hp_nat_eni_commit(hp_nat *nat, hp_eni_prep *prep) nogil
+    ctypedef struct hp_eni_pools:
+        pass
+    int hp_nat_eni_release(hp_nat *nat, int eni, hp_eni_pools **unmap) nogil
+    void hp_nat_eni_unmap(hp_eni_pools *pools) nogil
     int hp_nat_add_group(hp_nat *nat) nogil
     int hp_nat_group_add_eni(hp_nat *nat, int group, int eni) nogil
     int hp_nat_group_retire_eni(hp_nat *nat, int group, int eni) nogil

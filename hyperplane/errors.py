@@ -18,6 +18,7 @@ import os
 NAT_REFUSED = -1        # a bad id or address, a full fixed-size array
 ENI_MISMATCH = -2       # hp_nat_eni_prepare: the state file's ENI has other addresses
 ENI_BUSY = -2           # hp_nat_group_retire_eni: the ENI still has connections
+ENI_IN_USE = -3         # hp_nat_eni_prepare: the id asked for is a live ENI's
 
 
 class HyperplaneError(Exception):

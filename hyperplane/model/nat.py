@@ -45,6 +45,11 @@ def idled_out(conn: Entry) -> bool:
 class Eni:
     addr: dict                  # family (4 or 6) -> 16-byte address, or None
     pools: dict = field(default_factory=dict)   # (family, proto) -> Pool, families it has
+    free: bool = False          # released (or skipped over): its id goes to the next ENI
+
+    @classmethod
+    def released(cls) -> "Eni":
+        return cls({4: None, 6: None}, {}, free=True)
 
 
 @dataclass
@@ -112,7 +117,9 @@ class Nat:
 
     # -- topology ------------------------------------------------------------------------------
 
-    def add_eni(self, v4=None, v6=None) -> int:
+    def add_eni(self, v4=None, v6=None, eni=None) -> int:
+        """Adds an ENI; returns its id: eni, or the lowest free id when eni is None (free: no
+        ENI had it, or its ENI was released)."""
         addrs = {4: None, 6: None}
         for family, text in ((4, v4), (6, v6)):
             if text is not None:
@@ -122,16 +129,41 @@ class Nat:
                 addrs[family] = raw
         if v4 is None and v6 is None:
             raise ValueError("an ENI needs an IPv4 or an IPv6 address")
-        if len(self.enis) >= MAX_ENIS:
+        if eni is not None and not 0 <= eni < MAX_ENIS:
+            raise ValueError(f"an ENI id is in 0..{MAX_ENIS - 1}, not {eni}")
+        if eni is None:
+            eni = next((i for i, e in enumerate(self.enis) if e.free), len(self.enis))
+        if eni >= MAX_ENIS:
             raise errors.CoreLimit(errno.ENOSPC, "cannot add an ENI (limit reached)")
+        if eni < len(self.enis) and not self.enis[eni].free:
+            raise errors.refused(f"ENI id {eni} is a live ENI's")
         # A pool per protocol for each family the ENI has an address in.
         lo, hi = self.port_range
         # Each pool's secret key: two draws of the NAT's seeded generator, in this order.
         pools = {(f, proto): Pool(lo, hi, (self.rng.next(), self.rng.next()))
                  for f in (4, 6) if addrs[f] is not None for proto in (PROTO_TCP, PROTO_UDP)}
-        self.enis.append(Eni(addrs, pools))
-        self.eni_ctr.append(EniCounters())
-        return len(self.enis) - 1
+        while len(self.enis) <= eni:        # ids skipped over are free
+            self.enis.append(Eni.released())
+            self.eni_ctr.append(EniCounters())
+        self.enis[eni] = Eni(addrs, pools)
+        self.eni_ctr[eni] = EniCounters()
+        return eni
+
+    def release_eni(self, eni: int) -> bool:
+        """Gives a reclaimed ENI's id back once nothing is left of it: in no group, no
+        connection, no port in use or quarantined, no unread journal or reject record naming
+        it. True; False while something is left (nothing changes)."""
+        if (not 0 <= eni < len(self.enis) or self.enis[eni].free
+                or any(eni in g for g in self.groups)):
+            raise errors.refused(f"ENI {eni} is not a live ENI outside every group")
+        if (any(self.eni_ctr[eni].active)
+                or any(p.stats()["free"] != p.size for p in self.enis[eni].pools.values())
+                or any(c.eni == eni for c in self.journal)
+                or any(r.eni == eni for r in self.rejects.records)):
+            return False
+        self.enis[eni] = Eni.released()
+        self.eni_ctr[eni] = EniCounters()
+        return True
 
     def add_group(self) -> int:
         self.groups.append([])
@@ -142,7 +174,7 @@ class Nat:
 
     def group_add_eni(self, group: int, eni: int) -> None:
         if (not 0 <= group < len(self.groups) or not 0 <= eni < len(self.enis)
-                or len(self.groups[group]) >= GROUP_MAX_ENIS):
+                or self.enis[eni].free or len(self.groups[group]) >= GROUP_MAX_ENIS):
             raise errors.refused(f"cannot add ENI {eni} to group {group}")
         self.groups[group].append(eni)      # the newest ENI takes new connections
 

@@ -714,6 +714,71 @@ def test_retired_eni_takes_no_new_connection(NatClass):
     assert fl2.eni == 0
 
 
+
+def test_a_released_eni_gives_its_id_to_the_next(NatClass):
+    """Reclaimed ENIs give their id (and, in C, their block of the state) back once nothing
+    is left of them, so ENIs can come and go for ever: more than the 1,024 ids a NAT has."""
+    quarantine = 10_000
+    nat = make(NatClass, quarantine_ms=quarantine)
+    eni_b = nat.add_eni(ENI_B, ENI_B6)
+    nat.group_add_eni(0, eni_b)
+    fl = Flow(nat, proto=fg.UDP, sport=1)
+    assert fl.send(OUT, now=0)[0] == FORWARD and fl.eni == eni_b
+    with pytest.raises(ValueError):
+        nat.release_eni(eni_b)                              # still in its group
+    assert nat.group_retire_eni(0, eni_b) is False          # it has a connection
+    eni_c = nat.add_eni("10.0.3.4")
+    nat.group_add_eni(0, eni_c)
+    # The flow's next datagram, past its timeout, journals the old connection (on ENI B) and
+    # makes a new one on the group's newest ENI.
+    now = AWS["UDP_FIRST"] + 1
+    assert fl.send(OUT, now=now)[0] == FORWARD and fl.eni == eni_c
+    assert nat.group_retire_eni(0, eni_b) is True
+    assert nat.release_eni(eni_b) is False                  # an unread journal record
+    assert [c.eni for c in nat.expire(now)] == [eni_b]
+    assert nat.release_eni(eni_b) is True
+    for bad in (lambda: nat.release_eni(eni_b), lambda: nat.group_add_eni(0, eni_b),
+                lambda: nat.pool_stats(eni_b, 4, fg.UDP), lambda: nat.add_eni(ENI_B, eni=0)):
+        with pytest.raises(ValueError):
+            bad()
+    # The lowest free id, new addresses, counters from zero; a TCP connection that reached
+    # ESTABLISHED leaves its port in quarantine, which holds the id until it ends.
+    eni_d = nat.add_eni("10.0.7.4")
+    assert eni_d == eni_b
+    assert nat.eni_counters(eni_d)["active"] == {"tcp": 0, "udp": 0}
+    nat.group_add_eni(0, eni_d)
+    tcp = Flow(nat, sport=2)
+    for direction, flags in ((OUT, "S"), (IN, "SA"), (OUT, "A")):
+        assert tcp.send(direction, flags, now=now)[0] == FORWARD
+    assert tcp.eni == eni_d and tcp.nat_addr == "10.0.7.4"
+    assert tcp.conn().state == "ESTABLISHED"
+    now += AWS["ESTABLISHED"] + 1
+    assert sorted(c.eni for c in nat.expire(now)) == [eni_d, eni_c]
+    assert nat.group_retire_eni(0, eni_d) is True
+    assert nat.pool_stats(eni_d, 4, fg.TCP)["quarantined"] == 1
+    assert nat.release_eni(eni_d) is False                  # its port is in quarantine
+    now += quarantine
+    nat.expire(now)                                         # which ends
+    assert nat.release_eni(eni_d) is True
+    assert nat.add_eni("10.0.7.9", eni=5) == 5              # ids skipped over are free
+    assert [nat.add_eni(f"10.0.7.{i}") for i in (10, 11)] == [eni_d, 3]
+    for e in (eni_d, 3, 5):
+        assert nat.release_eni(e) is True
+    # Many more ENIs than there are ids, each made, used and released in turn.
+    nat.group_retire_eni(0, eni_c)
+    for i in range(1100):
+        e = nat.add_eni(f"10.1.{i // 250}.{i % 250 + 1}")
+        assert e == 1
+        nat.group_add_eni(0, e)
+        f = Flow(nat, proto=fg.UDP, sport=1000 + i)
+        assert f.send(OUT, now=now)[0] == FORWARD and f.eni == e
+        assert nat.group_retire_eni(0, e) is False
+        now += AWS["UDP_FIRST"]
+        assert len(nat.expire(now)) == 1
+        assert nat.group_retire_eni(0, e) is True
+        assert nat.release_eni(e) is True, i
+
+
 # -- table capacity ----------------------------------------------------------------------------
 
 def test_full_table_drops_and_never_overwrites(NatClass):

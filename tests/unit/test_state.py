@@ -389,6 +389,8 @@ def test_a_file_never_completed_starts_afresh(tmp_path):
 HDR_BUILD_HASH, HDR_BOOT_ID = 152, 160
 SHARED = 4096
 SH_N_ENIS, SH_END, SH_ENI_OFF = SHARED + 32, SHARED + 48, SHARED + 56
+SH_ENI_LEN = SH_ENI_OFF + 8 * 1024
+SH_ENI_FREE = SH_ENI_LEN + 8 * 1024
 
 
 def made_state(tmp_path):
@@ -448,6 +450,8 @@ def test_eni_blocks_past_the_end_are_refused(tmp_path):
     (SH_ENI_OFF + 8, "<Q", 0, "puts ENI 1's block"),                            # the header
     (SH_ENI_OFF + 8, "<Q", 1 << 62, "puts ENI 1's block"),
     (SH_END, "<Q", 1 << 62, "ends its ENI blocks at"),
+    (SH_ENI_FREE + 1, "<B", 7, "marks ENI 1 neither live nor free"),
+    (SH_ENI_LEN + 8, "<Q", 4096, "gives ENI 1 a block of 4096 bytes, too small"),
     (HDR_BUILD_HASH, "<Q", 0x1234, "written by another build"),
     (HDR_BOOT_ID, "<8s", b"00000000", "is from another boot"),
     (0, "<8s", b"HPNATSTX", "not a Hyperplane state file"),
@@ -464,6 +468,41 @@ def test_overlapping_eni_blocks_are_refused(tmp_path):
     path = made_state(tmp_path)
     patch(path, SH_ENI_OFF + 8, "<Q", u64(path, SH_ENI_OFF))
     refused(path, "overlapping blocks for ENIs 0 and 1")
+
+
+def test_released_enis_give_their_ids_and_blocks_to_the_next_across_a_restart(tmp_path):
+    """A released ENI's id and block stay free in the file: after a restart the ENIs of the
+    state come back with their ids, and a new ENI takes the free id and its block (the file
+    does not grow) when its pools fit there; one whose pools do not fit goes to the end."""
+    path = tmp_path / "nat.state"
+    nat = Nat(state_path=path, **KW)
+    assert [nat.add_eni(*a) for a in
+            [("10.0.2.4", None), ("10.0.1.4", "fd00:1::4"), ("10.0.3.4", None)]] == [0, 1, 2]
+    grp = nat.add_group()
+    nat.group_add_eni(grp, 1)
+    assert nat.group_retire_eni(grp, 1) is True and nat.release_eni(1) is True
+    size = path.stat().st_size
+    del nat
+    nat = Nat(state_path=path, **KW)
+    assert nat.attached
+    with pytest.raises(ValueError, match="ENI 2 of the state file has 10.0.3.4"):
+        nat.add_eni("10.0.3.9", eni=2)
+    assert nat.add_eni("10.0.3.4", eni=2) == 2              # coming back, with its id
+    assert nat.add_eni("10.0.2.4") == 0                     # the one still to come back
+    assert nat.add_eni("10.0.5.4") == 1                     # the free id, in its block
+    assert path.stat().st_size == size
+    with pytest.raises(ValueError):
+        nat.add_eni("10.0.6.4", eni=1)
+    assert nat.release_eni(1) is True
+    assert nat.add_eni("10.0.5.4", "fd00:5::4") == 1        # both families fit there too
+    assert path.stat().st_size == size
+    assert nat.release_eni(0) is True
+    assert nat.add_eni("10.0.6.4", "fd00:6::4") == 0        # too big for a one-family block
+    assert path.stat().st_size > size
+    del nat
+    nat = Nat(state_path=path, **KW)
+    assert [nat.add_eni(*a) for a in [("10.0.6.4", "fd00:6::4"), ("10.0.5.4", "fd00:5::4"),
+                                     ("10.0.3.4", None)]] == [0, 1, 2]
 
 
 def test_a_connection_owned_by_no_function_is_no_ones(tmp_path):
