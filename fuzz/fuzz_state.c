@@ -71,6 +71,8 @@ static void init(void)
     add_field(sh + offsetof(hp_nat_shared, end));
     for (uint32_t e = 0; e < 4; e++) {
         add_field(sh + offsetof(hp_nat_shared, eni_off) + e * sizeof(uint64_t));
+        add_field(sh + offsetof(hp_nat_shared, eni_len) + e * sizeof(uint64_t));
+        add_field(sh + offsetof(hp_nat_shared, eni_free) + e);
         add_field(sh + offsetof(hp_nat_shared, eni_addr) + e * sizeof(hp_eni_addr) +
                   offsetof(hp_eni_addr, has));
         if (e < nat->n_enis)                     /* the pool counters at the block's start */
@@ -126,16 +128,20 @@ static void write_file(size_t len)
     close(fd);
 }
 
-/* An attached NAT at work: its ENIs back (as the file says them), one group, the world's
- * sources, a packet each way for the first connections, a late expiry. */
+/* An attached NAT at work: its live ENIs back with their ids (as the file says them), one
+ * group, the world's sources, a packet each way for the first connections, a late expiry;
+ * then the last ENI retired and released, and a new one in its id and block. */
 static void exercise(hp_nat *nat)
 {
     uint32_t n_enis = nat->n_enis;
     for (uint32_t e = 0; e < n_enis; e++) {
+        if (nat->sh->eni_free[e])
+            continue;
         const hp_eni_addr a = nat->eni_addr[e];
         /* Bytes past an address (damage the check does not read) make it another ENI:
          * the data plane then refuses to start, as it does for a changed config. */
-        if (hp_nat_add_eni(nat, a.has[0] ? a.addr[0] : NULL, a.has[1] ? a.addr[1] : NULL) != (int)e)
+        if (hp_nat_add_eni_at(nat, a.has[0] ? a.addr[0] : NULL, a.has[1] ? a.addr[1] : NULL,
+                              (int)e) != (int)e)
             return;
     }
     int g = hp_nat_add_group(nat);
@@ -184,7 +190,17 @@ static void exercise(hp_nat *nat)
             hp_nat_translate(nat, frames, lens, n, dir, in_eni, 0, FZ_T0 + 1000, res);
     }
     hp_conn_record out[64];
-    hp_nat_expire(nat, FZ_T0 + 100000000ull, (size_t)-1, out, 64);
+    while (hp_nat_expire(nat, FZ_T0 + 100000000ull, (size_t)-1, out, 64) == 64)
+        ;
+    int last = (int)n_enis - 1;
+    hp_eni_pools *unmap = NULL;
+    if (last < 0 || hp_nat_group_retire_eni(nat, g, last) != 0 ||
+        hp_nat_eni_release(nat, last, &unmap) != 0)
+        return;
+    hp_nat_eni_unmap(unmap);
+    const uint8_t v4[4] = { 10, 0, 77, 4 };
+    if (hp_nat_add_eni_at(nat, v4, NULL, last) != last)
+        fz_fail("a new ENI cannot take the id %d just released", last);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -16,6 +16,7 @@ COUNTERS: tuple[str, ...]
 FUNC_COUNTERS: tuple[str, ...]
 SIZEOF_CONN: int
 MAX_CAPACITY: int
+MAX_ENIS: int
 EVENT_TYPES: tuple[str, ...]
 DESTROY_REASONS: tuple[str, ...]
 

@@ -25,6 +25,7 @@ FUNC_COUNTERS = tuple(hp_func_counter_names[i].decode().lower() for i in range(H
 SIZEOF_CONN = (sizeof(hp_conn) + sizeof(hp_conn_stats) + sizeof(hp_tcp_win)
                + sizeof(hp_conn_flowbase))
 MAX_CAPACITY = HP_MAX_CAPACITY
+MAX_ENIS = HP_MAX_ENIS
 
 
 def index_slots(uint64_t capacity):

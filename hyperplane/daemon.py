@@ -104,8 +104,8 @@ class Daemon:
         self.eni_ports: dict[int, int] = {}            # ENI id -> data-plane port
         self.interface_ids: dict[int, str] = {}        # ENI id -> eni-... (flow logs, metrics)
         for eni in state.enis:
-            if eni.status == "Deleted":
-                self.nat.add_eni(eni.ipv4, eni.ipv6)    # keeps the NAT's ids in step
+            if eni.status == "Deleted":     # back in the NAT, in no group, to be released
+                self.nat.add_eni(eni.ipv4, eni.ipv6, eni=eni.id)
             else:
                 self.attach_eni(eni)
             self.enis.adopt(eni, "Active" if eni.status == "Pending" else eni.status)
@@ -134,9 +134,7 @@ class Daemon:
     def attach_eni(self, eni: EniInfo) -> None:
         """Adds an ENI to the NAT, its port to the loop and the slow path, and only then to its
         group: the forwarding thread sees a ready port appear. Safe while forwarding."""
-        nat_id = self.nat.add_eni(eni.ipv4, eni.ipv6)
-        if nat_id != eni.id:
-            raise RuntimeError(f"ENI ids out of step: lab {eni.id}, NAT {nat_id}")
+        nat_id = self.nat.add_eni(eni.ipv4, eni.ipv6, eni=eni.id)
         port = self.dp.add_port(eni.ifname, role="eni", eni=nat_id, mac=eni.mac,
                                 v4_subnet=eni.cidr4, v4_gateway=eni.gateway4,
                                 v6_subnet=eni.cidr6, v6_gateway=eni.gateway6,
@@ -205,8 +203,9 @@ class Daemon:
                     log.warning("ENI %d: neighbour %s not set: %s", eni.id, addr, e)
 
     def detach_eni(self, eni: EniInfo) -> None:
-        """Undoes attach_eni but for the NAT's record (ids only grow): the slow path forgets
-        the port, the loop stops polling it (its veth may go)."""
+        """Undoes attach_eni but for the NAT's record (released later, once its ports'
+        quarantine is over): the slow path forgets the port, the loop stops polling it (its
+        veth may go)."""
         port = self.eni_ports.pop(eni.id, None)
         if port is not None:
             self.slow.remove_port(port)
@@ -345,7 +344,7 @@ class Daemon:
         out = self.enis.listing()
         for d in out:
             d["eni_id"] = d["id"]
-            d["port"] = self.eni_ports.get(d["index"])
+            d["port"] = None if d["status"] == "Deleted" else self.eni_ports.get(d["index"])
         return out
 
     def status(self) -> dict:

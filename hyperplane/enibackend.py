@@ -3,6 +3,7 @@ to the lab, the NAT and the data plane of the daemon."""
 
 from __future__ import annotations
 
+from .errors import CoreRefused
 from .lab.topology import EniInfo
 from .scheduling import away_from_forwarding
 
@@ -53,3 +54,19 @@ class DaemonEniBackend:
         with away_from_forwarding():
             self.d.detach_eni(eni)
             self.d.lab.delete_eni(eni.id)
+
+    def release(self, eni: EniInfo) -> bool:
+        """The NAT gives the id and the state space back first, then the lab the id and the
+        addresses: a kill in between leaves a lab record that the next start adds again
+        (fresh, in no group) and releases."""
+        tracker = self.d.flow_tracker
+        if tracker.names_eni(eni.id):       # its flow-log records name it by id: written first
+            return False
+        try:
+            if not self.d.nat.release_eni(eni.id):
+                return False
+        except CoreRefused:         # never added to the NAT: a creation that failed
+            pass
+        tracker.forget_eni(eni.id)
+        self.d.lab.forget_eni(eni.id)
+        return True

@@ -3,7 +3,10 @@
 One ENI per group is shared by every function of the group. An ENI is
 Pending (being created: veth, addresses, data-plane port) -> Active (in its group, taking
 connections) -> Idle (no connection since `since`; Active again when one comes) -> Deleted
-(reclaimed after the idle time: out of its group, port detached, veth and addresses gone).
+(reclaimed after the idle time: out of its group, port detached, veth gone) -> released
+(once nothing is left of it in the NAT, its quarantined ports' time included: its NAT id,
+address and state space go to the next ENI), so ENIs can come and go for ever. The listing
+keeps the last DELETED_KEPT released ENIs, for their history.
 
 Scale-out before exhaustion: when the newest ENI of a group fills past the high-water mark,
 exactly one new ENI is made ready (Pending, then Active) and joins the group, whose newest ENI
@@ -28,6 +31,7 @@ log = logging.getLogger("hyperplane.eni")
 
 PENDING, ACTIVE, IDLE, DELETED = "Pending", "Active", "Idle", "Deleted"
 RETRY_AFTER_S = 5.0          # a failed creation is tried again no sooner than this
+DELETED_KEPT = 64            # released ENIs the listing still shows
 
 
 class Backend(Protocol):
@@ -50,6 +54,9 @@ class Backend(Protocol):
     def destroy(self, eni) -> None:
         """Detaches its port, deletes its veth, records it Deleted in the lab (the lab keeps
         no other status: the manager's listing is where statuses live)."""
+    def release(self, eni) -> bool:
+        """A Deleted ENI: gives its NAT id, address and state space back once nothing is left
+        of it (no connection, no port in quarantine); False while something is."""
 
 
 @dataclass
@@ -59,6 +66,7 @@ class Record:
     scale_out: bool
     since: float                          # entered its status at (manager clock)
     history: list = field(default_factory=list)     # (status, wall time)
+    released: bool = False                # Deleted, and its id and address given back
 
 
 class EniManager:
@@ -67,9 +75,10 @@ class EniManager:
         self.backend = backend
         self.high_water, self.limit, self.idle_reclaim_s = high_water, limit, idle_reclaim_s
         self.clock = clock
-        self.records: dict[int, Record] = {}        # by NAT ENI id, oldest first
+        # By interface id (eni-...: a NAT id is reused once released), oldest first.
+        self.records: dict[str, Record] = {}
         self.counters = {"created": 0, "scale_outs": 0, "on_demand": 0, "reclaimed": 0,
-                         "limit_reached": 0, "create_errors": 0}
+                         "released": 0, "limit_reached": 0, "create_errors": 0}
         self._lock = threading.Lock()               # records and requests, vs other threads
         self._requests: dict[str, threading.Event] = {}
         self._refused: dict[str, bool] = {}         # group -> its last request was refused
@@ -84,8 +93,8 @@ class EniManager:
         """An ENI that exists already (built at `up`, or before a restart)."""
         status = status or eni.status
         with self._lock:
-            self.records[eni.id] = Record(eni, status, eni.scale_out, self.clock(),
-                                          [(status, time.time())])
+            self.records[eni.eni_id] = Record(eni, status, eni.scale_out, self.clock(),
+                                              [(status, time.time())])
 
     def request(self, group: str, timeout: float) -> bool:
         """The group has no free port on any ENI (or no ENI): asks the worker for one and
@@ -100,12 +109,13 @@ class EniManager:
     def listing(self) -> list[dict]:
         """Every ENI, Deleted ones included, oldest first: what `hyperplane eni` shows."""
         with self._lock:
-            recs = [(r.info, r.status, r.scale_out, list(r.history))
+            recs = [(r.info, r.status, r.scale_out, list(r.history), r.released)
                     for r in self.records.values()]
         out = []
-        for info, status, scale_out, history in recs:
+        for info, status, scale_out, history, released in recs:
             pools = self.backend.pools(info) if status in (ACTIVE, IDLE) else {}
             out.append({"id": info.eni_id, "index": info.id, "status": status,
+                        "released": released,
                         "subnet": info.subnet, "security_groups": list(info.security_groups),
                         "group": info.group, "ifname": info.ifname, "mac": info.mac,
                         "ipv4": info.ipv4, "ipv6": info.ipv6, "scale_out": scale_out,
@@ -143,6 +153,7 @@ class EniManager:
             else:
                 self._at_limit.discard(group)
         self._idle_and_reclaim()
+        self._release_deleted()
         live = self.groups()
         for group in set(live) | set(known_groups):
             self._tell_can_grow(group, len(live.get(group, [])) < self.limit)
@@ -200,9 +211,10 @@ class EniManager:
 
     def _set(self, info, status: str, scale_out: bool | None = None) -> None:
         with self._lock:
-            r = self.records.get(info.id)
+            r = self.records.get(info.eni_id)
             if r is None:
-                r = self.records[info.id] = Record(info, status, bool(scale_out), self.clock())
+                r = self.records[info.eni_id] = Record(info, status, bool(scale_out),
+                                                       self.clock())
             r.status, r.since = status, self.clock()
             r.history.append((status, time.time()))
 
@@ -242,6 +254,27 @@ class EniManager:
         self.counters["reclaimed"] += 1
         log.info("ENI %s (%s) of group %s reclaimed after %g s idle", victim.info.eni_id,
                  victim.info.ipv4, victim.info.group, self.idle_reclaim_s)
+
+    def _release_deleted(self) -> None:
+        """Deleted ENIs give their id and address back once the NAT has nothing left of them
+        (their ports' quarantine over); the listing keeps the last DELETED_KEPT of them."""
+        with self._lock:
+            waiting = [r for r in self.records.values() if r.status == DELETED and not r.released]
+        for r in waiting:
+            try:
+                if not self.backend.release(r.info):
+                    continue
+            except Exception:
+                log.exception("cannot release ENI %s", r.info.eni_id)
+                continue
+            with self._lock:
+                r.released = True
+                released = [k for k, x in self.records.items() if x.released]
+                for k in released[:-DELETED_KEPT]:
+                    del self.records[k]
+            self.counters["released"] += 1
+            log.info("ENI %s (%s) released: its id %d and address go to the next ENI",
+                     r.info.eni_id, r.info.ipv4, r.info.id)
 
     def run(self, stopping: threading.Event, every_s: float = 0.05, known_groups=()) -> None:
         """The worker's loop: a round every every_s, or at once when a request comes."""

@@ -162,6 +162,18 @@ class FlowTracker:
             t = self.totals[eni] = EniTotals()
         return t
 
+    def names_eni(self, eni: int) -> bool:
+        """Whether a record still to be written names NAT ENI id eni (safe from another
+        thread: it reads copies)."""
+        return (any(r.eni == eni for r in list(self.pending))
+                or any(key[0] == eni for key in list(self.rejects)))
+
+    def forget_eni(self, eni: int) -> None:
+        """A released ENI: its id's totals start again with the next ENI that takes it. Call
+        only when nothing names it (names_eni)."""
+        self.totals.pop(eni, None)
+        self.published = {e: t for e, t in self.published.items() if e != eni}
+
     def expired(self, connections: Iterable[Connection], wall_of: Callable[[int], int]) -> None:
         """Connections removed by expiry (or ended by a reopening SYN, or dropped early): their
         last interval goes out at the next tick, ending at their last packet."""

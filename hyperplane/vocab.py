@@ -69,4 +69,6 @@ MAPPINGS = ("endpoint-independent", "per-connection")
 # Connections: a table of 2**26 entries (about 4 GB with its index and stats) is far beyond any
 # lab; the bound keeps every index computation of the core well clear of uint32 overflow.
 MAX_CAPACITY = 1 << 26
+# ENI ids a NAT (and its state file) has (HP_MAX_ENIS): a reclaimed ENI's id goes to a new one.
+MAX_ENIS = 1024
 MAX_TIMEOUT_S = 49 * 24 * 3600      # 49 days: milliseconds of it still fit in 32 bits

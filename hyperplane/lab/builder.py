@@ -369,10 +369,17 @@ class Lab:
             state.save(self.run_dir)
             return eni
 
+    def forget_eni(self, eni_id: int) -> None:
+        """A Deleted ENI that the NAT released: its id and addresses go to the next ENI."""
+        with self._lock:
+            state = self._require_state()
+            state.without_eni(eni_id)
+            state.save(self.run_dir)
+
     @_outside_event_loop
     def delete_eni(self, eni_id: int) -> EniInfo:
         """Deletes an ENI's veth (its peer goes with it) and records it Deleted: its id and
-        addresses are not handed out again (the NAT's ENI ids only grow)."""
+        addresses stay its own until the NAT releases it (forget_eni)."""
         with self._lock:
             state = self._require_state()
             with netns.iproute(state.dataplane_ns) as ipr:

@@ -14,6 +14,7 @@ from typing import Iterable
 from ..config import Config, eni_group_key, parse_config, usable_offsets
 from ..errors import LabError
 from ..runfolder import ensure_run_dir, paths, write_private
+from ..vocab import MAX_ENIS
 from .names import IFNAMSIZ, MAC_ENI, LabNames, if_eni, if_eni_peer, mac
 from .secgroups import SgRule, egress_rules, group_rules
 
@@ -104,10 +105,11 @@ class EniInfo:
     scale_out: bool = False                     # added because the group's pool ran high
 
 
-def eni_name(prefix: str, eni_id: int, ipv4: str) -> str:
+def eni_name(prefix: str, serial: int, ipv4: str) -> str:
     """An AWS-shaped interface id, eni- and 17 hex digits: derived from what makes the ENI
-    (ids only grow in a lab), so that the same config builds the same lab."""
-    return "eni-" + hashlib.sha256(f"{prefix}/{eni_id}/{ipv4}".encode()).hexdigest()[:17]
+    (serial: how many ENIs the lab made before it; an id goes to a new ENI once its last one
+    is released, a serial never), so that the same config builds the same lab."""
+    return "eni-" + hashlib.sha256(f"{prefix}/{serial}/{ipv4}".encode()).hexdigest()[:17]
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,13 @@ class LabState(LabNames):
     hosts: list[HostInfo]
     subnets: list[SubnetInfo]
     groups: list[GroupInfo]
-    enis: list[EniInfo]
+    enis: list[EniInfo]             # every ENI with a NAT id: Deleted ones until released
     config: Config = field(default_factory=Config)  # the typed config the lab was built from
+    enis_made: int = -1             # ENIs made in the lab's life (-1: as many as enis)
+
+    def __post_init__(self):
+        if self.enis_made < 0:
+            self.enis_made = len(self.enis)
 
     def function(self, name: str) -> FunctionInfo:
         return _find(self.functions, "name", name, "function")
@@ -184,12 +191,17 @@ class LabState(LabNames):
         except KeyError:
             raise LabError(f"no subnet named {subnet!r} (subnets: "
                            f"{', '.join(s.name for s in self.subnets)})") from None
-        eni_id = max((e.id for e in self.enis), default=-1) + 1
+        used = {e.id for e in self.enis}
+        eni_id = next((i for i in range(MAX_ENIS) if i not in used), None)
+        if eni_id is None:
+            raise LabError(f"lab {self.prefix!r} has {MAX_ENIS} ENIs, as many as the NAT has "
+                           "ids: another waits for one to be reclaimed")
         taken4, taken6 = self._taken(subnet)
         off = next_offset(sn, usable_offsets(ipaddress.ip_network(sn.cidr4)), taken4, taken6)
         if off is None:
             raise LabError(f"subnet {subnet!r} ({sn.cidr4}) has no free address for another ENI")
-        return make_eni(self.prefix, eni_id, sn, off, eni_group_key(subnet, sgs), sgs)
+        return make_eni(self.prefix, eni_id, sn, off, eni_group_key(subnet, sgs), sgs,
+                        serial=self.enis_made)
 
     def _taken(self, subnet: str) -> tuple[set[int], set[int]]:
         sn = self.subnet(subnet)
@@ -206,12 +218,15 @@ class LabState(LabNames):
     def with_eni(self, eni: EniInfo) -> None:
         """Records an ENI added at runtime (and its group, when new)."""
         self.enis.append(eni)
+        self.enis_made += 1
         if not any(g.key == eni.group for g in self.groups):
             self.groups.append(GroupInfo(index=len(self.groups), key=eni.group,
                                          subnet=eni.subnet,
                                          security_groups=eni.security_groups, functions=()))
 
     def without_eni(self, eni_id: int) -> None:
+        """Forgets an ENI (removed, or Deleted and released by the NAT): its id and addresses
+        go to the next ENI."""
         self.enis = [e for e in self.enis if e.id != eni_id]
 
     def with_function_pair(self, name: str, subnet: str, security_groups) -> str:
@@ -236,8 +251,8 @@ class LabState(LabNames):
         return key
 
     def with_eni_status(self, eni_id: int, status: str) -> EniInfo:
-        """Records an ENI's new status. A Deleted one keeps its record (ids only grow, in step
-        with the NAT's, and its addresses are not handed out again)."""
+        """Records an ENI's new status. A Deleted one keeps its record, its id and its
+        addresses until the NAT releases it (without_eni)."""
         eni = replace(self.eni(eni_id), status=status)
         self.enis = [eni if e.id == eni_id else e for e in self.enis]
         return eni
@@ -276,6 +291,7 @@ class LabState(LabNames):
             groups=[_load(GroupInfo, x) for x in d["groups"]],
             enis=[_load(EniInfo, x) for x in d["enis"]],
             config=_config(d.get("config")),
+            enis_made=d.get("enis_made", -1),
         )
 
     @classmethod
@@ -326,7 +342,9 @@ def _find(items, attr, value, what):
 # -- addresses of ENIs: the initial ones (topology) and those added later --------------------
 
 def make_eni(prefix: str, eni_id: int, sn: SubnetInfo, off: int, group: str,
-             sgs: tuple[str, ...]) -> EniInfo:
+             sgs: tuple[str, ...], serial: int | None = None) -> EniInfo:
+    """The ENI with NAT id eni_id at offset off of the subnet; serial (default: the id) names
+    it."""
     ifname = if_eni(prefix, eni_id)
     peer = if_eni_peer(prefix, eni_id)
     if len(peer) > IFNAMSIZ:
@@ -338,7 +356,8 @@ def make_eni(prefix: str, eni_id: int, sn: SubnetInfo, off: int, group: str,
                    ipv6=str(n6.network_address + off) if n6 is not None else None,
                    subnet=sn.name, gateway4=sn.gateway4, gateway6=sn.gateway6,
                    cidr4=sn.cidr4, cidr6=sn.cidr6, group=group, security_groups=sgs,
-                   eni_id=eni_name(prefix, eni_id, str(n4.network_address + off)))
+                   eni_id=eni_name(prefix, eni_id if serial is None else serial,
+                                   str(n4.network_address + off)))
 
 
 def next_offset(sn: SubnetInfo, candidates, taken4: set[int], taken6: set[int]) -> int | None:

@@ -15,7 +15,7 @@ from ..connection import Connection, addr_bytes, addr_str, mac_bytes
 from ..flowlog import Rejected
 from ..natparams import resolve
 from ..vocab import (COUNTERS, DEFAULT_PORT_RANGE, DROP, F_ASSURED, F_HAIRPIN, F_REPLY_SEEN, FORWARD,
-                     IN, OUT, PUNT, PUNT_REASONS, R, REASONS, S)
+                     IN, MAX_ENIS, OUT, PUNT, PUNT_REASONS, R, REASONS, S)
 from .conntrack import ORIG, REPLY, ConnTable, Entry, tcp_event, tcp_transition, udp_transition
 from .packet import (PROTO_TCP, PROTO_UDP, TCP_RST, Packet, ip_dst, is_pure_syn, parse,
                      rewrite, wire_size)
@@ -26,7 +26,6 @@ from .natsg import (EniCounters, RateLimit, RejectRing, build_rst, compile_rules
                     sg_match)
 from .tracing import no_trace
 
-MAX_ENIS = 1024
 GROUP_MAX_ENIS = 64
 EXPIRE_WHEN_FULL = 8        # connections a full table tries to expire before it refuses one
 SCAN_CHUNK = 16384          # table slots a harvest page scans at most (the core: per lock hold)

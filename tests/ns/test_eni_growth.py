@@ -1,6 +1,7 @@
 """The ENI manager in a running lab (issue 9.2): scale-out before exhaustion with 70,000 UDP
 flows, the group limit with a 10-port range, an ENI's lifecycle (Pending, Active, Idle,
-Deleted) with its veth gone after the idle time, and a function moved to another pair."""
+Deleted, released) with its veth gone after the idle time and its NAT id and address taken by
+the next ENI, and a function moved to another pair."""
 
 from __future__ import annotations
 
@@ -276,8 +277,10 @@ def test_ten_port_range_stops_at_the_group_limit(tmp_path):
 
 def test_idle_eni_is_reclaimed_and_made_again_on_demand(tmp_path):
     from hyperplane.lab import netns
+    # A Deleted ENI is released once its flow-log records are written: a short interval.
     with Lab(tmp_path, "eni_idle_reclaim_s = 1",
-             "[hyperplane.timeouts]\nUDP_FIRST = 1\nUDP_STREAM = 1") as lab:
+             "[hyperplane.timeouts]\nUDP_FIRST = 1\nUDP_STREAM = 1\n"
+             "[hyperplane.flow_logs]\ninterval_s = 2") as lab:
         seen: list[tuple[str, str]] = []
 
         def statuses():
@@ -298,7 +301,11 @@ def test_idle_eni_is_reclaimed_and_made_again_on_demand(tmp_path):
             assert not ipr.link_lookup(ifname=first["ifname"])
         with netns.iproute(lab.lab.state.vpc_ns) as ipr:
             assert not ipr.link_lookup(ifname=lab.lab.state.eni(first["index"]).peer)
-        assert [e.status for e in LabState.load(lab.prefix).enis] == ["Deleted"]
+        # Nothing left of it in the NAT (no port was quarantined): released, its NAT id and
+        # address given back, the lab's record gone; the listing keeps its history.
+        wait_for(lambda: LabState.load(lab.prefix).enis == [], "the first ENI released",
+                 timeout=20)
+        assert [(e["id"], e["released"]) for e in lab.enis()] == [(first["id"], True)]
         # A function's next connection gets a new ENI: Pending, then Active, on demand.
         web = lab.lab.state.host("web").ipv4
         server = lab.popen("web", TOOLS + ["serve", "--udp", str(ECHO)])
@@ -308,7 +315,9 @@ def test_idle_eni_is_reclaimed_and_made_again_on_demand(tmp_path):
         enis = statuses()
         second = enis[-1]
         assert second["id"] != first["id"] and second["id"].startswith("eni-")
-        assert second["ipv4"] != first["ipv4"]      # a Deleted ENI's address is not reused
+        # A new ENI, with the released one's NAT id, interface and address.
+        assert (second["index"], second["ifname"], second["ipv4"]) == \
+            (first["index"], first["ifname"], first["ipv4"])
         wait_for(deleted(second["id"]), "the second ENI reclaimed", timeout=20)
         history = [h["status"] for h in lab.enis()[-1]["history"]]
         assert history[:2] == ["Pending", "Active"] and history[-1] == "Deleted"
@@ -316,6 +325,49 @@ def test_idle_eni_is_reclaimed_and_made_again_on_demand(tmp_path):
         polled = {s for i, s in seen if i == second["id"]}
         assert {"Active", "Idle", "Deleted"} <= polled, seen
         assert lab.stats()["eni_manager"]["reclaimed"] == 2
+        wait_for(lambda: lab.stats()["eni_manager"]["released"] == 2, "both released",
+                 timeout=20)
+
+
+
+def test_a_deleted_eni_waits_for_its_quarantine_across_a_kill(tmp_path):
+    """A TCP connection's port keeps a reclaimed ENI's NAT id and address (Deleted, not
+    released) until its quarantine ends (2 * TIME_WAIT), also across a kill -9 of the data
+    plane; meanwhile a new ENI takes another id and address; then the first is released and
+    its id and address go to the ENI after."""
+    with Lab(tmp_path, "eni_idle_reclaim_s = 1",
+             "[hyperplane.timeouts]\nTIME_WAIT = 4\nUDP_FIRST = 1\nUDP_STREAM = 1\n"
+             "[hyperplane.flow_logs]\ninterval_s = 1") as lab:
+        web = lab.lab.state.host("web").ipv4
+        server = lab.popen("web", TOOLS + ["serve", "--tcp", str(ECHO), "--udp", str(ECHO)])
+        assert server.stdout.readline().strip() == "ready"
+        r = lab.lab.exec("api", TOOLS + ["echo", "--tcp", web, str(ECHO), "held"])
+        assert r.returncode == 0, r.stderr
+        (first,) = lab.enis()
+
+        def status_of(eni_id):
+            return next((e for e in lab.enis() if e["id"] == eni_id), None)
+
+        wait_for(lambda: status_of(first["id"])["status"] == "Deleted",
+                 "the ENI reclaimed once its connection left TIME_WAIT", timeout=30)
+        assert status_of(first["id"])["released"] is False     # its port in quarantine
+        import hyperplane
+        hyperplane.Lab.attach(lab.prefix).kill_dataplane()     # a new one, on the same state
+        assert [e.id for e in LabState.load(lab.prefix).enis] == [first["index"]]
+        r = lab.lab.exec("api", TOOLS + ["echo", "--udp", web, str(ECHO), "after the kill"])
+        assert r.returncode == 0, r.stderr
+        second = lab.enis()[-1]
+        assert second["status"] in ("Active", "Idle") and second["index"] != first["index"]
+        assert second["ipv4"] != first["ipv4"]
+        wait_for(lambda: (status_of(first["id"]) or {}).get("released"),
+                 "the first ENI released after its quarantine", timeout=30)
+        wait_for(lambda: (status_of(second["id"]) or {}).get("released"),
+                 "the second ENI released", timeout=30)
+        assert LabState.load(lab.prefix).enis == []
+        r = lab.lab.exec("api", TOOLS + ["echo", "--udp", web, str(ECHO), "third"])
+        assert r.returncode == 0, r.stderr
+        third = lab.enis()[-1]
+        assert (third["index"], third["ipv4"]) == (first["index"], first["ipv4"])
 
 
 def test_a_function_moved_to_another_pair_opens_new_connections_on_its_eni(tmp_path):

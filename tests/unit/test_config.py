@@ -229,6 +229,7 @@ def test_core_bound_agrees_when_built():
     core = pytest.importorskip("hyperplane._core")
     if hasattr(core, "MAX_CAPACITY"):
         assert core.MAX_CAPACITY == vocab.MAX_CAPACITY
+    assert core.MAX_ENIS == vocab.MAX_ENIS
     with pytest.raises(ValueError):
         core.Nat(capacity=vocab.MAX_CAPACITY + 1)
 

@@ -26,13 +26,16 @@ class FakeEni:
 
 
 class FakeLab:
-    """Pools of `size` ports per ENI; the test sets usage and connections."""
+    """Pools of `size` ports per ENI; the test sets usage, connections and quarantined
+    ports. A new ENI takes the lowest id no unreleased ENI holds, as the lab does."""
 
     def __init__(self, size=100, addresses=1000):
         self.size, self.addresses = size, addresses
-        self.enis: list[FakeEni] = []
+        self.enis: list[FakeEni] = []               # every ENI made
+        self.held: set[int] = set()                 # ids not released
         self.in_use: dict[int, int] = {}
         self.conns: dict[int, int] = {}
+        self.quarantined: dict[int, int] = {}
         self.in_group: set[int] = set()
         self.fail_attach = False
 
@@ -40,10 +43,11 @@ class FakeLab:
         if self.addresses == 0:
             raise RuntimeError("subnet has no free address")
         self.addresses -= 1
-        e = FakeEni(len(self.enis), group, f"eni-{len(self.enis):017x}", scale_out,
-                    ipv4=f"10.0.1.{4 + len(self.enis)}")
+        i = min(set(range(len(self.held) + 1)) - self.held)
+        e = FakeEni(i, group, f"eni-{len(self.enis):017x}", scale_out, ipv4=f"10.0.1.{4 + i}")
         self.enis.append(e)
-        self.in_use[e.id] = self.conns[e.id] = 0
+        self.held.add(i)
+        self.in_use[i] = self.conns[i] = self.quarantined[i] = 0
         return e
 
     # the Backend protocol
@@ -73,7 +77,13 @@ class FakeLab:
 
     def destroy(self, eni):
         self.in_group.discard(eni.id)
+
+    def release(self, eni):
+        if self.quarantined[eni.id]:
+            return False
+        self.held.discard(eni.id)
         self.addresses += 1
+        return True
 
 
 class Clock:
@@ -162,8 +172,8 @@ def test_failed_creation_backs_off_and_cleans_up(caplog):
     assert m.counters["create_errors"] == 2 and lab.addresses == 5   # veth removed again
     assert statuses(m)[-1] == (1, DELETED) and lab.in_group == {0}
     clock.t, lab.fail_attach = 10, False
-    m.step()
-    assert statuses(m)[-1] == (2, IDLE) and lab.in_group == {0, 2}
+    m.step()                                    # the failed one's id was released: reused
+    assert statuses(m)[-2:] == [(1, DELETED), (1, IDLE)] and lab.in_group == {0, 1}
 
 
 def test_idle_then_reclaim_scale_out_first_then_the_last():
@@ -194,8 +204,54 @@ def test_idle_then_reclaim_scale_out_first_then_the_last():
     assert m.counters["reclaimed"] == 2
     # The next connection asks for an ENI: Pending, then Active, on demand.
     assert ask(m, "g") is True
-    assert statuses(m)[-1] == (2, IDLE) and lab.in_group == {2}
+    assert statuses(m)[-1] == (0, IDLE) and lab.in_group == {0}     # a released id again
     assert m.counters["on_demand"] == 1
+
+
+def test_a_deleted_eni_is_released_once_its_quarantine_ends():
+    """Reclaimed, its veth gone, but its ports in quarantine: Deleted, its id and address
+    still its own; given back once the quarantine is over, then taken by the next ENI. The
+    listing keeps the Deleted one beside its successor."""
+    lab, clock = FakeLab(), Clock()
+    m = manager(lab, clock)
+    lab.conns[0] = 0
+    lab.quarantined[0] = 3
+    m.step()
+    clock.t = 10
+    m.step()
+    assert statuses(m) == [(0, DELETED)] and lab.held == {0}
+    assert m.listing()[0]["released"] is False
+    m.step()
+    assert lab.held == {0} and m.counters["released"] == 0
+    lab.quarantined[0] = 0
+    m.step()
+    assert lab.held == set() and m.counters["released"] == 1
+    assert m.listing()[0]["released"] is True
+    assert ask(m, "g") is True
+    old, new = m.listing()
+    assert (old["index"], old["status"]) == (0, DELETED)
+    assert (new["index"], new["status"], new["released"]) == (0, IDLE, False)
+    assert new["id"] != old["id"] and new["ipv4"] == old["ipv4"]
+
+
+def test_enis_come_and_go_for_ever():
+    """More ENIs made and reclaimed than a NAT has ids (1,024): each takes a released id,
+    and the listing keeps only the last DELETED_KEPT Deleted ones."""
+    from hyperplane.enimanager import DELETED_KEPT
+    lab, clock = FakeLab(addresses=3), Clock()
+    m = manager(lab, clock, idle_reclaim_s=1)
+    lab.conns[0] = 0
+    m.step()                                    # Idle
+    for i in range(1100):
+        clock.t += 1
+        m.step()                                # reclaimed and released
+        assert lab.held == set(), i
+        assert ask(m, "g") is True              # the next one, on demand, Idle at once
+        assert lab.held == {0}
+    assert len(lab.enis) == 1101
+    listing = m.listing()
+    assert len(listing) == DELETED_KEPT + 1 and listing[-1]["status"] == IDLE
+    assert m.counters["released"] == 1100 and m.counters["create_errors"] == 0
 
 
 def test_reclaim_backs_off_when_a_connection_arrives():

@@ -1,10 +1,12 @@
 """The lab topology as a value: names, MACs, addresses, routes, ENIs (no root needed)."""
 
+import dataclasses
 import ipaddress
 import json
 
 import pytest
 
+from hyperplane import vocab
 from hyperplane.config import ConfigError, default_config, loads_config
 from hyperplane.lab.topology import (DATAPLANE, FUNCTION, HOST, IFNAMSIZ, LAMBDA, VPC,
                                      LabError, LabState, build_topology, eni_veth,
@@ -183,10 +185,25 @@ def test_next_eni_grows_a_group(topo):
     assert st.group("data|sg-a,sg-x").index == 2   # a new group, known from now on
     spec = eni_veth("hp", e3, st.subnet("data"))
     assert spec.end.drop_ingress and spec.peer.master == "hp-s1"
-    st.without_eni(2)
+    st.without_eni(2)                            # released: its id and address go again
     assert [x.id for x in st.enis] == [0, 1, 3]
-    assert st.next_eni("app", ["sg-web"]).ipv4 == "10.0.1.5"   # address free again, id not reused
-    assert st.next_eni("app", ["sg-web"]).id == 4
+    again = st.next_eni("app", ["sg-web"])
+    assert (again.id, again.ifname, again.ipv4) == (2, "hp-e2", "10.0.1.5")
+    assert again.eni_id != e.eni_id              # named by the ENIs made before it: a new one
+    assert st.enis_made == 4
+    assert LabState.from_json(st.to_json()).enis_made == 4
+
+
+def test_next_eni_runs_out_of_ids_only_with_every_id_held(topo):
+    st = topo.state()
+    st.subnets = [dataclasses.replace(sn, cidr4="10.0.0.0/16", cidr6=None)
+                  if sn.name == "app" else sn for sn in st.subnets]
+    while len(st.enis) < vocab.MAX_ENIS:
+        st.with_eni(st.next_eni("app", ["sg-web"]))
+    with pytest.raises(LabError, match="1024 ENIs, as many as the NAT has ids"):
+        st.next_eni("app", ["sg-web"])
+    st.without_eni(700)
+    assert st.next_eni("app", ["sg-web"]).id == 700
 
 
 def test_next_eni_errors(topo):
