@@ -1,4 +1,6 @@
-"""Builds csrc/*.c and the Cython bindings into one extension, hyperplane._core."""
+"""Builds the C core's two libraries, csrc/nat/ (the NAT: table, ports, parsing and rewriting,
+TCP, quotas, state) and csrc/dp/ (the data plane: rings, loop, neighbours, policer), and the
+Cython bindings into one extension, hyperplane._core."""
 
 import glob
 import hashlib
@@ -8,15 +10,17 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-C_SOURCES = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.c")))
+LIBRARIES = ("nat", "dp")         # dp uses nat, never the other way round
+C_SOURCES = sorted(os.path.relpath(p, HERE)
+                   for lib in LIBRARIES for p in glob.glob(os.path.join(HERE, "csrc", lib, "*.c")))
 
 
 def build_hash() -> str:
     """A digest of the C headers: a state file from a build whose structures differ is refused
-    (csrc/hp_state.h, HP_BUILD_HASH)."""
+    (csrc/nat/hp_state.h, HP_BUILD_HASH)."""
     h = hashlib.sha256()
-    for p in sorted(glob.glob(os.path.join(HERE, "csrc", "*.h"))):
-        h.update(os.path.basename(p).encode() + b"\0")
+    for p in sorted(glob.glob(os.path.join(HERE, "csrc", "*", "*.h"))):
+        h.update(os.path.relpath(p, HERE).encode() + b"\0")
         with open(p, "rb") as f:
             h.update(f.read())
     return "0x" + h.hexdigest()[:16] + "ull"
@@ -25,7 +29,7 @@ def build_hash() -> str:
 core = Extension(
     "hyperplane._core",
     sources=["hyperplane/_core.pyx"] + C_SOURCES,
-    include_dirs=["csrc"],
+    include_dirs=[f"csrc/{lib}" for lib in LIBRARIES],
     define_macros=[("HP_BUILD_HASH", build_hash())],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"],
 )

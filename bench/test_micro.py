@@ -80,7 +80,7 @@ def test_translate_64_byte_frames(benchmark, nat_10k):
 
 
 def test_translate_tcp_established(benchmark):
-    """Established TCP flows, OUT direction: as above plus the window check (csrc/tcp.c) and
+    """Established TCP flows, OUT direction: as above plus the window check (csrc/nat/tcp.c) and
     the owner's MAC check, 10,000 flows."""
     nat, frames, size = filled_tcp_nat(10_000)
     work = bytearray(len(frames))

@@ -1,5 +1,5 @@
 /* The reference parser, checksum helpers and frame builder of the fuzz targets. Written from
- * docs/semantics.md, independently of csrc/packet.c, so the oracles compare two readings of
+ * docs/semantics.md, independently of csrc/nat/packet.c, so the oracles compare two readings of
  * the spec rather than the code with itself. */
 #include "fz.h"
 

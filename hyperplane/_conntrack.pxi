@@ -1,5 +1,5 @@
 # Filtered listings, counts, deletion and the event stream of the connection table
-# (csrc/conntrack.c hp_ct_scan, csrc/events.c), as module functions the Nat's methods call:
+# (csrc/nat/conntrack.c hp_ct_scan, csrc/nat/events.c), as module functions the Nat's methods call:
 # included by _core.pyx.
 
 from .ctfilter import ConnFilter, ADDRESS_KEYS as _FILTER_ADDRS, PORT_KEYS as _FILTER_PORTS
@@ -7,8 +7,6 @@ from .connection import ConnEvent, EVENT_TYPES, DESTROY_REASONS
 
 DEF EVENT_RING = 65536          # events a reader may fall behind before it loses some
 DEF EVENT_CHUNK = 2048          # events copied per hold of the table lock
-DEF STEP_DELETE = 16            # slots a deletion scans between two looks at the clock: each
-                                # match is a removal, dearer than a copy
 
 
 cdef int _fill_filter(hp_ct_filter *f, object spec) except -1:
@@ -54,11 +52,11 @@ cdef int _fill_filter(hp_ct_filter *f, object spec) except -1:
 
 cdef object _scan_page(Nat self, cursor, int limit, spec, bint delete, uint64_t now_ms):
     """Up to limit live connections that pass the filter, from table slot cursor on, in one
-    hold of the table lock (at most CHUNK_SCAN slots, in steps that check the clock); with
+    hold of the table lock (at most HP_CHUNK_SCAN slots, in steps that check the clock); with
     delete, they are removed as `conntrack -D` removes them. Returns (connections, next cursor
     or None at the end of the table)."""
     cdef uint32_t cap = self.nat.ct.capacity, i, end, got = 0, n, k, step_end
-    cdef uint32_t step = STEP_DELETE if delete else STEP_SCAN
+    cdef uint32_t step = HP_STEP_DELETE if delete else HP_STEP_SCAN
     cdef hp_ct_filter f
     if limit <= 0:
         raise ValueError("limit must be positive")
@@ -73,7 +71,7 @@ cdef object _scan_page(Nat self, cursor, int limit, spec, bint delete, uint64_t 
     try:
         if not buf or not ids:
             raise MemoryError()
-        end = cap if cap - i < CHUNK_SCAN else i + CHUNK_SCAN
+        end = cap if cap - i < HP_CHUNK_SCAN else i + HP_CHUNK_SCAN
         with nogil:
             self._acquire()
             while i < end and got < <uint32_t>limit:
@@ -85,7 +83,7 @@ cdef object _scan_page(Nat self, cursor, int limit, spec, bint delete, uint64_t 
                     else:
                         _copy(self.nat, ids[k], &buf[k])
                 got += n
-                if mono_ns() - self.hold_start_ns > HOLD_BUDGET_NS:
+                if hp_lock_spent(&self.lock):
                     break
             self._release()
         page = [self._conn(&buf[k], ids[k]) for k in range(got)]
@@ -104,11 +102,11 @@ cdef object _count(Nat self, spec):
     with nogil:
         while i < cap:
             self._acquire()
-            end = cap if cap - i < CHUNK_SCAN else i + CHUNK_SCAN
+            end = cap if cap - i < HP_CHUNK_SCAN else i + HP_CHUNK_SCAN
             while i < end:
-                total += hp_ct_scan(&self.nat.ct, &f, i, end if end - i < STEP_SCAN
-                                    else i + STEP_SCAN, NULL, 0xFFFFFFFF, &i)
-                if mono_ns() - self.hold_start_ns > HOLD_BUDGET_NS:
+                total += hp_ct_scan(&self.nat.ct, &f, i, end if end - i < HP_STEP_SCAN
+                                    else i + HP_STEP_SCAN, NULL, 0xFFFFFFFF, &i)
+                if hp_lock_spent(&self.lock):
                     break
             self._release()
     return total

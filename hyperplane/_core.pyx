@@ -9,7 +9,11 @@ from libc.string cimport memcpy, memset
 
 from hyperplane._hp cimport *
 from hyperplane._lock cimport (pthread_mutex_t, pthread_mutex_init, pthread_mutex_destroy,
-                               pthread_mutex_lock, pthread_mutex_unlock, mono_ns, pi_mutex_init)
+                               pthread_mutex_lock, pthread_mutex_unlock, hp_table_lock,
+                               hp_lock_stats, hp_lock_init, hp_lock_destroy, hp_lock_acquire,
+                               hp_lock_release, hp_lock_spent, hp_lock_stats_take,
+                               HP_CHUNK_FRAMES, HP_CHUNK_EXPIRE, HP_STEP_EXPIRE, HP_CHUNK_SCAN,
+                               HP_STEP_SCAN, HP_STEP_DELETE, HP_CHUNK_LOOKUPS)
 
 import os
 
@@ -31,18 +35,6 @@ MAX_ENIS = HP_MAX_ENIS
 def index_slots(uint64_t capacity):
     """Index slots the C table gives this capacity (for the bound's test)."""
     return hp_ct_index_slots(capacity)
-
-# Work per hold of the table lock, so that no caller keeps the forwarding thread waiting for
-# more than ~200 us (docs/semantics.md, "Threads and the table lock").
-DEF CHUNK_FRAMES = 64           # frames translated per hold (the loop's batch)
-DEF CHUNK_EXPIRE = 256          # connections expired per hold, at most
-DEF STEP_EXPIRE = 16            # ... in steps, checking the clock between them
-DEF CHUNK_SCAN = 16384          # table slots a listing scans per hold, at most
-DEF STEP_SCAN = 512             # ... in steps, checking the clock between them
-DEF CHUNK_LOOKUPS = 1024        # packed keys looked up per hold
-DEF HOLD_BUDGET_NS = 100000     # a hold ends after the step that passes this
-DEF LOCK_BUDGET_NS = 200000     # the contract: longer holds are counted (lock_stats)
-
 
 cdef inline void _copy(hp_nat *nat, uint32_t i, hp_conn_record *out) noexcept nogil:
     out.conn = nat.ct.conns[i]
@@ -74,48 +66,38 @@ cdef class Nat:
 
     cdef hp_nat *nat
     cdef readonly object params
-    # The table lock: the data plane's loop holds it per batch, everything here per chunk.
-    cdef pthread_mutex_t lock
+    # The table lock (csrc/nat/hp_lock.h): the data plane's loop holds it per batch,
+    # everything here per chunk, within its hold budget.
+    cdef hp_table_lock lock
     # add_eni calls, one at a time (the slow half of each runs without the table lock)
     cdef pthread_mutex_t eni_lock
-    cdef uint64_t hold_start_ns, hold_max_ns, hold_total_ns, holds, holds_over
 
     def __cinit__(self, *args, **kwargs):
         self.nat = NULL
-        pi_mutex_init(&self.lock)
+        hp_lock_init(&self.lock)
         pthread_mutex_init(&self.eni_lock, NULL)
 
     # Callers hold no GIL (acquire waits without blocking other Python threads) and take no
     # GIL before _release().
     cdef void _acquire(self) noexcept nogil:
-        pthread_mutex_lock(&self.lock)
-        self.hold_start_ns = mono_ns()
+        hp_lock_acquire(&self.lock)
 
     cdef void _release(self) noexcept nogil:
-        cdef uint64_t held = mono_ns() - self.hold_start_ns
-        self.holds += 1
-        self.hold_total_ns += held
-        self.holds_over += held > LOCK_BUDGET_NS
-        if held > self.hold_max_ns:
-            self.hold_max_ns = held
-        pthread_mutex_unlock(&self.lock)
+        hp_lock_release(&self.lock)
 
     def lock_stats(self, bint reset=False):
         """How long this object's calls held the table lock (not the forwarding loop's
         batches): holds, over_budget (holds longer than 200 us: preemption, or a chunk too
         big), max_hold_us, total_hold_us. reset: start counting again."""
-        cdef uint64_t holds, over, mx, total
+        cdef hp_lock_stats st
+        cdef int r = reset
         with nogil:
-            pthread_mutex_lock(&self.lock)
-            holds, over, mx, total = self.holds, self.holds_over, self.hold_max_ns, self.hold_total_ns
-            if reset:
-                self.holds = self.holds_over = self.hold_max_ns = self.hold_total_ns = 0
-            pthread_mutex_unlock(&self.lock)
-        return {"holds": holds, "over_budget": over, "max_hold_us": mx / 1000.0,
-                "total_hold_us": total / 1000.0}
+            hp_lock_stats_take(&self.lock, &st, r)
+        return {"holds": st.holds, "over_budget": st.holds_over,
+                "max_hold_us": st.hold_max_ns / 1000.0, "total_hold_us": st.hold_total_ns / 1000.0}
 
     def __init__(self, state_path=None, **kwargs):
-        """state_path: keep the table, pools and counters in this file (csrc/hp_state.h),
+        """state_path: keep the table, pools and counters in this file (csrc/nat/hp_state.h),
         attaching to what a previous process left there; None keeps them in private memory."""
         p = resolve(**kwargs)
         self.params = p
@@ -147,7 +129,7 @@ cdef class Nat:
 
     def __dealloc__(self):
         hp_nat_destroy(self.nat)
-        pthread_mutex_destroy(&self.lock)
+        hp_lock_destroy(&self.lock)
         pthread_mutex_destroy(&self.eni_lock)
 
     # --- configuration -------------------------------------------------------------------
@@ -385,7 +367,7 @@ cdef class Nat:
             with nogil:
                 at = 0
                 while at < n:
-                    m = min(n - at, CHUNK_FRAMES)
+                    m = min(n - at, HP_CHUNK_FRAMES)
                     self._acquire()
                     hp_nat_translate_ex(self.nat, b.ptrs + at, b.lens + at, m, direction, eni,
                                         vnet, check_mtu, now_ms, b.res + at)
@@ -413,7 +395,7 @@ cdef class Nat:
                 b.lens[i] = stride
             at = 0
             while at < n:
-                m = min(n - at, CHUNK_FRAMES)
+                m = min(n - at, HP_CHUNK_FRAMES)
                 self._acquire()
                 hp_nat_translate(self.nat, b.ptrs + at, b.lens + at, m, direction, eni, vnet,
                                  now_ms, b.res + at)
@@ -433,7 +415,7 @@ cdef class Nat:
         with nogil:
             at = 0
             while at < n:
-                m = min(n - at, CHUNK_LOOKUPS)
+                m = min(n - at, HP_CHUNK_LOOKUPS)
                 self._acquire()
                 hp_ct_lookup_batch(&self.nat.ct, k + at, m, direction, ids + at)
                 self._release()
@@ -448,7 +430,7 @@ cdef class Nat:
         and time. With collect, returns them as Connection objects (those found expired during
         lookups first); without, returns how many were removed."""
         cdef size_t remaining = max, chunk, got, step, g, r, jc, removed
-        cdef size_t cap = self.nat.cfg.journal_size + CHUNK_EXPIRE
+        cdef size_t cap = self.nat.cfg.journal_size + HP_CHUNK_EXPIRE
         cdef hp_conn_record *buf = NULL
         cdef uint64_t before
         cdef bint drained = False, quarantines_ended = False
@@ -459,7 +441,7 @@ cdef class Nat:
         out = [] if collect else 0
         try:
             while True:         # once at least: the journal is returned even for max=0
-                chunk = remaining if remaining < CHUNK_EXPIRE else CHUNK_EXPIRE
+                chunk = remaining if remaining < HP_CHUNK_EXPIRE else HP_CHUNK_EXPIRE
                 got = removed = 0
                 with nogil:
                     self._acquire()
@@ -467,7 +449,7 @@ cdef class Nat:
                         hp_quota_drain_all(self.nat, now_ms)
                         quarantines_ended = True
                     while True:
-                        step = chunk - removed if chunk - removed < STEP_EXPIRE else STEP_EXPIRE
+                        step = chunk - removed if chunk - removed < HP_STEP_EXPIRE else HP_STEP_EXPIRE
                         before, jc = self.nat.counters[6], self.nat.sh.j_count
                         if collect:
                             g = hp_nat_expire(self.nat, now_ms, step, buf + got, cap - got)
@@ -479,7 +461,7 @@ cdef class Nat:
                         removed += r
                         drained = r < step
                         if (drained or removed == chunk
-                                or mono_ns() - self.hold_start_ns > HOLD_BUDGET_NS):
+                                or hp_lock_spent(&self.lock)):
                             break
                     self._release()
                 if collect:
@@ -541,7 +523,7 @@ cdef class Nat:
 
     def connections_page(self, cursor=0, int limit=1000, filter=None):
         """Up to limit live connections from table slot cursor on, in one hold of the table
-        lock (which scans at most CHUNK_SCAN slots, so a page may come back short): returns
+        lock (which scans at most HP_CHUNK_SCAN slots, so a page may come back short): returns
         (connections, next cursor or None at the end of the table). filter: a ConnFilter or
         its JSON form (hyperplane.ctfilter), tested in C while the table is scanned."""
         if filter is None:
@@ -598,7 +580,7 @@ cdef class Nat:
         try:
             if not buf or not ids:
                 raise MemoryError()
-            end = cap if cap - i < CHUNK_SCAN else i + CHUNK_SCAN
+            end = cap if cap - i < HP_CHUNK_SCAN else i + HP_CHUNK_SCAN
             with nogil:
                 self._acquire()
                 while i < end and got < <uint32_t>limit:
@@ -610,7 +592,7 @@ cdef class Nat:
                         ids[got] = i
                         got += 1
                     i += 1
-                    if i % STEP_SCAN == 0 and mono_ns() - self.hold_start_ns > HOLD_BUDGET_NS:
+                    if i % HP_STEP_SCAN == 0 and hp_lock_spent(&self.lock):
                         break
                 self._release()
             page = [self._conn(&buf[k], ids[k]) for k in range(got)]

@@ -1,4 +1,4 @@
-# The packet I/O and the data-plane loop (csrc/hp_ring.h, csrc/hp_dataplane.h).
+# The packet I/O and the data-plane loop (csrc/dp/hp_ring.h, csrc/dp/hp_dataplane.h).
 # Included at the end of _core.pyx, after `cdef class Nat` (which has `cdef hp_nat *nat`).
 # Nothing here runs per packet on the fast path: the loop runs in C without the GIL, on a thread
 # of its own (DataPlane.start) or the caller's (DataPlane.run).
@@ -26,7 +26,7 @@ _DP_ROLES = {"inside": rd.HP_DP_INSIDE, "eni": rd.HP_DP_ENI}
 _DP_ROLE_NAMES = {rd.HP_DP_INSIDE: "inside", rd.HP_DP_ENI: "eni"}
 _SIOCGIFHWADDR = 0x8927
 # Default rx ring slots by role: the inside port takes every function's traffic. A slot is
-# 2 KB (bigger frames take the copy path, csrc/hp_ring.h); more slots ride out longer
+# 2 KB (bigger frames take the copy path, csrc/dp/hp_ring.h); more slots ride out longer
 # scheduling stalls of the loop without drops under a flood of small frames from the customer
 # side (docs/semantics.md, section 12).
 _DP_DEFAULT_RX = {"inside": 8192, "eni": 4096}
@@ -228,7 +228,7 @@ cdef class DataPlane:
         self.dp = rd.hp_dp_create(<void *>nat.nat, neigh_capacity, punt_capacity, punt_bytes)
         if self.dp == NULL:
             raise errors.CoreMemoryError(ENOMEM, "hp_dp_create")
-        rd.hp_dp_set_lock(self.dp, &nat.lock)
+        rd.hp_dp_set_lock(self.dp, &nat.lock.mutex)
         self.dp.spin_us = spin_us
         self.nat = nat
         self._info = []

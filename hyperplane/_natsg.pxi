@@ -1,4 +1,4 @@
-# Security groups, the reject journal, per-ENI counters and the RST limit (csrc/natsg.c), as
+# Security groups, the reject journal, per-ENI counters and the RST limit (csrc/nat/natsg.c), as
 # module functions the Nat's methods call: included by _core.pyx.
 
 from .flowlog import Rejected

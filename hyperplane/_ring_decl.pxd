@@ -1,4 +1,4 @@
-# Declarations of csrc/hp_ring.h and csrc/hp_dataplane.h for the Cython bindings
+# Declarations of csrc/dp/hp_ring.h and csrc/dp/hp_dataplane.h for the Cython bindings
 # (hyperplane/_dataplane.pxi cimports this module as a namespace, so these names never clash
 # with the NAT's declarations in _hp.pxd).
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t

@@ -113,7 +113,7 @@ def addr_str(family: int, raw: bytes) -> str:
 
 
 EVENT_TYPES = ("NEW", "UPDATE", "DESTROY")
-# Why a connection ended (csrc/hp_events.h): its timeout ran out; it timed out in CLOSE after
+# Why a connection ended (csrc/nat/hp_events.h): its timeout ran out; it timed out in CLOSE after
 # an RST; `conntrack -D / -F` deleted it; the table was full and it was the oldest unassured
 # one; a new SYN reopened its closed tuple.
 DESTROY_REASONS = ("EXPIRED", "RESET", "DELETED", "EARLY_DROP", "REOPENED")

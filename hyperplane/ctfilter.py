@@ -4,7 +4,7 @@ take them (docs/cli.md, "Filters").
 A filter is a set of tests that must all hold; it travels to the data plane as a JSON object
 with the keys of KEY_MEANINGS (any subset; a missing key or None tests nothing).
 
-The data plane applies it in C while it scans the table (csrc/conntrack.c, hp_ct_match), so a
+The data plane applies it in C while it scans the table (csrc/nat/conntrack.c, hp_ct_match), so a
 filtered listing costs the scan and the matches, never a Python object per connection.
 """
 

@@ -10,7 +10,7 @@ keeps the last DELETED_KEPT released ENIs, for their history.
 
 Scale-out before exhaustion: when the newest ENI of a group fills past the high-water mark,
 exactly one new ENI is made ready (Pending, then Active) and joins the group, whose newest ENI
-with a free port takes the new connections (csrc/nat.c map_port). A group stops at its ENI
+with a free port takes the new connections (csrc/nat/nat.c map_port). A group stops at its ENI
 limit, and a failed creation (subnet full, data-plane port limit) waits a back-off: a logged
 error and a counter each, never a loop that eats the subnet.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 
-# Return codes of the NAT's functions (csrc/hp_nat.h) that are not -errno.
+# Return codes of the NAT's functions (csrc/nat/hp_nat.h) that are not -errno.
 NAT_REFUSED = -1        # a bad id or address, a full fixed-size array
 ENI_MISMATCH = -2       # hp_nat_eni_prepare: the state file's ENI has other addresses
 ENI_BUSY = -2           # hp_nat_group_retire_eni: the ENI still has connections

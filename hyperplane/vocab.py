@@ -1,6 +1,6 @@
 """Names shared by the C core and the reference model: verdicts, reasons, states, counters.
 
-The order of each list is the order of the C enums in csrc/hp_types.h and csrc/hp_nat.h;
+The order of each list is the order of the C enums in csrc/nat/hp_types.h and csrc/nat/hp_nat.h;
 a unit test holds the two together.
 """
 

@@ -213,7 +213,7 @@ def _cleanup(prefix: str, run_dir: str | Path | None, grace: float) -> CleanupRe
                     if e.code not in (errno.ENODEV, errno.ENOENT):
                         report.errors.append(f"{name}: {e}")
 
-    # 5. the saved state, the NAT's (connections, ports: csrc/hp_state.h), the names
+    # 5. the saved state, the NAT's (connections, ports: csrc/nat/hp_state.h), the names
     report.files += [str(f) for f in hostsfile.remove(prefix)]
     sf = LabState.path(prefix, run_dir)
     paths(prefix, run_dir).state.unlink(missing_ok=True)

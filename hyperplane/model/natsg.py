@@ -1,4 +1,4 @@
-"""The NAT's Lambda-facing extras, mirroring csrc/natsg.c, secgroup.c and reject.c: security-
+"""The NAT's Lambda-facing extras, mirroring csrc/nat/natsg.c, secgroup.c and reject.c: security-
 group rule sets, the reject journal, per-ENI counters and the idle-timeout RST."""
 
 from __future__ import annotations

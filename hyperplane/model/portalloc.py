@@ -35,7 +35,7 @@ def _rotl(x: int, b: int) -> int:
 
 
 def siphash13(k0: int, k1: int, data: bytes) -> int:
-    """SipHash-1-3 of data with the key (k0, k1), as csrc/flow.c computes it."""
+    """SipHash-1-3 of data with the key (k0, k1), as csrc/nat/flow.c computes it."""
     v0, v1 = 0x736F6D6570736575 ^ k0, 0x646F72616E646F6D ^ k1
     v2, v3 = 0x6C7967656E657261 ^ k0, 0x7465646279746573 ^ k1
 

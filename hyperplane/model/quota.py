@@ -1,4 +1,4 @@
-"""Per-function quotas and early drop (docs/semantics.md section 13), as csrc/quota.c.
+"""Per-function quotas and early drop (docs/semantics.md section 13), as csrc/nat/quota.c.
 
 A function is the owner index of its sources (the first source registered with its MAC). It
 may hold at most max_connections connections in the table and max_ports ports of any one ENI

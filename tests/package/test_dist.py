@@ -98,7 +98,7 @@ def test_the_sdist_carries_the_c_core_and_the_license(dist):
     top = f"hyperplane-{version()}"
     names = set(tarfile.open(sdist).getnames())
     wanted = ["LICENSE", "pyproject.toml", "setup.py", "hyperplane/_core.pyx"]
-    wanted += [str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.[ch]")]
+    wanted += [str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*/*.[ch]")]
     missing = [w for w in wanted if f"{top}/{w}" not in names]
     assert not missing, f"not in {sdist.name}: {missing}"
 

@@ -1,6 +1,6 @@
 """Filtered listings, counts, deletion (the C core and the reference model alike: NatClass)
-and the event stream (C core) of the connection table (hyperplane.ctfilter, csrc/conntrack.c
-hp_ct_scan, csrc/events.c), checked against the pure-Python filter on the same connections."""
+and the event stream (C core) of the connection table (hyperplane.ctfilter, csrc/nat/conntrack.c
+hp_ct_scan, csrc/nat/events.c), checked against the pure-Python filter on the same connections."""
 
 import itertools
 import random

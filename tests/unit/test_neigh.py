@@ -1,4 +1,4 @@
-"""The data plane's neighbour table (csrc/neigh.c): pinned entries nothing learned replaces,
+"""The data plane's neighbour table (csrc/dp/neigh.c): pinned entries nothing learned replaces,
 a share of learned entries per port, ageing of learned entries."""
 
 import time

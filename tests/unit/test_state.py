@@ -1,4 +1,4 @@
-"""The NAT's state in a file (csrc/hp_state.h): a process that dies, however it dies, leaves
+"""The NAT's state in a file (csrc/nat/hp_state.h): a process that dies, however it dies, leaves
 its connections, ports and counters to the next one, which attaches and carries on.
 
 A "crash" is a forked child that builds the NAT on the file, sends traffic and then calls
@@ -384,7 +384,7 @@ def test_a_file_never_completed_starts_afresh(tmp_path):
     assert Nat(state_path=path, **KW).attached
 
 
-# Where the attach's checks look (csrc/hp_state.h, hp_nat.h): the header on page 0, the shared
+# Where the attach's checks look (csrc/nat/hp_state.h, hp_nat.h): the header on page 0, the shared
 # part on page 1.
 HDR_BUILD_HASH, HDR_BOOT_ID = 152, 160
 SHARED = 4096

@@ -118,7 +118,7 @@ typedef struct hp_nat {
     hp_rate rst_rate;            /* RSTs answering segments of expired connections */
     uint8_t attached;            /* the state came from a file made before */
     uint32_t repaired;           /* at attach: torn entries and quarantine records dropped */
-    hp_rate refusal_rate;        /* answers to refused new connections (hp_police.h) */
+    hp_rate refusal_rate;        /* answers to refused new connections (hp_answer.h) */
     hp_event_ring *events;       /* NULL until someone listens (hp_events.h) */
 } hp_nat;
 
@@ -214,7 +214,7 @@ void hp_nat_remove_conn(hp_nat *nat, uint32_t id, uint64_t now_ms, hp_conn_recor
 
 hp_pool *hp_nat_pool(hp_nat *nat, int eni, int family, int proto);
 
-/* Security groups, reject journal, per-ENI counters (csrc/natsg.c). */
+/* Security groups, reject journal, per-ENI counters (csrc/nat/natsg.c). */
 int hp_nat_obs_init(hp_nat *nat);
 void hp_nat_obs_free(hp_nat *nat);
 /* Installs a group's rule set (NULL: allow all) and returns the old one, for the caller to

@@ -125,7 +125,7 @@ typedef struct hp_ct_slot {
 } hp_ct_slot;
 
 /* The arrays indexed by connection id, laid out one after the other in the state region
- * (csrc/hp_state.h). Adding one is one line here: the field appears in hp_ct, the region makes
+ * (csrc/nat/hp_state.h). Adding one is one line here: the field appears in hp_ct, the region makes
  * room for it, the state file's layout check covers its size, and an insert zeroes it. */
 #define HP_CT_ARRAYS(X) \
     X(hp_conn, conns) \

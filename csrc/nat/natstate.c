@@ -1,7 +1,7 @@
 /* The NAT's life over its state region (hp_state.h): making or attaching the region, adding
  * ENIs (their pools appended to it), the repair pass of an attach, and the end. */
 #include "hp_nat.h"
-#include "hp_police.h"
+#include "hp_answer.h"
 
 #include <errno.h>
 #include <stddef.h>

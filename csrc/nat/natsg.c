@@ -1,7 +1,7 @@
 /* The NAT's Lambda-facing extras over nat.c: security-group checks at connection creation,
  * the reject journal, per-ENI counters and the idle-timeout RST (docs/semantics.md 9). */
 #include "hp_nat.h"
-#include "hp_police.h"
+#include "hp_answer.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -2,7 +2,7 @@
  * and the batch translation loop: parse and hash a whole batch first, prefetching index
  * slots, then look up and rewrite, so memory latency overlaps across frames. */
 #include "hp_nat.h"
-#include "hp_police.h"
+#include "hp_answer.h"
 #include "hp_quota.h"
 #include "hp_tcp.h"
 

@@ -297,7 +297,7 @@ int hp_dp_set_subnet(hp_dp *dp, int port, int family, const uint8_t *prefix, int
     return 0;
 }
 
-/* ---- neighbour table (csrc/neigh.c) --------------------------------------------------------- */
+/* ---- neighbour table (csrc/dp/neigh.c) --------------------------------------------------------- */
 
 static void invalidate_next_hops(hp_dp *dp)
 {

@@ -29,7 +29,7 @@ typedef struct hp_func {
     uint32_t conns;              /* live connections it owns */
     uint32_t n_pools;            /* entries of pools in use (an entry all zero is reused) */
     uint64_t counters[HP_FC_COUNT];
-    /* Its own budgets for answers (idle RSTs, refusals: hp_police.h), so one function's
+    /* Its own budgets for answers (idle RSTs, refusals: hp_answer.h), so one function's
      * flood of refused or expired segments leaves the others theirs. per_s 0: not yet set. */
     hp_rate rst_rate, refusal_rate;
     hp_func_pool pools[HP_MAX_ENIS];     /* every ENI can hold its ports (groups change) */
