@@ -75,6 +75,12 @@ class RunPaths:
         return self._f(".state")
 
     @property
+    def state_rejected(self) -> Path:
+        """Where a refused state file is kept for inspection (csrc/nat/hp_state.h,
+        HP_STATE_REJECTED_SUFFIX) until `down`."""
+        return self._f(".state.rejected")
+
+    @property
     def restarts(self) -> Path:
         return self._f(_RESTARTS_SUFFIX)
 

@@ -52,7 +52,7 @@ class CleanupReport:
     namespaces: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)             # "ns/ifname" or "ifname" (root)
     state_file: str | None = None
-    files: list[str] = field(default_factory=list)             # the namespaces' hosts files
+    files: list[str] = field(default_factory=list)     # hosts files, a refused state file
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -217,6 +217,10 @@ def _cleanup(prefix: str, run_dir: str | Path | None, grace: float) -> CleanupRe
     report.files += [str(f) for f in hostsfile.remove(prefix)]
     sf = LabState.path(prefix, run_dir)
     paths(prefix, run_dir).state.unlink(missing_ok=True)
+    rejected = paths(prefix, run_dir).state_rejected       # tens of MB of tmpfs each
+    if rejected.exists():
+        rejected.unlink()
+        report.files.append(str(rejected))
     _remove_free_lock(paths(prefix, run_dir).dir / f"{prefix}.lock")
     try:
         sf.unlink()

@@ -213,6 +213,7 @@ def test_a_truncated_state_file_is_refused_and_status_says_so(tmp_path):
         sup.close()
         sup = None
         cli("down", "--prefix", prefix)
+        assert not aside.exists()                   # kept for inspection until `down`
         cli("up", "--detach", "-c", str(cfg))
         st = json.loads(cli("status", "--json", "--prefix", prefix).stdout)["dataplane"]
         assert st["running"] and st["stopped_reason"] is None
