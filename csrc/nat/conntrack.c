@@ -381,18 +381,28 @@ int hp_ct_repair_finish(hp_ct *ct)
 void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, int dir,
                         uint32_t *ids)
 {
-    enum { STRIDE = 64 };
-    uint32_t hashes[STRIDE];
-    for (uint32_t base = 0; base < n; base += STRIDE) {
-        uint32_t m = n - base < STRIDE ? n - base : STRIDE;
-        for (uint32_t i = 0; i < m; i++) {
-            hashes[i] = hp_ct_hash(ct, &keys[base + i]);
-            hp_ct_prefetch_slot(ct, hashes[i]);
+    /* A software pipeline: key i + 2D has its slot prefetched, key i + D its entry (its slot
+     * has had D lookups' time to arrive), key i is looked up. Every lookup keeps 2D misses in
+     * flight instead of waiting at the end of each phase of a fixed group. */
+    enum { D = HP_CT_PIPELINE, RING = 4 * HP_CT_PIPELINE };
+    _Static_assert((RING & (RING - 1)) == 0, "the ring of hashes is a power of two");
+    uint32_t hashes[RING];
+    uint32_t ahead = n < 2 * D ? n : 2 * D;
+    for (uint32_t j = 0; j < ahead; j++) {
+        hashes[j] = hp_ct_hash(ct, &keys[j]);
+        hp_ct_prefetch_slot(ct, hashes[j]);
+    }
+    for (uint32_t j = 0; j < D && j < n; j++)
+        hp_ct_prefetch_entry(ct, hashes[j], dir, 0);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t far = i + 2 * D, mid = i + D;
+        if (far < n) {
+            hashes[far & (RING - 1)] = hp_ct_hash(ct, &keys[far]);
+            hp_ct_prefetch_slot(ct, hashes[far & (RING - 1)]);
         }
-        for (uint32_t i = 0; i < m; i++)
-            hp_ct_prefetch_entry(ct, hashes[i], dir, 0);
-        for (uint32_t i = 0; i < m; i++)
-            ids[base + i] = hp_ct_lookup_hashed(ct, &keys[base + i], hashes[i], dir);
+        if (mid < n)
+            hp_ct_prefetch_entry(ct, hashes[mid & (RING - 1)], dir, 0);
+        ids[i] = hp_ct_lookup_hashed(ct, &keys[i], hashes[i & (RING - 1)], dir);
     }
 }
 

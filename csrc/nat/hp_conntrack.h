@@ -204,8 +204,14 @@ static inline void hp_ct_prefetch_entry(const hp_ct *ct, uint32_t hash, int dir,
  * key, or HP_CT_NONE. */
 uint32_t hp_ct_lookup_hashed(const hp_ct *ct, const hp_flow_key *key, uint32_t hash, int dir);
 uint32_t hp_ct_lookup(const hp_ct *ct, const hp_flow_key *key, int dir);
-/* Many lookups in three passes: hash and prefetch the index slots, prefetch the entries,
- * then look up; so the memory latency of one key overlaps with the others'. */
+/* How many keys apart the batch's stages run (hp_ct_lookup_batch): slot prefetch, entry
+ * prefetch, lookup. */
+#ifndef HP_CT_PIPELINE
+#define HP_CT_PIPELINE 8
+#endif
+/* Many lookups in a pipeline: the slot of a key 2 * HP_CT_PIPELINE ahead is prefetched, the
+ * entry of a key HP_CT_PIPELINE ahead, while the key in hand is looked up; so the memory
+ * latency of one key overlaps with the others'. */
 void hp_ct_lookup_batch(const hp_ct *ct, const hp_flow_key *keys, uint32_t n, int dir,
                         uint32_t *ids);
 
