@@ -99,6 +99,17 @@ def shuffled_keys(frames, n):
     return bytes(out)
 
 
+def shuffled_frames(frames, seed):
+    """The packed frames in a random order (one per seed)."""
+    n = len(frames) // FRAME
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    out = bytearray(len(frames))
+    for j, i in enumerate(order):
+        out[j * FRAME:(j + 1) * FRAME] = frames[i * FRAME:(i + 1) * FRAME]
+    return bytes(out)
+
+
 def per_op(benchmark, n, label="ns per operation"):
     """Records the median time per operation in nanoseconds beside pytest-benchmark's figures
     (conftest.py prints them at the end)."""

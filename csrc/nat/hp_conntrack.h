@@ -179,25 +179,55 @@ static inline void hp_ct_prefetch_slot(const hp_ct *ct, uint32_t hash)
     __builtin_prefetch(&ct->slots[hash & ct->mask]);
 }
 
-/* Second stage of a batched lookup, once the slot is (probably) in cache: prefetches the
- * entry (and its counters, with_stats) of the first slot whose tag and direction match. A hint: the lookup that
- * follows checks everything again, so entries inserted or removed in between are fine. */
-static inline void hp_ct_prefetch_entry(const hp_ct *ct, uint32_t hash, int dir, int with_stats)
+/* What a batched lookup prefetches besides the entry: the counters a forwarded packet writes,
+ * and the window state a TCP packet reads. */
+enum { HP_CT_PF_STATS = 1, HP_CT_PF_WIN = 2 };
+
+/* The id of the first index slot whose tag and direction match: a hint for prefetching,
+ * checked again by the lookup that follows (HP_CT_NONE when none matches). */
+static inline uint32_t hp_ct_probable_id(const hp_ct *ct, uint32_t hash, int dir)
 {
     for (uint32_t i = hash & ct->mask;; i = (i + 1) & ct->mask) {
         const hp_ct_slot *s = &ct->slots[i];
         if (s->ref == 0)
-            return;
-        if (s->hash == hash && ((s->ref - 1) & 1) == (uint32_t)dir) {
-            uint32_t id = (s->ref - 1) >> 1;
-            __builtin_prefetch(&ct->conns[id]);
-            if (with_stats) {
-                __builtin_prefetch(&ct->stats[id], 1);
-                __builtin_prefetch(&ct->win[id], 1);
-            }
-            return;
-        }
+            return HP_CT_NONE;
+        if (s->hash == hash && ((s->ref - 1) & 1) == (uint32_t)dir)
+            return (s->ref - 1) >> 1;
     }
+}
+
+/* Second stage of a batched lookup, once the slot is (probably) in cache: prefetches the
+ * entry (and the side arrays in what, HP_CT_PF_*) of the probable id. Entries inserted or
+ * removed in between are fine. */
+static inline void hp_ct_prefetch_entry(const hp_ct *ct, uint32_t hash, int dir, int what)
+{
+    uint32_t id = hp_ct_probable_id(ct, hash, dir);
+    if (id == HP_CT_NONE)
+        return;
+    __builtin_prefetch(&ct->conns[id]);
+    if (what & HP_CT_PF_STATS)
+        __builtin_prefetch(&ct->stats[id], 1);
+    if (what & HP_CT_PF_WIN)
+        __builtin_prefetch(&ct->win[id], 1);
+}
+
+/* Third stage, once the entry is (probably) in cache: its neighbours on its state's list,
+ * which the packet's touch relinks: two more cache misses per packet, random ones, which in a
+ * batch overlap. Worth a pass over the batch only where the table outgrows the caches
+ * (translating 64-byte frames in random order over 30k / 100k / 300k / 1M connections: 72 /
+ * 137 / 180 / 220 ns a frame without it, 79 / 110 / 143 / 175 with it; 2-core EPYC VM). */
+#define HP_CT_PREFETCH_LISTS_FROM 65536u
+
+static inline void hp_ct_prefetch_neighbours(const hp_ct *ct, uint32_t hash, int dir)
+{
+    uint32_t id = hp_ct_probable_id(ct, hash, dir);
+    if (id == HP_CT_NONE || ct->lru_tail[ct->conns[id].state] == id)
+        return;
+    const hp_conn *c = &ct->conns[id];
+    if (c->lru_prev != HP_CT_NONE)
+        __builtin_prefetch(&ct->conns[c->lru_prev], 1);
+    if (c->lru_next != HP_CT_NONE)
+        __builtin_prefetch(&ct->conns[c->lru_next], 1);
 }
 
 /* The connection whose tuple in direction dir (original: HP_DIR_OUT, reply: HP_DIR_IN) equals

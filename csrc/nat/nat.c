@@ -714,9 +714,15 @@ void hp_nat_translate_ex(hp_nat *nat, uint8_t *const *frames, const uint32_t *le
                 hp_ct_prefetch_slot(&nat->ct, hashes[i]);
             }
         }
+        /* The counters every hit writes; the window state only TCP reads. */
         for (uint32_t i = 0; i < m; i++)
             if (reasons[i] == HP_R_NONE)
-                hp_ct_prefetch_entry(&nat->ct, hashes[i], dir, 1);
+                hp_ct_prefetch_entry(&nat->ct, hashes[i], dir,
+                                     HP_CT_PF_STATS | (pkts[i].key.proto == 6 ? HP_CT_PF_WIN : 0));
+        if (nat->ct.count >= HP_CT_PREFETCH_LISTS_FROM)
+            for (uint32_t i = 0; i < m; i++)
+                if (reasons[i] == HP_R_NONE)
+                    hp_ct_prefetch_neighbours(&nat->ct, hashes[i], dir);
         for (uint32_t i = 0; i < m; i++) {
             hp_result *res = &out[base + i];
             res->port = 0;
