@@ -87,6 +87,9 @@ static void check_lists(const fz_world *w, uint8_t *mark)
         if (ct->conns[id].state == HP_S_NONE)
             continue;
         live++;
+        if (id >= ct->high_water)
+            fz_fail("conn %u is live at or above the high water %u: scans would miss it", id,
+                    ct->high_water);
         check_conn_fields(w, id);
     }
     if (live != ct->count || ct->count > cap)

@@ -226,6 +226,8 @@ uint32_t hp_ct_insert_hashed(hp_ct *ct, const hp_flow_key *orig, uint32_t orig_h
     c->state = state;
     c->last_seen_ms = now_ms;
     c->start_s = (uint32_t)(now_ms / 1000);
+    if (id >= ct->high_water)
+        ct->high_water = id + 1;
     lru_append(ct, id);
     index_insert(ct, orig_hash, (id << 1 | HP_DIR_OUT) + 1);
     index_insert(ct, reply_hash, (id << 1 | HP_DIR_IN) + 1);
@@ -271,7 +273,7 @@ uint32_t hp_ct_next_expired(const hp_ct *ct, uint64_t now_ms)
 
 uint32_t hp_ct_next_live(const hp_ct *ct, uint32_t from)
 {
-    for (uint32_t i = from; i < ct->capacity; i++)
+    for (uint32_t i = from; i < ct->high_water; i++)
         if (ct->conns[i].state != HP_S_NONE)
             return i;
     return HP_CT_NONE;
@@ -367,6 +369,7 @@ int hp_ct_repair_finish(hp_ct *ct)
     for (uint32_t i = 0; i < ct->capacity && n < ct->count; i++)
         if (ct->conns[i].state != HP_S_NONE)
             ids[n++] = i;
+    ct->high_water = n ? ids[n - 1] + 1 : 0;
     link_free(ct);
     sort_conns = ct->conns;   /* attach runs once, before any other thread uses the table */
     qsort(ids, n, sizeof *ids, by_state_then_age);
@@ -443,7 +446,8 @@ uint32_t hp_ct_scan(const hp_ct *ct, const hp_ct_filter *f, uint32_t from, uint3
     uint32_t got = 0, i = from;
     if (to > ct->capacity)
         to = ct->capacity;
-    for (; i < to && got < max; i++) {
+    uint32_t end = to < ct->high_water ? to : ct->high_water;
+    for (; i < end && got < max; i++) {
         const hp_conn *c = &ct->conns[i];
         if (c->state == HP_S_NONE)
             continue;
@@ -455,6 +459,6 @@ uint32_t hp_ct_scan(const hp_ct *ct, const hp_ct_filter *f, uint32_t from, uint3
             ids[got] = i;
         got++;
     }
-    *next = i;
+    *next = i < end ? i : to < from ? from : to;   /* past the high water: nothing left */
     return got;
 }

@@ -243,6 +243,40 @@ def test_connections_survive_a_crash(tmp_path):
     assert new_ports | held_before == set(range(1000, 1064))
 
 
+def test_listings_find_every_connection_below_the_high_water_also_after_attach(tmp_path):
+    """Scans stop at the highest id live since the table was made or attached (a table far
+    larger than its traffic lists at the cost of its traffic): connections that live only at
+    high ids are still listed and counted, after an attach too, and a new connection that
+    takes a freed low id is listed beside them."""
+    path = str(tmp_path / "nat.state")
+    first_timeout = vocab.PROFILES["aws"]["UDP_FIRST"] * 1000
+
+    def child(w):
+        nat = Nat(state_path=path, **KW)
+        attach_topology(nat)
+        for i in range(30):
+            send(nat, fg.udp(SRCS[0], DST, 30000 + i, 53), OUT, 0)
+        for i in (28, 29):                      # the last two stay, the others expire
+            send(nat, fg.udp(SRCS[0], DST, 30000 + i, 53), OUT, first_timeout - 1)
+        assert len(nat.expire(first_timeout)) == 28
+        ids = sorted(c.id for c in nat.connections())
+        os.write(w, (json.dumps(ids) + "\n").encode())
+        os._exit(0)
+
+    pid, r = in_child(child)
+    assert read_json(r) == [28, 29]
+    assert os.waitpid(pid, 0)[1] == 0
+    nat = Nat(state_path=path, **KW)
+    assert nat.attached
+    attach_topology(nat)
+    assert sorted(c.id for c in nat.connections()) == [28, 29]
+    res, _ = send(nat, fg.udp(SRCS[1], DST, 40000, 53), OUT, first_timeout)
+    assert res[0] == FORWARD and res[3] == 0     # the lowest free id
+    assert sorted(c.id for c in nat.connections()) == [0, 28, 29]
+    page, cursor = nat.connections_page(0, 1000)
+    assert len(page) == 3 and cursor is None
+
+
 def test_a_sigkill_in_the_middle_of_traffic_loses_no_port(tmp_path):
     path = str(tmp_path / "nat.state")
     kw = dict(KW, port_range=(1000, 1299), quarantine_ms=0)
