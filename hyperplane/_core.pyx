@@ -567,7 +567,7 @@ cdef class Nat:
     cdef object _page(self, cursor, int limit, bint harvest):
         """One page of a listing, or (harvest) of the connections with a flow-log interval,
         which are reset as they are copied."""
-        cdef uint32_t cap = self.nat.ct.capacity, i, end, got = 0
+        cdef uint32_t cap = self.nat.ct.capacity, i, end, live_end, got = 0
         if limit <= 0:
             raise ValueError("limit must be positive")
         if cursor is None or cursor < 0:
@@ -583,7 +583,10 @@ cdef class Nat:
             end = cap if cap - i < HP_CHUNK_SCAN else i + HP_CHUNK_SCAN
             with nogil:
                 self._acquire()
-                while i < end and got < <uint32_t>limit:
+                # Nothing is live past the high water (hp_conntrack.h): the rest of the chunk
+                # counts as looked at, as hp_ct_scan counts it.
+                live_end = end if end < self.nat.ct.high_water else self.nat.ct.high_water
+                while i < live_end and got < <uint32_t>limit:
                     if self.nat.ct.conns[i].state != 0 and (not harvest or
                                                            self.nat.ct.stats[i].seen != 0):
                         _copy(self.nat, i, &buf[got])
@@ -594,6 +597,8 @@ cdef class Nat:
                     i += 1
                     if i % HP_STEP_SCAN == 0 and hp_lock_spent(&self.lock):
                         break
+                if got < <uint32_t>limit and live_end <= i < end:
+                    i = end
                 self._release()
             page = [self._conn(&buf[k], ids[k]) for k in range(got)]
         finally:

@@ -72,6 +72,7 @@ cdef extern from "hp_conntrack.h":
         hp_conn_flowbase *flowbase
         uint32_t capacity
         uint32_t count
+        uint32_t high_water
     void hp_ct_flow_read(const hp_conn *c, const hp_conn_stats *st, const hp_conn_flowbase *b,
                          hp_flow_ival *out) nogil
     void hp_ct_flow_reset(hp_ct *ct, uint32_t id) nogil

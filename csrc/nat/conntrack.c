@@ -446,8 +446,8 @@ uint32_t hp_ct_scan(const hp_ct *ct, const hp_ct_filter *f, uint32_t from, uint3
     uint32_t got = 0, i = from;
     if (to > ct->capacity)
         to = ct->capacity;
-    uint32_t end = to < ct->high_water ? to : ct->high_water;
-    for (; i < end && got < max; i++) {
+    uint32_t live_end = to < ct->high_water ? to : ct->high_water;
+    for (; i < live_end && got < max; i++) {
         const hp_conn *c = &ct->conns[i];
         if (c->state == HP_S_NONE)
             continue;
@@ -459,6 +459,8 @@ uint32_t hp_ct_scan(const hp_ct *ct, const hp_ct_filter *f, uint32_t from, uint3
             ids[got] = i;
         got++;
     }
-    *next = i < end ? i : to < from ? from : to;   /* past the high water: nothing left */
+    if (got < max && i >= live_end && i < to)
+        i = to;              /* nothing is live past the high water: all of it looked at */
+    *next = i;
     return got;
 }

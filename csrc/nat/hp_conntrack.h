@@ -139,9 +139,10 @@ typedef struct hp_ct {
     hp_ct_slot *slots;
     uint32_t capacity, count, mask;
     uint32_t free_head;
-    /* No id at or above it has been live since the table was made or attached: scans stop
-     * there (a fresh table hands out ids from 0 up and reuses the last freed first, so a
-     * table far larger than its traffic is listed at the cost of its traffic). */
+    /* No id at or above it has been live since the table was made or attached: listings,
+     * counts and hp_ct_next_live end there (a fresh table hands out ids from 0 up and reuses
+     * the last freed first, so a table far larger than its traffic is listed at the cost of
+     * its traffic). */
     uint32_t high_water;
     uint32_t lru_head[HP_S_COUNT], lru_tail[HP_S_COUNT];
     hp_hash_seed seed;
