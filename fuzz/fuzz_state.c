@@ -68,6 +68,7 @@ static void init(void)
     add_field(sh + offsetof(hp_nat_shared, n_enis));
     add_field(sh + offsetof(hp_nat_shared, j_head));
     add_field(sh + offsetof(hp_nat_shared, j_count));
+    add_field(sh + offsetof(hp_nat_shared, j_deleting));
     add_field(sh + offsetof(hp_nat_shared, end));
     for (uint32_t e = 0; e < 4; e++) {
         add_field(sh + offsetof(hp_nat_shared, eni_off) + e * sizeof(uint64_t));

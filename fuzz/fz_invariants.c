@@ -299,4 +299,6 @@ void fz_check_invariants(const fz_world *w)
         (nat->cfg.journal_size && nat->sh->j_head >= nat->cfg.journal_size))
         fz_fail("journal: %u records, head %u, size %u", nat->sh->j_count, nat->sh->j_head,
                 nat->cfg.journal_size);
+    if (nat->sh->j_deleting)
+        fz_fail("journal: the delete-under-way mark is still up between operations");
 }

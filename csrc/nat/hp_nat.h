@@ -79,7 +79,9 @@ typedef struct hp_nat_shared {
     uint64_t rng;                /* port choice */
     uint32_t n_enis;             /* ENIs complete: raised last when one is added */
     uint32_t j_head, j_count;    /* the journal ring */
-    uint32_t pad;
+    /* 1 from journalling a connection to the end of its delete (or reopen): an attach finishes
+     * that delete, and only it (finish_journalled in natstate.c). */
+    uint32_t j_deleting;
     uint64_t end;                /* region bytes in use: the next ENI's pools go there */
     uint64_t eni_off[HP_MAX_ENIS];   /* where each ENI's pools are in the region */
     uint64_t eni_len[HP_MAX_ENIS];   /* the bytes of that block (0: none yet) */

@@ -22,7 +22,7 @@
 #include "hp_types.h"
 
 #define HP_STATE_MAGIC "HPNATST\x01"
-#define HP_STATE_VERSION 4u
+#define HP_STATE_VERSION 5u
 /* The build that wrote a file: setup.py passes a digest of csrc/'s headers, so a rebuilt core
  * whose structures mean something else refuses the file even when every size matches. */
 #ifndef HP_BUILD_HASH

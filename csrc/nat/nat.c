@@ -184,6 +184,14 @@ static void journal_push(hp_nat *nat, uint32_t id)
     }
     record(nat, id, &nat->journal[(nat->sh->j_head + nat->sh->j_count) % size]);
     nat->sh->j_count++;
+    /* After the record: a kill between the two leaves a mark that names a whole record. */
+    __atomic_store_n(&nat->sh->j_deleting, 1, __ATOMIC_RELEASE);
+}
+
+/* The connection journalled last is gone (or reopened): an attach leaves live entries alone. */
+static inline void journal_done(hp_nat *nat)
+{
+    __atomic_store_n(&nat->sh->j_deleting, 0, __ATOMIC_RELEASE);
 }
 
 void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
@@ -209,6 +217,7 @@ void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
     hp_pool_unref(pool, c->nat_port, !nat->cfg.per_connection, now_ms, quarantine, charge);
     nat->eni_ctr[c->eni].active[c->proto == 17]--;
     hp_ct_delete(&nat->ct, id);
+    journal_done(nat);
 }
 
 void hp_nat_remove_conn(hp_nat *nat, uint32_t id, uint64_t now_ms, hp_conn_record *copy_to)
@@ -285,6 +294,7 @@ static void reopen_conn(hp_nat *nat, uint32_t id, const hp_pkt *pkt, uint64_t no
     hp_ct_flow_reset(&nat->ct, id);     /* the new connection's first interval */
     hp_tcp_new(&nat->ct.win[id], pkt);
     hp_ct_touch(&nat->ct, id, HP_S_SYN_SENT, now_ms);
+    journal_done(nat);
     hp_event_note(nat->events, HP_EV_NEW, &nat->ct, id, 0, 0, 0, now_ms);
 }
 

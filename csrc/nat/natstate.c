@@ -206,7 +206,8 @@ static int repair(hp_nat *nat)
     hp_nat_shared *sh = nat->sh;
     if (nat->cfg.journal_size == 0 || sh->j_head >= nat->cfg.journal_size ||
         sh->j_count > nat->cfg.journal_size)
-        sh->j_head = sh->j_count = 0;
+        sh->j_head = sh->j_count = sh->j_deleting = 0;
+    sh->j_deleting = sh->j_deleting == 1 && sh->j_count > 0;
     int mapped = !nat->cfg.per_connection;
     for (uint32_t e = 0; e < nat->n_enis; e++)     /* counted again from the adopted entries */
         memset(nat->eni_ctr[e].active, 0, sizeof nat->eni_ctr[e].active);
@@ -271,28 +272,31 @@ static int repair(hp_nat *nat)
 
 /* After the repair: a data plane killed between journalling a connection and deleting it
  * leaves both, and the connection would be logged twice (its record now, its entry when it
- * expires again). The record wins: an entry still exactly as its record describes it (tuple,
- * port, state, times) is the one being deleted, and is. */
+ * expires again). The record wins: while the mark is up, the newest record names the delete
+ * under way, and an entry still exactly as it describes (tuple, port, state, times) is deleted.
+ * Older records are finished deletes: an entry identical to one of them is a new connection
+ * (a SYN_SENT deleted and made again in the same millisecond) and stays. */
 static void finish_journalled(hp_nat *nat)
 {
-    const hp_nat_shared *sh = nat->sh;
-    for (uint32_t i = 0; i < sh->j_count; i++) {
-        const hp_conn *r = &nat->journal[(sh->j_head + i) % nat->cfg.journal_size].conn;
-        hp_flow_key k;
-        memset(&k, 0, sizeof k);
-        memcpy(k.src, r->src, 16);
-        memcpy(k.dst, r->dst, 16);
-        k.sport = r->sport;
-        k.dport = r->dport;
-        k.family = r->family;
-        k.proto = r->proto;
-        uint32_t id = hp_nat_lookup(nat, &k, HP_DIR_OUT, r->last_seen_ms);
-        if (id != HP_CT_NONE &&
-            memcmp(&nat->ct.conns[id], r, offsetof(hp_conn, lru_prev)) == 0) {
-            hp_nat_delete_conn(nat, id, r->last_seen_ms);
-            nat->repaired++;
-        }
+    hp_nat_shared *sh = nat->sh;
+    if (!sh->j_deleting)
+        return;
+    const hp_conn *r =
+        &nat->journal[(sh->j_head + sh->j_count - 1) % nat->cfg.journal_size].conn;
+    hp_flow_key k;
+    memset(&k, 0, sizeof k);
+    memcpy(k.src, r->src, 16);
+    memcpy(k.dst, r->dst, 16);
+    k.sport = r->sport;
+    k.dport = r->dport;
+    k.family = r->family;
+    k.proto = r->proto;
+    uint32_t id = hp_nat_lookup(nat, &k, HP_DIR_OUT, r->last_seen_ms);
+    if (id != HP_CT_NONE && memcmp(&nat->ct.conns[id], r, offsetof(hp_conn, lru_prev)) == 0) {
+        hp_nat_delete_conn(nat, id, r->last_seen_ms);
+        nat->repaired++;
     }
+    sh->j_deleting = 0;
 }
 
 int hp_nat_open(const hp_nat_config *cfg, const char *path, hp_nat **out, char *err,

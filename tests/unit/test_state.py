@@ -557,11 +557,18 @@ def test_a_connection_owned_by_no_function_is_no_ones(tmp_path):
     assert res[0] != FORWARD and res[1] == R["SPOOFED_SOURCE"]
 
 
-def test_a_kill_between_journalling_and_deleting_logs_a_connection_once(tmp_path):
+SH_J_DELETING = SHARED + 44     # hp_nat_shared.j_deleting: a journalled delete under way
+
+
+@pytest.mark.parametrize("under_way", [True, False], ids=["delete-under-way", "delete-finished"])
+def test_an_attach_finishes_only_the_delete_a_kill_interrupted(tmp_path, under_way):
     """A connection found expired is journalled, then deleted. A data plane killed between
-    the two leaves its record in the journal and its entry in the table: attached, the record
-    is handed out once and the entry is gone (it would otherwise expire and be logged again).
-    The kill is made in the file: the deleted entry's state is written back."""
+    the two leaves its record in the journal, its entry in the table and the mark that says a
+    delete is under way: attached, the record is handed out once and the entry is gone (it
+    would otherwise expire and be logged again). Without the mark the delete had finished, and
+    an entry identical to the record is a new connection (a SYN_SENT deleted and made again in
+    the same millisecond): it stays. The kill is made in the file: the deleted entry's state is
+    written back, and the mark raised or not."""
     import socket as so
     path = tmp_path / "nat.state"
     nat = Nat(state_path=path, **KW)
@@ -571,6 +578,7 @@ def test_a_kill_between_journalling_and_deleting_logs_a_connection_once(tmp_path
     assert res[1] == R["TCP_NOT_SYN"]
     del nat
     blob = bytearray(path.read_bytes())
+    assert struct.unpack_from("<I", blob, SH_J_DELETING)[0] == 0    # the delete finished
     tuple_bytes = (so.inet_aton(SRCS[0]) + bytes(12) + so.inet_aton(DST) + bytes(12)
                    + (5000).to_bytes(2, "little") + (443).to_bytes(2, "little"))
     at = [i for i in range(0, len(blob) - 64, 4) if blob[i:i + 36] == tuple_bytes]
@@ -578,13 +586,15 @@ def test_a_kill_between_journalling_and_deleting_logs_a_connection_once(tmp_path
     journal = [i for i in at if state[i] != 0]
     deleted = [i for i in at if state[i] == 0]
     assert len(journal) == 1 and len(deleted) == 1, state
-    blob[deleted[0] + 42] = state[journal[0]]      # the delete never happened
+    blob[deleted[0] + 42] = state[journal[0]]      # the entry is back, as the record has it
+    struct.pack_into("<I", blob, SH_J_DELETING, int(under_way))
     path.write_bytes(bytes(blob))
     nat = Nat(state_path=path, **KW)
     attach_topology(nat)
+    live = [c for c in nat.connections() if c.sport == 5000]
     records = [c for c in nat.expire(10_000_000) if c.sport == 5000]
-    assert len(records) == 1 and records[0].state == "ESTABLISHED", records
-    assert nat.connections() == []
+    assert [c.state for c in records] == ["ESTABLISHED"] * (1 if under_way else 2), records
+    assert len(live) == (0 if under_way else 1), live
 
 
 def test_quarantined_ports_stay_charged_across_a_crash(tmp_path):
