@@ -271,6 +271,27 @@ uint32_t hp_ct_next_expired(const hp_ct *ct, uint64_t now_ms)
     return HP_CT_NONE;
 }
 
+uint32_t hp_ct_early_drop_victim(const hp_ct *ct)
+{
+    uint32_t victim = HP_CT_NONE;
+    uint64_t oldest = UINT64_MAX;
+    for (int s = 1; s < HP_S_COUNT; s++) {
+        uint32_t id = ct->lru_head[s];
+        for (int n = 0; n < HP_CT_EARLY_DROP_SCAN && id != HP_CT_NONE; n++) {
+            const hp_conn *c = &ct->conns[id];
+            if (!(c->flags & HP_F_ASSURED)) {
+                if (c->last_seen_ms < oldest) {
+                    oldest = c->last_seen_ms;
+                    victim = id;
+                }
+                break;           /* the list is oldest first: later entries are younger */
+            }
+            id = c->lru_next;
+        }
+    }
+    return victim;
+}
+
 uint32_t hp_ct_next_live(const hp_ct *ct, uint32_t from)
 {
     for (uint32_t i = from; i < ct->high_water; i++)

@@ -279,6 +279,12 @@ static inline int hp_ct_expired(const hp_ct *ct, const hp_conn *c, uint64_t now_
 /* The next expired connection (state lists in enum order, oldest first), or HP_CT_NONE. */
 uint32_t hp_ct_next_expired(const hp_ct *ct, uint64_t now_ms);
 
+#define HP_CT_EARLY_DROP_SCAN 8  /* entries looked at from the head of each state's list */
+/* The unassured connection to drop to make room in a full table: the oldest (last seen first)
+ * among the first HP_CT_EARLY_DROP_SCAN entries of each state's list, as Linux's early_drop;
+ * HP_CT_NONE when every entry looked at is assured. */
+uint32_t hp_ct_early_drop_victim(const hp_ct *ct);
+
 /* Iteration: the first live id >= from, or HP_CT_NONE. */
 uint32_t hp_ct_next_live(const hp_ct *ct, uint32_t from);
 

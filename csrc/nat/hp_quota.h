@@ -1,12 +1,11 @@
 /* Per-function quotas (docs/semantics.md section 13): connections in the table and ports held
  * in each ENI pool, counted per function (the owner index of hp_source), checked when a
- * connection is created; and early drop of unassured connections when the table is full. */
+ * connection is created. nat.c keeps the books only through the hooks below (admit, refused,
+ * created, early_dropped, deleted), so what a function is charged is decided here. */
 #ifndef HP_QUOTA_H
 #define HP_QUOTA_H
 
 #include "hp_nat.h"
-
-#define HP_EARLY_DROP_SCAN 8     /* entries looked at from the head of each state's list */
 
 /* Per-function counters, by X-macro so the names reach Python without a second list. */
 #define HP_FUNC_COUNTERS(X) \
@@ -51,10 +50,49 @@ static inline hp_func *hp_quota_func(hp_nat *nat, uint32_t owner)
     return owner < nat->n_sources ? &nat->funcs[owner] : NULL;
 }
 
-static inline int hp_quota_conn_ok(const hp_func *f)
+/* The hooks of a connection's life. Admit: whether f may have one more connection (a refusal
+ * is counted). */
+static inline int hp_quota_admit(hp_func *f)
 {
-    return f->max_conns == 0 || f->conns < f->max_conns;
+    if (f->max_conns == 0 || f->conns < f->max_conns)
+        return 1;
+    f->counters[HP_FC_REFUSED_CONNECTIONS]++;
+    return 0;
 }
+
+/* A new connection of f refused for lack of resources (TABLE_FULL, PORTS_EXHAUSTED, or
+ * FUNCTION_LIMIT: f at its port quota), counted for f. Returns reason. */
+static inline int hp_quota_refused(hp_func *f, int reason)
+{
+    if (reason == HP_R_TABLE_FULL)
+        f->counters[HP_FC_TABLE_FULL]++;
+    else if (reason == HP_R_PORTS_EXHAUSTED)
+        f->counters[HP_FC_PORTS_EXHAUSTED]++;
+    else if (reason == HP_R_FUNCTION_LIMIT)
+        f->counters[HP_FC_REFUSED_PORTS]++;
+    return reason;
+}
+
+/* A connection of f made (its port was charged when it was taken: hp_quota_port_add). */
+static inline void hp_quota_created(hp_func *f)
+{
+    f->conns++;
+    f->counters[HP_FC_CREATED]++;
+}
+
+/* A connection of source index owner dropped early to make room. */
+static inline void hp_quota_early_dropped(hp_nat *nat, uint32_t owner)
+{
+    hp_func *f = hp_quota_func(nat, owner);
+    if (f)
+        f->counters[HP_FC_EARLY_DROPPED]++;
+}
+
+/* Connection id, whose port is in pool, about to be deleted: it no longer counts for its
+ * function, and its port goes back to the function's quota at once, or (quarantine_ms, the
+ * connection's last) stays charged while it waits. Returns the charge to keep with the port
+ * in quarantine (owner + 1; 0: none). */
+uint32_t hp_quota_deleted(hp_nat *nat, uint32_t id, const hp_pool *pool, uint64_t quarantine_ms);
 /* Whether the function may take one more port of the pool (eni, family, proto). */
 int hp_quota_port_ok(const hp_func *f, uint32_t eni, int family, int proto);
 /* A port of the pool taken (+1) or handed back (-1). */
@@ -70,11 +108,6 @@ void hp_quota_drain_all(hp_nat *nat, uint64_t now_ms);
  * thousandths (1000: one is at its quota there; 0 without quotas): the control plane grows a
  * group before a function reaches its share, as it does before a pool fills. */
 uint32_t hp_quota_share_used(const hp_nat *nat, uint32_t eni);
-
-/* The unassured connection to drop to make room: the oldest (last seen first) among the first
- * HP_EARLY_DROP_SCAN entries of each state's list, as Linux's early_drop; HP_CT_NONE when
- * every entry looked at is assured. */
-uint32_t hp_quota_early_drop_victim(const hp_ct *ct);
 
 /* Recounts every function's connections and ports from the table and the pools' quarantines
  * (after the sources were added again to a NAT attached to existing state). */

@@ -198,22 +198,11 @@ void hp_nat_delete_conn(hp_nat *nat, uint32_t id, uint64_t now_ms)
 {
     const hp_conn *c = &nat->ct.conns[id];
     hp_pool *pool = hp_nat_pool(nat, c->eni, c->family, c->proto);
-    uint32_t owner = nat->ct.stats[id].owner;
-    hp_func *f = hp_quota_func(nat, owner);
     /* Only a TCP connection that reached ESTABLISHED can have late segments worth keeping
      * its port from a new peer (TIME_WAIT's job); any other port is free at once. A port in
      * quarantine stays charged to its function until the quarantine ends (section 13). */
     uint64_t quarantine = c->proto == 6 && (c->flags & HP_F_ASSURED) ? nat->cfg.quarantine_ms : 0;
-    uint32_t charge = 0;
-    if (f) {
-        f->conns -= f->conns > 0;
-        if (nat->cfg.per_connection || pool->owner[c->nat_port - pool->lo].refs == 1) {
-            if (quarantine)
-                charge = owner + 1;
-            else
-                hp_quota_port_add(f, c->eni, c->family, c->proto, -1);   /* back at once */
-        }
-    }
+    uint32_t charge = hp_quota_deleted(nat, id, pool, quarantine);
     hp_pool_unref(pool, c->nat_port, !nat->cfg.per_connection, now_ms, quarantine, charge);
     nat->eni_ctr[c->eni].active[c->proto == 17]--;
     hp_ct_delete(&nat->ct, id);
@@ -454,27 +443,15 @@ static int make_room(hp_nat *nat, int may_drop, uint64_t now_ms)
     }
     if (nat->ct.count < nat->ct.capacity)
         return 1;
-    uint32_t victim = may_drop ? hp_quota_early_drop_victim(&nat->ct) : HP_CT_NONE;
+    uint32_t victim = may_drop ? hp_ct_early_drop_victim(&nat->ct) : HP_CT_NONE;
     if (victim == HP_CT_NONE)
         return 0;
     journal_push(nat, victim);
     hp_event_note(nat->events, HP_EV_DESTROY, &nat->ct, victim, 0, 0, HP_DR_EARLY_DROP, now_ms);
     nat->counters[HP_C_CONN_EARLY_DROPPED]++;
-    hp_func *f = hp_quota_func(nat, nat->ct.stats[victim].owner);
-    if (f)
-        f->counters[HP_FC_EARLY_DROPPED]++;
+    hp_quota_early_dropped(nat, nat->ct.stats[victim].owner);
     hp_nat_delete_conn(nat, victim, now_ms);
     return 1;
-}
-
-/* A refusal for lack of resources, counted for the function that asked. */
-static int refused_for(hp_func *f, int reason)
-{
-    if (reason == HP_R_TABLE_FULL)
-        f->counters[HP_FC_TABLE_FULL]++;
-    else if (reason == HP_R_PORTS_EXHAUSTED)
-        f->counters[HP_FC_PORTS_EXHAUSTED]++;
-    return reason;
 }
 
 /* The ENI whose address of this family addr is, or -1. */
@@ -509,29 +486,24 @@ static int new_connection(hp_nat *nat, const hp_pkt *pkt, uint32_t hash, uint64_
     if (hp_nat_sg_check(nat, &nat->groups[src->group], pkt, now_ms) != HP_R_NONE)
         return HP_R_SG_DENIED;
     hp_func *f = &nat->funcs[src->owner];
-    if (!hp_quota_conn_ok(f)) {
-        f->counters[HP_FC_REFUSED_CONNECTIONS]++;
+    if (!hp_quota_admit(f))
         return HP_R_FUNCTION_LIMIT;
-    }
     /* No early drop when the group has no pool to take a port from: no connection anyway. */
     int may_drop = g->n_enis && hp_nat_pool(nat, g->enis[g->n_enis - 1], k->family, k->proto);
     if (!make_room(nat, may_drop, now_ms))
-        return refused_for(f, HP_R_TABLE_FULL);
+        return hp_quota_refused(f, HP_R_TABLE_FULL);
     hp_ct_prefetch_free(&nat->ct);
     uint16_t eni, ext;
     int r = map_port(nat, g, k, f, now_ms, &eni, &ext);
-    if (r == HP_R_FUNCTION_LIMIT)
-        f->counters[HP_FC_REFUSED_PORTS]++;
     if (r != HP_R_NONE) {
         if (r == HP_R_PORTS_EXHAUSTED && g->n_enis)
             nat->eni_ctr[g->enis[g->n_enis - 1]].port_errors++;
-        return refused_for(f, r);
+        return hp_quota_refused(f, r);
     }
     *id = hp_ct_insert_hashed(&nat->ct, k, hash, eni, ext,
                               k->proto == 6 ? HP_S_SYN_SENT : HP_S_UDP_FIRST, now_ms);
     nat->ct.stats[*id].owner = src->owner;
-    f->conns++;
-    f->counters[HP_FC_CREATED]++;
+    hp_quota_created(f);
     if (k->proto == 6)
         hp_tcp_new(&nat->ct.win[*id], pkt);
     if (eni_of_addr(nat, k->family, k->dst) >= 0)

@@ -1,4 +1,4 @@
-/* Per-function quotas and early drop. See hp_quota.h. */
+/* Per-function quotas: what the hooks of hp_quota.h do out of line. */
 #include "hp_quota.h"
 
 #include <stdlib.h>
@@ -89,6 +89,23 @@ void hp_quota_port_add(hp_func *f, uint32_t eni, int family, int proto, int delt
         (*held)--;
 }
 
+uint32_t hp_quota_deleted(hp_nat *nat, uint32_t id, const hp_pool *pool, uint64_t quarantine_ms)
+{
+    uint32_t owner = nat->ct.stats[id].owner;
+    hp_func *f = hp_quota_func(nat, owner);
+    if (!f)
+        return 0;
+    const hp_conn *c = &nat->ct.conns[id];
+    f->conns -= f->conns > 0;
+    /* Endpoint-independent: the port is the function's until its last connection goes. */
+    if (!nat->cfg.per_connection && pool->owner[c->nat_port - pool->lo].refs != 1)
+        return 0;
+    if (quarantine_ms)
+        return owner + 1;        /* charged while it waits */
+    hp_quota_port_add(f, c->eni, c->family, c->proto, -1);      /* back at once */
+    return 0;
+}
+
 void hp_quota_drain(hp_nat *nat, uint32_t eni, int family, int proto, uint64_t now_ms)
 {
     hp_pool *pool = hp_nat_pool(nat, (int)eni, family, proto);
@@ -122,27 +139,6 @@ uint32_t hp_quota_share_used(const hp_nat *nat, uint32_t eni)
         }
     }
     return most;
-}
-
-uint32_t hp_quota_early_drop_victim(const hp_ct *ct)
-{
-    uint32_t victim = HP_CT_NONE;
-    uint64_t oldest = UINT64_MAX;
-    for (int s = 1; s < HP_S_COUNT; s++) {
-        uint32_t id = ct->lru_head[s];
-        for (int n = 0; n < HP_EARLY_DROP_SCAN && id != HP_CT_NONE; n++) {
-            const hp_conn *c = &ct->conns[id];
-            if (!(c->flags & HP_F_ASSURED)) {
-                if (c->last_seen_ms < oldest) {
-                    oldest = c->last_seen_ms;
-                    victim = id;
-                }
-                break;           /* the list is oldest first: later entries are younger */
-            }
-            id = c->lru_next;
-        }
-    }
-    return victim;
 }
 
 hp_func *hp_quota_func_of_addr(hp_nat *nat, int family, const uint8_t addr[16])

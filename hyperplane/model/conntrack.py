@@ -18,6 +18,8 @@ from ..vocab import UDP_STREAM_MS, F_REPLY_SEEN, F_ASSURED, F_CLOSER_REPLY, F_FI
 from .packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 from .tcp import new_window
 
+EARLY_DROP_SCAN = 8     # entries looked at from the head of each state's list
+
 ORIG, REPLY = OUT, IN       # the direction a tuple or a packet goes in
 
 
@@ -180,6 +182,22 @@ class ConnTable:
                 if self.is_expired(oldest, now_ms):
                     return oldest
         return None
+
+    def early_drop_victim(self) -> Entry | None:
+        """The unassured connection to drop to make room in a full table: the oldest among
+        the first EARLY_DROP_SCAN entries of each state's list (Linux's early_drop), as
+        hp_ct_early_drop_victim; None when every entry looked at is assured."""
+        victim = None
+        for state_list in self.lru:
+            for n, cid in enumerate(state_list):
+                if n >= EARLY_DROP_SCAN:
+                    break
+                conn = self.conns[cid]
+                if not conn.flags & F_ASSURED:
+                    if victim is None or conn.last_seen_ms < victim.last_seen_ms:
+                        victim = conn
+                    break      # the list is oldest first: later entries are younger
+        return victim
 
 
 # ---------------------------------------------------------------------------------------------

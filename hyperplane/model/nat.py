@@ -20,7 +20,7 @@ from .conntrack import ORIG, REPLY, ConnTable, Entry, tcp_event, tcp_transition,
 from .packet import (PROTO_TCP, PROTO_UDP, TCP_RST, Packet, ip_dst, is_pure_syn, parse,
                      rewrite, wire_size)
 from .portalloc import Pool, SplitMix64
-from .quota import REFUSAL_BURST, REFUSAL_PER_S, Func, build_unreach, early_drop_victim
+from .quota import REFUSAL_BURST, REFUSAL_PER_S, Func, build_unreach
 from .tcp import ignored, in_window, new_connection_window, reopens, rst_acceptable, valid_flags
 from .natsg import (EniCounters, RateLimit, RejectRing, build_rst, compile_rules, is_rst,
                     sg_match)
@@ -406,31 +406,26 @@ class Nat:
         if not self._sg_allows(source.group, pkt, now_ms):
             return None, R["SG_DENIED"]
         func = self.funcs[source.owner]
-        if not func.conn_ok():
-            func.counters["refused_connections"] += 1
+        if not func.admit():
             return None, R["FUNCTION_LIMIT"]
         # No early drop when the group has no pool to take a port from: no connection anyway.
         may_drop = bool(group) and (pkt.family, pkt.proto) in self.enis[group[-1]].pools
         if not self._make_room(now_ms, may_drop):
-            func.counters["table_full"] += 1
-            return None, R["TABLE_FULL"]
+            return None, func.refused(R["TABLE_FULL"])
         eni, port = self._choose_port(group, pkt, func, now_ms)
         if port is None:
             # At its share of every pool: a group that can grow grows (the control plane adds
             # an ENI on PORTS_EXHAUSTED); only one that cannot refuses the function.
             if eni == "quota" and not self.group_can_grow[source.group]:
-                func.counters["refused_ports"] += 1
-                return None, R["FUNCTION_LIMIT"]
+                return None, func.refused(R["FUNCTION_LIMIT"])
             if group:
                 self.eni_ctr[group[-1]].port_errors += 1
-            func.counters["ports_exhausted"] += 1
-            return None, R["PORTS_EXHAUSTED"]
+            return None, func.refused(R["PORTS_EXHAUSTED"])
         state = S["SYN_SENT"] if pkt.proto == PROTO_TCP else S["UDP_FIRST"]
         conn = self.table.insert(pkt.family, pkt.proto, pkt.src, pkt.dst, pkt.sport, pkt.dport,
                                  eni, self.enis[eni].addr[pkt.family], port, state, now_ms)
         conn.owner = source.owner
-        func.connections += 1
-        func.counters["created"] += 1
+        func.created()
         if pkt.proto == PROTO_TCP:
             conn.win = new_connection_window(pkt)
         if self._eni_of(pkt.family, pkt.dst) is not None:
@@ -455,12 +450,12 @@ class Nat:
         self._expire_some(now_ms, EXPIRE_WHEN_FULL, journal=True)
         if not self.table.full():
             return True
-        victim = early_drop_victim(self.table) if may_drop else None
+        victim = self.table.early_drop_victim() if may_drop else None
         if victim is None:
             return False
         self._journal_add(victim.snapshot(expired=True))
         self.counter["conn_early_dropped"] += 1
-        self.funcs[victim.owner].counters["early_dropped"] += 1
+        self.funcs[victim.owner].early_dropped()
         self._delete(victim, now_ms)
         return True
 
@@ -704,14 +699,8 @@ class Nat:
         quarantine = self.quarantine_ms if (conn.proto == PROTO_TCP
                                             and conn.flags & F_ASSURED) else 0
         func = self.funcs.get(conn.owner)
-        charge = None
-        if func is not None:
-            func.connections = max(func.connections - 1, 0)
-            if self.per_connection or pool.owner[conn.nat_port].refs == 1:
-                if quarantine:
-                    charge = conn.owner
-                else:
-                    func.port_add((conn.eni, conn.family, conn.proto), -1)
+        last_ref = self.per_connection or pool.owner[conn.nat_port].refs == 1
+        charge = func.deleted(conn, last_ref, quarantine) if func is not None else None
         if self.per_connection:
             pool.release(conn.nat_port, now_ms, quarantine, charge)
         else:

@@ -1,9 +1,9 @@
-"""Per-function quotas and early drop (docs/semantics.md section 13), as csrc/nat/quota.c.
+"""Per-function quotas (docs/semantics.md section 13), as csrc/nat/quota.c and hp_quota.h.
 
 A function is the owner index of its sources (the first source registered with its MAC). It
 may hold at most max_connections connections in the table and max_ports ports of any one ENI
-pool (0: no quota). A full table first expires what has expired, then drops the oldest
-unassured connection, looking at the first EARLY_DROP_SCAN entries of each state's list.
+pool (0: no quota). The NAT keeps a function's books only through the hooks of Func (admit,
+refused, created, early_dropped, deleted), as nat.c calls hp_quota_*.
 """
 
 from __future__ import annotations
@@ -11,15 +11,17 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from ..vocab import F_ASSURED
-from .conntrack import ConnTable, Entry
+from ..vocab import R
+from .conntrack import Entry
 from .packet import Packet, ones_sum, put_u16
 
-EARLY_DROP_SCAN = 8
 REFUSAL_PER_S, REFUSAL_BURST = 1000, 100        # answers to refused new connections
 QUOTE_MAX = {4: 576 - 20 - 8, 6: 1280 - 40 - 8}
 FUNC_COUNTERS = ("created", "refused_connections", "refused_ports", "table_full",
                  "ports_exhausted", "early_dropped")
+# FUNCTION_LIMIT here is a port quota: the connection quota is admit's.
+_REFUSAL_COUNTERS = {R["TABLE_FULL"]: "table_full", R["PORTS_EXHAUSTED"]: "ports_exhausted",
+                     R["FUNCTION_LIMIT"]: "refused_ports"}
 
 
 @dataclass
@@ -31,8 +33,38 @@ class Func:
     counters: dict = field(default_factory=lambda: dict.fromkeys(FUNC_COUNTERS, 0))
     rates: dict = field(default_factory=dict)   # is_rst -> its own answer budget (RateLimit)
 
-    def conn_ok(self) -> bool:
-        return self.max_connections == 0 or self.connections < self.max_connections
+    def admit(self) -> bool:
+        """Whether the function may have one more connection (a refusal is counted)."""
+        if self.max_connections == 0 or self.connections < self.max_connections:
+            return True
+        self.counters["refused_connections"] += 1
+        return False
+
+    def refused(self, reason: int) -> int:
+        """A new connection refused for lack of resources, counted; returns reason."""
+        counter = _REFUSAL_COUNTERS.get(reason)
+        if counter:
+            self.counters[counter] += 1
+        return reason
+
+    def created(self) -> None:
+        self.connections += 1
+        self.counters["created"] += 1
+
+    def early_dropped(self) -> None:
+        self.counters["early_dropped"] += 1
+
+    def deleted(self, conn: Entry, last_ref: bool, quarantine_ms: int) -> int | None:
+        """conn is deleted: it no longer counts, and its port (when last_ref: no other
+        connection shares it) goes back at once, or stays charged while in quarantine.
+        Returns the charge to keep with the quarantined port (its owner; None: none)."""
+        self.connections = max(self.connections - 1, 0)
+        if not last_ref:
+            return None
+        if quarantine_ms:
+            return conn.owner
+        self.port_add((conn.eni, conn.family, conn.proto), -1)
+        return None
 
     def port_ok(self, pool: tuple) -> bool:
         return self.max_ports == 0 or self.held.get(pool, 0) < self.max_ports
@@ -45,21 +77,6 @@ class Func:
         return {"owner": owner, "addr": addr, "max_connections": self.max_connections,
                 "max_ports": self.max_ports, "connections": self.connections,
                 "ports": sum(self.held.values()), **self.counters}
-
-
-def early_drop_victim(table: ConnTable) -> Entry | None:
-    """The oldest unassured connection among the first entries of each state's list."""
-    victim = None
-    for state_list in table.lru:
-        for n, cid in enumerate(state_list):
-            if n >= EARLY_DROP_SCAN:
-                break
-            conn = table.conns[cid]
-            if not conn.flags & F_ASSURED:
-                if victim is None or conn.last_seen_ms < victim.last_seen_ms:
-                    victim = conn
-                break
-    return victim
 
 
 def build_unreach(frame, pkt: Packet) -> bool:
