@@ -32,6 +32,7 @@ cdef extern from "hp_ring.h" nogil:
         uint64_t tx_full
         uint64_t tx_sends
         uint64_t tx_errors
+        uint64_t tx_direct
     ctypedef struct hp_ring:
         int fd
         int ifindex
@@ -54,6 +55,7 @@ cdef extern from "hp_ring.h" nogil:
     void hp_ring_tx_commit(hp_ring *r, uint32_t len)
     int hp_ring_tx_flush(hp_ring *r)
     int hp_ring_tx_copy(hp_ring *r, const uint8_t *vnet_hdr, const uint8_t *frame, uint32_t len)
+    int hp_ring_tx_send(hp_ring *r, const uint8_t *frame, uint32_t len)
     void hp_ring_update_stats(hp_ring *r)
 
 cdef extern from "hp_police.h" nogil:

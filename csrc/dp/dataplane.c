@@ -539,6 +539,13 @@ static inline int frame_eni(const hp_dp *dp, uint16_t in_port, const hp_result *
 }
 
 /* A frame the NAT said to forward (f at its virtio-net header). */
+static inline void sent(hp_dp *dp, uint32_t len)
+{
+    dp->counters[HP_DP_C_FORWARDED]++;
+    dp->counters[HP_DP_C_TX_FRAMES]++;
+    dp->counters[HP_DP_C_TX_BYTES] += len - VNET_LEN;
+}
+
 static void forward(hp_dp *dp, uint16_t in_port, uint8_t *f, uint32_t len, const hp_result *res)
 {
     int q;
@@ -573,6 +580,22 @@ static void forward(hp_dp *dp, uint16_t in_port, uint8_t *f, uint32_t len, const
         loop_drop(dp, HP_R_TOO_BIG, frame_eni(dp, in_port, res));
         return;
     }
+    if (len - VNET_LEN > dp->linear_max) {
+        /* A GSO super-frame (or a jumbo frame): through the ring it would be copied twice,
+         * into the ring and, as its skb crosses into the peer's namespace, out of the ring's
+         * pages; sent from where it is, the kernel copies it once (hp_ring_tx_send). */
+        memcpy(f + VNET_LEN, mac, 6);
+        memcpy(f + VNET_LEN + 6, out->mac, 6);
+        int rc = hp_ring_tx_send(out->ring, f, len);
+        if (rc == 0) {
+            sent(dp, len);
+            return;
+        }
+        if (rc != -EAGAIN) {
+            loop_drop(dp, HP_R_TX_FULL, frame_eni(dp, in_port, res));
+            return;
+        }
+    }
     uint8_t *slot = hp_ring_tx_slot(out->ring);
     if (!slot) {
         /* Hand the kernel what is queued; slots come back as the receivers consume them. */
@@ -594,9 +617,7 @@ static void forward(hp_dp *dp, uint16_t in_port, uint8_t *f, uint32_t len, const
         vh->hdr_len = htole16((uint16_t)(len - VNET_LEN));
     hp_ring_tx_commit(out->ring, len);
     out->dirty = 1;
-    dp->counters[HP_DP_C_FORWARDED]++;
-    dp->counters[HP_DP_C_TX_FRAMES]++;
-    dp->counters[HP_DP_C_TX_BYTES] += len - VNET_LEN;
+    sent(dp, len);
 }
 
 /* Broadcast / multicast: ARP and ICMP / ICMPv6 (NDP) to the slow path, the rest ignored. */

@@ -28,6 +28,7 @@ _Static_assert(HP_DP_MAX_PORTS <= HP_POLICE_PORTS, "a punt bucket per port");
 #define HP_DP_PORT_NONE HP_NEIGH_ANY_PORT  /* a neighbour entry valid on any port; no egress port */
 #define HP_DP_LINEAR_MAX 2048    /* default hp_dp.linear_max */
 
+
 enum hp_dp_role { HP_DP_INSIDE = 0, HP_DP_ENI = 1 };
 
 /* Loop counters (the loop's drops and punts by reason are in hp_dp.drops). LOCK_WAITS: batches
@@ -111,7 +112,9 @@ typedef struct hp_dp {
     int thread_running;
     pthread_t thread;
     uint32_t spin_us;            /* busy-poll this long before sleeping in poll() */
-    uint32_t linear_max;         /* non-GSO frames up to this size are sent as one linear skb */
+    /* Frames up to this size go through the tx ring as one linear skb (non-GSO); bigger ones
+     * are sent from where they are (hp_ring_tx_send). */
+    uint32_t linear_max;
     hp_dp_clock_fn clock;
     void *clock_ctx;
     uint64_t counters[HP_DP_C_COUNT];

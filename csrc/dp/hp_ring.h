@@ -42,10 +42,12 @@ typedef struct hp_ring_stats {
     uint64_t tx_frames, tx_bytes;       /* frames committed */
     uint64_t tx_full;                   /* tx_slot found no free slot */
     uint64_t tx_sends, tx_errors;       /* send() calls, and those that failed (not EAGAIN) */
+    uint64_t tx_direct;                 /* of tx_frames: sent from their buffer (tx_send) */
 } hp_ring_stats;
 
 typedef struct hp_ring {
     int fd;
+    int send_fd;                        /* no rings, receives nothing: hp_ring_tx_send */
     int ifindex;
     int vnet;
     uint32_t frame_size;                /* tx slot size */
@@ -92,6 +94,15 @@ int hp_ring_tx_flush(hp_ring *r);
 /* Copies one frame into the tx ring (a zeroed virtio-net header first when vnet and
  * vnet_hdr is NULL) and commits it; no flush. Returns 0, -ENOBUFS when full, -EMSGSIZE. */
 int hp_ring_tx_copy(hp_ring *r, const uint8_t *vnet_hdr, const uint8_t *frame, uint32_t len);
+
+/* Sends one frame (virtio-net header first when vnet) from where it is, by its own send()
+ * on a socket without rings: the kernel copies it once into an skb of its own. A tx-ring
+ * frame costs a copy into the ring and, for a frame bigger than its linear part, a second one
+ * when the skb crosses into another namespace (its ring pages cannot go along). The ring is
+ * flushed first, so frames leave in order. Returns 0, -EAGAIN when the ring still holds
+ * frames the kernel could not take (send through the ring instead), -ENOBUFS when the socket
+ * buffer is full, or -errno. */
+int hp_ring_tx_send(hp_ring *r, const uint8_t *frame, uint32_t len);
 
 /* Refreshes st.rx_kernel_drops from PACKET_STATISTICS (which resets the kernel's count). */
 void hp_ring_update_stats(hp_ring *r);

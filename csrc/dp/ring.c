@@ -61,6 +61,27 @@ static inline void status_store(struct tpacket2_hdr *h, uint32_t v)
     __atomic_store_n(&h->tp_status, v, __ATOMIC_RELEASE);
 }
 
+/* The socket of hp_ring_tx_send: bound with protocol 0, so nothing is ever queued to it. A
+ * packet socket with a tx ring sends only its ring, whatever buffer send() is given. */
+static int open_send_socket(hp_ring *r, int qdisc_bypass, int sndbuf)
+{
+    int one = 1;
+    r->send_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    if (r->send_fd < 0)
+        return -1;
+    if (r->vnet && setsockopt(r->send_fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) < 0)
+        return -1;
+    if (qdisc_bypass)
+        (void)setsockopt(r->send_fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one));
+    if (setsockopt(r->send_fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof(sndbuf)) < 0)
+        (void)setsockopt(r->send_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+    struct sockaddr_ll sll;
+    memset(&sll, 0, sizeof(sll));
+    sll.sll_family = AF_PACKET;
+    sll.sll_ifindex = r->ifindex;
+    return bind(r->send_fd, (struct sockaddr *)&sll, sizeof(sll));
+}
+
 hp_ring *hp_ring_open(int ifindex, uint32_t rx_frames, uint32_t tx_frames, int vnet,
                       int qdisc_bypass)
 {
@@ -68,7 +89,7 @@ hp_ring *hp_ring_open(int ifindex, uint32_t rx_frames, uint32_t tx_frames, int v
     hp_ring *r = calloc(1, sizeof(*r));
     if (!r)
         return NULL;
-    r->fd = -1;
+    r->fd = r->send_fd = -1;
     r->ifindex = ifindex;
     r->vnet = vnet ? 1 : 0;
     r->frame_size = HP_RING_FRAME_SIZE;
@@ -151,6 +172,8 @@ hp_ring *hp_ring_open(int ifindex, uint32_t rx_frames, uint32_t tx_frames, int v
     sll.sll_ifindex = ifindex;
     if (bind(r->fd, (struct sockaddr *)&sll, sizeof(sll)) < 0)
         goto fail;
+    if (open_send_socket(r, qdisc_bypass, sndbuf) < 0)
+        goto fail;
     return r;
 
 fail:
@@ -168,6 +191,8 @@ void hp_ring_close(hp_ring *r)
         munmap(r->map, r->map_len);
     if (r->fd >= 0)
         close(r->fd);
+    if (r->send_fd >= 0)
+        close(r->send_fd);
     free(r->copy);
     free(r);
 }
@@ -330,6 +355,26 @@ int hp_ring_tx_copy(hp_ring *r, const uint8_t *vnet_hdr, const uint8_t *frame, u
     }
     memcpy(p + hl, frame, len);
     hp_ring_tx_commit(r, len + hl);
+    return 0;
+}
+
+int hp_ring_tx_send(hp_ring *r, const uint8_t *frame, uint32_t len)
+{
+    if (r->tx_queued && (hp_ring_tx_flush(r), r->tx_queued))
+        return -EAGAIN;
+    ssize_t sent = send(r->send_fd, frame, len, MSG_DONTWAIT);
+    if (sent < 0) {
+        int err = errno;
+        if (err == EAGAIN || err == ENOBUFS || err == EINTR) {
+            r->st.tx_full++;
+            return -ENOBUFS;
+        }
+        r->st.tx_errors++;
+        return -err;
+    }
+    r->st.tx_frames++;
+    r->st.tx_direct++;
+    r->st.tx_bytes += len;
     return 0;
 }
 

@@ -206,9 +206,11 @@ def test_ring_rx_tx_both_ways(lab):
         raw.close()
 
 
-def test_ring_gso_frame_keeps_its_vnet_header(lab):
+@pytest.mark.parametrize("direct", [False, True], ids=["tx-ring", "direct-send"])
+def test_ring_gso_frame_keeps_its_vnet_header(lab, direct):
     """A 30 KB TCP super-frame with a partial checksum leaves one ring and reaches the other
-    whole, its virtio-net header (GSO type and size, checksum offsets) intact."""
+    whole, its virtio-net header (GSO type and size, checksum offsets) intact: through the tx
+    ring, and sent from its own buffer as the loop sends super-frames (hp_ring_tx_send)."""
     ns, a, b = _pair(lab)
     with netns(ns):
         ra = Ring(a, frames=16, vnet=True)
@@ -231,7 +233,8 @@ def test_ring_gso_frame_keeps_its_vnet_header(lab):
         frame = mac_a + mac_b + b"\x08\x00" + bytes(ip) + tcp + payload
         hdr = vnet_hdr(flags=1, gso_type=1, hdr_len=54, gso_size=1448, csum_start=34,
                        csum_offset=16)
-        assert rb.send([(hdr, frame)]) == 1
+        assert rb.send([(hdr, frame)], direct=direct) == 1
+        assert rb.stats()["tx_direct"] == int(direct)
         got = _recv_all(ra, 1, keep=lambda f: len(f) > 30000)
         assert len(got) == 1
         flags, gso_type, _hl, gso_size, cs, co = parse_vnet(got[0])
@@ -241,6 +244,30 @@ def test_ring_gso_frame_keeps_its_vnet_header(lab):
     finally:
         ra.close()
         rb.close()
+
+
+def test_a_direct_send_leaves_after_what_the_tx_ring_holds(lab):
+    """Small frames wait in the tx ring until a flush; a big frame sent from its own buffer
+    (hp_ring_tx_send) flushes them first, so the peer sees them in the order they were given."""
+    ring, raw, mac_a, mac_b = _ring_and_raw(lab, 64, mtu=9000)
+    try:
+        head = mac_a + mac_b + struct.pack("!H", ETH_P_TEST)
+        small = [head + struct.pack("!I", i) + bytes(42) for i in range(20)]
+        big = head + struct.pack("!I", 20) + os.urandom(8000)
+        assert ring.send([(vnet_hdr(), f) for f in small], flush=False) == 20
+        assert ring.send([(vnet_hdr(), big)], direct=True) == 1
+        raw.settimeout(3)
+        got = []
+        while len(got) < 21:
+            f = raw.recv(65536)
+            if f[12:14] == struct.pack("!H", ETH_P_TEST):
+                got.append(f)
+        assert got == small + [big]
+        st = ring.stats()
+        assert st["tx_direct"] == 1 and st["tx_frames"] == 21 and st["tx_errors"] == 0
+    finally:
+        ring.close()
+        raw.close()
 
 
 def test_ring_small_and_big_frames_arrive_in_order(lab):
