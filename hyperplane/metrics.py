@@ -167,7 +167,9 @@ def render(stats: Mapping) -> str:
 
     ports = stats.get("ports", [])
     for field, help_ in (("rx_kernel_drops", "frames the kernel dropped because a ring was full"),
-                         ("tx_full", "frames not sent because a tx ring was full")):
+                         ("tx_full", "frames not sent because a tx ring was full"),
+                         ("tx_direct", "frames sent from their own buffer past the tx ring "
+                                       "(GSO super-frames)")):
         e.family(f"hyperplane_ring_{field}", "counter", help_,
                  [({"port": p["index"], "ifname": p["ifname"], "role": p["role"]}, p.get(field, 0))
                   for p in ports])

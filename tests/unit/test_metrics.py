@@ -23,7 +23,7 @@ STATS = {
                         "udp4": {"size": 100, "free": 100, "in_use": 0, "quarantined": 0}}},
              {"id": 1, "status": "Pending", "ports": {}}],
     "ports": [{"index": 0, "ifname": 'we"ird\\', "role": "inside", "rx_kernel_drops": 5,
-               "tx_full": 0}],
+               "tx_full": 0, "tx_direct": 9}],
     "per_eni": {"0": {"packets_out": 7, "packets_in": 6, "bytes_out": 700, "bytes_in": 600,
                       "attempts": {"tcp": 2, "udp": 1}, "established": {"tcp": 1},
                       "idle_timeouts": 1, "active": {"tcp": 1}, "rejected_packets": 0,
@@ -82,6 +82,8 @@ def test_exposition_parses_and_has_the_documented_metrics():
     # Ring drops (label values escaped), pools, ENIs by state.
     assert got[("hyperplane_ring_rx_kernel_drops_total",
                 frozenset({("port", "0"), ("ifname", 'we"ird\\'), ("role", "inside")}))] == 5
+    assert got[("hyperplane_ring_tx_direct_total",
+                frozenset({("port", "0"), ("ifname", 'we"ird\\'), ("role", "inside")}))] == 9
     assert got[("hyperplane_pool_ports", frozenset({eni, ("family", "ipv4"), ("protocol", "tcp"),
                                                     ("use", "quarantined")}))] == 2
     assert got[("hyperplane_pool_size", frozenset({eni, ("family", "ipv4"), ("protocol", "udp")}))] == 100
