@@ -299,18 +299,45 @@ POLL_INTERVAL_S = 0.1
 KERNEL_POLL = f"while :; do cat /proc/net/nf_conntrack > /dev/null; sleep {POLL_INTERVAL_S}; done"
 
 
+WATCHER_START_S = 30.0
+
+
+def _start_watcher(ctx: Ctx):
+    """`hyperplane conntrack --watch`, returned once its first listing is out: the
+    interpreter's start (imports, about a CPU second) is not what listing costs forwarding.
+    Its output is read and dropped from then on, so it never waits on a full pipe."""
+    import select
+    import subprocess
+    import sys
+    import threading
+    poller = subprocess.Popen([sys.executable, "-m", "hyperplane.cli", "conntrack", "--watch",
+                               "--interval", str(POLL_INTERVAL_S), "--prefix", ctx.prefix],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    ctx.procs.procs.append(poller)
+    fd = poller.stdout.fileno()
+    ready, _, _ = select.select([fd], [], [], WATCHER_START_S)
+    if not ready or not os.read(fd, 1 << 16):
+        raise RuntimeError(f"hyperplane conntrack --watch printed no listing in "
+                           f"{WATCHER_START_S:.0f} s (exit status {poller.poll()})")
+    threading.Thread(target=_drain, args=(fd,), daemon=True).start()
+    return poller
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 1 << 16):
+            pass
+    except OSError:          # closed under us: the watcher is gone
+        pass
+
+
 def tcp_conntrack_poll(ctx: Ctx, m: Middle) -> tuple[dict, dict]:
     """tcp-1 while the middle's connection table is listed continuously; the ratio to tcp-1's
     median so far (issue 6: listing never slows forwarding down)."""
-    import subprocess
-    import sys
     poller = None
     if m.name == "hyperplane":
-        poller = subprocess.Popen([sys.executable, "-m", "hyperplane.cli", "conntrack", "--watch",
-                                   "--interval", str(POLL_INTERVAL_S), "--prefix", ctx.prefix],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, start_new_session=True)
-        ctx.procs.procs.append(poller)
+        poller = _start_watcher(ctx)
     elif m.name.startswith("kernel-nat"):
         poller = ctx.procs.start(m.ns, ["sh", "-c", KERNEL_POLL])
     try:
