@@ -55,3 +55,16 @@ def test_hyperplane_is_its_worst_placement_and_each_placement_has_its_column():
     assert [r["middle"] for r in rows] == ["kernel-nat", "hyperplane", "hyperplane@cpu0",
                                            "hyperplane@cpu1"]
     assert "hyperplane@cpu0" in report.table(rows).splitlines()[0]
+
+
+def test_the_machine_record_says_how_idle_cpus_sleep(tmp_path):
+    """bench.json's machine: the cpuidle driver and the guest halt polling, which decide what
+    waking the forwarding thread on an idle virtual CPU costs; None where the files are not."""
+    from hyperplane.benchmark.run import cpu_idle
+    assert cpu_idle(str(tmp_path)) == {"cpuidle_driver": None, "guest_halt_poll_ns": None}
+    poll = tmp_path / "module/haltpoll/parameters/guest_halt_poll_ns"
+    driver = tmp_path / "devices/system/cpu/cpuidle/current_driver"
+    for path, text in ((poll, "200000\n"), (driver, "haltpoll\n")):
+        path.parent.mkdir(parents=True)
+        path.write_text(text)
+    assert cpu_idle(str(tmp_path)) == {"cpuidle_driver": "haltpoll", "guest_halt_poll_ns": 200000}
