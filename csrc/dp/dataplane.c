@@ -538,7 +538,7 @@ static inline int frame_eni(const hp_dp *dp, uint16_t in_port, const hp_result *
     return in->role == HP_DP_ENI ? in->eni : -1;
 }
 
-/* A frame the NAT said to forward (f at its virtio-net header). */
+/* A frame of len bytes (virtio-net header included) handed to the kernel. */
 static inline void sent(hp_dp *dp, uint32_t len)
 {
     dp->counters[HP_DP_C_FORWARDED]++;
@@ -546,6 +546,7 @@ static inline void sent(hp_dp *dp, uint32_t len)
     dp->counters[HP_DP_C_TX_BYTES] += len - VNET_LEN;
 }
 
+/* A frame the NAT said to forward (f at its virtio-net header). */
 static void forward(hp_dp *dp, uint16_t in_port, uint8_t *f, uint32_t len, const hp_result *res)
 {
     int q;

@@ -28,7 +28,6 @@ _Static_assert(HP_DP_MAX_PORTS <= HP_POLICE_PORTS, "a punt bucket per port");
 #define HP_DP_PORT_NONE HP_NEIGH_ANY_PORT  /* a neighbour entry valid on any port; no egress port */
 #define HP_DP_LINEAR_MAX 2048    /* default hp_dp.linear_max */
 
-
 enum hp_dp_role { HP_DP_INSIDE = 0, HP_DP_ENI = 1 };
 
 /* Loop counters (the loop's drops and punts by reason are in hp_dp.drops). LOCK_WAITS: batches

@@ -360,8 +360,11 @@ int hp_ring_tx_copy(hp_ring *r, const uint8_t *vnet_hdr, const uint8_t *frame, u
 
 int hp_ring_tx_send(hp_ring *r, const uint8_t *frame, uint32_t len)
 {
-    if (r->tx_queued && (hp_ring_tx_flush(r), r->tx_queued))
-        return -EAGAIN;
+    if (r->tx_queued) {
+        hp_ring_tx_flush(r);
+        if (r->tx_queued)
+            return -EAGAIN;      /* sent now, the frame would overtake the ring's */
+    }
     ssize_t sent = send(r->send_fd, frame, len, MSG_DONTWAIT);
     if (sent < 0) {
         int err = errno;

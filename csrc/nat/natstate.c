@@ -206,7 +206,8 @@ static int repair(hp_nat *nat)
     hp_nat_shared *sh = nat->sh;
     if (nat->cfg.journal_size == 0 || sh->j_head >= nat->cfg.journal_size ||
         sh->j_count > nat->cfg.journal_size)
-        sh->j_head = sh->j_count = sh->j_deleting = 0;
+        sh->j_head = sh->j_count = 0;
+    /* A mark that is not 1, or that no record backs, names no delete. */
     sh->j_deleting = sh->j_deleting == 1 && sh->j_count > 0;
     int mapped = !nat->cfg.per_connection;
     for (uint32_t e = 0; e < nat->n_enis; e++)     /* counted again from the adopted entries */
@@ -284,13 +285,7 @@ static void finish_journalled(hp_nat *nat)
     const hp_conn *r =
         &nat->journal[(sh->j_head + sh->j_count - 1) % nat->cfg.journal_size].conn;
     hp_flow_key k;
-    memset(&k, 0, sizeof k);
-    memcpy(k.src, r->src, 16);
-    memcpy(k.dst, r->dst, 16);
-    k.sport = r->sport;
-    k.dport = r->dport;
-    k.family = r->family;
-    k.proto = r->proto;
+    hp_ct_orig_key(r, &k);
     uint32_t id = hp_nat_lookup(nat, &k, HP_DIR_OUT, r->last_seen_ms);
     if (id != HP_CT_NONE && memcmp(&nat->ct.conns[id], r, offsetof(hp_conn, lru_prev)) == 0) {
         hp_nat_delete_conn(nat, id, r->last_seen_ms);
